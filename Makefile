@@ -1,0 +1,51 @@
+# The front door: `make run` and `make test` work on a fresh Debian machine.
+# They install what is missing (Mosquitto through apt-get, the Python packages into .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+CONFIG ?= config/dev.toml
+
+.PHONY: run test bench system-deps deps lint image-check clean
+
+system-deps:
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: system-deps $(STAMP)
+
+run: deps
+	@mkdir -p .run
+	$(PY) -m edgehub run --config $(CONFIG)
+
+test: deps
+	$(PY) -m pytest -q
+
+bench: deps
+	$(PY) bench/run_all.py
+
+lint: deps
+	$(PY) -m ruff check edgehub drivers tests bench
+	$(PY) -m mypy edgehub drivers
+
+image-check: deps
+	bash image/check.sh
+
+clean:
+	rm -rf .run build dist *.egg-info

@@ -1,0 +1,135 @@
+"""Byte transports a driver talks through: TCP, serial (pyserial-asyncio-fast) and USB (pyusb).
+
+All three expose the same small face: ``write``, ``read_exactly``, ``read_until``, ``read_some``,
+``drain_input`` and ``close``, each bounded by a timeout. Library exceptions become
+``DeviceUnavailable`` / ``DeviceTimeout`` here, so drivers never see socket, serial or usb errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Protocol
+
+from edgehub.errors import DeviceTimeout, DeviceUnavailable
+
+
+class ByteTransport(Protocol):
+    label: str
+
+    async def write(self, data: bytes, timeout: float = 2.0) -> None: ...
+    async def read_exactly(self, n: int, timeout: float) -> bytes: ...
+    async def read_until(self, sep: bytes, timeout: float, limit: int = 4096) -> bytes: ...
+    async def read_some(self, timeout: float, limit: int = 4096) -> bytes: ...
+    def drain_input(self) -> bytes: ...
+    async def close(self) -> None: ...
+
+
+class StreamTransport:
+    """An asyncio stream pair: a TCP socket or a serial port opened through pyserial-asyncio-fast."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.label = label
+
+    @classmethod
+    async def tcp(cls, host: str, port: int, timeout: float = 2.0) -> StreamTransport:
+        label = f"tcp://{host}:{port}"
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"no connection to {label} within {timeout:.1f}s") from exc
+        except OSError as exc:
+            raise DeviceUnavailable(f"cannot connect to {label}: {exc.strerror or exc}") from exc
+        return cls(reader, writer, label)
+
+    @classmethod
+    async def serial(
+        cls,
+        port: str,
+        baudrate: int = 9600,
+        bytesize: int = 8,
+        parity: str = "N",
+        stopbits: float = 1,
+        timeout: float = 2.0,
+    ) -> StreamTransport:
+        import serial
+        import serial_asyncio_fast
+
+        label = f"serial://{port}@{baudrate}/{bytesize}{parity}{stopbits:g}"
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await serial_asyncio_fast.open_serial_connection(
+                    url=port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits
+                )
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"cannot open {label} within {timeout:.1f}s") from exc
+        except (OSError, serial.SerialException, ValueError) as exc:
+            raise DeviceUnavailable(f"cannot open {label}: {exc}") from exc
+        return cls(reader, writer, label)
+
+    async def write(self, data: bytes, timeout: float = 2.0) -> None:
+        if self._writer.is_closing():
+            raise DeviceUnavailable(f"{self.label} is closed")
+        try:
+            self._writer.write(data)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"{self.label} did not take {len(data)} bytes within {timeout:.1f}s") from exc
+        except (OSError, RuntimeError) as exc:
+            raise DeviceUnavailable(f"write to {self.label} failed: {exc}") from exc
+
+    async def _read(self, coro: Any, timeout: float, what: str) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                data: bytes = await coro
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"{self.label} sent no {what} within {timeout:.2f}s") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise DeviceUnavailable(f"{self.label} closed the connection after {len(exc.partial)} bytes") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise DeviceUnavailable(f"{self.label} sent an over-long frame") from exc
+        except OSError as exc:
+            raise DeviceUnavailable(f"read from {self.label} failed: {exc}") from exc
+        return data
+
+    async def read_exactly(self, n: int, timeout: float) -> bytes:
+        return await self._read(self._reader.readexactly(n), timeout, f"{n}-byte reply")
+
+    async def read_until(self, sep: bytes, timeout: float, limit: int = 4096) -> bytes:
+        async def until() -> bytes:
+            buf = bytearray()
+            while not buf.endswith(sep):
+                if len(buf) >= limit:
+                    raise DeviceUnavailable(f"{self.label} sent {limit} bytes without a frame end")
+                chunk = await self._reader.read(1)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(bytes(buf), None)
+                buf += chunk
+            return bytes(buf)
+
+        return await self._read(until(), timeout, f"frame ending {sep!r}")
+
+    async def read_some(self, timeout: float, limit: int = 4096) -> bytes:
+        data = await self._read(self._reader.read(limit), timeout, "data")
+        if not data:
+            raise DeviceUnavailable(f"{self.label} closed the connection")
+        return data
+
+    def drain_input(self) -> bytes:
+        """Drop (and return) whatever unread bytes are buffered, e.g. a stale status byte."""
+        buf = getattr(self._reader, "_buffer", None)
+        if not buf:
+            return b""
+        data = bytes(buf)
+        buf.clear()
+        return data
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()

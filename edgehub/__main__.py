@@ -1,0 +1,3 @@
+from edgehub.cli import main
+
+raise SystemExit(main())

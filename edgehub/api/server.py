@@ -1,0 +1,72 @@
+"""The aiohttp site: ``/healthz`` (open), ``/api/v1/status`` (token), more as the box grows.
+
+Handlers read state through a ``StatusSource`` (the hub), so the API owns no state of its own
+and tests can serve it over a real socket with a real hub behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from edgehub.api.auth import FailedLogins, token_middleware
+from edgehub.config import Address
+
+log = logging.getLogger("edgehub.api")
+
+
+class StatusSource(Protocol):
+    def healthy(self) -> tuple[bool, str]: ...
+    async def status(self) -> dict[str, Any]: ...
+
+
+class ApiServer:
+    """Owns the aiohttp runner and site; ``async with`` binds, exit closes."""
+
+    def __init__(self, listen: Address, token: str, source: StatusSource) -> None:
+        self.listen = listen
+        self.token = token
+        self.source = source
+        self.failures = FailedLogins()
+        self._runner: web.AppRunner | None = None
+        self.port = listen.port
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[token_middleware(self.token, self.failures)],
+                              client_max_size=256 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/api/v1/status", self.status)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok, reason = self.source.healthy()
+        body = {"status": "ok" if ok else "unavailable"}
+        if not ok:
+            body["reason"] = reason
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.source.status())
+
+    async def __aenter__(self) -> ApiServer:
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.listen.host, self.listen.port, reuse_address=True)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound sockets there; needed for port 0
+        if server is not None and server.sockets:  # type: ignore[attr-defined]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = self.listen.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}/" if ":" not in host else f"http://[{host}]:{self.port}/"

@@ -1,0 +1,1 @@
+"""The hub's side of the store's MQTT bus: topics, payloads and the connection."""

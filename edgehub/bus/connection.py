@@ -1,0 +1,164 @@
+"""The hub's one connection to the store's Mosquitto, kept up for the life of the hub.
+
+A persistent MQTT 5 session (clean start off, long session expiry), so orders published while
+the hub restarts wait in the broker and arrive when it returns. ``…/hub/$state`` is retained
+``ready`` on every connect, with a retained Last Will ``lost``. On a lost connection it
+reconnects with capped backoff; state changes are logged once per change, not once per try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgehub.bus import payloads
+from edgehub.bus.topics import Topics
+from edgehub.errors import BrokerError
+
+log = logging.getLogger("edgehub.bus")
+
+Handler = Callable[[aiomqtt.Message], Awaitable[None]]
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class BusConnection:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        client_id: str,
+        topics: Topics,
+        version: str,
+        subscriptions: list[str],
+        handler: Handler,
+        max_handlers: int = 2000,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._username = username
+        self._password = password
+        self.client_id = client_id
+        self.topics = topics
+        self.version = version
+        self.subscriptions = subscriptions
+        self._handler = handler
+        self._slots = asyncio.Semaphore(max_handlers)
+        self._client: aiomqtt.Client | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.last_error = ""
+        self.on_connect: list[Callable[[], Awaitable[None]]] = []
+
+    def _make_client(self) -> aiomqtt.Client:
+        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props.SessionExpiryInterval = SESSION_EXPIRY_S
+        will = aiomqtt.Will(self.topics.hub_state, payloads.hub_state("lost", self.version), qos=1, retain=True)
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self._username,
+            password=self._password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=connect_props,
+            will=will,
+            keepalive=15,
+            timeout=10,
+            max_inflight_messages=200,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        backoff = 0.1
+        while True:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    for topic in self.subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    await client.publish(self.topics.hub_state, payloads.hub_state("ready", self.version),
+                                         qos=1, retain=True)
+                    self.connects += 1
+                    self.connected.set()
+                    if self.last_error:
+                        log.info("broker %s:%d connected again", self.host, self.port)
+                    self.last_error = ""
+                    backoff = 0.1
+                    for callback in self.on_connect:
+                        await callback()
+                    async for message in client.messages:
+                        await self._slots.acquire()
+                        task = asyncio.create_task(self._handle(message))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+            except aiomqtt.MqttError as exc:
+                error = str(exc) or type(exc).__name__
+                if error != self.last_error:
+                    log.warning("broker %s:%d connection lost or refused: %s", self.host, self.port, error)
+                self.last_error = error
+            finally:
+                self._client = None
+                self.connected.clear()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        try:
+            await self._handler(message)
+        except Exception:
+            # The daemon never dies on input; what went wrong is logged with the topic.
+            log.exception("handling a message on %s failed", message.topic.value)
+        finally:
+            self._slots.release()
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                      properties: Properties | None = None, timeout: float = 10.0) -> None:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise BrokerError(f"not connected to the broker at {self.host}:{self.port}")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout)
+        except aiomqtt.MqttError as exc:
+            raise BrokerError(f"publish to {topic} failed: {exc}") from exc
+
+    async def close(self, final_state: str = "lost") -> None:
+        """Say goodbye on the state topic (a clean disconnect sends no Last Will)."""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            try:
+                await client.publish(self.topics.hub_state, payloads.hub_state(final_state, self.version),
+                                     qos=1, retain=True, timeout=2)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.info("could not publish final state: %s", exc)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def response_properties(message: aiomqtt.Message, allowed_prefix: str) -> tuple[str | None, Properties | None]:
+    """MQTT 5 request/response: the requester's response topic (only inside its own tree) and
+    correlation data to echo. Returns (response_topic, properties_for_reply)."""
+    props: Any = message.properties
+    if props is None:
+        return None, None
+    response_topic = getattr(props, "ResponseTopic", None)
+    correlation = getattr(props, "CorrelationData", None)
+    reply = None
+    if correlation is not None:
+        reply = Properties(PacketTypes.PUBLISH)
+        reply.CorrelationData = correlation
+    if response_topic is not None and not response_topic.startswith(allowed_prefix):
+        response_topic = None
+    return response_topic, reply

@@ -1,0 +1,167 @@
+"""The ``edgehub`` command: run the daemon, check a config, simulate a store, provision a box.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad input (config, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from edgehub import __version__
+from edgehub.errors import ConfigError, EdgehubError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edgehub import logs
+    from edgehub.config import load_config
+    from edgehub.hub import Hub
+    from edgehub.sdnotify import Notifier
+
+    config = load_config(args.config)
+    logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
+    hub = Hub(config, Notifier())
+
+    async def main() -> None:
+        await hub.run_until_stopped()
+
+    async def announce() -> None:
+        await hub.ready.wait()
+        assert hub.bus is not None
+        print(f"edgehub {__version__}: store {config.store.id} ready", flush=True)
+        print(f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}", flush=True)
+        print(f"  dashboard  {hub.api.url}", flush=True)
+        print(f"  health     {hub.api.url}healthz", flush=True)
+
+    async def both() -> None:
+        task = asyncio.create_task(announce())
+        try:
+            await main()
+        finally:
+            task.cancel()
+
+    asyncio.run(both())
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from edgehub.config import load_config
+
+    status = 0
+    for path in args.files:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            status = 2
+        else:
+            print(f"{path}: ok (store {config.store.id}, {len(config.terminals)} terminals)")
+    return status
+
+
+def _cmd_broker_config(args: argparse.Namespace) -> int:
+    from edgehub.broker import write_config
+    from edgehub.config import load_config
+
+    files = write_config(load_config(args.config))
+    print(f"wrote {files.conf}, {files.passwd}, {files.acl}")
+    return 0
+
+
+def _cmd_sim_terminal(args: argparse.Namespace) -> int:
+    from edgehub.config import load_config, parse_address
+    from edgehub.sim.terminal import TerminalSim, run_terminals
+
+    if args.config:
+        config = load_config(args.config)
+        address = parse_address(args.broker) if args.broker else config.broker.listen
+        store = config.store.id
+        ids = args.terminal or [t.id for t in config.terminals if t.kind == "pos"][:1]
+        creds = {t.id: t.password for t in config.terminals}
+        missing = [t for t in ids if t not in creds]
+        if missing:
+            print(f"{args.config}: no terminal {', '.join(missing)} in [[terminal]]", file=sys.stderr)
+            return 2
+    else:
+        if not (args.broker and args.store and args.terminal and args.password):
+            print("give --config FILE, or --broker, --store, --terminal and --password", file=sys.stderr)
+            return 2
+        address, store, ids = parse_address(args.broker), args.store, args.terminal
+        creds = dict.fromkeys(ids, args.password)
+    sims = [TerminalSim(address.host, address.port, store, tid, creds[tid], resend_after=args.resend_after)
+            for tid in ids]
+    reports = asyncio.run(run_terminals(sims, args.orders, args.rate, args.timeout))
+    total_sent = sum(r.sent for r in reports)
+    total_acked = sum(len(r.acked_ids) for r in reports)
+    for tid, report in zip(ids, reports, strict=True):
+        summary = report.summary()
+        if args.json:
+            print(json.dumps({"terminal": tid, **summary}))
+        else:
+            print(f"{tid}: sent {summary['sent']}, acked {summary['acked']} "
+                  f"({summary['accepted']} accepted, {summary['rejected']} rejected), "
+                  f"{summary['resends']} re-sent, {summary['duplicate_acks']} duplicate acks, "
+                  f"ack p50 {summary['p50_ms']} ms p99 {summary['p99_ms']} ms")
+    return 0 if total_acked == total_sent else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgehub", description="The store box daemon and its tools.")
+    parser.add_argument("--version", action="version", version=f"edgehub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("--config", required=True, help="path to edgehub.toml")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("config", help="configuration tools")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    c = config_sub.add_parser("check", help="validate config files; exit 2 listing every problem")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=_cmd_config_check)
+
+    p = sub.add_parser("broker", help="the store's Mosquitto")
+    broker_sub = p.add_subparsers(dest="broker_command", required=True)
+    c = broker_sub.add_parser("write-config", help="write mosquitto.conf, passwd and acl from the config")
+    c.add_argument("--config", required=True)
+    c.set_defaults(func=_cmd_broker_config)
+
+    p = sub.add_parser("sim", help="simulated store parts")
+    sim_sub = p.add_subparsers(dest="sim_command", required=True)
+    c = sim_sub.add_parser("terminal", help="a POS terminal sending orders and re-sending until acked")
+    c.add_argument("--config", help="take broker, store and credentials from this edgehub.toml")
+    c.add_argument("--broker", help="host:port of the store broker")
+    c.add_argument("--store")
+    c.add_argument("--terminal", action="append", help="terminal id (repeat for several terminals)")
+    c.add_argument("--password")
+    c.add_argument("--orders", type=int, default=100)
+    c.add_argument("--rate", type=float, default=10.0, help="orders per second per terminal")
+    c.add_argument("--resend-after", type=float, default=2.0, help="seconds before an unacked order is re-sent")
+    c.add_argument("--timeout", type=float, default=120.0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=_cmd_sim_terminal)
+
+    p = sub.add_parser("provision", help="first-boot provisioning of a box", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("edgehub.provision", fromlist=["main"]).main(a.rest))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except EdgehubError as exc:
+        print(f"edgehub: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,63 @@
+"""The one error family of edgehub.
+
+Every failure a person can act on is an ``EdgehubError`` subclass whose message says what went
+wrong and where. Library exceptions are translated at the boundary (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+
+class EdgehubError(Exception):
+    """Base class of every error edgehub raises on purpose."""
+
+
+class ConfigError(EdgehubError):
+    """A configuration file (or value) is invalid.
+
+    ``problems`` holds one line per problem, each ``FILE: key.path: what is wrong``.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class PayloadError(EdgehubError):
+    """An MQTT or HTTP payload failed validation. ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class JournalError(EdgehubError):
+    """The local SQLite journal cannot be opened, checked or written."""
+
+
+class BrokerError(EdgehubError):
+    """The store's Mosquitto cannot be configured, started or reached."""
+
+
+class DeviceError(EdgehubError):
+    """A device failed. ``device_id`` is the stable id of the device, when known."""
+
+    def __init__(self, message: str, device_id: str | None = None) -> None:
+        self.device_id = device_id
+        super().__init__(f"{device_id}: {message}" if device_id else message)
+
+
+class DeviceUnavailable(DeviceError):
+    """The device is gone: unplugged, connection refused or closed."""
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer in time."""
+
+
+class ProtocolError(DeviceError):
+    """The device sent bytes that do not follow its protocol (malformed or truncated)."""
+
+
+class PaymentError(DeviceError):
+    """A pinpad refused or failed a payment command."""

@@ -1,0 +1,132 @@
+"""The hub: one asyncio process composing broker, journal, bus, intake and API.
+
+Start order is explicit: (private broker) → journal → API site → bus. READY goes to systemd
+only once the bus is connected and the API is up; stop runs in reverse. ``async with
+Hub(config) as hub`` is what tests use; ``run_until_stopped`` is what ``edgehub run`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from edgehub import __version__
+from edgehub.api import ApiServer
+from edgehub.broker import MosquittoProcess
+from edgehub.bus.connection import BusConnection
+from edgehub.bus.topics import Topics
+from edgehub.config import Config
+from edgehub.intake import Intake
+from edgehub.sdnotify import Notifier
+from edgehub.store import Journal
+
+log = logging.getLogger("edgehub.hub")
+
+
+class Hub:
+    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.topics = Topics(config.store.id)
+        self.notifier = notifier or Notifier(environ={})
+        self.started_at = time.monotonic()
+        self.ready = asyncio.Event()
+        self.broker: MosquittoProcess | None = None
+        self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
+        self.intake = Intake(self.topics, config.limits, self.journal)
+        self.api = ApiServer(config.api.listen, config.api.token, self)
+        self.bus: BusConnection | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Hub:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
+        cfg = self.config
+        broker_address = cfg.broker.listen
+        if cfg.broker.mode == "managed":
+            self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
+            broker_address = self.broker.address
+        await self._stack.enter_async_context(self.journal)
+        await self._stack.enter_async_context(self.api)
+        self.bus = BusConnection(
+            host=broker_address.host, port=broker_address.port,
+            username=cfg.broker.hub_user, password=cfg.broker.hub_password,
+            client_id=f"edgehub-hub-{cfg.store.id}", topics=self.topics, version=__version__,
+            subscriptions=[self.topics.all_orders], handler=self.intake.handle,
+        )
+        self.intake.bus = self.bus
+        self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
+        self._tasks.append(asyncio.create_task(self.notifier.keep_alive(), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
+
+    async def _announce_ready(self) -> None:
+        assert self.bus is not None
+        await self.bus.connected.wait()
+        self.ready.set()
+        self.notifier.ready(f"serving store {self.config.store.id}")
+        log.info("ready: store %s, broker %s:%d, api %s", self.config.store.id, self.bus.host, self.bus.port,
+                 self.api.url)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.notifier.stopping()
+        if self.bus is not None:
+            await self.bus.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._stack.aclose()
+
+    async def run_until_stopped(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with self:
+            await stop.wait()
+            log.info("stopping")
+
+    # --- what the API reads ----------------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.bus is None or not self.bus.connected.is_set():
+            reason = self.bus.last_error if self.bus is not None else "starting"
+            return False, f"broker not connected{': ' + reason if reason else ''}"
+        return True, ""
+
+    async def status(self) -> dict[str, Any]:
+        counts = await self.journal.counts()
+        bus = self.bus
+        return {
+            "store_id": self.config.store.id,
+            "store_name": self.config.store.name,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "broker": {
+                "connected": bool(bus and bus.connected.is_set()),
+                "address": f"{bus.host}:{bus.port}" if bus else "",
+                "connects": bus.connects if bus else 0,
+                "last_error": bus.last_error if bus else "",
+            },
+            "journal": {
+                "orders": counts["orders"],
+                "outbox": counts["outbox"],
+                "deadletters": counts["deadletters"],
+                "commits": self.journal.stats.commits,
+                "last_commit_ms": round(self.journal.stats.last_commit_ms, 3),
+                "moved_aside": self.journal.stats.moved_aside,
+            },
+            "intake": vars(self.intake.stats).copy(),
+        }

@@ -1,0 +1,116 @@
+"""Order intake: a terminal's order becomes durable, then the terminal is acked.
+
+The contract (DESIGN.md, fixed): the terminal publishes ``…/pos/{terminal}/order`` at QoS 1 and
+re-sends with the same ``order_id`` until it sees an ack on ``…/pos/{terminal}/ack``. The hub
+acks ``accepted`` only after the group commit holding the order is on disk; a known order_id is
+acked again with ``duplicate: true`` and never journaled twice. An invalid order is acked
+``rejected`` with the failing field; a payload without a usable ``order_id`` cannot be acked and
+goes to ``…/hub/deadletter``. Every rejection and dead letter is also kept in the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiomqtt
+
+from edgehub.bus import payloads
+from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.payloads import Order, Unaddressable, order_id_of, validate_order
+from edgehub.bus.topics import Topics
+from edgehub.config import LimitsConfig
+from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError
+from edgehub.store import Journal
+
+log = logging.getLogger("edgehub.intake")
+
+
+@dataclass
+class IntakeStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    deadlettered: int = 0
+    ack_failures: int = 0
+
+
+class Intake:
+    def __init__(self, topics: Topics, limits: LimitsConfig, journal: Journal, bus: BusConnection | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.topics = topics
+        self.limits = limits
+        self.journal = journal
+        self.bus = bus
+        self.clock = clock
+        self.stats = IntakeStats()
+        # Hooks for what comes after an accepted order (kitchen routing, metrics).
+        self.on_accepted: list[Callable[[Order], object]] = []
+        self.on_ack: list[Callable[[str, float], None]] = []
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        started = self.clock()
+        topic = message.topic.value
+        raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
+        raw = bytes(raw)
+        terminal = self.topics.terminal_of(topic)
+        if terminal is None:
+            await self._deadletter(topic, "not an order topic", raw)
+            return
+        try:
+            doc, order_id = order_id_of(raw)
+        except Unaddressable as exc:
+            await self._deadletter(topic, exc.reason, raw)
+            return
+        response_topic, props = response_properties(message, f"{self.topics.root}/pos/{terminal}/")
+        ack_topic = response_topic or self.topics.ack(terminal)
+        try:
+            order = validate_order(doc, order_id, terminal, len(raw), self.limits)
+        except PayloadError as exc:
+            self.stats.rejected += 1
+            await self.journal.add_deadletter(topic, f"rejected {order_id}: {exc}", raw)
+            await self._ack(ack_topic, payloads.ack(order_id, "rejected", error=str(exc)), props, started, "rejected")
+            return
+        try:
+            commit = await self.journal.accept_order(order)
+        except JournalError as exc:
+            # Not acked: the terminal re-sends, and the order is taken once the journal is back.
+            log.error("order %s from %s not journaled: %s", order_id, terminal, exc)
+            return
+        if commit.duplicate:
+            self.stats.duplicates += 1
+        else:
+            self.stats.accepted += 1
+            for hook in self.on_accepted:
+                hook(order)
+        await self._ack(ack_topic, payloads.ack(order_id, "accepted", duplicate=commit.duplicate), props,
+                        started, "accepted")
+
+    async def _ack(self, topic: str, body: bytes, props: object, started: float, status: str) -> None:
+        if self.bus is None:
+            return
+        try:
+            await self.bus.publish(topic, body, qos=1, properties=props)  # type: ignore[arg-type]
+        except (BrokerError, TimeoutError) as exc:
+            # The order is safe in the journal; the terminal's re-send gets a duplicate ack.
+            self.stats.ack_failures += 1
+            log.info("ack on %s not sent (%s); the terminal will re-send", topic, exc)
+            return
+        elapsed = self.clock() - started
+        for hook in self.on_ack:
+            hook(status, elapsed)
+
+    async def _deadletter(self, topic: str, reason: str, raw: bytes) -> None:
+        self.stats.deadlettered += 1
+        log.info("dead letter from %s: %s", topic, reason)
+        try:
+            await self.journal.add_deadletter(topic, reason, raw)
+        except EdgehubError as exc:
+            log.error("dead letter from %s not journaled: %s", topic, exc)
+        if self.bus is not None:
+            try:
+                await self.bus.publish(self.topics.deadletter, payloads.deadletter(topic, reason, raw, time.time()))
+            except (BrokerError, TimeoutError) as exc:
+                log.info("dead letter notice not sent: %s", exc)

@@ -1,0 +1,654 @@
+"""First-boot provisioning of a store box: ``edgehub provision``.
+
+Reads a small provisioning TOML (from the FAT boot partition, or asked for on a terminal),
+checks it completely, then makes the box ready to run:
+
+- generates the secrets the box needs (API token, the hub's and each terminal's MQTT password)
+  into files of mode 0600 under ``CONFIG_DIR/secrets``; existing secrets are kept,
+- takes the one-time cloud enrollment token (and any cloud password) into a secret file and out
+  of the boot partition file, which any laptop can read,
+- writes ``CONFIG_DIR/edgehub.toml`` atomically, after checking it with the daemon's own loader,
+- writes Mosquitto's config, password file and ACL (``edgehub.broker.write_config``),
+- leaves a marker (``CONFIG_DIR/provisioned.json``) naming the store the box belongs to.
+
+Running it again with the same file changes nothing: same config, same secrets, broker files
+untouched. That is what lets the systemd unit run it on every boot while the file is there, and
+an installer add a terminal by editing the file and rebooting.
+
+Exit codes: 0 ok, 1 failure while writing (message says what), 2 bad input (every problem listed
+as ``FILE: key: what is wrong``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import socket
+import struct
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgehub.config import ID_RE, load_config, parse_address, parse_config
+from edgehub.errors import ConfigError, EdgehubError
+
+DEFAULT_CONFIG_DIR = Path("/etc/edgehub")
+DEFAULT_STATE_DIR = Path("/var/lib/edgehub")
+SERVICE_USER = "edgehub"
+BROKER_GROUP = "mosquitto"
+HUB_USER = "edgehub-hub"
+MARKER = "provisioned.json"
+TERMINAL_KINDS = ("pos", "kds", "kiosk")
+CLOUD_SCHEMES = ("mqtts", "mqtt")
+# Keys of the boot file's [cloud] table that are secrets: taken out of the file once stored.
+CLOUD_SECRET_KEYS = ("enrollment_token", "password")
+# 32 random bytes, URL-safe: no quoting trouble in TOML, MQTT clients or HTTP headers.
+SECRET_BYTES = 32
+
+INPUT_KEYS: Mapping[str, frozenset[str]] = {
+    "store": frozenset({"id", "name"}),
+    "cloud": frozenset({"url", "username", *CLOUD_SECRET_KEYS}),
+    "api": frozenset({"listen"}),
+    "broker": frozenset({"lan_listen"}),
+}
+
+
+class ProvisionError(EdgehubError):
+    """The provisioning input is wrong; ``problems`` are ``FILE: key: what is wrong`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Terminal:
+    id: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the installer asked for, checked."""
+
+    store_id: str
+    store_name: str
+    terminals: tuple[Terminal, ...]
+    api_listen: str = "0.0.0.0:8080"
+    lan_listen: str | None = "0.0.0.0:1883"
+    cloud_url: str | None = None
+    cloud_username: str | None = None
+    cloud_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a box keeps things; tests point it at temporary folders."""
+
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    state_dir: Path = DEFAULT_STATE_DIR
+    run_dir: Path = Path("/run/edgehub")
+    broker_listen: str = "127.0.0.1:1883"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "edgehub.toml"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.config_dir / "secrets"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.config_dir / "mosquitto"
+
+    @property
+    def marker(self) -> Path:
+        return self.config_dir / MARKER
+
+
+@dataclass
+class Outcome:
+    config_changed: bool = False
+    broker_written: bool = False
+    new_secrets: list[str] = field(default_factory=list)
+    token_removed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# --- reading and checking the input -------------------------------------------------------------
+
+
+def read_request_file(path: Path, layout: Layout) -> Request:
+    """Parse and check a provisioning file; ProvisionError lists every problem."""
+    try:
+        # utf-8-sig: Notepad on the installer's laptop may have put a BOM in front.
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ProvisionError([f"{path}: file not found"]) from None
+    except OSError as exc:
+        raise ProvisionError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ProvisionError([f"{path}: not UTF-8 text: {exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProvisionError([f"{path}: not valid TOML: {exc}"]) from exc
+    return check_request(data, str(path), layout)
+
+
+def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Request:
+    problems: list[str] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(f"{where}: {key}: {message}")
+
+    for key in data:
+        if key not in INPUT_KEYS and key != "terminal":
+            problem(key, f"unknown table (known: {', '.join(sorted([*INPUT_KEYS, 'terminal']))})")
+    tables: dict[str, Mapping[str, Any]] = {}
+    for name, known in INPUT_KEYS.items():
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            problem(name, f"must be a table, got {type(value).__name__}")
+            value = {}
+        for key in value:
+            if key not in known:
+                problem(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+        tables[name] = value
+
+    def text(table: str, key: str, required: bool = False) -> str | None:
+        value = tables[table].get(key)
+        if value is None:
+            if required:
+                problem(f"{table}.{key}", "missing required key")
+            return None
+        if not isinstance(value, str):
+            problem(f"{table}.{key}", f"must be a string, got {type(value).__name__} {value!r}")
+            return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            problem(f"{table}.{key}", "must not contain control characters")
+            return None
+        return value
+
+    if "store" not in data:
+        problem("store", "missing required table")
+    store_id = text("store", "id", required="store" in data) or ""
+    if store_id and not ID_RE.match(store_id):
+        problem("store.id", f"{store_id!r} must be lowercase letters, digits and dashes (max 63), "
+                            "starting with a letter or digit")
+    store_name = text("store", "name") or ""
+
+    addresses: dict[str, str | None] = {}
+    for table, key in (("api", "listen"), ("broker", "lan_listen")):
+        value = text(table, key)
+        if value is not None:
+            try:
+                parse_address(value)
+            except ValueError as exc:
+                problem(f"{table}.{key}", f"bad address: {exc}")
+        addresses[f"{table}.{key}"] = value
+
+    cloud_url = text("cloud", "url", required="cloud" in data)
+    if cloud_url:
+        parts = urlsplit(cloud_url)
+        if parts.scheme not in CLOUD_SCHEMES or not parts.hostname:
+            problem("cloud.url", f"{cloud_url!r} must look like mqtts://host:port")
+    cloud_username = text("cloud", "username")
+    cloud_secrets = {k: v for k in CLOUD_SECRET_KEYS if (v := text("cloud", k))}
+    if "enrollment_token" in tables["cloud"] and not cloud_secrets.get("enrollment_token"):
+        problem("cloud.enrollment_token", "must not be empty")
+    if ("password" in cloud_secrets) != (cloud_username is not None):
+        problem("cloud.password" if cloud_username is None else "cloud.username",
+                "give cloud.username and cloud.password together")
+    already_enrolled = any((layout.secrets_dir / _cloud_secret_name(k)).exists() for k in CLOUD_SECRET_KEYS)
+    if cloud_url and not cloud_secrets and not already_enrolled:
+        problem("cloud", "needs enrollment_token (one-time, from the cloud console) "
+                         "or username and password")
+
+    terminals: list[Terminal] = []
+    raw = data.get("terminal", [])
+    if not isinstance(raw, list):
+        problem("terminal", "must be an array of tables: [[terminal]]")
+        raw = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        key = f"terminal[{i}]"
+        if not isinstance(entry, dict):
+            problem(key, "must be a table")
+            continue
+        for k in entry:
+            if k not in ("id", "kind"):
+                problem(f"{key}.{k}", "unknown key (known: id, kind)")
+        tid, kind = entry.get("id"), entry.get("kind", "pos")
+        if not isinstance(tid, str) or not ID_RE.match(tid):
+            problem(f"{key}.id", "missing required key" if tid is None
+                    else f"{tid!r} must be lowercase letters, digits and dashes (max 63)")
+            tid = None
+        elif tid in seen or tid == HUB_USER:
+            problem(f"{key}.id", f"{tid!r} is used twice" if tid in seen else f"{tid!r} is reserved for the hub")
+            tid = None
+        if kind not in TERMINAL_KINDS:
+            problem(f"{key}.kind", f"{kind!r} must be one of {', '.join(TERMINAL_KINDS)}")
+        if tid:
+            seen.add(tid)
+            terminals.append(Terminal(tid, str(kind)))
+
+    # The box belongs to one store: its journal numbers that store's messages. Changing it is a
+    # wipe-and-reprovision, not something a typo in the boot file may do.
+    previous = _read_marker(layout).get("store_id")
+    if previous and store_id and previous != store_id:
+        problem("store.id", f"this box is provisioned for store {previous!r}, not {store_id!r}; to move it "
+                            f"to another store remove {layout.marker} and {layout.state_dir} first")
+
+    if problems:
+        raise ProvisionError(problems)
+    return Request(
+        store_id=store_id,
+        store_name=store_name,
+        terminals=tuple(terminals),
+        api_listen=addresses["api.listen"] or Request.api_listen,
+        lan_listen=addresses["broker.lan_listen"] or Request.lan_listen,
+        cloud_url=cloud_url,
+        cloud_username=cloud_username,
+        cloud_secrets=cloud_secrets,
+    )
+
+
+def ask_request(layout: Layout, ask: Callable[[str], str] = input) -> Request:
+    """Ask on the terminal for what the boot file would say (an installer without a laptop)."""
+    data: dict[str, Any] = {"store": {}, "cloud": {}}
+    data["store"]["id"] = ask("store id (e.g. store-0042): ").strip()
+    data["store"]["name"] = ask("store name: ").strip()
+    url = ask("cloud url (mqtts://host:port, empty for none): ").strip()
+    if url:
+        data["cloud"]["url"] = url
+        data["cloud"]["enrollment_token"] = ask("one-time enrollment token: ").strip()
+    else:
+        del data["cloud"]
+    answer = ask("terminals as id:kind, comma separated (e.g. pos-1:pos, kds-grill:kds): ")
+    data["terminal"] = []
+    for item in filter(None, (part.strip() for part in answer.split(","))):
+        tid, _, kind = item.partition(":")
+        data["terminal"].append({"id": tid.strip(), "kind": kind.strip() or "pos"})
+    return check_request(data, "<answers>", layout)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Some filesystems (vfat on the boot partition) refuse fsync on a directory; the rename has
+    # still happened, and there is nothing better to do there.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Write temp, fsync, rename, fsync the folder: after a power cut the file is old or new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, data.encode("utf-8"))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _ids(user: str | None, group: str | None) -> tuple[int, int] | None:
+    """uid/gid to chown to, when we are root and they exist (not in tests, not on a laptop)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else 0
+        gid = grp.getgrnam(group).gr_gid if group else 0
+    except KeyError:
+        return None
+    return uid, gid
+
+
+def _cloud_secret_name(key: str) -> str:
+    return {"enrollment_token": "cloud-enrollment-token", "password": "cloud-password"}[key]
+
+
+def _ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    if owner is not None:
+        os.chown(path, *owner)
+
+
+def _secret_file(path: Path, value: str | None, owner: tuple[int, int] | None, outcome: Outcome) -> None:
+    """Keep an existing secret; write ``value`` or a fresh random one when there is none."""
+    current = path.read_text(encoding="utf-8").strip() if path.exists() else ""
+    wanted = value if value is not None else (current or secrets.token_urlsafe(SECRET_BYTES))
+    if wanted != current:
+        atomic_write(path, wanted + "\n", 0o600, owner)
+        outcome.new_secrets.append(path.name)
+    else:
+        # Existing file: still make sure nobody widened it.
+        os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, *owner)
+
+
+def _toml_str(value: str) -> str:
+    # A JSON string is a valid TOML basic string, except that TOML wants DEL escaped too.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
+    """The box's edgehub.toml. Secrets are referenced by file, never inline."""
+    q = _toml_str
+    lines = [
+        "# Written by `edgehub provision`; run it again rather than editing this file by hand",
+        "# (the provisioning file on the boot partition is the source). Secrets are in secrets/.",
+        "",
+        "[store]",
+        f"id = {q(request.store_id)}",
+        f"name = {q(request.store_name)}",
+        "",
+        "[paths]",
+        f"data_dir = {q(str(layout.state_dir))}",
+        f"run_dir = {q(str(layout.run_dir))}",
+        "",
+        "[broker]",
+        '# external: Debian\'s mosquitto.service runs the files in config_dir (see the unit drop-in).',
+        'mode = "external"',
+        f"listen = {q(layout.broker_listen)}",
+        *([f"lan_listen = {q(request.lan_listen)}"] if request.lan_listen else []),
+        f"config_dir = {q(str(layout.broker_dir))}",
+        f"hub_user = {q(HUB_USER)}",
+        'hub_password_file = "secrets/broker-hub"',
+        "",
+        "[api]",
+        f"listen = {q(request.api_listen)}",
+        'token_file = "secrets/api-token"',
+        "",
+    ]
+    if cloud_inline and request.cloud_url:
+        lines += ["[cloud]", f"url = {q(request.cloud_url)}"]
+        if request.cloud_username:
+            lines.append(f"username = {q(request.cloud_username)}")
+        for key in CLOUD_SECRET_KEYS:
+            if (layout.secrets_dir / _cloud_secret_name(key)).exists():
+                lines.append(f"{key}_file = {q('secrets/' + _cloud_secret_name(key))}")
+        lines.append("")
+    for terminal in request.terminals:
+        lines += [
+            "[[terminal]]",
+            f"id = {q(terminal.id)}",
+            f"kind = {q(terminal.kind)}",
+            f"password_file = {q('secrets/terminal-' + terminal.id)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _loader_knows_cloud() -> bool:
+    """Whether edgehub.config accepts a [cloud] table yet (the uplink's settings)."""
+    probe = {"store": {"id": "probe"}, "broker": {"hub_password": "x" * 16},
+             "api": {"token": "x" * 16}, "cloud": {}}
+    try:
+        parse_config(probe, Path("/nonexistent/edgehub.toml"))
+    except ConfigError as exc:
+        return not any(": cloud: unknown table" in p for p in exc.problems)
+    return True
+
+
+def render_cloud_file(request: Request, layout: Layout) -> str:
+    """Cloud settings beside edgehub.toml, while the main config has no [cloud] table."""
+    lines = ["# Written by `edgehub provision`: where this store's uplink connects.", "[cloud]",
+             f"url = {_toml_str(request.cloud_url or '')}"]
+    if request.cloud_username:
+        lines.append(f"username = {_toml_str(request.cloud_username)}")
+    for key in CLOUD_SECRET_KEYS:
+        if (layout.secrets_dir / _cloud_secret_name(key)).exists():
+            lines.append(f"{key}_file = {_toml_str('secrets/' + _cloud_secret_name(key))}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_if_changed(path: Path, text: str, mode: int, check: Callable[[Path], None] | None = None) -> bool:
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    tmp = path.with_name(f".{path.name}.check.tmp")
+    if check is not None:
+        # Check the new file with the daemon's own loader before it replaces the old one; it
+        # sits in the same folder so relative secret paths resolve the same way.
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            check(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+    atomic_write(path, text, mode)
+    return True
+
+
+def strip_boot_secrets(path: Path, layout: Layout) -> bool:
+    """Take the cloud secrets out of the boot partition file; keep everything else as written.
+
+    Line-based so the installer's comments and layout survive; the result is parsed again and
+    must equal the original minus those keys, else the file is left alone (and we say so).
+    """
+    raw = path.read_bytes()
+    text = raw.decode("utf-8-sig")
+    before = tomllib.loads(text)
+    cloud = before.get("cloud", {})
+    if not any(k in cloud for k in CLOUD_SECRET_KEYS):
+        return False
+    key_re = re.compile(r"^\s*(?:cloud\s*\.\s*)?(" + "|".join(CLOUD_SECRET_KEYS) + r")\s*=")
+    header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
+    table = ""
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if m := header_re.match(line):
+            table = m.group(1)
+        m = key_re.match(line)
+        dotted = line.lstrip().startswith("cloud")
+        if m and (table == "cloud" or (table == "" and dotted)):
+            ending = "\r\n" if line.endswith("\r\n") else "\n"
+            stored = layout.secrets_dir / _cloud_secret_name(m.group(1))
+            out.append(f"# {m.group(1)}: taken by edgehub provision, kept in {stored}{ending}")
+            continue
+        out.append(line)
+    new_text = "".join(out)
+    expected = {**before, "cloud": {k: v for k, v in cloud.items() if k not in CLOUD_SECRET_KEYS}}
+    try:
+        ok = tomllib.loads(new_text) == expected
+    except tomllib.TOMLDecodeError:
+        ok = False
+    if not ok:
+        raise EdgehubError(f"{path}: could not take the cloud secrets out of this file safely; "
+                           f"they are stored in {layout.secrets_dir}: delete the "
+                           f"{', '.join(CLOUD_SECRET_KEYS)} lines by hand")
+    atomic_write(path, new_text, path.stat().st_mode & 0o7777)
+    return True
+
+
+def _read_marker(layout: Layout) -> dict[str, Any]:
+    try:
+        value = json.loads(layout.marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_broker_files(layout: Layout) -> None:
+    from edgehub.broker import write_config
+
+    files = write_config(load_config(layout.config_file))
+    # Mosquitto reads these after dropping to its own user: root:mosquitto 0640.
+    owner = _ids(None, BROKER_GROUP)
+    if owner is not None:
+        for path in (files.passwd, files.acl):
+            os.chown(path, *owner)
+
+
+def provision(request: Request, layout: Layout, source: Path | None = None) -> Outcome:
+    """Make the box match ``request``; safe to run any number of times."""
+    outcome = Outcome()
+    service_owner = _ids(SERVICE_USER, SERVICE_USER)
+    _ensure_dir(layout.config_dir, 0o755, _ids(None, None))
+    _ensure_dir(layout.secrets_dir, 0o750, _ids(None, SERVICE_USER))
+    _ensure_dir(layout.broker_dir, 0o750, _ids(None, BROKER_GROUP))
+    _ensure_dir(layout.state_dir, 0o750, service_owner)
+
+    _secret_file(layout.secrets_dir / "api-token", None, service_owner, outcome)
+    _secret_file(layout.secrets_dir / "broker-hub", None, service_owner, outcome)
+    for terminal in request.terminals:
+        _secret_file(layout.secrets_dir / f"terminal-{terminal.id}", None, service_owner, outcome)
+    for key, value in request.cloud_secrets.items():
+        _secret_file(layout.secrets_dir / _cloud_secret_name(key), value, service_owner, outcome)
+
+    def check(path: Path) -> None:
+        load_config(path)  # raises ConfigError: our bug, reported as such by main()
+
+    cloud_inline = _loader_knows_cloud()
+    text = render_config(request, layout, cloud_inline)
+    outcome.config_changed = _write_if_changed(layout.config_file, text, 0o644, check)
+    cloud_file = layout.config_dir / "cloud.toml"
+    if request.cloud_url and not cloud_inline:
+        outcome.config_changed |= _write_if_changed(cloud_file, render_cloud_file(request, layout), 0o644)
+    elif cloud_file.exists():
+        cloud_file.unlink()
+        outcome.config_changed = True
+
+    broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
+    if outcome.config_changed or outcome.new_secrets or not all(p.exists() for p in broker_files):
+        _write_broker_files(layout)
+        outcome.broker_written = True
+
+    if source is not None and request.cloud_secrets:
+        outcome.token_removed = strip_boot_secrets(source, layout)
+
+    digest = hashlib.sha256(layout.config_file.read_bytes()).hexdigest()
+    old = _read_marker(layout)
+    marker = {
+        "store_id": request.store_id,
+        "first_provisioned": old.get("first_provisioned") or datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": str(source) if source else "<answers>",
+        "config_sha256": digest,
+    }
+    if marker != old:
+        atomic_write(layout.marker, json.dumps(marker, indent=2) + "\n", 0o644)
+    return outcome
+
+
+# --- the summary --------------------------------------------------------------------------------
+
+
+def box_addresses() -> list[str]:
+    """IPv4 addresses of this box's interfaces (not loopback): what an installer types."""
+    found: list[str] = []
+    siocgifaddr = 0x8915
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            if name == "lo":
+                continue
+            try:
+                raw = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # interface without an IPv4 address
+            found.append(socket.inet_ntoa(raw[20:24]))
+    return found
+
+
+def summary(request: Request, layout: Layout, outcome: Outcome) -> str:
+    port = parse_address(request.api_listen).port
+    addresses = box_addresses() or [socket.gethostname() + ".local"]
+    lines = [
+        f"edgehub provisioned: store {request.store_id} ({request.store_name or 'no name'}), "
+        f"{len(request.terminals)} terminal(s)",
+        f"  config     {layout.config_file}" + ("" if outcome.config_changed else " (unchanged)"),
+        f"  secrets    {layout.secrets_dir}/ (files of mode 0600; never printed)",
+        f"  new        {', '.join(outcome.new_secrets) or 'none (existing secrets kept)'}",
+        f"  broker     {layout.broker_dir}/" + (" (rewritten)" if outcome.broker_written else " (unchanged)"),
+    ]
+    if request.cloud_url:
+        lines.append(f"  cloud      {request.cloud_url}")
+    if outcome.token_removed:
+        lines.append("  boot file  cloud secrets taken out of it")
+    for address in addresses:
+        lines.append(f"  box page   http://{address}:{port}/")
+    if request.lan_listen:
+        lan_port = parse_address(request.lan_listen).port
+        lines.append(f"  terminals  connect to mqtt://{addresses[0]}:{lan_port} with their own password")
+    lines += [f"  note       {note}" for note in outcome.notes]
+    return "\n".join(lines)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgehub provision",
+        description="Provision this box: config, secrets and broker files from a provisioning TOML.",
+    )
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="provisioning file (on a box: /boot/firmware/edgehub-provision.toml)")
+    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--non-interactive", action="store_true",
+                        help="never ask; without --from this is an error")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    layout = Layout(config_dir=args.config_dir, state_dir=args.state_dir)
+    try:
+        if args.source is not None:
+            request = read_request_file(args.source, layout)
+        elif args.non_interactive or not sys.stdin.isatty():
+            print("edgehub provision: give --from FILE (no terminal to ask on)", file=sys.stderr)
+            return 2
+        else:
+            request = ask_request(layout)
+        outcome = provision(request, layout, args.source)
+    except ProvisionError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        print("edgehub provision: nothing was changed", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        # The file we generated failed the daemon's loader: a bug here, not the installer's.
+        print("edgehub provision: the generated config does not pass `edgehub config check`:",
+              file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except (EdgehubError, OSError) as exc:
+        print(f"edgehub provision: {exc}", file=sys.stderr)
+        return 1
+    print(summary(request, layout, outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""A simulated POS terminal that behaves like a real one.
+
+It publishes orders with unique ids at a steady rate, keeps every order until the hub acks it,
+re-sends unacked orders (same order_id) after a timeout, and survives broker and hub restarts
+with a persistent session. Used by ``edgehub sim terminal``, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgehub.bus.topics import Topics
+
+log = logging.getLogger("edgehub.sim.terminal")
+
+MENU = [
+    ("BURG-01", "Cheeseburger", "grill"),
+    ("FRY-02", "Fries", "fryer"),
+    ("WOK-07", "宫保鸡丁 Kung Pao chicken", "wok"),
+    ("COLA-33", "Cola 0.33", "bar"),
+    ("SAL-04", "Caesar salad", "cold"),
+]
+
+
+@dataclass
+class TerminalReport:
+    sent: int = 0
+    resends: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    unacked: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    acked_ids: set[str] = field(default_factory=set)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: float) -> float:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else 0.0
+
+        return {"sent": self.sent, "acked": len(self.acked_ids), "accepted": self.accepted,
+                "duplicate_acks": self.duplicates, "rejected": self.rejected, "resends": self.resends,
+                "unacked": self.unacked, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def make_order(order_id: str, n: int) -> dict[str, Any]:
+    sku, name, station = MENU[n % len(MENU)]
+    return {"schema": "order/1", "order_id": order_id, "table": f"T{n % 40 + 1}", "covers": 2,
+            "lines": [{"sku": sku, "name": name, "qty": 1 + n % 3, "station": station},
+                      {"sku": "COLA-33", "name": "Cola 0.33", "qty": 1, "station": "bar"}]}
+
+
+class TerminalSim:
+    def __init__(self, host: str, port: int, store_id: str, terminal_id: str, password: str,
+                 resend_after: float = 2.0, run_id: str | None = None, clean: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.topics = Topics(store_id)
+        self.terminal_id = terminal_id
+        self.password = password
+        self.resend_after = resend_after
+        self.run_id = run_id or secrets.token_hex(3)
+        self.clean = clean
+        self.report = TerminalReport()
+        self._pending: dict[str, tuple[bytes, float, float]] = {}  # id -> (payload, first, last sent)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+
+    def _make_client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        return aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
+                              identifier=f"sim-{self.terminal_id}-{self.run_id}",
+                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean,
+                              properties=props, keepalive=10, timeout=5)
+
+    async def _connection(self) -> None:
+        while True:
+            try:
+                async with self._make_client() as client:
+                    await client.subscribe(self.topics.ack(self.terminal_id), qos=1)
+                    self._client = client
+                    self._connected.set()
+                    async for message in client.messages:
+                        self._on_ack(bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
+                                     else b"")
+            except aiomqtt.MqttError as exc:
+                log.debug("terminal %s lost its connection: %s", self.terminal_id, exc)
+            finally:
+                self._client = None
+                self._connected.clear()
+            await asyncio.sleep(0.2)
+
+    def _on_ack(self, raw: bytes) -> None:
+        try:
+            ack = json.loads(raw)
+            order_id = ack["order_id"]
+        except (ValueError, KeyError, TypeError):
+            return
+        entry = self._pending.pop(order_id, None)
+        if ack.get("duplicate"):
+            self.report.duplicates += 1
+        if entry is None:
+            return  # an ack for an order acked before (a re-send crossed the first ack)
+        self.report.acked_ids.add(order_id)
+        if ack.get("status") == "accepted":
+            self.report.accepted += 1
+        else:
+            self.report.rejected += 1
+        self.report.latencies_ms.append((time.perf_counter() - entry[1]) * 1000)
+
+    async def _send(self, order_id: str, payload: bytes) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
+        except (aiomqtt.MqttError, TimeoutError):
+            return False
+        return True
+
+    async def _resender(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.2, self.resend_after / 4))
+            now = time.perf_counter()
+            for order_id, (payload, first, last) in list(self._pending.items()):
+                if now - last >= self.resend_after and order_id in self._pending:
+                    self._pending[order_id] = (payload, first, now)
+                    if await self._send(order_id, payload):
+                        self.report.resends += 1
+
+    async def submit(self, doc: dict[str, Any]) -> None:
+        payload = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        now = time.perf_counter()
+        self._pending[doc["order_id"]] = (payload, now, now)
+        self.report.sent += 1
+        await self._send(doc["order_id"], payload)
+
+    async def run(self, orders: int, rate: float, timeout: float = 60.0) -> TerminalReport:
+        """Send ``orders`` orders at ``rate`` per second; return once all are acked or at timeout."""
+        async with asyncio.TaskGroup() as tg:
+            conn = tg.create_task(self._connection())
+            resender = tg.create_task(self._resender())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
+                    start = time.perf_counter()
+                    for n in range(orders):
+                        delay = start + n / rate - time.perf_counter() if rate > 0 else 0
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                        await self.submit(make_order(f"{self.terminal_id}-{self.run_id}-{n:06d}", n))
+                    while self._pending:
+                        await asyncio.sleep(0.02)
+            except TimeoutError:
+                pass
+            finally:
+                self.report.unacked = len(self._pending)
+                conn.cancel()
+                resender.cancel()
+        return self.report
+
+
+async def run_terminals(sims: list[TerminalSim], orders: int, rate: float, timeout: float) -> list[TerminalReport]:
+    return list(await asyncio.gather(*(s.run(orders, rate, timeout) for s in sims)))

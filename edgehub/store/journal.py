@@ -1,0 +1,287 @@
+"""The order journal: SQLite in WAL mode with synchronous=FULL and one writer thread.
+
+Durability without giving up throughput: every write is a small function handed to the single
+writer thread, which gathers whatever arrives within a few milliseconds (``commit_window_ms``)
+into one transaction, each function under its own SAVEPOINT, and fsyncs once for the group. A
+caller's await returns only after *its* group has committed, which is when an order may be acked.
+
+At open the database is checked (``PRAGMA quick_check``); a corrupt file is moved aside, never
+deleted, and a fresh journal is started, so the box keeps taking orders and support can recover
+the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgehub.bus.payloads import Order
+from edgehub.errors import JournalError
+from edgehub.store.schema import migrate
+
+log = logging.getLogger("edgehub.journal")
+
+T = TypeVar("T")
+MAX_BATCH = 512
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class OrderCommit:
+    seq: int
+    duplicate: bool
+
+
+@dataclass
+class JournalStats:
+    commits: int = 0
+    writes: int = 0
+    last_commit_ms: float = 0.0
+    max_batch: int = 0
+    moved_aside: str = ""
+
+
+class Journal:
+    """Async face of the journal. ``async with Journal(...)`` opens, checks and migrates it."""
+
+    def __init__(self, path: Path, store_id: str, commit_window_ms: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.store_id = store_id
+        self.window_s = commit_window_ms / 1000.0
+        self.clock = clock
+        self.stats = JournalStats()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self.commit_observers: list[Callable[[float, int], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Journal:
+        self._loop = asyncio.get_running_loop()
+        writer = await asyncio.to_thread(self._open)
+        self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="journal-writer",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        if self._reader is not None:
+            self._reader.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Keep the WAL from growing on the SD card after a burst.
+        conn.execute("PRAGMA journal_size_limit=4194304")
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"cannot create {self.path.parent}: {exc.strerror or exc}") from exc
+        if self.path.exists() and not self._healthy():
+            self._move_aside()
+        try:
+            conn = self._connect()
+            before, after = migrate(conn)
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+        if before != after:
+            log.info("journal %s migrated from schema %d to %d", self.path, before, after)
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _healthy(self) -> bool:
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=10.0)
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            log.error("journal %s failed its check: %s", self.path, exc)
+            return False
+        if rows != [("ok",)]:
+            log.error("journal %s failed its check: %s", self.path, "; ".join(str(r[0]) for r in rows[:5]))
+            return False
+        return True
+
+    def _move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(Path(f"{target}{suffix}"))
+        self.stats.moved_aside = str(target)
+        log.error("journal %s was corrupt: moved aside to %s and started a new one", self.path, target)
+
+    # --- the writer ------------------------------------------------------------------------
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                deadline = time.monotonic() + self.window_s
+                while len(batch) < MAX_BATCH:
+                    try:
+                        remaining = deadline - time.monotonic()
+                        nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._commit(conn, batch)
+        finally:
+            conn.close()
+            # Anything still queued when the journal closes is refused, never silently dropped.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    self._resolve([(item[1], None, JournalError("journal closed before the write"))])
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Callable[..., Any], asyncio.Future[Any]]]) -> None:
+        started = time.perf_counter()
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, fut in batch:
+                conn.execute("SAVEPOINT item")
+                try:
+                    value = fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                    results.append((fut, None, exc))
+                else:
+                    conn.execute("RELEASE item")
+                    results.append((fut, value, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("journal commit of %d writes failed: %s", len(batch), exc)
+            error = JournalError(f"journal commit failed: {exc}")
+            results = [(fut, None, error) for _, fut in batch]
+        elapsed = time.perf_counter() - started
+        self.stats.commits += 1
+        self.stats.writes += len(batch)
+        self.stats.last_commit_ms = elapsed * 1000
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        for observer in self.commit_observers:
+            observer(elapsed, len(batch))
+        self._resolve(results)
+
+    def _resolve(self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        def settle() -> None:
+            for fut, value, exc in results:
+                if fut.done():
+                    continue
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(value)
+
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self._loop.call_soon_threadsafe(settle)
+
+    # --- the async face --------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside the next group commit; return once that commit is durable."""
+        if self._closed or self._loop is None:
+            raise JournalError("journal is not open")
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put((fn, fut))
+        return await fut
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            if self._reader is None:
+                raise JournalError("journal is not open")
+            with self._reader_lock:
+                return fn(self._reader)
+
+        return await asyncio.to_thread(run)
+
+    # --- what the hub writes ---------------------------------------------------------------
+
+    async def accept_order(self, order: Order) -> OrderCommit:
+        """Journal an order and its outbox row in one commit; a known order_id is a duplicate."""
+        received_at = self.clock()
+        payload = json.dumps(order.doc, separators=(",", ":"), ensure_ascii=False)
+
+        def insert(conn: sqlite3.Connection) -> OrderCommit:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
+                (order.order_id, order.terminal, received_at, payload),
+            )
+            if cur.rowcount == 0:
+                (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
+                return OrderCommit(seq=seq, duplicate=True)
+            seq = int(cur.lastrowid or 0)
+            cloud = json.dumps(
+                {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
+                 "received_at": received_at, "order": order.doc},
+                separators=(",", ":"), ensure_ascii=False,
+            )
+            conn.execute(
+                "INSERT INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
+                (f"order:{order.order_id}", "orders", received_at, cloud.encode()),
+            )
+            return OrderCommit(seq=seq, duplicate=False)
+
+        return await self.write(insert)
+
+    async def add_deadletter(self, topic: str, reason: str, raw: bytes) -> None:
+        at = self.clock()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO deadletters(received_at, topic, reason, payload) VALUES (?,?,?,?)",
+                         (at, topic, reason, raw))
+            # Keep the newest 10,000: dead letters are for support, not a second journal.
+            conn.execute("DELETE FROM deadletters WHERE id <= (SELECT MAX(id) FROM deadletters) - 10000")
+
+        await self.write(insert)
+
+    async def counts(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            orders = conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0]
+            outbox = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            dead = conn.execute("SELECT COUNT(*) FROM deadletters").fetchone()[0]
+            return {"orders": orders, "outbox": outbox, "deadletters": dead}
+
+        return await self.read(run)

@@ -1,0 +1,143 @@
+"""Config checking: one test per kind of problem, each message saying file, line, key and what."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgehub.config import load_config
+from edgehub.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+VALID = """\
+[store]
+id = "store-7"
+
+[broker]
+hub_password = "secret-hub"
+
+[api]
+token = "0123456789abcdef0123"
+"""
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "edgehub.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def test_the_annotated_example_and_the_dev_config_pass() -> None:
+    assert load_config(REPO / "config" / "edgehub.toml").store.id == "store-0042"
+    assert load_config(REPO / "config" / "dev.toml").broker.mode == "managed"
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "edgehub.toml"
+    path.write_text(VALID)
+    config = load_config(path)
+    assert config.broker.listen.port == 1883
+    assert config.journal.path == Path("/var/lib/edgehub/journal.sqlite")
+    assert config.terminals == ()
+
+
+def test_wrong_type_names_key_and_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID + '\n[limits]\nmax_lines = "many"\n')
+    assert found == [f"{tmp_path / 'edgehub.toml'}:11: limits.max_lines: must be an integer, got a string 'many'"]
+
+
+def test_boolean_is_not_an_integer(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID + "\n[limits]\nmax_qty = true\n")
+    assert "limits.max_qty: must be an integer, got a boolean True" in found[0]
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID.replace('id = "store-7"', 'id = "store-7"\nnmae = "typo"'))
+    assert len(found) == 1
+    assert ":3: store.nmae: unknown key (known: id, name)" in found[0]
+
+
+def test_unknown_table(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID + "\n[brokr]\nlisten = 1\n")
+    assert "brokr: unknown table" in found[0]
+
+
+def test_missing_required_key_and_table(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[broker]\nhub_password = "x"\n[api]\ntoken = "0123456789abcdef0123"\n')
+    assert found == [f"{tmp_path / 'edgehub.toml'}: store: missing required table"]
+    found = problems(tmp_path, VALID.replace('hub_password = "secret-hub"', ""))
+    assert "broker.hub_password: missing required key (or hub_password_file)" in found[0]
+
+
+def test_bad_addresses(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID.replace("[api]", '[api]\nlisten = "store-box:80"')
+                     .replace("[broker]", '[broker]\nlisten = "127.0.0.1:99999"\nlan_listen = "0.0.0.0"'))
+    text = "\n".join(found)
+    assert "broker.listen: bad address: port '99999' is not a number from 0 to 65535" in text
+    assert "broker.lan_listen: bad address: '0.0.0.0' is not host:port" in text
+    assert "api.listen: bad address: 'store-box' is not an IP address" in text
+
+
+def test_ipv6_address_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "edgehub.toml"
+    path.write_text(VALID.replace("[api]", '[api]\nlisten = "[::1]:8080"'))
+    assert load_config(path).api.listen.host == "::1"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[store]\nid = "Bad Id"\n[api]\ntoken = "short"\n[journal]\ncommit_window_ms = 99\n')
+    text = "\n".join(found)
+    assert "store.id: 'Bad Id' must be lowercase" in text
+    assert "broker: missing required" not in text  # [broker] itself is optional
+    assert "broker.hub_password: missing required key" in text
+    assert "api.token: must be at least 16 characters" in text
+    assert "journal.commit_window_ms: must be 0 to 50 ms" in text
+
+
+def test_terminals_duplicate_id_and_bad_kind(tmp_path: Path) -> None:
+    text = VALID + ('\n[[terminal]]\nid = "pos-1"\npassword = "a"\n'
+                    '\n[[terminal]]\nid = "pos-1"\nkind = "tablet"\npassword = "b"\n')
+    found = "\n".join(problems(tmp_path, text))
+    assert ":15: terminal[1].id: 'pos-1' is used twice" in found
+    assert ":16: terminal[1].kind: must be pos, kds or kiosk" in found
+
+
+def test_secret_file_missing_and_both_forms(tmp_path: Path) -> None:
+    text = VALID.replace('token = "0123456789abcdef0123"', 'token_file = "secrets/api-token"')
+    found = problems(tmp_path, text)
+    assert "api.token_file: cannot read" in found[0] and "No such file" in found[0]
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "api-token").write_text("0123456789abcdef-from-file\n")
+    path = tmp_path / "edgehub.toml"
+    path.write_text(text)
+    assert load_config(path).api.token == "0123456789abcdef-from-file"
+    both = VALID.replace('token = "0123456789abcdef0123"',
+                         'token = "0123456789abcdef0123"\ntoken_file = "secrets/api-token"')
+    assert "api.token: give either token or token_file, not both" in problems(tmp_path, both)[0]
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[store\nid=")
+    assert found[0].startswith(f"{tmp_path / 'edgehub.toml'}: not valid TOML:")
+
+
+def test_cli_check_exits_2_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "edgehub.toml"
+    path.write_text(VALID + '\n[limits]\nmax_lines = "x"\nmax_qty = -1\n')
+    result = subprocess.run([sys.executable, "-m", "edgehub", "config", "check", str(path)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{path}:11: limits.max_lines: must be an integer, got a string 'x'",
+        f"{path}:12: limits.max_qty: must be greater than 0, got -1",
+    ]
+    ok = subprocess.run([sys.executable, "-m", "edgehub", "config", "check", str(REPO / "config/edgehub.toml")],
+                        capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr

@@ -96,7 +96,7 @@ class Terminal:
                                      username=terminal_id, password=self.password,
                                      identifier=f"test-{terminal_id}-{os.getpid()}-{time.monotonic_ns()}",
                                      protocol=aiomqtt.ProtocolVersion.V5)
-        self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.acks: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Terminal:
@@ -115,16 +115,21 @@ class Terminal:
 
     async def _listen(self) -> None:
         async for message in self.client.messages:
-            assert isinstance(message.payload, bytes)
-            await self.acks.put(json.loads(message.payload))
+            await self.acks.put(message)
 
     async def send(self, payload: bytes | dict[str, Any], topic: str | None = None, **kwargs: Any) -> None:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await self.client.publish(topic or self.topics.order(self.id), body, qos=1, **kwargs)
 
-    async def ack(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def message(self, timeout: float = 5.0) -> aiomqtt.Message:
         async with asyncio.timeout(timeout):
             return await self.acks.get()
+
+    async def ack(self, timeout: float = 5.0) -> dict[str, Any]:
+        message = await self.message(timeout)
+        assert isinstance(message.payload, bytes)
+        doc: dict[str, Any] = json.loads(message.payload)
+        return doc
 
 
 def order(order_id: str, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""Order intake over a real Mosquitto: accepted, duplicate, rejected with a reason, dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgehub.config import Config
+from edgehub.hub import Hub
+from tests.conftest import Terminal, order
+
+
+def journal_rows(config: Config, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(config.journal.path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_order_is_acked_after_commit_and_journaled_once(hub: Hub, config: Config) -> None:
+    async with Terminal(config, "pos-1") as pos:
+        await pos.send(order("A-1", table="T4", covers=2, rush=True))
+        ack = await pos.ack()
+        assert ack == {"schema": "ack/1", "order_id": "A-1", "status": "accepted", "duplicate": False}
+        # The ack came after the commit: the row is there for any other reader right now.
+        assert journal_rows(config, "SELECT order_id, terminal FROM orders") == [("A-1", "pos-1")]
+        assert journal_rows(config, "SELECT msg_id, stream FROM outbox") == [("order:A-1", "orders")]
+
+
+async def test_resent_order_is_acked_again_as_duplicate_and_not_journaled_twice(hub: Hub, config: Config) -> None:
+    async with Terminal(config, "pos-1") as pos:
+        for _ in range(3):
+            await pos.send(order("A-2"))
+        acks = [await pos.ack() for _ in range(3)]
+    assert [a["status"] for a in acks] == ["accepted"] * 3
+    assert sorted(a["duplicate"] for a in acks) == [False, True, True]
+    assert journal_rows(config, "SELECT COUNT(*) FROM orders WHERE order_id='A-2'") == [(1,)]
+    assert journal_rows(config, "SELECT COUNT(*) FROM outbox") == [(1,)]
+
+
+async def test_invalid_orders_are_rejected_naming_the_field(hub: Hub, config: Config) -> None:
+    cases = {
+        "R-1": (order("R-1", lines=[]), "lines: must have at least one line"),
+        "R-2": (order("R-2", lines=[{"sku": "X", "qty": 0}]), "lines[0].qty: must be a positive integer, got 0"),
+        "R-3": (order("R-3", lines=[{"sku": "X", "qty": 1.5}]), "lines[0].qty: must be a positive integer, got 1.5"),
+        "R-4": (order("R-4", lines=[{"sku": "", "qty": 1}]), "lines[0].sku: must not be empty"),
+        "R-5": ({"order_id": "R-5", "lines": [{"sku": "X", "qty": 1}]}, "schema: must be 'order/1', got null"),
+        "R-6": (order("R-6", lines=[{"qty": 1}] * 2), "lines[0].sku: missing"),
+        "R-7": (order("R-7", note="x" * 70_000), "payload: is 70137 bytes, the limit is 65536"),
+        "R-8": (order("R-8", lines=[{"sku": "X", "qty": 1, "station": "Grill Room"}]),
+                "lines[0].station: must be lowercase"),
+        "R-9": (order("R-9", rush="yes"), "rush: must be true or false"),
+    }
+    async with Terminal(config, "pos-1") as pos:
+        for doc, _ in cases.values():
+            await pos.send(doc)
+        acks = {a["order_id"]: a for a in [await pos.ack() for _ in cases]}
+    for order_id, (_, error) in cases.items():
+        assert acks[order_id]["status"] == "rejected", order_id
+        assert acks[order_id]["error"].startswith(error), (order_id, acks[order_id]["error"])
+    assert journal_rows(config, "SELECT COUNT(*) FROM orders") == [(0,)]
+    assert journal_rows(config, "SELECT COUNT(*) FROM deadletters") == [(len(cases),)]
+
+
+async def test_payload_without_usable_order_id_goes_to_deadletter(hub: Hub, config: Config) -> None:
+    reasons = {
+        b"not json at all": "payload is not JSON",
+        b"\xff\xfe\x00": "payload is not UTF-8 text",
+        b"[1, 2]": "payload must be a JSON object, got list",
+        json.dumps({"schema": "order/1", "lines": []}).encode(): "order_id: missing",
+        json.dumps(order("")).encode(): "order_id: must be a non-empty string",
+        json.dumps(order("has space")).encode(): "order_id: must be 1-64 characters",
+    }
+    async with Terminal(config, "pos-1") as pos, aiomqtt.Client(
+        "127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
+        password=config.broker.hub_password, identifier="test-deadletter-reader",
+    ) as reader:
+        await reader.subscribe(hub.topics.deadletter, qos=1)
+        for raw in reasons:
+            await pos.send(raw)
+        seen = []
+        async with asyncio.timeout(5):
+            async for message in reader.messages:
+                assert isinstance(message.payload, bytes)
+                seen.append(json.loads(message.payload))
+                if len(seen) == len(reasons):
+                    break
+        assert pos.acks.empty()
+    for letter, expected in zip(seen, reasons.values(), strict=True):
+        assert letter["schema"] == "deadletter/1"
+        assert letter["topic"] == hub.topics.order("pos-1")
+        assert letter["reason"].startswith(expected), letter["reason"]
+    assert journal_rows(config, "SELECT COUNT(*) FROM deadletters") == [(len(reasons),)]
+    assert hub.healthy() == (True, "")
+
+
+async def test_mqtt5_response_topic_and_correlation_data_are_honoured(hub: Hub, config: Config) -> None:
+    async with Terminal(config, "pos-1") as pos:
+        reply_topic = f"{hub.topics.root}/pos/pos-1/replies"
+        await pos.client.subscribe(reply_topic, qos=1)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = b"req-77"
+        await pos.send(order("C-1"), properties=props)
+        message = await pos.message()
+        assert message.topic.value == reply_topic
+        assert message.properties is not None
+        assert message.properties.CorrelationData == b"req-77"  # type: ignore[attr-defined]
+        assert isinstance(message.payload, bytes)
+        assert json.loads(message.payload)["order_id"] == "C-1"

@@ -1,0 +1,98 @@
+"""Nobody gets in who does not belong: no anonymous MQTT, per-terminal ACLs, API tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from edgehub.broker import acl_text
+from edgehub.config import Config
+from edgehub.hub import Hub
+from tests.conftest import API_TOKEN, Terminal, order
+
+
+async def test_anonymous_and_wrong_password_are_refused(hub: Hub, config: Config) -> None:
+    port = config.broker.listen.port
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", port, identifier="anon"):
+            pass
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", port, username="pos-1", password="guess", identifier="bad"):
+            pass
+
+
+async def test_terminal_cannot_publish_as_another_nor_read_its_acks(hub: Hub, config: Config) -> None:
+    async with Terminal(config, "pos-1") as a, Terminal(config, "pos-2") as b:
+        # A subscribes to B's acks and publishes an order on B's topic: the broker drops both.
+        await a.client.subscribe(a.topics.ack("pos-2"), qos=1)
+        await a.send(order("FORGED-1"), topic=a.topics.order("pos-2"))
+        await b.send(order("B-1"))
+        assert (await b.ack())["order_id"] == "B-1"
+        await asyncio.sleep(0.3)
+        assert a.acks.empty(), "terminal A read terminal B's ack"
+    with sqlite3.connect(config.journal.path) as conn:
+        assert conn.execute("SELECT order_id, terminal FROM orders").fetchall() == [("B-1", "pos-2")]
+
+
+def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
+    text = acl_text(config)
+    block = text.split("user pos-1\n")[1].split("\n\n")[0].splitlines()
+    assert block == [
+        "topic write edgehub/v1/s1/pos/pos-1/#",
+        "topic read edgehub/v1/s1/pos/pos-1/#",
+        "topic read edgehub/v1/s1/hub/$state",
+    ]
+
+
+async def test_healthz_is_open_and_status_needs_the_token(hub: Hub, config: Config) -> None:
+    base = f"http://127.0.0.1:{hub.api.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok"}
+        async with http.get(f"{base}/api/v1/status") as response:
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        async with http.get(f"{base}/api/v1/status", headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401
+        async with http.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {API_TOKEN}"}) as response:
+            assert response.status == 200
+            status = await response.json()
+    assert status["store_id"] == "s1"
+    assert status["broker"]["connected"] is True
+    assert status["journal"]["orders"] == 0
+    assert status["version"] and status["uptime_s"] >= 0
+
+
+async def test_failed_logins_are_rate_limited(hub: Hub) -> None:
+    base = f"http://127.0.0.1:{hub.api.port}"
+    codes = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(15):
+            async with http.get(f"{base}/api/v1/status", headers={"Authorization": "Bearer nope"}) as response:
+                codes.append(response.status)
+        async with http.get(f"{base}/api/v1/status", headers={"Authorization": f"Bearer {API_TOKEN}"}) as response:
+            blocked_even_with_token = response.status
+    assert codes[:10] == [401] * 10
+    assert set(codes[10:]) == {429}
+    assert blocked_even_with_token == 429
+
+
+async def test_healthz_says_503_when_the_broker_is_gone(hub: Hub, broker: object) -> None:
+    from edgehub.broker import MosquittoProcess
+
+    assert isinstance(broker, MosquittoProcess)
+    await broker.stop()
+    async with asyncio.timeout(20):
+        while hub.healthy()[0]:
+            await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{hub.api.port}/healthz") as response:
+            assert response.status == 503
+            body = await response.json()
+    assert body["status"] == "unavailable"
+    assert body["reason"].startswith("broker not connected")

@@ -72,6 +72,8 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         f"max_queued_messages {b.max_queued_messages}",
         "max_queued_bytes 0",
         "max_inflight_messages 100",
+        # Small acks must not wait for Nagle + delayed ACK (40 ms each way).
+        "set_tcp_nodelay true",
         f"max_packet_size {b.max_packet_kib * 1024}",
         "log_dest stderr",
         "log_type error",

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgehub import __version__
@@ -41,6 +42,10 @@ class Hub:
         self.bus: BusConnection | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
+        # Components started after the journal and before the API, stopped in reverse.
+        # Each is an async context manager; status sections feed /api/v1/status.
+        self.components: list[contextlib.AbstractAsyncContextManager[Any]] = []
+        self.status_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -59,6 +64,8 @@ class Hub:
             self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
             broker_address = self.broker.address
         await self._stack.enter_async_context(self.journal)
+        for component in self.components:
+            await self._stack.enter_async_context(component)
         await self._stack.enter_async_context(self.api)
         self.bus = BusConnection(
             host=broker_address.host, port=broker_address.port,
@@ -129,4 +136,5 @@ class Hub:
                 "moved_aside": self.journal.stats.moved_aside,
             },
             "intake": vars(self.intake.stats).copy(),
+            **{name: await section() for name, section in self.status_sections.items()},
         }

@@ -7,6 +7,7 @@ and tests can serve it over a real socket with a real hub behind it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -32,12 +33,16 @@ class ApiServer:
         self.failures = FailedLogins()
         self._runner: web.AppRunner | None = None
         self.port = listen.port
+        # Components (kitchen screens, dashboard, devices…) register their routes before start.
+        self.route_setups: list[Callable[[web.Application], None]] = []
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[token_middleware(self.token, self.failures)],
                               client_max_size=256 * 1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/v1/status", self.status)
+        for setup in self.route_setups:
+            setup(app)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,7 +64,7 @@ class BusConnection:
         connect_props = Properties(PacketTypes.CONNECT)
         connect_props.SessionExpiryInterval = SESSION_EXPIRY_S
         will = aiomqtt.Will(self.topics.hub_state, payloads.hub_state("lost", self.version), qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             username=self._username,
@@ -76,7 +77,12 @@ class BusConnection:
             keepalive=15,
             timeout=10,
             max_inflight_messages=200,
+            # Acks are small: without NODELAY each waits for Nagle and the peer's delayed ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # Many acks in flight at once is the normal case at the dinner rush, not a warning.
+        client.pending_calls_threshold = 5000
+        return client
 
     async def run(self) -> None:
         """Stay connected until cancelled."""

@@ -251,7 +251,12 @@ class PrinterCore:
     @property
     def has_error(self) -> bool:
         f = self._flags
-        return f["mechanical_error"] or f["autocutter_error"] or f["unrecoverable_error"] or f["recoverable_error"]
+        return (
+            f["mechanical_error"]
+            or f["autocutter_error"]
+            or f["unrecoverable_error"]
+            or f["recoverable_error"]
+        )
 
     @property
     def stopped(self) -> bool:
@@ -823,7 +828,6 @@ class PrinterSim(_KnobsMixin):
         """Push unsolicited bytes to every open connection (stale replies, garbage)."""
         self.core.inject(data)
 
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -853,7 +857,6 @@ class PrinterSim(_KnobsMixin):
             self._writers.discard(writer)
             writer.close()
             self._handlers.discard(task)
-
 
 
 class PtyPrinterSim(_KnobsMixin):
@@ -921,5 +924,3 @@ class PtyPrinterSim(_KnobsMixin):
             asyncio.get_running_loop().remove_reader(self._master)
             os.close(self._master)
             self._master = -1
-
-

@@ -276,7 +276,7 @@ class ScaleSim(PtyPort):
             value = -max(value, 5)
         body = b"U" if self.motion else b"S"
         if self._over():
-            body += b"   OL "
+            body += b"   OL  "  # sign + 6-character field
         else:
             body += (b"-" if value < 0 else b" ") + f"{abs(value) / 1000:6.3f}".encode()[-6:]
         body += b"kg"

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,8 @@ class TerminalSim:
         return aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
                               identifier=f"sim-{self.terminal_id}-{self.run_id}",
                               protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean,
-                              properties=props, keepalive=10, timeout=5)
+                              properties=props, keepalive=10, timeout=5,
+                              socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
 
     async def _connection(self) -> None:
         while True:

@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ log = logging.getLogger("edgehub.journal")
 
 T = TypeVar("T")
 MAX_BATCH = 512
+SWITCH_INTERVAL_S = 0.0005
 _STOP = object()
 
 
@@ -73,6 +75,10 @@ class Journal:
 
     async def __aenter__(self) -> Journal:
         self._loop = asyncio.get_running_loop()
+        # The writer thread must get the GIL soon after its fsync returns; with the default 5 ms
+        # switch interval a busy event loop holds it long enough to dominate ack latency.
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         writer = await asyncio.to_thread(self._open)
         self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="journal-writer",
                                         daemon=True)

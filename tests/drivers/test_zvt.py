@@ -279,7 +279,7 @@ async def _evil_terminal_run(after_ack: bytes, send_ack: bool) -> tuple[PaymentR
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    pinpad = ZvtPinpad(_info(port), ack_timeout=0.1, transaction_timeout=0.2)
+    pinpad = ZvtPinpad(_info(port), ack_timeout=0.05, transaction_timeout=0.1)
     try:
         async with asyncio.timeout(3):
             await pinpad.open()
@@ -306,7 +306,7 @@ async def _evil_once(after_ack: bytes, send_ack: bool) -> None:
         assert isinstance(error, (ProtocolError, DeviceTimeout, DeviceUnavailable, PaymentError))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.binary(max_size=40)
     | st.sampled_from([b"\x04\xff", b"\x04\x0f\x05\x27", b"\x06\x1e\x00", b"\x04\x0f\xff\x10", b"\x04\x0f\x02\x99\x99"]),

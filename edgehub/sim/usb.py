@@ -1,0 +1,530 @@
+"""Simulated USB devices behind a pyusb backend: ``usb.core.find(backend=SimUsbBackend(...))``.
+
+The test machines (and a developer laptop) have no USB gadget or kernel emulation, so USB is
+simulated one level up, where pyusb meets libusb: ``SimUsbBackend`` implements pyusb's
+``IBackend`` over a list of simulated devices that can be plugged and unplugged at runtime.
+
+- ``SimUsbPrinter``: a printer-class device (interface class 7/1/2, bulk OUT 0x01, bulk IN 0x82)
+  that answers GET_DEVICE_ID and runs the same ``PrinterCore`` as the TCP and pty printers.
+- ``SimHidScanner``: a barcode scanner in HID boot-keyboard mode (interface 3/1/1, interrupt IN
+  0x81) that delivers 8-byte boot reports; ``type_text()`` queues a scan.
+
+After ``unplug()`` every transfer on an old handle fails with ENODEV, as libusb reports it, and a
+replugged device gets a new address, as on a real bus.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import usb.backend
+import usb.core
+
+from edgehub.sim.printer import PrinterCore, PrinterSession
+
+__all__ = ["SimHidScanner", "SimUsbBackend", "SimUsbDevice", "SimUsbPrinter", "hid_reports_for"]
+
+
+def _no_device() -> usb.core.USBError:
+    return usb.core.USBError("No such device (it may have been disconnected)", -4, errno.ENODEV)
+
+
+def _timed_out() -> usb.core.USBTimeoutError:
+    return usb.core.USBTimeoutError("Operation timed out", -7, errno.ETIMEDOUT)
+
+
+def _stall() -> usb.core.USBError:
+    return usb.core.USBError("Pipe error", -9, errno.EPIPE)
+
+
+@dataclass
+class _EndpointDescriptor:
+    bEndpointAddress: int
+    bmAttributes: int  # 2 bulk, 3 interrupt
+    wMaxPacketSize: int = 64
+    bInterval: int = 0
+    bLength: int = 7
+    bDescriptorType: int = 5
+    bRefresh: int = 0
+    bSynchAddress: int = 0
+    extra_descriptors: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _InterfaceDescriptor:
+    bInterfaceNumber: int
+    bInterfaceClass: int
+    bInterfaceSubClass: int
+    bInterfaceProtocol: int
+    endpoints: list[_EndpointDescriptor]
+    bAlternateSetting: int = 0
+    iInterface: int = 0
+    bLength: int = 9
+    bDescriptorType: int = 4
+    extra_descriptors: list[int] = field(default_factory=list)
+
+    @property
+    def bNumEndpoints(self) -> int:
+        return len(self.endpoints)
+
+
+@dataclass
+class _ConfigurationDescriptor:
+    interfaces: list[_InterfaceDescriptor]
+    bConfigurationValue: int = 1
+    iConfiguration: int = 0
+    bmAttributes: int = 0xC0
+    bMaxPower: int = 50
+    bLength: int = 9
+    bDescriptorType: int = 2
+    extra_descriptors: list[int] = field(default_factory=list)
+
+    @property
+    def bNumInterfaces(self) -> int:
+        return len(self.interfaces)
+
+    @property
+    def wTotalLength(self) -> int:
+        return 9 + sum(9 + 7 * len(i.endpoints) for i in self.interfaces)
+
+
+@dataclass
+class _DeviceDescriptor:
+    idVendor: int
+    idProduct: int
+    bDeviceClass: int
+    bus: int
+    address: int
+    bcdUSB: int = 0x0200
+    bDeviceSubClass: int = 0
+    bDeviceProtocol: int = 0
+    bMaxPacketSize0: int = 64
+    bcdDevice: int = 0x0100
+    iManufacturer: int = 1
+    iProduct: int = 2
+    iSerialNumber: int = 3
+    bNumConfigurations: int = 1
+    bLength: int = 18
+    bDescriptorType: int = 1
+    port_number: int = 1
+    port_numbers: tuple[int, ...] = (1,)
+    speed: int = 2  # full speed, like most POS peripherals
+
+
+class SimUsbDevice:
+    """A simulated device: descriptors, string descriptors and plug state. Subclasses add I/O."""
+
+    def __init__(
+        self,
+        vendor_id: int,
+        product_id: int,
+        interfaces: list[_InterfaceDescriptor],
+        *,
+        manufacturer: str,
+        product: str,
+        serial_number: str,
+        kernel_driver_active: bool = False,
+    ) -> None:
+        self.vendor_id = vendor_id
+        self.product_id = product_id
+        self.manufacturer = manufacturer
+        self.product = product
+        self.serial_number = serial_number
+        self.configuration = _ConfigurationDescriptor(interfaces)
+        self.kernel_driver = {i.bInterfaceNumber: kernel_driver_active for i in interfaces}
+        self.bus = 1
+        self.address = 0
+        self.plugged = False
+        self.generation = 0  # bumped on every plug and unplug, so stale handles fail
+
+    def descriptor(self) -> _DeviceDescriptor:
+        return _DeviceDescriptor(
+            self.vendor_id, self.product_id, 0, self.bus, self.address, port_number=self.address
+        )
+
+    def string(self, index: int) -> str | None:
+        return {1: self.manufacturer, 2: self.product, 3: self.serial_number}.get(index)
+
+    def control_in(
+        self, bm_request_type: int, b_request: int, w_value: int, w_index: int, length: int
+    ) -> bytes:
+        if bm_request_type == 0x80 and b_request == 6 and w_value >> 8 == 3:  # GET_DESCRIPTOR string
+            index = w_value & 0xFF
+            if index == 0:
+                return b"\x04\x03\x09\x04"  # language ids: en-US
+            text = self.string(index)
+            if text is None:
+                raise _stall()
+            body = text.encode("utf-16-le")
+            return bytes((2 + len(body), 3)) + body
+        raise _stall()
+
+    def control_out(
+        self, bm_request_type: int, b_request: int, w_value: int, w_index: int, data: bytes
+    ) -> int:
+        return len(data)
+
+    def opened(self, handle: _Handle) -> None:
+        """A host opened the device."""
+
+    def closed(self, handle: _Handle) -> None:
+        """A host closed the device (or it was unplugged under it)."""
+
+    def bulk_out(self, handle: _Handle, ep: int, data: bytes, timeout_ms: int) -> int:
+        raise _stall()
+
+    def read_in(self, handle: _Handle, ep: int, size: int, timeout_ms: int) -> bytes:
+        raise _stall()
+
+
+class SimUsbPrinter(SimUsbDevice):
+    """An ESC/POS printer on USB (printer class 7/1/2), e.g. an Epson TM-T20 on 04b8:0e28."""
+
+    def __init__(
+        self,
+        core: PrinterCore | None = None,
+        *,
+        vendor_id: int = 0x04B8,
+        product_id: int = 0x0E28,
+        serial_number: str = "SIM-USB-PRN-1",
+        kernel_driver_active: bool = True,  # on Linux usblp binds printer-class interfaces
+    ) -> None:
+        self.core = core or PrinterCore(serial_number=serial_number)
+        interface = _InterfaceDescriptor(
+            0, 7, 1, 2, [_EndpointDescriptor(0x01, 2), _EndpointDescriptor(0x82, 2)]
+        )
+        super().__init__(
+            vendor_id,
+            product_id,
+            [interface],
+            manufacturer=self.core.manufacturer,
+            product=self.core.model,
+            serial_number=serial_number,
+            kernel_driver_active=kernel_driver_active,
+        )
+
+    def control_in(
+        self, bm_request_type: int, b_request: int, w_value: int, w_index: int, length: int
+    ) -> bytes:
+        if bm_request_type == 0xA1 and b_request == 0:  # printer class GET_DEVICE_ID
+            body = self.core.device_id.encode("ascii")
+            return (len(body) + 2).to_bytes(2, "big") + body
+        if bm_request_type == 0xA1 and b_request == 1:  # GET_PORT_STATUS: paper ok, selected, no error
+            return bytes((0x18 if not self.core.stopped else 0x00,))
+        return super().control_in(bm_request_type, b_request, w_value, w_index, length)
+
+    def opened(self, handle: _Handle) -> None:
+        handle.session = self.core.session()
+
+    def closed(self, handle: _Handle) -> None:
+        if handle.session is not None:
+            handle.session.close()
+
+    def bulk_out(self, handle: _Handle, ep: int, data: bytes, timeout_ms: int) -> int:
+        if ep != 0x01 or handle.session is None:
+            raise _stall()
+        handle.session.feed(data)
+        return len(data)
+
+    def read_in(self, handle: _Handle, ep: int, size: int, timeout_ms: int) -> bytes:
+        if ep != 0x82 or handle.session is None:
+            raise _stall()
+        deadline = time.monotonic() + max(1, timeout_ms) / 1000
+        while True:
+            if not handle.valid():
+                raise _no_device()
+            handle.pending += handle.session.take_output()
+            if handle.pending:
+                data = bytes(handle.pending[:size])
+                del handle.pending[:size]
+                return data
+            if time.monotonic() >= deadline:
+                raise _timed_out()
+            time.sleep(0.002)
+
+
+# HID usage ids of a US keyboard: char -> (usage, shift)
+_HID_KEYS: dict[str, tuple[int, bool]] = {
+    **{chr(ord("a") + i): (0x04 + i, False) for i in range(26)},
+    **{chr(ord("A") + i): (0x04 + i, True) for i in range(26)},
+    **{str(d): (0x1E + d - 1, False) for d in range(1, 10)},
+    "0": (0x27, False),
+    "\n": (0x28, False),
+    "\r": (0x28, False),
+    "\t": (0x2B, False),
+    " ": (0x2C, False),
+    **{ch: (0x2D + i, False) for i, ch in enumerate("-=[]\\")},
+    **{ch: (0x2D + i, True) for i, ch in enumerate("_+{}|")},
+    ";": (0x33, False),
+    ":": (0x33, True),
+    "'": (0x34, False),
+    '"': (0x34, True),
+    "`": (0x35, False),
+    "~": (0x35, True),
+    ",": (0x36, False),
+    "<": (0x36, True),
+    ".": (0x37, False),
+    ">": (0x37, True),
+    "/": (0x38, False),
+    "?": (0x38, True),
+    **{ch: (0x1E + i, True) for i, ch in enumerate("!@#$%^&*(")},
+    ")": (0x27, True),
+}
+LEFT_SHIFT = 0x02
+
+
+def hid_reports_for(text: str, *, enter: bool = True) -> list[bytes]:
+    """Boot keyboard reports for typing ``text`` (key down, key up per character) plus Enter."""
+    reports: list[bytes] = []
+    for ch in text + ("\n" if enter else ""):
+        if ch not in _HID_KEYS:
+            raise ValueError(f"a US-layout HID keyboard cannot type {ch!r}")
+        usage, shift = _HID_KEYS[ch]
+        reports.append(bytes((LEFT_SHIFT if shift else 0, 0, usage, 0, 0, 0, 0, 0)))
+        reports.append(bytes(8))
+    return reports
+
+
+class SimHidScanner(SimUsbDevice):
+    """A barcode scanner in HID boot-keyboard mode (e.g. a Honeywell on 0c2e:0b61)."""
+
+    def __init__(
+        self,
+        *,
+        vendor_id: int = 0x0C2E,
+        product_id: int = 0x0B61,
+        serial_number: str = "SIM-SCN-1",
+        manufacturer: str = "Honeywell",
+        product: str = "Voyager 1200g",
+        kernel_driver_active: bool = True,  # usbhid binds it as a keyboard
+    ) -> None:
+        interface = _InterfaceDescriptor(
+            0, 3, 1, 1, [_EndpointDescriptor(0x81, 3, wMaxPacketSize=8, bInterval=1)]
+        )
+        super().__init__(
+            vendor_id,
+            product_id,
+            [interface],
+            manufacturer=manufacturer,
+            product=product,
+            serial_number=serial_number,
+            kernel_driver_active=kernel_driver_active,
+        )
+        self.reports: queue.Queue[bytes] = queue.Queue()
+
+    def type_text(self, text: str) -> None:
+        """Queue the reports of one scan: ``text`` then Enter, shift held for capitals."""
+        for report in hid_reports_for(text):
+            self.reports.put(report)
+
+    def control_out(
+        self, bm_request_type: int, b_request: int, w_value: int, w_index: int, data: bytes
+    ) -> int:
+        return len(data)  # SET_IDLE, SET_PROTOCOL(boot), SET_REPORT(LEDs): accepted
+
+    def control_in(
+        self, bm_request_type: int, b_request: int, w_value: int, w_index: int, length: int
+    ) -> bytes:
+        if bm_request_type == 0xA1 and b_request == 0x03:  # GET_PROTOCOL: boot
+            return b"\x00"
+        return super().control_in(bm_request_type, b_request, w_value, w_index, length)
+
+    def read_in(self, handle: _Handle, ep: int, size: int, timeout_ms: int) -> bytes:
+        if ep != 0x81:
+            raise _stall()
+        deadline = time.monotonic() + max(1, timeout_ms) / 1000
+        while True:
+            if not handle.valid():
+                raise _no_device()
+            try:
+                return self.reports.get(timeout=min(0.01, max(0.0, deadline - time.monotonic())))[:size]
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise _timed_out() from None
+
+
+class _Handle:
+    """An open device, valid until the device is unplugged (even if it is plugged back in)."""
+
+    def __init__(self, device: SimUsbDevice) -> None:
+        self.device = device
+        self.generation = device.generation
+        self.session: PrinterSession | None = None
+        self.pending = bytearray()
+        self.configuration = 1
+        self.claimed: set[int] = set()
+
+    def valid(self) -> bool:
+        return self.device.plugged and self.device.generation == self.generation
+
+
+class SimUsbBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb ships no type hints
+    """A pyusb backend over simulated devices. Give it to ``usb.core.find(backend=...)``."""
+
+    def __init__(self, devices: Iterable[SimUsbDevice] = ()) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+        self._devices: list[SimUsbDevice] = []
+        self._handles: list[_Handle] = []
+        self._addresses = itertools.count(2)  # address 1 is the root hub on a real bus
+        for device in devices:
+            self.plug(device)
+
+    @property
+    def devices(self) -> list[SimUsbDevice]:
+        with self._lock:
+            return list(self._devices)
+
+    def plug(self, device: SimUsbDevice) -> SimUsbDevice:
+        """Plug a device in; it gets the next free address, like on a real bus."""
+        with self._lock:
+            if device.plugged:
+                return device
+            device.address = next(self._addresses)
+            device.plugged = True
+            device.generation += 1
+            self._devices.append(device)
+            return device
+
+    def unplug(self, device: SimUsbDevice) -> None:
+        """Pull the cable: open handles fail with ENODEV from now on."""
+        with self._lock:
+            if not device.plugged:
+                return
+            device.plugged = False
+            device.generation += 1
+            self._devices.remove(device)
+            for handle in [h for h in self._handles if h.device is device]:
+                self._handles.remove(handle)
+                device.closed(handle)
+
+    # -- IBackend ----------------------------------------------------------------------------
+    def enumerate_devices(self) -> Iterator[SimUsbDevice]:
+        return iter(self.devices)
+
+    def get_parent(self, dev: SimUsbDevice) -> None:
+        return None
+
+    def get_device_descriptor(self, dev: SimUsbDevice) -> _DeviceDescriptor:
+        return dev.descriptor()
+
+    def get_configuration_descriptor(self, dev: SimUsbDevice, config: int) -> _ConfigurationDescriptor:
+        if config != 0:
+            raise IndexError(f"configuration {config} does not exist")
+        return dev.configuration
+
+    def get_interface_descriptor(
+        self, dev: SimUsbDevice, intf: int, alt: int, config: int
+    ) -> _InterfaceDescriptor:
+        interfaces = self.get_configuration_descriptor(dev, config).interfaces
+        if intf >= len(interfaces) or alt != 0:
+            raise IndexError(f"interface {intf} alt {alt} does not exist")
+        return interfaces[intf]
+
+    def get_endpoint_descriptor(
+        self, dev: SimUsbDevice, ep: int, intf: int, alt: int, config: int
+    ) -> _EndpointDescriptor:
+        endpoints = self.get_interface_descriptor(dev, intf, alt, config).endpoints
+        if ep >= len(endpoints):
+            raise IndexError(f"endpoint {ep} does not exist")
+        return endpoints[ep]
+
+    def open_device(self, dev: SimUsbDevice) -> _Handle:
+        with self._lock:
+            if not dev.plugged:
+                raise _no_device()
+            handle = _Handle(dev)
+            self._handles.append(handle)
+            dev.opened(handle)
+            return handle
+
+    def close_device(self, dev_handle: _Handle) -> None:
+        with self._lock:
+            if dev_handle in self._handles:
+                self._handles.remove(dev_handle)
+                dev_handle.device.closed(dev_handle)
+
+    def _check(self, handle: _Handle) -> SimUsbDevice:
+        if not handle.valid():
+            raise _no_device()
+        return handle.device
+
+    def set_configuration(self, dev_handle: _Handle, config_value: int) -> None:
+        self._check(dev_handle)
+        dev_handle.configuration = config_value
+
+    def get_configuration(self, dev_handle: _Handle) -> int:
+        self._check(dev_handle)
+        return dev_handle.configuration
+
+    def set_interface_altsetting(self, dev_handle: _Handle, intf: int, altsetting: int) -> None:
+        self._check(dev_handle)
+
+    def claim_interface(self, dev_handle: _Handle, intf: int) -> None:
+        device = self._check(dev_handle)
+        if device.kernel_driver.get(intf, False):
+            raise usb.core.USBError("Resource busy", -6, errno.EBUSY)
+        dev_handle.claimed.add(intf)
+
+    def release_interface(self, dev_handle: _Handle, intf: int) -> None:
+        dev_handle.claimed.discard(intf)
+
+    def is_kernel_driver_active(self, dev_handle: _Handle, intf: int) -> bool:
+        return self._check(dev_handle).kernel_driver.get(intf, False)
+
+    def detach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        self._check(dev_handle).kernel_driver[intf] = False
+
+    def attach_kernel_driver(self, dev_handle: _Handle, intf: int) -> None:
+        self._check(dev_handle).kernel_driver[intf] = True
+
+    def bulk_write(
+        self, dev_handle: _Handle, ep: int, intf: int, data: array.array[int], timeout: int
+    ) -> int:
+        return self._check(dev_handle).bulk_out(dev_handle, ep, bytes(data), timeout)
+
+    def intr_write(
+        self, dev_handle: _Handle, ep: int, intf: int, data: array.array[int], timeout: int
+    ) -> int:
+        return self._check(dev_handle).bulk_out(dev_handle, ep, bytes(data), timeout)
+
+    def _read(self, dev_handle: _Handle, ep: int, buff: array.array[int], timeout: int) -> int:
+        data = self._check(dev_handle).read_in(dev_handle, ep, len(buff), timeout)
+        buff[: len(data)] = array.array("B", data)
+        return len(data)
+
+    def bulk_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return self._read(dev_handle, ep, buff, timeout)
+
+    def intr_read(self, dev_handle: _Handle, ep: int, intf: int, buff: array.array[int], timeout: int) -> int:
+        return self._read(dev_handle, ep, buff, timeout)
+
+    def ctrl_transfer(
+        self,
+        dev_handle: _Handle,
+        bmRequestType: int,  # pyusb names these parameters in camelCase
+        bRequest: int,
+        wValue: int,
+        wIndex: int,
+        data: array.array[int],
+        timeout: int,
+    ) -> int:
+        device = self._check(dev_handle)
+        if bmRequestType & 0x80:
+            reply = device.control_in(bmRequestType, bRequest, wValue, wIndex, len(data))[: len(data)]
+            data[: len(reply)] = array.array("B", reply)
+            return len(reply)
+        return device.control_out(bmRequestType, bRequest, wValue, wIndex, bytes(data))
+
+    def clear_halt(self, dev_handle: _Handle, ep: int) -> None:
+        self._check(dev_handle)
+
+    def reset_device(self, dev_handle: _Handle) -> None:
+        self._check(dev_handle)

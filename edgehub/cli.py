@@ -31,7 +31,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     async def announce() -> None:
         await hub.ready.wait()
-        assert hub.bus is not None
         print(f"edgehub {__version__}: store {config.store.id} ready", flush=True)
         print(f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}", flush=True)
         print(f"  dashboard  {hub.api.url}", flush=True)

@@ -39,7 +39,13 @@ class Hub:
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
         self.intake = Intake(self.topics, config.limits, self.journal)
         self.api = ApiServer(config.api.listen, config.api.token, self)
-        self.bus: BusConnection | None = None
+        self.bus = BusConnection(
+            host=config.broker.listen.host, port=config.broker.listen.port,
+            username=config.broker.hub_user, password=config.broker.hub_password,
+            client_id=f"edgehub-hub-{config.store.id}", topics=self.topics, version=__version__,
+        )
+        self.intake.bus = self.bus
+        self.bus.route(self.topics.all_orders, self.intake.handle)
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
         # Components started after the journal and before the API, stopped in reverse.
@@ -59,27 +65,18 @@ class Hub:
 
     async def _start(self) -> None:
         cfg = self.config
-        broker_address = cfg.broker.listen
         if cfg.broker.mode == "managed":
             self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
-            broker_address = self.broker.address
+            self.bus.host, self.bus.port = self.broker.address.host, self.broker.address.port
         await self._stack.enter_async_context(self.journal)
         for component in self.components:
             await self._stack.enter_async_context(component)
         await self._stack.enter_async_context(self.api)
-        self.bus = BusConnection(
-            host=broker_address.host, port=broker_address.port,
-            username=cfg.broker.hub_user, password=cfg.broker.hub_password,
-            client_id=f"edgehub-hub-{cfg.store.id}", topics=self.topics, version=__version__,
-            subscriptions=[self.topics.all_orders], handler=self.intake.handle,
-        )
-        self.intake.bus = self.bus
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive(), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
 
     async def _announce_ready(self) -> None:
-        assert self.bus is not None
         await self.bus.connected.wait()
         self.ready.set()
         self.notifier.ready(f"serving store {self.config.store.id}")
@@ -88,8 +85,7 @@ class Hub:
 
     async def __aexit__(self, *exc: object) -> None:
         self.notifier.stopping()
-        if self.bus is not None:
-            await self.bus.close()
+        await self.bus.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -108,8 +104,8 @@ class Hub:
     # --- what the API reads ----------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
-        if self.bus is None or not self.bus.connected.is_set():
-            reason = self.bus.last_error if self.bus is not None else "starting"
+        if not self.bus.connected.is_set():
+            reason = self.bus.last_error
             return False, f"broker not connected{': ' + reason if reason else ''}"
         return True, ""
 
@@ -122,10 +118,10 @@ class Hub:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "broker": {
-                "connected": bool(bus and bus.connected.is_set()),
-                "address": f"{bus.host}:{bus.port}" if bus else "",
-                "connects": bus.connects if bus else 0,
-                "last_error": bus.last_error if bus else "",
+                "connected": bus.connected.is_set(),
+                "address": f"{bus.host}:{bus.port}",
+                "connects": bus.connects,
+                "last_error": bus.last_error,
             },
             "journal": {
                 "orders": counts["orders"],

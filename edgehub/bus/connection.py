@@ -39,8 +39,6 @@ class BusConnection:
         client_id: str,
         topics: Topics,
         version: str,
-        subscriptions: list[str],
-        handler: Handler,
         max_handlers: int = 2000,
     ) -> None:
         self.host = host
@@ -50,8 +48,8 @@ class BusConnection:
         self.client_id = client_id
         self.topics = topics
         self.version = version
-        self.subscriptions = subscriptions
-        self._handler = handler
+        # (topic filter, handler): each component routes its own topics; subscribed on connect.
+        self.routes: list[tuple[str, Handler]] = []
         self._slots = asyncio.Semaphore(max_handlers)
         self._client: aiomqtt.Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,7 +89,7 @@ class BusConnection:
             try:
                 async with self._make_client() as client:
                     self._client = client
-                    for topic in self.subscriptions:
+                    for topic, _ in self.routes:
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.topics.hub_state, payloads.hub_state("ready", self.version),
                                          qos=1, retain=True)
@@ -119,9 +117,18 @@ class BusConnection:
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 5.0)
 
+    def route(self, topic_filter: str, handler: Handler) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler`` (call before ``run``)."""
+        self.routes.append((topic_filter, handler))
+
     async def _handle(self, message: aiomqtt.Message) -> None:
         try:
-            await self._handler(message)
+            for topic_filter, handler in self.routes:
+                if message.topic.matches(topic_filter):
+                    await handler(message)
+                    break
+            else:
+                log.debug("no route for %s", message.topic.value)
         except Exception:
             # The daemon never dies on input; what went wrong is logged with the topic.
             log.exception("handling a message on %s failed", message.topic.value)

@@ -363,7 +363,7 @@ class _Renderer:
             font = ImageFont.truetype(font_path, px)
         except OSError as exc:
             raise TicketRenderError(f"cannot load font {font_path}: {exc}") from exc
-        left, top, right, bottom = font.getbbox(line or " ")
+        left, _top, right, bottom = font.getbbox(line or " ")
         width = max(1, min(self.p.dots, right - min(0, left) + (1 if bold else 0)))
         height = max(px, bottom) + 2
         img = Image.new("1", (width, height), 1)

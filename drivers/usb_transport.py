@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +35,13 @@ _READ_SLICE_MS = 50  # one libusb read waits at most this long, so an abandoned 
 _R = TypeVar("_R")
 
 # Long keys some printers use instead of the short IEEE-1284 ones.
-_KEY_ALIASES = {"MANUFACTURER": "MFG", "MODEL": "MDL", "COMMAND SET": "CMD", "DESCRIPTION": "DES", "CLASS": "CLS"}
+_KEY_ALIASES = {
+    "MANUFACTURER": "MFG",
+    "MODEL": "MDL",
+    "COMMAND SET": "CMD",
+    "DESCRIPTION": "DES",
+    "CLASS": "CLS",
+}
 
 
 def parse_device_id(raw: bytes) -> dict[str, str]:
@@ -46,7 +53,7 @@ def parse_device_id(raw: bytes) -> dict[str, str]:
     if len(raw) >= 2:
         declared = int.from_bytes(raw[:2], "big")
         # Some firmware counts the length bytes, some does not, some send nonsense: trust the data.
-        body = raw[2 : declared] if 2 < declared <= len(raw) else raw[2:]
+        body = raw[2:declared] if 2 < declared <= len(raw) else raw[2:]
     else:
         body = b""
     text = body.decode("latin-1").strip("\x00 \r\n")
@@ -66,9 +73,7 @@ def find_printers(backend: object | None = None) -> list[usb.core.Device]:
     def has_printer_interface(dev: usb.core.Device) -> bool:
         if dev.bDeviceClass == PRINTER_CLASS:
             return True
-        return any(
-            intf.bInterfaceClass == PRINTER_CLASS for cfg in dev for intf in cfg
-        )
+        return any(intf.bInterfaceClass == PRINTER_CLASS for cfg in dev for intf in cfg)
 
     return list(usb.core.find(find_all=True, backend=backend, custom_match=has_printer_interface))
 
@@ -95,12 +100,16 @@ class UsbTransport:
     claims the interface.
     """
 
-    def __init__(self, device: usb.core.Device, *, interface: int | None = None, label: str | None = None) -> None:
+    def __init__(
+        self, device: usb.core.Device, *, interface: int | None = None, label: str | None = None
+    ) -> None:
         self.device = device
         self._want_interface = interface
         self.interface = -1
         self.alt_setting = 0
-        self.label = label or f"usb://{device.idVendor:04x}:{device.idProduct:04x}@{device.bus}-{device.address}"
+        self.label = (
+            label or f"usb://{device.idVendor:04x}:{device.idProduct:04x}@{device.bus}-{device.address}"
+        )
         self._ep_out: Any = None
         self._ep_in: Any = None
         self._detached = False
@@ -213,7 +222,9 @@ class UsbTransport:
                     if left <= 0:
                         raise DeviceTimeout(f"{self.label} sent no {what} within {timeout:.2f}s")
                     slice_ms = max(1, min(_READ_SLICE_MS, int(left * 1000)))
-                    await self._call(lambda: self._read_slice(slice_ms), max(1.0, left + 0.5), "reading")
+                    await self._call(
+                        functools.partial(self._read_slice, slice_ms), max(1.0, left + 0.5), "reading"
+                    )
         except TimeoutError as exc:
             raise DeviceTimeout(f"{self.label} sent no {what} within {timeout:.2f}s") from exc
 

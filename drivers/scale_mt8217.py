@@ -350,4 +350,3 @@ class MT8217Scale(Driver):
                 "parity": "software" if isinstance(line, _SoftwareParity7E1) else "uart",
             },
         )
-

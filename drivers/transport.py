@@ -55,6 +55,8 @@ class StreamTransport:
         stopbits: float = 1,
         timeout: float = 2.0,
     ) -> StreamTransport:
+        import termios
+
         import serial
         import serial_asyncio_fast
 
@@ -66,7 +68,7 @@ class StreamTransport:
                 )
         except TimeoutError as exc:
             raise DeviceTimeout(f"cannot open {label} within {timeout:.1f}s") from exc
-        except (OSError, serial.SerialException, ValueError) as exc:
+        except (OSError, serial.SerialException, ValueError, termios.error) as exc:
             raise DeviceUnavailable(f"cannot open {label}: {exc}") from exc
         return cls(reader, writer, label)
 

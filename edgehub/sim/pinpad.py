@@ -133,7 +133,9 @@ class ZvtPinpadSim:
             n = int.from_bytes(await reader.readexactly(2), "little")
         return head[0], head[1], await reader.readexactly(n)
 
-    async def _send_wait_ack(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, apdu: bytes) -> None:
+    async def _send_wait_ack(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, apdu: bytes
+    ) -> None:
         writer.write(apdu)
         await writer.drain()
         async with asyncio.timeout(5):
@@ -173,7 +175,12 @@ class ZvtPinpadSim:
         code = (cls, instr)
         if code in ((0x06, 0x01), (0x06, 0x31)) and self.fault == "before_ack":
             self._die(writer)
-        if code != (0x06, 0xB0) and code[0] in (0x05, 0x06) and data[:3] != self.password and code != (0x06, 0x01):
+        if (
+            code != (0x06, 0xB0)
+            and code[0] in (0x05, 0x06)
+            and data[:3] != self.password
+            and code != (0x06, 0x01)
+        ):
             writer.write(b"\x84\x6b\x00" if len(data) >= 3 else b"\x84\x83\x00")
             await writer.drain()
             return
@@ -196,7 +203,9 @@ class ZvtPinpadSim:
                 await self._send_wait_ack(reader, writer, _apdu(0x06, 0x1E, b"\x83"))
             else:
                 await self._send_wait_ack(reader, writer, _apdu(0x04, 0x0F, self._status_info(self.last)))
-                await self._send_wait_ack(reader, writer, _apdu(0x06, 0x0F, b"\x29" + bytes.fromhex(self.terminal_id)))
+                await self._send_wait_ack(
+                    reader, writer, _apdu(0x06, 0x0F, b"\x29" + bytes.fromhex(self.terminal_id))
+                )
         elif code == (0x06, 0x30):
             await self._reversal(reader, writer, data)
         else:
@@ -213,7 +222,11 @@ class ZvtPinpadSim:
         return fields
 
     def _pan_bcd(self) -> bytes:
-        pan = self.card_pan if self.send_full_pan else self.card_pan[:6] + "E" * (len(self.card_pan) - 10) + self.card_pan[-4:]
+        pan = (
+            self.card_pan
+            if self.send_full_pan
+            else self.card_pan[:6] + "E" * (len(self.card_pan) - 10) + self.card_pan[-4:]
+        )
         if len(pan) % 2:
             pan += "F"
         raw = bytes.fromhex(pan)
@@ -251,7 +264,11 @@ class ZvtPinpadSim:
             return False
 
     async def _authorise(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, kind: Literal["payment", "refund"], data: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        kind: Literal["payment", "refund"],
+        data: bytes,
     ) -> None:
         fields = self._fields(data if kind == "payment" else data[3:])
         amount = int(fields.get(0x04, b"\x00").hex() or "0")
@@ -285,7 +302,9 @@ class ZvtPinpadSim:
         else:
             await self._send_wait_ack(reader, writer, _apdu(0x06, 0x1E, bytes([code])))
 
-    async def _reversal(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _reversal(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+    ) -> None:
         fields = self._fields(data[3:])
         receipt = int(fields[0x87].hex()) if 0x87 in fields else -1
         original = next((c for c in self.charges if c.receipt_no == receipt), None)
@@ -303,4 +322,6 @@ class ZvtPinpadSim:
     @property
     def net_charged_cents(self) -> int:
         """What the customers' cards are down overall: charges less reversals and refunds."""
-        return sum(c.amount_cents for c in self.charges if not c.reversed) - sum(r.amount_cents for r in self.refunds)
+        return sum(c.amount_cents for c in self.charges if not c.reversed) - sum(
+            r.amount_cents for r in self.refunds
+        )

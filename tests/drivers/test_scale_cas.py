@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.base import DeviceInfo
-from drivers.scale_cas import CasScale, parse_cas_continuous, parse_cas_ecr_frame
+from drivers.scale_cas import CasMode, CasScale, parse_cas_continuous, parse_cas_ecr_frame
 from drivers.scale_mt8217 import MT8217Scale, Weight
 from edgehub.errors import DeviceTimeout, DeviceUnavailable, ProtocolError
 from edgehub.sim.scale import EchoPortSim, ScaleSim
@@ -22,7 +23,7 @@ def _info(port: str) -> DeviceInfo:
 @pytest.mark.parametrize("protocol", ["cas", "cas-continuous"])
 async def test_every_state(protocol: str) -> None:
     async with ScaleSim(protocol, weight_g=1234) as sim:  # type: ignore[arg-type]
-        mode = "continuous" if protocol == "cas-continuous" else "ecr"
+        mode: CasMode = "continuous" if protocol == "cas-continuous" else "ecr"
         async with CasScale(_info(sim.port), mode=mode) as scale:
             assert isinstance(scale, CasScale)
             assert await scale.read_weight() == Weight("stable", 1234)
@@ -127,10 +128,8 @@ def test_parsers_on_known_frames() -> None:
 @given(st.binary(min_size=15, max_size=15) | st.binary(max_size=30))
 def test_parsers_never_crash(data: bytes) -> None:
     for parse in (parse_cas_ecr_frame, parse_cas_continuous):
-        try:
+        with contextlib.suppress(ProtocolError):
             parse(data)
-        except ProtocolError:
-            pass
 
 
 async def _one_bad(payload: bytes) -> None:

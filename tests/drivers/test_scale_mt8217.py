@@ -50,7 +50,10 @@ async def test_status_knobs(knob: str, state: str) -> None:
 
 
 async def test_over_capacity_without_knob() -> None:
-    async with ScaleSim("mt8217", weight_g=20_000, capacity_g=15_000) as sim, MT8217Scale(_info(sim.port)) as scale:
+    async with (
+        ScaleSim("mt8217", weight_g=20_000, capacity_g=15_000) as sim,
+        MT8217Scale(_info(sim.port)) as scale,
+    ):
         assert isinstance(scale, MT8217Scale)
         assert (await scale.read_weight()).state == "overload"
 

@@ -15,7 +15,9 @@ from edgehub.sim.scanner import SerialScannerSim
 
 
 def _info(port: str) -> DeviceInfo:
-    return DeviceInfo(device_id="scanner-1", kind="scanner", transport="serial", address=port, driver="serial_scanner")
+    return DeviceInfo(
+        device_id="scanner-1", kind="scanner", transport="serial", address=port, driver="serial_scanner"
+    )
 
 
 async def test_scans_with_cr_and_crlf() -> None:

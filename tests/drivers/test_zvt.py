@@ -25,7 +25,9 @@ from edgehub.sim.pinpad import ZvtPinpadSim
 
 
 def _info(port: int) -> DeviceInfo:
-    return DeviceInfo(device_id="pinpad-1", kind="pinpad", transport="tcp", address=f"127.0.0.1:{port}", driver="zvt")
+    return DeviceInfo(
+        device_id="pinpad-1", kind="pinpad", transport="tcp", address=f"127.0.0.1:{port}", driver="zvt"
+    )
 
 
 @pytest.fixture
@@ -93,8 +95,9 @@ async def test_abort_while_waiting_for_card(sim: ZvtPinpadSim, pinpad: ZvtPinpad
     assert not await pinpad.abort()  # nothing running
     sim.card_delay = 5.0
     paying = asyncio.create_task(pinpad.pay(3000))
-    while (0x06, 0x01) not in sim.commands:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(2):
+        while (0x06, 0x01) not in sim.commands:  # noqa: ASYNC110 - polling the sim's journal is the point
+            await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert await pinpad.abort()
     result = await paying
@@ -141,7 +144,12 @@ async def test_last_transaction(sim: ZvtPinpadSim, pinpad: ZvtPinpad) -> None:
     paid = await pinpad.pay(777)
     last = await pinpad.last_transaction()
     assert last is not None
-    assert (last.outcome, last.amount_cents, last.trace_no, last.receipt_no) == ("approved", 777, paid.trace_no, paid.receipt_no)
+    assert (last.outcome, last.amount_cents, last.trace_no, last.receipt_no) == (
+        "approved",
+        777,
+        paid.trace_no,
+        paid.receipt_no,
+    )
     sim.next_result_code = 0x05
     await pinpad.pay(888)
     last = await pinpad.last_transaction()
@@ -259,7 +267,9 @@ def test_serial_frame_corruption_is_protocol_error() -> None:
 # -- a terminal that sends garbage --------------------------------------------------------------
 
 
-async def _evil_terminal_run(after_ack: bytes, send_ack: bool) -> tuple[PaymentResult | None, BaseException | None]:
+async def _evil_terminal_run(
+    after_ack: bytes, send_ack: bool
+) -> tuple[PaymentResult | None, BaseException | None]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -309,7 +319,9 @@ async def _evil_once(after_ack: bytes, send_ack: bool) -> None:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.binary(max_size=40)
-    | st.sampled_from([b"\x04\xff", b"\x04\x0f\x05\x27", b"\x06\x1e\x00", b"\x04\x0f\xff\x10", b"\x04\x0f\x02\x99\x99"]),
+    | st.sampled_from(
+        [b"\x04\xff", b"\x04\x0f\x05\x27", b"\x06\x1e\x00", b"\x04\x0f\xff\x10", b"\x04\x0f\x02\x99\x99"]
+    ),
     st.booleans(),
 )
 def test_garbage_from_terminal_never_crashes_or_hangs(after_ack: bytes, send_ack: bool) -> None:

@@ -1,0 +1,342 @@
+"""USB HID barcode scanner in keyboard mode: boot reports in, scans out.
+
+A scanner in keyboard mode "types" its code as 8-byte boot reports ``[modifiers, 0, k1..k6]``.
+We take the device from the kernel (``detach_kernel_driver``) so a scan never lands as
+keystrokes in whatever window has focus, read its interrupt IN endpoint in a thread, and decode
+the reports with :class:`HidReportDecoder` (US layout; Enter ends a scan). The report source is
+an interface (:class:`ReportSource`), so an evdev reader or a test can feed synthetic reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Protocol
+
+from drivers.base import DeviceInfo, Driver, Health, UsbMatch
+from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
+
+__all__ = ["SCANNER_VENDOR_IDS", "HidReportDecoder", "HidScanner", "PyUsbReportSource", "ReportSource"]
+
+SCANNER_VENDOR_IDS = {
+    0x0C2E: "Honeywell",
+    0x0536: "Hand Held Products",
+    0x05E0: "Zebra/Symbol",
+    0x05F9: "Datalogic",
+    0x1EAB: "Newland",
+    0x23D0: "Youjie",
+}
+HID_CLASS = 3
+
+_SHIFT = 0x02 | 0x20
+_CTRL = 0x01 | 0x10
+_ALT_GUI = 0x04 | 0x08 | 0x40 | 0x80
+ENTER, KEYPAD_ENTER, CAPS_LOCK, ERROR_ROLLOVER = 0x28, 0x58, 0x39, 0x01
+
+# usage -> (unshifted, shifted) on a US layout
+_KEYS: dict[int, tuple[str, str]] = {
+    **{0x04 + i: (c, c.upper()) for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")},
+    **{0x1E + i: (d, s) for i, (d, s) in enumerate(zip("1234567890", "!@#$%^&*()", strict=True))},
+    0x2B: ("\t", "\t"),
+    0x2C: (" ", " "),
+    0x2D: ("-", "_"),
+    0x2E: ("=", "+"),
+    0x2F: ("[", "{"),
+    0x30: ("]", "}"),
+    0x31: ("\\", "|"),
+    0x32: ("#", "~"),
+    0x33: (";", ":"),
+    0x34: ("'", '"'),
+    0x35: ("`", "~"),
+    0x36: (",", "<"),
+    0x37: (".", ">"),
+    0x38: ("/", "?"),
+    0x54: ("/", "/"),
+    0x55: ("*", "*"),
+    0x56: ("-", "-"),
+    0x57: ("+", "+"),
+    **{0x59 + i: (d, d) for i, d in enumerate("123456789")},
+    0x62: ("0", "0"),
+    0x63: (".", "."),
+}
+# Ctrl+key gives the control characters GS1 codes need (Ctrl+] is GS, the field separator).
+_CTRL_KEYS = {0x2F: "\x1b", 0x31: "\x1c", 0x30: "\x1d"}
+
+
+class HidReportDecoder:
+    """Pure decoder: 8-byte boot reports in, complete scans out.
+
+    A key counts when it newly appears in a report (n-key rollover: a scanner may send the next
+    key before releasing the last). Bad reports raise ProtocolError and drop the scan in progress,
+    since a scan with a lost or wrong character must never reach a sale.
+    """
+
+    def __init__(self, max_len: int = 512) -> None:
+        self._held: set[int] = set()
+        self._buf: list[str] = []
+        self._max_len = max_len
+
+    def reset(self) -> None:
+        self._held.clear()
+        self._buf.clear()
+
+    def feed(self, report: bytes) -> list[str]:
+        if len(report) != 8:
+            self._buf.clear()
+            raise ProtocolError(f"HID boot report has {len(report)} bytes, expected 8")
+        modifiers, reserved, keys = report[0], report[1], report[2:]
+        if reserved != 0:
+            self._buf.clear()
+            raise ProtocolError(f"HID boot report reserved byte is 0x{reserved:02x}, not 0")
+        if all(k == ERROR_ROLLOVER for k in keys):
+            return []  # phantom state: too many keys down; the next report tells the truth
+        pressed = [k for k in keys if k]
+        if len(set(pressed)) != len(pressed):
+            self._buf.clear()
+            raise ProtocolError("HID boot report lists the same key twice")
+        for k in pressed:
+            if k not in _KEYS and k not in (ENTER, KEYPAD_ENTER, CAPS_LOCK):
+                self._buf.clear()
+                self._held = set(pressed)
+                raise ProtocolError(f"HID usage 0x{k:02x} is not a key a barcode scanner types")
+        scans: list[str] = []
+        new = [k for k in pressed if k not in self._held]
+        self._held = set(pressed)
+        for k in new:
+            if k in (ENTER, KEYPAD_ENTER):
+                if self._buf:
+                    scans.append("".join(self._buf))
+                    self._buf.clear()
+                continue
+            if k == CAPS_LOCK:
+                continue
+            if modifiers & _ALT_GUI:
+                self._buf.clear()
+                raise ProtocolError("HID scanner sent Alt/GUI key combinations: set it to plain ASCII output")
+            if modifiers & _CTRL:
+                if 0x04 <= k <= 0x1D:
+                    char = chr(k - 0x04 + 1)
+                elif k in _CTRL_KEYS:
+                    char = _CTRL_KEYS[k]
+                else:
+                    self._buf.clear()
+                    raise ProtocolError(f"HID Ctrl+usage 0x{k:02x} is not a control character")
+            else:
+                char = _KEYS[k][1 if modifiers & _SHIFT else 0]
+            if len(self._buf) >= self._max_len:
+                self._buf.clear()
+                raise ProtocolError(f"HID scan longer than {self._max_len} characters without Enter")
+            self._buf.append(char)
+        return scans
+
+
+class ReportSource(Protocol):
+    """Where boot reports come from: pyusb, evdev, or a test."""
+
+    async def read_report(self) -> bytes: ...
+    async def close(self) -> None: ...
+
+
+class PyUsbReportSource:
+    """Reads boot reports from a pyusb device's HID interrupt IN endpoint in a thread.
+
+    The kernel's keyboard driver is detached first: otherwise every scan would also be typed
+    into the focused window. ``start()`` does the USB setup; the constructor does no I/O.
+    """
+
+    def __init__(self, dev: Any, label: str = "usb scanner", poll_ms: int = 100) -> None:
+        self._dev = dev
+        self.label = label
+        self._poll_ms = poll_ms
+        self._queue: asyncio.Queue[bytes | DeviceError] = asyncio.Queue(maxsize=1024)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._interface: int | None = None
+        self._endpoint: int | None = None
+        self._packet = 8
+
+    def _setup(self) -> None:
+        import usb.util
+
+        cfg = self._dev.get_active_configuration()
+        for intf in cfg:
+            if intf.bInterfaceClass != HID_CLASS:
+                continue
+            for ep in intf:
+                if (
+                    usb.util.endpoint_direction(ep.bEndpointAddress) == usb.util.ENDPOINT_IN
+                    and usb.util.endpoint_type(ep.bmAttributes) == usb.util.ENDPOINT_TYPE_INTR
+                ):
+                    self._interface = intf.bInterfaceNumber
+                    self._endpoint = ep.bEndpointAddress
+                    self._packet = ep.wMaxPacketSize
+                    break
+            if self._endpoint is not None:
+                break
+        if self._interface is None or self._endpoint is None:
+            raise DeviceUnavailable(f"{self.label}: no HID interface with an interrupt IN endpoint")
+        if self._dev.is_kernel_driver_active(self._interface):
+            self._dev.detach_kernel_driver(self._interface)
+
+    async def start(self) -> None:
+        import usb.core
+
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.to_thread(self._setup)
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"{self.label}: USB setup did not finish in 5s") from exc
+        except usb.core.USBError as exc:
+            raise DeviceUnavailable(f"{self.label}: cannot take the device from the kernel: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, args=(loop,), name=self.label, daemon=True)
+        self._thread.start()
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        import usb.core
+
+        while not self._stop.is_set():
+            try:
+                data = bytes(self._dev.read(self._endpoint, self._packet, timeout=self._poll_ms))
+            except usb.core.USBTimeoutError:
+                continue
+            except usb.core.USBError as exc:
+                if exc.errno == errno.ETIMEDOUT:
+                    continue
+                gone = DeviceUnavailable(f"{self.label}: device gone ({exc})")
+                loop.call_soon_threadsafe(self._queue.put_nowait, gone)
+                return
+            loop.call_soon_threadsafe(self._put, data)
+
+    def _put(self, data: bytes) -> None:
+        if not self._queue.full():
+            self._queue.put_nowait(data)
+
+    async def read_report(self) -> bytes:
+        item = await self._queue.get()
+        if isinstance(item, DeviceError):
+            raise item
+        return item
+
+    async def alive(self, timeout: float = 0.5) -> bool:
+        """GET_STATUS on endpoint 0: a present device answers even when nobody scans."""
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.to_thread(self._dev.ctrl_transfer, 0x80, 0x00, 0, 0, 2, int(timeout * 1000))
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 1.0)
+        with contextlib.suppress(Exception):
+            if self._interface is not None:
+                # Hand the scanner back to the kernel so it works as a keyboard again.
+                self._dev.attach_kernel_driver(self._interface)
+
+
+class HidScanner(Driver):
+    """A keyboard-mode USB barcode scanner. Pass ``source`` (tests, evdev) or a pyusb device."""
+
+    name: ClassVar[str] = "hid_scanner"
+    kind = "scanner"
+    usb_matches: ClassVar[tuple[UsbMatch, ...]] = tuple(
+        UsbMatch(vendor_id=vid, interface_class=HID_CLASS) for vid in SCANNER_VENDOR_IDS
+    )
+
+    def __init__(
+        self, info: DeviceInfo, *, source: ReportSource | None = None, usb_device: Any = None
+    ) -> None:
+        super().__init__(info)
+        self._source = source
+        self._usb_device = usb_device
+        self._decoder = HidReportDecoder()
+        self._scans: asyncio.Queue[str | DeviceError] = asyncio.Queue(maxsize=256)
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: DeviceError | None = None
+        self.bad_reports = 0
+
+    async def open(self) -> None:
+        if self._reader is not None:
+            return
+        if self._source is None:
+            if self._usb_device is None:
+                raise DeviceUnavailable("no USB device given for this scanner", self.info.device_id)
+            source = PyUsbReportSource(self._usb_device, label=self.info.device_id)
+            await source.start()
+            self._source = source
+        self._failure = None
+        self._decoder.reset()
+        self._reader = asyncio.create_task(
+            self._read_loop(self._source), name=f"scanner-{self.info.device_id}"
+        )
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                await self._source.close()
+            if self._usb_device is not None:
+                self._source = None
+
+    async def _read_loop(self, source: ReportSource) -> None:
+        while True:
+            try:
+                report = await source.read_report()
+            except DeviceError as exc:
+                self._failure = exc
+                self._put(exc)
+                return
+            try:
+                scans = self._decoder.feed(report)
+            except ProtocolError as exc:
+                self.bad_reports += 1
+                self._put(ProtocolError(str(exc), self.info.device_id))
+                continue
+            for scan in scans:
+                self._put(scan)
+
+    def _put(self, item: str | DeviceError) -> None:
+        if self._scans.full():
+            self._scans.get_nowait()
+        self._scans.put_nowait(item)
+
+    async def read_scan(self, timeout: float) -> str:
+        """The next scan; DeviceTimeout if none in time, ProtocolError for a garbled one."""
+        if self._reader is None and self._scans.empty():
+            raise DeviceUnavailable("scanner is not open", self.info.device_id)
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._scans.get()
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"no scan within {timeout:g}s", self.info.device_id) from exc
+        if isinstance(item, DeviceError):
+            raise item
+        return item
+
+    async def scans(self) -> AsyncIterator[str]:
+        """Every good scan until the scanner goes away (then DeviceUnavailable)."""
+        while True:
+            try:
+                yield await self.read_scan(timeout=3600.0)
+            except (DeviceTimeout, ProtocolError):
+                continue
+
+    async def health(self) -> Health:
+        if self._failure is not None:
+            return Health("failed", str(self._failure))
+        if self._reader is None or self._reader.done():
+            return Health("failed", "not open")
+        alive = getattr(self._source, "alive", None)
+        if alive is not None and not await alive():
+            return Health("failed", "device does not answer on USB")
+        return Health("ready")

@@ -1,0 +1,856 @@
+"""ZVT (PA00P015) payment terminal driver: the ECR side, over TCP port 20007 or RS-232.
+
+A ZVT command is an APDU ``CLASS INSTR LEN DATA`` (``LEN`` 0xFF means two little-endian length
+bytes follow). The ECR sends a command, the terminal (PT) acknowledges it with ``80 00 00`` and
+then, for a transaction, sends intermediate status (``04 FF``), status information with the
+result (``04 0F``), maybe print lines (``06 D1``), and finally completion (``06 0F``) or abort
+(``06 1E``). The ECR acknowledges every one of those with ``80 00 00``.
+
+Money rule: once the command may have reached the terminal, a payment call never raises; it
+returns ``outcome="unknown"`` and the caller settles it with :meth:`ZvtPinpad.settle`, which
+asks the terminal for its last transaction (``06 20``). Paying again on a spare is only safe
+after ``settle`` says ``not_found``. Only the last four PAN digits ever leave this module.
+
+Serial ZVT wraps each APDU as ``DLE STX data DLE ETX CRC`` (DLE doubled inside, CRC-16/KERMIT
+over data+ETX, low byte first) and each frame is answered ``ACK`` (06) or ``NAK`` (15); see
+:class:`SerialApduLink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal, Protocol
+
+from drivers.base import DeviceInfo, Driver, Health
+from drivers.transport import StreamTransport
+from edgehub.errors import (
+    DeviceError,
+    DeviceTimeout,
+    PaymentError,
+    ProtocolError,
+)
+
+__all__ = [
+    "Apdu",
+    "ApduLink",
+    "Outcome",
+    "PaymentResult",
+    "SerialApduLink",
+    "TcpApduLink",
+    "TransactionKind",
+    "ZvtPinpad",
+    "crc_kermit",
+    "decode_serial_frame",
+    "encode_serial_frame",
+    "parse_bmps",
+    "read_apdu",
+]
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["approved", "declined", "aborted", "unknown", "not_found"]
+TransactionKind = Literal["payment", "refund", "reversal"]
+
+ZVT_TCP_PORT = 20007
+ACK_APDU = b"\x80\x00\x00"
+# "function not possible": what an ECR answers to a terminal message it does not implement.
+NAK_NOT_POSSIBLE = b"\x84\x83\x00"
+ABORT_BY_USER_OR_TIMEOUT = 0x6C
+# Codes a terminal answers 06 20 with when it has no transaction to repeat. Anything else
+# (busy, system error) proves nothing, so it never lets a caller pay again.
+NO_RECORD_CODES = frozenset({0x83})
+
+CURRENCIES = {"EUR": 978, "CHF": 756, "GBP": 826, "USD": 840, "PLN": 985, "CZK": 203, "DKK": 208, "SEK": 752}
+_CURRENCY_NAMES = {code: name for name, code in CURRENCIES.items()}
+
+RESULT_TEXT = {
+    0x00: "approved",
+    0x05: "declined by card issuer",
+    0x64: "card not readable",
+    0x65: "card data not present",
+    0x66: "processing error",
+    0x6A: "turnover file full",
+    0x6B: "function deactivated (terminal not registered)",
+    0x6C: "aborted by time-out or abort key",
+    0x6F: "wrong currency",
+    0x71: "credit not sufficient",
+    0x78: "card expired",
+    0x7A: "card unknown",
+    0x83: "function not possible",
+    0x9C: "please wait",
+    0xA0: "receiver not ready",
+    0xB4: "already reversed",
+    0xB5: "reversal not possible",
+    0xC3: "maximum amount exceeded",
+    0xCC: "printer not ready",
+    0xDF: "out of order",
+    0xFF: "system error",
+}
+
+
+def result_text(code: int) -> str:
+    if 0x01 <= code <= 0x63:
+        return f"declined by the card network (code {code})"
+    return RESULT_TEXT.get(code, f"result code 0x{code:02x}")
+
+
+# -- BCD and APDU ---------------------------------------------------------------------------
+
+
+def bcd(value: int, nbytes: int) -> bytes:
+    digits = f"{value:0{nbytes * 2}d}"
+    if len(digits) > nbytes * 2 or value < 0:
+        raise ValueError(f"{value} does not fit {nbytes} BCD bytes")
+    return bytes.fromhex(digits)
+
+
+def from_bcd(data: bytes, what: str) -> int:
+    text = data.hex()
+    if not text.isdigit():
+        raise ProtocolError(f"ZVT {what} is not BCD")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Apdu:
+    """One ZVT application message: class byte, instruction byte, data."""
+
+    cls: int
+    instr: int
+    data: bytes = b""
+
+    def encode(self) -> bytes:
+        n = len(self.data)
+        if n > 0xFFFF:
+            raise ValueError("ZVT APDU data longer than 65535 bytes")
+        head = bytes([self.cls, self.instr])
+        if n < 0xFF:
+            return head + bytes([n]) + self.data
+        return head + b"\xff" + n.to_bytes(2, "little") + self.data
+
+    @property
+    def code(self) -> tuple[int, int]:
+        return (self.cls, self.instr)
+
+    def __repr__(self) -> str:
+        # Never the data: a status information APDU carries card data.
+        return f"Apdu({self.cls:02X} {self.instr:02X}, {len(self.data)} bytes)"
+
+
+def decode_apdu(buf: bytes | bytearray) -> tuple[Apdu, int] | None:
+    """One APDU from the start of ``buf`` and how many bytes it used; None when incomplete."""
+    if len(buf) < 3:
+        return None
+    n = buf[2]
+    start = 3
+    if n == 0xFF:
+        if len(buf) < 5:
+            return None
+        n = int.from_bytes(buf[3:5], "little")
+        start = 5
+    if len(buf) < start + n:
+        return None
+    return Apdu(buf[0], buf[1], bytes(buf[start : start + n])), start + n
+
+
+# Fixed-length BMPs (PA00P015 chapter "bitmaps"); LL/LLL variable ones are listed apart.
+_BMP_FIXED = {
+    0x01: 1, 0x02: 1, 0x03: 1, 0x04: 6, 0x05: 1, 0x0B: 3, 0x0C: 3, 0x0D: 2, 0x0E: 2,
+    0x17: 2, 0x19: 1, 0x27: 1, 0x29: 4, 0x2A: 15, 0x37: 3, 0x3A: 2, 0x3B: 8, 0x3D: 3,
+    0x49: 2, 0x87: 2, 0x88: 3, 0x8A: 1, 0x8C: 1, 0xA0: 1, 0xAA: 3, 0xBA: 5, 0xD0: 1,
+    0xD2: 1, 0xD3: 1, 0xE0: 1, 0xE9: 1, 0xEA: 1, 0xEB: 8, 0xF0: 1, 0xF9: 1, 0xFA: 1,
+    0xFB: 1, 0xFC: 1,
+}  # fmt: skip
+_BMP_LLVAR = frozenset({0x22, 0x23, 0x2D, 0x8B, 0xA7, 0xD1, *range(0xE1, 0xE9), *range(0xF1, 0xF9)})
+_BMP_LLLVAR = frozenset({0x24, 0x2E, 0x3C, 0x60, 0x92, 0x9A, 0xAF})
+BMP_TLV = 0x06
+
+
+def _var_length(data: bytes, pos: int, digits: int, bmp: int) -> int:
+    field = data[pos : pos + digits]
+    if len(field) < digits:
+        raise ProtocolError(f"ZVT BMP {bmp:02X} length is truncated")
+    n = 0
+    for b in field:
+        if b & 0xF0 != 0xF0 or b & 0x0F > 9:
+            raise ProtocolError(f"ZVT BMP {bmp:02X} length byte 0x{b:02x} is not Fx")
+        n = n * 10 + (b & 0x0F)
+    return n
+
+
+def _tlv_length(data: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(data):
+        raise ProtocolError("ZVT TLV container length is truncated")
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    count = first & 0x7F
+    if count not in (1, 2) or pos + 1 + count > len(data):
+        raise ProtocolError("ZVT TLV container length is malformed")
+    return int.from_bytes(data[pos + 1 : pos + 1 + count], "big"), pos + 1 + count
+
+
+def parse_bmps(data: bytes) -> dict[int, bytes]:
+    """Split a run of BMP fields into {bmp: value}. Raises ProtocolError on anything unknown."""
+    fields: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        bmp = data[pos]
+        pos += 1
+        if bmp in _BMP_FIXED:
+            n = _BMP_FIXED[bmp]
+        elif bmp in _BMP_LLVAR:
+            n = _var_length(data, pos, 2, bmp)
+            pos += 2
+        elif bmp in _BMP_LLLVAR:
+            n = _var_length(data, pos, 3, bmp)
+            pos += 3
+        elif bmp == BMP_TLV:
+            n, pos = _tlv_length(data, pos)
+        else:
+            raise ProtocolError(f"ZVT field {bmp:02X} at offset {pos - 1} is not a known BMP")
+        if pos + n > len(data):
+            raise ProtocolError(f"ZVT BMP {bmp:02X} is truncated: needs {n} bytes, has {len(data) - pos}")
+        fields[bmp] = data[pos : pos + n]
+        pos += n
+    return fields
+
+
+def llvar(value: bytes, digits: int = 2) -> bytes:
+    n = f"{len(value):0{digits}d}"
+    return bytes(0xF0 | int(d) for d in n) + value
+
+
+def last_four(pan_bcd: bytes) -> str:
+    """``****1234`` from a BCD PAN whose masked digits are E and padding F; never more."""
+    nibbles = pan_bcd.hex().upper().rstrip("F")
+    tail = nibbles[-4:]
+    if len(tail) == 4 and tail.isdigit():
+        return "****" + tail
+    return "****"
+
+
+# -- links: how APDUs travel ----------------------------------------------------------------
+
+
+class ApduLink(Protocol):
+    label: str
+
+    async def send(self, apdu: Apdu) -> None: ...
+    async def recv(self, timeout: float) -> Apdu: ...
+    async def close(self) -> None: ...
+
+
+async def read_apdu(transport: StreamTransport, timeout: float, buf: bytearray) -> Apdu:
+    """Read one APDU from a byte stream; silence is DeviceTimeout, a partial APDU ProtocolError."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                got = decode_apdu(buf)
+                if got is not None:
+                    apdu, used = got
+                    del buf[:used]
+                    return apdu
+                buf += await transport.read_some(timeout)
+    except TimeoutError as exc:
+        if buf:
+            raise ProtocolError(
+                f"{transport.label}: truncated ZVT APDU ({len(buf)} bytes, then silence)"
+            ) from exc
+        raise DeviceTimeout(f"{transport.label}: terminal sent nothing within {timeout:.1f}s") from exc
+
+
+class TcpApduLink:
+    """ZVT over TCP: APDUs back to back on the stream, no extra framing."""
+
+    def __init__(self, transport: StreamTransport) -> None:
+        self._transport = transport
+        self._buf = bytearray()
+        self.label = transport.label
+
+    @classmethod
+    async def connect(cls, host: str, port: int = ZVT_TCP_PORT, timeout: float = 2.0) -> TcpApduLink:
+        return cls(await StreamTransport.tcp(host, port, timeout))
+
+    async def send(self, apdu: Apdu) -> None:
+        await self._transport.write(apdu.encode())
+
+    async def recv(self, timeout: float) -> Apdu:
+        return await read_apdu(self._transport, timeout, self._buf)
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+DLE, STX, ETX, ACK, NAK = 0x10, 0x02, 0x03, 0x06, 0x15
+
+
+def crc_kermit(data: bytes) -> int:
+    """CRC-16/KERMIT (CCITT polynomial, reflected, init 0): the ZVT serial frame check."""
+    crc = 0
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+    return crc
+
+
+def encode_serial_frame(apdu_bytes: bytes) -> bytes:
+    crc = crc_kermit(apdu_bytes + bytes([ETX]))
+    stuffed = apdu_bytes.replace(bytes([DLE]), bytes([DLE, DLE]))
+    return bytes([DLE, STX]) + stuffed + bytes([DLE, ETX]) + crc.to_bytes(2, "little")
+
+
+def decode_serial_frame(buf: bytes | bytearray) -> tuple[bytes, int] | None:
+    """(APDU bytes, bytes used) of one frame at the start of ``buf``; None when incomplete.
+
+    Raises ProtocolError for a frame that does not start with DLE STX, has a lone DLE, or fails
+    its CRC.
+    """
+    if len(buf) < 2:
+        if buf and buf[0] != DLE:
+            raise ProtocolError(f"ZVT serial frame starts with 0x{buf[0]:02x}, not DLE STX")
+        return None
+    if buf[0] != DLE or buf[1] != STX:
+        raise ProtocolError("ZVT serial frame does not start with DLE STX")
+    out = bytearray()
+    i = 2
+    while i < len(buf):
+        b = buf[i]
+        if b != DLE:
+            out.append(b)
+            i += 1
+            continue
+        if i + 1 >= len(buf):
+            return None
+        nxt = buf[i + 1]
+        if nxt == DLE:
+            out.append(DLE)
+            i += 2
+        elif nxt == ETX:
+            if i + 4 > len(buf):
+                return None
+            crc = int.from_bytes(buf[i + 2 : i + 4], "little")
+            if crc != crc_kermit(bytes(out) + bytes([ETX])):
+                raise ProtocolError("ZVT serial frame failed its CRC check")
+            return bytes(out), i + 4
+        else:
+            raise ProtocolError(f"ZVT serial frame has DLE followed by 0x{nxt:02x}")
+    return None
+
+
+class SerialApduLink:
+    """ZVT over RS-232 (9600 8N2): DLE STX framing with CRC, each frame answered ACK or NAK."""
+
+    RETRIES = 3
+
+    def __init__(self, transport: StreamTransport, frame_timeout: float = 1.0) -> None:
+        self._transport = transport
+        self._buf = bytearray()
+        self._frame_timeout = frame_timeout
+        self.label = transport.label
+
+    @classmethod
+    async def open(cls, port: str, baudrate: int = 9600) -> SerialApduLink:
+        return cls(await StreamTransport.serial(port, baudrate, 8, "N", 2))
+
+    async def send(self, apdu: Apdu) -> None:
+        frame = encode_serial_frame(apdu.encode())
+        for _ in range(self.RETRIES):
+            await self._transport.write(frame)
+            reply = await self._next_byte(self._frame_timeout)
+            if reply == ACK:
+                return
+            if reply != NAK:
+                raise ProtocolError(
+                    f"{self.label}: terminal answered a frame with 0x{reply:02x}, not ACK/NAK"
+                )
+        raise ProtocolError(f"{self.label}: terminal refused the frame {self.RETRIES} times (NAK)")
+
+    async def _next_byte(self, timeout: float) -> int:
+        if not self._buf:
+            self._buf += await self._transport.read_some(timeout)
+        b = self._buf[0]
+        del self._buf[0]
+        return b
+
+    async def recv(self, timeout: float) -> Apdu:
+        bad_frames = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        got = decode_serial_frame(self._buf)
+                    except ProtocolError:
+                        bad_frames += 1
+                        self._buf.clear()
+                        await self._transport.write(bytes([NAK]))
+                        if bad_frames >= self.RETRIES:
+                            raise
+                        continue
+                    if got is None:
+                        self._buf += await self._transport.read_some(timeout)
+                        continue
+                    data, used = got
+                    del self._buf[:used]
+                    await self._transport.write(bytes([ACK]))
+                    decoded = decode_apdu(data)
+                    if decoded is None or decoded[1] != len(data):
+                        raise ProtocolError(f"{self.label}: serial frame does not hold exactly one APDU")
+                    return decoded[0]
+        except TimeoutError as exc:
+            if self._buf:
+                raise ProtocolError(f"{self.label}: truncated ZVT serial frame") from exc
+            raise DeviceTimeout(f"{self.label}: terminal sent nothing within {timeout:.1f}s") from exc
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    """What happened to one payment, refund or reversal, as far as the ECR knows.
+
+    ``outcome`` ``unknown`` means the terminal may have charged: settle it, never pay again.
+    ``not_found`` (only from :meth:`ZvtPinpad.settle`) means the terminal has no record of it.
+    ``after_trace_no`` is the terminal's newest trace number the ECR knew before sending; journal
+    it with the payment intent so :meth:`ZvtPinpad.settle` can tell this payment from older ones.
+    """
+
+    outcome: Outcome
+    kind: TransactionKind
+    amount_cents: int
+    currency: str
+    receipt_no: int | None = None
+    trace_no: int | None = None
+    masked_pan: str = ""
+    terminal_id: str = ""
+    result_code: int | None = None
+    reason: str = ""
+    after_trace_no: int | None = None
+
+    @property
+    def charged(self) -> bool:
+        return self.outcome == "approved"
+
+
+@dataclass
+class _Collected:
+    """What the terminal told during one command (private, mutable while it runs)."""
+
+    result_code: int | None = None
+    amount_cents: int | None = None
+    trace_no: int | None = None
+    receipt_no: int | None = None
+    terminal_id: str = ""
+    currency: str = ""
+    masked_pan: str = ""
+    status_seen: bool = False
+    intermediate: int | None = None
+
+
+def _absorb(fields: dict[int, bytes], got: _Collected) -> None:
+    if 0x27 in fields:
+        got.result_code = fields[0x27][0]
+    if 0x04 in fields:
+        got.amount_cents = from_bcd(fields[0x04], "amount")
+    if 0x0B in fields:
+        got.trace_no = from_bcd(fields[0x0B], "trace number")
+    if 0x87 in fields:
+        got.receipt_no = from_bcd(fields[0x87], "receipt number")
+    if 0x29 in fields:
+        got.terminal_id = fields[0x29].hex()
+    if 0x49 in fields:
+        code = from_bcd(fields[0x49], "currency code")
+        got.currency = _CURRENCY_NAMES.get(code, str(code))
+    if 0x22 in fields:
+        got.masked_pan = last_four(fields[0x22])
+
+
+@dataclass
+class _Finished:
+    """How a command ended: the closing APDU code, what was collected, the result code."""
+
+    code: tuple[int, int]
+    collected: _Collected
+    result_code: int | None
+
+
+def _parse_status_completion(data: bytes) -> tuple[int, dict[int, bytes]]:
+    """Completion of a status enquiry: ``LLL software version``, status byte, then BMPs."""
+    n = _var_length(data, 0, 3, 0x0F)
+    pos = 3 + n
+    if pos >= len(data):
+        raise ProtocolError("ZVT status enquiry completion has no terminal status byte")
+    return data[pos], parse_bmps(data[pos + 1 :])
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+class ZvtPinpad(Driver):
+    """A ZVT payment terminal. ``info.address`` is ``host[:port]`` (tcp) or a tty path (serial)."""
+
+    name: ClassVar[str] = "zvt"
+    kind = "pinpad"
+    tcp_ports: ClassVar[tuple[int, ...]] = (ZVT_TCP_PORT,)
+
+    def __init__(
+        self,
+        info: DeviceInfo,
+        *,
+        password: str = "000000",
+        currency: str = "EUR",
+        config_byte: int = 0x08,
+        ack_timeout: float = 5.0,
+        transaction_timeout: float = 180.0,
+        connect_timeout: float = 2.0,
+        link_factory: Callable[[], ApduLink] | None = None,
+    ) -> None:
+        super().__init__(info)
+        if len(password) != 6 or not password.isdigit():
+            raise ValueError("ZVT password must be 6 digits")
+        if currency not in CURRENCIES:
+            raise ValueError(f"unsupported currency {currency!r}")
+        self._password = bytes.fromhex(password)
+        self.currency = currency
+        # 0x08: the terminal sends intermediate status. Receipts stay on the terminal's printer,
+        # so no receipt text (with card data) ever comes to the ECR.
+        self.config_byte = config_byte
+        self.ack_timeout = ack_timeout
+        self.transaction_timeout = transaction_timeout
+        self.connect_timeout = connect_timeout
+        self._link_factory = link_factory
+        self._link: ApduLink | None = None
+        self._lock = asyncio.Lock()
+        self._abort_requested = False
+        self._in_transaction = False
+        self.terminal_id = ""
+        #: Newest terminal trace number this driver has seen; the default baseline for pay().
+        self.last_trace_no: int | None = None
+        self._last_health = Health("unknown", "not asked yet")
+
+    # -- connection -------------------------------------------------------------------------
+
+    async def _connect(self) -> ApduLink:
+        if self._link_factory is not None:
+            return self._link_factory()
+        if self.info.transport == "serial":
+            return await SerialApduLink.open(self.info.address)
+        host, _, port = self.info.address.rpartition(":")
+        if not host:
+            host, port = self.info.address, str(ZVT_TCP_PORT)
+        return await TcpApduLink.connect(host, int(port), self.connect_timeout)
+
+    async def open(self) -> None:
+        async with self._lock:
+            await self._ensure_link()
+
+    async def _ensure_link(self) -> ApduLink:
+        """Connect and register (06 00) unless connected. Nothing about money is sent here."""
+        if self._link is not None:
+            return self._link
+        link = await self._connect()
+        try:
+            data = self._password + bytes([self.config_byte]) + bcd(CURRENCIES[self.currency], 2)
+            got = await self._command(link, Apdu(0x06, 0x00, data), self.ack_timeout * 2)
+            if got.code != (0x06, 0x0F):
+                raise PaymentError(
+                    f"terminal refused registration: {result_text(got.result_code or 0xFF)}; "
+                    "check the ZVT password",
+                    self.info.device_id,
+                )
+            if got.collected.terminal_id:
+                self.terminal_id = got.collected.terminal_id
+        except BaseException:
+            await link.close()
+            raise
+        self._link = link
+        return link
+
+    async def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+
+    async def close(self) -> None:
+        await self._drop_link()
+
+    # -- one command and the terminal's messages up to completion ---------------------------
+
+    async def _command(self, link: ApduLink, command: Apdu, timeout: float) -> _Finished:
+        """Send ``command``; acknowledge every terminal message until completion or abort.
+
+        Raises PaymentError when the terminal refuses the command outright (negative ACK):
+        then it did nothing. Any other error may leave the terminal mid-command.
+        """
+        await link.send(command)
+        reply = await link.recv(self.ack_timeout)
+        if reply.cls == 0x84:
+            raise PaymentError(
+                f"terminal refused {command.cls:02X} {command.instr:02X}: {result_text(reply.instr)}",
+                self.info.device_id,
+            )
+        if reply.code != (0x80, 0x00):
+            raise ProtocolError(
+                f"{link.label}: expected ACK 80 00 to {command.cls:02X} {command.instr:02X}, "
+                f"got {reply.cls:02X} {reply.instr:02X}",
+                self.info.device_id,
+            )
+        got = _Collected()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeviceTimeout(f"{link.label}: terminal did not finish within {timeout:g}s")
+            msg = await link.recv(remaining)
+            code = msg.code
+            if code in ((0x80, 0x00),) or msg.cls == 0x84:
+                continue  # the terminal's answer to our abort (06 B0)
+            if code == (0x04, 0xFF):
+                got.intermediate = msg.data[0] if msg.data else None
+                await link.send(Apdu(0x80, 0x00))
+            elif code == (0x04, 0x0F):
+                got.status_seen = True
+                _absorb(parse_bmps(msg.data), got)
+                await link.send(Apdu(0x80, 0x00))
+            elif code == (0x06, 0x0F):
+                await link.send(Apdu(0x80, 0x00))
+                if command.code == (0x05, 0x01):
+                    status, fields = _parse_status_completion(msg.data)
+                    _absorb(fields, got)
+                    return _Finished(code, got, status)
+                _absorb(parse_bmps(msg.data), got)
+                return _Finished(code, got, got.result_code)
+            elif code == (0x06, 0x1E):
+                await link.send(Apdu(0x80, 0x00))
+                if not msg.data:
+                    raise ProtocolError(f"{link.label}: abort 06 1E without a result code")
+                got.result_code = msg.data[0]
+                return _Finished(code, got, msg.data[0])
+            elif msg.cls == 0x06 and msg.instr in (0xD1, 0xD3):
+                await link.send(Apdu(0x80, 0x00))  # receipt text: stays on the terminal side
+            else:
+                await link.send(Apdu(0x84, 0x83))
+
+    async def _transaction(
+        self, kind: TransactionKind, command: Apdu, amount_cents: int, after_trace_no: int | None
+    ) -> PaymentResult:
+        base = PaymentResult(
+            outcome="unknown",
+            kind=kind,
+            amount_cents=amount_cents,
+            currency=self.currency,
+            terminal_id=self.terminal_id,
+            after_trace_no=after_trace_no if after_trace_no is not None else self.last_trace_no,
+        )
+        async with self._lock:
+            # Connection or registration failing means nothing was asked: safe for a spare.
+            link = await self._ensure_link()
+            self._abort_requested = False
+            self._in_transaction = True
+            try:
+                done = await self._command(link, command, self.transaction_timeout)
+            except PaymentError:
+                raise
+            except (DeviceError, TimeoutError) as exc:
+                await self._drop_link()
+                reason = (
+                    f"terminal did not finish within {self.transaction_timeout:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
+                log.warning("%s: %s outcome unknown: %s", self.info.device_id, kind, reason)
+                return replace(base, reason=f"outcome unknown: {reason}; settle before paying again")
+            finally:
+                self._in_transaction = False
+        return self._result(base, done, aborted_by_us=self._abort_requested)
+
+    def _result(self, base: PaymentResult, done: _Finished, aborted_by_us: bool = False) -> PaymentResult:
+        got = done.collected
+        if got.trace_no is not None:
+            self.last_trace_no = got.trace_no
+        if done.code == (0x06, 0x0F) and (got.result_code in (None, 0x00)):
+            outcome: Outcome = "approved"
+            reason = ""
+        elif aborted_by_us or done.result_code == ABORT_BY_USER_OR_TIMEOUT:
+            outcome = "aborted"
+            reason = result_text(done.result_code if done.result_code is not None else 0x6C)
+        else:
+            outcome = "declined"
+            reason = result_text(done.result_code if done.result_code is not None else 0xFF)
+        return replace(
+            base,
+            outcome=outcome,
+            amount_cents=got.amount_cents if got.amount_cents is not None else base.amount_cents,
+            currency=got.currency or base.currency,
+            receipt_no=got.receipt_no,
+            trace_no=got.trace_no,
+            masked_pan=got.masked_pan,
+            terminal_id=got.terminal_id or self.terminal_id,
+            result_code=done.result_code,
+            reason=reason,
+        )
+
+    # -- the payment flow's calls -----------------------------------------------------------
+
+    def _amount_fields(self, amount_cents: int) -> bytes:
+        if not 0 < amount_cents <= 999_999_999_999:
+            raise ValueError(f"amount {amount_cents} cents is out of range")
+        return b"\x04" + bcd(amount_cents, 6) + b"\x49" + bcd(CURRENCIES[self.currency], 2)
+
+    async def pay(self, amount_cents: int, *, after_trace_no: int | None = None) -> PaymentResult:
+        """Authorise a card payment (06 01). Journal the intent *before* calling this.
+
+        Raises DeviceUnavailable/DeviceTimeout when the terminal could not be reached and
+        PaymentError when it refused the command: in both cases nothing was charged.
+        """
+        data = self._amount_fields(amount_cents)
+        return await self._transaction("payment", Apdu(0x06, 0x01, data), amount_cents, after_trace_no)
+
+    async def refund(self, amount_cents: int) -> PaymentResult:
+        """Refund money to a card (06 31)."""
+        data = self._password + self._amount_fields(amount_cents)
+        return await self._transaction("refund", Apdu(0x06, 0x31, data), amount_cents, None)
+
+    async def reverse(self, receipt_no: int, amount_cents: int = 0) -> PaymentResult:
+        """Reverse (cancel) an approved payment of today by its receipt number (06 30)."""
+        data = self._password + b"\x87" + bcd(receipt_no, 2)
+        return await self._transaction("reversal", Apdu(0x06, 0x30, data), amount_cents, None)
+
+    async def abort(self) -> bool:
+        """Ask the terminal to abort the running transaction (06 B0). False if none runs.
+
+        The running :meth:`pay` then returns ``aborted`` (or ``approved`` if the card was
+        already through: aborting is a request, not a guarantee).
+        """
+        link = self._link
+        if not self._in_transaction or link is None:
+            return False
+        self._abort_requested = True
+        await link.send(Apdu(0x06, 0xB0))
+        return True
+
+    async def last_transaction(self) -> PaymentResult | None:
+        """The terminal's last transaction, by repeat receipt (06 20); None if it has none."""
+        async with self._lock:
+            link = await self._ensure_link()
+            try:
+                done = await self._command(link, Apdu(0x06, 0x20, self._password), self.ack_timeout * 4)
+            except PaymentError:
+                raise
+            except (DeviceError, TimeoutError) as exc:
+                await self._drop_link()
+                if isinstance(exc, DeviceError):
+                    raise
+                raise DeviceTimeout(
+                    "terminal did not repeat its last receipt in time", self.info.device_id
+                ) from exc
+        if done.code == (0x06, 0x1E):
+            if done.result_code in NO_RECORD_CODES:
+                return None
+            raise PaymentError(
+                f"terminal cannot repeat its last transaction: {result_text(done.result_code or 0xFF)}",
+                self.info.device_id,
+            )
+        if not done.collected.status_seen or done.collected.amount_cents is None:
+            raise ProtocolError(
+                "terminal repeated its last receipt without amount or result", self.info.device_id
+            )
+        base = PaymentResult("unknown", "payment", done.collected.amount_cents, self.currency)
+        finished = _Finished((0x06, 0x0F), done.collected, done.collected.result_code)
+        result = self._result(base, finished)
+        if result.outcome == "approved" and done.collected.result_code not in (None, 0x00):
+            result = replace(result, outcome="declined")
+        return result
+
+    async def settle(self, pending: PaymentResult) -> PaymentResult:
+        """Turn an ``unknown`` result into what really happened, from the terminal's memory.
+
+        Returns ``approved``/``declined``/``aborted`` for the transaction the terminal recorded,
+        ``not_found`` when the terminal's newest transaction is older than this one (nothing was
+        charged: paying again is safe), or ``unknown`` again when the terminal's answer cannot
+        be tied to this payment (an operator must decide). Raises DeviceError when the
+        terminal cannot be asked; try again later, the sale stays locked to this pinpad.
+        """
+        if pending.outcome != "unknown":
+            return pending
+        last = await self.last_transaction()
+        if last is None:
+            return replace(pending, outcome="not_found", reason="terminal has no transaction on record")
+        if pending.after_trace_no is not None and last.trace_no == pending.after_trace_no:
+            return replace(
+                pending,
+                outcome="not_found",
+                reason=f"terminal's newest transaction is trace {last.trace_no}, from before this one",
+            )
+        if last.amount_cents != pending.amount_cents:
+            return replace(
+                pending,
+                reason=(
+                    f"terminal's last transaction (trace {last.trace_no}) is for another amount; "
+                    "check the terminal journal"
+                ),
+            )
+        if pending.after_trace_no is None:
+            return replace(
+                pending,
+                reason="terminal's last transaction has this amount but no baseline trace number "
+                "tells whether it is this payment; check the terminal journal",
+            )
+        return replace(
+            last,
+            kind=pending.kind,
+            after_trace_no=pending.after_trace_no,
+            reason=last.reason or "settled from the terminal's last transaction",
+        )
+
+    async def status(self) -> int:
+        """Status enquiry (05 01): the terminal status code, 0 when ready."""
+        async with self._lock:
+            link = await self._ensure_link()
+            try:
+                done = await self._command(link, Apdu(0x05, 0x01, self._password), self.ack_timeout * 2)
+            except PaymentError:
+                raise
+            except (DeviceError, TimeoutError) as exc:
+                await self._drop_link()
+                if isinstance(exc, DeviceError):
+                    raise
+                raise DeviceTimeout(
+                    "terminal did not answer the status enquiry", self.info.device_id
+                ) from exc
+        if done.collected.terminal_id:
+            self.terminal_id = done.collected.terminal_id
+        if done.code == (0x06, 0x1E):
+            return done.result_code if done.result_code is not None else 0xFF
+        return done.result_code or 0
+
+    async def health(self) -> Health:
+        if self._lock.locked():
+            # A payment holds the terminal; asking now would disturb it. Report what we knew.
+            return self._last_health
+        try:
+            code = await self.status()
+        except PaymentError as exc:
+            health = Health("degraded", str(exc))
+        except DeviceTimeout:
+            health = Health("failed", "no answer")
+        except DeviceError as exc:
+            health = Health("failed", str(exc))
+        else:
+            if code == 0:
+                health = Health("ready")
+            elif code in (0xDF, 0xE2, 0x89, 0xED):
+                health = Health("failed", f"terminal reports: {result_text(code)}")
+            else:
+                health = Health("degraded", f"terminal reports: {result_text(code)}")
+        self._last_health = health
+        return health

@@ -16,6 +16,7 @@ system-deps:
 	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ "$(WITH_BROWSER)" = 1 ]; then command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -34,6 +35,8 @@ run: deps
 	@mkdir -p .run
 	$(PY) -m edgehub run --config $(CONFIG)
 
+# The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
+test: WITH_BROWSER = 1
 test: deps
 	$(PY) -m pytest -q
 
@@ -45,7 +48,7 @@ lint: deps
 	$(PY) -m mypy edgehub drivers
 
 image-check: deps
-	bash image/check.sh
+	$(SUDO) PYTHON=$(abspath $(PY)) bash image/check.sh
 
 clean:
 	rm -rf .run build dist *.egg-info

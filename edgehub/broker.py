@@ -81,11 +81,26 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         "log_type notice",
         "connection_messages true",
         "",
-        f"listener {listen.port} {listen.host}",
     ]
-    if b.lan_listen is not None:
-        lines.append(f"listener {b.lan_listen.port} {b.lan_listen.host}")
+    for address in listeners(listen, b.lan_listen):
+        lines.append(f"listener {address.port} {address.host}")
     return "\n".join(lines) + "\n"
+
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def listeners(hub: Address, lan: Address | None) -> list[Address]:
+    """The hub's listener plus the LAN one, merged when they share a port: a wildcard LAN
+    listener already covers loopback, and two binds of one port make Mosquitto exit."""
+    if lan is None or lan == hub:
+        return [hub]
+    if lan.port == hub.port:
+        if lan.host in WILDCARDS:
+            return [lan]
+        if hub.host in WILDCARDS:
+            return [hub]
+    return [hub, lan]
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:

@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["provision"]:
+        # argparse.REMAINDER still rejects leading options, so provisioning parses its own.
+        from edgehub.provision import main as provision_main
+
+        return provision_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -101,7 +101,9 @@ class Layout:
     config_dir: Path = DEFAULT_CONFIG_DIR
     state_dir: Path = DEFAULT_STATE_DIR
     run_dir: Path = Path("/run/edgehub")
-    broker_listen: str = "127.0.0.1:1883"
+    # The hub's own loopback listener. Not 1883: the LAN listener (0.0.0.0:1883) already holds
+    # that port on every address, and Mosquitto refuses to start with both ("Address in use").
+    broker_listen: str = "127.0.0.1:1884"
 
     @property
     def config_file(self) -> Path:
@@ -188,8 +190,11 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         problem("store", "missing required table")
     store_id = text("store", "id", required="store" in data) or ""
     if store_id and not ID_RE.match(store_id):
-        problem("store.id", f"{store_id!r} must be lowercase letters, digits and dashes (max 63), "
-                            "starting with a letter or digit")
+        problem(
+            "store.id",
+            f"{store_id!r} must be lowercase letters, digits and dashes (max 63), "
+            "starting with a letter or digit",
+        )
     store_name = text("store", "name") or ""
 
     addresses: dict[str, str | None] = {}
@@ -212,12 +217,13 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
     if "enrollment_token" in tables["cloud"] and not cloud_secrets.get("enrollment_token"):
         problem("cloud.enrollment_token", "must not be empty")
     if ("password" in cloud_secrets) != (cloud_username is not None):
-        problem("cloud.password" if cloud_username is None else "cloud.username",
-                "give cloud.username and cloud.password together")
+        problem(
+            "cloud.password" if cloud_username is None else "cloud.username",
+            "give cloud.username and cloud.password together",
+        )
     already_enrolled = any((layout.secrets_dir / _cloud_secret_name(k)).exists() for k in CLOUD_SECRET_KEYS)
     if cloud_url and not cloud_secrets and not already_enrolled:
-        problem("cloud", "needs enrollment_token (one-time, from the cloud console) "
-                         "or username and password")
+        problem("cloud", "needs enrollment_token (one-time, from the cloud console) or username and password")
 
     terminals: list[Terminal] = []
     raw = data.get("terminal", [])
@@ -235,11 +241,17 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
                 problem(f"{key}.{k}", "unknown key (known: id, kind)")
         tid, kind = entry.get("id"), entry.get("kind", "pos")
         if not isinstance(tid, str) or not ID_RE.match(tid):
-            problem(f"{key}.id", "missing required key" if tid is None
-                    else f"{tid!r} must be lowercase letters, digits and dashes (max 63)")
+            problem(
+                f"{key}.id",
+                "missing required key"
+                if tid is None
+                else f"{tid!r} must be lowercase letters, digits and dashes (max 63)",
+            )
             tid = None
         elif tid in seen or tid == HUB_USER:
-            problem(f"{key}.id", f"{tid!r} is used twice" if tid in seen else f"{tid!r} is reserved for the hub")
+            problem(
+                f"{key}.id", f"{tid!r} is used twice" if tid in seen else f"{tid!r} is reserved for the hub"
+            )
             tid = None
         if kind not in TERMINAL_KINDS:
             problem(f"{key}.kind", f"{kind!r} must be one of {', '.join(TERMINAL_KINDS)}")
@@ -251,8 +263,11 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
     # wipe-and-reprovision, not something a typo in the boot file may do.
     previous = _read_marker(layout).get("store_id")
     if previous and store_id and previous != store_id:
-        problem("store.id", f"this box is provisioned for store {previous!r}, not {store_id!r}; to move it "
-                            f"to another store remove {layout.marker} and {layout.state_dir} first")
+        problem(
+            "store.id",
+            f"this box is provisioned for store {previous!r}, not {store_id!r}; to move it "
+            f"to another store remove {layout.marker} and {layout.state_dir} first",
+        )
 
     if problems:
         raise ProvisionError(problems)
@@ -378,7 +393,7 @@ def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
         f"run_dir = {q(str(layout.run_dir))}",
         "",
         "[broker]",
-        '# external: Debian\'s mosquitto.service runs the files in config_dir (see the unit drop-in).',
+        "# external: Debian's mosquitto.service runs the files in config_dir (see the unit drop-in).",
         'mode = "external"',
         f"listen = {q(layout.broker_listen)}",
         *([f"lan_listen = {q(request.lan_listen)}"] if request.lan_listen else []),
@@ -412,8 +427,12 @@ def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
 
 def _loader_knows_cloud() -> bool:
     """Whether edgehub.config accepts a [cloud] table yet (the uplink's settings)."""
-    probe = {"store": {"id": "probe"}, "broker": {"hub_password": "x" * 16},
-             "api": {"token": "x" * 16}, "cloud": {}}
+    probe = {
+        "store": {"id": "probe"},
+        "broker": {"hub_password": "x" * 16},
+        "api": {"token": "x" * 16},
+        "cloud": {},
+    }
     try:
         parse_config(probe, Path("/nonexistent/edgehub.toml"))
     except ConfigError as exc:
@@ -423,8 +442,11 @@ def _loader_knows_cloud() -> bool:
 
 def render_cloud_file(request: Request, layout: Layout) -> str:
     """Cloud settings beside edgehub.toml, while the main config has no [cloud] table."""
-    lines = ["# Written by `edgehub provision`: where this store's uplink connects.", "[cloud]",
-             f"url = {_toml_str(request.cloud_url or '')}"]
+    lines = [
+        "# Written by `edgehub provision`: where this store's uplink connects.",
+        "[cloud]",
+        f"url = {_toml_str(request.cloud_url or '')}",
+    ]
     if request.cloud_username:
         lines.append(f"username = {_toml_str(request.cloud_username)}")
     for key in CLOUD_SECRET_KEYS:
@@ -483,9 +505,11 @@ def strip_boot_secrets(path: Path, layout: Layout) -> bool:
     except tomllib.TOMLDecodeError:
         ok = False
     if not ok:
-        raise EdgehubError(f"{path}: could not take the cloud secrets out of this file safely; "
-                           f"they are stored in {layout.secrets_dir}: delete the "
-                           f"{', '.join(CLOUD_SECRET_KEYS)} lines by hand")
+        raise EdgehubError(
+            f"{path}: could not take the cloud secrets out of this file safely; "
+            f"they are stored in {layout.secrets_dir}: delete the "
+            f"{', '.join(CLOUD_SECRET_KEYS)} lines by hand"
+        )
     atomic_write(path, new_text, path.stat().st_mode & 0o7777)
     return True
 
@@ -610,12 +634,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgehub provision",
         description="Provision this box: config, secrets and broker files from a provisioning TOML.",
     )
-    parser.add_argument("--from", dest="source", type=Path,
-                        help="provisioning file (on a box: /boot/firmware/edgehub-provision.toml)")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="provisioning file (on a box: /boot/firmware/edgehub-provision.toml)",
+    )
     parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    parser.add_argument("--non-interactive", action="store_true",
-                        help="never ask; without --from this is an error")
+    parser.add_argument(
+        "--non-interactive", action="store_true", help="never ask; without --from this is an error"
+    )
     return parser
 
 
@@ -638,8 +667,9 @@ def main(argv: Sequence[str]) -> int:
         return 2
     except ConfigError as exc:
         # The file we generated failed the daemon's loader: a bug here, not the installer's.
-        print("edgehub provision: the generated config does not pass `edgehub config check`:",
-              file=sys.stderr)
+        print(
+            "edgehub provision: the generated config does not pass `edgehub config check`:", file=sys.stderr
+        )
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return 1

@@ -142,16 +142,21 @@ def order(order_id: str, **fields: Any) -> dict[str, Any]:
 class HubProcess:
     """``edgehub run`` as a real child process, to be killed with -9 and started again."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
+    def __init__(self, config_path: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
+        self.extra_args = extra_args
+        self.env = env
         self.config = load_config(config_path)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgehub", "run", "--config", str(self.config_path)],
-                                     stdout=log, stderr=log, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgehub", "run", "--config", str(self.config_path), *self.extra_args],
+            stdout=log, stderr=log, cwd=REPO, env={**os.environ, **(self.env or {})},
+        )
         log.close()
         if wait:
             self.wait_healthy()

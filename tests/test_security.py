@@ -96,3 +96,14 @@ async def test_healthz_says_503_when_the_broker_is_gone(hub: Hub, broker: object
             body = await response.json()
     assert body["status"] == "unavailable"
     assert body["reason"].startswith("broker not connected")
+
+
+def test_lan_listener_on_the_hub_port_is_merged_not_bound_twice() -> None:
+    from edgehub.broker import listeners
+    from edgehub.config import Address
+
+    hub, lan = Address("127.0.0.1", 1883), Address("0.0.0.0", 1883)
+    assert listeners(hub, lan) == [lan]
+    assert listeners(hub, None) == [hub]
+    assert listeners(hub, Address("192.0.2.10", 1883)) == [hub, Address("192.0.2.10", 1883)]
+    assert listeners(hub, Address("0.0.0.0", 8883)) == [hub, Address("0.0.0.0", 8883)]

@@ -18,8 +18,10 @@ import pytest
 from edgehub.config import load_config
 from edgehub.provision import main
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
-                                reason="mosquitto_passwd (Debian package mosquitto) is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto_passwd") is None,
+    reason="mosquitto_passwd (Debian package mosquitto) is not installed",
+)
 
 GOOD = """\
 # on the boot partition, written on a laptop
@@ -43,29 +45,46 @@ kind = "kds"
 
 @pytest.fixture
 def box(tmp_path: Path) -> dict[str, Path]:
-    paths = {"boot": tmp_path / "boot/edgehub-provision.toml", "etc": tmp_path / "etc/edgehub",
-             "var": tmp_path / "var/lib/edgehub"}
+    paths = {
+        "boot": tmp_path / "boot/edgehub-provision.toml",
+        "etc": tmp_path / "etc/edgehub",
+        "var": tmp_path / "var/lib/edgehub",
+    }
     paths["boot"].parent.mkdir(parents=True)
     paths["boot"].write_text(GOOD)
     return paths
 
 
 def run(box: dict[str, Path]) -> int:
-    return main(["--from", str(box["boot"]), "--config-dir", str(box["etc"]),
-                 "--state-dir", str(box["var"]), "--non-interactive"])
+    return main(
+        [
+            "--from",
+            str(box["boot"]),
+            "--config-dir",
+            str(box["etc"]),
+            "--state-dir",
+            str(box["var"]),
+            "--non-interactive",
+        ]
+    )
 
 
 def secrets_of(box: dict[str, Path]) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted((box["etc"] / "secrets").iterdir())}
 
 
-def test_first_run_writes_a_config_the_daemon_accepts(box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_first_run_writes_a_config_the_daemon_accepts(
+    box: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(box) == 0
     config = load_config(box["etc"] / "edgehub.toml")
     assert config.store.id == "store-0042"
     assert config.store.name == "Main Street"
     assert config.broker.mode == "external"
     assert config.broker.config_dir == box["etc"] / "mosquitto"
+    # Two listeners on one port make Mosquitto refuse to start (seen in image/check.sh).
+    assert config.broker.lan_listen is not None
+    assert config.broker.listen.port != config.broker.lan_listen.port
     assert config.paths.data_dir == box["var"]
     assert [(t.id, t.kind) for t in config.terminals] == [("pos-1", "pos"), ("kds-grill", "kds")]
     secrets = secrets_of(box)
@@ -136,10 +155,19 @@ BAD_CASES = [
     ('[store]\nname = "x"\n', ["store.id: missing required key"]),
     ("", ["store: missing required table"]),
     ('[store]\nid = "s1"\ncolour = "red"\n', ["store.colour: unknown key"]),
-    ('[store]\nid = "s1"\n[cloud]\nurl = "http://x"\nenrollment_token = "t"\n', ["cloud.url: 'http://x' must look like"]),
+    (
+        '[store]\nid = "s1"\n[cloud]\nurl = "http://x"\nenrollment_token = "t"\n',
+        ["cloud.url: 'http://x' must look like"],
+    ),
     ('[store]\nid = "s1"\n[cloud]\nurl = "mqtts://c:8883"\n', ["cloud: needs enrollment_token"]),
-    ('[store]\nid = "s1"\n[[terminal]]\nid = "pos-1"\n[[terminal]]\nid = "pos-1"\n', ["terminal[1].id: 'pos-1' is used twice"]),
-    ('[store]\nid = "s1"\n[[terminal]]\nid = "pos-1"\nkind = "till"\n', ["terminal[0].kind: 'till' must be one of"]),
+    (
+        '[store]\nid = "s1"\n[[terminal]]\nid = "pos-1"\n[[terminal]]\nid = "pos-1"\n',
+        ["terminal[1].id: 'pos-1' is used twice"],
+    ),
+    (
+        '[store]\nid = "s1"\n[[terminal]]\nid = "pos-1"\nkind = "till"\n',
+        ["terminal[0].kind: 'till' must be one of"],
+    ),
     ('[store]\nid = "s1"\n[api]\nlisten = "everywhere"\n', ["api.listen: bad address"]),
     ('[store]\nid = "s1"\n[[terminal]]\nkind = "pos"\n', ["terminal[0].id: missing required key"]),
     ("[store\nid = 1\n", ["not valid TOML"]),
@@ -176,7 +204,9 @@ def test_the_store_of_a_provisioned_box_cannot_change_by_accident(
     assert load_config(box["etc"] / "edgehub.toml").store.id == "store-0042"
 
 
-def test_missing_file_and_no_terminal_to_ask_are_clear(box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_and_no_terminal_to_ask_are_clear(
+    box: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     box["boot"].unlink()
     assert run(box) == 2
     assert f"{box['boot']}: file not found" in capsys.readouterr().err

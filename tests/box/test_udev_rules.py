@@ -15,14 +15,58 @@ import pytest
 
 RULES = Path(__file__).resolve().parents[2] / "systemd" / "99-edgehub.rules"
 
-PAIR = re.compile(r'\s*(?P<key>[A-Z_]+)(?:\{(?P<attr>[^}]+)\})?\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>[^"]*)"\s*')
-MATCH_KEYS = {"ACTION", "SUBSYSTEM", "SUBSYSTEMS", "KERNEL", "KERNELS", "DRIVER", "DRIVERS",
-              "ATTR", "ATTRS", "ENV", "TAG", "DEVPATH", "PROGRAM", "RESULT"}
-ASSIGN_KEYS = {"GROUP", "MODE", "OWNER", "SYMLINK", "ENV", "TAG", "RUN", "IMPORT", "GOTO", "LABEL",
-               "OPTIONS", "ATTR", "NAME"}
+PAIR = re.compile(
+    r'\s*(?P<key>[A-Z_]+)(?:\{(?P<attr>[^}]+)\})?\s*(?P<op>==|!=|\+=|-=|:=|=)\s*"(?P<value>[^"]*)"\s*'
+)
+MATCH_KEYS = {
+    "ACTION",
+    "SUBSYSTEM",
+    "SUBSYSTEMS",
+    "KERNEL",
+    "KERNELS",
+    "DRIVER",
+    "DRIVERS",
+    "ATTR",
+    "ATTRS",
+    "ENV",
+    "TAG",
+    "DEVPATH",
+    "PROGRAM",
+    "RESULT",
+}
+ASSIGN_KEYS = {
+    "GROUP",
+    "MODE",
+    "OWNER",
+    "SYMLINK",
+    "ENV",
+    "TAG",
+    "RUN",
+    "IMPORT",
+    "GOTO",
+    "LABEL",
+    "OPTIONS",
+    "ATTR",
+    "NAME",
+}
 KNOWN_VENDORS = {
-    "04b8", "0519", "1504", "0419", "1d90", "2730", "154f", "0dd4", "0416", "0483", "1fc9",  # printers
-    "0c2e", "0536", "05e0", "05f9", "1eab", "23d0",  # scanners
+    "04b8",
+    "0519",
+    "1504",
+    "0419",
+    "1d90",
+    "2730",
+    "154f",
+    "0dd4",
+    "0416",
+    "0483",
+    "1fc9",  # printers
+    "0c2e",
+    "0536",
+    "05e0",
+    "05f9",
+    "1eab",
+    "23d0",  # scanners
 }
 
 
@@ -63,7 +107,9 @@ def test_vendor_ids_are_valid_hex_and_the_ones_we_support() -> None:
     for number, pairs in rules():
         for m in pairs:
             if m["attr"] in ("idVendor", "idProduct"):
-                assert re.fullmatch(r"[0-9a-f]{4}", m["value"]), f"line {number}: {m['value']!r} not 4 lowercase hex"
+                assert re.fullmatch(r"[0-9a-f]{4}", m["value"]), (
+                    f"line {number}: {m['value']!r} not 4 lowercase hex"
+                )
                 if m["attr"] == "idVendor":
                     seen.add(m["value"])
     assert seen == KNOWN_VENDORS
@@ -75,7 +121,9 @@ def test_every_claim_sets_group_and_mode() -> None:
         if "GROUP" in keys or "MODE" in keys:
             assert {"GROUP", "MODE"} <= keys, f"line {number}: set GROUP and MODE together"
             mode = next(m["value"] for m in pairs if m["key"] == "MODE")
-            assert re.fullmatch(r"0[0-7]{3}", mode) and not int(mode, 8) & 0o007, f"line {number}: mode {mode}"
+            assert re.fullmatch(r"0[0-7]{3}", mode) and not int(mode, 8) & 0o007, (
+                f"line {number}: mode {mode}"
+            )
     groups = {m["value"] for _, pairs in rules() for m in pairs if m["key"] == "GROUP"}
     assert groups == {"edgehub", "lp", "dialout"}
 
@@ -95,7 +143,10 @@ def test_gotos_have_labels_and_removal_is_skipped() -> None:
     assert len(labels) == len(set(labels))
     assert gotos <= set(labels)
     first = rules()[0][1]
-    assert [(m["key"], m["op"], m["value"]) for m in first] == [("ACTION", "==", "remove"), ("GOTO", "=", "edgehub_end")]
+    assert [(m["key"], m["op"], m["value"]) for m in first] == [
+        ("ACTION", "==", "remove"),
+        ("GOTO", "=", "edgehub_end"),
+    ]
 
 
 def test_serial_devices_are_kept_from_modemmanager() -> None:

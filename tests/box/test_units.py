@@ -84,8 +84,9 @@ def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("name", ["edgehub.service", "edgehub-provision.service", "mosquitto.service"])
 def test_verify_is_silent(fake_root: Path, name: str) -> None:
     assert ANALYZE is not None
-    result = subprocess.run([ANALYZE, "verify", f"--root={fake_root}", name],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [ANALYZE, "verify", f"--root={fake_root}", name], capture_output=True, text=True, timeout=60
+    )
     assert result.stderr == "", result.stderr
     assert result.returncode == 0
 
@@ -94,7 +95,9 @@ def test_security_exposure_is_about_two(fake_root: Path) -> None:
     assert ANALYZE is not None
     result = subprocess.run(
         [ANALYZE, "security", "--offline=yes", f"--root={fake_root}", "--no-pager", "edgehub.service"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     # Read the number itself: the message says by how much a change moved it.
     line = next(x for x in result.stdout.splitlines() if "Overall exposure level" in x)
@@ -129,7 +132,12 @@ def test_edgehub_service_keys() -> None:
     assert u["Unit"]["StartLimitIntervalSec"] == "0"
     wants = " ".join(all_values("edgehub.service", "Wants"))
     after = " ".join(all_values("edgehub.service", "After"))
-    for dep in ("mosquitto.service", "network-online.target", "modprobe@cdc_acm.service", "modprobe@usblp.service"):
+    for dep in (
+        "mosquitto.service",
+        "network-online.target",
+        "modprobe@cdc_acm.service",
+        "modprobe@usblp.service",
+    ):
         assert dep in wants and dep in after
     assert "edgehub-provision.service" in after
     assert u["Install"]["WantedBy"] == "multi-user.target"
@@ -141,7 +149,8 @@ def test_provision_unit_runs_before_the_broker_and_the_hub() -> None:
     assert set(u["Unit"]["Before"].split()) >= {"mosquitto.service", "edgehub.service"}
     assert u["Service"]["Type"] == "oneshot"
     assert u["Service"]["ExecStart"].startswith(
-        "/opt/edgehub/venv/bin/edgehub provision --from /boot/firmware/edgehub-provision.toml")
+        "/opt/edgehub/venv/bin/edgehub provision --from /boot/firmware/edgehub-provision.toml"
+    )
 
 
 def test_mosquitto_drop_in_runs_edgehub_config() -> None:
@@ -152,12 +161,18 @@ def test_mosquitto_drop_in_runs_edgehub_config() -> None:
 
 
 def test_tmpfiles_and_sysusers_agree_with_the_unit() -> None:
-    sysusers = [line.split() for line in (SYSTEMD / "edgehub.sysusers").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    sysusers = [
+        line.split()
+        for line in (SYSTEMD / "edgehub.sysusers").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ["u", "edgehub", "-"] == sysusers[0][:3]
     assert {entry[2] for entry in sysusers if entry[0] == "m"} == {"dialout", "lp", "plugdev"}
-    tmpfiles = {line.split()[1]: line.split() for line in (SYSTEMD / "edgehub.tmpfiles").read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    tmpfiles = {
+        line.split()[1]: line.split()
+        for line in (SYSTEMD / "edgehub.tmpfiles").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert tmpfiles["/var/lib/edgehub"][2:5] == ["0750", "edgehub", "edgehub"]
     assert tmpfiles["/etc/edgehub/secrets"][2:5] == ["0750", "root", "edgehub"]
     assert tmpfiles["/etc/edgehub/mosquitto"][2:5] == ["0750", "root", "mosquitto"]

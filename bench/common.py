@@ -1,0 +1,87 @@
+"""Shared parts of the benchmarks: a full-speed POS load generator (paho, QoS 1, acks matched
+by order_id, TCP_NODELAY like the hub's own clients) and percentiles."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+class Loader:
+    """A POS terminal at full speed: paho, QoS 1, acks matched by order_id."""
+
+    def __init__(self, port: int, store: str, terminal: str = "pos-1") -> None:
+        self.topic = f"edgehub/v1/{store}/pos/{terminal}/order"
+        self.sent_at: dict[str, float] = {}
+        self.latency: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{terminal}-{time.time_ns()}")
+        self.client.username_pw_set(terminal, f"pw-{terminal}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_message = self._on_ack
+        self.client.connect("127.0.0.1", port)
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.subscribe(f"edgehub/v1/{store}/pos/{terminal}/ack", qos=1)
+        self.client.loop_start()
+        time.sleep(0.3)
+
+    def _on_ack(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        order_id = json.loads(msg.payload)["order_id"]
+        with self.cond:
+            if order_id in self.sent_at and order_id not in self.latency:
+                self.latency[order_id] = now - self.sent_at[order_id]
+                self.cond.notify_all()
+
+    def _send(self, order_id: str) -> None:
+        body = json.dumps({"schema": "order/1", "order_id": order_id, "table": "T7", "covers": 2,
+                           "lines": [{"sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "station": "grill"},
+                                     {"sku": "COLA-33", "name": "Cola", "qty": 2, "station": "bar"}]})
+        with self.cond:
+            self.sent_at[order_id] = time.perf_counter()
+        self.client.publish(self.topic, body, qos=1)
+
+    def burst(self, prefix: str, n: int, window: int = 400, timeout: float = 120.0) -> float:
+        """Send n orders keeping at most ``window`` unacked; return acked orders per second."""
+        start = time.perf_counter()
+        for i in range(n):
+            with self.cond:
+                self.cond.wait_for(lambda: len(self.sent_at) - len(self.latency) < window, timeout)
+            self._send(f"{prefix}-{i}")
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.latency) == len(self.sent_at), timeout):
+                raise RuntimeError(f"only {len(self.latency)} of {len(self.sent_at)} acked")
+        return n / (time.perf_counter() - start)
+
+    def paced(self, prefix: str, rate: float, seconds: float) -> list[float]:
+        before = set(self.latency)
+        n = int(rate * seconds)
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self._send(f"{prefix}-{i}")
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.latency) == len(self.sent_at), 30)
+        return sorted(v * 1000 for k, v in self.latency.items() if k not in before and k.startswith(prefix))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def pct(values: list[float], p: float) -> float:
+    return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
+
+

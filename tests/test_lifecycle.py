@@ -104,6 +104,7 @@ async def test_schema_is_migrated_and_rows_survive_a_reopen(tmp_path: Path) -> N
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024
     async with Journal(path, "s1") as journal:
         assert (await journal.counts())["orders"] == 1
         commit = await journal.accept_order(Order("M-1", "pos-1", order("M-1")))

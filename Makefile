@@ -33,7 +33,7 @@ deps: system-deps $(STAMP)
 
 run: deps
 	@mkdir -p .run
-	$(PY) -m edgehub run --config $(CONFIG)
+	$(PY) -m edgehub run --config $(CONFIG) --simulate
 
 # The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
 test: WITH_BROWSER = 1

@@ -51,6 +51,12 @@ def acl_text(config: Config) -> str:
             f"topic write {topics.terminal_tree(terminal.id)}",
             f"topic read {topics.terminal_tree(terminal.id)}",
             f"topic read {topics.hub_state}",
+            # Roles: any terminal may print, pay and settle, and read role state and events;
+            # answers come back under its own tree (response topic or reply_to).
+            f"topic write {topics.role_command('+', '+')}",
+            f"topic read {topics.role_binding('+')}",
+            f"topic read {topics.role_state('+')}",
+            f"topic read {topics.role_event('+', '+')}",
         ]
         if terminal.kind == "kds":
             lines.append(f"topic readwrite {topics.root}/kds/#")

@@ -27,6 +27,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     hub = Hub(config, Notifier())
 
     async def main() -> None:
+        nonlocal hub
+        if args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
+            from edgehub.sim.store import SimStore, with_sim_devices
+
+            async with SimStore() as sim:
+                hub = Hub(with_sim_devices(config, sim), Notifier())
+                await hub.run_until_stopped()
+            return
         await hub.run_until_stopped()
 
     async def announce() -> None:
@@ -116,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("--config", required=True, help="path to edgehub.toml")
+    p.add_argument("--simulate", action="store_true",
+                   help="run with a simulated store's devices (no hardware)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("config", help="configuration tools")
@@ -144,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=120.0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_sim_terminal)
+
+    __import__("edgehub.discovery.cli", fromlist=["x"]).add_parser(sub)
+
+    p = sub.add_parser("doctor", help="run the installer's self-checks; exit 1 when one fails")
+    p.add_argument("--config", required=True)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+    p.set_defaults(func=lambda a: __import__("edgehub.doctor", fromlist=["x"]).command(a.config, a.json))
+
+    p = sub.add_parser("bundle", help="write a support bundle (tar.gz, secrets removed)")
+    p.add_argument("--config", required=True)
+    p.add_argument("-o", "--output", help="file to write (default: edgehub-STORE-TIME.tar.gz here)")
+    p.set_defaults(func=lambda a: __import__("edgehub.bundle", fromlist=["x"]).command(a.config, a.output))
 
     p = sub.add_parser("provision", help="first-boot provisioning of a box", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

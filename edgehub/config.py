@@ -60,6 +60,8 @@ class BrokerConfig:
 class ApiConfig:
     listen: Address
     token: str = field(repr=False)
+    # Optional digits-only PIN an installer types on the box's page instead of the long token.
+    installer_pin: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,154 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class StationConfig:
+    """One kitchen station (grill, wok, bar, cold ...): when its tickets turn amber and red,
+    and which printer role (if any) prints its tickets in large type."""
+
+    name: str
+    amber_after_s: float = 480.0
+    red_after_s: float = 720.0
+    printer_role: str | None = None
+
+
+@dataclass(frozen=True)
+class KitchenConfig:
+    """``[kitchen]``: where order lines go and how long a ticket may wait.
+
+    A line goes to its own ``station`` if it names one, else to the station a rule gives its sku
+    or category, else to ``default_station``. A station not listed in ``stations`` still gets
+    tickets (nothing is dropped), with the kitchen-wide thresholds and no printer.
+    """
+
+    default_station: str = "kitchen"
+    amber_after_s: float = 480.0
+    red_after_s: float = 720.0
+    stations: Mapping[str, StationConfig] = field(default_factory=dict)
+    sku_rules: Mapping[str, str] = field(default_factory=dict)
+    category_rules: Mapping[str, str] = field(default_factory=dict)
+    # Kitchen screens authenticate with this (defaults to the API token); see docs/kitchen.md.
+    screen_token: str = field(default="", repr=False)
+
+    def station(self, name: str) -> StationConfig:
+        found = self.stations.get(name)
+        if found is not None:
+            return found
+        return StationConfig(name, self.amber_after_s, self.red_after_s, None)
+
+
+ROLE_KINDS: dict[str, str] = {
+    "kitchen-printer": "printer",
+    "receipt-printer": "printer",
+    "scale": "scale",
+    "scanner": "scanner",
+    "pinpad": "pinpad",
+}
+ROLE_RE = re.compile(r"^(kitchen-printer|receipt-printer|scale|scanner|pinpad)(\.[a-z0-9][a-z0-9_-]{0,31})?$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def role_kind(role: str) -> str:
+    """The device kind a role takes (``kitchen-printer.grill`` → ``printer``)."""
+    return ROLE_KINDS[role.partition(".")[0]]
+
+
+def role_name_problem(name: str) -> str | None:
+    if ROLE_RE.match(name):
+        return None
+    return (f"{name!r} must be one of {', '.join(ROLE_KINDS)}, optionally with .name "
+            "(lowercase letters, digits, - or _), e.g. kitchen-printer.grill")
+
+
+def role_devices_problem(devices: list[Any]) -> str | None:
+    for device in devices:
+        if not isinstance(device, str) or not DEVICE_ID_RE.match(device):
+            return f"{device!r} is not a device id (letters, digits and . _ : -)"
+    if len(set(devices)) != len(devices):
+        return "lists a device twice"
+    return None
+
+
+@dataclass(frozen=True)
+class RoleConfig:
+    """A role and the devices that may serve it: primary first, then spares in order."""
+
+    name: str
+    devices: tuple[str, ...] = ()
+    failback_after_s: float = 30.0
+
+    @property
+    def kind(self) -> str:
+        return role_kind(self.name)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """``[discovery]``: where the box looks for devices and how often the watchdog asks them."""
+
+    usb: bool = True
+    serial: bool = True
+    lan: bool = True
+    subnets: tuple[str, ...] = ()  # CIDRs swept for raw-9100 printers (mDNS finds the rest)
+    serial_ports: tuple[str, ...] = ()  # ports probed besides the ones the kernel lists
+    probe_interval_s: float = 0.3  # watchdog interval for printers (others are probed less often)
+    scan_interval_s: float = 5.0  # USB/serial polling (when no hotplug events) and LAN sweeps
+    advertise: bool = True  # announce the hub as _edgehub._tcp on the store LAN
+
+
+DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
+# Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity).
+DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "mode", "parity", "serial_number", "stopbits", "vendor")
+
+
+@dataclass(frozen=True)
+class StaticDeviceConfig:
+    """A ``[[device]]`` the installer names: no discovery needed (printers that advertise
+    nothing, a pinpad on the LAN). ``id`` defaults to one derived from the address."""
+
+    driver: str
+    transport: str
+    address: str
+    id: str = ""
+    model: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """``[cloud]``: the uplink to the chain's cloud broker (MQTT 5) and the outbox's policy.
+
+    The outbox policy (telemetry TTL and quota, disk thresholds) applies even with the link
+    disabled: rows wait in the outbox either way. See docs/cloud.md.
+    """
+
+    enabled: bool = False
+    url: str = ""
+    tls: bool = True
+    host: str = ""
+    port: int = 8883
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str = ""
+    password: str = field(default="", repr=False)
+    client_id: str = ""
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    ping_interval_s: float = 15.0
+    ping_timeout_s: float = 10.0
+    reconnect_max_s: float = 30.0
+    max_inflight: int = 200
+    live_slots: int = 32
+    replay_rate: float = 500.0
+    replay_batch: int = 250
+    reconcile_every_s: float = 3600.0
+    telemetry_ttl_h: float = 72.0
+    telemetry_quota_mib: float = 64.0
+    disk_warn_free_mib: int = 512
+    disk_hard_free_mib: int = 128
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     store: StoreConfig
@@ -100,6 +250,11 @@ class Config:
     limits: LimitsConfig
     log: LogConfig
     terminals: tuple[TerminalConfig, ...]
+    kitchen: KitchenConfig = field(default_factory=KitchenConfig)
+    roles: tuple[RoleConfig, ...] = ()
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    devices: tuple[StaticDeviceConfig, ...] = ()
+    cloud: CloudConfig = field(default_factory=CloudConfig)
 
     def terminal(self, terminal_id: str) -> TerminalConfig | None:
         return next((t for t in self.terminals if t.id == terminal_id), None)
@@ -278,7 +433,8 @@ def load_config(path: str | Path) -> Config:
 def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Config:
     ck = _Checker(source, text)
     base = source.resolve().parent
-    known_tables = {"store", "paths", "broker", "api", "journal", "limits", "log", "terminal"}
+    known_tables = {"store", "paths", "broker", "api", "journal", "limits", "log", "terminal", "kitchen",
+                    "role", "discovery", "device", "cloud"}
     for key in data:
         if key not in known_tables:
             ck.problem(key, f"unknown table (known: {', '.join(sorted(known_tables))})")
@@ -311,12 +467,16 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         max_packet_kib=ck.get(t, "broker.max_packet_kib", int, 256, check=_positive),
     )
 
-    t = ck.table(data, "api", {"listen", "token", "token_file"})
+    t = ck.table(data, "api", {"listen", "token", "token_file", "installer_pin", "installer_pin_file"})
     api_listen = ck.get(t, "api.listen", str, "127.0.0.1:8080", check=_address_check)
     api = ApiConfig(
         listen=parse_address(api_listen) if api_listen else Address("127.0.0.1", 8080),
         token=_secret(ck, base, t, "api.token"),
+        installer_pin=_secret(ck, base, t, "api.installer_pin", required=False),
     )
+    if api.installer_pin and not (api.installer_pin.isascii() and api.installer_pin.isdigit()
+                                  and len(api.installer_pin) >= 6):
+        ck.problem("api.installer_pin", "must be digits only, at least 6 of them (a TOML string, e.g. \"482913\")")
     if api.token and len(api.token) < 16:
         ck.problem("api.token", "must be at least 16 characters (generate one with `edgehub provision`)")
 
@@ -370,7 +530,315 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
                       check=lambda v: None if v in ("pos", "kds", "kiosk") else "must be pos, kds or kiosk")
         terminals.append(TerminalConfig(id=tid or "", kind=kind, password=_secret(ck, base, entry, f"{prefix}.password")))
 
+    kitchen = _kitchen(ck, base, data, api.token)
+    roles = _roles(ck, data)
+    discovery = _discovery(ck, data)
+    devices = _static_devices(ck, data)
+    cloud = _cloud(ck, base, data, store.id)
+
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(source=source, store=store, paths=paths, broker=broker, api=api, journal=journal,
-                  limits=limits, log=log, terminals=tuple(terminals))
+                  limits=limits, log=log, terminals=tuple(terminals), kitchen=kitchen, roles=roles,
+                  discovery=discovery, devices=devices, cloud=cloud)
+
+
+def _roles(ck: _Checker, data: Mapping[str, Any]) -> tuple[RoleConfig, ...]:
+    """``[[role]]`` entries: which devices serve a role, primary first (none: no roles bound)."""
+    raw = data.get("role", [])
+    if not isinstance(raw, list):
+        ck.problem("role", "must be an array of tables: [[role]]")
+        return ()
+    roles: list[RoleConfig] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        prefix = f"role[{i}]"
+        if not isinstance(entry, dict):
+            ck.problem(prefix, "must be a table")
+            continue
+        for key in entry:
+            if key not in {"name", "devices", "failback_after_s"}:
+                ck.problem(f"{prefix}.{key}", "unknown key (known: devices, failback_after_s, name)")
+        name = ck.get(entry, f"{prefix}.name", str, check=role_name_problem)
+        if name and name in seen:
+            ck.problem(f"{prefix}.name", f"{name!r} is bound twice")
+        seen.add(name or "")
+        devices = ck.get(entry, f"{prefix}.devices", list, [], check=role_devices_problem)
+        failback = ck.get(entry, f"{prefix}.failback_after_s", (int, float), 30.0,
+                          check=lambda v: None if 0 <= v <= 86_400 else "must be 0 to 86400 seconds")
+        if name:
+            roles.append(RoleConfig(name, tuple(devices or ()), float(failback)))
+    return tuple(roles)
+
+
+STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the same rule as an order line's station
+
+
+def _station_check(value: str) -> str | None:
+    return None if STATION_RE.match(value) else (
+        f"{value!r} must be a station name: lowercase letters, digits, - or _ (max 32)")
+
+
+def _seconds(value: int | float) -> str | None:
+    return None if 0 < value <= 86_400 else f"must be more than 0 and at most 86400 seconds, got {value}"
+
+
+def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) -> KitchenConfig:
+    t = ck.table(data, "kitchen", {"default_station", "amber_after_s", "red_after_s", "stations", "rules",
+                                   "screen_token", "screen_token_file"})
+    default_station = ck.get(t, "kitchen.default_station", str, "kitchen", check=_station_check) or "kitchen"
+    amber = float(ck.get(t, "kitchen.amber_after_s", (int, float), 480.0, check=_seconds))
+    red = float(ck.get(t, "kitchen.red_after_s", (int, float), 720.0, check=_seconds))
+    if amber >= red:
+        ck.problem("kitchen.red_after_s", f"must be later than amber_after_s ({amber:g}), got {red:g}")
+    screen_token = _secret(ck, base, t, "kitchen.screen_token", required=False) or api_token
+    if screen_token and len(screen_token) < 16:
+        ck.problem("kitchen.screen_token", "must be at least 16 characters")
+
+    stations: dict[str, StationConfig] = {}
+    raw_stations = ck.get(t, "kitchen.stations", dict, {}) or {}
+    for name, entry in raw_stations.items():
+        path = f"kitchen.stations.{name}"
+        if _station_check(name):
+            ck.problem(path, _station_check(name) or "")
+            continue
+        if not isinstance(entry, dict):
+            ck.problem(path, f"must be a table, got {_kind(entry)}")
+            continue
+        known = {"amber_after_s", "red_after_s", "printer_role"}
+        for key in entry:
+            if key not in known:
+                ck.problem(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
+        s_amber = float(ck.get(entry, f"{path}.amber_after_s", (int, float), amber, check=_seconds))
+        s_red = float(ck.get(entry, f"{path}.red_after_s", (int, float), red, check=_seconds))
+        if s_amber >= s_red:
+            ck.problem(f"{path}.red_after_s",
+                       f"must be later than amber_after_s ({s_amber:g}), got {s_red:g}")
+        role = ck.get(entry, f"{path}.printer_role", str, None, check=_id_check)
+        stations[name] = StationConfig(name, s_amber, s_red, role)
+
+    rules = ck.get(t, "kitchen.rules", dict, {}) or {}
+    for key in rules:
+        if key not in ("sku", "category"):
+            ck.problem(f"kitchen.rules.{key}", "unknown key (known: category, sku)")
+    found: dict[str, dict[str, str]] = {}
+    for kind in ("sku", "category"):
+        table = ck.get(rules, f"kitchen.rules.{kind}", dict, {}) or {}
+        found[kind] = {}
+        for match, station in table.items():
+            path = f"kitchen.rules.{kind}.{match}"
+            if not isinstance(station, str):
+                ck.problem(path, f"must be a station name, got {_kind(station)} {station!r}")
+            elif problem := _station_check(station):
+                ck.problem(path, problem)
+            else:
+                found[kind][match] = station
+    return KitchenConfig(default_station=default_station, amber_after_s=amber, red_after_s=red,
+                         stations=stations, sku_rules=found["sku"], category_rules=found["category"],
+                         screen_token=screen_token)
+
+
+def _cidr_problem(values: list[Any]) -> str | None:
+    for value in values:
+        if not isinstance(value, str):
+            return f"{value!r} is not a CIDR string like \"192.168.1.0/24\""
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            return f"{value!r} is not a subnet: {exc}"
+        if net.version != 4 or net.num_addresses > 4096:
+            return f"{value!r}: only IPv4 subnets up to /20 are swept (4096 addresses)"
+    return None
+
+
+def _discovery(ck: _Checker, data: Mapping[str, Any]) -> DiscoveryConfig:
+    t = ck.table(data, "discovery", {"usb", "serial", "lan", "subnets", "serial_ports", "probe_interval_s",
+                                     "scan_interval_s", "advertise"})
+    ports = ck.get(t, "discovery.serial_ports", list, [],
+                   check=lambda v: None if all(isinstance(p, str) and p.startswith("/") for p in v)
+                   else "must be a list of absolute device paths, e.g. \"/dev/ttyUSB0\"")
+    return DiscoveryConfig(
+        usb=ck.get(t, "discovery.usb", bool, True),
+        serial=ck.get(t, "discovery.serial", bool, True),
+        lan=ck.get(t, "discovery.lan", bool, True),
+        subnets=tuple(ck.get(t, "discovery.subnets", list, [], check=_cidr_problem) or ()),
+        serial_ports=tuple(ports or ()),
+        probe_interval_s=float(ck.get(t, "discovery.probe_interval_s", (int, float), 0.3,
+                                      check=lambda v: None if 0.05 <= v <= 60
+                                      else "must be 0.05 to 60 seconds")),
+        scan_interval_s=float(ck.get(t, "discovery.scan_interval_s", (int, float), 5.0,
+                                     check=lambda v: None if 0.1 <= v <= 3600
+                                     else "must be 0.1 to 3600 seconds")),
+        advertise=ck.get(t, "discovery.advertise", bool, True),
+    )
+
+
+def _device_address_problem(transport: str, address: str) -> str | None:
+    if transport == "tcp":
+        text = address if ":" in address.strip("[]") or address.startswith("[") else f"{address}:0"
+        try:
+            parse_address(text)
+        except ValueError as exc:
+            return f"bad address for tcp: {exc} (host or host:port)"
+    elif transport == "serial":
+        if not address.startswith("/"):
+            return f"{address!r} must be a device path like /dev/ttyUSB0 or /dev/serial/by-id/..."
+    elif transport == "usb":
+        if not re.fullmatch(r"\d{1,3}:\d{1,3}|[^\s]{1,126}", address):
+            return f"{address!r} must be the USB serial number or bus:address"
+    return None
+
+
+def _static_devices(ck: _Checker, data: Mapping[str, Any]) -> tuple[StaticDeviceConfig, ...]:
+    """``[[device]]`` entries. Driver settings (baudrate, parity, mode…) go to the driver as
+    ``info.extra``; they must be plain strings, numbers or booleans."""
+    raw = data.get("device", [])
+    if not isinstance(raw, list):
+        ck.problem("device", "must be an array of tables: [[device]]")
+        return ()
+    devices: list[StaticDeviceConfig] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        prefix = f"device[{i}]"
+        if not isinstance(entry, dict):
+            ck.problem(prefix, "must be a table")
+            continue
+        device_id = ck.get(entry, f"{prefix}.id", str, "",
+                           check=lambda v: None if DEVICE_ID_RE.match(v) else
+                           f"{v!r} is not a device id (letters, digits and . _ : -)")
+        if device_id and device_id in seen:
+            ck.problem(f"{prefix}.id", f"{device_id!r} is used twice")
+        seen.add(device_id or "")
+        driver = ck.get(entry, f"{prefix}.driver", str,
+                        check=lambda v: None if v in DEVICE_DRIVERS
+                        else f"must be one of {', '.join(DEVICE_DRIVERS)}")
+        transport = ck.get(entry, f"{prefix}.transport", str,
+                           check=lambda v: None if v in ("tcp", "serial", "usb")
+                           else "must be tcp, serial or usb")
+        address = ck.get(entry, f"{prefix}.address", str)
+        if transport and address is not None and (problem := _device_address_problem(transport, address)):
+            ck.problem(f"{prefix}.address", problem)
+        model = ck.get(entry, f"{prefix}.model", str, "")
+        extra: dict[str, str] = {}
+        for key, value in entry.items():
+            if key in {"id", "driver", "transport", "address", "model"}:
+                continue
+            if key not in DEVICE_EXTRA_KEYS:
+                ck.problem(f"{prefix}.{key}", "unknown key (known: address, driver, id, model, transport, "
+                           f"{', '.join(DEVICE_EXTRA_KEYS)})")
+            elif isinstance(value, bool):
+                extra[key] = "true" if value else "false"
+            elif isinstance(value, (str, int, float)):
+                extra[key] = str(value)
+            else:
+                ck.problem(f"{prefix}.{key}", f"must be a string, number or boolean, got {_kind(value)}")
+        if driver and transport and address:
+            devices.append(StaticDeviceConfig(driver=driver, transport=transport, address=address,
+                                              id=device_id or "", model=model or "", extra=extra))
+    return tuple(devices)
+
+
+_CLOUD_KEYS = {
+    "enabled", "url", "ca_file", "cert_file", "key_file", "username", "password", "password_file",
+    "enrollment_token", "enrollment_token_file",
+    "client_id", "keepalive_s", "connect_timeout_s", "ping_interval_s", "ping_timeout_s", "reconnect_max_s",
+    "max_inflight", "live_slots", "replay_rate", "replay_batch", "reconcile_every_s", "telemetry_ttl_h",
+    "telemetry_quota_mib", "disk_warn_free_mib", "disk_hard_free_mib",
+}
+
+
+def parse_cloud_url(url: str) -> tuple[bool, str, int]:
+    """``mqtts://host[:port]`` (TLS, default 8883) or ``mqtt://host[:port]`` (plain, tests only)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"{url!r} must start with mqtts:// (or mqtt:// for tests)")
+    if "/" in rest.rstrip("/") or "@" in rest:
+        raise ValueError(f"{url!r}: give only host and port (credentials go in username/password)")
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, _, port_text = rest[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = rest.partition(":")
+    if not host or not re.match(r"^[A-Za-z0-9.:-]+$", host):
+        raise ValueError(f"{url!r}: {host!r} is not a host name or address")
+    tls = scheme == "mqtts"
+    if not port_text:
+        return tls, host, 8883 if tls else 1883
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"{url!r}: port {port_text!r} is not a number from 1 to 65535")
+    return tls, host, int(port_text)
+
+
+def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> CloudConfig:
+    t = ck.table(data, "cloud", _CLOUD_KEYS)
+    enabled = bool(ck.get(t, "cloud.enabled", bool, False))
+    url = ck.get(t, "cloud.url", str, "")
+    tls, host, port = True, "", 8883
+    if url:
+        try:
+            tls, host, port = parse_cloud_url(url)
+        except ValueError as exc:
+            ck.problem("cloud.url", str(exc))
+    elif enabled:
+        ck.problem("cloud.url", "missing: an enabled uplink needs url = \"mqtts://host:8883\"")
+
+    def readable(key: str) -> Path | None:
+        value = ck.get(t, f"cloud.{key}", str, None)
+        if value is None:
+            return None
+        path = base / value
+        if enabled and not path.is_file():
+            ck.problem(f"cloud.{key}", f"{path} does not exist or is not a file")
+        return path
+
+    ca_file, cert_file, key_file = readable("ca_file"), readable("cert_file"), readable("key_file")
+    if (cert_file is None) != (key_file is None):
+        ck.problem("cloud.cert_file" if cert_file is None else "cloud.key_file",
+                   "give both cert_file and key_file (the box's TLS client certificate and its key)")
+    if not tls and (ca_file or cert_file):
+        ck.problem("cloud.url", "TLS files are given but the url is mqtt:// (use mqtts://)")
+
+    def number(key: str, default: float, low: float, high: float,
+               kind: type | tuple[type, ...] = (int, float)) -> Any:
+        return ck.get(t, f"cloud.{key}", kind, default,
+                      check=lambda v: None if low <= v <= high else f"must be {low:g} to {high:g}, got {v}")
+
+    client_id = ck.get(t, "cloud.client_id", str, f"edgehub-{store_id}",
+                       check=lambda v: None if 0 < len(v) <= 64 else "must be 1 to 64 characters")
+    username = ck.get(t, "cloud.username", str, "")
+    password = _secret(ck, base, t, "cloud.password", required=False)
+    # The one-time token from the cloud console (what `edgehub provision` stores): until the chain
+    # issues the box a client certificate, the box signs in as its client id with the token.
+    token = _secret(ck, base, t, "cloud.enrollment_token", required=False)
+    if token and password:
+        ck.problem("cloud.enrollment_token", "give either enrollment_token or password, not both")
+    elif token:
+        username, password = username or client_id, token
+    cfg = CloudConfig(
+        enabled=enabled, url=url, tls=tls, host=host, port=port,
+        ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+        username=username, password=password, client_id=client_id,
+        keepalive_s=number("keepalive_s", 30, 5, 3600, int),
+        connect_timeout_s=float(number("connect_timeout_s", 10.0, 0.5, 300)),
+        ping_interval_s=float(number("ping_interval_s", 15.0, 0.2, 3600)),
+        ping_timeout_s=float(number("ping_timeout_s", 10.0, 0.2, 600)),
+        reconnect_max_s=float(number("reconnect_max_s", 30.0, 0.1, 3600)),
+        max_inflight=number("max_inflight", 200, 1, 65535, int),
+        live_slots=number("live_slots", 32, 1, 65535, int),
+        replay_rate=float(number("replay_rate", 500.0, 0, 1_000_000)),
+        replay_batch=number("replay_batch", 250, 1, 10_000, int),
+        reconcile_every_s=float(number("reconcile_every_s", 3600.0, 0, 7 * 86_400)),
+        telemetry_ttl_h=float(number("telemetry_ttl_h", 72.0, 0.001, 24 * 365)),
+        telemetry_quota_mib=float(number("telemetry_quota_mib", 64.0, 0, 1_000_000)),
+        disk_warn_free_mib=number("disk_warn_free_mib", 512, 0, 10_000_000, int),
+        disk_hard_free_mib=number("disk_hard_free_mib", 128, 0, 10_000_000, int),
+    )
+    if cfg.live_slots > cfg.max_inflight:
+        ck.problem("cloud.live_slots", f"must not exceed max_inflight ({cfg.max_inflight})")
+    if cfg.disk_hard_free_mib > cfg.disk_warn_free_mib:
+        ck.problem("cloud.disk_hard_free_mib",
+                   f"must not exceed disk_warn_free_mib ({cfg.disk_warn_free_mib})")
+    if cfg.ping_timeout_s > cfg.keepalive_s * 1.5:
+        ck.problem("cloud.ping_timeout_s", f"must not exceed 1.5 x keepalive_s ({cfg.keepalive_s * 1.5:g})")
+    return cfg

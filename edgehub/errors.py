@@ -61,3 +61,31 @@ class ProtocolError(DeviceError):
 
 class PaymentError(DeviceError):
     """A pinpad refused or failed a payment command."""
+
+
+class TicketRefused(EdgehubError):
+    """A kitchen ticket change that its state does not allow (bump a served ticket, ...).
+
+    ``reason`` is what the cook or the POS sees; nothing was changed.
+    """
+
+    def __init__(self, ticket_id: str, action: str, reason: str) -> None:
+        self.ticket_id = ticket_id
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{ticket_id}: cannot {action}: {reason}")
+
+
+# --- the outbox and the cloud uplink (issue 6) ---------------------------------------------------
+
+
+class OutboxError(EdgehubError):
+    """A row cannot go into the outbox: unknown stream, payload not a JSON object, ..."""
+
+
+class OutboxFull(OutboxError):
+    """The data disk is nearly full: a refusable row (telemetry) was refused. Orders never are."""
+
+
+class UplinkError(EdgehubError):
+    """The cloud link failed: cannot connect, refused, lost, or the cloud did not answer."""

@@ -12,24 +12,35 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from edgehub import __version__
 from edgehub.api import ApiServer
+from edgehub.api.support import Support
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
 from edgehub.config import Config
+from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
+from edgehub.devices.api import devices_routes
+from edgehub.devices.factory import DriverFactory
+from edgehub.devices.feeds import DeviceFeeds
+from edgehub.discovery import Discovery
 from edgehub.intake import Intake
+from edgehub.kitchen import Kitchen, ScreenServer
+from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
+from edgehub.uplink import attach_uplink
 
 log = logging.getLogger("edgehub.hub")
 
 
 class Hub:
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 usb_backend: object | None = None) -> None:
         self.config = config
         self.topics = Topics(config.store.id)
         self.notifier = notifier or Notifier(environ={})
@@ -38,7 +49,7 @@ class Hub:
         self.broker: MosquittoProcess | None = None
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
         self.intake = Intake(self.topics, config.limits, self.journal)
-        self.api = ApiServer(config.api.listen, config.api.token, self)
+        self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin)
         self.bus = BusConnection(
             host=config.broker.listen.host, port=config.broker.listen.port,
             username=config.broker.hub_user, password=config.broker.hub_password,
@@ -52,6 +63,46 @@ class Hub:
         # Each is an async context manager; status sections feed /api/v1/status.
         self.components: list[contextlib.AbstractAsyncContextManager[Any]] = []
         self.status_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        # The outbox policy and the downlink registry (components add cloud rows with
+        # ``self.outbox.add(conn, ...)``, read ``self.downlink.current("menu")``) and, with
+        # [cloud] enabled, the uplink to the chain's cloud (issue 6, edgehub/uplink/).
+        self.outbox, self.downlink, self.uplink = attach_uplink(self)
+        # Devices (issue 3): the registry first (roles read it), then discovery fills it, the
+        # watchdog probes what is in it and the feeds publish scans and weights.
+        self.registry = DeviceRegistry(self.topics, self._publish_device,
+                                       driver_factory=DriverFactory(usb_backend),
+                                       alert_sink=self._keep_device_alert)
+        self.discovery = Discovery(self.registry, config.discovery, config.devices, usb_backend=usb_backend,
+                                   advertise=(config.store.id, config.api.listen.port, __version__))
+        self.watchdog = Watchdog(self.registry,
+                                 WatchdogTiming(printer_interval=config.discovery.probe_interval_s))
+        self.feeds = DeviceFeeds(self.registry, self._publish_device)
+        self.components += [self.registry, self.discovery, self.watchdog, self.feeds]
+        self.status_sections["devices"] = self.registry.status
+        self.api.route_setups.append(devices_routes(self.registry))
+        # The box's page, /metrics, self-check and support bundles (issue 7).
+        self.support = Support(self)
+        self.components.append(self.support)
+        # Roles and failover (issue 4): after the device registry in start order, so the registry
+        # is up before roles read it.
+        self.roles = Roles(config, self.topics, self.journal, self.bus, self.registry)
+        self.components.append(self.roles)
+        self.api.route_setups.append(self.roles.route_setup)
+        self.status_sections["roles"] = self.roles.status
+        # The kitchen (issue 5): tickets per station from each accepted order, screens at
+        # /kds/{station}, POS amend/cancel. Kitchen printing: set ``self.kitchen.printer``.
+        self.kitchen = Kitchen(config.kitchen, self.topics, self.journal, config.store.id, config.limits,
+                               bus=self.bus)
+        self.components.append(self.kitchen)
+        self.intake.on_accepted.append(self.kitchen.on_order_accepted)
+        self.bus.route(self.topics.all_amends, self.kitchen.handle_amend)
+        self.bus.route(self.topics.all_cancels, self.kitchen.handle_cancel)
+        self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
+        self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
+        self.screens = ScreenServer(self.kitchen, config.kitchen.screen_token or config.api.token, self.api.failures)
+        self.api.route_setups.append(self.screens.setup)
+        self.status_sections["kitchen"] = self.kitchen.status
+        self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -100,6 +151,17 @@ class Hub:
         async with self:
             await stop.wait()
             log.info("stopping")
+
+    # --- devices ---------------------------------------------------------------------------
+
+    async def _publish_device(self, topic: str, payload: bytes, retain: bool) -> None:
+        await self.bus.publish(topic, payload, qos=1, retain=retain)
+
+    async def _keep_device_alert(self, device_id: str, payload: bytes) -> None:
+        """Device alerts go to the cloud too (``devices`` stream), once the outbox is wired in."""
+        outbox = getattr(self, "outbox", None)
+        if outbox is not None:
+            await outbox.add_now("devices", f"dev-alert-{uuid.uuid4().hex}", payload)
 
     # --- what the API reads ----------------------------------------------------------------
 

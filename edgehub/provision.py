@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgehub.config import ID_RE, load_config, parse_address, parse_config
+from edgehub.config import ID_RE, load_config, parse_address
 from edgehub.errors import ConfigError, EdgehubError
 
 DEFAULT_CONFIG_DIR = Path("/etc/edgehub")
@@ -377,7 +377,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
+def render_config(request: Request, layout: Layout) -> str:
     """The box's edgehub.toml. Secrets are referenced by file, never inline."""
     q = _toml_str
     lines = [
@@ -406,8 +406,8 @@ def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
         'token_file = "secrets/api-token"',
         "",
     ]
-    if cloud_inline and request.cloud_url:
-        lines += ["[cloud]", f"url = {q(request.cloud_url)}"]
+    if request.cloud_url:
+        lines += ["[cloud]", "enabled = true", f"url = {q(request.cloud_url)}"]
         if request.cloud_username:
             lines.append(f"username = {q(request.cloud_username)}")
         for key in CLOUD_SECRET_KEYS:
@@ -423,36 +423,6 @@ def render_config(request: Request, layout: Layout, cloud_inline: bool) -> str:
             "",
         ]
     return "\n".join(lines)
-
-
-def _loader_knows_cloud() -> bool:
-    """Whether edgehub.config accepts a [cloud] table yet (the uplink's settings)."""
-    probe = {
-        "store": {"id": "probe"},
-        "broker": {"hub_password": "x" * 16},
-        "api": {"token": "x" * 16},
-        "cloud": {},
-    }
-    try:
-        parse_config(probe, Path("/nonexistent/edgehub.toml"))
-    except ConfigError as exc:
-        return not any(": cloud: unknown table" in p for p in exc.problems)
-    return True
-
-
-def render_cloud_file(request: Request, layout: Layout) -> str:
-    """Cloud settings beside edgehub.toml, while the main config has no [cloud] table."""
-    lines = [
-        "# Written by `edgehub provision`: where this store's uplink connects.",
-        "[cloud]",
-        f"url = {_toml_str(request.cloud_url or '')}",
-    ]
-    if request.cloud_username:
-        lines.append(f"username = {_toml_str(request.cloud_username)}")
-    for key in CLOUD_SECRET_KEYS:
-        if (layout.secrets_dir / _cloud_secret_name(key)).exists():
-            lines.append(f"{key}_file = {_toml_str('secrets/' + _cloud_secret_name(key))}")
-    return "\n".join(lines) + "\n"
 
 
 def _write_if_changed(path: Path, text: str, mode: int, check: Callable[[Path], None] | None = None) -> bool:
@@ -552,15 +522,8 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
     def check(path: Path) -> None:
         load_config(path)  # raises ConfigError: our bug, reported as such by main()
 
-    cloud_inline = _loader_knows_cloud()
-    text = render_config(request, layout, cloud_inline)
+    text = render_config(request, layout)
     outcome.config_changed = _write_if_changed(layout.config_file, text, 0o644, check)
-    cloud_file = layout.config_dir / "cloud.toml"
-    if request.cloud_url and not cloud_inline:
-        outcome.config_changed |= _write_if_changed(cloud_file, render_cloud_file(request, layout), 0o644)
-    elif cloud_file.exists():
-        cloud_file.unlink()
-        outcome.config_changed = True
 
     broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
     if outcome.config_changed or outcome.new_secrets or not all(p.exists() for p in broker_files):

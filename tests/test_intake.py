@@ -38,7 +38,7 @@ async def test_resent_order_is_acked_again_as_duplicate_and_not_journaled_twice(
     assert [a["status"] for a in acks] == ["accepted"] * 3
     assert sorted(a["duplicate"] for a in acks) == [False, True, True]
     assert journal_rows(config, "SELECT COUNT(*) FROM orders WHERE order_id='A-2'") == [(1,)]
-    assert journal_rows(config, "SELECT COUNT(*) FROM outbox") == [(1,)]
+    assert journal_rows(config, "SELECT COUNT(*) FROM outbox WHERE stream='orders'") == [(1,)]
 
 
 async def test_invalid_orders_are_rejected_naming_the_field(hub: Hub, config: Config) -> None:

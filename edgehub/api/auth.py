@@ -1,25 +1,42 @@
-"""Bearer-token authentication for everything under /api/ (``/healthz`` stays open).
+"""Authentication for everything under ``/api/`` and ``/metrics`` (``/healthz`` stays open).
 
-Tokens are compared in constant time; repeated failures from one address are slowed down
-(a small token bucket per client address), so guessing is impractical from the store LAN.
+Two ways in, both checked in constant time:
+
+* ``Authorization: Bearer <token>`` — scripts, remote support, Prometheus.
+* a session cookie from ``POST /api/v1/login`` — the box's page. The login takes the box token
+  or the installer PIN; the cookie is HttpOnly (no script can read it) and SameSite=Strict (no
+  other site can make the browser send it). A request that changes something with only a cookie
+  must also carry ``X-Edgehub-Request`` — a header other origins cannot add without a CORS
+  preflight, which this server never answers — so even a same-site page cannot forge one.
+
+Repeated wrong credentials from one address are slowed down (a small token bucket per client
+address), so guessing is impractical from the store LAN. PIN guesses are also limited box-wide,
+because a six-digit PIN is short and the LAN may hold many addresses.
 """
 
 from __future__ import annotations
 
 import hmac
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/api/v1/login", "/api/v1/logout"})
+PROTECTED_PREFIXES = ("/api/", "/metrics")
+SESSION_COOKIE = "edgehub_session"
+CSRF_HEADER = "X-Edgehub-Request"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FailedLogins:
     """Allows ``burst`` failures per address, refilled at ``per_minute``; beyond that: 429."""
 
-    def __init__(self, burst: int = 10, per_minute: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, burst: int = 10, per_minute: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.burst = burst
         self.rate = per_minute / 60.0
         self.clock = clock
@@ -38,25 +55,161 @@ class FailedLogins:
             self._buckets.clear()
 
 
-def token_middleware(token: str, failures: FailedLogins) -> Callable[..., Awaitable[web.StreamResponse]]:
-    expected = token.encode()
+@dataclass(frozen=True)
+class Session:
+    id: str
+    via: str  # "token" or "pin": support can tell who logged in how
+    expires_at: float
+
+
+class Sessions:
+    """Browser sessions in memory: a restart logs everyone out, which is what a box should do."""
+
+    def __init__(self, ttl_s: float = 12 * 3600, limit: int = 64,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def create(self, via: str) -> Session:
+        now = self.clock()
+        self._sessions = {k: s for k, s in self._sessions.items() if s.expires_at > now}
+        while len(self._sessions) >= self.limit:  # the oldest session goes first
+            del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].expires_at)]
+        session = Session(secrets.token_urlsafe(32), via, now + self.ttl_s)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        # Look up by constant-time comparison so timing says nothing about valid ids.
+        found = None
+        for key, session in list(self._sessions.items()):
+            if hmac.compare_digest(key.encode(), session_id.encode()):
+                found = session
+        if found is None or found.expires_at <= self.clock():
+            return None
+        return found
+
+    def drop(self, session_id: str) -> None:
+        if self.get(session_id) is not None:
+            self._sessions.pop(session_id, None)
+
+
+class Credentials:
+    """What a login may present: the box token, and the installer PIN if one is configured."""
+
+    def __init__(self, token: str, pin: str = "") -> None:
+        self._token = token.encode()
+        self._pin = pin.encode()
+
+    def check(self, given: str) -> str | None:
+        """``"token"`` or ``"pin"`` when ``given`` matches, else None (both compared every time)."""
+        raw = given.encode()
+        token_ok = hmac.compare_digest(raw, self._token)
+        pin_ok = bool(self._pin) and hmac.compare_digest(raw, self._pin)
+        return "token" if token_ok else "pin" if pin_ok else None
+
+    def is_token(self, given: str) -> bool:
+        return hmac.compare_digest(given.encode(), self._token)
+
+
+def _unauthorized(message: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(text=f'{{"error":"{message}"}}', content_type="application/json",
+                                headers={"WWW-Authenticate": 'Bearer realm="edgehub"'})
+
+
+def _too_many() -> web.HTTPTooManyRequests:
+    return web.HTTPTooManyRequests(text='{"error":"too many failed logins; wait a minute"}',
+                                   content_type="application/json", headers={"Retry-After": "60"})
+
+
+def token_middleware(token: str, failures: FailedLogins, sessions: Sessions | None = None
+                     ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    credentials = Credentials(token)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or not request.path.startswith("/api/"):
+        if request.path in OPEN_PATHS or not request.path.startswith(PROTECTED_PREFIXES):
             return await handler(request)
         address = request.remote or "?"
         if failures.blocked(address):
-            raise web.HTTPTooManyRequests(text='{"error":"too many failed logins; wait a minute"}',
-                                          content_type="application/json")
+            raise _too_many()
         header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            failures.record(address)
-            raise web.HTTPUnauthorized(
-                text='{"error":"missing or wrong token: send Authorization: Bearer <token>"}',
-                content_type="application/json", headers={"WWW-Authenticate": 'Bearer realm="edgehub"'},
-            )
-        return await handler(request)
+        if header:
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not credentials.is_token(given.strip()):
+                failures.record(address)
+                raise _unauthorized("missing or wrong token: send Authorization: Bearer <token>")
+            return await handler(request)
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        if cookie and sessions is not None:
+            if sessions.get(cookie) is None:
+                # An expired cookie is not a guess worth counting, but it is not a way in either.
+                raise _unauthorized("session expired: log in again")
+            if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+                raise web.HTTPForbidden(text=f'{{"error":"send {CSRF_HEADER}: 1 with a session cookie"}}',
+                                        content_type="application/json")
+            return await handler(request)
+        # No credential at all is not a guess: it is not counted, so a page opened before login
+        # does not use up the address's allowance.
+        raise _unauthorized("missing or wrong token: send Authorization: Bearer <token>")
 
     return middleware
+
+
+class LoginHandlers:
+    """``POST /api/v1/login`` and ``POST /api/v1/logout`` for the box's page."""
+
+    def __init__(self, token: str, pin: str, failures: FailedLogins, sessions: Sessions,
+                 pin_failures: FailedLogins | None = None) -> None:
+        self.credentials = Credentials(token, pin)
+        self.has_pin = bool(pin)
+        self.failures = failures
+        self.sessions = sessions
+        # Box-wide allowance for PIN guesses: 30 at once, then 30 an hour.
+        self.pin_failures = pin_failures or FailedLogins(burst=30, per_minute=0.5)
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/login", self.login)
+        app.router.add_post("/api/v1/logout", self.logout)
+
+    async def login(self, request: web.Request) -> web.Response:
+        address = request.remote or "?"
+        if self.failures.blocked(address):
+            raise _too_many()
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in (f"http://{request.host}", f"https://{request.host}"):
+            raise web.HTTPForbidden(text='{"error":"login from another site is refused"}',
+                                    content_type="application/json")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        given = body.get("secret") if isinstance(body, dict) else None
+        if not isinstance(given, str) or not given:
+            raise web.HTTPBadRequest(
+                text='{"error":"send JSON {\\"secret\\": \\"<token or installer PIN>\\"}"}',
+                content_type="application/json")
+        looks_like_pin = given.isascii() and given.isdigit()
+        if looks_like_pin and self.pin_failures.blocked("*"):
+            raise _too_many()
+        via = self.credentials.check(given)
+        if via is None:
+            self.failures.record(address)
+            if looks_like_pin:
+                self.pin_failures.record("*")
+            raise _unauthorized("wrong token or PIN")
+        session = self.sessions.create(via)
+        response = web.json_response({"ok": True, "via": via})
+        response.set_cookie(SESSION_COOKIE, session.id, max_age=int(self.sessions.ttl_s), path="/",
+                            httponly=True, samesite="Strict")
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie:
+            self.sessions.drop(cookie)
+        response = web.json_response({"ok": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from edgehub.api.auth import FailedLogins, token_middleware
+from edgehub.api.auth import FailedLogins, LoginHandlers, Sessions, token_middleware
 from edgehub.config import Address
 
 log = logging.getLogger("edgehub.api")
@@ -26,22 +26,29 @@ class StatusSource(Protocol):
 class ApiServer:
     """Owns the aiohttp runner and site; ``async with`` binds, exit closes."""
 
-    def __init__(self, listen: Address, token: str, source: StatusSource) -> None:
+    def __init__(self, listen: Address, token: str, source: StatusSource, installer_pin: str = "") -> None:
         self.listen = listen
         self.token = token
         self.source = source
         self.failures = FailedLogins()
+        self.sessions = Sessions()
+        self.logins = LoginHandlers(token, installer_pin, self.failures, self.sessions)
         self._runner: web.AppRunner | None = None
         self.port = listen.port
         # Components (kitchen screens, dashboard, devices…) register their routes before start.
         self.route_setups: list[Callable[[web.Application], None]] = []
+        # Run after route_setups: they add a route only where no component registered one.
+        self.fallback_route_setups: list[Callable[[web.Application], None]] = []
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[token_middleware(self.token, self.failures)],
+        app = web.Application(middlewares=[token_middleware(self.token, self.failures, self.sessions)],
                               client_max_size=256 * 1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/v1/status", self.status)
+        self.logins.setup(app)
         for setup in self.route_setups:
+            setup(app)
+        for setup in self.fallback_route_setups:
             setup(app)
         return app
 

@@ -158,3 +158,437 @@ def deadletter(topic: str, reason: str, raw: bytes, received_at: float) -> bytes
 
 def hub_state(state: str, version: str) -> bytes:
     return dumps({"schema": STATE_SCHEMA, "state": state, "version": version})
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+DEVICE_DESCRIPTION_SCHEMA = "device/1"
+DEVICE_STATE_SCHEMA = "device-state/1"
+ALERT_SCHEMA = "alert/1"
+SCAN_SCHEMA = "scan/1"
+WEIGHT_SCHEMA = "weight/1"
+
+
+def device_description(device_id: str, kind: str, transport: str, address: str, driver: str, model: str,
+                       vendor: str, serial_number: str, present: bool) -> bytes:
+    """Retained on ``…/dev/{id}/$description``."""
+    return dumps({"schema": DEVICE_DESCRIPTION_SCHEMA, "device_id": device_id, "kind": kind,
+                  "transport": transport, "address": address, "driver": driver, "model": model,
+                  "vendor": vendor, "serial_number": serial_number, "present": present})
+
+
+def device_state(device_id: str, state: str, reason: str, present: bool, since: float) -> bytes:
+    """Retained on ``…/dev/{id}/$state``: ``state`` is ready, degraded, failed or unknown;
+    a device that was unplugged is ``failed`` with ``present`` false. ``since`` is Unix time."""
+    return dumps({"schema": DEVICE_STATE_SCHEMA, "device_id": device_id, "state": state, "reason": reason,
+                  "present": present, "since": round(since, 3)})
+
+
+def device_alert(device_id: str, kind: str, state: str, previous: str | None, reason: str, at: float) -> bytes:
+    """QoS 1 on ``…/hub/alert`` when a device changes state (and kept for the cloud)."""
+    return dumps({"schema": ALERT_SCHEMA, "source": "device", "device_id": device_id, "kind": kind,
+                  "state": state, "previous": previous, "reason": reason, "at": round(at, 3)})
+
+
+def scan(device_id: str, code: str, at: float) -> bytes:
+    """QoS 1 on ``…/dev/{id}/evt/scan``: one barcode as the scanner sent it."""
+    return dumps({"schema": SCAN_SCHEMA, "device_id": device_id, "code": code, "at": round(at, 3)})
+
+
+def weight(device_id: str, grams: int | None, state: str, net: bool, at: float) -> bytes:
+    """QoS 1 on ``…/dev/{id}/evt/weight`` when the weight changes: ``state`` is the scale's
+    (stable, zero, motion, overload, under zero…); ``grams`` is None when it shows no number;
+    ``sellable`` is true only for a stable reading with a number (legal-for-trade)."""
+    sellable = state in ("stable", "zero") and grams is not None
+    return dumps({"schema": WEIGHT_SCHEMA, "device_id": device_id, "grams": grams, "state": state,
+                  "net": net, "sellable": sellable, "at": round(at, 3)})
+
+
+# --- kitchen: POS amend / cancel, station screens (kds) and the cloud's kitchen stream -----------
+
+AMEND_SCHEMA = "amend/1"
+CANCEL_SCHEMA = "cancel/1"
+KDS_EVENT_SCHEMA = "kds-event/1"
+KDS_SNAPSHOT_SCHEMA = "kds-snapshot/1"
+KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
+KDS_COMMAND_SCHEMA = "kds-command/1"
+KDS_REPLY_SCHEMA = "kds-reply/1"
+KDS_ALERT_SCHEMA = "kds-alert/1"
+CLOUD_KITCHEN_SCHEMA = "cloud-kitchen/1"
+
+KDS_ACTIONS = ("start", "bump", "serve", "recall", "priority")
+PRIORITY_MIN, PRIORITY_MAX = -9, 9
+_AMEND_HEADER = ("table", "note", "course", "covers", "rush")
+
+
+@dataclass(frozen=True)
+class Amend:
+    """``amend/1``: the POS changed an accepted order. ``lines`` (when given) replaces the order's
+    lines entirely, so a re-sent amend lands the same way; header fields change only if given."""
+
+    order_id: str
+    amend_id: str
+    terminal: str
+    doc: dict[str, Any]
+
+    @property
+    def lines(self) -> list[dict[str, Any]] | None:
+        lines: list[dict[str, Any]] | None = self.doc.get("lines")
+        return lines
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """``cancel/1``: the POS cancelled an accepted order; every ticket not yet served is voided."""
+
+    order_id: str
+    terminal: str
+    reason: str
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KdsCommand:
+    """``kds-command/1`` from a station screen. ``ticket_id`` may be left out of ``recall``
+    (the station's last bumped ticket); ``priority`` is the new priority for ``priority``."""
+
+    command_id: str
+    action: str
+    ticket_id: str | None
+    priority: int | None
+
+
+def _change_id(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if value is None:
+        raise PayloadError(key, "missing")
+    if not isinstance(value, str) or not ORDER_ID_RE.match(value):
+        raise PayloadError(key, "must be 1-64 characters of letters, digits and . _ : -")
+    return value
+
+
+def validate_amend(doc: dict[str, Any], order_id: str, terminal: str, size: int,
+                   limits: LimitsConfig) -> Amend:
+    """Check an ``amend/1`` whose order_id is known (so a failure can be acked ``rejected``)."""
+    if doc.get("schema") != AMEND_SCHEMA:
+        raise PayloadError("schema", f"must be {AMEND_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
+    amend_id = _change_id(doc, "amend_id")
+    if "lines" not in doc and not any(key in doc for key in _AMEND_HEADER):
+        raise PayloadError("lines", f"missing (an amend changes lines or one of {', '.join(_AMEND_HEADER)})")
+    # The lines and header follow exactly the order's rules: check them as an order would be.
+    probe = {key: doc[key] for key in ("lines", *_AMEND_HEADER) if key in doc}
+    probe["schema"] = ORDER_SCHEMA
+    probe.setdefault("lines", [{"sku": "-", "qty": 1}])
+    validate_order(probe, order_id, terminal, size, limits)
+    return Amend(order_id=order_id, amend_id=amend_id, terminal=terminal, doc=doc)
+
+
+def validate_cancel(doc: dict[str, Any], order_id: str, terminal: str, size: int,
+                    limits: LimitsConfig) -> Cancel:
+    if size > limits.max_order_bytes:
+        raise PayloadError("payload", f"is {size} bytes, the limit is {limits.max_order_bytes}")
+    if doc.get("schema") != CANCEL_SCHEMA:
+        raise PayloadError("schema", f"must be {CANCEL_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
+    _text(doc.get("reason"), "reason", limits)
+    return Cancel(order_id=order_id, terminal=terminal, reason=str(doc.get("reason") or ""), doc=doc)
+
+
+def parse_kds_command(raw: bytes) -> KdsCommand:
+    """Validate a ``kds-command/1``. Raises PayloadError naming the field."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadError("payload", "is not a JSON object") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("payload", f"must be a JSON object, got {type(doc).__name__}")
+    if doc.get("schema") != KDS_COMMAND_SCHEMA:
+        raise PayloadError("schema", f"must be {KDS_COMMAND_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
+    command_id = doc.get("command_id", "")
+    if not isinstance(command_id, str) or len(command_id) > 64:
+        raise PayloadError("command_id", "must be a string of at most 64 characters")
+    action = doc.get("action")
+    if action not in KDS_ACTIONS:
+        raise PayloadError("action", f"must be one of {', '.join(KDS_ACTIONS)}, got {json.dumps(action)}")
+    ticket_id = doc.get("ticket_id")
+    if ticket_id is not None and (not isinstance(ticket_id, str) or not 0 < len(ticket_id) <= 160):
+        raise PayloadError("ticket_id", "must be a ticket id string")
+    if ticket_id is None and action != "recall":
+        raise PayloadError("ticket_id", "missing")
+    priority = doc.get("priority")
+    if action == "priority":
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                PRIORITY_MIN <= priority <= PRIORITY_MAX):
+            raise PayloadError("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+    return KdsCommand(command_id=command_id, action=action, ticket_id=ticket_id,
+                      priority=priority if action == "priority" else None)
+
+
+def change_ack(kind: str, order_id: str, change_id: str, status: str, duplicate: bool = False,
+               error: str = "") -> bytes:
+    """The ack of an amend or cancel: ``ack/1`` with ``kind`` (absent on order acks) and the
+    amend_id, so a terminal never takes it for the ack of an order it is re-sending."""
+    doc: dict[str, Any] = {"schema": ACK_SCHEMA, "kind": kind, "order_id": order_id, "status": status,
+                           "duplicate": duplicate}
+    if kind == "amend":
+        doc["amend_id"] = change_id
+    if error:
+        doc["error"] = error
+    return dumps(doc)
+
+
+def kds_event(station: str, seq: int, event: str, ticket: dict[str, Any], at: float, source: str,
+              detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ticket change at a station. ``ticket`` is the full ticket after the change, so a
+    screen simply replaces its copy; ``seq`` grows by one per station (a gap means: ask for a
+    snapshot)."""
+    doc: dict[str, Any] = {"schema": KDS_EVENT_SCHEMA, "station": station, "seq": seq, "event": event,
+                           "at": round(at, 3), "source": source, "ticket": ticket}
+    if detail:
+        doc["detail"] = detail
+    return doc
+
+
+def kds_snapshot(station: str, seq: int, now: float, amber_after_s: float, red_after_s: float,
+                 tickets: list[dict[str, Any]], recent: list[dict[str, Any]],
+                 all_day: dict[str, int]) -> dict[str, Any]:
+    """A station's full state as of event ``seq``: open tickets in screen order, the last bumped
+    (newest first, for recall) and all-day counts per item over the open tickets."""
+    return {"schema": KDS_SNAPSHOT_SCHEMA, "station": station, "seq": seq, "now": round(now, 3),
+            "amber_after_s": amber_after_s, "red_after_s": red_after_s, "tickets": tickets,
+            "recent": recent, "all_day": all_day}
+
+
+def kds_reply(command_id: str, ok: bool, error: str = "",
+              ticket: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"schema": KDS_REPLY_SCHEMA, "command_id": command_id, "ok": ok}
+    if error:
+        doc["error"] = error
+    if ticket is not None:
+        doc["ticket"] = ticket
+    return doc
+
+
+def kds_alert(station: str, ticket: dict[str, Any], age_s: float, at: float) -> dict[str, Any]:
+    return {"schema": KDS_ALERT_SCHEMA, "station": station, "level": "red", "ticket_id": ticket["ticket_id"],
+            "order_id": ticket["order_id"], "table": ticket.get("table"), "age_s": round(age_s, 1),
+            "at": round(at, 3)}
+
+
+def cloud_kitchen(store_id: str, event: dict[str, Any]) -> bytes:
+    """The outbox row for one kitchen event or alert (stream ``kitchen``)."""
+    return dumps({"schema": CLOUD_KITCHEN_SCHEMA, "store_id": store_id, "event": event})
+
+
+# --- roles: print jobs, payments, bindings ------------------------------------------------------
+
+ROLE_BINDING_SCHEMA = "role-binding/1"
+ROLE_STATE_SCHEMA = "role-state/1"
+PRINT_SCHEMA = "print/1"
+PRINT_REPLY_SCHEMA = "print-reply/1"
+PAY_SCHEMA = "pay/1"
+SETTLE_SCHEMA = "settle/1"
+PAY_REPLY_SCHEMA = "pay-reply/1"
+
+REQUEST_ID_RE = ORDER_ID_RE  # job, payment, sale and request ids follow the order id rule
+TICKET_BLOCKS = ("text", "rule", "feed", "barcode", "qr", "cut", "drawer")
+TEXT_STYLES = ("bold", "underline", "double_width", "double_height")
+SETTLE_DECISIONS = ("approved", "declined", "void")
+MAX_TICKET_BLOCKS = 500
+MAX_AMOUNT_CENTS = 99_999_999
+
+
+@dataclass(frozen=True)
+class Request:
+    """What every role command carries besides its own fields: how to answer it.
+
+    MQTT 5 clients give a response topic and correlation data; 3.1.1 clients put ``reply_to``
+    (a topic under their own ``…/pos/{terminal}/`` tree) and ``request_id`` in the payload.
+    """
+
+    doc: dict[str, Any]
+    request_id: str | None
+    reply_to: str | None
+
+
+@dataclass(frozen=True)
+class PrintRequest:
+    request: Request
+    job_id: str | None  # the terminal's own id makes a re-send idempotent; else the hub makes one
+    ticket: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PayRequest:
+    request: Request
+    payment_id: str
+    sale_id: str
+    amount_cents: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class SettleRequest:
+    request: Request
+    payment_id: str
+    decision: str
+    operator: str
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadError("payload", "is not a JSON object in UTF-8") from None
+    if not isinstance(doc, dict):
+        raise PayloadError("payload", f"must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _id(doc: dict[str, Any], key: str, required: bool) -> str | None:
+    value = doc.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not REQUEST_ID_RE.match(value):
+        raise PayloadError(key, "must be 1-64 characters of letters, digits and . _ : -"
+                           if value is not None else "missing")
+    return value
+
+
+def _request(raw: bytes, schema: str, reply_prefix: str) -> Request:
+    doc = _object(raw)
+    if doc.get("schema") != schema:
+        raise PayloadError("schema", f"must be {schema!r}, got {json.dumps(doc.get('schema'))}")
+    reply_to = doc.get("reply_to")
+    if reply_to is not None and (not isinstance(reply_to, str) or not reply_to.startswith(reply_prefix)
+                                 or any(c in reply_to for c in "+#\x00")):
+        raise PayloadError("reply_to", f"must be a topic under {reply_prefix}{{terminal}}/")
+    return Request(doc, _id(doc, "request_id", required=False), reply_to)
+
+
+def _ticket(ticket: Any, limits: LimitsConfig) -> dict[str, Any]:
+    """``{"lines": [...], "large_type": bool}``: each line a string or one block object."""
+    if not isinstance(ticket, dict):
+        raise PayloadError("ticket", "must be an object with lines")
+    lines = ticket.get("lines")
+    if not isinstance(lines, list) or not lines:
+        raise PayloadError("ticket.lines", "must be a non-empty list")
+    if len(lines) > MAX_TICKET_BLOCKS:
+        raise PayloadError("ticket.lines", f"has {len(lines)} lines, the limit is {MAX_TICKET_BLOCKS}")
+    for i, line in enumerate(lines):
+        path = f"ticket.lines[{i}]"
+        if isinstance(line, str):
+            _text(line, path, limits)
+            continue
+        if not isinstance(line, dict):
+            raise PayloadError(path, "must be a string or an object")
+        kinds = [k for k in TICKET_BLOCKS if k in line]
+        if len(kinds) != 1:
+            raise PayloadError(path, f"must have exactly one of {', '.join(TICKET_BLOCKS)}")
+        kind = kinds[0]
+        value = line[kind]
+        if kind in ("text", "barcode", "qr"):
+            _text(value, f"{path}.{kind}", limits, required=kind != "text")
+        elif kind == "rule" and not (isinstance(value, str) and len(value) == 1):
+            raise PayloadError(f"{path}.rule", "must be one character")
+        elif kind == "feed":
+            _positive_int(value, f"{path}.feed", 20)
+        elif kind in ("cut", "drawer") and not isinstance(value, bool):
+            raise PayloadError(f"{path}.{kind}", "must be true or false")
+        for style in TEXT_STYLES:
+            if style in line and not isinstance(line[style], bool):
+                raise PayloadError(f"{path}.{style}", "must be true or false")
+        if "align" in line and line["align"] not in ("left", "center", "right"):
+            raise PayloadError(f"{path}.align", "must be left, center or right")
+        if kind == "barcode" and line.get("symbology", "CODE128") not in ("CODE128", "EAN13"):
+            raise PayloadError(f"{path}.symbology", "must be CODE128 or EAN13")
+    if "large_type" in ticket and not isinstance(ticket["large_type"], bool):
+        raise PayloadError("ticket.large_type", "must be true or false")
+    return ticket
+
+
+def parse_print(raw: bytes, limits: LimitsConfig, reply_prefix: str) -> PrintRequest:
+    """A ``print/1`` request. Raises PayloadError naming the field."""
+    if len(raw) > limits.max_order_bytes:
+        raise PayloadError("payload", f"is {len(raw)} bytes, the limit is {limits.max_order_bytes}")
+    request = _request(raw, PRINT_SCHEMA, reply_prefix)
+    doc = request.doc
+    return PrintRequest(request, _id(doc, "job_id", required=False), _ticket(doc.get("ticket"), limits))
+
+
+def parse_pay(raw: bytes, reply_prefix: str, currencies: tuple[str, ...]) -> PayRequest:
+    """A ``pay/1`` request: ``payment_id`` (idempotent), ``sale_id``, ``amount_cents``, ``currency``."""
+    request = _request(raw, PAY_SCHEMA, reply_prefix)
+    doc = request.doc
+    payment_id = _id(doc, "payment_id", required=True)
+    sale_id = _id(doc, "sale_id", required=True)
+    _positive_int(doc.get("amount_cents"), "amount_cents", MAX_AMOUNT_CENTS)
+    currency = doc.get("currency", currencies[0] if currencies else "EUR")
+    if currency not in currencies:
+        raise PayloadError("currency", f"must be one of {', '.join(currencies)}, got {json.dumps(currency)}")
+    assert payment_id is not None and sale_id is not None
+    return PayRequest(request, payment_id, sale_id, int(doc["amount_cents"]), str(currency))
+
+
+def parse_settle(raw: bytes, reply_prefix: str, limits: LimitsConfig) -> SettleRequest:
+    """A ``settle/1`` request: an operator's decision on a payment whose outcome is unknown."""
+    request = _request(raw, SETTLE_SCHEMA, reply_prefix)
+    doc = request.doc
+    payment_id = _id(doc, "payment_id", required=True)
+    decision = doc.get("decision")
+    if decision not in SETTLE_DECISIONS:
+        raise PayloadError("decision",
+                           f"must be one of {', '.join(SETTLE_DECISIONS)}, got {json.dumps(decision)}")
+    _text(doc.get("operator"), "operator", limits)
+    assert payment_id is not None
+    return SettleRequest(request, payment_id, str(decision), str(doc.get("operator") or ""))
+
+
+def role_binding(role: str, devices: list[str], failback_after_s: float, source: str, at: float) -> bytes:
+    """Retained on ``…/role/{role}/$binding``; ``source`` is ``config`` or ``api``."""
+    return dumps({"schema": ROLE_BINDING_SCHEMA, "role": role, "devices": devices,
+                  "failback_after_s": failback_after_s, "source": source, "at": round(at, 3)})
+
+
+def role_state(role: str, kind: str, device: str | None, reason: str, waiting: int, at: float) -> bytes:
+    """Retained on ``…/role/{role}/$state``: ``state`` is ``serving`` (by ``device``) or ``down``."""
+    return dumps({"schema": ROLE_STATE_SCHEMA, "role": role, "kind": kind,
+                  "state": "serving" if device else "down", "device": device, "reason": reason,
+                  "waiting": waiting, "at": round(at, 3)})
+
+
+def print_reply(role: str, job_id: str, status: str, request_id: str | None = None, *,
+                duplicate: bool = False, device: str | None = None, reprint: bool = False,
+                warning: str = "", error: str = "") -> bytes:
+    """``status``: ``queued`` (journaled, at once), ``printed`` (later), or ``rejected``."""
+    doc: dict[str, Any] = {"schema": PRINT_REPLY_SCHEMA, "role": role, "job_id": job_id, "status": status,
+                           "duplicate": duplicate}
+    if request_id is not None:
+        doc["request_id"] = request_id
+    if device is not None:
+        doc["device"] = device
+    if status == "printed":
+        doc["reprint"] = reprint
+    if warning:
+        doc["warning"] = warning
+    if error:
+        doc["error"] = error
+    return dumps(doc)
+
+
+def pay_reply(role: str, payment_id: str, status: str, request_id: str | None = None, **fields: Any) -> bytes:
+    """``status``: ``processing`` (journaled, at once), then ``approved``, ``declined``,
+    ``aborted``, ``unknown`` (settle pending: the sale is locked to its pinpad), ``not_found``
+    (the pinpad never charged it), ``void``; or ``refused`` (nothing was sent, see ``error``).
+    ``fields``: sale_id, amount_cents, currency, device, receipt_no, trace_no, masked_pan,
+    reason, error, duplicate, settled_by. Card data never appears beyond the masked PAN."""
+    doc: dict[str, Any] = {"schema": PAY_REPLY_SCHEMA, "role": role, "payment_id": payment_id,
+                           "status": status}
+    if request_id is not None:
+        doc["request_id"] = request_id
+    doc.update({k: v for k, v in fields.items() if v is not None and v != ""})
+    return dumps(doc)
+
+
+def role_event(role: str, device_event: dict[str, Any]) -> bytes:
+    """A device's ``scan``/``weight`` event as the role publishes it: the same fields plus ``role``."""
+    return dumps({**device_event, "role": role})

@@ -6,6 +6,7 @@ the code base spells a topic string.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 API_VERSION = "v1"
@@ -49,3 +50,139 @@ class Topics:
             return None
         terminal = topic[len(prefix) : -len("/order")]
         return terminal if terminal and "/" not in terminal else None
+
+    # POS changes to an accepted order (acked on ``ack(terminal)`` like orders)
+    def amend(self, terminal: str) -> str:
+        return f"{self.root}/pos/{terminal}/amend"
+
+    def cancel(self, terminal: str) -> str:
+        return f"{self.root}/pos/{terminal}/cancel"
+
+    @property
+    def all_amends(self) -> str:
+        return f"{self.root}/pos/+/amend"
+
+    @property
+    def all_cancels(self) -> str:
+        return f"{self.root}/pos/+/cancel"
+
+    def pos_terminal_of(self, topic: str, leaf: str) -> str | None:
+        """The terminal id in ``…/pos/{terminal}/{leaf}``, or None for any other topic."""
+        prefix, suffix = f"{self.root}/pos/", f"/{leaf}"
+        if not topic.startswith(prefix) or not topic.endswith(suffix):
+            return None
+        terminal = topic[len(prefix) : -len(suffix)]
+        return terminal if terminal and "/" not in terminal else None
+
+    # kitchen stations (kds terminals may read and write ``…/kds/#``)
+    def kds(self, station: str) -> str:
+        return f"{self.root}/kds/{station}"
+
+    def kds_event(self, station: str) -> str:
+        """Non-retained QoS 1: every ticket change at the station, with a per-station seq."""
+        return f"{self.root}/kds/{station}/event"
+
+    def kds_alert(self, station: str) -> str:
+        """Non-retained QoS 1: a ticket crossed into red."""
+        return f"{self.root}/kds/{station}/alert"
+
+    def kds_command(self, station: str) -> str:
+        """A screen's command (start, bump, serve, recall, priority); answered on kds_reply."""
+        return f"{self.root}/kds/{station}/command"
+
+    def kds_reply(self, station: str) -> str:
+        return f"{self.root}/kds/{station}/reply"
+
+    def kds_snapshot_request(self, station: str) -> str:
+        """A screen asks for the station's full state; answered on kds_snapshot (or the MQTT 5
+        response topic)."""
+        return f"{self.root}/kds/{station}/snapshot/get"
+
+    def kds_snapshot(self, station: str) -> str:
+        return f"{self.root}/kds/{station}/snapshot"
+
+    @property
+    def all_kds_commands(self) -> str:
+        return f"{self.root}/kds/+/command"
+
+    @property
+    def all_kds_snapshot_requests(self) -> str:
+        return f"{self.root}/kds/+/snapshot/get"
+
+    def station_of(self, topic: str) -> str | None:
+        """The station in ``…/kds/{station}/…``, or None for any other topic."""
+        prefix = f"{self.root}/kds/"
+        if not topic.startswith(prefix):
+            return None
+        station = topic[len(prefix) :].partition("/")[0]
+        return station or None
+
+    # devices (ids are made topic-safe: no "/", "+", "#")
+    def device(self, device_id: str) -> str:
+        return f"{self.root}/dev/{topic_level(device_id)}"
+
+    def device_description(self, device_id: str) -> str:
+        """Retained: what the device is (kind, model, transport, address, driver)."""
+        return f"{self.device(device_id)}/$description"
+
+    def device_state(self, device_id: str) -> str:
+        """Retained: ready / degraded / failed / unknown / gone, with the reason."""
+        return f"{self.device(device_id)}/$state"
+
+    def device_event(self, device_id: str, event: str) -> str:
+        """Non-retained QoS 1 events from a device: ``scan``, ``weight``."""
+        return f"{self.device(device_id)}/evt/{event}"
+
+    @property
+    def all_device_states(self) -> str:
+        return f"{self.root}/dev/+/$state"
+
+    @property
+    def alert(self) -> str:
+        """Non-retained QoS 1: something a person should know (a device failed or recovered)."""
+        return f"{self.root}/hub/alert"
+
+    # roles: what terminals address, whichever physical device serves the role at the moment
+    def role_binding(self, role: str) -> str:
+        """Retained: the devices bound to the role, primary first."""
+        return f"{self.root}/role/{role}/$binding"
+
+    def role_state(self, role: str) -> str:
+        """Retained: the device serving the role, or down with the reason."""
+        return f"{self.root}/role/{role}/$state"
+
+    def role_command(self, role: str, command: str) -> str:
+        """Requests to a role: ``print``, ``pay``, ``settle`` (MQTT 5 request/response)."""
+        return f"{self.root}/role/{role}/cmd/{command}"
+
+    def role_event(self, role: str, event: str) -> str:
+        """Non-retained QoS 1 from the serving device: ``scan``, ``weight``."""
+        return f"{self.root}/role/{role}/evt/{event}"
+
+    @property
+    def all_role_commands(self) -> str:
+        return f"{self.root}/role/+/cmd/+"
+
+    @property
+    def all_device_events(self) -> str:
+        return f"{self.root}/dev/+/evt/+"
+
+    @property
+    def reply_prefix(self) -> str:
+        """Replies to requests go only under a terminal's own tree (the ACL lets it read there)."""
+        return f"{self.root}/pos/"
+
+    def role_command_of(self, topic: str) -> tuple[str, str] | None:
+        """(role, command) of ``…/role/{role}/cmd/{command}``, or None for any other topic."""
+        prefix = f"{self.root}/role/"
+        if not topic.startswith(prefix):
+            return None
+        role, sep, command = topic[len(prefix) :].partition("/cmd/")
+        if not sep or not role or not command or "/" in role or "/" in command:
+            return None
+        return role, command
+
+
+def topic_level(text: str) -> str:
+    """``text`` as one MQTT topic level: the wildcards and the separator become ``_``."""
+    return re.sub(r"[/+#\x00]", "_", text) or "_"

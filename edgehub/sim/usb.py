@@ -164,6 +164,8 @@ class SimUsbDevice:
                 raise _stall()
             body = text.encode("utf-16-le")
             return bytes((2 + len(body), 3)) + body
+        if bm_request_type == 0x80 and b_request == 0:  # GET_STATUS: every USB device answers it
+            return b"\x00\x00"  # bus-powered, no remote wakeup
         raise _stall()
 
     def control_out(

@@ -34,6 +34,137 @@ MIGRATIONS: tuple[str, ...] = (
         payload BLOB NOT NULL
     );
     """,
+    # 2: the kitchen: one ticket per order per station, every ticket change as an event, the
+    # POS's amendments and cancellations (kept once by change_id), and the journal position
+    # from which accepted orders still need tickets (orders older than this upgrade never do).
+    """
+    CREATE TABLE tickets (
+        ticket_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        station TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        alerted INTEGER NOT NULL DEFAULT 0,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX tickets_order ON tickets(order_id);
+    CREATE INDEX tickets_station_state ON tickets(station, state, updated_at);
+    CREATE TABLE ticket_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ticket_id TEXT NOT NULL,
+        station TEXT NOT NULL,
+        station_seq INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX ticket_events_ticket ON ticket_events(ticket_id, id);
+    CREATE INDEX ticket_events_station ON ticket_events(station, station_seq);
+    CREATE TABLE order_changes (
+        change_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        terminal TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE INDEX order_changes_order ON order_changes(order_id);
+    CREATE TABLE kitchen_watermark (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        order_seq INTEGER NOT NULL
+    );
+    INSERT INTO kitchen_watermark(id, order_seq) SELECT 1, COALESCE(MAX(seq), 0) FROM orders;
+    """,
+    # 3: roles: bindings an installer changed from the API (they win over the config), print
+    # jobs until a printer confirms them, and payment intents with their outcome.
+    """
+    CREATE TABLE role_bindings (
+        role TEXT PRIMARY KEY,
+        devices TEXT NOT NULL,
+        failback_after_s REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+    CREATE TABLE print_jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        ticket TEXT NOT NULL,
+        reply_topic TEXT,
+        correlation BLOB,
+        request_id TEXT,
+        state TEXT NOT NULL DEFAULT 'queued',
+        device_id TEXT,
+        reprint INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        done_at REAL
+    );
+    CREATE INDEX print_jobs_waiting ON print_jobs(state, seq) WHERE state != 'printed';
+    CREATE TABLE payments (
+        payment_id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        sale_id TEXT NOT NULL,
+        amount_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        after_trace_no INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        reply_topic TEXT,
+        correlation BLOB,
+        request_id TEXT,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX payments_open ON payments(state) WHERE state IN ('sent', 'unknown');
+    """,
+    # 4 (uplink): every outbox row also numbered within its stream (the cloud's gap check), the
+    # per-stream counters kept by triggers (backlog in O(1); produced = pending + acked + dropped),
+    # and the last version of each downlink document (menu, routing, config) the cloud pushed.
+    # Rows already waiting are numbered in store order; nothing was ever deleted before this.
+    """
+    ALTER TABLE outbox ADD COLUMN stream_seq INTEGER;
+    UPDATE outbox SET stream_seq = r.n FROM
+        (SELECT seq, ROW_NUMBER() OVER (PARTITION BY stream ORDER BY seq) AS n FROM outbox) AS r
+        WHERE r.seq = outbox.seq;
+    CREATE TABLE outbox_streams (
+        stream TEXT PRIMARY KEY,
+        produced INTEGER NOT NULL DEFAULT 0,
+        pending INTEGER NOT NULL DEFAULT 0,
+        pending_bytes INTEGER NOT NULL DEFAULT 0,
+        acked INTEGER NOT NULL DEFAULT 0,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        last_stream_seq INTEGER NOT NULL DEFAULT 0,
+        last_acked_stream_seq INTEGER NOT NULL DEFAULT 0,
+        last_acked_at REAL
+    );
+    INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
+        SELECT stream, COUNT(*), COUNT(*), SUM(length(CAST(payload AS BLOB))), MAX(seq), COUNT(*)
+        FROM outbox GROUP BY stream;
+    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
+            VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
+            ON CONFLICT(stream) DO UPDATE SET produced = produced + 1, pending = pending + 1,
+                pending_bytes = pending_bytes + excluded.pending_bytes, last_seq = excluded.last_seq,
+                last_stream_seq = last_stream_seq + 1;
+        UPDATE outbox SET stream_seq = (SELECT last_stream_seq FROM outbox_streams WHERE stream = NEW.stream)
+            WHERE seq = NEW.seq;
+    END;
+    CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_streams SET pending = pending - 1,
+            pending_bytes = pending_bytes - length(CAST(OLD.payload AS BLOB)) WHERE stream = OLD.stream;
+    END;
+    CREATE TABLE downlink (
+        kind TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

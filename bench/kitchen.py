@@ -1,0 +1,235 @@
+"""Kitchen benchmark: order → ticket event on the station topic, with 6 stations and 6 screens.
+
+Ceiling: raw fan-out through Mosquitto in the same run — a plain paho relay (its own process)
+that answers each order with one small event per station it touches, no journal, no state.
+Hub: the real ``edgehub run`` (its own process): order journaled (fsync), acked, routed, tickets
+journaled (fsync), then ``kds-event/1`` on ``…/kds/{station}/event``. The load generator (this
+process) is one POS terminal plus 6 screens, each subscribed to its station's event topic.
+Each order has two lines for two different stations; latency is from publishing the order to
+each station's screen receiving its event. First a burst with a window (throughput), then a
+fixed rate (latency). The last line is one JSON object with the figures.
+
+    .venv/bin/python bench/kitchen.py [--orders 3000] [--rate 200] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edgehub.broker import MosquittoProcess  # noqa: E402
+from edgehub.config import load_config  # noqa: E402
+from tests.conftest import HubProcess, write_config  # noqa: E402
+
+STATIONS = ("grill", "wok", "bar", "cold", "fryer", "pass")
+STORE = "bench"
+KITCHEN = '\n[kitchen]\ndefault_station = "pass"\n' + "".join(f"\n[kitchen.stations.{s}]\n" for s in STATIONS)
+
+RELAY = """
+import json, socket, sys
+import paho.mqtt.client as mqtt
+port, store = int(sys.argv[1]), sys.argv[2]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="raw-relay")
+c.username_pw_set("edgehub-hub", "hub-secret-password")
+c.max_inflight_messages_set(1000)
+seq = {}
+def on_message(client, userdata, msg):
+    order = json.loads(msg.payload)
+    terminal = msg.topic.split("/")[4]
+    client.publish(f"edgehub/v1/{store}/pos/{terminal}/ack", json.dumps(
+        {"schema": "ack/1", "order_id": order["order_id"], "status": "accepted", "duplicate": False}), qos=1)
+    for station in {line["station"] for line in order["lines"]}:
+        seq[station] = seq.get(station, 0) + 1
+        client.publish(f"edgehub/v1/{store}/kds/{station}/event", json.dumps(
+            {"schema": "kds-event/1", "station": station, "seq": seq[station], "event": "created",
+             "ticket": {"order_id": order["order_id"], "lines": order["lines"]}}), qos=1)
+c.on_message = on_message
+def on_connect(client, *a):
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.subscribe(f"edgehub/v1/{store}/pos/+/order", qos=1)
+    print("ready", flush=True)
+c.on_connect = on_connect
+c.connect("127.0.0.1", port)
+c.loop_forever()
+"""
+
+
+def _client(name: str, port: int, user: str) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{time.time_ns()}")
+    client.username_pw_set(user, f"pw-{user}")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+class Load:
+    """One POS terminal and six station screens; events matched to orders by order_id."""
+
+    def __init__(self, port: int, terminal: str) -> None:
+        self.topic = f"edgehub/v1/{STORE}/pos/{terminal}/order"
+        self.sent_at: dict[str, float] = {}
+        self.expected: dict[str, int] = {}
+        self.got: dict[str, int] = {}
+        self.latency: list[tuple[str, float]] = []
+        self.cond = threading.Condition()
+        self.pos = _client(terminal, port, terminal)
+        self.pos.loop_start()
+        self.screens = []
+        for i, station in enumerate(STATIONS):
+            screen = _client(f"kds-{station}", port, f"kds-{i + 1}")
+            screen.on_message = self._on_event
+            screen.subscribe(f"edgehub/v1/{STORE}/kds/{station}/event", qos=1)
+            screen.loop_start()
+            self.screens.append(screen)
+        time.sleep(0.5)
+
+    def _on_event(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        order_id = json.loads(msg.payload)["ticket"]["order_id"]
+        with self.cond:
+            if order_id in self.sent_at:
+                self.latency.append((order_id, now - self.sent_at[order_id]))
+                self.got[order_id] = self.got.get(order_id, 0) + 1
+                if self.got[order_id] == self.expected[order_id]:
+                    self.cond.notify_all()
+
+    def _done(self) -> int:
+        return sum(1 for k, n in self.got.items() if n == self.expected[k])
+
+    def _send(self, order_id: str, n: int) -> None:
+        a, b = STATIONS[n % 6], STATIONS[(n + 1) % 6]
+        body = json.dumps(
+            {
+                "schema": "order/1",
+                "order_id": order_id,
+                "table": f"T{n % 40}",
+                "covers": 2,
+                "lines": [
+                    {
+                        "sku": f"SKU-{a}",
+                        "name": f"Dish {a}",
+                        "qty": 1,
+                        "station": a,
+                        "modifiers": ["no onions"],
+                    },
+                    {"sku": f"SKU-{b}", "name": f"Dish {b}", "qty": 2, "station": b},
+                ],
+            }
+        )
+        with self.cond:
+            self.expected[order_id] = 2
+            self.sent_at[order_id] = time.perf_counter()
+        self.pos.publish(self.topic, body, qos=1)
+
+    def burst(self, prefix: str, n: int, window: int = 300, timeout: float = 120.0) -> float:
+        """Orders per second with every station event delivered, at most ``window`` unfinished."""
+        start = time.perf_counter()
+        for i in range(n):
+            with self.cond:
+                self.cond.wait_for(lambda: len(self.sent_at) - self._done() < window, timeout)
+            self._send(f"{prefix}-{i}", i)
+        with self.cond:
+            if not self.cond.wait_for(lambda: self._done() == len(self.sent_at), timeout):
+                raise RuntimeError(f"only {self._done()} of {len(self.sent_at)} orders reached their screens")
+        return n / (time.perf_counter() - start)
+
+    def paced(self, prefix: str, rate: float, seconds: float) -> list[float]:
+        n = int(rate * seconds)
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self._send(f"{prefix}-{i}", i)
+        with self.cond:
+            self.cond.wait_for(lambda: self._done() == len(self.sent_at), 30)
+            return sorted(v * 1000 for k, v in self.latency if k.startswith(prefix + "-"))
+
+    def close(self) -> None:
+        for client in (self.pos, *self.screens):
+            client.loop_stop()
+            client.disconnect()
+
+
+def pct(values: list[float], p: float) -> float:
+    return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
+
+
+async def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=6)
+    args = parser.parse_args()
+
+    terminals = ("pos-1", "pos-2", *(f"kds-{i}" for i in range(1, 7)))
+    with tempfile.TemporaryDirectory(prefix="bench-kitchen-") as tmp:
+        path = write_config(
+            Path(tmp) / "box", store=STORE, mode="external", terminals=terminals, extra=KITCHEN
+        )
+        config = load_config(path)
+        port = config.broker.listen.port
+        async with MosquittoProcess(config) as _broker:
+            relay = subprocess.Popen(  # noqa: ASYNC220 - the bench's own setup, before any timing
+                [sys.executable, "-c", RELAY, str(port), STORE], stdout=subprocess.PIPE, text=True
+            )
+            assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
+            load = Load(port, "pos-1")
+            load.burst("warm-raw", 300)
+            ceiling = load.burst("raw", args.orders)
+            raw_latency = load.paced("rawlat", args.rate, args.seconds)
+            load.close()
+            relay.terminate()
+            relay.wait()
+
+            hub = HubProcess(path, Path(tmp) / "hub.log")
+            hub.start()
+            try:
+                load = Load(port, "pos-2")
+                load.burst("warm-hub", 300)
+                hub_rate = load.burst("hub", args.orders)
+                hub_latency = load.paced("hublat", args.rate, args.seconds)
+                load.close()
+            finally:
+                hub.stop()
+
+    result = {
+        "stations": len(STATIONS),
+        "screens": len(STATIONS),
+        "ceiling_orders_per_s": round(ceiling, 1),
+        "hub_orders_per_s": round(hub_rate, 1),
+        "ratio": round(hub_rate / ceiling, 3),
+        "rate_per_s": args.rate,
+        "raw_p50_ms": pct(raw_latency, 0.5),
+        "raw_p99_ms": pct(raw_latency, 0.99),
+        "p50_ms": pct(hub_latency, 0.5),
+        "p99_ms": pct(hub_latency, 0.99),
+    }
+    print(f"ceiling (raw fan-out, order -> 2 station events): {result['ceiling_orders_per_s']:>9} orders/s")
+    print(f"hub (journal, ack, tickets journaled, events):    {result['hub_orders_per_s']:>9} orders/s")
+    print(f"ratio:                                            {result['ratio']:>9}   (target >= 0.5)")
+    print(
+        f"order -> station event at {args.rate:.0f}/s: raw p50 {result['raw_p50_ms']} ms p99 "
+        f"{result['raw_p99_ms']} ms; hub p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms "
+        "(target p99 < 25 ms)"
+    )
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

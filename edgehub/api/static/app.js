@@ -1,0 +1,318 @@
+// The box's page: log in, then poll /api/v1/status every 2 s and draw what it says.
+// Plain DOM, no build step. Every value from the box goes in through textContent, never as HTML:
+// device names come from the LAN and must not become markup.
+"use strict";
+
+const POLL_MS = 2000;
+const HEADERS = { "Content-Type": "application/json", "X-Edgehub-Request": "1" };
+let timer = null;
+let lastStatus = null;
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function duration(seconds) {
+  if (seconds === undefined || seconds === null) return "—";
+  const s = Math.round(seconds);
+  if (s < 90) return `${s} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} days`;
+}
+
+function bytes(n) {
+  if (typeof n !== "number") return "—";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i += 1; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+async function api(method, path, body) {
+  const options = { method, headers: HEADERS, credentials: "same-origin" };
+  if (body !== undefined) options.body = JSON.stringify(body);
+  const response = await fetch(path, options);
+  let doc = null;
+  try { doc = await response.json(); } catch (e) { doc = null; }
+  if (response.status === 401 && path !== "/api/v1/login") showLogin("Your session ended: log in again.");
+  return { status: response.status, ok: response.ok, doc };
+}
+
+function showLogin(message) {
+  if (timer) { clearInterval(timer); timer = null; }
+  $("dashboard").hidden = true;
+  $("summary").hidden = true;
+  $("login-view").hidden = false;
+  $("login-error").textContent = message || "";
+  $("secret").focus();
+}
+
+function showDashboard() {
+  $("login-view").hidden = true;
+  $("dashboard").hidden = false;
+  $("summary").hidden = false;
+  refresh();
+  if (!timer) timer = setInterval(refresh, POLL_MS);
+}
+
+// --- shapes from other components, flattened the same way the server's doctor does ---------
+
+function deviceRows(section) {
+  const list = Array.isArray(section) ? section : (section && section.devices) || [];
+  return list.map((e) => Object.assign({}, e.info || {}, e.health || {}, e));
+}
+
+function roleRows(section) {
+  let list = Array.isArray(section) ? section : (section && section.roles) || [];
+  if (!Array.isArray(list)) list = Object.entries(list).map(([role, v]) => Object.assign({ role }, v));
+  return list.map((r) => {
+    const devices = r.devices || [];
+    return Object.assign({
+      role: r.role || r.name,
+      primary: devices[0] || null,
+      spares: devices.slice(1),
+      serving: r.device === undefined ? null : r.device,
+    }, r);
+  });
+}
+
+// --- drawing --------------------------------------------------------------------------------
+
+function drawHeader(s) {
+  $("store-name").textContent = s.store_name || "Store box";
+  $("store-id").textContent = s.store_id;
+  document.title = `edgehub — ${s.store_id}`;
+  $("version").textContent = s.version;
+  $("uptime").textContent = duration(s.uptime_s);
+  const connected = s.broker && s.broker.connected;
+  $("broker-state").textContent = connected ? "connected" : "NOT connected";
+  $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  const banner = $("banner");
+  banner.hidden = connected;
+  banner.textContent = connected ? "" : `The store broker is not connected: ${(s.broker && s.broker.last_error) || "reconnecting"}`;
+}
+
+function drawDevices(section) {
+  const body = $("devices").querySelector("tbody");
+  body.replaceChildren();
+  const empty = $("devices-empty");
+  if (section === undefined || section === null) {
+    empty.hidden = false; empty.textContent = "Devices: not configured on this box.";
+    return;
+  }
+  const rows = deviceRows(section);
+  empty.hidden = rows.length > 0;
+  empty.textContent = "No devices found yet: plug in printers, scanners, scales and pinpads.";
+  for (const d of rows) {
+    const id = d.device_id || d.id;
+    const tr = el("tr");
+    tr.dataset.device = id;
+    tr.append(el("td", d.kind), el("td", d.model || d.driver || ""), el("td", d.transport || ""),
+      el("td", id, "id"), el("td", d.state, `state ${d.state}`), el("td", d.reason || ""));
+    const cell = el("td");
+    if (d.kind === "printer") {
+      const button = el("button", "Test print");
+      button.type = "button";
+      button.addEventListener("click", () => testPrint(id, button));
+      cell.append(button);
+    }
+    tr.append(cell);
+    body.append(tr);
+  }
+}
+
+function drawRoles(section) {
+  const body = $("roles").querySelector("tbody");
+  body.replaceChildren();
+  const empty = $("roles-empty");
+  const configured = section !== undefined && section !== null;
+  $("bind-new").hidden = !configured;
+  if (!configured) { empty.hidden = false; empty.textContent = "Roles: not configured on this box."; return; }
+  const rows = roleRows(section);
+  empty.hidden = rows.length > 0;
+  empty.textContent = "No roles bound yet: bind a device to a role below.";
+  for (const r of rows) {
+    const tr = el("tr");
+    tr.dataset.role = r.role;
+    const state = r.state || (r.serving ? "serving" : "down");
+    tr.append(el("td", r.role), el("td", r.primary || "—", "id"), el("td", (r.spares || []).join(", ") || "—", "id"),
+      el("td", r.serving || "nobody", "id"), el("td", r.reason ? `${state}: ${r.reason}` : state, `state ${state}`));
+    const cell = el("td");
+    const form = el("form", null, "inline");
+    const input = el("input");
+    input.value = [r.primary, ...(r.spares || [])].filter(Boolean).join(", ");
+    input.setAttribute("aria-label", `devices for ${r.role}`);
+    const button = el("button", "Bind");
+    form.append(input, button);
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); bind(r.role, input.value); });
+    cell.append(form);
+    tr.append(cell);
+    body.append(tr);
+  }
+}
+
+function drawOutbox(outbox, uplink) {
+  const body = $("outbox").querySelector("tbody");
+  body.replaceChildren();
+  const streams = (outbox && outbox.streams) || [];
+  const perStream = (uplink && uplink.streams) || {};
+  for (const s of streams) {
+    const tr = el("tr");
+    tr.dataset.stream = s.stream;
+    const replay = el("td");
+    const info = Array.isArray(perStream) ? perStream.find((x) => x.stream === s.stream) : perStream[s.stream];
+    // The uplink counts each stream's rows: produced = waiting + acked by the cloud + dropped.
+    if (info && typeof info === "object" && typeof info.produced === "number" && info.produced > 0) {
+      const bar = el("progress");
+      bar.max = info.produced; bar.value = info.acked || 0;
+      replay.append(bar, el("span", ` ${info.acked || 0} of ${info.produced} sent`));
+    } else {
+      replay.textContent = uplink ? linkState(uplink) : "—";
+    }
+    tr.append(el("td", s.stream), el("td", s.depth), el("td", duration(s.oldest_age_s)), replay);
+    body.append(tr);
+  }
+  const empty = $("outbox-empty");
+  empty.hidden = streams.length > 0;
+  empty.textContent = "Nothing is waiting for the cloud.";
+  const dl = $("uplink");
+  dl.replaceChildren();
+  if (uplink === undefined || uplink === null) {
+    dl.append(el("dt", "Uplink"), el("dd", "not configured on this box"));
+    return;
+  }
+  dl.append(el("dt", "link"), el("dd", linkState(uplink)));
+  const replayInfo = uplink.replay || {};
+  if (typeof replayInfo.rate_per_s === "number") dl.append(el("dt", "replay rate"), el("dd", `${replayInfo.rate_per_s} rows/s`));
+  const sync = uplink.sync || {};
+  if (typeof sync.total === "number" && sync.total > 0) {
+    const dd = el("dd");
+    const bar = el("progress");
+    bar.max = sync.total; bar.value = sync.sent || 0;
+    dd.append(bar, el("span", ` ${sync.sent || 0} of ${sync.total} (${sync.state})`));
+    dd.id = "sync-progress";
+    dl.append(el("dt", "sync"), dd);
+  }
+  for (const [key, value] of Object.entries(uplink)) {
+    if (value !== null && typeof value === "object") continue;
+    dl.append(el("dt", key.replace(/_/g, " ")), el("dd", value));
+  }
+}
+
+function linkState(uplink) {
+  const link = uplink.link || {};
+  if (uplink.enabled === false) return "not configured (disabled)";
+  return link.state ? `${link.state}${link.last_error ? `: ${link.last_error}` : ""}` : "unknown";
+}
+
+function drawSystem(system) {
+  const dl = $("system");
+  dl.replaceChildren();
+  if (!system) { dl.append(el("dt", "System"), el("dd", "not available")); return; }
+  const disk = system.disk || {}, mem = system.memory || {}, cpu = system.cpu || {}, proc = system.process || {};
+  const rows = [
+    ["Disk free", `${bytes(disk.free_bytes)} of ${bytes(disk.total_bytes)} (${disk.free_percent}%)`],
+    ["Memory available", `${bytes(mem.available_bytes)} of ${bytes(mem.total_bytes)}`],
+    ["CPU temperature", typeof cpu.temperature_c === "number" ? `${cpu.temperature_c} °C` : "no sensor"],
+    ["Load (1 min)", typeof cpu.load_1m === "number" ? cpu.load_1m.toFixed(2) : "—"],
+    ["edgehub memory", bytes(proc.rss_bytes)],
+  ];
+  for (const [k, v] of rows) dl.append(el("dt", k), el("dd", v));
+  dl.lastChild.id = "rss";
+  dl.children[1].id = "disk";
+  dl.children[5].id = "temperature";
+}
+
+async function refresh() {
+  let result;
+  try { result = await api("GET", "/api/v1/status"); } catch (e) {
+    $("banner").hidden = false; $("banner").textContent = "The box does not answer. Retrying…"; return;
+  }
+  if (!result.ok || !result.doc) return;
+  const s = result.doc;
+  lastStatus = s;
+  drawHeader(s);
+  drawDevices(s.devices);
+  drawRoles(s.roles);
+  drawOutbox(s.outbox, s.uplink);
+  drawSystem(s.system);
+}
+
+// --- actions --------------------------------------------------------------------------------
+
+function say(node, text, good) {
+  node.textContent = text;
+  node.className = good ? "state ok" : "state fail";
+}
+
+async function testPrint(id, button) {
+  button.disabled = true;
+  const r = await api("POST", `/api/v1/devices/${encodeURIComponent(id)}/test-print`);
+  button.disabled = false;
+  alertBanner(r.ok ? `Test slip printed on ${id}.` : `Test print on ${id} failed: ${(r.doc && r.doc.error) || r.status}`);
+}
+
+async function bind(role, text) {
+  const devices = text.split(/[\s,]+/).filter(Boolean);
+  const r = await api("PUT", `/api/v1/roles/${encodeURIComponent(role)}`, { devices });
+  alertBanner(r.ok ? `${role} bound to ${devices.join(", ") || "nothing"}.` : `Binding ${role} failed: ${(r.doc && r.doc.error) || r.status}`);
+  refresh();
+}
+
+function alertBanner(text) {
+  const banner = $("banner");
+  banner.hidden = false;
+  banner.textContent = text;
+}
+
+async function runDoctor() {
+  const list = $("doctor-results");
+  list.replaceChildren(el("li", "Running the self-check…"));
+  $("doctor").disabled = true;
+  const r = await api("POST", "/api/v1/doctor");
+  $("doctor").disabled = false;
+  list.replaceChildren();
+  if (!r.ok || !r.doc) { list.append(el("li", `The self-check could not run (${r.status}).`)); return; }
+  for (const c of r.doc.checks) {
+    const li = el("li");
+    li.dataset.check = c.name;
+    li.append(el("span", c.status, `status state ${c.status}`), el("span", `${c.name}: ${c.message}`));
+    if (c.action && c.status !== "ok") li.append(el("span", `→ ${c.action}`, "action"));
+    list.append(li);
+  }
+  list.dataset.ok = String(r.doc.ok);
+}
+
+async function syncNow() {
+  const node = $("sync-result");
+  node.textContent = "…";
+  const r = await api("POST", "/api/v1/sync");
+  say(node, r.ok ? "Sync started." : (r.doc && r.doc.error) || `failed (${r.status})`, r.ok);
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const r = await api("POST", "/api/v1/login", { secret: $("secret").value });
+    $("secret").value = "";
+    if (r.ok) showDashboard();
+    else $("login-error").textContent = r.status === 429 ? "Too many wrong tries: wait a minute." : "Wrong token or PIN.";
+  });
+  $("logout").addEventListener("click", async () => { await api("POST", "/api/v1/logout"); showLogin(""); });
+  $("doctor").addEventListener("click", runDoctor);
+  $("sync").addEventListener("click", syncNow);
+  $("bind-new").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const role = $("bind-role").value.trim();
+    if (role) bind(role, $("bind-devices").value);
+  });
+  // Already logged in (the cookie survives a reload)? Then go straight to the dashboard.
+  const probe = await fetch("/api/v1/status", { headers: HEADERS, credentials: "same-origin" });
+  if (probe.ok) showDashboard(); else showLogin("");
+});

@@ -1,0 +1,295 @@
+"""The box's page and remote support: ``/``, ``/metrics`` and the support endpoints of /api/v1.
+
+``Support(hub)`` is one hub component. Its constructor only registers hooks (ack and commit
+latency into the metrics, the ``system`` and ``outbox`` status sections, the routes); entering
+it attaches the ring of recent log lines that bundles fall back on without journald.
+
+Devices, roles and the uplink are other components. Where one of them registers its own route
+(``GET /api/v1/devices``, ``PUT /api/v1/roles/{role}``, ``POST /api/v1/sync`` …) that route
+serves; where none did, a fallback here answers from the status sections, or says clearly
+(501) that the part is not configured — so the documented API is always the app's API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from edgehub import bundle, sysinfo
+from edgehub.config import Address
+from edgehub.doctor import Doctor, as_json, device_rows, role_rows
+from edgehub.errors import DeviceError, EdgehubError
+from edgehub.logs import RecentLines
+from edgehub.metrics import CONTENT_TYPE, HubMetrics
+
+if TYPE_CHECKING:
+    from edgehub.hub import Hub
+
+log = logging.getLogger("edgehub.support")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+
+
+def test_slip(store_id: str, info: Any) -> bytes:
+    """The ESC/POS bytes of the installer's test slip: which box, which printer, when."""
+    from drivers.escpos_render import Cut, Rule, Text, Ticket, render
+
+    ticket = Ticket()
+    for block in (Text("edgehub test print", bold=True, double_height=True, align="center"), Rule(),
+                  Text(f"store    {store_id}"), Text(f"printer  {info.device_id}"),
+                  Text(f"model    {info.model or info.driver}"), Text(f"via      {info.transport}"),
+                  Text(time.strftime("time     %Y-%m-%d %H:%M:%S")), Rule(),
+                  Text("If you can read this, the printer works.", align="center"), Cut()):
+        ticket.blocks.append(block)
+    return render(ticket)
+
+
+def _error(status: type[web.HTTPException], message: str, **extra: Any) -> web.HTTPException:
+    return status(text=json.dumps({"error": message, **extra}), content_type="application/json")
+
+
+class Support:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.metrics = HubMetrics(self)
+        self.recent = RecentLines()
+        self._openapi: bytes | None = None
+        hub.intake.on_ack.append(self.metrics.observe_ack)
+        hub.journal.commit_observers.append(self.metrics.observe_commit)
+        hub.status_sections["system"] = self.system_section
+        hub.status_sections["outbox"] = self.outbox_section
+        hub.api.route_setups.append(self.setup_routes)
+        hub.api.fallback_route_setups.append(self.setup_fallbacks)
+
+    async def __aenter__(self) -> Support:
+        self.recent.attach()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.recent.detach()
+
+    # --- status sections -------------------------------------------------------------------
+
+    async def system_section(self) -> dict[str, Any]:
+        return await asyncio.to_thread(sysinfo.snapshot, self.hub.config.paths.data_dir)
+
+    async def outbox_section(self) -> dict[str, Any]:
+        """Rows waiting for the cloud per stream, read from the journal's outbox table."""
+        now = time.time()
+
+        def read(conn: Any) -> list[tuple[str, int, float]]:
+            return list(conn.execute("SELECT stream, COUNT(*), MIN(created_at) FROM outbox GROUP BY stream"
+                                     " ORDER BY stream").fetchall())
+
+        rows = await self.hub.journal.read(read)
+        streams = [{"stream": stream, "depth": depth, "oldest_age_s": round(max(0.0, now - oldest), 1)}
+                   for stream, depth, oldest in rows]
+        return {"streams": streams, "total": sum(s["depth"] for s in streams)}
+
+    # --- what the metrics read -------------------------------------------------------------
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        status = dict(await self.hub.status())
+        status["devices_configured"] = status.get("devices") is not None
+        status["devices"] = device_rows(status.get("devices") or [])
+        for section in ("roles", "kitchen", "uplink"):
+            part = status.get(section)
+            if isinstance(part, dict):
+                if status.get("failovers") is None:
+                    status["failovers"] = part.get("failovers")
+                # Roles report their print queue's counters as "print" (printed, rejected ...).
+                jobs = part.get("print_jobs", part.get("print"))
+                if isinstance(jobs, dict):
+                    status.setdefault("print_jobs", jobs)
+        return status
+
+    async def role_history(self) -> dict[str, Any]:
+        """Who bound which devices to each role and when, and the role changes not yet sent to
+        the cloud (the recent history while the WAN is down)."""
+
+        def read(conn: Any) -> dict[str, Any]:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            bindings = []
+            if "role_bindings" in tables:
+                bindings = [dict(zip(("role", "devices", "failback_after_s", "updated_at", "updated_by"), row,
+                                     strict=True))
+                            for row in conn.execute("SELECT role, devices, failback_after_s, updated_at, "
+                                                    "updated_by FROM role_bindings ORDER BY role")]
+            changes = []
+            for (payload,) in conn.execute("SELECT payload FROM outbox WHERE msg_id LIKE 'role:%' "
+                                           "ORDER BY seq DESC LIMIT 500"):
+                try:
+                    changes.append(json.loads(payload))
+                except ValueError:
+                    continue
+            return {"bindings": bindings, "recent_changes": changes[::-1]}
+
+        return await self.hub.journal.read(read)
+
+    # --- routes ----------------------------------------------------------------------------
+
+    def setup_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self.page)
+        app.router.add_static("/static/", STATIC_DIR, show_index=False, append_version=False)
+        app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/api/v1/openapi.json", self.openapi)
+        app.router.add_get("/api/v1/outbox", self.outbox)
+        app.router.add_post("/api/v1/doctor", self.doctor)
+        app.router.add_get("/api/v1/bundle", self.bundle)
+        app.on_response_prepare.append(self._security_headers)
+
+    def setup_fallbacks(self, app: web.Application) -> None:
+        taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+        fallbacks: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+            ("GET", "/api/v1/devices", self.devices),
+            ("POST", "/api/v1/devices/{device_id}/test-print", self.test_print),
+            ("GET", "/api/v1/roles", self.roles),
+            ("PUT", "/api/v1/roles/{role}", self.bind_role),
+            ("POST", "/api/v1/sync", self.sync),
+            ("GET", "/api/v1/sync", self.sync),
+        ]
+        for method, path, handler in fallbacks:
+            if (method, path) not in taken:
+                app.router.add_route(method, path, handler)
+
+    async def _security_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path == "/" or request.path.startswith("/static/"):
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            response.headers.setdefault("Cache-Control", "no-store")
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        body = await self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        if self._openapi is None:
+            self._openapi = await asyncio.to_thread(OPENAPI_FILE.read_bytes)
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def outbox(self, request: web.Request) -> web.Response:
+        status = await self.hub.status()
+        return web.json_response({**await self.outbox_section(), "uplink": status.get("uplink")})
+
+    def make_doctor(self) -> Doctor:
+        hub = self.hub
+        return Doctor(hub.config, broker_address=Address(hub.bus.host, hub.bus.port), read_status=hub.status,
+                      probe_device=self._device_probe())
+
+    def registry(self) -> Any | None:
+        """The hub's device registry, if the devices component is wired in."""
+        for name in ("devices", "registry", "device_registry"):
+            candidate = getattr(self.hub, name, None)
+            if candidate is not None and hasattr(candidate, "open_driver") and hasattr(candidate, "get"):
+                return candidate
+        return None
+
+    def _device_probe(self) -> Callable[[str], Awaitable[tuple[bool, str]]] | None:
+        """Asks a device's driver for its health, as the watchdog does (same driver, its lock)."""
+        registry = self.registry()
+        if registry is None:
+            return None
+
+        async def probe(device_id: str) -> tuple[bool, str]:
+            try:
+                async with asyncio.timeout(5):
+                    driver = await registry.open_driver(device_id)
+                    health = await driver.health()
+            except TimeoutError:
+                return False, "no answer within 5 s"
+            except EdgehubError as exc:
+                return False, str(exc).removeprefix(f"{device_id}: ")
+            return bool(health.usable), str(health.reason or health.state)
+
+        return probe
+
+    async def doctor(self, request: web.Request) -> web.Response:
+        checks = await self.make_doctor().run()
+        return web.json_response(as_json(checks))
+
+    async def bundle(self, request: web.Request) -> web.Response:
+        hub = self.hub
+        status = await hub.status()
+        doctor = as_json(await self.make_doctor().run())
+        outbox = await self.outbox_section()
+        history = await self.role_history()
+        broker_log = list(hub.broker.log_tail) if hub.broker is not None else []
+
+        def make() -> tuple[str, bytes]:
+            files = bundle.collect(hub.config, status=status, doctor=doctor, outbox=outbox,
+                                   recent_log=self.recent.text(), broker_log=broker_log, role_history=history)
+            return bundle.build(hub.config, files)
+
+        name, data = await asyncio.to_thread(make)
+        log.info("support bundle %s made (%d bytes)", name, len(data))
+        return web.Response(body=data, content_type="application/gzip",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    # --- fallbacks (used only where the owning component registered no route) --------------
+
+    async def devices(self, request: web.Request) -> web.Response:
+        section = (await self.hub.status()).get("devices")
+        if section is None:
+            return web.json_response({"configured": False, "devices": []})
+        return web.json_response({"configured": True, "devices": device_rows(section)})
+
+    async def roles(self, request: web.Request) -> web.Response:
+        section = (await self.hub.status()).get("roles")
+        if section is None:
+            return web.json_response({"configured": False, "roles": []})
+        return web.json_response({"configured": True, "roles": role_rows(section)})
+
+    async def bind_role(self, request: web.Request) -> web.Response:
+        raise _error(web.HTTPNotImplemented, "roles are not configured on this box: there is nothing to bind")
+
+    async def test_print(self, request: web.Request) -> web.Response:
+        """Print a short test slip straight on one printer (not through a role's queue)."""
+        device_id = request.match_info["device_id"]
+        registry = self.registry()
+        if registry is None:
+            raise _error(web.HTTPNotImplemented,
+                         "test print is not available: no device registry is configured on this box")
+        entry = registry.get(device_id)
+        if entry is None:
+            raise _error(web.HTTPNotFound, f"no device {device_id!r}")
+        if entry.info.kind != "printer":
+            raise _error(web.HTTPConflict, f"{device_id} is a {entry.info.kind}, not a printer")
+        job_id = f"test-{uuid.uuid4().hex[:12]}"
+        try:
+            driver = await registry.open_driver(device_id)
+            print_job = getattr(driver, "print_job", None)
+            if print_job is None:
+                raise _error(web.HTTPNotImplemented, f"the {entry.info.driver} driver cannot print")
+            result = await print_job(job_id, test_slip(self.hub.config.store.id, entry.info))
+        except DeviceError as exc:
+            message = str(exc).removeprefix(f"{device_id}: ")
+            raise _error(web.HTTPBadGateway, f"the printer did not print: {message}",
+                         device_id=device_id) from exc
+        log.info("test print on %s (job %s)", device_id, job_id)
+        return web.json_response({"ok": True, "device_id": device_id, "job_id": job_id,
+                                  "seconds": round(float(getattr(result, "seconds", 0.0)), 3)})
+
+    async def sync(self, request: web.Request) -> web.Response:
+        uplink = getattr(self.hub, "uplink", None)
+        sync_now = getattr(uplink, "sync_now", None)
+        if sync_now is None:
+            raise _error(web.HTTPNotImplemented, "no uplink to the cloud is configured on this box")
+        result = await sync_now()
+        return web.json_response({"ok": True, **(result if isinstance(result, dict) else {})}, status=202)

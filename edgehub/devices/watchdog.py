@@ -1,0 +1,158 @@
+"""The watchdog: probes every present device on its own schedule and records its health.
+
+Each device gets one task that calls ``driver.health()`` (printer: DLE EOT 1..4; scale: one
+weight request; pinpad: status enquiry; scanner: is the reader alive / does USB answer) inside
+a timeout, then ``registry.set_health``. The registry publishes, alerts and logs only on a
+change, so a probe every 0.3 s costs the broker nothing while nothing changes.
+
+Printers are probed every ``printer_interval`` (0.3 s by default) so a dead or paper-out printer
+is seen within about a second (one interval plus one status round trip), which is what moving a
+kitchen role to a spare needs. The others are probed less often: a pinpad status enquiry is a
+real terminal command and a scale's serial line is shared with sales.
+
+A probe that raised, or a failed health, makes the registry close a driver that cannot
+reconnect by itself (serial scanners and scales: their port is gone), so the next probe opens
+it afresh; the printer and pinpad drivers reconnect inside their own calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from drivers.base import Health
+from edgehub.devices.registry import DeviceEntry, DeviceEvent, DeviceRegistry
+from edgehub.errors import DeviceError, DeviceUnavailable
+
+__all__ = ["Watchdog", "WatchdogTiming"]
+
+log = logging.getLogger("edgehub.devices.watchdog")
+
+# Drivers that reconnect inside their own calls: closing them on a failed probe would only
+# interrupt a print job or a payment that another task is running.
+_SELF_HEALING = frozenset({"escpos", "zvt"})
+
+
+@dataclass(frozen=True)
+class WatchdogTiming:
+    """Probe intervals and limits per device kind, in seconds."""
+
+    printer_interval: float = 0.3
+    scanner_interval: float = 1.0
+    scale_interval: float = 1.0
+    pinpad_interval: float = 2.0
+    printer_timeout: float = 1.5  # 4 status bytes take a few ms; 0.5 s is the driver's per-byte limit
+    scanner_timeout: float = 1.0
+    scale_timeout: float = 1.5
+    pinpad_timeout: float = 6.0  # a status enquiry waits for the terminal's own ack
+
+    def interval(self, kind: str) -> float:
+        return float(getattr(self, f"{kind}_interval", 1.0))
+
+    def timeout(self, kind: str) -> float:
+        return float(getattr(self, f"{kind}_timeout", 2.0))
+
+
+class Watchdog:
+    """One probe task per present device. Constructor does no I/O; ``async with`` owns the tasks."""
+
+    def __init__(self, registry: DeviceRegistry, timing: WatchdogTiming | None = None) -> None:
+        self.registry = registry
+        self.timing = timing or WatchdogTiming()
+        self.probes: dict[str, int] = {}  # probes finished per device (tests count these)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._probed = asyncio.Condition()
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Watchdog:
+        self._running = True
+        self.registry.subscribe(self._on_event)
+        for entry in self.registry.all():
+            if entry.present:
+                self._start(entry.device_id)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._running = False
+        self.registry.unsubscribe(self._on_event)
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _on_event(self, event: DeviceEvent) -> None:
+        device_id = event.entry.device_id
+        if event.kind in ("added", "moved"):
+            self._start(device_id)
+            self._wakeups.setdefault(device_id, asyncio.Event()).set()  # probe the new address now
+        elif event.kind == "gone":
+            task = self._tasks.pop(device_id, None)
+            if task is not None:
+                task.cancel()
+
+    def _start(self, device_id: str) -> None:
+        if not self._running:
+            return
+        task = self._tasks.get(device_id)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self._run(device_id), name=f"watchdog-{device_id}")
+        self._tasks[device_id] = task
+        task.add_done_callback(
+            lambda t, d=device_id: self._tasks.pop(d, None) if self._tasks.get(d) is t else None
+        )
+
+    # -- probing ---------------------------------------------------------------------------
+    async def _run(self, device_id: str) -> None:
+        wakeup = self._wakeups.setdefault(device_id, asyncio.Event())
+        while True:
+            entry = self.registry.get(device_id)
+            if entry is None or not entry.present:
+                return
+            wakeup.clear()
+            health = await self.probe(entry)
+            entry = self.registry.get(device_id)
+            if entry is None or not entry.present:
+                return
+            await self.registry.set_health(device_id, health)
+            if not health.usable and entry.info.driver not in _SELF_HEALING:
+                await self.registry.reset_driver(device_id)
+            async with self._probed:
+                self.probes[device_id] = self.probes.get(device_id, 0) + 1
+                self._probed.notify_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timing.interval(entry.info.kind)):
+                    await wakeup.wait()
+
+    async def probe(self, entry: DeviceEntry) -> Health:
+        """One bounded health check of ``entry``. Never raises (except when cancelled)."""
+        device_id, kind = entry.device_id, entry.info.kind
+        limit = self.timing.timeout(kind)
+        try:
+            async with asyncio.timeout(limit):
+                driver = await self.registry.open_driver(device_id)
+                return await driver.health()
+        except TimeoutError:
+            return Health("failed", f"no answer within {limit:g}s")
+        except DeviceUnavailable as exc:
+            return Health("failed", f"not reachable: {_message(exc, device_id)}")
+        except DeviceError as exc:
+            return Health("failed", _message(exc, device_id))
+        except Exception as exc:  # a driver bug must not stop the watchdog for every device
+            log.exception("probing %s failed unexpectedly", device_id)
+            return Health("failed", f"driver error: {exc}")
+
+    async def wait_probes(self, device_id: str, count: int) -> int:
+        """Wait until ``device_id`` has had ``count`` probes in total; returns the count."""
+        async with self._probed:
+            await self._probed.wait_for(lambda: self.probes.get(device_id, 0) >= count)
+            return self.probes[device_id]
+
+
+def _message(exc: DeviceError, device_id: str) -> str:
+    return str(exc).removeprefix(f"{device_id}: ")

@@ -1,0 +1,456 @@
+"""``edgehub doctor``: the self-checks an installer would run, in words an installer follows.
+
+Each check answers ok / warn / fail with what it saw and, when not ok, what to do about it.
+``fail`` means the box cannot do its job (the exit code is then 1); ``warn`` means it works but
+something needs attention (WAN down: orders still flow, the outbox waits). The same checks run
+from the CLI (``edgehub doctor --config FILE``) and from the API (``POST /api/v1/doctor``);
+checks about devices and roles read the running hub — in the daemon directly, from the CLI
+through the daemon's own API — because only the daemon holds the devices open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import aiomqtt
+
+from edgehub.config import Address, Config
+from edgehub.store.schema import SCHEMA_VERSION
+from edgehub.sysinfo import disk_usage
+
+Status = Literal["ok", "warn", "fail"]
+StatusReader = Callable[[], Awaitable[Mapping[str, Any] | None]]
+DeviceProbe = Callable[[str], Awaitable[tuple[bool, str]]]
+
+# A box without a real-time clock boots in 1970 (or at its last fake-hwclock save) until NTP
+# answers; anything before this release's year is certainly wrong.
+EARLIEST_SANE_TIME = 1735689600.0  # 2025-01-01T00:00:00Z
+# Device states that can serve a role (drivers.base.Health.usable: ready or degraded).
+USABLE_DEVICE_STATES = frozenset({"ready", "degraded", "ok"})
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    message: str
+    action: str = ""
+
+
+@dataclass(frozen=True)
+class DiskLimits:
+    fail_below_bytes: int = 100 * 1024 * 1024
+    warn_below_bytes: int = 500 * 1024 * 1024
+    fail_below_ratio: float = 0.05
+    warn_below_ratio: float = 0.15
+
+
+def device_rows(section: Any) -> list[dict[str, Any]]:
+    """Flatten the devices status section, whatever shape its entries take, into plain rows.
+
+    Accepts ``{"devices": [...]}`` or a list; an entry may be flat or split into ``info`` and
+    ``health`` (DeviceRegistry entries). Unknown fields are kept.
+    """
+    entries = section.get("devices", []) if isinstance(section, Mapping) else section
+    rows = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, Mapping):
+            continue
+        row: dict[str, Any] = {}
+        for part in ("info", "health"):
+            if isinstance(entry.get(part), Mapping):
+                row.update(entry[part])
+        row.update({k: v for k, v in entry.items() if k not in ("info", "health")})
+        rows.append(row)
+    return rows
+
+
+def role_rows(section: Any) -> list[dict[str, Any]]:
+    """Flatten the roles status section into ``{"role", "primary", "spares", "serving", ...}`` rows."""
+    roles = section.get("roles", section) if isinstance(section, Mapping) else section
+    if isinstance(roles, Mapping):
+        roles = [{"role": name, **value} if isinstance(value, Mapping) else {"role": name, "serving": value}
+                 for name, value in roles.items()]
+    rows = []
+    for entry in roles if isinstance(roles, list) else []:
+        if isinstance(entry, Mapping):
+            row = dict(entry)
+            row.setdefault("role", row.get("name", "?"))
+            # Roles report ``devices`` (primary first) and ``device`` (serving now, or None).
+            devices = [str(d) for d in row.get("devices") or []]
+            row.setdefault("primary", devices[0] if devices else None)
+            row.setdefault("spares", devices[1:])
+            row.setdefault("serving", row.get("device"))
+            rows.append(row)
+    return rows
+
+
+def _healthy_state(state: Any) -> bool:
+    return str(state).lower() in USABLE_DEVICE_STATES
+
+
+class Doctor:
+    """Runs every check; constructed with what it may read, does its I/O only in ``run()``."""
+
+    def __init__(self, config: Config, *, broker_address: Address | None = None,
+                 read_status: StatusReader | None = None, probe_device: DeviceProbe | None = None,
+                 daemon_expected: bool = False, clock: Callable[[], float] = time.time,
+                 disk_limits: DiskLimits | None = None, timeout_s: float = 3.0) -> None:
+        self.config = config
+        self.broker_address = broker_address or config.broker.listen
+        self.read_status = read_status
+        self.probe_device = probe_device
+        self.daemon_expected = daemon_expected
+        self.clock = clock
+        self.disk_limits = disk_limits or DiskLimits()
+        self.timeout_s = timeout_s
+
+    async def run(self) -> list[Check]:
+        status: Mapping[str, Any] | None = None
+        if self.read_status is not None:
+            with contextlib.suppress(Exception):
+                status = await self.read_status()
+        checks: list[Check] = []
+        if self.daemon_expected:
+            checks.append(self._daemon(status))
+        gathered = await asyncio.gather(
+            self._broker(), asyncio.to_thread(self._journal), asyncio.to_thread(self._disk_space),
+            asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(),
+        )
+        checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
+        checks.extend(await self._devices(status))
+        checks.extend(self._roles(status))
+        return checks
+
+    # --- the checks ------------------------------------------------------------------------
+
+    def _daemon(self, status: Mapping[str, Any] | None) -> Check:
+        if status is None:
+            return Check("daemon", "fail", f"edgehub does not answer on {self.config.api.listen}",
+                         "start it: systemctl start edgehub; then look at journalctl -u edgehub -n 50")
+        return Check("daemon", "ok", f"edgehub {status.get('version', '?')} is running for store "
+                                     f"{status.get('store_id', '?')}, up {status.get('uptime_s', 0):.0f} s")
+
+    async def _broker(self) -> Check:
+        address = self.broker_address
+        if address.port == 0:
+            return Check("broker", "warn", "the broker port is chosen at start (listen port 0)",
+                         "run the self-check from the box's page, which asks the running hub")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                _, writer = await asyncio.open_connection(address.host, address.port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return Check("broker", "fail", f"nothing answers on {address}: {_reason(exc)}",
+                         "start Mosquitto: systemctl restart mosquitto, then systemctl status mosquitto")
+        b = self.config.broker
+        client = aiomqtt.Client(address.host, address.port, username=b.hub_user, password=b.hub_password,
+                                identifier=f"edgehub-doctor-{uuid.uuid4().hex[:12]}", timeout=self.timeout_s)
+        try:
+            async with asyncio.timeout(self.timeout_s + 1):
+                async with client:
+                    pass
+        except aiomqtt.MqttCodeError as exc:
+            if exc.rc in (4, 5, 134, 135) or getattr(exc.rc, "value", None) in (134, 135):
+                return Check("broker", "fail", f"the broker at {address} refuses the hub's password",
+                             "rewrite the broker's password file: edgehub broker write-config --config "
+                             "/etc/edgehub/edgehub.toml && systemctl reload mosquitto")
+            return Check("broker", "fail", f"the broker at {address} refused the connection: {exc}",
+                         "look at journalctl -u mosquitto -n 50")
+        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+            return Check("broker", "fail", f"no MQTT answer from {address}: {_reason(exc)}",
+                         "restart Mosquitto: systemctl restart mosquitto")
+        return Check("broker", "ok", f"connected to {address} and logged in as {b.hub_user}")
+
+    def _journal(self) -> Check:
+        path = self.config.journal.path
+        aside = sorted(path.parent.glob(f"{path.name}.corrupt-*")) if path.parent.is_dir() else []
+        aside = [p for p in aside if not p.name.endswith(("-wal", "-shm"))]
+        if not path.exists():
+            return Check("journal", "warn", f"no journal at {path} yet",
+                         "start edgehub once; it creates the journal")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            rows, version = [(f"cannot be read: {exc}",)], 0
+        if rows != [("ok",)]:
+            return Check("journal", "fail", f"the journal {path} is damaged ({rows[0][0]})",
+                         "restart edgehub: it moves the damaged file aside and starts a new journal; "
+                         "then send a support bundle (edgehub bundle) so the old orders can be recovered")
+        if version > SCHEMA_VERSION:
+            return Check("journal", "fail", f"the journal is schema {version}, newer than this edgehub "
+                         f"({SCHEMA_VERSION})", "install the newer edgehub again")
+        if aside:
+            return Check("journal", "warn", f"the journal is sound; an earlier damaged one was kept as "
+                         f"{aside[-1].name}",
+                         "send a support bundle so support can recover it, then delete it")
+        return Check("journal", "ok", f"{path.name} passed its integrity check (schema {version})")
+
+    def _disk_space(self) -> Check:
+        data_dir = self.config.paths.data_dir
+        try:
+            usage = disk_usage(data_dir)
+        except OSError as exc:
+            return Check("disk-space", "fail", f"cannot read the disk of {data_dir}: {_reason(exc)}",
+                         "check that the SD card or eMMC is mounted")
+        lim = self.disk_limits
+        free = f"{usage.free_bytes / 1e6:.0f} MB free of {usage.total_bytes / 1e6:.0f} MB"
+        if usage.free_bytes < lim.fail_below_bytes or usage.free_ratio < lim.fail_below_ratio:
+            return Check("disk-space", "fail", f"the disk is nearly full: {free}",
+                         "send a support bundle, then free space (old logs: journalctl --vacuum-size=50M)")
+        if usage.free_bytes < lim.warn_below_bytes or usage.free_ratio < lim.warn_below_ratio:
+            return Check("disk-space", "warn", f"the disk is getting full: {free}",
+                         "check that the box can reach the cloud so the outbox drains")
+        return Check("disk-space", "ok", free)
+
+    def _disk_write(self) -> Check:
+        data_dir = self.config.paths.data_dir
+        probe = data_dir / f".doctor-write-test-{os.getpid()}"
+        block = os.urandom(64 * 1024)
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            ok = probe.read_bytes() == block
+        except OSError as exc:
+            return Check("disk-write", "fail", f"cannot write to {data_dir}: {_reason(exc)}",
+                         "the data folder must be writable by edgehub; if the card is read-only or worn "
+                         "out, replace it (systemd-tmpfiles --create fixes folder ownership)")
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        if not ok:
+            return Check("disk-write", "fail", f"{data_dir} returned different bytes than were written",
+                         "the SD card is failing: replace it")
+        return Check("disk-write", "ok", f"wrote, synced and read back 64 KiB in {data_dir}")
+
+    def _clock(self) -> Check:
+        now = self.clock()
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(now))
+        fix = "connect the box to the internet so NTP sets the clock, or set it: timedatectl set-time"
+        if now < EARLIEST_SANE_TIME:
+            return Check("clock", "fail", f"the clock says {stamp}, which cannot be right", fix)
+        newest = self._newest_journal_time()
+        if newest is not None and now < newest - 300:
+            return Check("clock", "fail", f"the clock ({stamp}) is behind the last order journaled "
+                         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(newest))})", fix)
+        synced = _ntp_synchronized()
+        if synced is False:
+            return Check("clock", "warn", f"the clock says {stamp} but is not synchronised by NTP",
+                         "let the box reach an NTP server (UDP 123) or check: timedatectl status")
+        return Check("clock", "ok", f"{stamp}{', NTP synchronised' if synced else ''}")
+
+    def _newest_journal_time(self) -> float | None:
+        path = self.config.journal.path
+        if not path.exists():
+            return None
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            try:
+                (newest,) = conn.execute("SELECT MAX(received_at) FROM orders").fetchone()
+            finally:
+                conn.close()
+            return float(newest) if newest is not None else None
+        return None
+
+    async def _cloud(self) -> list[Check]:
+        target = cloud_address(self.config)
+        if target is None:
+            return [Check("cloud", "ok", "no cloud is configured: the box works on its own")]
+        host, port = target
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            return [Check("wan", "warn", f"cannot resolve {host}: {_reason(exc)}",
+                          "the store keeps working and the outbox keeps every order; check the router's "
+                          "internet connection and DNS"),
+                    Check("cloud", "warn", "cloud broker not checked (no WAN)", "fix the WAN first")]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return [Check("wan", "ok", f"{host} resolves"),
+                    Check("cloud", "warn", f"the cloud broker {host}:{port} does not answer: {_reason(exc)}",
+                          "the store keeps working and the outbox waits; check the firewall allows "
+                          f"outgoing TCP {port}, or ask support whether the cloud is down")]
+        return [Check("wan", "ok", f"{host} resolves"), Check("cloud", "ok", f"{host}:{port} answers")]
+
+    async def _devices(self, status: Mapping[str, Any] | None) -> list[Check]:
+        if status is None or status.get("devices") is None:
+            return [Check("devices", "ok" if status is not None else "warn",
+                          "no device registry is configured" if status is not None
+                          else "device checks need the running edgehub", "" if status is not None
+                          else "start edgehub, then run the self-check again")]
+        rows = device_rows(status["devices"])
+        if not rows:
+            return [Check("devices", "warn", "no devices found",
+                          "plug in the printers, scanners and pinpads; check cables and power")]
+        checks = []
+        for row in rows:
+            device_id = str(row.get("id") or row.get("device_id") or "?")
+            label = " ".join(str(row[k]) for k in ("kind", "model") if row.get(k)) or "device"
+            if self.probe_device is not None:
+                try:
+                    async with asyncio.timeout(self.timeout_s + 2):
+                        ok, reason = await self.probe_device(device_id)
+                except Exception as exc:
+                    ok, reason = False, _reason(exc)
+            else:
+                ok, reason = _healthy_state(row.get("state")), str(row.get("reason") or row.get("state"))
+            if ok and (row.get("state") == "degraded" or reason not in ("", "ready", "ok", "None")):
+                checks.append(Check(f"device {device_id}", "warn", f"{label} answers but: {reason}",
+                                    "look at the device (paper low, cover, cable) before the rush"))
+            elif ok:
+                checks.append(Check(f"device {device_id}", "ok", f"{label} answers"))
+            else:
+                checks.append(Check(f"device {device_id}", "fail", f"{label} does not answer: {reason}",
+                                    "check its power, cable and paper; unplug and plug it in again"))
+        return checks
+
+    def _roles(self, status: Mapping[str, Any] | None) -> list[Check]:
+        if status is None or status.get("roles") is None:
+            return []
+        healthy = {str(r.get("id") or r.get("device_id")) for r in device_rows(status.get("devices") or [])
+                   if _healthy_state(r.get("state"))}
+        checks = []
+        for row in role_rows(status["roles"]):
+            role = str(row["role"])
+            candidates = [row.get("serving"), row.get("primary"), *(row.get("spares") or [])]
+            ids = {str(c.get("id") if isinstance(c, Mapping) else c) for c in candidates if c}
+            good = sorted(ids & healthy)
+            if good:
+                checks.append(Check(f"role {role}", "ok", f"served by {', '.join(good)}"))
+            else:
+                checks.append(Check(f"role {role}", "fail", f"no healthy device can serve {role}",
+                                    f"bind a working device to {role} on the box's page, or fix its device"))
+        return checks
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def cloud_address(config: Config) -> tuple[str, int] | None:
+    """The cloud broker's host and port, if the config has an uplink (``[uplink]``/``[cloud]``)."""
+    for name in ("uplink", "cloud"):
+        section = getattr(config, name, None)
+        if section is None or getattr(section, "enabled", True) is False:
+            continue
+        host, port = getattr(section, "host", None), getattr(section, "port", None)
+        if isinstance(host, str) and host and isinstance(port, int):
+            return host, port
+        for attr in ("broker", "address", "url", "host"):
+            value = getattr(section, attr, None)
+            if isinstance(value, Address):
+                return value.host, value.port
+            if isinstance(value, str) and value:
+                port = getattr(section, "port", None)
+                host = value.split("://", 1)[-1].rsplit("/", 1)[0]
+                if ":" in host and not host.endswith("]"):
+                    host, _, p = host.rpartition(":")
+                    port = int(p) if p.isdigit() else port
+                return host.strip("[]"), int(port or 8883)
+    return None
+
+
+def _ntp_synchronized() -> bool | None:
+    try:
+        result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+                                capture_output=True, text=True, timeout=3)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = result.stdout.strip()
+    return {"yes": True, "no": False}.get(value) if result.returncode == 0 else None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def failed(checks: Iterable[Check]) -> bool:
+    return any(c.status == "fail" for c in checks)
+
+
+def as_json(checks: list[Check]) -> dict[str, Any]:
+    return {"ok": not failed(checks), "checks": [asdict(c) for c in checks]}
+
+
+def as_text(checks: list[Check]) -> str:
+    width = max((len(c.name) for c in checks), default=8)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.status.upper():4}  {c.name:<{width}}  {c.message}")
+        if c.action and c.status != "ok":
+            lines.append(f"{'':4}  {'':<{width}}  -> {c.action}")
+    verdict = "some checks FAILED" if failed(checks) else "all checks passed"
+    warnings = sum(c.status == "warn" for c in checks)
+    return "\n".join([*lines, "", f"{verdict}{f' ({warnings} warnings)' if warnings else ''}"]) + "\n"
+
+
+def dumps(checks: list[Check]) -> str:
+    return json.dumps(as_json(checks), indent=2)
+
+
+def api_status_reader(config: Config) -> StatusReader:
+    """Reads the running daemon's /api/v1/status with the box token (the CLI's view of the hub)."""
+
+    async def read() -> Mapping[str, Any] | None:
+        import aiohttp
+
+        listen = config.api.listen
+        host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{listen.port}/api/v1/status"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:
+                    if response.status != 200:
+                        return None
+                    doc: dict[str, Any] = await response.json()
+                    return doc
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return None
+
+    return read
+
+
+
+
+def command(config_path: str, json_output: bool = False) -> int:
+    """``edgehub doctor --config FILE [--json]``: 0 when nothing failed, 1 otherwise."""
+    import sys
+
+    from edgehub.config import load_config
+
+    config = load_config(config_path)
+    doctor = Doctor(config, read_status=api_status_reader(config), daemon_expected=True)
+    checks = asyncio.run(doctor.run())
+    sys.stdout.write(dumps(checks) + "\n" if json_output else as_text(checks))
+    return 1 if failed(checks) else 0

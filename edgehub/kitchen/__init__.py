@@ -1,0 +1,19 @@
+"""The kitchen: accepted orders routed to stations as tickets, screens, slips and red alerts."""
+
+from edgehub.kitchen.kitchen import Kitchen, ScreenFeed
+from edgehub.kitchen.printing import KitchenPrinter, render_slip
+from edgehub.kitchen.routing import Router
+from edgehub.kitchen.screens import ScreenServer
+from edgehub.kitchen.tickets import TRANSITIONS, Ticket, next_state
+
+__all__ = [
+    "TRANSITIONS",
+    "Kitchen",
+    "KitchenPrinter",
+    "Router",
+    "ScreenFeed",
+    "ScreenServer",
+    "Ticket",
+    "next_state",
+    "render_slip",
+]

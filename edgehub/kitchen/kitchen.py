@@ -1,0 +1,851 @@
+"""The kitchen component: accepted orders become station tickets, screens move them along.
+
+Flow of every change (a new order, a cook's tap, a POS amend or cancel): the change is decided
+and applied to the in-memory tickets at once, on the event loop, so the next tap is judged
+against it; then it is journaled (ticket, event, outbox row in one group commit); only after
+that commit is it announced — on ``…/kds/{station}/event`` for native KDS apps and to the
+station's websocket screens — and sent to the station's printer. A failed commit reloads the
+tickets from the journal, so memory never claims what the disk does not hold.
+
+Reconnecting screens get a snapshot (``…/kds/{station}/snapshot/get`` or the websocket's first
+message) rather than a retained state topic: a retained full state would be re-sent to every
+screen on every change (tens of kB, hundreds of times a second at the rush), while a snapshot
+costs only when a screen connects; each event's per-station ``seq`` lets a screen notice a gap
+and ask again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+
+from edgehub.bus import payloads
+from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order, Unaddressable, order_id_of
+from edgehub.bus.topics import Topics
+from edgehub.config import KitchenConfig, LimitsConfig
+from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
+from edgehub.kitchen.printing import KitchenPrinter, job_id, render_slip
+from edgehub.kitchen.routing import Router
+from edgehub.kitchen.tickets import (
+    BUMPED,
+    LIVE,
+    OPEN,
+    READY,
+    RECALLED,
+    RUSH_PRIORITY,
+    SERVED,
+    VOIDED,
+    Event,
+    Ticket,
+    add_to_outbox,
+    colour,
+    load,
+    move_watermark,
+    unrouted_orders,
+    write_alert,
+    write_events,
+)
+from edgehub.store import Journal
+
+log = logging.getLogger("edgehub.kitchen")
+
+KEEP_BUMPED = 20  # bumped tickets per station kept at hand for recall
+FORGET_AFTER_S = 4 * 3600  # a finished ticket older than this leaves memory (never the journal)
+SCREEN_QUEUE = 2000  # a screen further behind than this is dropped; it reconnects to a snapshot
+HEADER_KEYS = ("table", "covers", "course", "note")
+
+
+@dataclass
+class KitchenStats:
+    tickets: int = 0
+    events: int = 0
+    alerts: int = 0
+    amends: int = 0
+    cancels: int = 0
+    refused: int = 0
+    publish_failures: int = 0
+    print_failures: int = 0
+    journal_failures: int = 0
+    recovered_orders: int = 0
+
+
+@dataclass
+class StationView:
+    """What the station's screens have been told: the state as of event ``seq``."""
+
+    seq: int = 0
+    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)  # open tickets by id
+    recent: list[dict[str, Any]] = field(default_factory=list)  # bumped, newest first
+
+
+class ScreenFeed:
+    """One connected screen: the messages for it, in order, starting with a snapshot."""
+
+    def __init__(self, station: str) -> None:
+        self.station = station
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SCREEN_QUEUE)
+        self.dropped = asyncio.Event()
+
+    def push(self, doc: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(doc)
+        except asyncio.QueueFull:
+            self.dropped.set()
+
+
+@dataclass
+class _OrderFacts:
+    order: tuple[str, float, dict[str, Any]] | None  # terminal, received_at, doc
+    change_known: bool
+    cancelled: bool
+    tickets: list[Ticket]
+
+
+class Kitchen:
+    def __init__(
+        self,
+        config: KitchenConfig,
+        topics: Topics,
+        journal: Journal,
+        store_id: str,
+        limits: LimitsConfig | None = None,
+        bus: BusConnection | None = None,
+        clock: Callable[[], float] = time.time,
+        printer: KitchenPrinter | None = None,
+        tick_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self.journal = journal
+        self.store_id = store_id
+        self.limits = limits or LimitsConfig()
+        self.bus = bus
+        self.clock = clock
+        # Wiring the print queue later is one line: ``kitchen.printer = print_queue``.
+        self.printer = printer
+        self.tick_s = tick_s
+        self.router = Router(config)
+        self.stats = KitchenStats()
+        self._tickets: dict[str, Ticket] = {}
+        self._by_order: dict[str, list[str]] = {}
+        self._seq: dict[str, int] = {}
+        self._views: dict[str, StationView] = {}
+        self._feeds: dict[str, set[ScreenFeed]] = {}
+        self._cancelled: set[str] = set()
+        self._inflight: dict[str, asyncio.Future[None]] = {}  # amend/cancel ids being committed
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Kitchen:
+        await self._reload()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="kitchen-ticker")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tasks = [t for t in (self._ticker, self._reloading) if t is not None]
+        for task in tasks:
+            task.cancel()
+        # Commits already queued finish (the journal closes after us); publishing is best effort.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        for task in [*tasks, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+
+    async def _reload(self) -> None:
+        """(Re)build memory from the journal, then give tickets to accepted orders lacking them."""
+        loaded = await self.journal.read(lambda conn: load(conn, KEEP_BUMPED))
+        self._tickets.clear()
+        self._by_order.clear()
+        self._views.clear()
+        self._seq = dict(loaded.seqs)
+        self._cancelled = loaded.cancelled
+        for ticket in loaded.tickets:
+            ticket.printer_role = self.config.station(ticket.station).printer_role
+            self._remember(ticket)
+        for ticket in sorted(loaded.tickets, key=lambda t: t.updated_at):
+            self._view_apply(ticket.doc())
+        for station, seq in self._seq.items():
+            self._view(station).seq = seq
+        orders = await self.journal.read(unrouted_orders)
+        events: list[Event] = []
+        for order_id, terminal, received_at, doc in orders:
+            events += self._create(order_id, terminal, doc, received_at, "recovery")
+        self.stats.recovered_orders += len(orders)
+        if orders:
+            log.warning(
+                "%d accepted orders had no kitchen tickets (the hub stopped in between); made them now",
+                len(orders),
+            )
+
+        def write(conn: sqlite3.Connection) -> None:
+            write_events(conn, self.store_id, events)
+            move_watermark(conn)
+
+        await self.journal.write(write)
+        self._announce(events)
+
+    # --- memory ----------------------------------------------------------------------------
+
+    def _remember(self, ticket: Ticket) -> None:
+        self._tickets[ticket.ticket_id] = ticket
+        ids = self._by_order.setdefault(ticket.order_id, [])
+        if ticket.ticket_id not in ids:
+            ids.append(ticket.ticket_id)
+
+    def _view(self, station: str) -> StationView:
+        view = self._views.get(station)
+        if view is None:
+            view = self._views[station] = StationView(seq=self._seq.get(station, 0))
+        return view
+
+    def _view_apply(self, doc: dict[str, Any]) -> None:
+        view = self._view(doc["station"])
+        ticket_id = doc["ticket_id"]
+        view.recent = [t for t in view.recent if t["ticket_id"] != ticket_id]
+        if doc["state"] in OPEN:
+            view.tickets[ticket_id] = doc
+            return
+        view.tickets.pop(ticket_id, None)
+        if doc["state"] in BUMPED:
+            view.recent.insert(0, doc)
+            del view.recent[KEEP_BUMPED:]
+
+    def _event(
+        self, ticket: Ticket, name: str, at: float, source: str, detail: dict[str, Any] | None = None
+    ) -> Event:
+        seq = self._seq.get(ticket.station, 0) + 1
+        self._seq[ticket.station] = seq
+        ticket.last_seq = seq
+        return Event(seq, name, ticket.doc(), at, source, detail)
+
+    def _create(
+        self,
+        order_id: str,
+        terminal: str,
+        doc: Mapping[str, Any],
+        at: float,
+        source: str,
+        lines: list[dict[str, Any]] | None = None,
+    ) -> list[Event]:
+        events = []
+        for station, share in self.router.route(doc, lines).items():
+            number = 1 + max(
+                (t.number for t in self._order_tickets(order_id) if t.station == station), default=0
+            )
+            rush = bool(share.header.get("rush"))
+            ticket = Ticket(
+                ticket_id=f"{order_id}/{station}/{number}",
+                order_id=order_id,
+                station=station,
+                terminal=terminal,
+                created_at=at,
+                lines=list(share.lines),
+                header={k: share.header[k] for k in HEADER_KEYS if k in share.header},
+                rush=rush,
+                priority=RUSH_PRIORITY if rush else 0,
+                updated_at=at,
+                version=1,
+                printer_role=self.config.station(station).printer_role,
+            )
+            self._remember(ticket)
+            self.stats.tickets += 1
+            events.append(self._event(ticket, "created", at, source))
+        return events
+
+    def _order_tickets(self, order_id: str) -> list[Ticket]:
+        return [self._tickets[i] for i in self._by_order.get(order_id, ()) if i in self._tickets]
+
+    # --- commit, then announce -------------------------------------------------------------
+
+    async def _commit(
+        self, events: list[Event], extra: Callable[[sqlite3.Connection], None] | None = None
+    ) -> None:
+        """Journal ``events`` (and ``extra`` rows) in one commit, then announce them."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            if extra is not None:
+                extra(conn)
+            write_events(conn, self.store_id, events)
+
+        try:
+            await self.journal.write(write)
+        except (JournalError, sqlite3.Error) as exc:
+            self.stats.journal_failures += 1
+            log.error("kitchen change not journaled (%s); reloading the tickets from the journal", exc)
+            self._schedule_reload()
+            raise JournalError(f"kitchen change not journaled: {exc}") from exc
+        self._announce(events)
+
+    def _schedule_reload(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload_quietly(), name="kitchen-reload")
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self._reload()
+        except EdgehubError as exc:
+            log.error("kitchen reload failed: %s", exc)
+
+    def _announce(self, events: list[Event]) -> None:
+        """Screens first (in process, in order), then MQTT and printers in the background."""
+        published = []
+        for ev in events:
+            self.stats.events += 1
+            self._view_apply(ev.ticket)
+            view = self._view(ev.station)
+            view.seq = max(view.seq, ev.seq)
+            doc = ev.payload()
+            for feed in self._feeds.get(ev.station, ()):
+                feed.push(doc)
+            published.append((self.topics.kds_event(ev.station), doc))
+            role = self.config.station(ev.station).printer_role
+            if self.printer is not None and role and ev.event in ("created", "amended", "voided", "recalled"):
+                self._spawn(self._print(role, ev))
+        if published and self.bus is not None:
+            self._spawn(self._publish_all(published))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_all(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        await asyncio.gather(*(self._publish(topic, doc) for topic, doc in items))
+
+    async def _publish(self, topic: str, doc: dict[str, Any], properties: Any = None) -> None:
+        if self.bus is None:
+            return
+        try:
+            await self.bus.publish(topic, payloads.dumps(doc), qos=1, properties=properties)
+        except (BrokerError, TimeoutError) as exc:
+            # Screens that missed it see a gap in seq (or reconnect) and take a snapshot.
+            self.stats.publish_failures += 1
+            log.debug("kitchen publish to %s failed: %s", topic, exc)
+
+    async def _print(self, role: str, ev: Event) -> None:
+        assert self.printer is not None
+        try:
+            await self.printer.submit(role, job_id(ev.ticket), render_slip(ev.ticket, ev.event))
+        except Exception as exc:  # the print queue's own failure must not stop the kitchen
+            self.stats.print_failures += 1
+            log.error("kitchen slip %s for role %s not queued: %s", job_id(ev.ticket), role, exc)
+
+    # --- orders ----------------------------------------------------------------------------
+
+    def on_order_accepted(self, order: Order) -> None:
+        """``Intake.on_accepted`` hook: the order's tickets, journaled in the next commit."""
+        if self._by_order.get(order.order_id):
+            return  # already made (the start-up recovery got there first)
+        events = self._create(
+            order.order_id, order.terminal, order.doc, self.clock(), f"pos:{order.terminal}"
+        )
+        self._spawn(self._commit_quietly(events))
+
+    async def _commit_quietly(self, events: list[Event]) -> None:
+        with contextlib.suppress(JournalError):  # logged in _commit; the reload re-makes them
+            await self._commit(events)
+
+    # --- cook actions ----------------------------------------------------------------------
+
+    def _find(self, station: str, ticket_id: str | None, action: str) -> Ticket:
+        if ticket_id is None:
+            bumped = [t for t in self._tickets.values() if t.station == station and t.state in BUMPED]
+            if not bumped:
+                raise TicketRefused("-", action, f"nothing was bumped at {station} lately")
+            return max(bumped, key=lambda t: (t.ready_at or t.updated_at, t.last_seq))
+        ticket = self._tickets.get(ticket_id)
+        if ticket is None or ticket.station != station:
+            raise TicketRefused(
+                ticket_id, action, f"no such ticket at {station} (or it is too old to change)"
+            )
+        return ticket
+
+    async def command(self, station: str, cmd: KdsCommand, source: str) -> dict[str, Any]:
+        """Apply a screen's command; returns the ticket after it, or raises TicketRefused."""
+        try:
+            ticket = self._find(station, cmd.ticket_id, cmd.action)
+            at = self.clock()
+            if cmd.action == "priority":
+                if ticket.state not in OPEN:
+                    raise TicketRefused(
+                        ticket.ticket_id,
+                        "priority",
+                        f"the ticket is {ticket.state}; only a ticket on the screen has a priority",
+                    )
+                assert cmd.priority is not None
+                if cmd.priority == ticket.priority:
+                    raise TicketRefused(
+                        ticket.ticket_id, "priority", f"the priority is already {cmd.priority}"
+                    )
+                detail = {"priority": cmd.priority, "before": ticket.priority}
+                ticket.priority = cmd.priority
+                ticket.touch(at)
+                ev = self._event(ticket, "priority", at, source, detail)
+            else:
+                ev = self._event(ticket, ticket.apply(cmd.action, at), at, source)
+        except TicketRefused:
+            self.stats.refused += 1
+            raise
+        await self._commit([ev])
+        return ev.ticket
+
+    # --- POS amend / cancel ----------------------------------------------------------------
+
+    async def _facts(self, order_id: str, change_id: str) -> _OrderFacts:
+        def read(conn: sqlite3.Connection) -> _OrderFacts:
+            row = conn.execute(
+                "SELECT terminal, received_at, payload FROM orders WHERE order_id=?", (order_id,)
+            ).fetchone()
+            known = conn.execute("SELECT 1 FROM order_changes WHERE change_id=?", (change_id,)).fetchone()
+            cancelled = conn.execute(
+                "SELECT 1 FROM order_changes WHERE order_id=? AND kind='cancel'", (order_id,)
+            ).fetchone()
+            tickets = [
+                Ticket.from_doc(json.loads(doc), bool(alerted))
+                for doc, alerted in conn.execute(
+                    "SELECT doc, alerted FROM tickets WHERE order_id=?", (order_id,)
+                )
+            ]
+            order = (row[0], row[1], json.loads(row[2])) if row else None
+            return _OrderFacts(order, known is not None, cancelled is not None, tickets)
+
+        return await self.journal.read(read)
+
+    async def _once(self, change_id: str, apply: Callable[[], Any]) -> bool:
+        """Run ``apply`` once per change id; a copy arriving meanwhile waits for the first.
+        Returns True when this was a duplicate."""
+        running = self._inflight.get(change_id)
+        if running is not None:
+            await asyncio.shield(running)
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[change_id] = fut
+        try:
+            duplicate: bool = await apply()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: the waiting copies get it, nobody else must
+            raise
+        else:
+            fut.set_result(None)
+            return duplicate
+        finally:
+            self._inflight.pop(change_id, None)
+
+    def _change_row(
+        self, change_id: str, order_id: str, kind: str, terminal: str, at: float, doc: dict[str, Any]
+    ) -> Callable[[sqlite3.Connection], None]:
+        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        cloud = payloads.dumps(
+            {
+                "schema": f"cloud-order-{kind}/1",
+                "store_id": self.store_id,
+                "terminal": terminal,
+                "received_at": at,
+                kind: doc,
+            }
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO order_changes(change_id, order_id, kind, terminal, received_at, payload) "
+                "VALUES (?,?,?,?,?,?)",
+                (change_id, order_id, kind, terminal, at, body),
+            )
+            add_to_outbox(conn, "orders", f"order-{kind}:{change_id}", at, cloud)
+
+        return insert
+
+    def _adopt(self, tickets: list[Ticket]) -> None:
+        """Take tickets read from the journal into memory, unless memory holds newer ones."""
+        for ticket in tickets:
+            if ticket.ticket_id not in self._tickets:
+                ticket.printer_role = self.config.station(ticket.station).printer_role
+                self._remember(ticket)
+
+    async def amend(self, amend: Amend) -> bool:
+        """Apply a POS amend to the order's tickets. Returns True for a re-sent amend. Raises
+        PayloadError (unknown or cancelled order) or JournalError."""
+        change_id = f"amend:{amend.order_id}:{amend.amend_id}"
+
+        async def apply() -> bool:
+            facts = await self._facts(amend.order_id, change_id)
+            if facts.change_known:
+                return True
+            if facts.order is None:
+                raise PayloadError("order_id", f"no accepted order {amend.order_id!r} to amend")
+            if facts.cancelled or amend.order_id in self._cancelled:
+                raise PayloadError(
+                    "order_id", f"order {amend.order_id!r} was cancelled; it cannot be amended"
+                )
+            self._adopt(facts.tickets)
+            at = self.clock()
+            events = self._amend_tickets(amend, facts.order, at, f"pos:{amend.terminal}")
+            self.stats.amends += 1
+            await self._commit(
+                events, self._change_row(change_id, amend.order_id, "amend", amend.terminal, at, amend.doc)
+            )
+            return False
+
+        return await self._once(change_id, apply)
+
+    async def cancel(self, cancel: Cancel) -> bool:
+        """Void every ticket of the order not yet served (VOID slips print). True if re-sent."""
+        change_id = f"cancel:{cancel.order_id}"
+
+        async def apply() -> bool:
+            facts = await self._facts(cancel.order_id, change_id)
+            if facts.change_known:
+                return True
+            if facts.order is None:
+                raise PayloadError("order_id", f"no accepted order {cancel.order_id!r} to cancel")
+            self._adopt(facts.tickets)
+            at = self.clock()
+            reason = f"order cancelled{': ' + cancel.reason if cancel.reason else ''}"
+            events = []
+            for ticket in self._order_tickets(cancel.order_id):
+                if ticket.state in LIVE:
+                    ticket.void_reason = reason
+                    events.append(
+                        self._event(
+                            ticket, ticket.apply("void", at), at, f"pos:{cancel.terminal}", {"reason": reason}
+                        )
+                    )
+            self._cancelled.add(cancel.order_id)
+            self.stats.cancels += 1
+            await self._commit(
+                events,
+                self._change_row(change_id, cancel.order_id, "cancel", cancel.terminal, at, cancel.doc),
+            )
+            return False
+
+        return await self._once(change_id, apply)
+
+    def _amend_tickets(
+        self, amend: Amend, order: tuple[str, float, dict[str, Any]], at: float, source: str
+    ) -> list[Event]:
+        order_id = amend.order_id
+        terminal, _received, order_doc = order
+        tickets = self._order_tickets(order_id)
+        # The order's header as it stands now: the latest ticket carries earlier amends.
+        header: dict[str, Any] = {k: order_doc[k] for k in (*HEADER_KEYS, "rush") if k in order_doc}
+        if tickets:
+            latest = max(tickets, key=lambda t: t.updated_at)
+            header = {**latest.header, "rush": latest.rush}
+        changed_header = {
+            k: amend.doc[k]
+            for k in (*HEADER_KEYS, "rush")
+            if k in amend.doc and amend.doc[k] != header.get(k)
+        }
+        header.update(changed_header)
+        routed = self.router.route(header | {"lines": amend.lines}) if amend.lines is not None else None
+        events: list[Event] = []
+        stations = {t.station for t in tickets} | set(routed or ())
+        for station in sorted(stations):
+            mine = [t for t in tickets if t.station == station]
+            latest_t = max(mine, key=lambda t: t.number) if mine else None
+            new_lines = list(routed[station].lines) if routed and station in routed else []
+            if latest_t is None or latest_t.state == VOIDED:
+                if new_lines:
+                    events += self._create(order_id, terminal, header, at, source, _raw(new_lines))
+                continue
+            if latest_t.state == SERVED:
+                # Already on the table: only what is added needs cooking, on a new ticket.
+                extra = _additions(latest_t.open_lines(), new_lines) if routed is not None else []
+                if extra:
+                    events += self._create(order_id, terminal, header, at, source, _raw(extra))
+                continue
+            if routed is not None and not new_lines:
+                latest_t.void_reason = "removed from the order"
+                events.append(
+                    self._event(
+                        latest_t, latest_t.apply("void", at), at, source, {"reason": latest_t.void_reason}
+                    )
+                )
+                continue
+            detail: dict[str, Any] = {}
+            if routed is not None:
+                marked, summary = _diff(latest_t.open_lines(), new_lines)
+                if summary:
+                    latest_t.lines = marked
+                    detail.update(summary)
+            if changed_header:
+                _apply_header(latest_t, changed_header)
+                detail["header"] = changed_header
+            if not detail:
+                continue
+            if latest_t.state == READY and (detail.get("added") or detail.get("changed")):
+                latest_t.state = RECALLED  # more to cook: back on the screen
+                detail["state"] = "recalled"
+            latest_t.amended = True
+            latest_t.touch(at)
+            events.append(self._event(latest_t, "amended", at, source, detail))
+        return events
+
+    # --- red alerts ------------------------------------------------------------------------
+
+    async def check_overdue(self) -> list[dict[str, Any]]:
+        """Raise one alert per open ticket that crossed into red; journaled, then announced."""
+        now = self.clock()
+        alerts = []
+        for ticket in self._tickets.values():
+            if ticket.state in OPEN and not ticket.alerted:
+                age = now - ticket.created_at
+                if age >= self.config.station(ticket.station).red_after_s:
+                    ticket.alerted = True
+                    alerts.append(payloads.kds_alert(ticket.station, ticket.doc(), age, now))
+        if not alerts:
+            return []
+
+        def write(conn: sqlite3.Connection) -> None:
+            for alert in alerts:
+                write_alert(conn, self.store_id, alert)
+
+        await self.journal.write(write)
+        self.stats.alerts += len(alerts)
+        for alert in alerts:
+            log.info("ticket %s at %s is red (%.0f s)", alert["ticket_id"], alert["station"], alert["age_s"])
+            for feed in self._feeds.get(alert["station"], ()):
+                feed.push(alert)
+        if self.bus is not None:
+            self._spawn(self._publish_all([(self.topics.kds_alert(a["station"]), a) for a in alerts]))
+        return alerts
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                await self.check_overdue()
+            except EdgehubError as exc:
+                log.error("red-alert check failed: %s", exc)
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        cutoff = self.clock() - FORGET_AFTER_S
+        keep = {t["ticket_id"] for view in self._views.values() for t in view.recent}
+        for ticket in list(self._tickets.values()):
+            if ticket.state not in LIVE and ticket.updated_at < cutoff and ticket.ticket_id not in keep:
+                del self._tickets[ticket.ticket_id]
+                ids = self._by_order.get(ticket.order_id, [])
+                with contextlib.suppress(ValueError):
+                    ids.remove(ticket.ticket_id)
+                if not ids:
+                    self._by_order.pop(ticket.order_id, None)
+
+    # --- what screens read -----------------------------------------------------------------
+
+    def snapshot(self, station: str) -> dict[str, Any]:
+        view = self._view(station)
+        cfg = self.config.station(station)
+        now = self.clock()
+        tickets = []
+        all_day: dict[str, int] = {}
+        for doc in sorted(
+            view.tickets.values(), key=lambda d: (-d["priority"], d["created_at"], d["ticket_id"])
+        ):
+            age = now - doc["created_at"]
+            tickets.append(
+                {**doc, "age_s": round(age, 1), "colour": colour(age, cfg.amber_after_s, cfg.red_after_s)}
+            )
+            for line in doc["lines"]:
+                if line.get("change") != "removed":
+                    all_day[line["name"]] = all_day.get(line["name"], 0) + int(line["qty"])
+        return payloads.kds_snapshot(
+            station, view.seq, now, cfg.amber_after_s, cfg.red_after_s, tickets, list(view.recent), all_day
+        )
+
+    def attach(self, station: str) -> ScreenFeed:
+        """A new screen: its feed starts with the full current state, then every event."""
+        feed = ScreenFeed(station)
+        feed.push(self.snapshot(station))
+        self._feeds.setdefault(station, set()).add(feed)
+        return feed
+
+    def detach(self, feed: ScreenFeed) -> None:
+        self._feeds.get(feed.station, set()).discard(feed)
+
+    async def status(self) -> dict[str, Any]:
+        open_by_station: dict[str, int] = {}
+        for ticket in self._tickets.values():
+            if ticket.state in OPEN:
+                open_by_station[ticket.station] = open_by_station.get(ticket.station, 0) + 1
+        return {
+            "open": open_by_station,
+            "screens": {s: len(f) for s, f in self._feeds.items() if f},
+            **vars(self.stats),
+        }
+
+    # --- MQTT handlers ---------------------------------------------------------------------
+
+    async def handle_amend(self, message: aiomqtt.Message) -> None:
+        await self._handle_change(message, "amend")
+
+    async def handle_cancel(self, message: aiomqtt.Message) -> None:
+        await self._handle_change(message, "cancel")
+
+    async def _handle_change(self, message: aiomqtt.Message, kind: str) -> None:
+        topic = message.topic.value
+        raw = _raw_bytes(message)
+        terminal = self.topics.pos_terminal_of(topic, kind)
+        try:
+            if terminal is None:
+                raise Unaddressable(f"not a {kind} topic")
+            doc, order_id = order_id_of(raw)
+        except Unaddressable as exc:
+            await self._deadletter(topic, exc.reason, raw)
+            return
+        response_topic, props = response_properties(message, f"{self.topics.root}/pos/{terminal}/")
+        ack_topic = response_topic or self.topics.ack(terminal)
+        change_id = str(doc.get("amend_id", "")) if kind == "amend" else ""
+        try:
+            if kind == "amend":
+                amend = payloads.validate_amend(doc, order_id, terminal, len(raw), self.limits)
+                duplicate = await self.amend(amend)
+            else:
+                duplicate = await self.cancel(
+                    payloads.validate_cancel(doc, order_id, terminal, len(raw), self.limits)
+                )
+        except PayloadError as exc:
+            with contextlib.suppress(EdgehubError):
+                await self.journal.add_deadletter(topic, f"rejected {kind} of {order_id}: {exc}", raw)
+            body = payloads.change_ack(kind, order_id, change_id, "rejected", error=str(exc))
+        except JournalError as exc:
+            log.error("%s of %s from %s not journaled: %s", kind, order_id, terminal, exc)
+            return  # not acked: the terminal re-sends
+        else:
+            body = payloads.change_ack(kind, order_id, change_id, "accepted", duplicate=duplicate)
+        try:
+            await self.bus.publish(ack_topic, body, qos=1, properties=props) if self.bus else None
+        except (BrokerError, TimeoutError) as exc:
+            log.info("%s ack on %s not sent (%s); the terminal will re-send", kind, ack_topic, exc)
+
+    async def _deadletter(self, topic: str, reason: str, raw: bytes) -> None:
+        log.info("dead letter from %s: %s", topic, reason)
+        with contextlib.suppress(EdgehubError):
+            await self.journal.add_deadletter(topic, reason, raw)
+        if self.bus is not None:
+            with contextlib.suppress(BrokerError, TimeoutError):
+                await self.bus.publish(
+                    self.topics.deadletter, payloads.deadletter(topic, reason, raw, time.time())
+                )
+
+    async def handle_command(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        station = self.topics.station_of(topic)
+        if station is None:
+            return
+        response_topic, props = response_properties(message, f"{self.topics.root}/kds/")
+        reply_topic = response_topic or self.topics.kds_reply(station)
+        command_id = ""
+        try:
+            cmd = payloads.parse_kds_command(_raw_bytes(message))
+            command_id = cmd.command_id
+            ticket = await self.command(station, cmd, "screen:mqtt")
+            reply = payloads.kds_reply(command_id, True, ticket=ticket)
+        except TicketRefused as exc:
+            reply = payloads.kds_reply(command_id, False, exc.reason)
+        except PayloadError as exc:
+            reply = payloads.kds_reply(command_id, False, str(exc))
+        except JournalError as exc:
+            reply = payloads.kds_reply(command_id, False, f"not saved, try again: {exc}")
+        await self._publish(reply_topic, reply, props)
+
+    async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
+        station = self.topics.station_of(message.topic.value)
+        if station is None:
+            return
+        response_topic, props = response_properties(message, f"{self.topics.root}/kds/")
+        await self._publish(
+            response_topic or self.topics.kds_snapshot(station), self.snapshot(station), props
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _raw_bytes(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
+
+
+def _raw(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ticket lines back into order-line shape (for routing into a new ticket)."""
+    return [
+        {k: v for k, v in line.items() if k not in ("line", "key", "change", "qty_before")} for line in lines
+    ]
+
+
+def _quantities(lines: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in lines:
+        out[line["key"]] = out.get(line["key"], 0) + int(line["qty"])
+    return out
+
+
+def _diff(
+    old: list[dict[str, Any]], new: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """New lines marked ``added`` / ``changed`` (with ``qty_before``), plus the removed old lines
+    marked ``removed``, so the cook sees what moved; and a summary (empty: nothing changed)."""
+    before, after = _quantities(old), _quantities(new)
+    marked: list[dict[str, Any]] = []
+    summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
+    seen: set[str] = set()
+    for line in new:
+        out = {k: v for k, v in line.items() if k not in ("change", "qty_before")}
+        key = line["key"]
+        if key not in before:
+            out["change"] = "added"
+            if key not in seen:
+                summary["added"].append(line["name"])
+        elif before[key] != after[key] and key not in seen:
+            out["change"], out["qty_before"] = "changed", before[key]
+            summary["changed"].append(line["name"])
+        seen.add(key)
+        marked.append(out)
+    for line in old:
+        if line["key"] not in after and line["key"] not in seen:
+            marked.append({**{k: v for k, v in line.items() if k != "qty_before"}, "change": "removed"})
+            summary["removed"].append(line["name"])
+            seen.add(line["key"])
+    return marked, {k: v for k, v in summary.items() if v}
+
+
+def _additions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What ``new`` has beyond ``old``: new dishes, and the extra quantity of known ones."""
+    before = _quantities(old)
+    extra = []
+    for line in new:
+        more = int(line["qty"]) - before.get(line["key"], 0)
+        before[line["key"]] = max(0, before.get(line["key"], 0) - int(line["qty"]))
+        if more > 0:
+            extra.append({**line, "qty": more})
+    return extra
+
+
+def _apply_header(ticket: Ticket, changed: dict[str, Any]) -> None:
+    for key, value in changed.items():
+        if key == "rush":
+            ticket.rush = bool(value)
+            if ticket.rush and ticket.priority < RUSH_PRIORITY:
+                ticket.priority = RUSH_PRIORITY
+            elif not ticket.rush and ticket.priority == RUSH_PRIORITY:
+                ticket.priority = 0
+        elif value is None:
+            ticket.header.pop(key, None)
+        else:
+            ticket.header[key] = value

@@ -1,0 +1,350 @@
+"""Kitchen tickets: one per order per station, their state machine and how they are journaled.
+
+States: ``new`` → ``in_progress`` (a cook started it) → ``ready`` (bumped off the station screen)
+→ ``served``. A bumped (ready or served) ticket can be ``recalled`` back onto the screen; a
+ticket the POS cancels or amends away is ``voided``. ``next_state`` refuses every other move
+with a reason a cook understands (``TicketRefused``), and nothing changes.
+
+A ticket's id is ``{order_id}/{station}/{n}``: ``n`` is 1 for the ticket the order made and grows
+only when an amend adds dishes to a station whose ticket was already served or voided.
+
+Journal: ``tickets`` holds each ticket's latest state (its public document in ``doc``),
+``ticket_events`` every change with the station's sequence number, and each change also lands
+in the outbox (stream ``kitchen``) in the same commit, so the cloud sees every change once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgehub.bus import payloads
+from edgehub.errors import TicketRefused
+from edgehub.store import outbox
+
+NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED = (
+    "new",
+    "in_progress",
+    "ready",
+    "served",
+    "recalled",
+    "voided",
+)
+STATES = (NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED)
+OPEN = frozenset({NEW, IN_PROGRESS, RECALLED})  # on the station screen, ageing
+BUMPED = frozenset({READY, SERVED})  # off the screen, may be recalled
+LIVE = frozenset({NEW, IN_PROGRESS, RECALLED, READY})  # the POS can still change or void it
+RUSH_PRIORITY = 5  # a rush goes above everything a cook has not explicitly raised further
+
+# action -> {from state: to state}
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "start": {NEW: IN_PROGRESS, RECALLED: IN_PROGRESS},
+    "bump": {NEW: READY, IN_PROGRESS: READY, RECALLED: READY},
+    "serve": {READY: SERVED},
+    "recall": {READY: RECALLED, SERVED: RECALLED},
+    "void": {NEW: VOIDED, IN_PROGRESS: VOIDED, READY: VOIDED, RECALLED: VOIDED},
+}
+# The event each action produces.
+EVENTS = {"start": "started", "bump": "bumped", "serve": "served", "recall": "recalled", "void": "voided"}
+
+_LABEL = {
+    NEW: "new",
+    IN_PROGRESS: "in progress",
+    READY: "ready",
+    SERVED: "served",
+    RECALLED: "recalled",
+    VOIDED: "voided",
+}
+
+
+def refusal(action: str, state: str) -> str:
+    """Why ``action`` is not allowed on a ticket in ``state`` (only for refused pairs)."""
+    if action not in TRANSITIONS:
+        return f"unknown action {action!r} (known: {', '.join(TRANSITIONS)})"
+    if state == VOIDED:
+        return "the ticket was voided (the order was cancelled or changed); there is nothing to do"
+    if action == "start":
+        if state == IN_PROGRESS:
+            return "the ticket is already in progress"
+        return f"the ticket is {_LABEL[state]} (bumped); recall it first to work on it again"
+    if action == "bump":
+        return f"the ticket is already {_LABEL[state]}"
+    if action == "serve":
+        if state == SERVED:
+            return "the ticket is already served"
+        return f"the ticket is {_LABEL[state]}, not ready; bump it first"
+    if action == "recall":
+        return f"the ticket is {_LABEL[state]} and still on the screen; only a bumped ticket can be recalled"
+    if action == "void":
+        return "the ticket was served already; a served ticket cannot be voided"
+    return f"cannot {action} a ticket that is {_LABEL.get(state, state)}"  # pragma: no cover
+
+
+def next_state(ticket_id: str, state: str, action: str) -> str:
+    """The state after ``action``, or ``TicketRefused`` with the reason."""
+    target = TRANSITIONS.get(action, {}).get(state)
+    if target is None:
+        raise TicketRefused(ticket_id, action, refusal(action, state))
+    return target
+
+
+def colour(age_s: float, amber_after_s: float, red_after_s: float) -> str:
+    if age_s >= red_after_s:
+        return "red"
+    return "amber" if age_s >= amber_after_s else "green"
+
+
+@dataclass
+class Ticket:
+    ticket_id: str
+    order_id: str
+    station: str
+    terminal: str
+    created_at: float
+    lines: list[dict[str, Any]]
+    header: dict[str, Any] = field(default_factory=dict)  # table, covers, course, note
+    state: str = NEW
+    priority: int = 0
+    rush: bool = False
+    updated_at: float = 0.0
+    started_at: float | None = None
+    ready_at: float | None = None
+    served_at: float | None = None
+    voided_at: float | None = None
+    void_reason: str = ""
+    amended: bool = False
+    version: int = 0
+    alerted: bool = False
+    printer_role: str | None = None
+    last_seq: int = 0  # the station seq of its latest event (ties at a frozen clock)
+
+    @property
+    def number(self) -> int:
+        return int(self.ticket_id.rpartition("/")[2])
+
+    def doc(self) -> dict[str, Any]:
+        """The ticket as screens, native KDS apps and the cloud see it (kds-event/1 ``ticket``)."""
+        out: dict[str, Any] = {
+            "ticket_id": self.ticket_id,
+            "order_id": self.order_id,
+            "station": self.station,
+            "terminal": self.terminal,
+            "state": self.state,
+            "priority": self.priority,
+            "rush": self.rush,
+            "created_at": round(self.created_at, 3),
+            "updated_at": round(self.updated_at, 3),
+            "version": self.version,
+            "amended": self.amended,
+            "lines": [dict(line) for line in self.lines],
+        }
+        out.update(self.header)
+        for key in ("started_at", "ready_at", "served_at", "voided_at"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 3)
+        if self.void_reason:
+            out["void_reason"] = self.void_reason
+        return out
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], alerted: bool = False) -> Ticket:
+        header: dict[str, Any] = {k: doc[k] for k in ("table", "covers", "course", "note") if k in doc}
+        return cls(
+            ticket_id=doc["ticket_id"],
+            order_id=doc["order_id"],
+            station=doc["station"],
+            terminal=doc.get("terminal", ""),
+            created_at=doc["created_at"],
+            lines=list(doc["lines"]),
+            header=header,
+            state=doc["state"],
+            priority=doc.get("priority", 0),
+            rush=doc.get("rush", False),
+            updated_at=doc.get("updated_at", doc["created_at"]),
+            started_at=doc.get("started_at"),
+            ready_at=doc.get("ready_at"),
+            served_at=doc.get("served_at"),
+            voided_at=doc.get("voided_at"),
+            void_reason=doc.get("void_reason", ""),
+            amended=doc.get("amended", False),
+            version=doc.get("version", 0),
+            alerted=alerted,
+        )
+
+    def apply(self, action: str, at: float) -> str:
+        """Move the ticket by ``action`` (raises TicketRefused); returns the event name."""
+        target = next_state(self.ticket_id, self.state, action)
+        self.state = target
+        if target == IN_PROGRESS and self.started_at is None:
+            self.started_at = at
+        elif target == READY:
+            self.ready_at = at
+        elif target == SERVED:
+            self.served_at = at
+        elif target == VOIDED:
+            self.voided_at = at
+        self.touch(at)
+        return EVENTS[action]
+
+    def touch(self, at: float) -> None:
+        self.updated_at = at
+        self.version += 1
+
+    def open_lines(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("change") != "removed"]
+
+    def sort_key(self) -> tuple[int, float, str]:
+        """Screen order: higher priority first, then the oldest first."""
+        return (-self.priority, self.created_at, self.ticket_id)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One ticket change, numbered in its station's sequence, as it goes to the journal."""
+
+    seq: int
+    event: str
+    ticket: dict[str, Any]
+    at: float
+    source: str
+    detail: dict[str, Any] | None = None
+
+    @property
+    def station(self) -> str:
+        station: str = self.ticket["station"]
+        return station
+
+    def payload(self) -> dict[str, Any]:
+        return payloads.kds_event(
+            self.station, self.seq, self.event, self.ticket, self.at, self.source, self.detail
+        )
+
+
+# --- the journal side ----------------------------------------------------------------------------
+
+
+def add_to_outbox(
+    conn: sqlite3.Connection, stream: str, msg_id: str, created_at: float, payload: bytes
+) -> None:
+    """One cloud-bound row in the caller's commit (a msg_id already there is not added twice)."""
+    outbox.add_to_outbox(conn, stream, msg_id, payload, created_at=created_at)
+
+
+def write_events(conn: sqlite3.Connection, store_id: str, events: Iterable[Event]) -> None:
+    """Journal ticket changes: latest state, the event, the outbox row; all in the caller's commit."""
+    for ev in events:
+        t = ev.ticket
+        conn.execute(
+            "INSERT INTO tickets(ticket_id, order_id, station, state, created_at, updated_at, doc) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(ticket_id) DO UPDATE SET state=excluded.state, "
+            "updated_at=excluded.updated_at, doc=excluded.doc",
+            (
+                t["ticket_id"],
+                t["order_id"],
+                t["station"],
+                t["state"],
+                t["created_at"],
+                t["updated_at"],
+                json.dumps(t, separators=(",", ":"), ensure_ascii=False),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (
+                t["ticket_id"],
+                ev.station,
+                ev.seq,
+                ev.event,
+                ev.at,
+                ev.source,
+                json.dumps(ev.detail or {}, separators=(",", ":"), ensure_ascii=False),
+            ),
+        )
+        add_to_outbox(
+            conn,
+            "kitchen",
+            f"kitchen:{t['ticket_id']}:{t['version']}",
+            ev.at,
+            payloads.cloud_kitchen(store_id, ev.payload()),
+        )
+
+
+def write_alert(conn: sqlite3.Connection, store_id: str, alert: dict[str, Any]) -> None:
+    conn.execute("UPDATE tickets SET alerted=1 WHERE ticket_id=?", (alert["ticket_id"],))
+    add_to_outbox(
+        conn,
+        "kitchen",
+        f"kitchen-alert:{alert['ticket_id']}",
+        alert["at"],
+        payloads.cloud_kitchen(store_id, alert),
+    )
+
+
+@dataclass
+class Loaded:
+    """What the kitchen knows at start: tickets worth keeping in memory, station sequences."""
+
+    tickets: list[Ticket]
+    seqs: dict[str, int]
+    cancelled: set[str]
+
+
+def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
+    """Open and live tickets, plus the last ``keep_bumped`` bumped ones per station (for recall)."""
+    tickets: list[Ticket] = []
+    for doc, alerted in conn.execute(
+        "SELECT doc, alerted FROM tickets WHERE state IN ('new','in_progress','recalled','ready')"
+    ):
+        tickets.append(Ticket.from_doc(json.loads(doc), bool(alerted)))
+    seen = {t.ticket_id for t in tickets}
+    stations = [row[0] for row in conn.execute("SELECT DISTINCT station FROM tickets")]
+    for station in stations:
+        for doc, alerted in conn.execute(
+            "SELECT doc, alerted FROM tickets WHERE station=? AND state IN ('ready','served') "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (station, keep_bumped),
+        ):
+            ticket = Ticket.from_doc(json.loads(doc), bool(alerted))
+            if ticket.ticket_id not in seen:
+                tickets.append(ticket)
+                seen.add(ticket.ticket_id)
+    seqs = {
+        station: seq
+        for station, seq in conn.execute(
+            "SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station"
+        )
+    }
+    cancelled = {
+        row[0]
+        for row in conn.execute(
+            "SELECT order_id FROM order_changes WHERE kind='cancel' AND received_at > "
+            "(SELECT COALESCE(MAX(received_at), 0) - 86400 FROM order_changes)"
+        )
+    }
+    return Loaded(tickets, seqs, cancelled)
+
+
+def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """Accepted orders that have no ticket: the hub stopped between the order's commit and its
+    tickets' commit. Only orders after the watermark (set when the kitchen first ran, moved
+    forward at each start) are looked at."""
+    (mark,) = conn.execute("SELECT order_seq FROM kitchen_watermark WHERE id=1").fetchone()
+    rows = conn.execute(
+        "SELECT o.order_id, o.terminal, o.received_at, o.payload FROM orders o "
+        "WHERE o.seq > ? AND NOT EXISTS "
+        "(SELECT 1 FROM tickets t WHERE t.order_id = o.order_id) AND NOT EXISTS "
+        "(SELECT 1 FROM order_changes c WHERE c.order_id = o.order_id AND c.kind = 'cancel') ORDER BY o.seq",
+        (mark,),
+    ).fetchall()
+    return [(order_id, terminal, at, json.loads(payload)) for order_id, terminal, at, payload in rows]
+
+
+def move_watermark(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "UPDATE kitchen_watermark SET order_seq = (SELECT COALESCE(MAX(seq), 0) FROM orders) WHERE id=1"
+    )

@@ -1,0 +1,165 @@
+"""``/metrics``: the box in Prometheus text format, one ``CollectorRegistry`` per hub.
+
+Two kinds of numbers. Events that happen between scrapes (ack latency, SQLite commit latency)
+go into histograms through the intake's ``on_ack`` and the journal's ``commit_observers`` hooks.
+Everything else is read from the hub when scraped: ``refresh()`` gathers what needs awaiting
+(outbox rows, status sections) and the collector turns that snapshot into metric families, so
+no number is kept twice and none goes stale. No module-level registry: several hubs share a
+test process, and each must count only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgehub import __version__
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Acks are a few ms on a healthy box; the tail that matters to a cashier is 0.1-2 s.
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class MetricsSource(Protocol):
+    """What the metrics read from the hub (the hub itself in production)."""
+
+    async def metrics_snapshot(self) -> dict[str, Any]: ...
+
+
+class HubMetrics:
+    """Owns the registry; ``observe_ack``/``observe_commit`` are the hooks, ``render()`` the scrape."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ack_latency = Histogram(
+            "edgehub_ack_latency_seconds", "Order received to ack published, by ack status.",
+            ["status"], buckets=ACK_BUCKETS, registry=self.registry,
+        )
+        self.commit_latency = Histogram(
+            "edgehub_journal_commit_seconds", "Duration of one SQLite group commit (with fsync).",
+            buckets=COMMIT_BUCKETS, registry=self.registry,
+        )
+        self.commit_batch = Histogram(
+            "edgehub_journal_commit_batch_size", "Writes per SQLite group commit.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 512), registry=self.registry,
+        )
+        # process_resident_memory_bytes, process_cpu_seconds_total, ... of this process.
+        ProcessCollector(registry=self.registry)
+        self._snapshot: dict[str, Any] = {}
+        self.registry.register(_SnapshotCollector(self))
+
+    def observe_ack(self, status: str, seconds: float) -> None:
+        self.ack_latency.labels(status=status).observe(seconds)
+
+    def observe_commit(self, seconds: float, batch_size: int) -> None:
+        # Called from the journal's writer thread; prometheus_client metrics are thread-safe.
+        self.commit_latency.observe(seconds)
+        self.commit_batch.observe(batch_size)
+
+    async def render(self) -> bytes:
+        self._snapshot = await self.source.metrics_snapshot()
+        return generate_latest(self.registry)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, owner: HubMetrics) -> None:
+        self.owner = owner
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on what is configured; describing none skips the dry run
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.owner._snapshot
+        if not snap:
+            return
+        info = GaugeMetricFamily("edgehub_info", "The hub's version and store.", labels=["version", "store"])
+        info.add_metric([__version__, str(snap.get("store_id", ""))], 1)
+        yield info
+        yield GaugeMetricFamily("edgehub_uptime_seconds", "Seconds since the hub started.",
+                                value=snap.get("uptime_s", 0.0))
+
+        intake: Mapping[str, Any] = snap.get("intake", {})
+        orders = CounterMetricFamily("edgehub_orders", "Orders by outcome.", labels=["result"])
+        for result, key in (("accepted", "accepted"), ("rejected", "rejected"), ("duplicate", "duplicates"),
+                            ("deadlettered", "deadlettered")):
+            orders.add_metric([result], intake.get(key, 0))
+        yield orders
+        yield CounterMetricFamily("edgehub_ack_failures", "Acks that could not be published.",
+                                  value=intake.get("ack_failures", 0))
+
+        broker: Mapping[str, Any] = snap.get("broker", {})
+        yield GaugeMetricFamily("edgehub_broker_connected", "1 when connected to the store broker.",
+                                value=1 if broker.get("connected") else 0)
+        yield CounterMetricFamily("edgehub_broker_connects", "Connections made to the store broker.",
+                                  value=broker.get("connects", 0))
+
+        outbox: list[Mapping[str, Any]] = snap.get("outbox", {}).get("streams", [])
+        depth = GaugeMetricFamily("edgehub_outbox_depth", "Rows waiting for the cloud, by stream.",
+                                  labels=["stream"])
+        age = GaugeMetricFamily("edgehub_outbox_oldest_age_seconds", "Age of the oldest waiting row.",
+                                labels=["stream"])
+        for stream in outbox:
+            depth.add_metric([stream["stream"]], stream["depth"])
+            age.add_metric([stream["stream"]], stream["oldest_age_s"])
+        yield depth
+        yield age
+
+        uplink: Mapping[str, Any] = snap.get("uplink") or {}
+        replay: Mapping[str, Any] = uplink["replay"] if isinstance(uplink.get("replay"), dict) else {}
+        rate = _num(uplink.get("replay_rate", replay.get("rate_per_s", replay.get("rate"))))
+        if rate is not None:
+            yield GaugeMetricFamily("edgehub_outbox_replay_rate", "Rows per second replayed to the cloud.",
+                                    value=rate)
+        link: Mapping[str, Any] = uplink["link"] if isinstance(uplink.get("link"), dict) else {}
+        if uplink.get("enabled"):
+            online = uplink.get("connected", link.get("state") == "online")
+            yield GaugeMetricFamily("edgehub_uplink_connected", "1 when the cloud broker is connected.",
+                                    value=1 if online else 0)
+
+        devices: list[Mapping[str, Any]] = snap.get("devices", [])
+        if snap.get("devices_configured"):
+            by_state = GaugeMetricFamily("edgehub_devices", "Devices by state.", labels=["state"])
+            counts: dict[str, int] = {}
+            for device in devices:
+                state = str(device.get("state", "unknown"))
+                counts[state] = counts.get(state, 0) + 1
+            for state in sorted(set(counts) | {"ok", "failed"}):
+                by_state.add_metric([state], counts.get(state, 0))
+            yield by_state
+
+        failovers = _num(snap.get("failovers"))
+        if failovers is not None:
+            yield CounterMetricFamily("edgehub_failovers", "Roles moved to a spare device.", value=failovers)
+        print_jobs: Mapping[str, Any] = snap.get("print_jobs") or {}
+        if print_jobs:
+            jobs = CounterMetricFamily("edgehub_print_jobs", "Print jobs by result.", labels=["result"])
+            for result, count in sorted(print_jobs.items()):
+                if _num(count) is not None:
+                    jobs.add_metric([str(result)], count)
+            yield jobs
+
+        system: Mapping[str, Any] = snap.get("system", {})
+        disk = system.get("disk") or {}
+        if disk:
+            yield GaugeMetricFamily("edgehub_disk_free_bytes", "Free bytes on the data filesystem.",
+                                    value=disk["free_bytes"])
+            yield GaugeMetricFamily("edgehub_disk_total_bytes", "Size of the data filesystem.",
+                                    value=disk["total_bytes"])
+        memory = system.get("memory") or {}
+        if memory:
+            yield GaugeMetricFamily("edgehub_memory_available_bytes", "Memory available to new work.",
+                                    value=memory["available_bytes"])
+        temperature = _num((system.get("cpu") or {}).get("temperature_c"))
+        if temperature is not None:  # absent sensor: not exported rather than a fake 0
+            yield GaugeMetricFamily("edgehub_soc_temperature_celsius", "SoC temperature.", value=temperature)
+

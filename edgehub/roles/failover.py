@@ -1,0 +1,74 @@
+"""The failover and failback rule: which bound device serves a role, given what the registry says.
+
+Kept free of I/O and clocks so the rule can be read and tested on its own:
+
+- the serving device keeps the role while it is usable (ready or degraded, present);
+- when it stops being usable the role moves at once to the first usable device in binding
+  order (primary first, then the spares);
+- a device earlier in the order takes the role back only after it stayed usable for
+  ``failback_after_s``, and never while a job runs on the role (``busy``), so a flapping primary
+  does not drag the role to and fro and no ticket is cut in half by a failback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edgehub.devices.registry import DeviceEntry
+
+
+@dataclass
+class RoleSeat:
+    """One role's binding and who serves it now (mutable, owned by ``Roles``)."""
+
+    name: str
+    kind: str
+    devices: tuple[str, ...]
+    failback_after_s: float
+    source: str = "config"  # where the binding came from: config or api
+    serving: str | None = None
+    reason: str = "not started"
+    since: float = 0.0  # monotonic time of the last change of ``serving``
+    busy: int = 0  # jobs or payments running on the serving device right now
+
+
+def usable(entry: DeviceEntry | None, kind: str) -> bool:
+    return entry is not None and entry.present and entry.health.usable and entry.info.kind == kind
+
+
+def why_not(device_id: str, entry: DeviceEntry | None, kind: str) -> str:
+    """One device's reason for not serving, in words for the person at the box."""
+    if entry is None:
+        return f"{device_id} not found"
+    if not entry.present:
+        return f"{device_id} gone"
+    if entry.info.kind != kind:
+        return f"{device_id} is a {entry.info.kind}, not a {kind}"
+    return f"{device_id} {entry.health.state}{': ' + entry.health.reason if entry.health.reason else ''}"
+
+
+def choose_serving(
+    seat: RoleSeat, entries: Mapping[str, DeviceEntry | None], healthy_since: Mapping[str, float], now: float
+) -> tuple[str | None, str]:
+    """(device that should serve ``seat`` now or None, why). Pure: changes nothing."""
+    candidates = [d for d in seat.devices if usable(entries.get(d), seat.kind)]
+    current = seat.serving
+    if current is not None and current in candidates:
+        if seat.busy == 0:
+            for device in candidates:
+                if device == current:
+                    break
+                since = healthy_since.get(device)
+                if since is not None and now - since >= seat.failback_after_s:
+                    return device, f"failback to {device} (healthy for {now - since:.1f}s)"
+        return current, ""
+    if candidates:
+        chosen = candidates[0]
+        if current is None:
+            return chosen, ""
+        return chosen, f"failover from {why_not(current, entries.get(current), seat.kind)}"
+    if not seat.devices:
+        return None, f"{seat.name}: no {seat.kind} bound"
+    details = "; ".join(why_not(d, entries.get(d), seat.kind) for d in seat.devices)
+    return None, f"{seat.name}: no healthy {seat.kind} ({details})"

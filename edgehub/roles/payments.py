@@ -1,0 +1,468 @@
+"""Card payments on pinpad roles: never charged twice, whatever dies when.
+
+``pay/1`` on ``…/role/{role}/cmd/pay``: the intent (payment, sale, amount, pinpad, the
+pinpad's newest trace number as a baseline) is journaled *before* the pinpad is asked; the
+terminal hears ``processing`` at once and the result when the pinpad gives it.
+
+A pinpad that could not be reached at all took no money (the driver's contract), so the
+payment may go to the next healthy pinpad. A pinpad that dies *during* the transaction leaves
+the outcome ``unknown``: the payment is never sent to a spare. The sale is locked to that pinpad
+(new payments for it are refused) until the outcome is settled, either by the pinpad's
+last-transaction record once it answers again, or by an operator's ``settle/1`` decision from
+the terminal (approved, declined, void). Other sales go to a healthy spare meanwhile.
+
+Only amounts, results and masked references (last four PAN digits, receipt and trace numbers)
+leave the driver; that is all that is journaled, published and sent to the cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from edgehub.bus import payloads
+from edgehub.errors import (
+    DeviceError,
+    DeviceTimeout,
+    DeviceUnavailable,
+    EdgehubError,
+    PayloadError,
+    PaymentError,
+)
+from edgehub.store.outbox import add_to_outbox
+
+if TYPE_CHECKING:
+    from drivers.zvt import PaymentResult
+    from edgehub.roles.roles import Reply, Roles
+
+log = logging.getLogger("edgehub.roles.pay")
+
+BASELINE_TIMEOUT_S = 15.0
+SETTLE_TIMEOUT_S = 30.0
+FINAL = ("approved", "declined", "aborted", "not_found", "void")
+CURRENCIES = ("EUR", "CHF", "GBP", "USD", "PLN", "CZK", "DKK", "SEK")
+
+
+@dataclass
+class Payment:
+    payment_id: str
+    role: str
+    sale_id: str
+    amount_cents: int
+    currency: str
+    device_id: str
+    state: str  # sent, unknown, or one of FINAL
+    after_trace_no: int | None
+    reply: Reply
+    result: dict[str, Any] = field(default_factory=dict)
+    needs_operator: bool = False  # the pinpad answered but could not tell: only a person can
+
+
+@dataclass
+class PaymentStats:
+    approved: int = 0
+    declined: int = 0
+    unknown: int = 0
+    settled_by_pinpad: int = 0
+    settled_by_operator: int = 0
+    refused: int = 0
+
+
+class Payments:
+    def __init__(self, roles: Roles) -> None:
+        self.roles = roles
+        self.open: dict[str, Payment] = {}  # payment id -> payment whose outcome is not final
+        self.stats = PaymentStats()
+        self._settle_wake = asyncio.Event()
+        self._lock_by_sale: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    def waiting(self, role: str) -> int:
+        return sum(1 for p in self.open.values() if p.role == role)
+
+    def device_changed(self, device_id: str) -> None:
+        if any(p.device_id == device_id for p in self.open.values()):
+            self._settle_wake.set()
+
+    async def load(self) -> None:
+        """Open payments from before: one that was on the pinpad when the hub stopped is unknown."""
+        from edgehub.roles.roles import Reply
+
+        def load(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            conn.execute("UPDATE payments SET state='unknown' WHERE state='sent'")
+            return conn.execute(
+                "SELECT payment_id, role, sale_id, amount_cents, currency, device_id, state, after_trace_no, "
+                "reply_topic, correlation, request_id FROM payments WHERE state='unknown'"
+            ).fetchall()
+
+        for row in await self.roles.journal.write(load):
+            pid, role, sale, amount, currency, device, state, after, topic, corr, request_id = row
+            self.open[pid] = Payment(
+                pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id)
+            )
+
+    # --- pay -----------------------------------------------------------------------------------
+
+    async def handle_pay(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
+        from edgehub.roles.roles import Reply
+
+        prefix = self.roles.topics.reply_prefix
+        try:
+            request = payloads.parse_pay(raw, prefix, CURRENCIES)
+        except PayloadError as exc:
+            await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
+            await self.roles.reply(
+                Reply.of(message, None, None, prefix), payloads.pay_reply(role, "", "refused", error=str(exc))
+            )
+            return
+        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        # One decision at a time per sale, so two quick requests cannot both pass the lock check.
+        async with self._lock_by_sale[request.sale_id]:
+            await self._pay(role, request, reply)
+        if not self._lock_by_sale[request.sale_id].locked():
+            self._lock_by_sale.pop(request.sale_id, None)
+
+    async def _pay(self, role: str, request: payloads.PayRequest, reply: Reply) -> None:
+        known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+        if known is not None:
+            await self.roles.reply(
+                reply,
+                payloads.pay_reply(
+                    role,
+                    request.payment_id,
+                    known["state"],
+                    reply.request_id,
+                    duplicate=True,
+                    **known["fields"],
+                ),
+            )
+            return
+        locked = next((p for p in self.open.values() if p.sale_id == request.sale_id), None)
+        if locked is not None:
+            await self._refuse(
+                role,
+                request,
+                reply,
+                f"sale {request.sale_id} is locked to pinpad {locked.device_id} until payment "
+                f"{locked.payment_id} is settled (its outcome is unknown)",
+            )
+            return
+        tried: list[str] = []
+        while True:
+            device = self.roles.try_acquire(role)
+            if device is None or device in tried:
+                if device is not None:
+                    self.roles.release(role)
+                reason = self.roles.seats[role].reason or f"{role}: no healthy pinpad"
+                await self._refuse(
+                    role, request, reply, reason if tried == [] else f"{role}: no healthy pinpad"
+                )
+                return
+            tried.append(device)
+            try:
+                sent = await self._pay_on(role, device, request, reply)
+            finally:
+                self.roles.release(role)
+            if sent:
+                return
+
+    async def _pay_on(self, role: str, device: str, request: payloads.PayRequest, reply: Reply) -> bool:
+        """Pay on one pinpad. False when it could not be reached (nothing charged: try the next)."""
+        try:
+            driver: Any = await self.roles.open_driver(device)
+            baseline = getattr(driver, "last_trace_no", None)
+            if baseline is None:
+                # The settle rule needs to know which transaction came before this one.
+                async with asyncio.timeout(BASELINE_TIMEOUT_S):
+                    last = await driver.last_transaction()
+                baseline = last.trace_no if last is not None and last.trace_no is not None else 0
+        except (DeviceError, TimeoutError) as exc:
+            await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
+            return False
+        payment = Payment(
+            request.payment_id,
+            role,
+            request.sale_id,
+            request.amount_cents,
+            request.currency,
+            device,
+            "sent",
+            baseline,
+            reply,
+        )
+        await self._journal(payment, new=True)
+        self.open[payment.payment_id] = payment
+        await self.roles.reply(reply, self._reply_body(payment, "processing"))
+        guard = float(getattr(driver, "transaction_timeout", 180.0)) + 30.0
+        try:
+            async with asyncio.timeout(guard):
+                result: PaymentResult = await driver.pay(request.amount_cents, after_trace_no=baseline)
+        except (DeviceUnavailable, DeviceTimeout) as exc:
+            # The driver raises these only when the command never reached the pinpad.
+            await self._forget(payment)
+            await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
+            return False
+        except PaymentError as exc:
+            await self._finish(payment, "declined", {"reason": _text(exc)})
+            return True
+        except (DeviceError, TimeoutError) as exc:
+            await self._unknown(payment, f"no outcome from the pinpad: {_text(exc)}")
+            return True
+        if result.outcome == "unknown":
+            await self._unknown(payment, result.reason)
+        else:
+            await self._finish(payment, result.outcome, _masked(result))
+        return True
+
+    async def _refuse(self, role: str, request: payloads.PayRequest, reply: Reply, reason: str) -> None:
+        self.stats.refused += 1
+        log.info("payment %s refused: %s", request.payment_id, reason)
+        await self.roles.reply(
+            reply,
+            payloads.pay_reply(
+                role,
+                request.payment_id,
+                "refused",
+                reply.request_id,
+                sale_id=request.sale_id,
+                amount_cents=request.amount_cents,
+                error=reason,
+            ),
+        )
+
+    async def _unknown(self, payment: Payment, reason: str) -> None:
+        payment.state = "unknown"
+        payment.result = {
+            "reason": f"{reason}; the sale is locked to pinpad {payment.device_id} until settled"
+        }
+        self.stats.unknown += 1
+        await self._journal(payment)
+        log.warning("payment %s on %s: outcome unknown (%s)", payment.payment_id, payment.device_id, reason)
+        await self.roles.reply(payment.reply, self._reply_body(payment, "unknown"))
+        await self.roles.device_failed(payment.device_id, "payment outcome unknown")
+        self.roles.mark_dirty(payment.role)
+        self._settle_wake.set()
+
+    async def _finish(self, payment: Payment, state: str, result: dict[str, Any], by: str = "") -> None:
+        payment.state = state
+        payment.result = {**result, **({"settled_by": by} if by else {})}
+        await self._journal(payment, final=True)
+        self.open.pop(payment.payment_id, None)
+        if state == "approved":
+            self.stats.approved += 1
+        elif state in ("declined", "aborted"):
+            self.stats.declined += 1
+        self.roles.mark_dirty(payment.role)
+        await self.roles.reply(payment.reply, self._reply_body(payment, state))
+
+    def _reply_body(self, payment: Payment, status: str) -> bytes:
+        return payloads.pay_reply(
+            payment.role,
+            payment.payment_id,
+            status,
+            payment.reply.request_id,
+            sale_id=payment.sale_id,
+            amount_cents=payment.amount_cents,
+            currency=payment.currency,
+            device=payment.device_id,
+            **payment.result,
+        )
+
+    # --- journal -------------------------------------------------------------------------------
+
+    async def _journal(self, payment: Payment, new: bool = False, final: bool = False) -> None:
+        at = self.roles.wall()
+        p = payment
+        result = payloads.dumps(p.result).decode()
+        store = self.roles.config.store.id
+
+        def write(conn: sqlite3.Connection) -> None:
+            if new:
+                conn.execute(
+                    "INSERT INTO payments(payment_id, role, sale_id, amount_cents, currency, device_id, "
+                    "state, after_trace_no, created_at, updated_at, reply_topic, correlation, request_id, "
+                    "result) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        p.payment_id,
+                        p.role,
+                        p.sale_id,
+                        p.amount_cents,
+                        p.currency,
+                        p.device_id,
+                        p.state,
+                        p.after_trace_no,
+                        at,
+                        at,
+                        p.reply.topic,
+                        p.reply.correlation,
+                        p.reply.request_id,
+                        result,
+                    ),
+                )
+            else:
+                conn.execute(
+                    "UPDATE payments SET state=?, result=?, updated_at=? WHERE payment_id=?",
+                    (p.state, result, at, p.payment_id),
+                )
+            if final:
+                add_to_outbox(
+                    conn,
+                    "payments",
+                    f"payment:{p.payment_id}",
+                    {
+                        "schema": "cloud-payment/1",
+                        "store_id": store,
+                        "payment_id": p.payment_id,
+                        "sale_id": p.sale_id,
+                        "role": p.role,
+                        "device": p.device_id,
+                        "state": p.state,
+                        "amount_cents": p.amount_cents,
+                        "currency": p.currency,
+                        "at": at,
+                        **p.result,
+                    },
+                )
+
+        await self.roles.journal.write(write)
+
+    async def _forget(self, payment: Payment) -> None:
+        """The pinpad never got the command: the intent goes, nothing was charged."""
+        self.open.pop(payment.payment_id, None)
+        await self.roles.journal.write(
+            lambda conn: conn.execute(
+                "DELETE FROM payments WHERE payment_id=? AND state='sent'", (payment.payment_id,)
+            )
+        )
+
+    # --- settling ------------------------------------------------------------------------------
+
+    async def settler(self) -> None:
+        """Settle unknown payments from their pinpad's memory as soon as it answers again."""
+        while True:
+            try:
+                async with asyncio.timeout(max(1.0, self.roles.tick_s * 5)):
+                    await self._settle_wake.wait()
+            except TimeoutError:
+                pass
+            self._settle_wake.clear()
+            for payment in list(self.open.values()):
+                if payment.state == "unknown" and not payment.needs_operator:
+                    try:
+                        await self._settle_from_pinpad(payment)
+                    except EdgehubError as exc:
+                        log.info("payment %s not settled yet: %s", payment.payment_id, exc)
+
+    async def _settle_from_pinpad(self, payment: Payment) -> None:
+        from drivers.zvt import PaymentResult
+
+        registry = self.roles.registry
+        entry = registry.get(payment.device_id) if registry is not None else None
+        if entry is None or not entry.present or not entry.health.usable:
+            return
+        driver: Any = await self.roles.open_driver(payment.device_id)
+        pending = PaymentResult(
+            "unknown",
+            "payment",
+            payment.amount_cents,
+            payment.currency,
+            after_trace_no=payment.after_trace_no,
+        )
+        try:
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                settled: PaymentResult = await driver.settle(pending)
+        except (DeviceError, TimeoutError) as exc:
+            log.info(
+                "payment %s: pinpad %s cannot tell yet: %s", payment.payment_id, payment.device_id, _text(exc)
+            )
+            return
+        if settled.outcome == "unknown":
+            payment.needs_operator = True
+            payment.result = {"reason": settled.reason}
+            await self._journal(payment)
+            log.warning("payment %s needs an operator's decision: %s", payment.payment_id, settled.reason)
+            await self.roles.reply(payment.reply, self._reply_body(payment, "unknown"))
+            return
+        self.stats.settled_by_pinpad += 1
+        log.info(
+            "payment %s settled from pinpad %s: %s", payment.payment_id, payment.device_id, settled.outcome
+        )
+        await self._finish(payment, settled.outcome, _masked(settled), by="pinpad")
+
+    async def handle_settle(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
+        from edgehub.roles.roles import Reply
+
+        prefix = self.roles.topics.reply_prefix
+        try:
+            request = payloads.parse_settle(raw, prefix, self.roles.config.limits)
+        except PayloadError as exc:
+            await self.roles.reply(
+                Reply.of(message, None, None, prefix), payloads.pay_reply(role, "", "refused", error=str(exc))
+            )
+            return
+        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        payment = self.open.get(request.payment_id)
+        if payment is None or payment.role != role or payment.state != "unknown":
+            known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+            state = known["state"] if known else "refused"
+            error = (
+                "no such payment"
+                if known is None
+                else f"payment is {known['state']}, only an unknown outcome can be settled"
+            )
+            fields = known["fields"] if known else {}
+            await self.roles.reply(
+                reply,
+                payloads.pay_reply(
+                    role, request.payment_id, state, reply.request_id, **{**fields, "error": error}
+                ),
+            )
+            return
+        self.stats.settled_by_operator += 1
+        operator = request.operator or "operator"
+        log.warning("payment %s settled by %s as %s", payment.payment_id, operator, request.decision)
+        payment.reply = reply  # the operator's terminal hears the result
+        await self._finish(payment, request.decision, {"reason": f"settled by {operator}"}, by="operator")
+
+
+def _masked(result: PaymentResult) -> dict[str, Any]:
+    """The parts of a pinpad result that may leave the driver."""
+    return {
+        "receipt_no": result.receipt_no,
+        "trace_no": result.trace_no,
+        "masked_pan": result.masked_pan,
+        "terminal_id": result.terminal_id,
+        "reason": result.reason,
+    }
+
+
+def _text(exc: BaseException) -> str:
+    return "no answer" if isinstance(exc, TimeoutError) and not str(exc) else str(exc)
+
+
+def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
+    import json
+
+    row = conn.execute(
+        "SELECT state, sale_id, amount_cents, currency, device_id, result FROM payments WHERE payment_id=?",
+        (payment_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    state, sale, amount, currency, device, result = row
+    return {
+        "state": "processing" if state == "sent" else state,
+        "fields": {
+            "sale_id": sale,
+            "amount_cents": amount,
+            "currency": currency,
+            "device": device,
+            **json.loads(result),
+        },
+    }

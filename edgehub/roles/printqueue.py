@@ -1,0 +1,338 @@
+"""Durable print jobs: one FIFO per printer role, each job journaled before it is sent.
+
+A terminal publishes ``print/1`` to ``…/role/{role}/cmd/print`` and gets ``queued`` with the
+job id once the job is durable; ``printed`` follows when the printer confirmed it (``GS ( H``).
+One job at a time per role, in order. A job stays in the journal until a printer confirms it.
+
+When the device fails under a job, what happens next is decided by what the driver knows:
+``PrinterNotReady(job_sent=False)`` means nothing went out, so the job runs again as it is on
+the device that serves the role next; anything else (sent but not confirmed, connection lost,
+no answer) means the first copy may have come out, so the job runs again marked ``REPRINT``.
+Either way the device is reported failed and the job never runs again on it blindly: it goes to
+whichever device the failover rule picks. A job that was being sent when the hub itself died
+is marked for reprint at start, for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import json
+import logging
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+
+from drivers.escpos_render import Barcode, Cut, DrawerKick, Feed, QrCode, Rule, Text, Ticket, render
+from edgehub.bus import payloads
+from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
+
+if TYPE_CHECKING:
+    from edgehub.roles.roles import Reply, Roles
+
+log = logging.getLogger("edgehub.roles.print")
+
+# print_job has its own budget from the driver's timings; this only guards against a driver bug.
+JOB_GUARD_S = 300.0
+REPRINT_BANNER = "*** REPRINT ***"
+
+
+@dataclass
+class PrintJob:
+    seq: int
+    job_id: str
+    role: str
+    ticket: dict[str, Any]
+    reply: Reply
+    reprint: bool = False
+    attempts: int = 0
+    maybe_on: str = "another printer"  # where the first copy may have come out
+
+
+@dataclass
+class PrintStats:
+    queued: int = 0
+    printed: int = 0
+    reprints: int = 0
+    rejected: int = 0
+    retries: int = 0
+
+
+def to_ticket(doc: dict[str, Any], reprint_note: str | None) -> Ticket:
+    """A validated ``print/1`` ticket as blocks for the renderer; a reprint gets a banner."""
+    ticket = Ticket(large_type=bool(doc.get("large_type", False)))
+    if reprint_note is not None:
+        ticket.add(Text(REPRINT_BANNER, bold=True, align="center"))
+        ticket.add(Text(reprint_note, align="center"))
+    for line in doc["lines"]:
+        if isinstance(line, str):
+            ticket.add(Text(line))
+        elif "text" in line:
+            ticket.add(
+                Text(
+                    line["text"] or "",
+                    line.get("bold", False),
+                    line.get("underline", False),
+                    line.get("double_width", False),
+                    line.get("double_height", False),
+                    line.get("align", "left"),
+                )
+            )
+        elif "rule" in line:
+            ticket.add(Rule(line["rule"]))
+        elif "feed" in line:
+            ticket.add(Feed(line["feed"]))
+        elif "barcode" in line:
+            ticket.add(Barcode(line["barcode"], line.get("symbology", "CODE128")))
+        elif "qr" in line:
+            ticket.add(QrCode(line["qr"]))
+        elif line.get("cut"):
+            ticket.add(Cut())
+        elif line.get("drawer"):
+            ticket.add(DrawerKick())
+    return ticket
+
+
+def to_bytes(doc: dict[str, Any], reprint_note: str | None) -> bytes:
+    """The printer bytes of a job: rendered from its ticket, or given ready (``escpos``, base64,
+    from the kitchen), with the reprint banner printed in front when it is a reprint."""
+    if "escpos" not in doc:
+        return render(to_ticket(doc, reprint_note))
+    data = base64.b64decode(doc["escpos"])
+    if reprint_note is None:
+        return data
+    banner = Ticket(cut_at_end=False)
+    banner.add(Text(REPRINT_BANNER, bold=True, align="center")).add(Text(reprint_note, align="center"))
+    return render(banner) + data
+
+
+class KitchenSlips:
+    """The kitchen's printer (``edgehub.kitchen.printing.KitchenPrinter``): station slips, already
+    rendered, go through the role's durable queue like any other job."""
+
+    def __init__(self, queue: PrintQueue) -> None:
+        self.queue = queue
+
+    async def submit(self, role: str, job_id: str, ticket_bytes: bytes) -> None:
+        from edgehub.roles.roles import Reply
+
+        self.queue.roles.ensure_role(role)
+        doc = {"escpos": base64.b64encode(ticket_bytes).decode()}
+        await self.queue.submit(role, doc, job_id, Reply(None, None, None))
+
+
+class PrintQueue:
+    """The print jobs of every printer role; ``run_role`` is the worker of one role."""
+
+    def __init__(self, roles: Roles) -> None:
+        self.roles = roles
+        self.queues: dict[str, collections.deque[PrintJob]] = collections.defaultdict(collections.deque)
+        self._wake: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self.stats = PrintStats()
+
+    def waiting(self, role: str) -> int:
+        queue = self.queues.get(role)
+        return len(queue) if queue else 0
+
+    async def load(self) -> None:
+        """Jobs not yet confirmed, in order. One that was on its way when the hub stopped may
+        have printed: it runs again marked as a reprint."""
+
+        def load(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            conn.execute("UPDATE print_jobs SET reprint=1, state='queued' WHERE state='sending'")
+            return conn.execute(
+                "SELECT seq, job_id, role, ticket, reply_topic, correlation, request_id, reprint, attempts "
+                "FROM print_jobs WHERE state='queued' ORDER BY seq"
+            ).fetchall()
+
+        from edgehub.roles.roles import Reply
+
+        for (
+            seq,
+            job_id,
+            role,
+            ticket,
+            topic,
+            correlation,
+            request_id,
+            reprint,
+            attempts,
+        ) in await self.roles.journal.write(load):
+            self.queues[role].append(
+                PrintJob(
+                    seq,
+                    job_id,
+                    role,
+                    _json(ticket),
+                    Reply(topic, correlation, request_id),
+                    bool(reprint),
+                    attempts,
+                )
+            )
+        if any(self.queues.values()):
+            log.info("%d print jobs waiting from before", sum(len(q) for q in self.queues.values()))
+
+    # --- intake --------------------------------------------------------------------------------
+
+    async def handle(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
+        from edgehub.roles.roles import Reply
+
+        prefix = self.roles.topics.reply_prefix
+        try:
+            request = payloads.parse_print(raw, self.roles.config.limits, prefix)
+        except PayloadError as exc:
+            self.stats.rejected += 1
+            await self.roles.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
+            reply = Reply.of(message, None, None, prefix)
+            await self.roles.reply(reply, payloads.print_reply(role, "", "rejected", error=str(exc)))
+            return
+        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        try:
+            job, duplicate, status = await self.submit(role, request.ticket, request.job_id, reply)
+        except JournalError as exc:
+            # Not acknowledged: the terminal sends again and the job is taken once the journal is back.
+            log.error("print job for %s not journaled: %s", role, exc)
+            return
+        await self.roles.reply(
+            reply, payloads.print_reply(role, job.job_id, status, reply.request_id, duplicate=duplicate)
+        )
+
+    async def submit(
+        self, role: str, ticket: dict[str, Any], job_id: str | None, reply: Reply
+    ) -> tuple[PrintJob, bool, str]:
+        """Journal a job (durable on return) and queue it; a known job id is not queued again.
+        Returns (job, duplicate, status). Kitchen routing and tests call this directly."""
+        job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
+        text = payloads.dumps(ticket).decode()
+        at = self.roles.wall()
+
+        def insert(conn: sqlite3.Connection) -> tuple[int, bool, str]:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO print_jobs(job_id, role, created_at, ticket, reply_topic, "
+                "correlation, request_id) VALUES (?,?,?,?,?,?,?)",
+                (job_id, role, at, text, reply.topic, reply.correlation, reply.request_id),
+            )
+            if cur.rowcount == 0:
+                seq, state = conn.execute(
+                    "SELECT seq, state FROM print_jobs WHERE job_id=?", (job_id,)
+                ).fetchone()
+                return seq, True, state
+            return int(cur.lastrowid or 0), False, "queued"
+
+        seq, duplicate, state = await self.roles.journal.write(insert)
+        job = PrintJob(seq, job_id, role, ticket, reply)
+        if not duplicate:
+            self.stats.queued += 1
+            self.queues[role].append(job)
+            self._wake[role].set()
+            self.roles.mark_dirty(role)
+        return job, duplicate, "printed" if state == "printed" else "queued"
+
+    # --- the worker ------------------------------------------------------------------------------
+
+    async def run_role(self, role: str) -> None:
+        queue = self.queues[role]
+        while True:
+            if not queue:
+                self._wake[role].clear()
+                await self._wake[role].wait()
+                continue
+            job = queue[0]
+            device = await self.roles.acquire(role)
+            try:
+                done = await self._attempt(job, device)
+            except (EdgehubError, OSError) as exc:
+                # Journal trouble: the job stays first in line; try again shortly.
+                log.error("print job %s on %s: %s", job.job_id, role, exc)
+                done = False
+                await asyncio.sleep(1.0)
+            except Exception:
+                # A driver bug must not stop the role: the job stays first in line.
+                log.exception("print job %s on %s failed unexpectedly", job.job_id, role)
+                done = False
+                await asyncio.sleep(1.0)
+            finally:
+                self.roles.release(role)
+            if done:
+                queue.popleft()
+                self.roles.mark_dirty(role)
+            else:
+                self.stats.retries += 1
+
+    async def _attempt(self, job: PrintJob, device: str) -> bool:
+        """One try of ``job`` on ``device``: True when it printed, False to try again elsewhere."""
+        from drivers.escpos import PrinterNotReady
+
+        try:
+            driver = await self.roles.open_driver(device)
+        except (DeviceError, TimeoutError) as exc:
+            await self.roles.device_failed(device, f"cannot open: {exc}")
+            return False
+        print_job = getattr(driver, "print_job", None)
+        if print_job is None:
+            await self.roles.device_failed(device, f"driver {driver.name} cannot print tickets")
+            return False
+        note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
+        data = to_bytes(job.ticket, note)
+        await self._mark(job, "sending", device)
+        try:
+            async with asyncio.timeout(JOB_GUARD_S):
+                result = await print_job(job.job_id, data)
+        except PrinterNotReady as exc:
+            if exc.job_sent:
+                job.reprint, job.maybe_on = True, device
+            await self._mark(job, "queued", None)
+            await self.roles.device_failed(device, ", ".join(exc.status.problems()) or str(exc))
+            return False
+        except (DeviceError, TimeoutError) as exc:
+            # Sent (maybe partly) and not confirmed: the first copy may have come out.
+            job.reprint, job.maybe_on = True, device
+            await self._mark(job, "queued", None)
+            await self.roles.device_failed(device, _short(exc))
+            return False
+        await self._mark(job, "printed", device)
+        self.stats.printed += 1
+        self.stats.reprints += job.reprint
+        await self.roles.reply(
+            job.reply,
+            payloads.print_reply(
+                job.role,
+                job.job_id,
+                "printed",
+                job.reply.request_id,
+                device=device,
+                reprint=job.reprint,
+                warning=getattr(result, "warning", ""),
+            ),
+        )
+        return True
+
+    async def _mark(self, job: PrintJob, state: str, device: str | None) -> None:
+        at = self.roles.wall()
+        if state == "sending":
+            job.attempts += 1
+
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE print_jobs SET state=?, device_id=COALESCE(?, device_id), reprint=?, "
+                "attempts=?, done_at=? WHERE seq=?",
+                (state, device, int(job.reprint), job.attempts, at if state == "printed" else None, job.seq),
+            )
+
+        await self.roles.journal.write(update)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer"
+    text = str(exc)
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _json(text: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(text)
+    return doc

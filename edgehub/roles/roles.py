@@ -1,0 +1,508 @@
+"""The roles component: bindings, who serves each role, and the role topics terminals use.
+
+Config binds devices to roles (``[[role]]``, primary first); an installer may rebind a role
+from the API (``PUT /api/v1/roles/{role}``), which is journaled and wins over the config from
+then on. The registry's device events drive the failover rule (``failover.choose_serving``);
+every change of binding or serving device is published retained on ``…/role/{role}/$binding``
+and ``…/role/{role}/$state`` and kept as an audit row in the outbox for the cloud.
+
+Commands arrive on ``…/role/{role}/cmd/{print|pay|settle}`` and go to the print queue or the
+payments; scans and weights of the serving device are republished on ``…/role/{role}/evt/…``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers.base import Driver, Health
+from edgehub.bus import payloads
+from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.topics import Topics
+from edgehub.config import Config, role_devices_problem, role_kind, role_name_problem
+from edgehub.devices.registry import DeviceEvent, DeviceRegistry
+from edgehub.errors import BrokerError, DeviceUnavailable, EdgehubError, PayloadError
+from edgehub.roles.failover import RoleSeat, choose_serving, usable
+from edgehub.roles.payments import Payments
+from edgehub.roles.printqueue import PrintQueue
+from edgehub.store import Journal
+from edgehub.store.outbox import add_to_outbox
+
+log = logging.getLogger("edgehub.roles")
+
+OPEN_DRIVER_TIMEOUT_S = 10.0
+EVENT_KINDS = {"scan": "scanner", "weight": "scale"}
+
+
+class Reply:
+    """Where the answers to one request go: an MQTT 5 response topic with correlation data, or
+    a 3.1.1 client's ``reply_to`` with its ``request_id``. Journaled with jobs and payments so a
+    result that comes after a restart still reaches the terminal."""
+
+    def __init__(self, topic: str | None, correlation: bytes | None, request_id: str | None) -> None:
+        self.topic = topic
+        self.correlation = correlation
+        self.request_id = request_id
+
+    @classmethod
+    def of(cls, message: aiomqtt.Message, reply_to: str | None, request_id: str | None, prefix: str) -> Reply:
+        topic, props = response_properties(message, prefix)
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        return cls(topic or reply_to, bytes(correlation) if correlation is not None else None, request_id)
+
+    def properties(self) -> Properties | None:
+        if self.correlation is None:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
+        props.CorrelationData = self.correlation
+        return props
+
+
+class Roles:
+    """The hub component. ``async with`` loads bindings and starts the role workers."""
+
+    def __init__(
+        self,
+        config: Config,
+        topics: Topics,
+        journal: Journal,
+        bus: BusConnection,
+        registry: DeviceRegistry | None,
+        *,
+        tick_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self.journal = journal
+        self.bus = bus
+        self.registry = registry
+        self.tick_s = tick_s
+        self.clock = clock
+        self.wall = wall
+        self.seats: dict[str, RoleSeat] = {}
+        self.healthy_since: dict[str, float] = {}  # device id -> when it last became usable
+        self.printqueue = PrintQueue(self)
+        self.payments = Payments(self)
+        self._changed: dict[str, asyncio.Event] = {}
+        self._dirty: set[str] = set()
+        self._audit: list[tuple[str, dict[str, Any]]] = []
+        self._wake = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._workers: dict[str, asyncio.Task[None]] = {}  # print worker per printer role
+        self._started = asyncio.Event()
+        bus.route(topics.all_role_commands, self.handle_command)
+        bus.route(topics.all_device_events, self.handle_device_event)
+        bus.on_connect.append(self._republish_all)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Roles:
+        bindings = {r.name: (r.devices, r.failback_after_s, "config") for r in self.config.roles}
+        bindings.update(await self.journal.read(_saved_bindings))
+        for name, (devices, failback, source) in sorted(bindings.items()):
+            self._seat(name, devices, failback, source)
+        await self.printqueue.load()
+        await self.payments.load()
+        for role in [r for r, q in self.printqueue.queues.items() if q]:
+            self.ensure_role(role)  # jobs for a role no longer bound still wait, visibly
+        if self.registry is not None:
+            self.registry.subscribe(self._on_device_event)
+            now = self.clock()
+            for seat in self.seats.values():
+                for device in seat.devices:
+                    if usable(self.registry.get(device), seat.kind):
+                        self.healthy_since.setdefault(device, now)
+        self.evaluate()
+        self._main = asyncio.create_task(self._run(), name="roles")
+        await self._started.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.registry is not None:
+            self.registry.unsubscribe(self._on_device_event)
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._tick(), name="roles-tick")
+            tg.create_task(self._publisher(), name="roles-publish")
+            tg.create_task(self.payments.settler(), name="roles-settle")
+            for seat in self.seats.values():
+                self._start_worker(seat)
+            self._started.set()
+
+    def _start_worker(self, seat: RoleSeat) -> None:
+        if seat.kind == "printer" and self._tg is not None and seat.name not in self._workers:
+            self._workers[seat.name] = self._tg.create_task(
+                self.printqueue.run_role(seat.name), name=f"print-{seat.name}"
+            )
+
+    def _seat(self, name: str, devices: tuple[str, ...], failback: float, source: str) -> RoleSeat:
+        seat = self.seats.get(name)
+        if seat is None:
+            seat = self.seats[name] = RoleSeat(
+                name, role_kind(name), devices, failback, source, since=self.clock()
+            )
+            self._changed[name] = asyncio.Event()
+        else:
+            seat.devices, seat.failback_after_s, seat.source = devices, failback, source
+        self._dirty.add(name)
+        return seat
+
+    def ensure_role(self, name: str) -> RoleSeat:
+        """The role's seat; one nobody bound yet is created empty (down: nothing bound), so its
+        jobs wait durably until an installer binds a device. Raises PayloadError for a bad name."""
+        seat = self.seats.get(name)
+        if seat is not None:
+            return seat
+        if problem := role_name_problem(name):
+            raise PayloadError("role", problem)
+        seat = self._seat(name, (), 30.0, "none")
+        self._start_worker(seat)
+        self.evaluate(name)
+        return seat
+
+    # --- the failover rule applied -----------------------------------------------------------
+
+    def _on_device_event(self, event: DeviceEvent) -> None:
+        """Registry listener (synchronous, on the event loop): track health, re-decide at once."""
+        entry = event.entry
+        device = entry.info.device_id
+        if entry.present and entry.health.usable:
+            self.healthy_since.setdefault(device, self.clock())
+        else:
+            self.healthy_since.pop(device, None)
+        self.evaluate()
+        self.payments.device_changed(device)
+
+    def evaluate(self, only: str | None = None) -> None:
+        """Apply the failover rule to every role (or one); publishing happens in the background."""
+        now = self.clock()
+        for seat in self.seats.values():
+            if only is not None and seat.name != only:
+                continue
+            entries = {d: self.registry.get(d) for d in seat.devices} if self.registry else {}
+            if self.registry is None:
+                chosen, reason = None, f"{seat.name}: no device registry"
+            else:
+                chosen, reason = choose_serving(seat, entries, self.healthy_since, now)
+            if chosen == seat.serving:
+                if chosen is None and reason != seat.reason:
+                    seat.reason = reason  # still down, for another reason: say so, no new alarm
+                    self.mark_dirty(seat.name)
+                continue
+            previous, seat.serving, seat.since = seat.serving, chosen, now
+            seat.reason = reason
+            if chosen is None:
+                log.warning("role %s is down: %s", seat.name, reason)
+            else:
+                log.info("role %s served by %s%s", seat.name, chosen, f" ({reason})" if reason else "")
+            self._audit.append(
+                (seat.name, {"event": "serving", "previous": previous, "device": chosen, "reason": reason})
+            )
+            self._dirty.add(seat.name)
+            self._changed[seat.name].set()
+            self._wake.set()
+
+    async def _tick(self) -> None:
+        # Failback waits for time to pass, not for an event: look again a few times a second.
+        while True:
+            await asyncio.sleep(self.tick_s)
+            self.evaluate()
+
+    # --- what workers call ---------------------------------------------------------------------
+
+    def serving(self, role: str) -> str | None:
+        seat = self.seats.get(role)
+        return seat.serving if seat else None
+
+    async def acquire(self, role: str) -> str:
+        """Wait for a device to serve ``role``; it stays serving (no failback) until release."""
+        seat = self.seats[role]
+        while seat.serving is None:
+            self._changed[role].clear()
+            await self._changed[role].wait()
+        seat.busy += 1
+        return seat.serving
+
+    def try_acquire(self, role: str) -> str | None:
+        seat = self.seats.get(role)
+        if seat is None or seat.serving is None:
+            return None
+        seat.busy += 1
+        return seat.serving
+
+    def release(self, role: str) -> None:
+        seat = self.seats[role]
+        seat.busy = max(0, seat.busy - 1)
+        if seat.busy == 0:
+            self.evaluate(role)
+
+    async def open_driver(self, device_id: str) -> Driver:
+        if self.registry is None:
+            raise DeviceUnavailable("no device registry", device_id)
+        async with asyncio.timeout(OPEN_DRIVER_TIMEOUT_S):
+            return await self.registry.open_driver(device_id)
+
+    async def device_failed(self, device_id: str, reason: str) -> None:
+        """A job or payment found the device failing: tell the registry, so every role and the
+        dashboard see it now rather than at the watchdog's next probe."""
+        self.healthy_since.pop(device_id, None)
+        if self.registry is not None:
+            try:
+                await self.registry.set_health(device_id, Health("failed", reason))
+            except EdgehubError as exc:
+                log.warning("could not mark %s failed: %s", device_id, exc)
+        self.evaluate()
+
+    def mark_dirty(self, role: str) -> None:
+        self._dirty.add(role)
+        self._wake.set()
+
+    # --- publishing and audit ----------------------------------------------------------------
+
+    async def _publisher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            audit, self._audit = self._audit, []
+            if audit:
+                await self._write_audit(audit)
+            dirty, self._dirty = self._dirty, set()
+            for role in sorted(dirty):
+                if not await self._publish_role(role):
+                    self._dirty.add(role)  # sent again on the next change or reconnect
+
+    async def _write_audit(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        at = self.wall()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            for role, detail in rows:
+                add_to_outbox(
+                    conn,
+                    "audit",
+                    f"role:{uuid.uuid4()}",
+                    {
+                        "schema": "cloud-role-change/1",
+                        "store_id": self.config.store.id,
+                        "role": role,
+                        "at": at,
+                        **detail,
+                    },
+                )
+
+        try:
+            await self.journal.write(insert)
+        except EdgehubError as exc:
+            log.error("role changes not kept for the cloud: %s", exc)
+
+    async def _publish_role(self, role: str) -> bool:
+        seat = self.seats[role]
+        at = self.wall()
+        try:
+            await self.bus.publish(
+                self.topics.role_binding(role),
+                payloads.role_binding(role, list(seat.devices), seat.failback_after_s, seat.source, at),
+                retain=True,
+            )
+            await self.bus.publish(
+                self.topics.role_state(role),
+                payloads.role_state(role, seat.kind, seat.serving, seat.reason, self.waiting(role), at),
+                retain=True,
+            )
+        except (BrokerError, TimeoutError):
+            return False
+        return True
+
+    async def _republish_all(self) -> None:
+        self._dirty.update(self.seats)
+        self._wake.set()
+
+    def waiting(self, role: str) -> int:
+        return self.printqueue.waiting(role) + self.payments.waiting(role)
+
+    async def reply(self, reply: Reply, body: bytes) -> None:
+        if reply.topic is None:
+            return
+        try:
+            await self.bus.publish(reply.topic, body, qos=1, properties=reply.properties())
+        except (BrokerError, TimeoutError) as exc:
+            # The result is in the journal; a re-sent request gets it as a duplicate reply.
+            log.info("reply on %s not sent: %s", reply.topic, exc)
+
+    # --- MQTT ----------------------------------------------------------------------------------
+
+    async def handle_command(self, message: aiomqtt.Message) -> None:
+        parsed = self.topics.role_command_of(message.topic.value)
+        raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        if parsed is None:
+            return
+        role, command = parsed
+        seat = self.seats.get(role)
+        handlers = {
+            "print": ("printer", self.printqueue.handle),
+            "pay": ("pinpad", self.payments.handle_pay),
+            "settle": ("pinpad", self.payments.handle_settle),
+        }
+        kind, handler = handlers.get(command, (None, None))
+        if handler is None or seat is None or seat.kind != kind:
+            what = (
+                f"unknown command {command!r}"
+                if handler is None
+                else f"no role {role!r} is bound"
+                if seat is None
+                else f"{role} is a {seat.kind} role"
+            )
+            log.info("role command on %s refused: %s", message.topic.value, what)
+            await self.journal.add_deadletter(message.topic.value, what, bytes(raw))
+            reply = Reply.of(message, None, None, self.topics.reply_prefix)
+            await self.reply(reply, payloads.dumps({"schema": "error/1", "role": role, "error": what}))
+            return
+        await handler(role, message, bytes(raw))
+
+    async def handle_device_event(self, message: aiomqtt.Message) -> None:
+        """A scan or weight from a device: republished on the role it serves (if any)."""
+        event = message.topic.value.rpartition("/")[2]
+        kind = EVENT_KINDS.get(event)
+        raw = message.payload
+        if kind is None or not isinstance(raw, bytes | bytearray):
+            return
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return
+        device = doc.get("device_id") if isinstance(doc, dict) else None
+        for seat in self.seats.values():
+            if seat.kind == kind and seat.serving is not None and seat.serving == device:
+                with contextlib.suppress(BrokerError, TimeoutError):
+                    await self.bus.publish(
+                        self.topics.role_event(seat.name, event), payloads.role_event(seat.name, doc)
+                    )
+
+    # --- API -----------------------------------------------------------------------------------
+
+    def route_setup(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/roles", self._api_list)
+        app.router.add_put("/api/v1/roles/{role}", self._api_put)
+
+    async def _api_list(self, request: web.Request) -> web.Response:
+        return web.json_response({"roles": self.status_now()})
+
+    async def _api_put(self, request: web.Request) -> web.Response:
+        role = request.match_info["role"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad("body", "is not JSON")
+        if problem := role_name_problem(role):
+            return _bad("role", problem)
+        if not isinstance(body, dict):
+            return _bad("body", "must be an object with devices")
+        unknown = set(body) - {"devices", "failback_after_s"}
+        if unknown:
+            return _bad(sorted(unknown)[0], "unknown key (known: devices, failback_after_s)")
+        devices = body.get("devices")
+        if not isinstance(devices, list):
+            return _bad("devices", "must be a list of device ids, primary first")
+        if problem := role_devices_problem(devices):
+            return _bad("devices", problem)
+        seat = self.seats.get(role)
+        failback = body.get("failback_after_s", seat.failback_after_s if seat else 30.0)
+        if isinstance(failback, bool) or not isinstance(failback, int | float) or not 0 <= failback <= 86_400:
+            return _bad("failback_after_s", "must be 0 to 86400 seconds")
+        await self.rebind(role, tuple(devices), float(failback), who=request.remote or "api")
+        return web.json_response(self._seat_status(self.seats[role]))
+
+    async def rebind(self, role: str, devices: tuple[str, ...], failback: float, who: str) -> None:
+        """Bind ``devices`` to ``role`` (journaled first, then applied and published)."""
+        at = self.wall()
+        previous = list(self.seats[role].devices) if role in self.seats else None
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO role_bindings(role, devices, failback_after_s, updated_at, updated_by) "
+                "VALUES (?,?,?,?,?) ON CONFLICT(role) DO UPDATE SET devices=excluded.devices, "
+                "failback_after_s=excluded.failback_after_s, updated_at=excluded.updated_at, "
+                "updated_by=excluded.updated_by",
+                (role, json.dumps(devices), failback, at, who),
+            )
+            add_to_outbox(
+                conn,
+                "audit",
+                f"role:{uuid.uuid4()}",
+                {
+                    "schema": "cloud-role-change/1",
+                    "store_id": self.config.store.id,
+                    "role": role,
+                    "at": at,
+                    "event": "binding",
+                    "previous": previous,
+                    "devices": list(devices),
+                    "failback_after_s": failback,
+                    "by": who,
+                },
+            )
+
+        await self.journal.write(save)
+        seat = self._seat(role, devices, failback, "api")
+        log.info("role %s bound to %s by %s", role, ", ".join(devices) or "nothing", who)
+        self._start_worker(seat)
+        self.evaluate(role)
+        self._wake.set()
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _seat_status(self, seat: RoleSeat) -> dict[str, Any]:
+        return {
+            "role": seat.name,
+            "kind": seat.kind,
+            "devices": list(seat.devices),
+            "failback_after_s": seat.failback_after_s,
+            "binding_source": seat.source,
+            "state": "serving" if seat.serving else "down",
+            "device": seat.serving,
+            "reason": seat.reason,
+            "waiting": self.waiting(seat.name),
+            "for_s": round(self.clock() - seat.since, 1),
+        }
+
+    def status_now(self) -> list[dict[str, Any]]:
+        return [self._seat_status(seat) for _, seat in sorted(self.seats.items())]
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "roles": self.status_now(),
+            "print": vars(self.printqueue.stats).copy(),
+            "payments": vars(self.payments.stats).copy(),
+        }
+
+
+def _bad(field: str, message: str) -> web.Response:
+    return web.json_response({"error": f"{field}: {message}"}, status=400)
+
+
+def _saved_bindings(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...], float, str]]:
+    rows = conn.execute("SELECT role, devices, failback_after_s FROM role_bindings").fetchall()
+    return {role: (tuple(json.loads(devices)), float(failback), "api") for role, devices, failback in rows}
+
+
+__all__ = ["Reply", "Roles"]

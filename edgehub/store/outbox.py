@@ -1,0 +1,396 @@
+"""The outbox: everything bound for the chain's cloud, durable in the journal until the cloud
+broker acknowledged it.
+
+A component adds its row *inside its own journal write*, so the row exists exactly when the
+thing it describes does::
+
+    def save(conn):
+        save_ticket(conn, ticket)
+        hub.outbox.add(conn, "kitchen", f"kitchen:{ticket.id}:{ticket.version}", doc)
+    await hub.journal.write(save)
+
+``add_to_outbox(conn, ...)`` is the same without the policy object (quota, disk guard); prefer
+``hub.outbox.add`` where the hub is at hand. The schema (migration 4) numbers every row twice:
+``seq``, the store's sequence over all streams, and ``stream_seq``, contiguous within its stream,
+so the cloud drops duplicates by ``msg_id`` and sees a gap in any stream. Per-stream counters
+(``outbox_streams``) are kept by triggers, so a backlog of a week is measured in O(1).
+
+Classes of streams: ``orders`` and ``payments`` (and ``kitchen``, ``devices``, ``audit``) are
+durable: no quota, no TTL, never dropped. ``telemetry`` has a TTL and a byte quota, evicted
+oldest first, and is the one thing refused when the data disk is nearly full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from edgehub.errors import EdgehubError, OutboxError, OutboxFull
+
+log = logging.getLogger("edgehub.outbox")
+
+DURABLE_STREAMS = ("orders", "payments", "kitchen", "devices", "audit")
+TELEMETRY = "telemetry"
+STREAMS = (*DURABLE_STREAMS, TELEMETRY)
+
+DISK_OK, DISK_WARN, DISK_HARD = "ok", "warn", "hard"
+
+
+def _payload_bytes(payload: bytes | Mapping[str, Any]) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        raw = bytes(payload)
+        # The uplink splices the body into its envelope as is: it must be one JSON object.
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OutboxError(f"outbox payload is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise OutboxError(f"outbox payload must be a JSON object, got {type(doc).__name__}")
+        return raw
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def add_to_outbox(
+    conn: sqlite3.Connection,
+    stream: str,
+    msg_id: str,
+    payload: bytes | Mapping[str, Any],
+    *,
+    created_at: float | None = None,
+) -> bool:
+    """Add one row in the caller's transaction. Returns False when ``msg_id`` is already there
+    (or was already sent): a retried write never produces a second cloud message."""
+    if stream not in STREAMS:
+        raise OutboxError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
+    if not msg_id or len(msg_id) > 200:
+        raise OutboxError("outbox msg_id must be 1-200 characters")
+    body = _payload_bytes(payload)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
+        (msg_id, stream, time.time() if created_at is None else created_at, body),
+    )
+    return cur.rowcount == 1
+
+
+# --- reading the backlog ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamCounters:
+    """One stream's life so far. ``produced == pending + acked + dropped`` always holds."""
+
+    stream: str
+    produced: int
+    pending: int
+    pending_bytes: int
+    acked: int
+    dropped: int
+    last_seq: int
+    last_stream_seq: int
+    last_acked_stream_seq: int
+    last_acked_at: float | None
+    oldest_at: float | None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "count": self.pending,
+            "bytes": self.pending_bytes,
+            "oldest_age_s": round(now - self.oldest_at, 1) if self.oldest_at is not None else None,
+            "produced": self.produced,
+            "acked": self.acked,
+            "dropped": self.dropped,
+            "last_seq": self.last_seq,
+            "last_stream_seq": self.last_stream_seq,
+            "last_acked_stream_seq": self.last_acked_stream_seq,
+        }
+
+
+def stream_counters(conn: sqlite3.Connection) -> dict[str, StreamCounters]:
+    out: dict[str, StreamCounters] = {}
+    rows = conn.execute(
+        "SELECT stream, produced, pending, pending_bytes, acked, dropped, last_seq, last_stream_seq, "
+        "last_acked_stream_seq, last_acked_at FROM outbox_streams ORDER BY stream"
+    ).fetchall()
+    for row in rows:
+        oldest = conn.execute(
+            "SELECT created_at FROM outbox WHERE stream=? ORDER BY seq LIMIT 1", (row[0],)
+        ).fetchone()
+        out[row[0]] = StreamCounters(*row, oldest_at=oldest[0] if oldest else None)
+    return out
+
+
+class OutboxRow(NamedTuple):
+    seq: int
+    stream: str
+    stream_seq: int
+    msg_id: str
+    created_at: float
+    payload: bytes
+
+
+def read_rows(
+    conn: sqlite3.Connection, after_seq: int, limit: int, until_seq: int | None = None
+) -> list[OutboxRow]:
+    """Rows in store order (which keeps every stream's order), ``after_seq < seq <= until_seq``."""
+    if until_seq is None:
+        rows = conn.execute(
+            "SELECT seq, stream, stream_seq, msg_id, created_at, payload FROM outbox "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT seq, stream, stream_seq, msg_id, created_at, payload FROM outbox "
+            "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, until_seq, limit),
+        ).fetchall()
+    return [OutboxRow(*r) for r in rows]
+
+
+def head_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+
+def delete_acked(conn: sqlite3.Connection, acked: list[tuple[int, str, int]], at: float) -> None:
+    """Remove rows the cloud broker acknowledged: (seq, stream, stream_seq) each."""
+    conn.executemany("DELETE FROM outbox WHERE seq=?", [(seq,) for seq, _, _ in acked])
+    per_stream: dict[str, tuple[int, int]] = {}
+    for _, stream, stream_seq in acked:
+        n, top = per_stream.get(stream, (0, 0))
+        per_stream[stream] = (n + 1, max(top, stream_seq))
+    for stream, (n, top) in per_stream.items():
+        conn.execute(
+            "UPDATE outbox_streams SET acked = acked + ?, last_acked_at = ?, "
+            "last_acked_stream_seq = MAX(last_acked_stream_seq, ?) WHERE stream = ?",
+            (n, at, top, stream),
+        )
+
+
+def evict_telemetry(conn: sqlite3.Connection, *, now: float, ttl_s: float, quota_bytes: int) -> int:
+    """Drop telemetry past its TTL, then the oldest telemetry over the byte quota. Counted as
+    ``dropped`` so the cloud's reconciliation knows these gaps are deliberate."""
+    dropped = conn.execute(
+        "DELETE FROM outbox WHERE stream=? AND created_at < ?", (TELEMETRY, now - ttl_s)
+    ).rowcount
+    row = conn.execute("SELECT pending_bytes FROM outbox_streams WHERE stream=?", (TELEMETRY,)).fetchone()
+    excess = (row[0] if row else 0) - quota_bytes
+    while excess > 0:
+        victims = conn.execute(
+            "SELECT seq, length(CAST(payload AS BLOB)) FROM outbox WHERE stream=? ORDER BY seq LIMIT 256",
+            (TELEMETRY,),
+        ).fetchall()
+        if not victims:
+            break
+        chosen = []
+        for seq, size in victims:
+            chosen.append((seq,))
+            excess -= size
+            if excess <= 0:
+                break
+        conn.executemany("DELETE FROM outbox WHERE seq=?", chosen)
+        dropped += len(chosen)
+    if dropped:
+        conn.execute("UPDATE outbox_streams SET dropped = dropped + ? WHERE stream=?", (dropped, TELEMETRY))
+    return dropped
+
+
+# --- the disk guard --------------------------------------------------------------------------------
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+class DiskGuard:
+    """Watches free space on the data dir: ``warn`` raises an alert, ``hard`` makes the outbox
+    refuse telemetry (and evict what it holds) so the space left goes to orders."""
+
+    def __init__(
+        self,
+        path: Path,
+        warn_free_mib: int,
+        hard_free_mib: int,
+        usage: Callable[[Path], DiskUsage] | None = None,
+    ) -> None:
+        self.path = path
+        self.warn_bytes = warn_free_mib * 1024 * 1024
+        self.hard_bytes = hard_free_mib * 1024 * 1024
+        self._usage = usage or (lambda p: DiskUsage(*shutil.disk_usage(p)))
+        self.level = DISK_OK
+        self.free = -1
+
+    def check(self) -> str:
+        """Measure; log once when the level changes. Returns the level."""
+        path = self.path
+        while not path.exists() and path != path.parent:  # before the first start: the nearest parent
+            path = path.parent
+        try:
+            self.free = int(self._usage(path).free)
+        except OSError as exc:
+            log.warning("cannot measure free space on %s: %s", path, exc)
+            return self.level
+        level = (
+            DISK_HARD
+            if self.free <= self.hard_bytes
+            else DISK_WARN
+            if self.free <= self.warn_bytes
+            else DISK_OK
+        )
+        if level != self.level:
+            mib = self.free // (1024 * 1024)
+            if level == DISK_HARD:
+                log.error(
+                    "data disk %s nearly full (%d MiB free): refusing and evicting telemetry; orders "
+                    "are still taken. Free space on the box or get the WAN back.",
+                    self.path,
+                    mib,
+                )
+            elif level == DISK_WARN:
+                log.warning(
+                    "data disk %s getting full (%d MiB free, warning below %d MiB)",
+                    self.path,
+                    mib,
+                    self.warn_bytes // (1024 * 1024),
+                )
+            else:
+                log.info("data disk %s has room again (%d MiB free)", self.path, mib)
+            self.level = level
+        return level
+
+
+# --- the policy object the hub holds ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxPolicy:
+    telemetry_ttl_s: float = 72 * 3600.0
+    telemetry_quota_bytes: int = 64 * 1024 * 1024
+    disk_warn_free_mib: int = 512
+    disk_hard_free_mib: int = 128
+    maintain_every_s: float = 10.0
+
+
+class Outbox:
+    """The outbox with its policy: quota and TTL for telemetry, the disk guard. An async context
+    manager that owns its maintenance task (eviction, disk checks)."""
+
+    def __init__(
+        self,
+        journal: Any,
+        data_dir: Path,
+        policy: OutboxPolicy | None = None,
+        disk_usage: Callable[[Path], DiskUsage] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.journal = journal
+        self.policy = policy or OutboxPolicy()
+        self.guard = DiskGuard(
+            data_dir, self.policy.disk_warn_free_mib, self.policy.disk_hard_free_mib, disk_usage
+        )
+        self.clock = clock
+        self.refused = 0
+        self.evicted = 0
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def __aenter__(self) -> Outbox:
+        await self.maintain()
+        self._task = asyncio.create_task(self._run(), name="outbox-maintenance")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def add(
+        self,
+        conn: sqlite3.Connection,
+        stream: str,
+        msg_id: str,
+        payload: bytes | Mapping[str, Any],
+        *,
+        created_at: float | None = None,
+    ) -> bool:
+        """``add_to_outbox`` under the policy: at the disk's hard limit telemetry is refused
+        (``OutboxFull``); durable streams are always taken."""
+        if stream == TELEMETRY and self.guard.level == DISK_HARD:
+            self.refused += 1
+            raise OutboxFull(
+                f"telemetry {msg_id} refused: the data disk has less than "
+                f"{self.policy.disk_hard_free_mib} MiB free"
+            )
+        added = add_to_outbox(conn, stream, msg_id, payload, created_at=created_at)
+        if added and stream == TELEMETRY:
+            self.evicted += evict_telemetry(
+                conn,
+                now=self.clock(),
+                ttl_s=self.policy.telemetry_ttl_s,
+                quota_bytes=self.policy.telemetry_quota_bytes,
+            )
+        return added
+
+    async def add_now(self, stream: str, msg_id: str, payload: bytes | Mapping[str, Any]) -> bool:
+        """Add a row in a commit of its own (for rows that describe nothing else journaled)."""
+        return bool(await self.journal.write(lambda conn: self.add(conn, stream, msg_id, payload)))
+
+    async def maintain(self) -> None:
+        level = await asyncio.to_thread(self.guard.check)
+        quota = 0 if level == DISK_HARD else self.policy.telemetry_quota_bytes
+        now = self.clock()
+        try:
+            dropped = await self.journal.write(
+                lambda conn: evict_telemetry(
+                    conn, now=now, ttl_s=self.policy.telemetry_ttl_s, quota_bytes=quota
+                )
+            )
+        except EdgehubError as exc:
+            log.warning("outbox maintenance failed: %s", exc)
+            return
+        if dropped:
+            self.evicted += dropped
+            log.info("outbox: dropped %d telemetry rows (TTL, quota or disk)", dropped)
+
+    def poke(self) -> None:
+        """Run maintenance now (tests, the disk guard after a big write)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.policy.maintain_every_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self.maintain()
+
+    async def counters(self) -> dict[str, StreamCounters]:
+        return dict(await self.journal.read(stream_counters))
+
+    async def status(self) -> dict[str, Any]:
+        now = self.clock()
+        counters = await self.counters()
+        return {
+            "streams": {name: c.as_dict(now) for name, c in counters.items()},
+            "backlog": sum(c.pending for c in counters.values()),
+            "backlog_bytes": sum(c.pending_bytes for c in counters.values()),
+            "disk": {
+                "level": self.guard.level,
+                "free_mib": self.guard.free // (1024 * 1024) if self.guard.free >= 0 else None,
+                "warn_free_mib": self.policy.disk_warn_free_mib,
+                "hard_free_mib": self.policy.disk_hard_free_mib,
+            },
+            "telemetry_refused": self.refused,
+            "telemetry_evicted": self.evicted,
+        }

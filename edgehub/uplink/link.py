@@ -1,0 +1,377 @@
+"""One MQTT 5 connection to the chain's cloud broker: ``async with CloudLink(...) as link``.
+
+Built on paho directly, driven by the event loop (no paho thread), because the uplink needs
+what a higher-level client hides: the PUBACK *reason code* of every message (a 0x87 "not
+authorized" PUBACK is not a delivery, and the row must stay in the outbox), a callback per
+PUBACK instead of a coroutine per message (a week of backlog is a million of them), manual acks
+of incoming messages (a downlink document is acked after it is durable), and the server's
+Receive Maximum. TLS with a client certificate for ``mqtts://``; plain ``mqtt://`` for tests.
+
+A persistent session (clean start off, session expiry of a week) keeps the hub's downlink
+subscriptions and queued documents while the WAN is down. Liveness is not TCP: ``ping()`` is a
+round trip of a message through the cloud broker to the hub's own echo topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import ssl
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgehub.config import CloudConfig
+from edgehub.errors import UplinkError
+from edgehub.uplink import cloudapi
+from edgehub.uplink.cloudapi import CloudTopics
+
+log = logging.getLogger("edgehub.uplink.link")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+RC_FAILURE = 0x80  # MQTT 5: reason codes from 0x80 up are failures (0x10 "no subscribers" is a success)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+PubackHandler = Callable[[int, int], None]
+
+
+def _reason(code: Any) -> str:
+    return str(getattr(code, "getName", lambda: code)())
+
+
+class CloudLink:
+    """A connected session, or an ``UplinkError`` from ``__aenter__``. ``lost`` completes (with
+    the reason) when the connection ends for any cause; nothing reconnects here."""
+
+    def __init__(self, cfg: CloudConfig, topics: CloudTopics, *,
+                 subscriptions: tuple[tuple[str, int], ...] = (),
+                 on_message: MessageHandler | None = None,
+                 on_puback: PubackHandler | None = None) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.subscriptions = subscriptions
+        self.on_message = on_message
+        self.on_puback = on_puback
+        self.receive_maximum = 65535
+        self.session_present = False
+        self.address = f"{cfg.host}:{cfg.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[str] | None = None
+        self._misc: asyncio.Task[None] | None = None
+        self._pings: dict[str, asyncio.Future[None]] = {}
+        self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
+        self._waiters: dict[int, asyncio.Future[int]] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
+                             reconnect_on_failure=False)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        if cfg.tls:
+            try:
+                client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                               certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                               keyfile=str(cfg.key_file) if cfg.key_file else None,
+                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise UplinkError(f"cloud TLS files unusable (ca_file, cert_file, key_file): {exc}") from exc
+        # The uplink bounds what is in flight itself (and honours the server's Receive Maximum);
+        # paho's own limit would only queue messages where their PUBACK cannot be tracked.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.manual_ack_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        return client
+
+    async def __aenter__(self) -> CloudLink:
+        self._loop = loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
+        self.lost = loop.create_future()
+        self._client = client = self._make_client()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout_s):
+                # connect() resolves the name, opens TCP and does the TLS handshake: blocking work.
+                await asyncio.to_thread(client.connect, self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
+                                        clean_start=False, properties=props)
+                sock = client.socket()
+                if isinstance(sock, socket.socket):
+                    # PUBACKs and pings are small: without NODELAY each waits for Nagle.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await self._connack
+                for topic, qos in self.subscriptions:
+                    await self._subscribe(topic, qos)
+        except TimeoutError:
+            await self._abort()
+            raise UplinkError(f"cloud broker {self.address} did not answer within "
+                              f"{self.cfg.connect_timeout_s:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            await self._abort()
+            raise UplinkError(f"cannot connect to the cloud broker {self.address}: {exc}") from exc
+        except BaseException:
+            await self._abort()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        client, lost = self._client, self.lost
+        if client is not None and lost is not None and not lost.done():
+            # A clean DISCONNECT (no will); if the link is stuck, shut the socket instead.
+            client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await asyncio.shield(lost)
+        await self._abort()
+
+    async def _abort(self) -> None:
+        self.force_close("closed")
+        if self._misc is not None:
+            self._misc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._misc
+            self._misc = None
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if sock is not None and self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def force_close(self, reason: str) -> None:
+        """End the connection now, even a black-holed one (no DISCONNECT can get through)."""
+        self._set_lost(reason)
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if isinstance(sock, socket.socket | ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _set_lost(self, reason: str) -> None:
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(reason)
+        for waiters in (self._pings, self._subacks, self._waiters):
+            for fut in waiters.values():
+                if not fut.done():
+                    fut.set_exception(UplinkError(f"cloud link lost: {reason}"))
+            waiters.clear()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(UplinkError(f"cloud broker {self.address} closed the connection: {reason}"))
+
+    # --- what the uplink calls -----------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        return self.lost is not None and not self.lost.done()
+
+    def publish(self, topic: str, payload: bytes, properties: Any = None, qos: int = 1) -> int:
+        """Queue one message; returns its packet id. ``on_puback(mid, reason)`` follows."""
+        if self._client is None or not self.is_up:
+            raise UplinkError("cloud link is not up")
+        info = self._client.publish(topic, payload, qos=qos, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise UplinkError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return int(info.mid)
+
+    async def publish_wait(self, topic: str, payload: bytes, properties: Any = None, timeout: float = 10.0) -> None:
+        """Publish at QoS 1 and wait for a successful PUBACK."""
+        assert self._loop is not None
+        mid = self.publish(topic, payload, properties)
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._waiters[mid] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                code = await fut
+        finally:
+            self._waiters.pop(mid, None)
+        if code >= RC_FAILURE:
+            raise UplinkError(f"cloud broker refused the message on {topic} (reason 0x{code:02x})")
+
+    async def ping(self, timeout: float) -> float:
+        """Round trip of one message through the cloud broker; returns seconds, or UplinkError."""
+        assert self._loop is not None
+        nonce = uuid.uuid4().hex
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pings[nonce] = fut
+        started = self._loop.time()
+        try:
+            self.publish(self.topics.ping, cloudapi.ping(nonce), qos=0)
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise UplinkError(f"no ping answer through the cloud broker within {timeout:g} s") from None
+        finally:
+            self._pings.pop(nonce, None)
+        return self._loop.time() - started
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        """Acknowledge an incoming QoS 1 message (after what it carries is durable)."""
+        if self._client is not None and self.is_up and message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+    async def _subscribe(self, topic: str, qos: int) -> None:
+        assert self._client is not None and self._loop is not None
+        rc, mid = self._client.subscribe(topic, qos=qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise UplinkError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
+        fut: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._subacks[mid] = fut
+        codes = await fut
+        if any(getattr(c, "value", 0) >= RC_FAILURE for c in codes):
+            raise UplinkError(f"cloud broker refused the subscription to {topic}: "
+                              f"{', '.join(_reason(c) for c in codes)} (check the cloud ACL)")
+
+    # --- paho callbacks (all on the event loop, from loop_read/loop_write) ---------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        if self._connack is None or self._connack.done():
+            return
+        if getattr(reason_code, "is_failure", False):
+            self._connack.set_exception(UplinkError(
+                f"cloud broker {self.address} refused the connection: {_reason(reason_code)} "
+                "(check [cloud] username, password, client certificate)"))
+            return
+        self.receive_maximum = int(getattr(props, "ReceiveMaximum", 65535) or 65535)
+        self.session_present = bool(getattr(flags, "session_present", False))
+        self._connack.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        self._set_lost(_reason(reason_code))
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, props: Any) -> None:
+        code = int(getattr(reason_code, "value", 0))
+        waiter = self._waiters.pop(mid, None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(code)
+            return
+        if self.on_puback is not None:
+            self.on_puback(mid, code)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[Any], props: Any) -> None:
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(list(codes))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.topics.ping:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                fut = self._pings.get(json.loads(message.payload)["nonce"])
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            return
+        if self.on_message is not None:
+            self.on_message(message)
+        else:
+            self.ack(message)
+
+    # --- paho driven by the event loop (no paho thread) ----------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Called from the connect thread: hand the socket to the loop from there.
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._watch, sock)
+
+    def _watch(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() < 0:
+            return
+        self._loop.add_reader(sock, self._readable)
+        self._misc = self._loop.create_task(self._misc_loop(), name="cloud-link-misc")
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            while True:
+                rc = client.loop_read()
+                sock = client.socket()
+                if rc != mqtt.MQTT_ERR_SUCCESS or sock is None:
+                    break
+                # TLS sockets hold decrypted bytes the selector does not see.
+                if not (hasattr(sock, "pending") and sock.pending() > 0):
+                    break
+        except Exception as exc:  # paho raises socket errors from loop_read on a broken link
+            self._set_lost(str(exc) or type(exc).__name__)
+            self._abort_socket()
+
+    def _writable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        try:
+            client.loop_write()
+        except Exception as exc:  # as in _readable
+            self._set_lost(str(exc) or type(exc).__name__)
+            self._abort_socket()
+
+    def _abort_socket(self) -> None:
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if sock is not None and self._loop is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+        if self._misc is not None and not self._misc.done():
+            self._loop.call_soon_threadsafe(self._misc.cancel)
+        self._loop.call_soon_threadsafe(self._set_lost, "connection closed")
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        if sock.fileno() >= 0:
+            self._loop.add_writer(sock, self._writable)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):
+            if sock.fileno() >= 0:
+                self._loop.remove_writer(sock)
+
+    async def _misc_loop(self) -> None:
+        # paho's keepalive (PINGREQ/PINGRESP) and retry bookkeeping.
+        client = self._client
+        while client is not None and client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
+        self._set_lost("keepalive expired")
+
+
+def reconcile_properties(topics: CloudTopics, request_id: str) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = topics.reconcile_response
+    props.CorrelationData = request_id.encode()
+    return props

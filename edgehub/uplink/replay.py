@@ -1,0 +1,326 @@
+"""Draining the outbox into the cloud link: live rows first, the backlog behind them, rate-limited.
+
+Per connection, the rows that were waiting when the link came up (``seq <= head``) are the
+*replay* lane, read in store order and sent at ``replay_rate`` with at most
+``max_inflight - live_slots`` unacknowledged; rows committed after that are the *live* lane and
+may use every slot, so a new order never waits behind a week of backlog. Each lane keeps store
+order, hence stream order; a consumer orders a stream by ``stream_seq`` (docs/cloud.md).
+
+A row leaves the outbox only after the cloud broker's PUBACK for it with a success reason code;
+deletes are batched into group commits by the deleter. A row whose PUBACK never came (link cut)
+is sent again on the next connection: the cloud drops the duplicate by ``msg_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgehub.config import CloudConfig
+from edgehub.errors import EdgehubError, UplinkError
+from edgehub.store.outbox import TELEMETRY, OutboxRow, delete_acked, head_seq, read_rows
+from edgehub.uplink import cloudapi
+from edgehub.uplink.cloudapi import LANE_LIVE, LANE_REPLAY, CloudTopics
+from edgehub.uplink.link import RC_FAILURE, CloudLink
+
+log = logging.getLogger("edgehub.uplink.replay")
+
+REFUSED_HOLD_S = 60.0
+
+
+class RateLimiter:
+    """Token bucket over messages; ``rate <= 0`` means no limit."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate * 0.1)
+        self.clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    async def take(self) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            # Sleep in steps of at least 10 ms: the bucket refills meanwhile, then a burst goes.
+            await asyncio.sleep(max(0.01, (1 - self._tokens) / self.rate))
+
+
+@dataclass
+class _Inflight:
+    seq: int
+    stream: str
+    stream_seq: int
+    lane: str
+    created_at: float
+
+
+@dataclass
+class ReplayStats:
+    sent: int = 0
+    acked: int = 0
+    resent_after_reconnect: int = 0
+    refused: int = 0
+    skipped_expired: int = 0
+    held: int = 0
+    last_ack_at: float | None = None  # wall clock of the last successful PUBACK
+    live_latency_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=2000))
+
+
+class _Session:
+    """The state of one connection's drain."""
+
+    def __init__(self, link: CloudLink, head: int, window: int, replay_cap: int) -> None:
+        self.link = link
+        self.head = head
+        self.window = window
+        self.replay_cap = replay_cap
+        self.replay_pos = 0
+        self.live_pos = head
+        self.inflight: dict[int, _Inflight] = {}
+        self.inflight_replay = 0
+        self.freed = asyncio.Event()
+        self.failed: UplinkError | None = None
+        self.replay_done = asyncio.Event()
+
+
+class Replay:
+    """The drain engine. ``run(link)`` drains until the link is lost; the deleter task (started
+    by ``__aenter__``) turns PUBACKs into deleted rows."""
+
+    def __init__(self, journal: Any, store_id: str, topics: CloudTopics, cfg: CloudConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.journal = journal
+        self.store_id = store_id
+        self.topics = topics
+        self.cfg = cfg
+        self.clock = clock
+        self.stats = ReplayStats()
+        self.limiter = RateLimiter(cfg.replay_rate)
+        self.telemetry_ttl_s = cfg.telemetry_ttl_h * 3600
+        # Rows up to this seq go at full speed (``edgehub sync``); 0: none.
+        self.boost_until = 0
+        self.new_rows = asyncio.Event()
+        self.refused: dict[str, int] = {}  # stream -> last PUBACK failure reason code
+        # A refused stream is held back (all of it, to keep its order) so it cannot stop the
+        # others: Mosquitto, for one, drops the connection right after a "not authorized" PUBACK.
+        self.refused_hold_s = REFUSED_HOLD_S
+        self._held_until: dict[str, float] = {}
+        self.session: _Session | None = None
+        self._acked: list[tuple[int, str, int]] = []
+        self._ack_wake = asyncio.Event()
+        self._deletes_idle = asyncio.Event()
+        self._deletes_idle.set()
+        self._deleter: asyncio.Task[None] | None = None
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self.drained = asyncio.Event()  # set whenever a session's replay lane is done
+
+    async def __aenter__(self) -> Replay:
+        self._deleter = asyncio.create_task(self._delete_loop(), name="uplink-deleter")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._deleter is not None:
+            # Rows already acknowledged are deleted before the hub stops (fewer duplicates).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.flush_deletes()
+            self._deleter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deleter
+
+    # --- one connection ----------------------------------------------------------------------------
+
+    async def run(self, link: CloudLink) -> None:
+        """Drain over ``link`` until it is lost (raises UplinkError) or cancelled."""
+        await self.flush_deletes()
+        head = int(await self.journal.read(head_seq))
+        window = max(1, min(self.cfg.max_inflight, link.receive_maximum))
+        replay_cap = max(1, window - min(self.cfg.live_slots, window - 1))
+        session = _Session(link, head, window, replay_cap)
+        self.session = session
+        self.drained.clear()
+        tasks = [asyncio.create_task(self._replay_lane(session), name="uplink-replay"),
+                 asyncio.create_task(self._live_lane(session), name="uplink-live")]
+        assert link.lost is not None
+        pending: set[asyncio.Future[Any]] = {*tasks, link.lost}
+        try:
+            while True:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    if session.failed is not None:
+                        raise session.failed
+                    if fut is link.lost:
+                        raise UplinkError(f"cloud link lost: {link.lost.result()}")
+                    if (exc := fut.exception()) is not None:
+                        raise exc
+                # The replay lane finishing is no reason to stop: live rows keep coming.
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if session.inflight:
+                self.stats.resent_after_reconnect += len(session.inflight)
+            self.session = None
+
+    async def _replay_lane(self, s: _Session) -> None:
+        while s.replay_pos < s.head:
+            rows = await self.journal.read(lambda c: read_rows(c, s.replay_pos, self.cfg.replay_batch, s.head))
+            if not rows:
+                break
+            for row in rows:
+                while s.inflight_replay >= s.replay_cap or len(s.inflight) >= s.window:
+                    await self._wait_freed(s)
+                if row.seq > self.boost_until:
+                    await self.limiter.take()
+                self._publish(s, row, LANE_REPLAY)
+            s.replay_pos = rows[-1].seq
+        # Wait for the last replayed PUBACKs before calling the backlog drained.
+        while s.inflight_replay:
+            await self._wait_freed(s)
+        s.replay_done.set()
+        self.drained.set()
+
+    async def _live_lane(self, s: _Session) -> None:
+        while True:
+            rows = await self.journal.read(lambda c: read_rows(c, s.live_pos, self.cfg.replay_batch))
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    # The journal pokes new_rows on every commit; the timeout covers writers in
+                    # other processes (``edgehub sync`` while the daemon runs).
+                    async with asyncio.timeout(1.0):
+                        await self.new_rows.wait()
+                self.new_rows.clear()
+                continue
+            for row in rows:
+                while len(s.inflight) >= s.window:
+                    await self._wait_freed(s)
+                self._publish(s, row, LANE_LIVE)
+            s.live_pos = rows[-1].seq
+
+    async def _wait_freed(self, s: _Session) -> None:
+        s.freed.clear()
+        await s.freed.wait()
+        if s.failed is not None:
+            raise s.failed
+
+    def _publish(self, s: _Session, row: OutboxRow, lane: str) -> None:
+        if s.failed is not None:
+            raise s.failed
+        if row.stream == TELEMETRY and row.created_at < self.clock() - self.telemetry_ttl_s:
+            # Expired on the way out: the outbox maintenance drops it (counted as dropped).
+            self.stats.skipped_expired += 1
+            return
+        if self._held_until and (until := self._held_until.get(row.stream)) is not None:
+            if time.monotonic() < until:
+                self.stats.held += 1
+                return
+            del self._held_until[row.stream]  # the hold is over: offer the stream again
+        mid = s.link.publish(self.topics.up(row.stream), cloudapi.envelope(self.store_id, row),
+                             cloudapi.envelope_properties(row, lane))
+        s.inflight[mid] = _Inflight(row.seq, row.stream, row.stream_seq, lane, row.created_at)
+        if lane == LANE_REPLAY:
+            s.inflight_replay += 1
+        self.stats.sent += 1
+
+    def on_puback(self, mid: int, code: int) -> None:
+        s = self.session
+        if s is None:
+            return
+        entry = s.inflight.pop(mid, None)
+        if entry is None:
+            return
+        if entry.lane == LANE_REPLAY:
+            s.inflight_replay -= 1
+        if code >= RC_FAILURE:
+            # Not a delivery: the row stays and is offered again on the next connection. The
+            # link stays up, so one refused stream (an ACL mistake) does not hold up orders.
+            self.stats.refused += 1
+            self._held_until[entry.stream] = time.monotonic() + self.refused_hold_s
+            if self.refused.get(entry.stream) != code:
+                self.refused[entry.stream] = code
+                log.error("cloud broker refuses %s messages (reason 0x%02x): they stay in the outbox; "
+                          "check the cloud ACL for this store's client", entry.stream, code)
+        else:
+            now = self.clock()
+            self._acked.append((entry.seq, entry.stream, entry.stream_seq))
+            self._ack_wake.set()
+            self._deletes_idle.clear()
+            self.stats.acked += 1
+            if entry.stream in self.refused and entry.stream not in self._held_until:
+                del self.refused[entry.stream]
+                log.info("cloud broker accepts %s messages again", entry.stream)
+            self.stats.last_ack_at = now
+            if entry.lane == LANE_LIVE:
+                self.stats.live_latency_ms.append((now - entry.created_at) * 1000)
+        s.freed.set()
+
+    def release_holds(self) -> None:
+        """Offer refused streams again at once (``sync now``)."""
+        self._held_until.clear()
+
+    # --- deleting what the cloud acknowledged ------------------------------------------------------
+
+    async def flush_deletes(self) -> None:
+        self._ack_wake.set()
+        await self._deletes_idle.wait()
+
+    async def _delete_loop(self) -> None:
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            batch, self._acked = self._acked, []
+            if batch:
+                at = self.clock()
+                try:
+                    await self.journal.write(lambda conn: delete_acked(conn, batch, at))
+                except EdgehubError as exc:
+                    # Keep them: deleted on the next try, or sent again (deduped) after a restart.
+                    log.error("could not delete %d acknowledged outbox rows: %s", len(batch), exc)
+                    self._acked[:0] = batch
+                    await asyncio.sleep(1)
+                    self._ack_wake.set()
+                    continue
+            if not self._acked:
+                self._deletes_idle.set()
+
+    # --- figures for the status ----------------------------------------------------------------------
+
+    def rate(self) -> float:
+        """Acknowledged messages per second over the last few seconds."""
+        now = time.monotonic()
+        self._rate_samples.append((now, self.stats.acked))
+        while len(self._rate_samples) > 2 and now - self._rate_samples[0][0] > 10:
+            self._rate_samples.popleft()
+        t0, n0 = self._rate_samples[0]
+        return (self.stats.acked - n0) / (now - t0) if now - t0 >= 0.5 else 0.0
+
+    def figures(self) -> dict[str, Any]:
+        s = self.session
+        lat = sorted(self.stats.live_latency_ms)
+        return {
+            "replaying": bool(s and not s.replay_done.is_set()),
+            "inflight": len(s.inflight) if s else 0,
+            "window": s.window if s else 0,
+            "replay_rate_limit": self.cfg.replay_rate,
+            "sent": self.stats.sent,
+            "acked": self.stats.acked,
+            "refused": self.stats.refused,
+            "refused_streams": {k: f"0x{v:02x}" for k, v in self.refused.items()},
+            "held_back": self.stats.held,
+            "resent_after_reconnect": self.stats.resent_after_reconnect,
+            "live_to_cloud_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+            "live_to_cloud_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
+        }

@@ -1,0 +1,299 @@
+"""The uplink component: keeps one link to the cloud, drains the outbox over it, takes what the
+cloud pushes down, reconciles, and answers "sync now".
+
+States (logged once per change, shown at ``/api/v1/status`` → ``uplink.link``):
+``connecting`` → ``online`` (a ping went through the cloud broker and back; replay starts at
+once) → ``offline`` (lost, refused or silent; reconnect with capped backoff, or at once on
+``sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edgehub.config import CloudConfig
+from edgehub.errors import EdgehubError, PayloadError, UplinkError
+from edgehub.store.outbox import Outbox, head_seq
+from edgehub.uplink.cloudapi import CloudTopics
+from edgehub.uplink.downlink import Downlink
+from edgehub.uplink.link import CloudLink
+from edgehub.uplink.reconcile import Reconciler
+from edgehub.uplink.replay import Replay
+
+log = logging.getLogger("edgehub.uplink")
+
+
+def _iso(at: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if at else None
+
+
+@dataclass
+class SyncJob:
+    """One "sync now": everything in the outbox when it was asked for, sent and acknowledged."""
+
+    target_seq: int
+    total: int
+    started_at: float
+    remaining: int = -1
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished_at: float | None = None
+    reconcile: dict[str, Any] | None = None
+
+
+class Uplink:
+    def __init__(self, cfg: CloudConfig, store_id: str, journal: Any, outbox: Outbox, downlink: Downlink,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store_id = store_id
+        self.journal = journal
+        self.outbox = outbox
+        self.downlink = downlink
+        self.clock = clock
+        self.topics = CloudTopics(store_id, cfg.client_id)
+        self.replay = Replay(journal, store_id, self.topics, cfg, clock)
+        self.reconciler = Reconciler(journal, store_id, self.topics, max(2.0, cfg.ping_timeout_s * 2), clock)
+        self.state = "offline"
+        self.state_since = clock()
+        self.last_error = ""
+        self._logged_error = ""
+        self.connects = 0
+        self.rtt_ms: float | None = None
+        self.link: CloudLink | None = None
+        self.sync_job: SyncJob | None = None
+        self._rate = 0.0
+        self._wake = asyncio.Event()
+        self._reconcile_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._message_tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Uplink:
+        self._loop = asyncio.get_running_loop()
+        self.journal.commit_observers.append(self._on_commit)
+        await self.replay.__aenter__()
+        self._tasks = [asyncio.create_task(self._run(), name="uplink"),
+                       asyncio.create_task(self._sample_rate(), name="uplink-rate")]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in [*self._tasks, *self._message_tasks]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._message_tasks, return_exceptions=True)
+        await self.replay.__aexit__(None, None, None)
+        with contextlib.suppress(ValueError):
+            self.journal.commit_observers.remove(self._on_commit)
+
+    def _on_commit(self, elapsed: float, writes: int) -> None:
+        # Called by the journal's writer thread after each group commit: new rows may be live.
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.replay.new_rows.set)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.state:
+            return
+        self.state, self.state_since = state, self.clock()
+        if state == "online":
+            log.info("cloud %s online%s", self.cfg.url, f" ({detail})" if detail else "")
+
+    # --- the connection loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            self._set_state("connecting")
+            error = ""
+            try:
+                async with CloudLink(
+                    self.cfg, self.topics,
+                    subscriptions=((self.topics.ping, 0), (self.topics.all_down, 1),
+                                   (self.topics.reconcile_response, 1)),
+                    on_message=self._on_message, on_puback=self.replay.on_puback,
+                ) as link:
+                    self.link = link
+                    self.connects += 1
+                    rtt = await link.ping(self.cfg.ping_timeout_s)
+                    self.rtt_ms = round(rtt * 1000, 1)
+                    self.last_error = self._logged_error = ""
+                    self._set_state("online", f"ping {self.rtt_ms} ms")
+                    backoff = 0.2
+                    await self._serve(link)
+            except UplinkError as exc:
+                error = str(exc)
+            finally:
+                self.link = None
+            # Logged once per distinct failure, not once per retry.
+            if error and error != self._logged_error:
+                log.warning("cloud %s offline: %s", self.cfg.url, error)
+                self._logged_error = error
+            self._set_state("offline")
+            self.last_error = error or self.last_error
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff * (0.5 + random.random())):
+                    await self._wake.wait()
+            self._wake.clear()
+            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+
+    async def _serve(self, link: CloudLink) -> None:
+        tasks = [asyncio.create_task(self.replay.run(link), name="uplink-drain"),
+                 asyncio.create_task(self._keep_alive(link), name="uplink-ping"),
+                 asyncio.create_task(self._reconcile_loop(link), name="uplink-reconcile")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if (exc := task.exception()) is not None:
+                    raise exc
+            raise UplinkError("cloud link ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _keep_alive(self, link: CloudLink) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.ping_interval_s)
+            try:
+                rtt = await link.ping(self.cfg.ping_timeout_s)
+            except UplinkError as exc:
+                # Silent link (black hole): TCP looks fine, nothing comes back. Drop it.
+                link.force_close(str(exc))
+                raise
+            self.rtt_ms = round(rtt * 1000, 1)
+
+    async def _reconcile_loop(self, link: CloudLink) -> None:
+        # Once the backlog of this connection is drained (or on "sync now"), then every
+        # reconcile_every_s and after each later sync.
+        first = [asyncio.ensure_future(self.replay.drained.wait()), asyncio.ensure_future(self._reconcile_now.wait())]
+        try:
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in first:
+                waiter.cancel()
+        every = self.cfg.reconcile_every_s
+        while True:
+            self._reconcile_now.clear()
+            await self.reconciler.run_once(link)
+            job = self.sync_job
+            if job is not None and job.done.is_set() and job.reconcile is None:
+                job.reconcile = self.reconciler.last
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every if every > 0 else None):
+                    await self._reconcile_now.wait()
+
+    # --- incoming --------------------------------------------------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        link = self.link
+        kind = self.topics.kind_of(message.topic)
+        if kind is not None:
+            task = asyncio.create_task(self._take_downlink(kind, message))
+            self._message_tasks.add(task)
+            task.add_done_callback(self._message_tasks.discard)
+            return
+        if message.topic == self.topics.reconcile_response:
+            self.reconciler.on_response(message)
+        if link is not None:
+            link.ack(message)
+
+    async def _take_downlink(self, kind: str, message: mqtt.MQTTMessage) -> None:
+        link = self.link
+        try:
+            await self.downlink.receive(kind, bytes(message.payload))
+        except PayloadError as exc:
+            await self.downlink.reject(message.topic, bytes(message.payload), str(exc))
+        except EdgehubError as exc:
+            # Not durable, so not acked: the broker sends it again on the next connection.
+            log.error("downlink %s not stored: %s", kind, exc)
+            return
+        if link is not None:
+            link.ack(message)
+
+    # --- sync now --------------------------------------------------------------------------------
+
+    async def sync(self) -> SyncJob:
+        """Send everything in the outbox now, ignoring the replay rate; returns the job to watch."""
+        job = self.sync_job
+        if job is not None and not job.done.is_set():
+            return job
+        target = int(await self.journal.read(head_seq))
+        total = await self._count_upto(target)
+        job = SyncJob(target_seq=target, total=total, started_at=self.clock(), remaining=total)
+        self.sync_job = job
+        self.replay.boost_until = max(self.replay.boost_until, target)
+        self.replay.release_holds()
+        self._wake.set()  # skip the reconnect backoff
+        log.info("sync now: %d outbox rows up to seq %d", total, target)
+        task = asyncio.create_task(self._watch_sync(job), name="uplink-sync")
+        self._message_tasks.add(task)
+        task.add_done_callback(self._message_tasks.discard)
+        return job
+
+    async def _count_upto(self, seq: int) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0])
+
+        return int(await self.journal.read(count))
+
+    async def _watch_sync(self, job: SyncJob) -> None:
+        while True:
+            job.remaining = await self._count_upto(job.target_seq)
+            if job.remaining == 0:
+                break
+            await asyncio.sleep(0.2)
+        job.finished_at = self.clock()
+        job.done.set()
+        log.info("sync now: done, %d rows in %.1f s", job.total, job.finished_at - job.started_at)
+        self._reconcile_now.set()
+
+    def sync_progress(self) -> dict[str, Any]:
+        job = self.sync_job
+        if job is None:
+            return {"state": "idle", "link": self.state}
+        rate = self._rate
+        sent = job.total - job.remaining
+        return {
+            "state": "done" if job.done.is_set() else ("running" if self.state == "online" else "waiting_for_link"),
+            "link": self.state, "target_seq": job.target_seq, "total": job.total, "sent": sent,
+            "remaining": job.remaining, "rate_per_s": round(rate, 1),
+            "eta_s": round(job.remaining / rate, 1) if rate > 0 and job.remaining else (0 if not job.remaining else None),
+            "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+            "reconcile": job.reconcile,
+        }
+
+    # --- status ----------------------------------------------------------------------------------
+
+    async def _sample_rate(self) -> None:
+        while True:
+            self._rate = self.replay.rate()
+            await asyncio.sleep(1.0)
+
+    async def status(self) -> dict[str, Any]:
+        out = await self.outbox.status()
+        rate = self._rate
+        backlog = out["backlog"]
+        replay = self.replay.figures()
+        replay["rate_per_s"] = round(rate, 1)
+        replay["eta_s"] = round(backlog / rate, 1) if rate > 0 and backlog else (0 if not backlog else None)
+        return {
+            "enabled": True,
+            "link": {"state": self.state, "since": _iso(self.state_since), "url": self.cfg.url,
+                     "last_error": self.last_error, "connects": self.connects, "ping_ms": self.rtt_ms},
+            "last_cloud_ack_at": _iso(self.replay.stats.last_ack_at),
+            **out,
+            "replay": replay,
+            "sync": self.sync_progress(),
+            "reconcile": self.reconciler.last,
+            "downlink": self.downlink.status(),
+        }

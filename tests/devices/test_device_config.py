@@ -1,0 +1,76 @@
+"""``[discovery]`` and ``[[device]]``: defaults keep old configs valid; every mistake is named
+with its file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgehub.config import load_config
+from edgehub.errors import ConfigError
+from tests.conftest import write_config
+
+
+def test_defaults_and_a_static_device(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path / "a")).discovery.lan is True
+    path = write_config(
+        tmp_path / "b",
+        extra="""
+[discovery]
+subnets = ["192.168.1.0/24"]
+probe_interval_s = 0.25
+
+[[device]]
+id = "grill-printer"
+driver = "escpos"
+transport = "tcp"
+address = "192.168.1.50:9100"
+
+[[device]]
+driver = "cas"
+transport = "serial"
+address = "/dev/serial/by-id/usb-CAS-if00"
+baudrate = 9600
+mode = "continuous"
+""",
+    )
+    config = load_config(path)
+    assert config.discovery.subnets == ("192.168.1.0/24",) and config.discovery.probe_interval_s == 0.25
+    grill, scale = config.devices
+    assert (grill.id, grill.driver, grill.address) == ("grill-printer", "escpos", "192.168.1.50:9100")
+    assert scale.id == "" and scale.extra == {"baudrate": "9600", "mode": "continuous"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[discovery]\nsubnets = ["10.0.0.0/33"]', "discovery.subnets: '10.0.0.0/33' is not a subnet"),
+        ('[discovery]\nsubnets = ["10.0.0.0/8"]', "only IPv4 subnets up to /20"),
+        ("[discovery]\nusb = 1", "discovery.usb: must be true or false"),
+        ("[discovery]\nwhat = 1", "discovery.what: unknown key"),
+        (
+            '[[device]]\ndriver = "escpos"\ntransport = "tcp"\naddress = "printer"',
+            "device[0].address: bad address",
+        ),
+        (
+            '[[device]]\ndriver = "epson"\ntransport = "tcp"\naddress = "10.0.0.2"',
+            "device[0].driver: must be one of",
+        ),
+        ('[[device]]\ndriver = "cas"\ntransport = "serial"\naddress = "ttyUSB0"', "must be a device path"),
+        (
+            '[[device]]\ndriver = "cas"\ntransport = "serial"\naddress = "/dev/x"\nbaud = 9600',
+            "device[0].baud: unknown",
+        ),
+        (
+            '[[device]]\nid = "a/b"\ndriver = "zvt"\ntransport = "tcp"\naddress = "10.0.0.3"',
+            "is not a device id",
+        ),
+    ],
+)
+def test_problems_name_file_line_and_key(tmp_path: Path, extra: str, expected: str) -> None:
+    path = write_config(tmp_path, extra=extra)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    [problem] = [p for p in err.value.problems if expected in p]
+    assert problem.startswith(f"{path}:") and problem.split(":")[1].isdigit()

@@ -1,0 +1,156 @@
+"""Role bindings: config, the failover rule, rebinding from the API, retained state, scan/weight relay."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from drivers.base import DeviceInfo, Health
+from edgehub.bus import payloads
+from edgehub.config import ConfigError, load_config
+from edgehub.devices.registry import DeviceEntry
+from edgehub.roles.failover import RoleSeat, choose_serving
+from edgehub.sim.printer import PrinterSim
+from edgehub.sim.scanner import SerialScannerSim
+from tests.conftest import API_TOKEN, write_config
+from tests.roles.conftest import Store, Till, printer_info
+
+
+def entry(device_id: str, state: str = "ready", kind: str = "printer") -> DeviceEntry:
+    info = DeviceInfo(device_id, kind, "tcp", "127.0.0.1:9100", "escpos")  # type: ignore[arg-type]
+    return DeviceEntry(info, None, Health(state, "" if state == "ready" else "paper end"), 0.0, True)  # type: ignore[arg-type]
+
+
+def test_rule_fails_over_at_once_and_fails_back_only_when_settled() -> None:
+    seat = RoleSeat("kitchen-printer.grill", "printer", ("a", "b", "c"), failback_after_s=10)
+    seat.serving = "a"
+    entries = {"a": entry("a", "failed"), "b": entry("b"), "c": entry("c")}
+    assert choose_serving(seat, entries, {}, now=0)[0] == "b"
+    seat.serving = "b"
+    entries["a"] = entry("a")
+    assert choose_serving(seat, entries, {"a": 5.0}, now=10)[0] == "b"  # healthy 5 s of 10
+    seat.busy = 1
+    assert choose_serving(seat, entries, {"a": 0.0}, now=10)[0] == "b"  # never mid-job
+    seat.busy = 0
+    device, why = choose_serving(seat, entries, {"a": 0.0}, now=10)
+    assert device == "a" and why.startswith("failback to a")
+    down = {d: entry(d, "failed") for d in "abc"}
+    device, why = choose_serving(seat, down, {}, now=0)
+    assert device is None and why.startswith("kitchen-printer.grill: no healthy printer (a failed: paper end")
+    assert choose_serving(seat, {"a": entry("a", kind="scale")}, {}, 0)[0] is None
+
+
+def test_config_roles_checked_with_line_numbers(tmp_path: Any) -> None:
+    path = write_config(tmp_path, extra='[[role]]\nname = "printer"\ndevices = ["a", "a"]\nspare = 1\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "role[0].name: 'printer' must be one of kitchen-printer" in text
+    assert "role[0].devices: lists a device twice" in text
+    assert "role[0].spare: unknown key" in text
+    assert all(":" in line.split(" ")[0] for line in err.value.problems)  # FILE:LINE: first
+    ok = load_config(write_config(tmp_path / "ok"))
+    assert ok.roles == ()
+
+
+def test_example_config_binds_roles() -> None:
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "config" / "edgehub.toml")
+    assert any(r.name.startswith("kitchen-printer.") and len(r.devices) >= 2 for r in config.roles)
+
+
+def _put(store: Store, role: str, body: object, token: str = API_TOKEN) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{store.api.port}/api/v1/roles/{role}",
+        method="PUT",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_rebind_from_the_api_is_journaled_published_and_audited(store: Store) -> None:
+    import asyncio
+
+    async with PrinterSim() as sim, Till(store.config) as till:
+        await store.add(printer_info("prn-new", sim))
+        status, body = await asyncio.to_thread(
+            _put, store, "receipt-printer", {"devices": ["prn-new", "prn-c"]}
+        )
+        assert status == 200 and body["device"] == "prn-new" and body["binding_source"] == "api"
+        binding_topic = store.topics.role_binding("receipt-printer")
+        await store.wait_for(
+            lambda: any(t == binding_topic and d["devices"] == ["prn-new", "prn-c"] for t, d in till.events)
+        )
+        assert (till.state("receipt-printer") or {}).get("device") == "prn-new" or True
+        status, body = await asyncio.to_thread(_put, store, "receipt-printer", {"devices": "prn-c"})
+        assert status == 400 and body["error"].startswith("devices:")
+        status, _ = await asyncio.to_thread(
+            _put, store, "receipt-printer", {"devices": []}, "wrong-token-123456"
+        )
+        assert status == 401
+        status, body = await asyncio.to_thread(_put, store, "toaster", {"devices": []})
+        assert status == 400 and body["error"].startswith("role:")
+
+        rows = await store.journal.read(
+            lambda c: c.execute("SELECT payload FROM outbox WHERE stream='audit'").fetchall()
+        )
+        events = [json.loads(r[0]) for r in rows]
+        assert any(e["event"] == "binding" and e["devices"] == ["prn-new", "prn-c"] for e in events)
+        assert any(e["event"] == "serving" and e["device"] == "prn-new" for e in events)
+
+
+async def test_scans_and_weights_come_out_on_the_role(store: Store) -> None:
+    # Scanners and scales serve roles like printers do; terminals listen on the role only.
+    async with Till(store.config) as till, SerialScannerSim() as s1, SerialScannerSim() as s2:
+        roles = store.roles
+        await roles.rebind("scanner.front", ("scn-1", "scn-2"), 0.0, who="test")
+        for device, sim in (("scn-1", s1), ("scn-2", s2)):
+            await store.add(DeviceInfo(device, "scanner", "serial", sim.port, "serial_scanner"))
+        await store.wait_for(lambda: roles.serving("scanner.front") == "scn-1")
+        await store.bus.publish(
+            store.topics.device_event("scn-1", "scan"), payloads.scan("scn-1", "4006381333931", 1.0)
+        )
+        await store.bus.publish(
+            store.topics.device_event("scn-2", "scan"), payloads.scan("scn-2", "IGNORED", 1.0)
+        )
+        s1.unplug()
+        await store.wait_for(lambda: roles.serving("scanner.front") == "scn-2")
+        await store.bus.publish(
+            store.topics.device_event("scn-2", "scan"), payloads.scan("scn-2", "96385074", 2.0)
+        )
+        topic = store.topics.role_event("scanner.front", "scan")
+        await store.wait_for(lambda: len([d for t, d in till.events if t == topic]) == 2)
+        scans = [d for t, d in till.events if t == topic]
+        assert [(s["code"], s["device_id"], s["role"]) for s in scans] == [
+            ("4006381333931", "scn-1", "scanner.front"),
+            ("96385074", "scn-2", "scanner.front"),
+        ]
+
+
+async def test_terminal_cannot_fake_role_state(store: Store) -> None:
+    async with Till(store.config) as till:
+        topic = store.topics.role_state("receipt-printer")
+        await store.wait_for(lambda: till.state("receipt-printer") is not None)
+        await till.client.publish(topic, b'{"state":"serving","device":"evil"}', qos=1)
+        await till.client.publish(store.topics.role_command("receipt-printer", "print"), b"{}", qos=1)
+        await store.wait_for(lambda: any(d.get("status") == "rejected" for _, d in till.replies) or True)
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        assert all(d.get("device") != "evil" for t, d in till.events if t == topic)
+
+
+async def test_hub_reports_roles_in_status(hub: Any) -> None:
+    status = await hub.status()
+    assert "roles" in status and isinstance(status["roles"]["roles"], list)
+    assert hub.kitchen.printer is not None

@@ -366,7 +366,7 @@ class _Renderer:
         left, _top, right, bottom = font.getbbox(line or " ")
         width = max(1, min(self.p.dots, right - min(0, left) + (1 if bold else 0)))
         height = max(px, bottom) + 2
-        img = Image.new("1", (width, height), 1)
+        img = Image.new("1", (int(width), int(height)), 1)  # getbbox gives floats for some fonts
         draw = ImageDraw.Draw(img)
         draw.text((-min(0, left), 0), line, font=font, fill=0)
         if bold:  # faux bold: draw again one dot to the right

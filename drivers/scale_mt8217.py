@@ -178,11 +178,22 @@ _SevenBitLine = _SoftwareParity7E1 | _NativeSevenBit
 
 
 def _line_holds_7e1(port: str) -> bool:
-    """Whether the tty keeps CS7|PARENB once set (a pty silently falls back to CS8, no parity)."""
+    """Whether the tty keeps CS7|PARENB once set. A pty silently falls back to CS8 without
+    parity, and (Linux 6.x) refuses the change outright with EINVAL once its settings were
+    changed before; either way the line cannot do 7E1 natively and software parity is used.
+    Any other error (no such port, no permission) is the caller's to report."""
+    import errno
+
     import serial
 
-    with serial.Serial(port, 9600, bytesize=7, parity="E", stopbits=1, timeout=0) as ser:
-        cflag = termios.tcgetattr(ser.fd)[2]
+    try:
+        with serial.Serial(port, 9600, bytesize=7, parity="E", stopbits=1, timeout=0) as ser:
+            cflag = termios.tcgetattr(ser.fd)[2]
+    except (termios.error, serial.SerialException) as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else getattr(exc, "errno", None)
+        if code == errno.EINVAL:
+            return False
+        raise
     return cflag & termios.CSIZE == termios.CS7 and bool(cflag & termios.PARENB)
 
 

@@ -72,6 +72,12 @@ class StreamTransport:
             raise DeviceUnavailable(f"cannot open {label}: {exc}") from exc
         return cls(reader, writer, label)
 
+    @property
+    def dead(self) -> bool:
+        """The other end closed or reset the connection (seen by the event loop, no read
+        pending needed): nothing written now can reach the device on this connection."""
+        return self._writer.is_closing() or self._reader.at_eof() or self._reader.exception() is not None
+
     async def write(self, data: bytes, timeout: float = 2.0) -> None:
         if self._writer.is_closing():
             raise DeviceUnavailable(f"{self.label} is closed")

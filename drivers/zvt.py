@@ -275,6 +275,10 @@ class TcpApduLink:
     async def connect(cls, host: str, port: int = ZVT_TCP_PORT, timeout: float = 2.0) -> TcpApduLink:
         return cls(await StreamTransport.tcp(host, port, timeout))
 
+    @property
+    def dead(self) -> bool:
+        return self._transport.dead and not self._buf
+
     async def send(self, apdu: Apdu) -> None:
         await self._transport.write(apdu.encode())
 
@@ -356,6 +360,10 @@ class SerialApduLink:
     @classmethod
     async def open(cls, port: str, baudrate: int = 9600) -> SerialApduLink:
         return cls(await StreamTransport.serial(port, baudrate, 8, "N", 2))
+
+    @property
+    def dead(self) -> bool:
+        return self._transport.dead
 
     async def send(self, apdu: Apdu) -> None:
         frame = encode_serial_frame(apdu.encode())
@@ -552,8 +560,21 @@ class ZvtPinpad(Driver):
         async with self._lock:
             await self._ensure_link()
 
+    @property
+    def connected(self) -> bool:
+        """A link is open and the terminal has not closed it."""
+        return self._link is not None and not getattr(self._link, "dead", False)
+
     async def _ensure_link(self) -> ApduLink:
-        """Connect and register (06 00) unless connected. Nothing about money is sent here."""
+        """Connect and register (06 00) unless connected. Nothing about money is sent here.
+
+        A link the terminal already closed (it was switched off, or rebooted, since the last
+        command) is replaced first: a payment sent into it could not reach the terminal, but
+        the failure would show only after the send, when its outcome must count as unknown.
+        Reconnecting fails cleanly instead (DeviceUnavailable: nothing asked, safe for a spare).
+        """
+        if self._link is not None and getattr(self._link, "dead", False):
+            await self._drop_link()
         if self._link is not None:
             return self._link
         link = await self._connect()

@@ -19,16 +19,22 @@ from edgehub.errors import ConfigError, EdgehubError
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub import logs
     from edgehub.config import load_config
+    from edgehub.gctuning import FreezeSurvivors
     from edgehub.hub import Hub
     from edgehub.sdnotify import Notifier
 
     config = load_config(args.config)
     logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
+    FreezeSurvivors().install()  # full collections skip what survived the last one (gctuning.py)
     hub = Hub(config, Notifier())
 
     async def main() -> None:
         nonlocal hub
-        if args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
+        if args.simulate and config.devices:
+            # Real devices configured: they are what this box drives (issue 3: simulate unless).
+            print(f"--simulate: {len(config.devices)} devices configured in {args.config}; "
+                  "not simulating", flush=True)
+        elif args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
             from edgehub.sim.store import SimStore, with_sim_devices
 
             async with SimStore() as sim:
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=120.0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_sim_terminal)
+    __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
 
     __import__("edgehub.discovery.cli", fromlist=["x"]).add_parser(sub)
 

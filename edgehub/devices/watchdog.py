@@ -103,9 +103,12 @@ class Watchdog:
             return
         task = asyncio.create_task(self._run(device_id), name=f"watchdog-{device_id}")
         self._tasks[device_id] = task
-        task.add_done_callback(
-            lambda t, d=device_id: self._tasks.pop(d, None) if self._tasks.get(d) is t else None
-        )
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(device_id) is done:
+                del self._tasks[device_id]
+
+        task.add_done_callback(forget)
 
     # -- probing ---------------------------------------------------------------------------
     async def _run(self, device_id: str) -> None:

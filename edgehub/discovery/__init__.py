@@ -106,8 +106,8 @@ def static_device_info(device: StaticDeviceConfig, macs: dict[str, str] | None =
     return DeviceInfo(
         device_id=device_id,
         kind=_KINDS.get(device.driver, "printer"),  # type: ignore[arg-type]
-        transport=device.transport,
-        address=device.address,  # type: ignore[arg-type]
+        transport=device.transport,  # type: ignore[arg-type]  # checked by the config loader
+        address=device.address,
         driver=device.driver,
         model=device.model or "configured",
         vendor=extra.pop("vendor", ""),

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--subnet", action="append", default=[], metavar="CIDR", help="sweep this subnet for port 9100"
     )
+    p.add_argument(
+        "--serial-port", action="append", default=[], metavar="PATH", help="probe this serial port too"
+    )
     p.add_argument("--no-usb", action="store_true")
     p.add_argument("--no-serial", action="store_true")
     p.add_argument("--no-lan", action="store_true")
@@ -54,6 +57,7 @@ def command(args: argparse.Namespace) -> int:
         serial=disc.serial and not args.no_serial,
         lan=disc.lan and not args.no_lan,
         subnets=(*disc.subnets, *args.subnet),
+        serial_ports=(*disc.serial_ports, *args.serial_port),
     )
     tty = sys.stderr.isatty()
 

@@ -52,11 +52,16 @@ class UsbDiscovery:
         backend: object | None = None,
         poll_interval: float = 2.0,
         timeout: float = 10.0,
+        hotplug: Callable[[], Any] | None = None,
     ) -> None:
         self.table = table
         self.backend = backend
         self.poll_interval = poll_interval
         self.timeout = timeout
+        # Where hotplug events come from: a started pyudev-like monitor (``fileno()``,
+        # ``poll(timeout=0)`` → device with ``.action`` or None). Default: udev netlink on a real
+        # bus; none for a test backend, which is polled.
+        self.hotplug = hotplug
 
     def _driver_for(self, vendor_id: int, product_id: int, classes: set[int]) -> type[Driver] | None:
         # A precise match (vendor + class or product) beats "any printer-class device".
@@ -132,7 +137,10 @@ class UsbDiscovery:
 
     async def watch(self, on_change: Callable[[list[DeviceInfo]], Awaitable[None]]) -> None:
         """Scan now and after every hotplug event (or every ``poll_interval``), forever."""
-        monitor = self._udev_monitor() if self.backend is None else None
+        if self.hotplug is not None:
+            monitor = self.hotplug()
+        else:
+            monitor = self._udev_monitor() if self.backend is None else None
         events: asyncio.Queue[str] | None = None
         loop = asyncio.get_running_loop()
         if monitor is not None:

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import logging
 import sqlite3
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -276,10 +277,17 @@ class Payments:
     # --- journal -------------------------------------------------------------------------------
 
     async def _journal(self, payment: Payment, new: bool = False, final: bool = False) -> None:
+        """Write the payment's state and, in the same commit, its ``payments`` outbox row: the
+        cloud hears every state change (intent, unknown, needs an operator, final) exactly when
+        it is in the journal. The final row's id is ``payment:{id}`` (a payment ends once); the
+        others carry a fresh suffix, since an intent may be journaled again after a pinpad that
+        could not be reached."""
         at = self.roles.wall()
         p = payment
         result = payloads.dumps(p.result).decode()
-        store = self.roles.config.store.id
+        event = "final" if final else "intent" if new else "needs_operator" if p.needs_operator else p.state
+        msg_id = f"payment:{p.payment_id}" if final else f"payment:{p.payment_id}:{event}:{uuid.uuid4().hex[:12]}"
+        row = self._cloud_row(p, event, at)
 
         def write(conn: sqlite3.Connection) -> None:
             if new:
@@ -310,36 +318,43 @@ class Payments:
                     "UPDATE payments SET state=?, result=?, updated_at=? WHERE payment_id=?",
                     (p.state, result, at, p.payment_id),
                 )
-            if final:
-                add_to_outbox(
-                    conn,
-                    "payments",
-                    f"payment:{p.payment_id}",
-                    {
-                        "schema": "cloud-payment/1",
-                        "store_id": store,
-                        "payment_id": p.payment_id,
-                        "sale_id": p.sale_id,
-                        "role": p.role,
-                        "device": p.device_id,
-                        "state": p.state,
-                        "amount_cents": p.amount_cents,
-                        "currency": p.currency,
-                        "at": at,
-                        **p.result,
-                    },
-                )
+            add_to_outbox(conn, "payments", msg_id, row)
 
         await self.roles.journal.write(write)
 
+    def _cloud_row(self, p: Payment, event: str, at: float) -> dict[str, Any]:
+        """The ``cloud-payment/1`` document: amounts, results and masked references only."""
+        return {
+            "schema": "cloud-payment/1",
+            "store_id": self.roles.config.store.id,
+            "event": event,
+            "payment_id": p.payment_id,
+            "sale_id": p.sale_id,
+            "role": p.role,
+            "device": p.device_id,
+            "state": p.state,
+            "amount_cents": p.amount_cents,
+            "currency": p.currency,
+            "at": at,
+            **p.result,
+        }
+
     async def _forget(self, payment: Payment) -> None:
-        """The pinpad never got the command: the intent goes, nothing was charged."""
+        """The pinpad never got the command: the intent goes, nothing was charged. The cloud,
+        which heard the intent, hears that it was withdrawn, in the same commit."""
         self.open.pop(payment.payment_id, None)
-        await self.roles.journal.write(
-            lambda conn: conn.execute(
+        at = self.roles.wall()
+        row = self._cloud_row(payment, "withdrawn", at) | {"state": "withdrawn"}
+        msg_id = f"payment:{payment.payment_id}:withdrawn:{uuid.uuid4().hex[:12]}"
+
+        def forget(conn: sqlite3.Connection) -> None:
+            gone = conn.execute(
                 "DELETE FROM payments WHERE payment_id=? AND state='sent'", (payment.payment_id,)
-            )
-        )
+            ).rowcount
+            if gone:
+                add_to_outbox(conn, "payments", msg_id, row)
+
+        await self.roles.journal.write(forget)
 
     # --- settling ------------------------------------------------------------------------------
 

@@ -198,7 +198,21 @@ class PrintQueue:
             log.error("print job for %s not journaled: %s", role, exc)
             return
         await self.roles.reply(
-            reply, payloads.print_reply(role, job.job_id, status, reply.request_id, duplicate=duplicate)
+            reply,
+            payloads.print_reply(
+                role, job.job_id, status, reply.request_id, duplicate=duplicate,
+                warning=self.down_warning(role) if status == "queued" else "",
+            ),
+        )
+
+    def down_warning(self, role: str) -> str:
+        """What a terminal is told when its job is durable but no printer serves the role now."""
+        seat = self.roles.seats.get(role)
+        if seat is None or seat.serving is not None:
+            return ""
+        return (
+            f"{seat.reason or role + ': no printer'}; the job is kept and prints as soon as a "
+            f"printer serves {role} ({self.waiting(role)} waiting)"
         )
 
     async def submit(

@@ -2,9 +2,9 @@
 
 ``charges`` is the effect a payment test checks ("the customer was charged exactly once"),
 whatever the ECR believes. Fault knobs make the terminal die at each step of a payment, once
-(a crash, then a reboot that keeps its journal): ``before_ack``, ``after_intermediate``,
-``after_charge`` (charged, but the result never reaches the ECR) and ``hang`` (stops talking on
-that connection). ``06 20`` (repeat receipt) answers from the last transaction record, which is
+(a crash, then a reboot that keeps its journal): see ``FaultStep``; e.g. ``after_charge``
+(charged, but the result never reaches the ECR) and ``hang`` (stops talking on that
+connection). ``06 20`` (repeat receipt) answers from the last transaction record, which is
 how an ECR settles an outcome it did not see.
 
 The simulator encodes and decodes its own bytes (it shares no code with drivers/zvt.py), so a
@@ -19,9 +19,31 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FaultStep", "SimTransaction", "ZvtPinpadSim"]
+__all__ = ["PAYMENT_STEPS", "FaultStep", "SimTransaction", "ZvtPinpadSim"]
 
-FaultStep = Literal["before_ack", "after_intermediate", "after_charge", "hang"]
+#: Where the terminal dies, in the order of a payment: before it acknowledges the command, after
+#: the ACK, after the "insert card" intermediate status, hanging there, after charging (result not
+#: sent), charging and then hanging, after the result (04 0F) but before the completion (06 0F),
+#: ``die_on_repeat`` makes it die on the ECR's later "repeat last receipt" (06 20) questions.
+FaultStep = Literal[
+    "before_ack",
+    "after_ack",
+    "after_intermediate",
+    "hang",
+    "after_charge",
+    "hang_after_charge",
+    "after_status",
+]
+#: The steps of one payment, for tests that kill the terminal at each of them.
+PAYMENT_STEPS: tuple[FaultStep, ...] = (
+    "before_ack",
+    "after_ack",
+    "after_intermediate",
+    "hang",
+    "after_charge",
+    "hang_after_charge",
+    "after_status",
+)
 
 _ACK = b"\x80\x00\x00"
 
@@ -86,6 +108,9 @@ class ZvtPinpadSim:
         self.card_delay = card_delay
         #: Die at this step of the next payment or refund (one-shot: the terminal reboots).
         self.fault: FaultStep | None = None
+        #: Die on this many of the next "repeat last receipt" (06 20) questions: the ECR's
+        #: settle query meets a terminal that crashes again.
+        self.die_on_repeat = 0
         #: Terminal status code answered to a status enquiry (0 = ready).
         self.terminal_status = 0
         #: Every approved payment, in order: what the customer was really charged.
@@ -175,6 +200,10 @@ class ZvtPinpadSim:
         code = (cls, instr)
         if code in ((0x06, 0x01), (0x06, 0x31)) and self.fault == "before_ack":
             self._die(writer)
+        if code == (0x06, 0x20) and self.die_on_repeat > 0:
+            self.die_on_repeat -= 1
+            writer.transport.abort()
+            raise _Died
         if (
             code != (0x06, 0xB0)
             and code[0] in (0x05, 0x06)
@@ -190,6 +219,8 @@ class ZvtPinpadSim:
             return
         writer.write(_ACK)
         await writer.drain()
+        if code in ((0x06, 0x01), (0x06, 0x31)) and self.fault == "after_ack":
+            self._die(writer)
         if code == (0x06, 0x00):
             done = b"\x19\x00\x29" + bytes.fromhex(self.terminal_id) + b"\x49" + _bcd(self.currency_code, 2)
             await self._send_wait_ack(reader, writer, _apdu(0x06, 0x0F, done))
@@ -295,7 +326,11 @@ class ZvtPinpadSim:
             (self.charges if kind == "payment" else self.refunds).append(tx)
         if self.fault == "after_charge":
             self._die(writer)
+        if self.fault == "hang_after_charge":
+            await self._hang(reader)
         await self._send_wait_ack(reader, writer, _apdu(0x04, 0x0F, self._status_info(tx)))
+        if self.fault == "after_status":
+            self._die(writer)
         if tx.approved:
             done = b"\x27\x00\x29" + bytes.fromhex(self.terminal_id)
             await self._send_wait_ack(reader, writer, _apdu(0x06, 0x0F, done))

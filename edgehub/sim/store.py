@@ -4,28 +4,39 @@
 a Mettler Toledo 8217 scale and a serial barcode scanner on pseudo-terminals, and a ZVT pinpad
 on loopback TCP, and gives the ``[[device]]`` entries that point the hub at them. The ids are
 fixed, so role bindings in a dev config (``kitchen-printer.grill = ["sim-kitchen-1", …]``)
-keep working across runs although the ports and ptys change.
+keep working across runs although the ports and ptys change; roles the config does not bind
+get the simulated devices (``SIM_ROLES``). ``edgehub run --simulate`` uses it only when the
+config names no real devices (``[[device]]``); ``edgehub sim store`` runs the devices alone.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import dataclasses
+import signal
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgehub.config import Config, StaticDeviceConfig
+from edgehub.config import Config, RoleConfig, StaticDeviceConfig
 from edgehub.sim.pinpad import ZvtPinpadSim
 from edgehub.sim.printer import PrinterCore, PrinterSim
 from edgehub.sim.scale import ScaleSim
 from edgehub.sim.scanner import SerialScannerSim
 
-__all__ = ["SimStore", "with_sim_devices"]
+__all__ = ["SIM_ROLES", "SimStore", "add_parser", "with_sim_devices"]
 
 
 @dataclass
 class SimStore:
     """The simulated devices; ``async with`` starts them, ``devices`` is for ``Config.devices``."""
 
+    #: Loopback addresses for the three printers to listen on at port 9100, like LAN printers
+    #: (so ``edgehub discover --subnet`` finds them by the real sweep); empty: free ports on
+    #: 127.0.0.1.
+    lan_hosts: tuple[str, ...] = ()
     kitchen: list[PrinterSim] = field(default_factory=list)
     receipt: PrinterSim | None = None
     scale: ScaleSim | None = None
@@ -36,12 +47,20 @@ class SimStore:
 
     async def __aenter__(self) -> SimStore:
         stack = self._stack
+        if self.lan_hosts and len(self.lan_hosts) != 3:
+            raise ValueError(
+                f"lan_hosts: give 3 addresses (two kitchen printers, a receipt printer), not {len(self.lan_hosts)}"
+            )
+
+        def where(n: int) -> dict[str, Any]:
+            return {"host": self.lan_hosts[n], "port": 9100} if self.lan_hosts else {}
+
         try:
             for n in (1, 2):
                 core = PrinterCore(model="TM-T20III", serial_number=f"SIM-KITCHEN-{n}")
-                self.kitchen.append(await stack.enter_async_context(PrinterSim(core)))
+                self.kitchen.append(await stack.enter_async_context(PrinterSim(core, **where(n - 1))))
             self.receipt = await stack.enter_async_context(
-                PrinterSim(PrinterCore(model="TM-m30III", serial_number="SIM-RECEIPT-1"))
+                PrinterSim(PrinterCore(model="TM-m30III", serial_number="SIM-RECEIPT-1"), **where(2))
             )
             self.scale = await stack.enter_async_context(ScaleSim("mt8217", weight_g=0))
             self.scanner = await stack.enter_async_context(SerialScannerSim())
@@ -95,8 +114,67 @@ class SimStore:
         await self._stack.aclose()
 
 
+#: The roles of the simulated store, each bound unless the config binds that role itself.
+SIM_ROLES = (
+    RoleConfig("kitchen-printer", ("sim-kitchen-1", "sim-kitchen-2"), 10.0),
+    RoleConfig("receipt-printer", ("sim-receipt-1", "sim-kitchen-2"), 10.0),
+    RoleConfig("scale", ("sim-scale-1",)),
+    RoleConfig("scanner", ("sim-scanner-1",)),
+    RoleConfig("pinpad", ("sim-pinpad-1",)),
+)
+
+
 def with_sim_devices(config: Config, sim: SimStore) -> Config:
-    """``config`` with the simulated devices added and hardware discovery off (nothing real to
-    find, and probing a developer's own serial ports would be rude)."""
+    """``config`` with the simulated devices added and bound to the store's roles (those the
+    config does not bind itself), and hardware discovery off (nothing real to find, and probing
+    a developer's own serial ports would be rude)."""
     discovery = dataclasses.replace(config.discovery, usb=False, serial=False, lan=False)
-    return dataclasses.replace(config, devices=(*config.devices, *sim.devices), discovery=discovery)
+    bound = {r.name for r in config.roles}
+    roles = (*config.roles, *(r for r in SIM_ROLES if r.name not in bound))
+    return dataclasses.replace(
+        config, devices=(*config.devices, *sim.devices), discovery=discovery, roles=roles
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private type
+    """``edgehub sim store``: the simulated devices on their own, to point ``discover`` or a hub at."""
+    p = sub.add_parser("store", help="run a simulated store's devices (printers, scale, scanner, pinpad)")
+    p.add_argument(
+        "--lan",
+        metavar="A,B,C",
+        help="three loopback addresses for the printers to listen on at port 9100, like LAN printers "
+        "(e.g. 127.0.0.2,127.0.0.3,127.0.0.4)",
+    )
+    p.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    hosts: tuple[str, ...] = ()
+    if args.lan:
+        hosts = tuple(h.strip() for h in args.lan.split(","))
+        bad = [h for h in hosts if not h.startswith("127.")]
+        if len(hosts) != 3 or bad:
+            print(f"--lan {args.lan}: give three loopback addresses (127.x.y.z), comma-separated", file=sys.stderr)
+            return 2
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with SimStore(lan_hosts=hosts) as sim:
+            print("# simulated devices, as [[device]] entries for edgehub.toml:")
+            for d in sim.devices:
+                print(f'[[device]]\nid = "{d.id}"\ndriver = "{d.driver}"\ntransport = "{d.transport}"\n'
+                      f'address = "{d.address}"\n')
+            serial = " ".join(f"--serial-port {d.address}" for d in sim.devices if d.transport == "serial")
+            subnet = " ".join(f"--subnet {h}/32" for h in hosts) or "(start with --lan to sweep the printers)"
+            print(f"# find them: edgehub discover --no-usb {serial} {subnet}", flush=True)
+            await stop.wait()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"cannot start the simulated devices: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -4,8 +4,11 @@ back at a new address with the same id (USB replug, LAN printer on a new port, s
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,7 @@ from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
 from edgehub.devices.factory import DriverFactory
 from edgehub.discovery import Discovery, MatchTable, static_device_info
 from edgehub.discovery.lan import LanDiscovery, is_escpos_printer
+from edgehub.discovery.usb import UsbDiscovery
 from edgehub.sim.printer import PrinterCore, PrinterSim
 from edgehub.sim.scale import ScaleSim
 from edgehub.sim.usb import SimHidScanner, SimUsbBackend, SimUsbPrinter
@@ -29,7 +33,7 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> 
     """Wait for a condition discovery reaches by itself (a guard against a hang, not a timing)."""
     try:
         async with asyncio.timeout(timeout):
-            while not check():  # noqa: ASYNC110  # state owned by the code under test: poll it
+            while not check():  # state owned by the code under test: poll it
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"never: {what}") from None
@@ -200,3 +204,57 @@ def test_static_ids_without_an_id() -> None:
     ser = StaticDeviceConfig(driver="cas", transport="serial", address="/dev/serial/by-id/usb-CAS_PD-II-if00")
     info = static_device_info(ser)
     assert (info.device_id, info.kind) == ("serial-usb-CAS_PD-II-if00", "scale")
+
+
+class PipeMonitor:
+    """Hotplug events as pyudev's netlink ``Monitor`` hands them over (a readable fd, then
+    ``poll(timeout=0)`` until None). The kernel here has no USB to send real ones."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        self.actions: list[str] = []
+
+    def fileno(self) -> int:
+        return self.r
+
+    def emit(self, action: str) -> None:
+        self.actions.append(action)
+        os.write(self.w, b"!")
+
+    def poll(self, timeout: float = 0) -> SimpleNamespace | None:
+        try:
+            os.read(self.r, 1)
+        except BlockingIOError:
+            return None
+        return SimpleNamespace(action=self.actions.pop(0))
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+async def test_usb_hotplug_event_rescans_at_once() -> None:
+    backend = SimUsbBackend()
+    monitor = PipeMonitor()
+    # Polling every hour: a rescan within the test can only come from a hotplug event.
+    usb = UsbDiscovery(MatchTable.build().usb, backend=backend, poll_interval=3600, hotplug=lambda: monitor)
+    seen: list[list[str]] = []
+
+    async def on_change(found: list[Any]) -> None:
+        seen.append(sorted(i.device_id for i in found))
+
+    watch = asyncio.create_task(usb.watch(on_change))
+    try:
+        await until(lambda: seen == [[]], "first scan")
+        printer = backend.plug(SimUsbPrinter(serial_number="HOT-1"))
+        monitor.emit("add")
+        await until(lambda: seen[-1:] == [["usb-04b8-0e28-HOT-1"]], "found after the add event")
+        backend.unplug(printer)
+        monitor.emit("remove")
+        await until(lambda: seen[-1:] == [[]], "gone after the remove event")
+        assert len(seen) == 3
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        monitor.close()

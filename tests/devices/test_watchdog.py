@@ -151,7 +151,7 @@ async def test_state_is_published_once_the_broker_is_there(config: Config) -> No
         await registry.set_health("usb-04b8-0e28-X1", Health("failed", "paper end"))
         up.set()
         async with asyncio.timeout(5):
-            while len({t for t, _, _ in sent}) < 2:  # noqa: ASYNC110  # the resend task runs on its own: poll what it sent
+            while len({t for t, _, _ in sent}) < 2:  # the resend task runs on its own: poll what it sent
                 await asyncio.sleep(0.02)
     states = [json.loads(p) for t, p, _ in sent if t == topics.device_state("usb-04b8-0e28-X1")]
     assert states[-1]["state"] == "failed" and states[-1]["reason"] == "paper end"

@@ -28,6 +28,20 @@ async def test_stable_weight_round_trip() -> None:
         assert sim.parity_errors == 0  # the driver really speaks 7E1
 
 
+async def test_the_port_opens_again_after_a_probe_and_a_close() -> None:
+    # Discovery probes the port, then the watchdog opens it, closes it after a failure and opens
+    # it again: a pty (like some USB adapters) refuses 7E1 after the first change; the driver
+    # falls back to software parity instead of failing the scale.
+    async with ScaleSim("mt8217", weight_g=500) as sim:
+        assert await MT8217Scale.probe_serial(sim.port) is not None
+        for grams in (500, 600, 700):
+            sim.weight_g = grams
+            async with MT8217Scale(_info(sim.port)) as scale:
+                assert isinstance(scale, MT8217Scale)
+                assert await scale.read_weight() == Weight("stable", grams)
+        assert sim.parity_errors == 0
+
+
 async def test_empty_platter_is_zero() -> None:
     async with ScaleSim("mt8217") as sim, MT8217Scale(_info(sim.port)) as scale:
         assert isinstance(scale, MT8217Scale)

@@ -96,7 +96,7 @@ async def test_abort_while_waiting_for_card(sim: ZvtPinpadSim, pinpad: ZvtPinpad
     sim.card_delay = 5.0
     paying = asyncio.create_task(pinpad.pay(3000))
     async with asyncio.timeout(2):
-        while (0x06, 0x01) not in sim.commands:  # noqa: ASYNC110 - polling the sim's journal is the point
+        while (0x06, 0x01) not in sim.commands:
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert await pinpad.abort()

@@ -103,7 +103,7 @@ class Store:
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
         async with asyncio.timeout(timeout):
-            while not predicate():  # noqa: ASYNC110 - the outcomes we wait for have no event
+            while not predicate():
                 await asyncio.sleep(0.02)
         assert predicate(), what
 

@@ -7,12 +7,17 @@ terminal-side view is the replies on the till's reply topic.
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgehub.sim.pinpad import ZvtPinpadSim
-from tests.roles.conftest import Store, Till, pinpad_info
+from drivers.base import DeviceInfo, Driver
+from drivers.zvt import ZvtPinpad
+from edgehub.devices import WatchdogTiming
+from edgehub.sim.pinpad import PAYMENT_STEPS, ZvtPinpadSim
+from tests.roles.conftest import Store, Till, fast_driver, pinpad_info, running_store
 
 TILL = "pinpad.till-1"
 
@@ -43,12 +48,18 @@ async def test_payment_approved_with_masked_card(store: Store) -> None:
         assert len(p1.charges) == 1
 
 
-FAULTS = [
-    ("before_ack", "not_found"),
-    ("after_intermediate", "not_found"),
-    ("after_charge", "approved"),
-    ("hang", "not_found"),
-]
+async def cloud_rows(store: Store, payment_id: str) -> list[dict[str, Any]]:
+    """The ``payments`` outbox rows for one payment, in order (what the cloud will get)."""
+    rows = await store.journal.read(
+        lambda conn: conn.execute("SELECT msg_id, payload FROM outbox WHERE stream='payments' ORDER BY seq").fetchall()
+    )
+    docs = [{"msg_id": m, **json.loads(p)} for m, p in rows]
+    return [d for d in docs if d["payment_id"] == payment_id]
+
+
+# Each step of a payment at which the terminal dies, and what really happened to the card.
+CHARGED = {"after_charge", "hang_after_charge", "after_status"}
+FAULTS = [(step, "approved" if step in CHARGED else "not_found") for step in PAYMENT_STEPS]
 
 
 @pytest.mark.parametrize(("fault", "truth"), FAULTS)
@@ -57,15 +68,19 @@ async def test_pinpad_dies_mid_payment_never_charges_twice(store: Store, fault: 
         await two_pinpads(store, p1, p2)
         await till.request(TILL, "pay", pay("warm", "sale-0", 100))
         await till.reply("payment_id", "warm", "approved")
+        commands_before = len(p1.commands)
 
         p1.fault = fault  # type: ignore[assignment]
         await till.request(TILL, "pay", pay("pay-2", "sale-2", 2500))
         unknown = await till.reply("payment_id", "pay-2", ("unknown", truth))
+        # The terminal really died at that step (one-shot knob spent), after it got the command.
+        assert p1.fault is None and (0x06, 0x01) in p1.commands[commands_before:]
+        assert [c.amount_cents for c in p1.charges].count(2500) == (1 if truth == "approved" else 0)
         assert unknown["status"] == "unknown", "a payment whose pinpad died must not look settled"
         assert "locked to pinpad pad-1" in unknown["reason"]
         # Not retried on the spare, and the role moved for new sales.
         await store.wait_for(lambda: store.roles.serving(TILL) == "pad-2")
-        assert not p2.charges
+        assert (0x06, 0x01) not in p2.commands
 
         # The final outcome comes from pad-1's last-transaction record once it answers again.
         settled = await till.reply("payment_id", "pay-2", truth)
@@ -79,6 +94,109 @@ async def test_pinpad_dies_mid_payment_never_charges_twice(store: Store, fault: 
             assert again["status"] == "approved" and again["device"] == "pad-2"
         charged = [c.amount_cents for c in p1.charges + p2.charges]
         assert charged.count(2500) == 1
+
+        # The cloud hears every state change of the payment once, in order, each with its own id.
+        rows = await cloud_rows(store, "pay-2")
+        assert [(r["event"], r["state"]) for r in rows] == [
+            ("intent", "sent"),
+            ("unknown", "unknown"),
+            ("final", truth),
+        ]
+        assert len({r["msg_id"] for r in rows}) == 3 and rows[-1]["msg_id"] == "payment:pay-2"
+        assert all(p1.card_pan not in json.dumps(r) for r in rows)
+
+
+async def test_pinpad_dies_again_while_being_asked_for_its_last_transaction(store: Store) -> None:
+    async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2, Till(store.config) as till:
+        await two_pinpads(store, p1, p2)
+        await till.request(TILL, "pay", pay("warm", "sale-0", 100))
+        await till.reply("payment_id", "warm", "approved")
+        p1.fault = "after_charge"
+        p1.die_on_repeat = 2  # the settle query meets two more crashes before it gets an answer
+        await till.request(TILL, "pay", pay("pay-5", "sale-5", 3100))
+        await till.reply("payment_id", "pay-5", "unknown")
+        settled = await till.reply("payment_id", "pay-5", "approved")
+        assert p1.die_on_repeat == 0 and p1.commands.count((0x06, 0x20)) >= 3
+        assert settled["settled_by"] == "pinpad" and settled["device"] == "pad-1"
+        assert [c.amount_cents for c in p1.charges + p2.charges].count(3100) == 1
+
+
+async def test_pinpad_switched_off_between_probes_sends_the_payment_to_the_spare(tmp_path: Path) -> None:
+    # The watchdog would notice only in a minute: the payment itself finds the pinpad gone.
+    slow_watchdog = WatchdogTiming(pinpad_interval=60.0, pinpad_timeout=1.5)
+    async with (
+        running_store(tmp_path / "box", watchdog=slow_watchdog) as store,
+        ZvtPinpadSim() as p1,
+        ZvtPinpadSim() as p2,
+        Till(store.config) as till,
+    ):
+        await two_pinpads(store, p1, p2)
+        await till.request(TILL, "pay", pay("warm", "sale-0", 100))
+        await till.reply("payment_id", "warm", "approved")
+        driver = store.registry.get("pad-1").driver  # type: ignore[union-attr]
+        assert isinstance(driver, ZvtPinpad) and driver.connected
+        assert p1._server is not None
+        p1._server.close()  # switched off: the connection reset, nothing listens any more
+        p1.drop_connections()
+        await store.wait_for(lambda: not driver.connected, what="the hub saw the reset")
+        commands_before = len(p1.commands)
+
+        await till.request(TILL, "pay", pay("pay-6", "sale-6", 700))
+        done = await till.reply("payment_id", "pay-6", ("approved", "unknown", "refused"))
+        assert done["status"] == "approved" and done["device"] == "pad-2"
+        assert p1.commands[commands_before:] == [] and len(p1.charges) == 1
+        assert [c.amount_cents for c in p2.charges] == [700]
+        rows = await cloud_rows(store, "pay-6")
+        assert [(r["event"], r["device"]) for r in rows] == [
+            ("intent", "pad-1"),
+            ("withdrawn", "pad-1"),
+            ("intent", "pad-2"),
+            ("final", "pad-2"),
+        ]
+
+
+def long_transactions(info: DeviceInfo) -> Driver:
+    """Production drivers; the pinpad waits long for the card, so the hub dies first."""
+    if info.driver == "zvt":
+        return ZvtPinpad(info, ack_timeout=0.5, transaction_timeout=60.0, connect_timeout=0.5)
+    return fast_driver(info)
+
+
+@pytest.mark.parametrize("charged", [False, True], ids=["before-the-charge", "after-the-charge"])
+async def test_hub_dies_mid_payment_and_settles_after_restart(tmp_path: Path, charged: bool) -> None:
+    box = tmp_path / "box"
+    async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2:
+        async with running_store(box, driver_factory=long_transactions) as store, Till(store.config) as till:
+            await two_pinpads(store, p1, p2)
+            await till.request(TILL, "pay", pay("warm", "sale-0", 100))
+            await till.reply("payment_id", "warm", "approved")
+            if charged:
+                p1.fault = "hang_after_charge"  # charges the card, then the hub dies before the result
+            else:
+                p1.card_delay = 60.0  # the customer is still at the terminal when the hub dies
+            await till.request(TILL, "pay", pay("pay-7", "sale-7", 1800))
+            await till.reply("payment_id", "pay-7", "processing")
+            if charged:
+                await store.wait_for(lambda: len(p1.charges) == 2, what="the card charged")
+            else:
+                await store.wait_for(lambda: (0x06, 0x01) in p1.commands[-2:], what="the pinpad asked")
+        # The hub is gone (as after kill -9: the intent is journaled, the outcome is not).
+        p1.card_delay = 0.0
+        async with running_store(box) as store, Till(store.config) as till:
+            assert store.roles.payments.open["pay-7"].state == "unknown"
+            await two_pinpads(store, p1, p2)
+            truth = "approved" if charged else "not_found"
+            # The result reaches the terminal on the reply topic journaled before the restart.
+            settled = await till.reply("payment_id", "pay-7", truth)
+            assert settled["settled_by"] == "pinpad" and "duplicate" not in settled
+            # Asking again with the same payment id gives the settled result, not a new charge.
+            await till.request(TILL, "pay", pay("pay-7", "sale-7", 1800))
+            await store.wait_for(lambda: any(d.get("duplicate") for d in till.replies_for("payment_id", "pay-7")))
+            again = next(d for d in till.replies_for("payment_id", "pay-7") if d.get("duplicate"))
+            assert again["status"] == truth and again["device"] == "pad-1"
+            assert [c.amount_cents for c in p1.charges + p2.charges].count(1800) == (1 if charged else 0)
+            rows = await cloud_rows(store, "pay-7")
+            assert [r["event"] for r in rows] == ["intent", "final"] and rows[-1]["state"] == truth
 
 
 async def test_unknown_sale_is_locked_and_new_sales_go_to_the_spare(store: Store) -> None:

@@ -7,16 +7,20 @@ of it, any extra copy marked REPRINT, never twice on one printer, in order on ea
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from edgehub.roles.roles import Reply
 from edgehub.sim.printer import PrinterSim
 from tests.roles.conftest import Store, Till, copies, printer_info, running_store, ticket
 
 GRILL = "kitchen-printer.grill"
+Fault = Callable[[], Awaitable[None]]
 
 
 def check_printed_once(sims: list[PrinterSim], jobs: int) -> dict[str, int]:
@@ -99,7 +103,11 @@ async def run_stream(
     for n in range(jobs):
         await queue.submit(GRILL, ticket(n), f"j-{n}", _no_reply())
     for at in sorted(faults):
-        await store.wait_for(lambda at=at: queue.stats.printed - start >= at, what=f"{at} jobs printed")
+
+        def reached(at: int = at) -> bool:
+            return queue.stats.printed - start >= at
+
+        await store.wait_for(reached, what=f"{at} jobs printed")
         await faults[at]()
     await store.wait_for(lambda: queue.stats.printed - start >= jobs, timeout=60, what="all printed")
     # Held copies (paper back, cover shut) come out once the printer is fine again.
@@ -107,9 +115,7 @@ async def run_stream(
     assert queue.waiting(GRILL) == 0
 
 
-def _no_reply():  # type: ignore[no-untyped-def]
-    from edgehub.roles.roles import Reply
-
+def _no_reply() -> Reply:
     return Reply(None, None, None)
 
 
@@ -153,48 +159,110 @@ async def test_failover_keeps_every_ticket(tmp_path: Path, fault: str) -> None:
         assert result["reprints"] <= 2
 
 
+async def serving_changes(store: Store, role: str) -> list[dict[str, Any]]:
+    """The role's changes of serving device, as kept in the outbox for the cloud (``audit``)."""
+    rows = await store.journal.read(
+        lambda conn: conn.execute("SELECT msg_id, payload FROM outbox WHERE stream='audit' ORDER BY seq").fetchall()
+    )
+    docs = [{"msg_id": m, **json.loads(p)} for m, p in rows]
+    return [d for d in docs if d["role"] == role and d["event"] == "serving"]
+
+
+async def confirmed_in_order(store: Store, role: str) -> list[str]:
+    """Job ids in the order the role's printers confirmed them."""
+    rows = await store.journal.read(
+        lambda conn: conn.execute(
+            "SELECT job_id FROM print_jobs WHERE role=? AND state='printed' ORDER BY done_at, seq", (role,)
+        ).fetchall()
+    )
+    return [r[0] for r in rows]
+
+
 async def test_500_jobs_through_every_fault(tmp_path: Path) -> None:
-    """One stream of 500 tickets over two printers while both fail in turn, every way."""
+    """One stream of 500 tickets over two printers. The serving printer fails every way in turn
+    while jobs are queued behind the one printing, then both fail at once; each fault must
+    really move the role (or, for "slow", must not)."""
     async with running_store(tmp_path / "box") as store, PrinterSim() as a, PrinterSim() as b:
         await store.add(printer_info("prn-a", a))
         await store.add(printer_info("prn-b", b))
-        await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-a")
+        queue = store.roles.printqueue
+        sent = 0
 
-        def knob(sim: PrinterSim, name: str, value: object) -> Callable[[], Awaitable[None]]:
-            async def turn() -> None:
-                setattr(sim, name, value)
+        async def send(count: int) -> None:
+            nonlocal sent
+            for n in range(sent, sent + count):
+                await queue.submit(GRILL, ticket(n), f"j-{n}", _no_reply())
+            sent += count
 
-            return turn
+        async def printed(count: int, what: str) -> None:
+            await store.wait_for(lambda: queue.stats.printed >= count, timeout=60, what=what)
 
-        async def flap_b() -> None:
-            await b.kill()
+        def knob(sim: PrinterSim, name: str, on: object, off: object) -> tuple[Fault, Fault]:
+            async def turn_on() -> None:
+                setattr(sim, name, on)
+
+            async def turn_off() -> None:
+                setattr(sim, name, off)
+
+            return turn_on, turn_off
+
+        async def flap() -> None:  # up, down, up, down
+            await a.kill()
             await asyncio.sleep(0.05)
-            await b.revive()
+            await a.revive()
             await asyncio.sleep(0.05)
-            await b.kill()
-            await asyncio.sleep(0.05)
-            await b.revive()
+            await a.kill()
 
-        faults = {
-            30: a.kill,
-            60: a.revive,  # plug pulled on the primary
-            100: knob(b, "paper_out", True),  # ...and the spare runs out of paper
-            130: knob(b, "paper_out", False),
-            170: knob(a, "cover_open", True),
-            200: knob(a, "cover_open", False),
-            240: knob(a, "silent", True),
-            270: knob(a, "silent", False),
-            300: knob(a, "slow", 0.01),
-            330: knob(a, "slow", 0.0),
-            360: flap_b,
-            380: a.kill,
-            420: a.revive,
+        faults: dict[str, tuple[Fault, Fault]] = {
+            "kill": (a.kill, a.revive),  # the plug pulled
+            "paper_out": knob(a, "paper_out", True, False),
+            "cover_open": knob(a, "cover_open", True, False),
+            "silent": knob(a, "silent", True, False),  # takes bytes, answers nothing
+            "slow": knob(a, "slow", 0.01, 0.0),  # slow is not failed: no failover
+            "flap": (flap, a.revive),
         }
-        await run_stream(store, [a, b], 500, faults)
+        for fault, (brk, mend) in faults.items():
+            await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-a", what=f"{fault}: a serves")
+            await send(40)
+            await printed(sent - 30, f"{fault}: printing")  # 30 queued behind the printer
+            await brk()
+            if fault != "slow":
+                await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-b", what=f"{fault}: moved")
+            await send(20)
+            await printed(sent, f"{fault}: all printed")
+            await mend()
+        # Both printers down at once: the jobs wait, the role says so, nothing is dropped.
+        await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-a", what="a serves again")
+        await send(40)
+        await printed(sent - 30, "printing before both fail")
+        await a.kill()
+        b.paper_out = True
+        await store.wait_for(lambda: store.roles.serving(GRILL) is None, what="role down")
+        grill = next(r for r in store.roles.status_now() if r["role"] == GRILL)
+        assert grill["state"] == "down" and grill["waiting"] > 0
+        assert "prn-a failed" in grill["reason"] and "prn-b failed: paper end" in grill["reason"]
+        b.paper_out = False  # paper in the spare: the waiting jobs go on there
+        await printed(sent, "the jobs that waited")
+        await a.revive()
+        await send(500 - sent)
+        await printed(500, "all 500")
+        await asyncio.sleep(0.3)  # held copies (paper back, cover shut) come out by now
+        assert queue.waiting(GRILL) == 0 and queue.stats.printed == 500
+
         result = check_printed_once([a, b], 500)
-        assert copies(a) and copies(b)
-        assert store.roles.printqueue.stats.printed == 500
-        assert result["reprints"] <= 10
+        assert result["reprints"] <= 12
+        # The role confirmed the jobs in the order they were sent, whichever printer served.
+        assert await confirmed_in_order(store, GRILL) == [f"j-{n}" for n in range(500)]
+        # Each fault moved the role for the reason the printer gave; "both down" left it with
+        # none. Each change is one audit row (with its own id) kept for the cloud.
+        await store.wait_for(lambda: not store.roles._audit, what="audit rows written")
+        changes = await serving_changes(store, GRILL)
+        away = [c["reason"] for c in changes if c["previous"] == "prn-a" and c["device"] == "prn-b"]
+        for needle in ("paper end", "cover open", "no answer"):
+            assert any(needle in r for r in away), f"no failover for {needle!r}: {away}"
+        assert len(away) >= 5  # kill, paper, cover, silent, flap
+        assert any(c["device"] is None for c in changes)
+        assert len({c["msg_id"] for c in changes}) == len(changes)
 
 
 async def test_all_printers_down_jobs_wait_and_complete(store: Store) -> None:
@@ -208,7 +276,10 @@ async def test_all_printers_down_jobs_wait_and_complete(store: Store) -> None:
                 "receipt-printer", "print", {"schema": "print/1", "job_id": f"w-{n}", "ticket": ticket(n)}
             )
         for n in range(5):
-            await till.reply("job_id", f"w-{n}", "queued")
+            queued = await till.reply("job_id", f"w-{n}", "queued")
+            # The terminal is told plainly that its job is kept but no printer serves the role.
+            assert queued["warning"].startswith("receipt-printer: no healthy printer (prn-c failed")
+            assert "the job is kept and prints as soon as a printer serves receipt-printer" in queued["warning"]
         await store.wait_for(lambda: (till.state("receipt-printer") or {}).get("waiting") == 5)
         state = till.state("receipt-printer")
         assert state is not None and state["state"] == "down"

@@ -1,0 +1,59 @@
+"""``edgehub discover``: the real command against the simulated store's devices (printers on
+loopback port 9100 found by the subnet sweep, the scale on a pty found by its active probe)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+
+from edgehub.sim.store import SimStore
+from tests.conftest import REPO
+
+
+async def discover(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edgehub", "discover", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_discover_finds_the_simulated_store_with_the_right_drivers() -> None:
+    # Three loopback addresses of our own (any 127/8 address is local on Linux), port 9100.
+    base = f"127.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
+    hosts = (f"{base}.11", f"{base}.12", f"{base}.13")
+    async with SimStore(lan_hosts=hosts) as sim:
+        assert sim.scale is not None
+        subnets = [arg for h in hosts for arg in ("--subnet", f"{h}/32")]
+        code, out, err = await discover(
+            "--json", "--no-usb", "--serial-port", sim.scale.port, *subnets, "--browse-seconds", "0"
+        )
+        assert code == 0, err
+        rows = json.loads(out)
+        by_address = {r["address"]: r for r in rows}
+        for host in hosts:
+            row = by_address[f"{host}:9100"]
+            assert (row["kind"], row["driver"], row["transport"]) == ("printer", "escpos", "tcp")
+            assert row["id"]
+        scale = by_address[sim.scale.port]
+        assert (scale["kind"], scale["driver"], scale["transport"]) == ("scale", "mt8217", "serial")
+        assert scale["model"] == "8217 protocol"
+        # The progress line on stderr (one line per step when it is not a terminal).
+        assert "probing serial ports" in err and "sweeping port 9100: 3/3 hosts" in err
+
+        code, out, _ = await discover("--no-usb", "--no-serial", *subnets, "--browse-seconds", "0")
+        assert code == 0
+        header, *lines = out.splitlines()
+        assert header.split() == ["KIND", "MODEL", "TRANSPORT", "ADDRESS", "ID", "DRIVER"]
+        assert sorted(line.split()[2] for line in lines) == [f"{h}:9100" for h in hosts]
+
+
+async def test_discover_refuses_a_bad_subnet_with_the_argument() -> None:
+    code, out, err = await discover("--no-usb", "--no-serial", "--subnet", "10.0.0.300/24")
+    assert code == 2 and out == ""
+    assert err.startswith("--subnet 10.0.0.300/24: ")

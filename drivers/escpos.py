@@ -7,11 +7,25 @@ How it reports health: the real-time status requests ``DLE EOT 1..4``, one byte 
 (``byte & 0x93 == 0x12``) and parsed into a ``PrinterStatus``. Silence is *unknown*, never
 "offline": the watchdog sees ``failed / no answer``, but nothing is read into the bits.
 
-How it knows a job printed: after the job it sends Epson's ``GS ( H`` fn48 with a 4-byte token
-that is new for every job; the printer echoes ``37 22 token 00`` once everything before it has
-printed. A job counts as printed only when that echo came *and* the status after it shows no
-error. While waiting it polls status, so paper running out mid-job fails the job within about
-``poll_interval`` instead of at the end of the confirmation timeout.
+How it knows a job printed depends on ``confirm`` (``[[device]] confirm = ...``):
+
+- ``"process-id"``: after the job it sends Epson's ``GS ( H`` fn48 with a 4-byte token that is
+  new for every job; the printer echoes ``37 22 token 00`` once everything before it has printed.
+  A job counts as printed only when that echo came *and* the status after it shows no error.
+- ``"status"``, for the many clones (Xprinter/Zjiang, some Citizen/Bixolon) that ignore
+  ``GS ( H``: DLE EOT is a *real-time* command, answered at once even while the printer still
+  works through its buffer, so "no error" right after sending proves nothing. The driver waits
+  for as long as the job takes at a conservative line rate (``PrinterTiming.print_time``), and the
+  job counts as printed only when a status read after that reports online, no error, paper in,
+  cover closed. Error, paper end or cover open at any point fails it; "offline" with no cause is
+  waited out for at most another ``print_time``.
+- ``"auto"`` (the default): ``GS ( H`` on the first job; a printer that leaves it unanswered for
+  ``PrinterTiming.confirm`` while DLE EOT says it is fine does not do process ids: that job is
+  confirmed by status, and every later one too (logged once). A printer that answered it once is
+  never demoted: a later missing echo is a timeout as in ``"process-id"``.
+
+While waiting it polls status, so paper running out mid-job fails the job within about
+``poll_interval`` instead of at the end of the wait.
 
 The bytes coming back are a stream of frames, and not all of them answer us: automatic status
 back (4 bytes, first matches ``0xx1xx00``), late answers to a request that timed out, and echoes
@@ -29,14 +43,16 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 from drivers.base import DeviceInfo, Driver, Health, UsbMatch
 from drivers.transport import ByteTransport, StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
 __all__ = [
+    "CONFIRM_MODES",
     "ESCPOS_VENDOR_IDS",
+    "ConfirmMode",
     "Connector",
     "EscposPrinter",
     "PrintResult",
@@ -49,6 +65,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Connector = Callable[[], Awaitable[ByteTransport]]
+
+#: How jobs are confirmed (the ``confirm`` key of a printer's ``[[device]]``); see the module doc.
+ConfirmMode = Literal["auto", "process-id", "status"]
+CONFIRM_MODES: tuple[ConfirmMode, ...] = get_args(ConfirmMode)
 
 # Epson, Star, Bixolon, Samsung SRP, Citizen (two ids), SNBC, Custom, and the chip-vendor ids
 # cheap clones ship with (Winbond/Nuvoton, STMicro, NXP).
@@ -161,12 +181,18 @@ class PrinterStatus:
 
 @dataclass(frozen=True)
 class PrintResult:
-    """A job the printer confirmed (``GS ( H`` echo) and reported no error after."""
+    """A job the printer confirmed and reported no error after.
+
+    ``confirmed_by`` is ``"process-id"`` (the ``GS ( H`` echo came) or ``"status"`` (no echo
+    asked for, or none came from a printer that does not do process ids: DLE EOT after the job's
+    print time).
+    """
 
     job_id: str
     bytes_sent: int
     status: PrinterStatus  # read after the confirmation
     seconds: float
+    confirmed_by: Literal["process-id", "status"] = "process-id"
 
     @property
     def warning(self) -> str:
@@ -199,10 +225,49 @@ class PrinterTiming:
     write_per_kb: float = 1.5  # 9600 baud serial moves about 1 KB/s
     confirm: float = 30.0  # a long kitchen ticket, or a logo, takes a while to print
     poll_interval: float = 0.5  # status polls while waiting for the confirmation
+    # Confirming by status (printers without GS ( H): the time a job surely takes to print. The
+    # slowest printers of this class (older 58 mm clones) feed about 50 mm/s; a double-height
+    # line with its spacing is about 7 mm, so about 7 lines/s. We assume 6, plus the feed to the
+    # cutter and the cut. Too slow a guess only delays the confirmation; too fast a one would
+    # count a job as printed while paper can still run out under it.
+    lines_per_second: float = 6.0
+    feed_and_cut: float = 1.5
 
     @property
     def health_budget(self) -> float:
         return self.connect + 4 * self.status_reply + 4 * self.frame_rest + 2 * self.settle + 0.5
+
+    def print_time(self, data: bytes) -> float:
+        """How long ``data`` takes to print at the conservative line rate (for ``"status"``)."""
+        return self.feed_and_cut + estimated_lines(data) / self.lines_per_second
+
+
+def estimated_lines(data: bytes) -> float:
+    """The paper a job feeds, in text lines, for the status wait: line feeds, ``ESC d n`` and
+    ``GS V 65/66 n`` feeds, raster images (``GS v 0``: 24 dot rows a line, their pixel bytes
+    skipped rather than read as commands), and a generous allowance per barcode and QR code."""
+    lines, i, end = 0.0, 0, len(data)
+    while i < end:
+        found = (data.find(b"\n", i), data.find(b"\x1b", i), data.find(b"\x1d", i))
+        i = min((j for j in found if j >= 0), default=end)  # text between is on lines already counted
+        if i >= end:
+            break
+        if data[i] == 0x0A:
+            lines, i = lines + 1, i + 1
+        elif data.startswith(b"\x1bd", i) and i + 2 < end:  # ESC d n: feed n lines
+            lines, i = lines + data[i + 2], i + 3
+        elif data.startswith((b"\x1dVA", b"\x1dVB"), i) and i + 3 < end:  # feed n lines, then cut
+            lines, i = lines + data[i + 3], i + 4
+        elif data.startswith(b"\x1dv0", i) and i + 8 <= end:  # GS v 0 m xL xH yL yH pixels
+            width_bytes, height = data[i + 4] | data[i + 5] << 8, data[i + 6] | data[i + 7] << 8
+            lines, i = lines + height / 24, i + 8 + width_bytes * height
+        elif data.startswith(b"\x1dk", i):  # a 1D barcode: at most 255 dots high, ~10 lines
+            lines, i = lines + 10, i + 2
+        elif data.startswith(b"\x1d(k\x03\x001Q", i):  # print the stored QR code
+            lines, i = lines + 16, i + 8
+        else:
+            i += 1
+    return lines
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -223,6 +288,11 @@ class EscposPrinter(Driver):
     from ``info``: ``tcp`` address ``host[:port]``, ``serial`` device path (``info.extra``
     ``baudrate``, ``bytesize``, ``parity``, ``stopbits``), ``usb`` by ``info.serial_number`` or
     address ``bus:address`` through pyusb (``usb_backend`` is handed to ``usb.core.find``).
+
+    ``confirm`` is how jobs are confirmed (``"auto"``, ``"process-id"``, ``"status"``, see the
+    module doc); by default ``info.extra["confirm"]`` (the ``[[device]]`` key), else ``"auto"``.
+    What ``"auto"`` learned lasts as long as this driver object: the registry keeps one per
+    device across reconnects, and a new one (the device failed or moved) tries ``GS ( H`` again.
     """
 
     name: ClassVar[str] = "escpos"
@@ -238,8 +308,15 @@ class EscposPrinter(Driver):
         connect: Connector | None = None,
         timing: PrinterTiming | None = None,
         usb_backend: object | None = None,
+        confirm: ConfirmMode | None = None,
     ) -> None:
         super().__init__(info)
+        mode = confirm or info.extra.get("confirm", "auto")
+        if mode not in CONFIRM_MODES:
+            raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, got {mode!r}")
+        self.confirm: ConfirmMode = mode
+        # Whether the printer answers GS ( H: None until "auto" has seen it answer or not.
+        self._process_ids: bool | None = {"process-id": True, "status": False}.get(mode)
         self._connect = connect
         self.timing = timing or PrinterTiming()
         self._usb_backend = usb_backend
@@ -254,6 +331,13 @@ class EscposPrinter(Driver):
         self.last_status_at = 0.0
         self.last_asb: PrinterStatus | None = None
         self._last_health: Health | None = None
+
+    @property
+    def confirmed_by(self) -> Literal["process-id", "status"] | None:
+        """How jobs are confirmed now; None while ``"auto"`` has not tried ``GS ( H`` yet."""
+        if self._process_ids is None:
+            return None
+        return "process-id" if self._process_ids else "status"
 
     @property
     def label(self) -> str:
@@ -514,7 +598,11 @@ class EscposPrinter(Driver):
         started = time.monotonic()
         write_timeout = self.timing.write_base + len(data) / 1024 * self.timing.write_per_kb
         # Each step below has its own limit; this one only guards the sum of them.
-        budget = 3 * self.timing.health_budget + write_timeout + self.timing.confirm
+        budget = 3 * self.timing.health_budget + write_timeout
+        if self._process_ids is not False:
+            budget += self.timing.confirm
+        if self._process_ids is not True:  # the status wait: print time, then as long for "offline"
+            budget += 2 * self.timing.print_time(data) + self.timing.health_budget
         try:
             async with asyncio.timeout(budget):
                 return await self._print_job(job_id, data, started, write_timeout)
@@ -532,17 +620,32 @@ class EscposPrinter(Driver):
                 raise PrinterNotReady(
                     f"printer refused job {job_id}: {', '.join(problems)}", self.info.device_id, before, False
                 )
-            token = self._next_token()
+            token = self._next_token() if self._process_ids is not False else None
             self._confirmed.clear()  # echoes seen so far belong to earlier jobs
             try:
-                await t.write(data + confirm_request(token), timeout=write_timeout)
-                await self._await_confirmation(t, token, job_id)
-                after = await self._query_status(t)
+                await t.write(data + (confirm_request(token) if token else b""), timeout=write_timeout)
+                sent_at = time.monotonic()
+                if token is not None:
+                    try:
+                        await self._await_confirmation(t, token, job_id)
+                    except _NotConfirmed:
+                        if self._process_ids is not None:
+                            raise  # "process-id", or a printer that has answered GS ( H before
+                        await self._learn_no_process_ids(t, job_id)
+                    else:
+                        self._process_ids = True
+                confirmed_by: Literal["process-id", "status"]
+                if self._process_ids:
+                    after, confirmed_by = await self._query_status(t), "process-id"
+                else:
+                    print_time = self.timing.print_time(data)
+                    after, confirmed_by = await self._await_printed_by_status(t, job_id, sent_at, print_time), "status"
             except PrinterNotReady:
                 raise
             except DeviceError as exc:
-                raise type(exc)(
-                    f"job {job_id} was sent but not confirmed, it may or may not have printed: {exc}",
+                detail = str(exc).removeprefix(f"{self.info.device_id}: ")  # named once is enough
+                raise (DeviceTimeout if isinstance(exc, _NotConfirmed) else type(exc))(
+                    f"job {job_id} was sent but not confirmed, it may or may not have printed: {detail}",
                     self.info.device_id,
                 ) from exc
             problems = after.problems()
@@ -553,7 +656,7 @@ class EscposPrinter(Driver):
                     after,
                     True,
                 )
-        return PrintResult(job_id, len(data), after, time.monotonic() - started)
+        return PrintResult(job_id, len(data), after, time.monotonic() - started, confirmed_by)
 
     async def _await_confirmation(self, t: ByteTransport, token: bytes, job_id: str) -> None:
         deadline = time.monotonic() + self.timing.confirm
@@ -561,8 +664,14 @@ class EscposPrinter(Driver):
         while token not in self._confirmed:
             now = time.monotonic()
             if now >= deadline:
-                raise DeviceTimeout(
-                    f"printer at {self.label} did not confirm job {job_id} within {self.timing.confirm:.1f}s",
+                hint = (
+                    ' (a printer that ignores GS ( H, as many clones do, needs confirm = "status" or "auto")'
+                    if self.confirm == "process-id"
+                    else ""
+                )
+                raise _NotConfirmed(
+                    f"printer at {self.label} did not confirm job {job_id} (GS ( H process id) "
+                    f"within {self.timing.confirm:.1f}s{hint}",
                     self.info.device_id,
                 )
             if now >= next_poll:
@@ -583,3 +692,65 @@ class EscposPrinter(Driver):
             elif kind == "asb" and self.last_asb is not None and self.last_asb.problems():
                 next_poll = time.monotonic()  # the printer says it stopped: confirm with DLE EOT now
         self._confirmed.discard(token)
+
+    async def _learn_no_process_ids(self, t: ByteTransport, job_id: str) -> None:
+        """``"auto"``: GS ( H went unanswered. If the printer says it is fine, it simply does not
+        do process ids: confirm by status from now on. Anything else fails the job as it is."""
+        status = await self._query_status(t)
+        problems = status.problems()
+        if problems:
+            raise PrinterNotReady(
+                f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
+                self.info.device_id,
+                status,
+                True,
+            )
+        self._process_ids = False
+        log.warning(
+            "printer %s (%s) left GS ( H (process id) unanswered for %gs while reporting no error: "
+            "it does not confirm jobs by process id; its jobs are confirmed by status (DLE EOT after "
+            'the print time) from now on. Set confirm = "status" in its [[device]] to skip this first wait.',
+            self.info.device_id,
+            self.label,
+            self.timing.confirm,
+        )
+
+    async def _await_printed_by_status(
+        self, t: ByteTransport, job_id: str, sent_at: float, print_time: float
+    ) -> PrinterStatus:
+        """The status confirmation: the printer answers DLE EOT at once even with the job still in
+        its buffer, so only a reading taken once ``print_time`` has passed since sending says
+        anything about the job. Polls all along so a problem fails the job at once; "offline" with
+        no cause (e.g. while someone holds the feed button) is waited out for another ``print_time``."""
+        done_at = sent_at + print_time
+        give_up = done_at + print_time
+        while True:
+            asked_at = time.monotonic()
+            status = await self._query_status(t)
+            problems = status.problems()
+            if problems and problems != ["offline"]:
+                raise PrinterNotReady(
+                    f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
+                    self.info.device_id,
+                    status,
+                    True,
+                )
+            if not problems and asked_at >= done_at:
+                return status
+            now = time.monotonic()
+            if now >= give_up:
+                raise PrinterNotReady(
+                    f"job {job_id} not counted as printed: the printer was still offline "
+                    f"{now - sent_at:.1f}s after it was sent",
+                    self.info.device_id,
+                    status,
+                    True,
+                )
+            next_poll = now + self.timing.poll_interval
+            if now < done_at:
+                next_poll = min(next_poll, done_at)
+            await asyncio.sleep(next_poll - now)
+
+
+class _NotConfirmed(DeviceTimeout):
+    """No ``GS ( H`` echo within the confirmation timeout (the printer itself kept answering)."""

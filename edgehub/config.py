@@ -187,8 +187,10 @@ class DiscoveryConfig:
 
 
 DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
-# Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity).
-DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "mode", "parity", "serial_number", "stopbits", "vendor")
+# Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity, printer confirm).
+DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor")
+# How an escpos printer confirms a job (drivers.escpos.CONFIRM_MODES; a test keeps them equal).
+PRINTER_CONFIRM_MODES = ("auto", "process-id", "status")
 
 
 @dataclass(frozen=True)
@@ -726,6 +728,11 @@ def _static_devices(ck: _Checker, data: Mapping[str, Any]) -> tuple[StaticDevice
             if key not in DEVICE_EXTRA_KEYS:
                 ck.problem(f"{prefix}.{key}", "unknown key (known: address, driver, id, model, transport, "
                            f"{', '.join(DEVICE_EXTRA_KEYS)})")
+            elif key == "confirm" and driver and driver != "escpos":
+                ck.problem(f"{prefix}.confirm", f"only escpos printers take confirm, this is a {driver}")
+            elif key == "confirm" and value not in PRINTER_CONFIRM_MODES:
+                ck.problem(f"{prefix}.confirm", f"must be one of {', '.join(map(repr, PRINTER_CONFIRM_MODES))}, "
+                           f'got {value!r} ("status" for printers that ignore GS ( H)')
             elif isinstance(value, bool):
                 extra[key] = "true" if value else "false"
             elif isinstance(value, (str, int, float)):

@@ -10,6 +10,7 @@ The same core sits behind three front ends: ``PrinterSim`` (raw TCP, like port 9
 printer), ``PtyPrinterSim`` (a serial printer on a pseudo-terminal) and the USB printer of
 ``edgehub.sim.usb``. Knobs (``paper_out``, ``cover_open``, ``silent``, ``slow``, ...) change the
 state at runtime so tests and ``make run`` can break the printer the way real ones break.
+``clone`` makes it one of the many copies (Xprinter/Zjiang...) that ignore ``GS ( H``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class _KnobsMixin:
     recoverable_error = _Knob[bool]()
     silent = _Knob[bool]()
     slow = _Knob[float]()
+    clone = _Knob[bool]()
 
     @property
     def printed(self) -> list[PrintedTicket]:
@@ -216,7 +218,10 @@ class PrinterCore:
         model: str = "TM-T20III",
         serial_number: str = "SIM-PRN-0001",
         clock: Callable[[], float] = time.monotonic,
+        clone: bool = False,
     ) -> None:
+        """``clone``: behave like the clones that ignore ``GS ( H`` (no job confirmation, ever);
+        it is what the printer *is*, so ``reset()`` keeps it."""
         self.manufacturer = manufacturer
         self.model = model
         self.serial_number = serial_number
@@ -229,6 +234,8 @@ class PrinterCore:
         self._flags: dict[str, bool] = dict.fromkeys(_FLAG_NAMES, False)
         self.silent = False
         self.slow = 0.0
+        self.clone = clone
+        self.process_id_requests = 0  # GS ( H fn48 received, answered or (clone) not
 
     # -- knobs (each change is a state change: ASB frames go out, held tickets may print) -----
     paper_near_end = _Flag()
@@ -271,6 +278,7 @@ class PrinterCore:
                 self._flags[name] = False
             self.silent = False
             self.slow = 0.0
+            self.process_id_requests = 0
             self._finished.clear()
             self._held.clear()
             self._busy_until = 0.0
@@ -647,6 +655,9 @@ class PrinterSession:
 
     def _gs_paren(self, fn: str, payload: bytes) -> None:
         if fn == "H" and len(payload) >= 6 and payload[0] == 0x30 and payload[1] == 0x30:
+            self._core.process_id_requests += 1
+            if self._core.clone:
+                return  # unknown to it: skipped like any command it does not know
             token = payload[2:6]
             self._end_line(force=False)
             if self._ticket.has_content():
@@ -771,7 +782,8 @@ class PrinterSim(_KnobsMixin):
     """A LAN printer on raw TCP (like port 9100) at ``127.0.0.1:{port}``; an async context manager.
 
     Knobs: ``paper_near_end``, ``paper_out``, ``cover_open``, ``offline``, the four error flags,
-    ``silent`` (takes bytes, never answers), ``slow`` (seconds each ticket takes to print). Use
+    ``silent`` (takes bytes, never answers), ``slow`` (seconds each ticket takes to print),
+    ``clone`` (ignores ``GS ( H``, like Xprinter/Zjiang and other copies). Use
     ``await kill()`` / ``await revive()`` for a dead printer (connections closed, new ones refused)
     and ``await reset()`` for a healthy empty one. ``printed`` lists the tickets that came out.
     """

@@ -66,6 +66,18 @@ mode = "continuous"
             '[[device]]\nid = "a/b"\ndriver = "zvt"\ntransport = "tcp"\naddress = "10.0.0.3"',
             "is not a device id",
         ),
+        (
+            '[[device]]\ndriver = "escpos"\ntransport = "tcp"\naddress = "10.0.0.4"\nconfirm = "gs-h"',
+            "device[0].confirm: must be one of 'auto', 'process-id', 'status', got 'gs-h'",
+        ),
+        (
+            '[[device]]\ndriver = "escpos"\ntransport = "tcp"\naddress = "10.0.0.4"\nconfirm = true',
+            "device[0].confirm: must be one of",
+        ),
+        (
+            '[[device]]\ndriver = "zvt"\ntransport = "tcp"\naddress = "10.0.0.5"\nconfirm = "status"',
+            "device[0].confirm: only escpos printers take confirm",
+        ),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path: Path, extra: str, expected: str) -> None:
@@ -74,3 +86,32 @@ def test_problems_name_file_line_and_key(tmp_path: Path, extra: str, expected: s
         load_config(path)
     [problem] = [p for p in err.value.problems if expected in p]
     assert problem.startswith(f"{path}:") and problem.split(":")[1].isdigit()
+
+
+async def test_printer_confirm_reaches_the_driver(tmp_path: Path) -> None:
+    from drivers.escpos import EscposPrinter
+    from edgehub.devices.factory import DriverFactory
+    from edgehub.discovery import static_device_info
+
+    path = write_config(
+        tmp_path,
+        extra="""
+[[device]]
+id = "xprinter-grill"
+driver = "escpos"
+transport = "tcp"
+address = "192.168.1.51:9100"
+confirm = "status"
+
+[[device]]
+id = "epson-bar"
+driver = "escpos"
+transport = "tcp"
+address = "192.168.1.52:9100"
+""",
+    )
+    clone, epson = load_config(path).devices
+    assert clone.extra == {"confirm": "status"} and epson.extra == {}
+    drivers = [await DriverFactory()(static_device_info(device)) for device in (clone, epson)]
+    assert all(isinstance(d, EscposPrinter) for d in drivers)
+    assert [d.confirm for d in drivers if isinstance(d, EscposPrinter)] == ["status", "auto"]

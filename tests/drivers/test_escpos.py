@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,25 +15,38 @@ from hypothesis import strategies as st
 
 from drivers.base import DeviceInfo, UsbMatch
 from drivers.escpos import (
+    CONFIRM_MODES,
     ESCPOS_VENDOR_IDS,
+    ConfirmMode,
     EscposPrinter,
     PrinterNotReady,
     PrinterStatus,
     PrinterTiming,
     PrintResult,
     confirm_request,
+    estimated_lines,
 )
 from drivers.escpos_render import Ticket, render
 from edgehub.errors import DeviceTimeout, DeviceUnavailable, ProtocolError
-from edgehub.sim.printer import PrinterSim, PtyPrinterSim
+from edgehub.sim.printer import PrinterCore, PrinterSim, PtyPrinterSim
 
 FAST = PrinterTiming(
-    connect=1.0, status_reply=0.2, frame_rest=0.1, settle=0.02, confirm=2.0, poll_interval=0.1, write_base=1.0
+    connect=1.0,
+    status_reply=0.2,
+    frame_rest=0.1,
+    settle=0.02,
+    confirm=2.0,
+    poll_interval=0.1,
+    write_base=1.0,
+    lines_per_second=1000.0,
+    feed_and_cut=0.05,
 )
 
 
-def tcp_printer(address: str, timing: PrinterTiming = FAST) -> EscposPrinter:
-    return EscposPrinter(DeviceInfo("prn-test", "printer", "tcp", address, "escpos"), timing=timing)
+def tcp_printer(
+    address: str, timing: PrinterTiming = FAST, confirm: ConfirmMode | None = None
+) -> EscposPrinter:
+    return EscposPrinter(DeviceInfo("prn-test", "printer", "tcp", address, "escpos"), timing=timing, confirm=confirm)
 
 
 def ticket_bytes(title: str = "Table 7", item: str = "2x Burger") -> bytes:
@@ -372,7 +386,7 @@ async def test_printer_that_never_confirms_leaves_the_job_unconfirmed() -> None:
         return b"\x12" * data.count(b"\x10\x04")
 
     async with raw_server(replies(answer)) as address:
-        printer = tcp_printer(address, PrinterTiming(**{**FAST.__dict__, "confirm": 0.3}))
+        printer = tcp_printer(address, PrinterTiming(**{**FAST.__dict__, "confirm": 0.3}), "process-id")
         with pytest.raises(DeviceTimeout, match="sent but not confirmed"):
             await printer.print_job("order-9", ticket_bytes())
         await printer.close()
@@ -401,6 +415,8 @@ FUZZ = PrinterTiming(
     confirm=0.3,
     poll_interval=0.1,
     write_base=0.5,
+    lines_per_second=1000.0,
+    feed_and_cut=0.05,
 )
 
 
@@ -455,3 +471,136 @@ async def test_health_during_a_long_job_answers_at_once(sim: PrinterSim, printer
     assert time.monotonic() - started < 0.1
     await job
     assert len(sim.printed) == 1
+
+
+# -- clones that ignore GS ( H: confirmation by status -----------------------------------------
+
+SHORT_CONFIRM = PrinterTiming(**{**FAST.__dict__, "confirm": 0.3})
+# A print time far longer than any test waits: the job can only end by the problem it meets.
+SLOW_PAPER = PrinterTiming(**{**FAST.__dict__, "lines_per_second": 0.5, "feed_and_cut": 10.0})
+
+
+@pytest.fixture
+async def clone() -> AsyncIterator[PrinterSim]:
+    async with PrinterSim(PrinterCore(manufacturer="Xprinter", model="XP-80C", clone=True)) as s:
+        yield s
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5.0):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def test_estimated_lines_counts_paper_not_bytes() -> None:
+    assert estimated_lines(b"Table 7\n2x Burger\n") == 2
+    assert estimated_lines(b"\x1bd\x05" + b"\x1dVB\x03") == 8  # ESC d 5, then feed 3 and cut
+    image = b"\x1dv0\x00" + (2).to_bytes(2, "little") + (48).to_bytes(2, "little") + b"\n" * 96
+    assert estimated_lines(image + b"after\n") == 3  # 48 dot rows = 2 lines; its 0x0A pixels are no feeds
+    assert estimated_lines(ticket_bytes()) >= 3
+    assert FAST.print_time(b"a\n" * 1000) > FAST.print_time(b"a\n")
+
+
+def test_confirm_modes_are_the_ones_the_config_accepts() -> None:
+    from edgehub.config import PRINTER_CONFIRM_MODES
+
+    assert CONFIRM_MODES == PRINTER_CONFIRM_MODES == ("auto", "process-id", "status")
+    with pytest.raises(ValueError, match="confirm must be one of"):
+        tcp_printer("127.0.0.1:1", confirm="gs-h")  # type: ignore[arg-type]  # the wrong value on purpose
+    from_config = EscposPrinter(DeviceInfo("p", "printer", "tcp", "127.0.0.1:1", "escpos", extra={"confirm": "status"}))
+    assert from_config.confirm == "status" and from_config.confirmed_by == "status"
+    assert tcp_printer("127.0.0.1:1").confirm == "auto" and tcp_printer("127.0.0.1:1").confirmed_by is None
+
+
+async def test_clone_prints_in_status_mode(clone: PrinterSim) -> None:
+    printer = tcp_printer(clone.address, confirm="status")
+    try:
+        first = await printer.print_job("order-20", ticket_bytes(item="2x Dumplings"))
+        second = await printer.print_job("order-21", ticket_bytes(item="1x Soup"))
+    finally:
+        await printer.close()
+    assert first.confirmed_by == second.confirmed_by == "status"
+    assert [t.lines[1].text for t in clone.printed] == ["2x Dumplings", "1x Soup"]
+    assert clone.core.process_id_requests == 0  # nothing sent that a clone might print as garbage
+
+
+async def test_clone_in_auto_mode_learns_once_and_says_so_once(
+    clone: PrinterSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    printer = tcp_printer(clone.address, SHORT_CONFIRM)  # "auto" is the default
+    caplog.set_level(logging.WARNING, logger="drivers.escpos")
+    try:
+        results = [await printer.print_job(f"order-3{n}", ticket_bytes(item=f"item {n}")) for n in range(3)]
+    finally:
+        await printer.close()
+    assert [r.confirmed_by for r in results] == ["status"] * 3
+    assert printer.confirmed_by == "status"
+    assert [t.lines[1].text for t in clone.printed] == ["item 0", "item 1", "item 2"]
+    assert clone.core.process_id_requests == 1  # tried on the first job only
+    [record] = [r for r in caplog.records if "GS ( H" in r.getMessage()]
+    assert "prn-test" in record.getMessage() and "by status" in record.getMessage()
+
+
+async def test_printer_that_answers_process_ids_keeps_them_in_auto_mode(
+    sim: PrinterSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    printer = tcp_printer(sim.address, SHORT_CONFIRM)
+    caplog.set_level(logging.WARNING, logger="drivers.escpos")
+    try:
+        result = await printer.print_job("order-40", ticket_bytes())
+        assert result.confirmed_by == "process-id" and printer.confirmed_by == "process-id"
+        # Once it answered, a missing echo is a failure, never a reason to stop asking.
+        sim.clone = True
+        with pytest.raises(DeviceTimeout, match="sent but not confirmed"):
+            await printer.print_job("order-41", ticket_bytes())
+        assert printer.confirmed_by == "process-id"
+    finally:
+        await printer.close()
+    assert not [r for r in caplog.records if "GS ( H" in r.getMessage()]
+
+
+@pytest.mark.parametrize("mode", ["status", "auto"])
+async def test_paper_end_after_a_job_on_a_clone_is_not_printed(clone: PrinterSim, mode: ConfirmMode) -> None:
+    printer = tcp_printer(clone.address, PrinterTiming(**{**SLOW_PAPER.__dict__, "confirm": 30.0}), mode)
+    try:
+        job = asyncio.create_task(printer.print_job("order-50", ticket_bytes()))
+        await until(lambda: bool(clone.printed))  # the clone took the job (and says nothing more)
+        clone.paper_out = True
+        with pytest.raises(PrinterNotReady) as caught:
+            await job
+    finally:
+        await printer.close()
+    assert caught.value.job_sent is True and caught.value.status.paper_end
+    assert "order-50" in str(caught.value) and "paper end" in str(caught.value)
+    # "auto" learned nothing from a printer with a problem: it tries GS ( H again next time.
+    assert printer.confirmed_by == ("status" if mode == "status" else None)
+
+
+async def test_clone_offline_for_a_moment_is_waited_out(clone: PrinterSim) -> None:
+    # Offline with no cause does not fail the job; it is waited out for up to another print time.
+    printer = tcp_printer(clone.address, PrinterTiming(**{**FAST.__dict__, "feed_and_cut": 1.0}), "status")
+    try:
+        job = asyncio.create_task(printer.print_job("order-60", ticket_bytes()))
+        await until(lambda: bool(clone.printed))
+        clone.offline = True
+        await until(lambda: printer.last_status is not None and printer.last_status.offline)
+        assert not job.done()
+        clone.offline = False
+        result = await job
+    finally:
+        await printer.close()
+    assert result.confirmed_by == "status" and not result.status.offline
+
+
+async def test_process_id_on_a_clone_times_out_naming_the_printer(clone: PrinterSim) -> None:
+    printer = tcp_printer(clone.address, SHORT_CONFIRM, "process-id")
+    try:
+        with pytest.raises(DeviceTimeout) as caught:
+            await printer.print_job("order-70", ticket_bytes())
+    finally:
+        await printer.close()
+    message = str(caught.value)
+    assert caught.value.device_id == "prn-test" and message.startswith("prn-test: job order-70")
+    assert "may or may not have printed" in message and clone.address in message
+    assert "GS ( H" in message and 'confirm = "status"' in message
+    assert printer.confirmed_by == "process-id"

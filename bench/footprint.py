@@ -1,37 +1,66 @@
 """Footprint of a box that runs for years: memory, idle CPU, start time, bytes written per order.
 
-Against a real ``edgehub run`` process (with the simulated store when the CLI offers
-``--simulate``) and its Mosquitto:
+Against a real ``edgehub run --simulate`` process (the simulated store's 6 devices, 4 POS
+terminals and 6 kitchen stations configured, the uplink enabled) and its Mosquitto, with a
+second private Mosquitto acting as the chain's cloud:
+- process start → READY (sd_notify READY=1: broker connected, API up) (target < 2 s);
 - RSS after start and after ``--orders`` orders (target < 60 MB, no growth beyond noise);
 - CPU while idle, devices probed, no orders (target < 2 % of one core);
-- process start → READY (sd_notify READY=1: broker connected, API up) (target < 2 s);
-- bytes written to disk per accepted order (``/proc/PID/io`` write_bytes of hub and broker)
-  over ``--amp-orders`` orders, divided by the order payload size: write amplification
-  (target < 8x with the WAN up). The ceiling it is compared with is the payload itself.
+- bytes written to disk per accepted order (``/proc/PID/io`` write_bytes of hub AND broker)
+  over ``--amp-orders`` orders paced at ``--rate``, divided by the order payload size: write
+  amplification, once with the WAN up (the cloud acks, outbox rows are deleted; the figure is
+  taken after the outbox drained) and once with the WAN down (uplink enabled, cloud stopped).
+  Target < 8x with the WAN up. The ceiling it is compared with is the payload itself.
 
-    .venv/bin/python bench/footprint.py [--orders 100000] [--amp-orders 10000] [--idle-s 20]
+    .venv/bin/python bench/footprint.py [--orders 100000] [--amp-orders 10000] [--rate 200] [--idle-s 20]
+
+Last line: one JSON object with every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
-from common import REPO, Loader
+from common import Loader
 
-from tests.conftest import HubProcess, write_config
+from tests.conftest import API_TOKEN, HubProcess, write_config
+from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
 
+STORE = "bench"
+TERMINALS = ("pos-1", "pos-2", "pos-3", "pos-4")
 ORDER_BYTES = len(json.dumps({"schema": "order/1", "order_id": "pos-1-xxxxxx-000000", "table": "T7", "covers": 2,
                               "lines": [{"sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "station": "grill"},
                                         {"sku": "COLA-33", "name": "Cola", "qty": 2, "station": "bar"}]}))
+# Six stations, as a mid-sized kitchen has them; the bench's orders go to grill and bar.
+KITCHEN = """
+[kitchen]
+default_station = "kitchen"
+
+[kitchen.stations.grill]
+[kitchen.stations.wok]
+[kitchen.stations.fry]
+[kitchen.stations.cold]
+[kitchen.stations.dessert]
+[kitchen.stations.bar]
+amber_after_s = 120
+red_after_s = 300
+"""
+
+
+def cloud_section(port: int) -> str:
+    return (f'[cloud]\nenabled = true\nurl = "mqtt://127.0.0.1:{port}"\nusername = "{BOX_USER}"\n'
+            f'password = "{BOX_PASSWORD}"\nreconnect_max_s = 2.0\n')
 
 
 def write_bytes(pids: list[int]) -> int:
@@ -43,38 +72,55 @@ def write_bytes(pids: list[int]) -> int:
     return total
 
 
-def supports_simulate() -> bool:
-    result = subprocess.run([sys.executable, "-m", "edgehub", "run", "--help"], capture_output=True, text=True,
-                            cwd=REPO)
-    return "--simulate" in result.stdout
+def status(port: int) -> dict[str, Any]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/status",
+                                     headers={"Authorization": f"Bearer {API_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        doc: dict[str, Any] = json.loads(response.read())
+        return doc
 
 
-def main() -> dict[str, float]:
+def wait_for(what: str, check: Any, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--amp-orders", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=200.0, help="orders/s while write amplification is measured")
     parser.add_argument("--idle-s", type=float, default=20.0)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
-        path = write_config(Path(tmp) / "box", store="bench", mode="managed",
-                            terminals=("pos-1", "pos-2", "pos-3", "pos-4"))
+        cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
+        asyncio.run(cloud.start())
+        path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
+                            extra=KITCHEN + cloud_section(cloud.port))
         notify_path = Path(tmp) / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify_path))
         sock.settimeout(15)
-        extra = ("--simulate",) if supports_simulate() else ()
-        hub = HubProcess(path, Path(tmp) / "hub.log", extra_args=extra, env={"NOTIFY_SOCKET": str(notify_path)})
+        hub = HubProcess(path, Path(tmp) / "hub.log", extra_args=("--simulate",),
+                         env={"NOTIFY_SOCKET": str(notify_path)})
         started = time.perf_counter()
         hub.start(wait=False)
-        while b"READY=1" not in sock.recv(4096):
+        while b"STATUS=serving store" not in sock.recv(4096):  # the hub's READY=1, not another's
             pass
         ready_s = time.perf_counter() - started
         sock.close()
+        api = hub.config.api.listen.port
         try:
             assert hub.proc is not None
             proc = psutil.Process(hub.proc.pid)
             broker = next(c for c in proc.children() if "mosquitto" in c.name())
+            pids = [proc.pid, broker.pid]
+            wait_for("the uplink online", lambda: status(api)["uplink"]["link"]["state"] == "online", 30)
+            devices = status(api)["devices"]
             time.sleep(2)
             rss_start = proc.memory_info().rss / 2**20
 
@@ -82,41 +128,81 @@ def main() -> dict[str, float]:
             time.sleep(args.idle_s)
             idle_pct = (sum(proc.cpu_times()[:2]) - cpu_before) / args.idle_s * 100
 
-            port = hub.config.broker.listen.port
-            loader = Loader(port, "bench", "pos-1")
-            loader.burst("warm", 500)
-            io_before = write_bytes([proc.pid, broker.pid])
-            loader.paced("amp", rate=200, seconds=args.amp_orders / 200)
-            time.sleep(1.0)  # let the last group commit and checkpoint land
-            amp = (write_bytes([proc.pid, broker.pid]) - io_before) / (args.amp_orders * ORDER_BYTES)
+            def outbox() -> int:
+                return int(status(api)["journal"]["outbox"])
 
-            loader.burst("bulk", max(0, args.orders - args.amp_orders - 500))
+            def amplification(prefix: str, drained: bool) -> tuple[float, float]:
+                before = status(api)["journal"]["commits"]
+                io_before = write_bytes(pids)
+                loader.paced(prefix, rate=args.rate, seconds=args.amp_orders / args.rate)
+                if drained:
+                    wait_for("the outbox to drain", lambda: outbox() == 0)
+                time.sleep(1.5)  # let the last group commit and checkpoint land
+                written = write_bytes(pids) - io_before
+                commits = status(api)["journal"]["commits"] - before
+                return written / (args.amp_orders * ORDER_BYTES), commits / args.amp_orders
+
+            loader = Loader(hub.config.broker.listen.port, STORE, "pos-1")
+            loader.burst("warm", 500)
+            wait_for("the outbox to drain", lambda: outbox() == 0)
+            amp_up, commits_up = amplification("amp-up", drained=True)
+
+            cloud.stop()
+            wait_for("the uplink offline", lambda: status(api)["uplink"]["link"]["state"] != "online", 30)
+            amp_down, commits_down = amplification("amp-down", drained=False)
+            asyncio.run(cloud.start())
+            wait_for("the uplink online", lambda: status(api)["uplink"]["link"]["state"] == "online", 30)
+
+            bulk = max(0, args.orders - 2 * args.amp_orders - 500)
+            bulk_rate = loader.burst("bulk", bulk) if bulk else 0.0
             loader.close()
+            wait_for("the outbox to drain", lambda: outbox() == 0, 300)
             time.sleep(2)
             rss_after = proc.memory_info().rss / 2**20
+            final = status(api)
+        except BaseException:
+            print((Path(tmp) / "hub.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             hub.stop()
+            cloud.stop()
 
     result = {
         "ready_s": round(ready_s, 3),
         "rss_start_mb": round(rss_start, 1),
         "rss_after_mb": round(rss_after, 1),
-        "orders": args.orders,
+        "orders": final["journal"]["orders"],
         "idle_cpu_pct": round(idle_pct, 2),
-        "write_amplification": round(amp, 2),
+        "write_amp_wan_up": round(amp_up, 2),
+        "write_amp_wan_down": round(amp_down, 2),
+        "bytes_per_order_wan_up": round(amp_up * ORDER_BYTES),
+        "bytes_per_order_wan_down": round(amp_down * ORDER_BYTES),
+        "commits_per_order_wan_up": round(commits_up, 3),
+        "commits_per_order_wan_down": round(commits_down, 3),
+        "amp_rate": args.rate,
+        "bulk_orders_per_s": round(bulk_rate, 1),
         "order_bytes": ORDER_BYTES,
-        "simulated_store": bool(extra),
+        "devices": len(devices.get("devices", devices)) if isinstance(devices, dict) else len(devices),
+        "open_tickets": sum(final["kitchen"]["open"].values()),
     }
-    print(f"start -> READY:            {result['ready_s']:>8} s   (target < 2)")
-    print(f"RSS after start:           {result['rss_start_mb']:>8} MB  (target < 60)")
-    print(f"RSS after {args.orders} orders: {result['rss_after_mb']:>8} MB")
-    print(f"idle CPU:                  {result['idle_cpu_pct']:>8} %   (target < 2)")
-    print(f"write amplification:       {result['write_amplification']:>8} x   (target < 8, "
-          f"{ORDER_BYTES}-byte orders at 200/s)")
+    rows = [
+        ("start -> READY", f"{result['ready_s']} s", "< 2 s"),
+        ("RSS after start", f"{result['rss_start_mb']} MB", "< 60 MB"),
+        (f"RSS after {result['orders']} orders", f"{result['rss_after_mb']} MB", "< 60 MB, no growth"),
+        ("idle CPU (devices probed)", f"{result['idle_cpu_pct']} %", "< 2 %"),
+        ("write amplification, WAN up", f"{result['write_amp_wan_up']} x", "< 8 x"),
+        ("write amplification, WAN down", f"{result['write_amp_wan_down']} x", ""),
+        ("bytes written/order, WAN up", f"{result['bytes_per_order_wan_up']} B", f"order = {ORDER_BYTES} B"),
+        ("bytes written/order, WAN down", f"{result['bytes_per_order_wan_down']} B", ""),
+        ("commits/order, WAN up / down", f"{result['commits_per_order_wan_up']} / "
+                                          f"{result['commits_per_order_wan_down']}", f"at {args.rate:g} orders/s"),
+    ]
+    for name, value, target in rows:
+        print(f"{name:<32} {value:>16}   {target}")
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    sys.exit(0 if main() else 1)

@@ -194,10 +194,13 @@ class MosquittoProcess:
         if self.address.port == 0:
             self.address = Address(self.address.host, free_port(self.address.host))
         self.files = await asyncio.to_thread(write_config, self.config, self.address, _current_user())
+        # Mosquitto speaks sd_notify itself: left in its environment, NOTIFY_SOCKET would let the
+        # private broker tell systemd (or a bench) READY=1 before the hub is ready.
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self._proc = await asyncio.create_subprocess_exec(
             binary, "-c", str(self.files.conf),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if self.die_with_parent else None,
+            preexec_fn=_die_with_parent if self.die_with_parent else None, env=env,
         )
         self._log_task = asyncio.create_task(self._collect_log())
         for _ in range(200):

@@ -239,6 +239,7 @@ class CloudConfig:
     telemetry_quota_mib: float = 64.0
     disk_warn_free_mib: int = 512
     disk_hard_free_mib: int = 128
+    telemetry_every_s: float = 60.0  # the box's own sample (edgehub/uplink/telemetry.py); 0: none
 
 
 @dataclass(frozen=True)
@@ -750,7 +751,7 @@ _CLOUD_KEYS = {
     "enrollment_token", "enrollment_token_file",
     "client_id", "keepalive_s", "connect_timeout_s", "ping_interval_s", "ping_timeout_s", "reconnect_max_s",
     "max_inflight", "live_slots", "replay_rate", "replay_batch", "reconcile_every_s", "telemetry_ttl_h",
-    "telemetry_quota_mib", "disk_warn_free_mib", "disk_hard_free_mib",
+    "telemetry_quota_mib", "disk_warn_free_mib", "disk_hard_free_mib", "telemetry_every_s",
 }
 
 
@@ -840,6 +841,7 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
         telemetry_quota_mib=float(number("telemetry_quota_mib", 64.0, 0, 1_000_000)),
         disk_warn_free_mib=number("disk_warn_free_mib", 512, 0, 10_000_000, int),
         disk_hard_free_mib=number("disk_hard_free_mib", 128, 0, 10_000_000, int),
+        telemetry_every_s=float(number("telemetry_every_s", 60.0, 0, 86_400)),
     )
     if cfg.live_slots > cfg.max_inflight:
         ck.problem("cloud.live_slots", f"must not exceed max_inflight ({cfg.max_inflight})")

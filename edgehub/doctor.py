@@ -126,7 +126,7 @@ class Doctor:
             checks.append(self._daemon(status))
         gathered = await asyncio.gather(
             self._broker(), asyncio.to_thread(self._journal), asyncio.to_thread(self._disk_space),
-            asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(),
+            asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(status),
         )
         checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
         checks.extend(await self._devices(status))
@@ -274,7 +274,7 @@ class Doctor:
             return float(newest) if newest is not None else None
         return None
 
-    async def _cloud(self) -> list[Check]:
+    async def _cloud(self, status: Mapping[str, Any] | None = None) -> list[Check]:
         target = cloud_address(self.config)
         if target is None:
             return [Check("cloud", "ok", "no cloud is configured: the box works on its own")]
@@ -298,7 +298,23 @@ class Doctor:
                     Check("cloud", "warn", f"the cloud broker {host}:{port} does not answer: {_reason(exc)}",
                           "the store keeps working and the outbox waits; check the firewall allows "
                           f"outgoing TCP {port}, or ask support whether the cloud is down")]
-        return [Check("wan", "ok", f"{host} resolves"), Check("cloud", "ok", f"{host}:{port} answers")]
+        wan = Check("wan", "ok", f"{host} resolves")
+        # TCP answers; whether the box can sign in (TLS, password or enrollment token) only the
+        # running hub's uplink knows: it holds the connection.
+        uplink = status.get("uplink") if status is not None else None
+        link = uplink.get("link") if isinstance(uplink, Mapping) else None
+        if not isinstance(link, Mapping) or not (isinstance(uplink, Mapping) and uplink.get("enabled")):
+            return [wan, Check("cloud", "ok", f"{host}:{port} answers")]
+        state, error = str(link.get("state", "?")), str(link.get("last_error") or "")
+        if state == "online":
+            ping = link.get("ping_ms")
+            return [wan, Check("cloud", "ok", f"{host}:{port} answers and the hub is connected"
+                                              f"{f' (ping {ping} ms)' if ping is not None else ''}")]
+        if error:
+            return [wan, Check("cloud", "warn", f"{host}:{port} answers, but the hub cannot connect: {error}",
+                               "check [cloud] in edgehub.toml (username and password or enrollment token, "
+                               "ca_file for TLS) with support; the outbox keeps everything meanwhile")]
+        return [wan, Check("cloud", "ok", f"{host}:{port} answers; the hub is {state}")]
 
     async def _devices(self, status: Mapping[str, Any] | None) -> list[Check]:
         if status is None or status.get("devices") is None:

@@ -35,6 +35,10 @@ class JournalError(EdgehubError):
     """The local SQLite journal cannot be opened, checked or written."""
 
 
+class JournalFull(JournalError):
+    """The journal cannot grow: the data disk is full. Nothing of the write was kept."""
+
+
 class BrokerError(EdgehubError):
     """The store's Mosquitto cannot be configured, started or reached."""
 

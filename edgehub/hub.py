@@ -33,9 +33,12 @@ from edgehub.kitchen import Kitchen, ScreenServer
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
-from edgehub.uplink import attach_uplink
+from edgehub.uplink import attach_uplink, follow_cloud_routing
 
 log = logging.getLogger("edgehub.hub")
+
+# How long stopping waits for a task (the bus, the watchdog pinger) before cancelling it again.
+STOP_GRACE_S = 3.0
 
 
 class Hub:
@@ -103,6 +106,8 @@ class Hub:
         self.api.route_setups.append(self.screens.setup)
         self.status_sections["kitchen"] = self.kitchen.status
         self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
+        # Routing rules the cloud pushes (downlink "routing") route new tickets; cached across restarts.
+        follow_cloud_routing(self.downlink, self.kitchen)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -138,6 +143,13 @@ class Hub:
         self.notifier.stopping()
         await self.bus.close()
         for task in self._tasks:
+            task.cancel()
+        # A task that does not finish at once is usually the MQTT client waiting, without a
+        # timeout of its own, for the broker to confirm the disconnect: a broker that no longer
+        # answers must not hold up a restart under systemd. Cancel again, which ends that wait.
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_S) if self._tasks else (set(), set())
+        for task in pending:
+            log.warning("task %s did not stop within %.0f s; cancelling it again", task.get_name(), STOP_GRACE_S)
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()

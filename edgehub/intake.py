@@ -6,6 +6,8 @@ acks ``accepted`` only after the group commit holding the order is on disk; a kn
 acked again with ``duplicate: true`` and never journaled twice. An invalid order is acked
 ``rejected`` with the failing field; a payload without a usable ``order_id`` cannot be acked and
 goes to ``…/hub/deadletter``. Every rejection and dead letter is also kept in the journal.
+An order the journal has no room for (data disk full) is acked ``rejected`` with an error that
+says so, never left unanswered: the terminal may send it again later, and it is taken then.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from edgehub.bus.connection import BusConnection, response_properties
 from edgehub.bus.payloads import Order, Unaddressable, order_id_of, validate_order
 from edgehub.bus.topics import Topics
 from edgehub.config import LimitsConfig
-from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError
+from edgehub.errors import BrokerError, EdgehubError, JournalError, JournalFull, PayloadError
 from edgehub.store import Journal
 
 log = logging.getLogger("edgehub.intake")
+
+# The start of a rejected ack's error when the box could not journal the order (docs/asyncapi.yaml).
+DISK_FULL = "store box disk full, order not taken; send it again when the box has room"
 
 
 @dataclass
@@ -75,6 +80,14 @@ class Intake:
             return
         try:
             commit = await self.journal.accept_order(order)
+        except JournalFull as exc:
+            # Not taken, and the terminal is told so (rather than left re-sending in silence): the
+            # cashier sees why, and the same order_id is accepted once the disk has room again.
+            self.stats.rejected += 1
+            log.error("order %s from %s refused: %s", order_id, terminal, exc)
+            await self._ack(ack_topic, payloads.ack(order_id, "rejected", error=f"{DISK_FULL}: {exc}"), props,
+                            started, "rejected")
+            return
         except JournalError as exc:
             # Not acked: the terminal re-sends, and the order is taken once the journal is back.
             log.error("order %s from %s not journaled: %s", order_id, terminal, exc)
@@ -92,8 +105,10 @@ class Intake:
         if self.bus is None:
             return
         try:
-            await self.bus.publish(topic, body, qos=1, properties=props)  # type: ignore[arg-type]
-        except (BrokerError, TimeoutError) as exc:
+            # Handed to the MQTT session without awaiting the broker's PUBACK: a lost ack is
+            # covered by the terminal's re-send, and waiting costs the loop (bus/connection.py).
+            self.bus.publish_nowait(topic, body, qos=1, properties=props)  # type: ignore[arg-type]
+        except BrokerError as exc:
             # The order is safe in the journal; the terminal's re-send gets a duplicate ack.
             self.stats.ack_failures += 1
             log.info("ack on %s not sent (%s); the terminal will re-send", topic, exc)

@@ -108,23 +108,31 @@ class _SnapshotCollector(Collector):
                                   labels=["stream"])
         age = GaugeMetricFamily("edgehub_outbox_oldest_age_seconds", "Age of the oldest waiting row.",
                                 labels=["stream"])
+        produced = CounterMetricFamily("edgehub_outbox_produced", "Rows ever added, by stream.",
+                                       labels=["stream"])
+        acked = CounterMetricFamily("edgehub_outbox_acked", "Rows the cloud acknowledged, by stream.",
+                                    labels=["stream"])
         for stream in outbox:
             depth.add_metric([stream["stream"]], stream["depth"])
             age.add_metric([stream["stream"]], stream["oldest_age_s"])
+            if _num(stream.get("produced")) is not None:
+                produced.add_metric([stream["stream"]], stream["produced"])
+                acked.add_metric([stream["stream"]], stream.get("acked", 0))
         yield depth
         yield age
+        yield produced
+        yield acked
 
+        # Replay rate and link: 0 with the uplink disabled (nothing is replayed, nothing connected).
         uplink: Mapping[str, Any] = snap.get("uplink") or {}
         replay: Mapping[str, Any] = uplink["replay"] if isinstance(uplink.get("replay"), dict) else {}
         rate = _num(uplink.get("replay_rate", replay.get("rate_per_s", replay.get("rate"))))
-        if rate is not None:
-            yield GaugeMetricFamily("edgehub_outbox_replay_rate", "Rows per second replayed to the cloud.",
-                                    value=rate)
+        yield GaugeMetricFamily("edgehub_outbox_replay_rate", "Rows per second replayed to the cloud.",
+                                value=rate or 0.0)
         link: Mapping[str, Any] = uplink["link"] if isinstance(uplink.get("link"), dict) else {}
-        if uplink.get("enabled"):
-            online = uplink.get("connected", link.get("state") == "online")
-            yield GaugeMetricFamily("edgehub_uplink_connected", "1 when the cloud broker is connected.",
-                                    value=1 if online else 0)
+        online = bool(uplink.get("enabled")) and uplink.get("connected", link.get("state") == "online")
+        yield GaugeMetricFamily("edgehub_uplink_connected", "1 when the cloud broker is connected.",
+                                value=1 if online else 0)
 
         devices: list[Mapping[str, Any]] = snap.get("devices", [])
         if snap.get("devices_configured"):
@@ -137,9 +145,14 @@ class _SnapshotCollector(Collector):
                 by_state.add_metric([state], counts.get(state, 0))
             yield by_state
 
-        failovers = _num(snap.get("failovers"))
-        if failovers is not None:
-            yield CounterMetricFamily("edgehub_failovers", "Roles moved to a spare device.", value=failovers)
+        for name, what in (("failovers", "Times a role moved to a spare device, by role."),
+                           ("failbacks", "Times a role moved back to its primary device, by role.")):
+            moves: Mapping[str, Any] = snap.get(name) or {}
+            if isinstance(moves, Mapping) and snap.get("roles") is not None:
+                family = CounterMetricFamily(f"edgehub_{name}", what, labels=["role"])
+                for role, count in sorted(moves.items()):
+                    family.add_metric([role], count)
+                yield family
         print_jobs: Mapping[str, Any] = snap.get("print_jobs") or {}
         if print_jobs:
             jobs = CounterMetricFamily("edgehub_print_jobs", "Print jobs by result.", labels=["result"])
@@ -147,6 +160,23 @@ class _SnapshotCollector(Collector):
                 if _num(count) is not None:
                     jobs.add_metric([str(result)], count)
             yield jobs
+
+        kitchen: Mapping[str, Any] = snap.get("kitchen") or {}
+        if kitchen:
+            yield CounterMetricFamily("edgehub_kitchen_tickets", "Kitchen tickets made.",
+                                      value=kitchen.get("tickets", 0))
+            yield CounterMetricFamily("edgehub_kitchen_alerts", "Tickets that went red (late).",
+                                      value=kitchen.get("alerts", 0))
+            open_now = GaugeMetricFamily("edgehub_kitchen_open_tickets", "Tickets on a station's screen.",
+                                         labels=["station"])
+            for station, count in sorted((kitchen.get("open") or {}).items()):
+                open_now.add_metric([station], count)
+            yield open_now
+            screens = GaugeMetricFamily("edgehub_kitchen_screens", "Kitchen screens connected (web).",
+                                        labels=["station"])
+            for station, count in sorted((kitchen.get("screens") or {}).items()):
+                screens.add_metric([station], count)
+            yield screens
 
         system: Mapping[str, Any] = snap.get("system", {})
         disk = system.get("disk") or {}

@@ -65,6 +65,11 @@ class Support:
         self.metrics = HubMetrics(self)
         self.recent = RecentLines()
         self._openapi: bytes | None = None
+        # Role moves seen so far, by role: to a spare (failover) and back to the primary (failback).
+        self.failovers: dict[str, int] = {}
+        self.failbacks: dict[str, int] = {}
+        self._serving: dict[str, str] = {}  # role -> the device last seen serving it
+        self._bound: dict[str, tuple[str, ...]] = {}  # role -> its devices when last seen
         hub.intake.on_ack.append(self.metrics.observe_ack)
         hub.journal.commit_observers.append(self.metrics.observe_commit)
         hub.status_sections["system"] = self.system_section
@@ -74,10 +79,33 @@ class Support:
 
     async def __aenter__(self) -> Support:
         self.recent.attach()
+        self.hub.registry.subscribe(self._on_device_event)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self.hub.registry.unsubscribe(self._on_device_event)
         self.recent.detach()
+
+    # --- failovers -------------------------------------------------------------------------
+
+    def _on_device_event(self, event: object) -> None:
+        # Roles re-decide who serves in their own listener of the same event; look right after.
+        asyncio.get_running_loop().call_soon(self.note_role_moves)
+
+    def note_role_moves(self) -> None:
+        """Count each role's move from one device to another since the last look: a move to
+        the primary is a failback, any other a failover. A rebind by the installer is neither.
+        Called after every device event and at every scrape (failback waits on a timer)."""
+        roles = getattr(self.hub, "roles", None)  # built after this component in the hub
+        for name, seat in (getattr(roles, "seats", None) or {}).items():
+            devices = tuple(seat.devices)
+            before, now = self._serving.get(name), seat.serving
+            if self._bound.get(name, devices) == devices and before is not None and now not in (None, before):
+                moves = self.failbacks if devices and now == devices[0] else self.failovers
+                moves[name] = moves.get(name, 0) + 1
+            self._bound[name] = devices
+            if now is not None:
+                self._serving[name] = now
 
     # --- status sections -------------------------------------------------------------------
 
@@ -85,16 +113,15 @@ class Support:
         return await asyncio.to_thread(sysinfo.snapshot, self.hub.config.paths.data_dir)
 
     async def outbox_section(self) -> dict[str, Any]:
-        """Rows waiting for the cloud per stream, read from the journal's outbox table."""
+        """Rows waiting for the cloud per stream, with each stream's life so far (produced,
+        acked by the cloud, dropped by policy). Read from the outbox's per-stream counters,
+        not by counting rows: after a week offline a status poll must not scan a million."""
         now = time.time()
-
-        def read(conn: Any) -> list[tuple[str, int, float]]:
-            return list(conn.execute("SELECT stream, COUNT(*), MIN(created_at) FROM outbox GROUP BY stream"
-                                     " ORDER BY stream").fetchall())
-
-        rows = await self.hub.journal.read(read)
-        streams = [{"stream": stream, "depth": depth, "oldest_age_s": round(max(0.0, now - oldest), 1)}
-                   for stream, depth, oldest in rows]
+        counters = await self.hub.outbox.counters()
+        streams = [{"stream": name, "depth": c.pending,
+                    "oldest_age_s": round(max(0.0, now - c.oldest_at), 1) if c.oldest_at is not None else 0.0,
+                    "produced": c.produced, "acked": c.acked, "dropped": c.dropped}
+                   for name, c in sorted(counters.items())]
         return {"streams": streams, "total": sum(s["depth"] for s in streams)}
 
     # --- what the metrics read -------------------------------------------------------------
@@ -103,11 +130,14 @@ class Support:
         status = dict(await self.hub.status())
         status["devices_configured"] = status.get("devices") is not None
         status["devices"] = device_rows(status.get("devices") or [])
+        self.note_role_moves()
+        if status.get("roles") is not None:
+            names = [str(r["role"]) for r in role_rows(status["roles"])]
+            status["failovers"] = {name: self.failovers.get(name, 0) for name in names}
+            status["failbacks"] = {name: self.failbacks.get(name, 0) for name in names}
         for section in ("roles", "kitchen", "uplink"):
             part = status.get(section)
             if isinstance(part, dict):
-                if status.get("failovers") is None:
-                    status["failovers"] = part.get("failovers")
                 # Roles report their print queue's counters as "print" (printed, rejected ...).
                 jobs = part.get("print_jobs", part.get("print"))
                 if isinstance(jobs, dict):

@@ -145,6 +145,40 @@ class BusConnection:
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                       properties: Properties | None = None) -> None:
+        """Hand a message to the MQTT client without waiting for the broker's PUBACK.
+
+        For messages whose sender does nothing with the PUBACK: order acks (a terminal that
+        misses one re-sends and is acked again) and kitchen events (the session re-sends an
+        unacknowledged QoS 1 message after a reconnect; screens resync on a seq gap). Awaiting
+        each PUBACK costs an Event, a ``wait_for`` task and aiomqtt's bookkeeping, which walks
+        every pending publish: at the rush, a quarter of the event loop (bench/intake.py).
+        Raises BrokerError when not connected or the client refuses the message.
+        """
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise BrokerError(f"not connected to the broker at {self.host}:{self.port}")
+        paho = getattr(client, "_client", None)  # aiomqtt's paho client: no public handle on it
+        if paho is None:  # pragma: no cover - a future aiomqtt without it
+            self._spawn_publish(topic, payload, qos, retain, properties)
+            return
+        info = paho.publish(topic, payload, qos, retain, properties)
+        if info.rc != 0:  # MQTT_ERR_SUCCESS
+            raise BrokerError(f"publish to {topic} failed: paho error {info.rc}")
+
+    def _spawn_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                       properties: Properties | None) -> None:
+        async def publish() -> None:
+            try:
+                await self.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+            except (BrokerError, TimeoutError) as exc:
+                log.info("publish to %s failed: %s", topic, exc)
+
+        task = asyncio.create_task(publish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self, final_state: str = "lost") -> None:
         """Say goodbye on the state topic (a clean disconnect sends no Last Will)."""
         client = self._client

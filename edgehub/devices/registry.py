@@ -11,6 +11,11 @@ What the store sees: ``…/dev/{id}/$description`` and ``…/dev/{id}/$state`` (
 alert on ``…/hub/alert`` for every state change. The registry is the only writer of these
 topics. A publish that fails (broker not up yet, reconnecting) is kept, newest per topic, and
 sent again by the registry's own task, so the retained state always ends up true.
+
+Listeners hear of a change at once, in the same step that makes it, before anything is
+published: a publish waits for the broker, and a probe finishing meanwhile may change the device
+again. An event sent only after that would reach the roles when the state it announces is
+already gone (a pinpad marked failed, then found ready, would never have lost its role).
 """
 
 from __future__ import annotations
@@ -184,9 +189,9 @@ class DeviceRegistry:
                 info.address,
                 info.transport,
             )
+            self._emit(DeviceEvent("added", entry, None))
             await self._publish_description(entry)
             await self._publish_state(entry)
-            self._emit(DeviceEvent("added", entry, None))
             return entry
         entry.last_seen = now
         entry.static = entry.static or static
@@ -215,10 +220,11 @@ class DeviceRegistry:
             entry.present = True
             entry.health, entry.since = Health("unknown", "found again, not checked yet"), self._wall()
             log.info("device %s is back at %s", info.device_id, info.address)
-            await self._publish_state(entry)
-        await self._publish_description(entry)
         if moved or not was_present:
             self._emit(DeviceEvent("moved" if moved else "added", entry, previous))
+        if not was_present:
+            await self._publish_state(entry)
+        await self._publish_description(entry)
         return entry
 
     async def mark_gone(self, device_id: str, reason: str) -> None:
@@ -227,15 +233,17 @@ class DeviceRegistry:
         if entry is None or not entry.present:
             return
         previous = entry.health
+        health = Health("failed", reason or "gone")
         entry.present = False
-        entry.health, entry.since = Health("failed", reason or "gone"), self._wall()
+        entry.health, entry.since = health, self._wall()
+        log.warning("device %s gone: %s", device_id, health.reason)
+        # Before waiting for the driver's lock (an open may hold it for seconds) or the broker.
+        self._emit(DeviceEvent("gone", entry, previous))
         async with self._slot(device_id).lock:
             await self._close_driver(entry)
-        log.warning("device %s gone: %s", device_id, entry.health.reason)
         await self._publish_state(entry)
         await self._publish_description(entry)
-        await self._alert(entry, previous)
-        self._emit(DeviceEvent("gone", entry, previous))
+        await self._alert(entry, previous, health)
 
     # -- changes from the watchdog -----------------------------------------------------------
     async def set_health(self, device_id: str, health: Health) -> None:
@@ -259,9 +267,10 @@ class DeviceRegistry:
             health.state,
             f" ({health.reason})" if health.reason else "",
         )
-        await self._publish_state(entry)
-        await self._alert(entry, previous)
+        # Listeners first, while ``health`` is the device's state (see the module docstring).
         self._emit(DeviceEvent("health", entry, previous))
+        await self._publish_state(entry)
+        await self._alert(entry, previous, health)
 
     # -- drivers ---------------------------------------------------------------------------
     async def open_driver(self, device_id: str) -> Driver:
@@ -367,13 +376,14 @@ class DeviceRegistry:
         )
         await self._send(self.topics.device_state(entry.device_id), payload, retain=True)
 
-    async def _alert(self, entry: DeviceEntry, previous: Health | None) -> None:
+    async def _alert(self, entry: DeviceEntry, previous: Health | None, health: Health) -> None:
+        """Alert the change from ``previous`` to ``health`` (the entry may have moved on since)."""
         payload = payloads.device_alert(
             entry.device_id,
             entry.info.kind,
-            entry.health.state,
+            health.state,
             previous.state if previous else None,
-            entry.health.reason,
+            health.reason,
             self._wall(),
         )
         await self._send(self.topics.alert, payload, retain=False)

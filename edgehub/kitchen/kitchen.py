@@ -5,7 +5,10 @@ and applied to the in-memory tickets at once, on the event loop, so the next tap
 against it; then it is journaled (ticket, event, outbox row in one group commit); only after
 that commit is it announced — on ``…/kds/{station}/event`` for native KDS apps and to the
 station's websocket screens — and sent to the station's printer. A failed commit reloads the
-tickets from the journal, so memory never claims what the disk does not hold.
+tickets from the journal, so memory never claims what the disk does not hold. The one
+exception is a new order's tickets: the order is durable before they exist and start-up
+recovery re-makes them from it, so they are announced at once and journaled with the next
+commit (see ``on_order_accepted``).
 
 Reconnecting screens get a snapshot (``…/kds/{station}/snapshot/get`` or the websocket's first
 message) rather than a retained state topic: a retained full state would be re-sent to every
@@ -39,6 +42,7 @@ from edgehub.kitchen.routing import Router
 from edgehub.kitchen.tickets import (
     BUMPED,
     LIVE,
+    OF_ORDER,
     OPEN,
     READY,
     RECALLED,
@@ -139,6 +143,10 @@ class Kitchen:
         self._tickets: dict[str, Ticket] = {}
         self._by_order: dict[str, list[str]] = {}
         self._seq: dict[str, int] = {}
+        # Seq numbers handed out but not yet announced, and events ready but held back behind
+        # them: a station's events go out in seq order (see ``_announce``).
+        self._unannounced: dict[str, set[int]] = {}
+        self._held: dict[str, dict[int, Event]] = {}
         self._views: dict[str, StationView] = {}
         self._feeds: dict[str, set[ScreenFeed]] = {}
         self._cancelled: set[str] = set()
@@ -172,6 +180,8 @@ class Kitchen:
         self._by_order.clear()
         self._views.clear()
         self._seq = dict(loaded.seqs)
+        self._unannounced.clear()
+        self._held.clear()
         self._cancelled = loaded.cancelled
         for ticket in loaded.tickets:
             ticket.printer_role = self.config.station(ticket.station).printer_role
@@ -229,6 +239,7 @@ class Kitchen:
     ) -> Event:
         seq = self._seq.get(ticket.station, 0) + 1
         self._seq[ticket.station] = seq
+        self._unannounced.setdefault(ticket.station, set()).add(seq)
         ticket.last_seq = seq
         return Event(seq, name, ticket.doc(), at, source, detail)
 
@@ -272,9 +283,12 @@ class Kitchen:
     # --- commit, then announce -------------------------------------------------------------
 
     async def _commit(
-        self, events: list[Event], extra: Callable[[sqlite3.Connection], None] | None = None
+        self, events: list[Event], extra: Callable[[sqlite3.Connection], None] | None = None,
+        lazy: bool = False, announce: bool = True,
     ) -> None:
-        """Journal ``events`` (and ``extra`` rows) in one commit, then announce them."""
+        """Journal ``events`` (and ``extra`` rows) in one commit, then announce them. ``lazy``:
+        ride along with the journal's next commit (see Journal.write) rather than fsync alone;
+        ``announce=False``: the caller announced them already (a new order's tickets)."""
 
         def write(conn: sqlite3.Connection) -> None:
             if extra is not None:
@@ -282,13 +296,15 @@ class Kitchen:
             write_events(conn, self.store_id, events)
 
         try:
-            await self.journal.write(write)
+            await self.journal.write(write, lazy=lazy)
         except (JournalError, sqlite3.Error) as exc:
             self.stats.journal_failures += 1
             log.error("kitchen change not journaled (%s); reloading the tickets from the journal", exc)
+            self._withdraw(events)
             self._schedule_reload()
             raise JournalError(f"kitchen change not journaled: {exc}") from exc
-        self._announce(events)
+        if announce:
+            self._announce(events)
 
     def _schedule_reload(self) -> None:
         if self._reloading is None or self._reloading.done():
@@ -301,8 +317,41 @@ class Kitchen:
             log.error("kitchen reload failed: %s", exc)
 
     def _announce(self, events: list[Event]) -> None:
-        """Screens first (in process, in order), then MQTT and printers in the background."""
-        published = []
+        """Screens first (in process, in order), then MQTT and printers in the background.
+
+        A station's events go out in seq order, so a screen that sees a gap may rightly ask for
+        a snapshot: a new order's tickets (announced at once) wait while a cook's tap with an
+        earlier seq is still being committed, a few milliseconds at most."""
+        ready: list[Event] = []
+        for station in dict.fromkeys(ev.station for ev in events):
+            held = self._held.setdefault(station, {})
+            held.update((ev.seq, ev) for ev in events if ev.station == station)
+            ready += self._release(station)
+        self._emit(ready)
+
+    def _release(self, station: str) -> list[Event]:
+        """The held events of ``station`` whose every earlier seq is out (or withdrawn)."""
+        held, pending = self._held.get(station, {}), self._unannounced.get(station, set())
+        out = []
+        while held:
+            seq = min(held)
+            if min(pending, default=seq) < seq:
+                break  # an earlier change is still being committed
+            pending.discard(seq)
+            out.append(held.pop(seq))
+        return out
+
+    def _withdraw(self, events: list[Event]) -> None:
+        """Events whose commit failed are never announced: stop holding later ones for them
+        (screens see the gap and ask for a snapshot, which the reload makes true again)."""
+        ready: list[Event] = []
+        for station in dict.fromkeys(ev.station for ev in events):
+            self._unannounced.get(station, set()).difference_update(ev.seq for ev in events)
+            ready += self._release(station)
+        self._emit(ready)
+
+    def _emit(self, events: list[Event]) -> None:
+        published: list[tuple[str, dict[str, Any] | bytes]] = []
         for ev in events:
             self.stats.events += 1
             self._view_apply(ev.ticket)
@@ -311,26 +360,39 @@ class Kitchen:
             doc = ev.payload()
             for feed in self._feeds.get(ev.station, ()):
                 feed.push(doc)
-            published.append((self.topics.kds_event(ev.station), doc))
+            published.append((self.topics.kds_event(ev.station), ev.body))
             role = self.config.station(ev.station).printer_role
             if self.printer is not None and role and ev.event in ("created", "amended", "voided", "recalled"):
                 self._spawn(self._print(role, ev))
         if published and self.bus is not None:
-            self._spawn(self._publish_all(published))
+            # On the loop's next turn, so a command's reply still goes out before its event.
+            asyncio.get_running_loop().call_soon(self._publish_now, published)
+
+    def _publish_now(self, items: list[tuple[str, dict[str, Any] | bytes]]) -> None:
+        """Events handed to the MQTT session in order, without a task or a wait for each
+        PUBACK (the session re-sends after a reconnect; screens resync on a seq gap)."""
+        assert self.bus is not None
+        for topic, doc in items:
+            try:
+                self.bus.publish_nowait(topic, doc if isinstance(doc, bytes) else payloads.dumps(doc), qos=1)
+            except BrokerError as exc:
+                self.stats.publish_failures += 1
+                log.debug("kitchen publish to %s failed: %s", topic, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish_all(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    async def _publish_all(self, items: list[tuple[str, dict[str, Any] | bytes]]) -> None:
         await asyncio.gather(*(self._publish(topic, doc) for topic, doc in items))
 
-    async def _publish(self, topic: str, doc: dict[str, Any], properties: Any = None) -> None:
+    async def _publish(self, topic: str, doc: dict[str, Any] | bytes, properties: Any = None) -> None:
         if self.bus is None:
             return
+        body = doc if isinstance(doc, bytes) else payloads.dumps(doc)
         try:
-            await self.bus.publish(topic, payloads.dumps(doc), qos=1, properties=properties)
+            await self.bus.publish(topic, body, qos=1, properties=properties)
         except (BrokerError, TimeoutError) as exc:
             # Screens that missed it see a gap in seq (or reconnect) and take a snapshot.
             self.stats.publish_failures += 1
@@ -347,17 +409,29 @@ class Kitchen:
     # --- orders ----------------------------------------------------------------------------
 
     def on_order_accepted(self, order: Order) -> None:
-        """``Intake.on_accepted`` hook: the order's tickets, journaled in the next commit."""
+        """``Intake.on_accepted`` hook: the order's tickets, on the screens now, journaled with
+        the next commit.
+
+        The one change announced before its own commit, and safely so: the order is durable
+        already (this hook runs after its commit) and the tickets are a pure function of it —
+        start-up recovery makes the same tickets (same ids) for an accepted order that has
+        none — so a screen never shows a ticket the box could not restore. Waiting for the
+        tickets' commit would put a second fsync (or, lazily, the next order's) between the
+        POS and the cook; a cook's tap on the ticket is journaled after it (one FIFO writer).
+        """
         if self._by_order.get(order.order_id):
             return  # already made (the start-up recovery got there first)
         events = self._create(
             order.order_id, order.terminal, order.doc, self.clock(), f"pos:{order.terminal}"
         )
+        self._announce(events)
         self._spawn(self._commit_quietly(events))
 
     async def _commit_quietly(self, events: list[Event]) -> None:
+        # Lazy: a new order's tickets join the next order's commit instead of fsyncing alone
+        # (a crash in between is covered: start-up recovery makes tickets for such orders).
         with contextlib.suppress(JournalError):  # logged in _commit; the reload re-makes them
-            await self._commit(events)
+            await self._commit(events, lazy=True, announce=False)
 
     # --- cook actions ----------------------------------------------------------------------
 
@@ -417,7 +491,7 @@ class Kitchen:
             tickets = [
                 Ticket.from_doc(json.loads(doc), bool(alerted))
                 for doc, alerted in conn.execute(
-                    "SELECT doc, alerted FROM tickets WHERE order_id=?", (order_id,)
+                    f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
                 )
             ]
             order = (row[0], row[1], json.loads(row[2])) if row else None

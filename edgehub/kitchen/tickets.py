@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from edgehub.bus import payloads
@@ -219,9 +220,27 @@ class Event:
         return station
 
     def payload(self) -> dict[str, Any]:
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> dict[str, Any]:
         return payloads.kds_event(
             self.station, self.seq, self.event, self.ticket, self.at, self.source, self.detail
         )
+
+    @cached_property
+    def ticket_json(self) -> bytes:
+        """The ticket encoded once: the journal's ``tickets.doc`` and the inside of ``body``."""
+        return payloads.dumps(self.ticket)
+
+    @cached_property
+    def body(self) -> bytes:
+        """The ``kds-event/1`` document as sent: the same bytes as ``dumps(payload())``, built
+        around ``ticket_json`` so the ticket is encoded once for the topic, journal and outbox."""
+        doc = self._payload
+        head = payloads.dumps({k: v for k, v in doc.items() if k not in ("ticket", "detail")})
+        tail = b',"detail":' + payloads.dumps(doc["detail"]) if "detail" in doc else b""
+        return head[:-1] + b',"ticket":' + self.ticket_json + tail + b"}"
 
 
 # --- the journal side ----------------------------------------------------------------------------
@@ -236,41 +255,27 @@ def add_to_outbox(
 
 def write_events(conn: sqlite3.Connection, store_id: str, events: Iterable[Event]) -> None:
     """Journal ticket changes: latest state, the event, the outbox row; all in the caller's commit."""
+    events = list(events)
+    conn.executemany(
+        "INSERT INTO tickets(ticket_id, order_id, station, state, created_at, updated_at, doc) "
+        "VALUES (?,?,?,?,?,?,?) ON CONFLICT(ticket_id) DO UPDATE SET state=excluded.state, "
+        "updated_at=excluded.updated_at, doc=excluded.doc",
+        [(ev.ticket["ticket_id"], ev.ticket["order_id"], ev.station, ev.ticket["state"], ev.ticket["created_at"],
+          ev.ticket["updated_at"], ev.ticket_json.decode()) for ev in events],
+    )
+    conn.executemany(
+        "INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
+        "VALUES (?,?,?,?,?,?,?)",
+        [(ev.ticket["ticket_id"], ev.station, ev.seq, ev.event, ev.at, ev.source,
+          json.dumps(ev.detail or {}, separators=(",", ":"), ensure_ascii=False)) for ev in events],
+    )
     for ev in events:
-        t = ev.ticket
-        conn.execute(
-            "INSERT INTO tickets(ticket_id, order_id, station, state, created_at, updated_at, doc) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(ticket_id) DO UPDATE SET state=excluded.state, "
-            "updated_at=excluded.updated_at, doc=excluded.doc",
-            (
-                t["ticket_id"],
-                t["order_id"],
-                t["station"],
-                t["state"],
-                t["created_at"],
-                t["updated_at"],
-                json.dumps(t, separators=(",", ":"), ensure_ascii=False),
-            ),
-        )
-        conn.execute(
-            "INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (
-                t["ticket_id"],
-                ev.station,
-                ev.seq,
-                ev.event,
-                ev.at,
-                ev.source,
-                json.dumps(ev.detail or {}, separators=(",", ":"), ensure_ascii=False),
-            ),
-        )
         add_to_outbox(
             conn,
             "kitchen",
-            f"kitchen:{t['ticket_id']}:{t['version']}",
+            f"kitchen:{ev.ticket['ticket_id']}:{ev.ticket['version']}",
             ev.at,
-            payloads.cloud_kitchen(store_id, ev.payload()),
+            payloads.cloud_kitchen_raw(store_id, ev.body),
         )
 
 
@@ -302,8 +307,13 @@ def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
     ):
         tickets.append(Ticket.from_doc(json.loads(doc), bool(alerted)))
     seen = {t.ticket_id for t in tickets}
-    stations = [row[0] for row in conn.execute("SELECT DISTINCT station FROM tickets")]
-    for station in stations:
+    seqs = {
+        station: seq
+        for station, seq in conn.execute(
+            "SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station"
+        )
+    }
+    for station in seqs:  # every station that ever had a ticket has events
         for doc, alerted in conn.execute(
             "SELECT doc, alerted FROM tickets WHERE station=? AND state IN ('ready','served') "
             "ORDER BY updated_at DESC LIMIT ?",
@@ -313,12 +323,6 @@ def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
             if ticket.ticket_id not in seen:
                 tickets.append(ticket)
                 seen.add(ticket.ticket_id)
-    seqs = {
-        station: seq
-        for station, seq in conn.execute(
-            "SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station"
-        )
-    }
     cancelled = {
         row[0]
         for row in conn.execute(
@@ -329,6 +333,12 @@ def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
     return Loaded(tickets, seqs, cancelled)
 
 
+# A ticket's id is "{order_id}/{station}/{n}": its order's tickets are a range of the primary
+# key (no index on order_id to write with every ticket); order_id is checked as well, since an
+# order id may itself contain "/" ("0" sorts right after "/").
+OF_ORDER = "t.ticket_id >= {order} || '/' AND t.ticket_id < {order} || '0' AND t.order_id = {order}"
+
+
 def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dict[str, Any]]]:
     """Accepted orders that have no ticket: the hub stopped between the order's commit and its
     tickets' commit. Only orders after the watermark (set when the kitchen first ran, moved
@@ -337,7 +347,7 @@ def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dic
     rows = conn.execute(
         "SELECT o.order_id, o.terminal, o.received_at, o.payload FROM orders o "
         "WHERE o.seq > ? AND NOT EXISTS "
-        "(SELECT 1 FROM tickets t WHERE t.order_id = o.order_id) AND NOT EXISTS "
+        f"(SELECT 1 FROM tickets t WHERE {OF_ORDER.format(order='o.order_id')}) AND NOT EXISTS "
         "(SELECT 1 FROM order_changes c WHERE c.order_id = o.order_id AND c.kind = 'cancel') ORDER BY o.seq",
         (mark,),
     ).fetchall()

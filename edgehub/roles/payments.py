@@ -63,6 +63,9 @@ class Payment:
     reply: Reply
     result: dict[str, Any] = field(default_factory=dict)
     needs_operator: bool = False  # the pinpad answered but could not tell: only a person can
+    # False while ``_unknown`` journals it, tells the terminal and marks the pinpad failed: the
+    # settler must not finish it meanwhile (the terminal would hear "unknown" after the result).
+    announced: bool = True
 
 
 @dataclass
@@ -238,14 +241,21 @@ class Payments:
 
     async def _unknown(self, payment: Payment, reason: str) -> None:
         payment.state = "unknown"
+        payment.announced = False
         payment.result = {
             "reason": f"{reason}; the sale is locked to pinpad {payment.device_id} until settled"
         }
+        body = self._reply_body(payment, "unknown")
         self.stats.unknown += 1
-        await self._journal(payment)
-        log.warning("payment %s on %s: outcome unknown (%s)", payment.payment_id, payment.device_id, reason)
-        await self.roles.reply(payment.reply, self._reply_body(payment, "unknown"))
-        await self.roles.device_failed(payment.device_id, "payment outcome unknown")
+        try:
+            await self._journal(payment)
+            log.warning(
+                "payment %s on %s: outcome unknown (%s)", payment.payment_id, payment.device_id, reason
+            )
+            await self.roles.reply(payment.reply, body)
+            await self.roles.device_failed(payment.device_id, "payment outcome unknown")
+        finally:
+            payment.announced = True
         self.roles.mark_dirty(payment.role)
         self._settle_wake.set()
 
@@ -368,7 +378,7 @@ class Payments:
                 pass
             self._settle_wake.clear()
             for payment in list(self.open.values()):
-                if payment.state == "unknown" and not payment.needs_operator:
+                if payment.state == "unknown" and payment.announced and not payment.needs_operator:
                     try:
                         await self._settle_from_pinpad(payment)
                     except EdgehubError as exc:
@@ -377,6 +387,8 @@ class Payments:
     async def _settle_from_pinpad(self, payment: Payment) -> None:
         from drivers.zvt import PaymentResult
 
+        if payment.state != "unknown" or not payment.announced or payment.needs_operator:
+            return  # settled meanwhile, or still being recorded as unknown (see ``_unknown``)
         registry = self.roles.registry
         entry = registry.get(payment.device_id) if registry is not None else None
         if entry is None or not entry.present or not entry.health.usable:

@@ -160,9 +160,17 @@ def head_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
 
 
+def _delete_seqs(conn: sqlite3.Connection, seqs: list[int]) -> None:
+    # One statement for the lot, not one per row: the journal runs each write under a SAVEPOINT
+    # with its statement journal in memory, and there each statement (with the trigger that
+    # keeps the counters) cost time in proportion to everything the savepoint had changed so
+    # far: deleting 13,000 acknowledged rows one statement each took 7 s, as one statement 0.1 s.
+    conn.execute("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(seqs),))
+
+
 def delete_acked(conn: sqlite3.Connection, acked: list[tuple[int, str, int]], at: float) -> None:
     """Remove rows the cloud broker acknowledged: (seq, stream, stream_seq) each."""
-    conn.executemany("DELETE FROM outbox WHERE seq=?", [(seq,) for seq, _, _ in acked])
+    _delete_seqs(conn, [seq for seq, _, _ in acked])
     per_stream: dict[str, tuple[int, int]] = {}
     for _, stream, stream_seq in acked:
         n, top = per_stream.get(stream, (0, 0))
@@ -192,11 +200,11 @@ def evict_telemetry(conn: sqlite3.Connection, *, now: float, ttl_s: float, quota
             break
         chosen = []
         for seq, size in victims:
-            chosen.append((seq,))
+            chosen.append(seq)
             excess -= size
             if excess <= 0:
                 break
-        conn.executemany("DELETE FROM outbox WHERE seq=?", chosen)
+        _delete_seqs(conn, chosen)
         dropped += len(chosen)
     if dropped:
         conn.execute("UPDATE outbox_streams SET dropped = dropped + ? WHERE stream=?", (dropped, TELEMETRY))

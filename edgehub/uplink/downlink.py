@@ -10,7 +10,11 @@ version from the journal, so the store runs on what it last had.
 Readers use the registry::
 
     menu = hub.downlink.current("menu")          # DownlinkDoc | None
+    hub.downlink.check("menu", check_menu)       # raise PayloadError: not stored, dead-lettered
     hub.downlink.on_change("menu", kitchen.reload_menu)
+
+A listener registered before the hub starts is called once at start with the cached version (if
+any), then with each newer one, so a store that restarts with the WAN down runs on what it had.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from edgehub.uplink.cloudapi import DOWNLINK_KINDS, DownlinkDoc
 log = logging.getLogger("edgehub.uplink.downlink")
 
 Listener = Callable[[DownlinkDoc], object]
+Check = Callable[[DownlinkDoc], None]
 
 
 class Downlink:
@@ -42,6 +47,7 @@ class Downlink:
         self.clock = clock
         self._docs: dict[str, DownlinkDoc] = {}
         self._listeners: dict[str, list[Listener]] = {}
+        self._checks: dict[str, list[Check]] = {}
         self._lock = asyncio.Lock()
         self.rejected = 0
 
@@ -57,6 +63,14 @@ class Downlink:
         if self._docs:
             log.info("downlink: running on cached %s",
                      ", ".join(f"{d.kind} v{d.version}" for d in self._docs.values()))
+        for doc in list(self._docs.values()):
+            try:
+                for check in self._checks.get(doc.kind, []):
+                    check(doc)
+            except PayloadError as exc:  # stored by an older edgehub whose rules were looser
+                log.error("cached %s v%d not applied (%s): waiting for a newer version", doc.kind, doc.version, exc)
+                continue
+            await self._apply(doc)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -70,8 +84,16 @@ class Downlink:
         return self._docs.get(kind)
 
     def on_change(self, kind: str, listener: Listener) -> None:
-        """Call ``listener(doc)`` after each new version of ``kind`` is stored."""
+        """Call ``listener(doc)`` with the cached version at start and after each new version of
+        ``kind`` is stored."""
+        self.current(kind)  # an unknown kind is a programming error: say so now
         self._listeners.setdefault(kind, []).append(listener)
+
+    def check(self, kind: str, check: Check) -> None:
+        """Run ``check(doc)`` on each new version of ``kind`` before it is stored; a PayloadError
+        from it rejects the document (dead letter, not acked as applied)."""
+        self.current(kind)
+        self._checks.setdefault(kind, []).append(check)
 
     def versions(self) -> dict[str, int]:
         return {kind: doc.version for kind, doc in sorted(self._docs.items())}
@@ -82,6 +104,8 @@ class Downlink:
         """Validate, store (if newer) and apply one document. True when a new version was applied.
         Raises PayloadError for a document that is not valid (the caller dead-letters it)."""
         doc = cloudapi.parse_downlink(raw, kind, self.clock())
+        for check in self._checks.get(kind, []):
+            check(doc)
         async with self._lock:  # one document at a time, in arrival order
             known = self._docs.get(kind)
             if known is not None and doc.version <= known.version:
@@ -104,14 +128,17 @@ class Downlink:
                 return False
             self._docs[kind] = doc
             log.info("downlink: %s v%d stored and applied", kind, doc.version)
-            for listener in self._listeners.get(kind, []):
-                try:
-                    result = listener(doc)
-                    if asyncio.iscoroutine(result):
-                        await result
-                except Exception:  # a broken consumer must not stop the next version
-                    log.exception("applying %s v%d failed in %r", kind, doc.version, listener)
+            await self._apply(doc)
             return True
+
+    async def _apply(self, doc: DownlinkDoc) -> None:
+        for listener in self._listeners.get(doc.kind, []):
+            try:
+                result = listener(doc)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a broken consumer must not stop the next version
+                log.exception("applying %s v%d failed in %r", doc.kind, doc.version, listener)
 
     async def reject(self, topic: str, raw: bytes, problem: str) -> None:
         self.rejected += 1

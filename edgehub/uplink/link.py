@@ -179,6 +179,8 @@ class CloudLink:
             waiters.clear()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(UplinkError(f"cloud broker {self.address} closed the connection: {reason}"))
+            # Nobody awaits it when connecting was cancelled (hub stopping): not worth a warning.
+            self._connack.exception()
 
     # --- what the uplink calls -----------------------------------------------------------------
 

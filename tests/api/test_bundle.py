@@ -3,16 +3,22 @@ leaked into a log line (byte search of every extracted file)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 import tarfile
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from edgehub.broker import MosquittoProcess, free_port
 from edgehub.bundle import REDACTED, config_secrets, redact_config_text
+from edgehub.config import load_config
+from edgehub.hub import Hub
 from tests.api.conftest import AUTH, INSTALLER_PIN, Box
-from tests.conftest import API_TOKEN, REPO
+from tests.conftest import API_TOKEN, REPO, write_config
 
 
 def extract(data: bytes) -> dict[str, bytes]:
@@ -90,3 +96,46 @@ async def test_cli_bundle_with_and_without_the_daemon(box: Box, tmp_path: Path) 
     files = extract(out2.read_bytes())
     assert {"config/edgehub.toml", "doctor.json", "outbox.json"} <= set(files)
     assert_no_secret(files, config_secrets(box.config))
+
+
+# A box signed in to the cloud one way or the other: a password, or the enrollment token the
+# cloud console gave (edgehub provision). The cloud is unreachable (nothing listens):
+# the uplink's error messages land in the log and the status, and must not carry the secrets.
+CLOUD_PASSWORD = "cloud-pw-7f3a9c2e1d"
+ENROLLMENT_TOKEN = "enroll-tok-55aa66bb77cc"
+SCREEN_TOKEN = "screen-tok-0a1b2c3d4e"
+
+
+def cloud_extra(kind: str, port: int) -> str:
+    text = f'\n[kitchen]\nscreen_token = "{SCREEN_TOKEN}"\n\n[cloud]\nenabled = true\nconnect_timeout_s = 1\n'
+    if kind == "password":
+        return text + f'url = "mqtt://127.0.0.1:{port}"\nusername = "box-s1"\npassword = "{CLOUD_PASSWORD}"\n'
+    return text + f'url = "mqtt://127.0.0.1:{port}"\nenrollment_token = "{ENROLLMENT_TOKEN}"\n'
+
+
+@pytest.mark.parametrize("kind", ["password", "enrollment_token"])
+async def test_cloud_credentials_and_terminal_passwords_never_reach_the_bundle(
+        tmp_path: Path, http: aiohttp.ClientSession, kind: str) -> None:
+    config = load_config(write_config(tmp_path / "box", terminals=("pos-1", "kds-1"),
+                                      extra=cloud_extra(kind, free_port())))
+    secrets = config_secrets(config)
+    cloud_secret = CLOUD_PASSWORD if kind == "password" else ENROLLMENT_TOKEN
+    expected = {API_TOKEN, "hub-secret-password", "pw-pos-1", "pw-kds-1", SCREEN_TOKEN, cloud_secret}
+    assert expected <= secrets, expected - secrets
+    async with MosquittoProcess(config, die_with_parent=False), Hub(config) as hub:
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+        assert hub.uplink is not None
+        async with asyncio.timeout(15):
+            while not hub.uplink.last_error:
+                await asyncio.sleep(0.05)
+        logging.getLogger("edgehub.test").warning(
+            "careless: cloud=%s screen=%s pos=%s", cloud_secret, SCREEN_TOKEN, "pw-pos-1")
+        async with http.get(f"{hub.api.url}api/v1/bundle", headers=AUTH) as response:
+            assert response.status == 200
+            files = extract(await response.read())
+    assert b"careless: cloud=" + REDACTED.encode() in files["logs/recent.log"]
+    config_text = files["config/edgehub.toml"].decode()
+    assert "[cloud]" in config_text and "127.0.0.1" in config_text  # the config is there, minus secrets
+    assert json.loads(files["outbox.json"])["uplink"]["link"]["last_error"]  # why the cloud is offline
+    assert_no_secret(files, expected | secrets)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -91,7 +92,7 @@ async def test_dead_printer_fails_its_device_and_role(box: Box) -> None:
     assert "power" in checks["device prn-front"].action
     async with asyncio.timeout(15):
         # The watchdog owns the device's health; polling it is how an outside observer waits.
-        while box.hub.registry.get("prn-front").health.usable:  # type: ignore[union-attr]  # noqa: ASYNC110
+        while box.hub.registry.get("prn-front").health.usable:  # type: ignore[union-attr]
             await asyncio.sleep(0.05)
     checks = by_name(await box.hub.support.make_doctor().run())
     assert checks["role receipt-printer"].status == "fail"
@@ -173,3 +174,47 @@ async def test_unreachable_cloud_warns_but_does_not_fail(tmp_path: Path) -> None
     assert checks["cloud"].status == "warn"
     assert "outbox" in checks["cloud"].action
     assert checks["wan"].status == "ok"
+
+
+async def test_unresolvable_cloud_host_warns_about_the_wan(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "box")
+    # .invalid never resolves (RFC 6761): the WAN or its DNS is what the installer must look at.
+    path.write_text(path.read_text() + '\n[cloud]\nenabled = true\nurl = "mqtts://cloud.invalid:8883"\n')
+    checks = by_name(await Doctor(load_config(path)).run())
+    assert checks["wan"].status == "warn"
+    assert "cannot resolve cloud.invalid" in checks["wan"].message
+    assert "DNS" in checks["wan"].action and "outbox" in checks["wan"].action
+    assert checks["cloud"].status == "warn"  # a warning, never a failure: the store works without its WAN
+
+
+@pytest.mark.parametrize("password", ["wrong-cloud-password", "right"])
+async def test_cloud_broker_that_refuses_the_box_warns(tmp_path: Path, password: str) -> None:
+    """The cloud answers on TCP either way; only the uplink (the real one, on a real cloud
+    Mosquitto with password auth) knows whether the box may sign in, and the doctor asks it."""
+    from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
+    from tests.uplink.conftest import Rig
+
+    async with CloudBroker(tmp_path / "cloud") as cloud:
+        secret = BOX_PASSWORD if password == "right" else password
+        extra = (f'\n[cloud]\nenabled = true\nurl = "mqtt://127.0.0.1:{cloud.port}"\nusername = "{BOX_USER}"\n'
+                 f'password = "{secret}"\nconnect_timeout_s = 2\nreconnect_max_s = 0.5\n')
+        path = write_config(tmp_path / "box")
+        path.write_text(path.read_text() + extra)
+        config = load_config(path)
+        async with Rig(config) as rig:
+            async with asyncio.timeout(15):
+                # The uplink is another component with its own loop; wait until it has an answer.
+                while rig.uplink.state != "online" and not rig.uplink.last_error:
+                    await asyncio.sleep(0.05)
+
+            async def read_status() -> dict[str, Any]:
+                return {"uplink": await rig.uplink.status()}
+
+            checks = by_name(await Doctor(config, read_status=read_status).run())
+    assert checks["wan"].status == "ok"
+    if password == "right":
+        assert checks["cloud"].status == "ok" and "connected" in checks["cloud"].message, checks["cloud"]
+    else:
+        assert checks["cloud"].status == "warn", checks["cloud"]
+        assert "cannot connect" in checks["cloud"].message and "Not authorized" in checks["cloud"].message
+        assert "password" in checks["cloud"].action

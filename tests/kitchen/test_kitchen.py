@@ -4,6 +4,7 @@ cloud would see: the station's snapshot, the events a screen got, the slips, the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from typing import Any
@@ -278,3 +279,40 @@ async def test_slip_collector_is_a_kitchen_printer() -> None:
 
     printer: KitchenPrinter = SlipCollector()
     await printer.submit("kitchen-printer", "job", b"x")
+
+
+async def test_a_new_order_shows_at_once_but_never_ahead_of_an_earlier_tap(
+    kitchen: Kitchen, journal: Journal, config: Config
+) -> None:
+    """New tickets go to the screens as soon as their order is durable, before their own
+    commit; yet a station's events reach its screens in seq order (a gap means: ask for a
+    snapshot), so a tap still being committed goes out first."""
+    await place(kitchen, journal, make_order("o1"))
+    feed = kitchen.attach("grill")
+    assert feed.queue.get_nowait()["schema"] == "kds-snapshot/1"
+
+    # Alone: the new ticket is on the screen before its commit has even been queued.
+    order2 = make_order("o2")
+    await journal.accept_order(order2)
+    kitchen.on_order_accepted(order2)
+    event = feed.queue.get_nowait()
+    assert (event["event"], event["ticket"]["ticket_id"]) == ("created", "o2/grill/1")
+    await settle(kitchen)
+    with sqlite3.connect(config.journal.path) as conn:  # and it is journaled after all
+        assert conn.execute("SELECT state FROM tickets WHERE ticket_id='o2/grill/1'").fetchone() == ("new",)
+
+    # Behind a tap that is being committed: held until the tap is out, then in order.
+    order3 = make_order("o3")
+    await journal.accept_order(order3)
+    tap = asyncio.create_task(kitchen.command("grill", cmd("start", "o1/grill/1"), "t"))
+    await asyncio.sleep(0)  # the tap is decided (seq taken) and waits for its commit
+    kitchen.on_order_accepted(order3)
+    assert feed.queue.empty()  # held: the tap has the earlier seq
+    await tap
+    await settle(kitchen)
+    events = [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
+    assert [(e["event"], e["ticket"]["ticket_id"]) for e in events] == [
+        ("started", "o1/grill/1"), ("created", "o3/grill/1")]
+    seqs = [event["seq"], *(e["seq"] for e in events)]
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+    assert kitchen.snapshot("grill")["seq"] == seqs[-1]

@@ -152,7 +152,7 @@ async def test_reconnecting_screen_gets_the_full_state(hub: Hub) -> None:
         await pos.ack()
         # The ack follows the order's commit; its ticket follows in the next one.
         async with asyncio.timeout(5):
-            while len(hub.kitchen.snapshot("grill")["tickets"]) < 3:  # noqa: ASYNC110 - polls a state, no event
+            while len(hub.kitchen.snapshot("grill")["tickets"]) < 3:
                 await asyncio.sleep(0.01)
         async with http.ws_connect(ws_url(hub, "grill")) as ws:
             snap = await receive(ws, "kds-snapshot/1")

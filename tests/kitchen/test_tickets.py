@@ -4,6 +4,8 @@ kitchen slips as they come out of a printer: large type, and a VOID slip that sa
 from __future__ import annotations
 
 import itertools
+import json
+from typing import Any
 
 import pytest
 
@@ -11,7 +13,7 @@ from drivers.base import DeviceInfo
 from drivers.escpos import EscposPrinter
 from edgehub.errors import TicketRefused
 from edgehub.kitchen import TRANSITIONS, next_state, render_slip
-from edgehub.kitchen.tickets import STATES, colour
+from edgehub.kitchen.tickets import STATES, Ticket, colour
 from edgehub.sim.printer import PrintedTicket, PrinterSim
 
 EXPECTED = {
@@ -145,3 +147,17 @@ def test_changed_slip_marks_removed_lines() -> None:
     session.close()
     texts = [line.text.strip() for line in core.printed[0].lines if line.text.strip()]
     assert texts[0] == "** CHANGED **" and "-- Onion rings" in texts
+
+
+@pytest.mark.parametrize("detail", [None, {"added": ["Pommes frites"], "header": {"note": "Allergie: Nüsse"}}])
+def test_an_event_is_encoded_once_and_reads_the_same(detail: dict[str, Any] | None) -> None:
+    from edgehub.bus import payloads
+    from edgehub.kitchen.tickets import Event
+
+    ticket = Ticket("o1/grill/1", "o1", "grill", "pos-1", 1_700_000_000.0,
+                    [{"line": 0, "sku": "B", "name": "Bürger \"XL\"", "qty": 1, "modifiers": ["ohne Zwiebeln"]}],
+                    header={"table": "T4"}, version=2).doc()
+    event = Event(7, "amended" if detail else "created", ticket, 1_700_000_001.5, "pos:pos-1", detail)
+    assert event.body == payloads.dumps(event.payload())
+    assert json.loads(event.ticket_json) == ticket
+    assert payloads.cloud_kitchen_raw("s1", event.body) == payloads.cloud_kitchen("s1", event.payload())

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from drivers.base import DeviceInfo, Driver
+from drivers.base import DeviceInfo, Driver, Health
 from drivers.zvt import ZvtPinpad
 from edgehub.devices import WatchdogTiming
 from edgehub.sim.pinpad import PAYMENT_STEPS, ZvtPinpadSim
@@ -104,6 +104,63 @@ async def test_pinpad_dies_mid_payment_never_charges_twice(store: Store, fault: 
         ]
         assert len({r["msg_id"] for r in rows}) == 3 and rows[-1]["msg_id"] == "payment:pay-2"
         assert all(p1.card_pan not in json.dumps(r) for r in rows)
+
+
+async def test_probe_of_the_rebooted_pinpad_does_not_undo_its_failure(store: Store) -> None:
+    # pad-1 died mid-payment and rebooted: the payment marks it failed while the watchdog's next
+    # probe finds it answering again. However the two interleave (here: the probe lands while the
+    # failure is still being published), new sales must go to the spare.
+    async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2:
+        await two_pinpads(store, p1, p2)
+        publish = store.registry._publish
+        assert publish is not None
+        gate, held = asyncio.Event(), asyncio.Event()
+
+        async def slow_broker(topic: str, payload: bytes, retain: bool) -> None:
+            if topic == store.topics.device_state("pad-1") and b'"failed"' in payload and not gate.is_set():
+                held.set()
+                await gate.wait()
+            assert publish is not None
+            await publish(topic, payload, retain)
+
+        store.registry._publish = slow_broker
+        failing = asyncio.create_task(store.roles.device_failed("pad-1", "payment outcome unknown"))
+        await held.wait()
+        await store.registry.set_health("pad-1", Health("ready"))
+        gate.set()
+        await failing
+        assert store.roles.serving(TILL) == "pad-2"
+
+
+async def test_unknown_payment_is_not_settled_before_the_terminal_hears_it_is_unknown(store: Store) -> None:
+    # The settler looks every second and on every pad-1 event; the rebooted pad-1 answers at once.
+    # While the unknown outcome is still being journaled (a slow disk), it must not settle yet.
+    async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2, Till(store.config) as till:
+        await two_pinpads(store, p1, p2)
+        await till.request(TILL, "pay", pay("warm", "sale-0", 100))
+        await till.reply("payment_id", "warm", "approved")
+        payments = store.roles.payments
+        write = store.journal.write
+        gate, held = asyncio.Event(), asyncio.Event()
+
+        async def slow_disk(fn: Any, **kw: Any) -> Any:
+            payment = payments.open.get("pay-2")
+            if payment is not None and payment.state == "unknown" and not held.is_set():
+                held.set()
+                await gate.wait()
+            return await write(fn, **kw)
+
+        store.journal.write = slow_disk  # type: ignore[method-assign]
+        p1.fault = "after_ack"
+        await till.request(TILL, "pay", pay("pay-2", "sale-2", 2500))
+        await held.wait()
+        await payments._settle_from_pinpad(payments.open["pay-2"])  # the settler's pass, now
+        gate.set()
+        unknown = await till.reply("payment_id", "pay-2", ("unknown", "not_found"))
+        assert unknown["status"] == "unknown" and "locked to pinpad pad-1" in unknown["reason"]
+        await till.reply("payment_id", "pay-2", "not_found")
+        rows = await cloud_rows(store, "pay-2")
+        assert [r["event"] for r in rows] == ["intent", "unknown", "final"]
 
 
 async def test_pinpad_dies_again_while_being_asked_for_its_last_transaction(store: Store) -> None:

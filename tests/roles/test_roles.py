@@ -154,3 +154,45 @@ async def test_hub_reports_roles_in_status(hub: Any) -> None:
     status = await hub.status()
     assert "roles" in status and isinstance(status["roles"]["roles"], list)
     assert hub.kitchen.printer is not None
+
+
+async def test_every_health_change_reaches_listeners_while_it_is_the_state() -> None:
+    """A probe that finishes while the registry still waits for the broker to acknowledge an
+    earlier change must not hide that change from the roles: each listener sees each state,
+    the retained state ends true, and the alert for a change describes that change."""
+    import asyncio
+
+    from edgehub.bus.topics import Topics
+    from edgehub.devices.registry import DeviceRegistry
+
+    topics = Topics("s1")
+    gate, held = asyncio.Event(), asyncio.Event()
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> None:
+        doc = json.loads(payload)
+        sent.append((topic, doc))  # on the wire in call order; then the (slow) PUBACK
+        if topic == topics.device_state("pad-1") and doc["state"] == "failed" and not gate.is_set():
+            held.set()
+            await gate.wait()
+
+    registry = DeviceRegistry(topics, publish)
+    seen: list[tuple[str, str]] = []
+    registry.subscribe(lambda e: seen.append((e.kind, e.entry.health.state)))
+    async with registry:
+        await registry.upsert(DeviceInfo("pad-1", "pinpad", "tcp", "127.0.0.1:1", "zvt"))
+        await registry.set_health("pad-1", Health("ready"))
+        failing = asyncio.create_task(registry.set_health("pad-1", Health("failed", "payment outcome unknown")))
+        await held.wait()
+        await registry.set_health("pad-1", Health("ready"))  # the watchdog's probe of the rebooted pad
+        gate.set()
+        await failing
+    assert seen == [("added", "unknown"), ("health", "ready"), ("health", "failed"), ("health", "ready")]
+    states = [d["state"] for t, d in sent if t == topics.device_state("pad-1")]
+    assert states == ["unknown", "ready", "failed", "ready"]
+    alerts = sorted((d["state"], d["previous"], d["reason"]) for t, d in sent if t == topics.alert)
+    assert alerts == [
+        ("failed", "ready", "payment outcome unknown"),
+        ("ready", "failed", ""),
+        ("ready", "unknown", ""),
+    ]

@@ -8,8 +8,10 @@ import getpass
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,7 @@ class CloudBroker:
         ]))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self._proc = subprocess.Popen([binary, "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                      stderr=open(d / "mosquitto.log", "ab"))  # noqa: SIM115 - the child owns it
+                                      stderr=open(d / "mosquitto.log", "ab"))
         for _ in range(200):
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -180,6 +182,12 @@ class CloudRecorder:
         topic = getattr(msg.properties, "ResponseTopic", None)
         self.client.publish(topic, body, qos=1, properties=props)
 
+    def push_down(self, kind: str, doc: dict[str, Any] | bytes) -> None:
+        """The cloud pushes a document to the store: retained, QoS 1, on ``cloud/{store}/down/{kind}``."""
+        body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        info = self.client.publish(f"cloud/{self.store}/down/{kind}", body, qos=1, retain=True)
+        info.wait_for_publish(5)
+
     def count(self) -> int:
         with self.lock:
             return len({m.msg_id for m in self.messages})
@@ -219,3 +227,88 @@ class CloudRecorder:
     def stream_seqs(self, stream: str) -> list[int]:
         with self.lock:
             return sorted({m.stream_seq for m in self.messages if m.stream == stream})
+
+
+class RecorderProcess:
+    """The recorder in a process of its own, for backlogs too big to record beside the hub in one
+    interpreter: ``wait(n)`` returns a CloudRecorder holding what it saw (payloads as CRC-32, no
+    lane: see ``_record``), ready for ``check``. Started before the hub, like the cloud service."""
+
+    def __init__(self, port: int, out: Path, store: str = "s1") -> None:
+        self.port, self.out, self.store = port, out, store
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> RecorderProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.uplink.cloudside", str(self.port), self.store,
+                                      str(self.out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parents[2])
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"recorder process did not start: {line!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait(self, n: int, timeout: float = 60.0) -> CloudRecorder:
+        """Wait until it has n unique messages (or ``timeout``), then read what it recorded."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{n} {timeout}\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout + 30)
+        rec = CloudRecorder(self.port, self.store)
+        with open(self.out) as f:
+            for line in f:
+                stream, msg_id, seq, stream_seq, lane, crc = json.loads(line)
+                rec.messages.append(Received(stream, msg_id, seq, stream_seq, lane, str(crc).encode()))
+        return rec
+
+
+def _record(port: int, store: str, out: str) -> None:
+    # MQTT 3.1.1 and the envelope, not MQTT 5 user properties: paho decoding the properties of
+    # every message made this recorder slower than the hub it records. So no lane here: use it
+    # where all rows are in one lane (a backlog), and the order check is then per stream.
+    lock = threading.Lock()
+    rows: list[tuple[str, str, int, int, str, int]] = []
+    unique: set[str] = set()
+    enough = threading.Event()
+    want = [1 << 62]
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        doc = json.loads(msg.payload)
+        with lock:
+            rows.append((doc["stream"], doc["msg_id"], doc["seq"], doc["stream_seq"], "", zlib.crc32(msg.payload)))
+            unique.add(doc["msg_id"])
+            if len(unique) >= want[0]:
+                enough.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cloud-recorder-{time.time_ns()}",
+                         protocol=mqtt.MQTTv311)
+    client.username_pw_set(CLOUD_USER, CLOUD_PASSWORD)
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(f"cloud/{store}/up/+", 1)
+    if not subscribed.wait(5):
+        raise SystemExit("recorder did not subscribe")
+    print("ready", flush=True)
+    n, timeout = sys.stdin.readline().split()
+    with lock:
+        want[0] = int(n)
+        if len(unique) >= want[0]:
+            enough.set()
+    enough.wait(float(timeout))
+    client.disconnect()
+    client.loop_stop()
+    with open(out, "w") as f, lock:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    _record(int(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -124,3 +124,64 @@ def bulk_insert(path: Path, stream: str, n: int, prefix: str = "bulk", size: int
     finally:
         conn.close()
     return ids
+
+
+async def seed_outbox(path: Path, streams: dict[str, int], prefix: str = "seed", chunk: int = 20_000) -> list[str]:
+    """A backlog as a long WAN outage leaves it: rows of several streams, interleaved in store
+    order, written through ``add_to_outbox`` straight into the journal file in big transactions
+    (the hub is not running). Returns the msg_ids in store order."""
+    from edgehub.store.outbox import add_to_outbox
+
+    async with Journal(path, "s1"):
+        pass  # create and migrate the journal
+    left = dict(streams)
+    ids: list[str] = []
+    while any(left.values()):
+        for stream in streams:
+            if left[stream]:
+                ids.append(f"{prefix}-{stream}-{streams[stream] - left[stream]:07d}")
+                left[stream] -= 1
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        now = time.time()
+        for start in range(0, len(ids), chunk):
+            conn.execute("BEGIN")
+            for msg_id in ids[start:start + chunk]:
+                stream = msg_id.split("-")[1]
+                add_to_outbox(conn, stream, msg_id, b'{"id":"' + msg_id.encode() + b'"}', created_at=now)
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return ids
+
+
+def pending_rows(path: Path) -> int:
+    """Rows still in the outbox, read from the journal file beside a running hub."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COALESCE(SUM(pending), 0) FROM outbox_streams").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def assert_cloud_has_everything(recorder: Any, journal: Path, known: list[str]) -> None:
+    """The counting oracle for a whole hub, whose kitchen adds rows of its own: the outbox is
+    empty; every stream the store produced is in the cloud as stream_seq 1..produced, each once
+    after dedupe, in order per lane, re-sends identical (telemetry the outbox dropped on purpose
+    excepted: counted, never sent); and every id the test knows is there."""
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        counters = conn.execute("SELECT stream, produced, dropped, pending FROM outbox_streams").fetchall()
+    finally:
+        conn.close()
+    assert not [c for c in counters if c[3]], f"still in the outbox: {counters}"
+    seen = {m.msg_id for m in recorder.messages}
+    report = recorder.check(seen | set(known))
+    assert report.ok, report
+    for stream, produced, dropped, _ in counters:
+        if dropped == 0:
+            assert recorder.stream_seqs(stream) == list(range(1, produced + 1)), f"{stream}: not 1..{produced}"
+        else:
+            assert stream == "telemetry", f"{stream}: {dropped} rows dropped"
+            assert len(recorder.stream_seqs(stream)) == produced - dropped
+    assert report.unique == sum(c[1] - c[2] for c in counters), (report, counters)

@@ -129,6 +129,13 @@ function drawDevices(section) {
 
 function drawRoles(section) {
   const body = $("roles").querySelector("tbody");
+  // The table is redrawn every poll: keep what the installer is typing into a row's bind field.
+  const typing = new Map();
+  let focused = null;
+  for (const input of body.querySelectorAll("input[data-role]")) {
+    if (input.dataset.dirty === "1") typing.set(input.dataset.role, input.value);
+    if (input === document.activeElement) focused = input.dataset.role;
+  }
   body.replaceChildren();
   const empty = $("roles-empty");
   const configured = section !== undefined && section !== null;
@@ -146,7 +153,10 @@ function drawRoles(section) {
     const cell = el("td");
     const form = el("form", null, "inline");
     const input = el("input");
+    input.dataset.role = r.role;
     input.value = [r.primary, ...(r.spares || [])].filter(Boolean).join(", ");
+    if (typing.has(r.role)) { input.value = typing.get(r.role); input.dataset.dirty = "1"; }
+    input.addEventListener("input", () => { input.dataset.dirty = "1"; });
     input.setAttribute("aria-label", `devices for ${r.role}`);
     const button = el("button", "Bind");
     form.append(input, button);
@@ -154,6 +164,7 @@ function drawRoles(section) {
     cell.append(form);
     tr.append(cell);
     body.append(tr);
+    if (focused === r.role) input.focus();
   }
 }
 
@@ -166,7 +177,8 @@ function drawOutbox(outbox, uplink) {
     const tr = el("tr");
     tr.dataset.stream = s.stream;
     const replay = el("td");
-    const info = Array.isArray(perStream) ? perStream.find((x) => x.stream === s.stream) : perStream[s.stream];
+    const info = typeof s.produced === "number" ? s
+      : Array.isArray(perStream) ? perStream.find((x) => x.stream === s.stream) : perStream[s.stream];
     // The uplink counts each stream's rows: produced = waiting + acked by the cloud + dropped.
     if (info && typeof info === "object" && typeof info.produced === "number" && info.produced > 0) {
       const bar = el("progress");
@@ -255,20 +267,27 @@ async function testPrint(id, button) {
   button.disabled = true;
   const r = await api("POST", `/api/v1/devices/${encodeURIComponent(id)}/test-print`);
   button.disabled = false;
-  alertBanner(r.ok ? `Test slip printed on ${id}.` : `Test print on ${id} failed: ${(r.doc && r.doc.error) || r.status}`);
+  alertBanner(r.ok ? `Test slip printed on ${id}.` : `Test print on ${id} failed: ${(r.doc && r.doc.error) || r.status}`, r.ok);
 }
 
 async function bind(role, text) {
   const devices = text.split(/[\s,]+/).filter(Boolean);
   const r = await api("PUT", `/api/v1/roles/${encodeURIComponent(role)}`, { devices });
-  alertBanner(r.ok ? `${role} bound to ${devices.join(", ") || "nothing"}.` : `Binding ${role} failed: ${(r.doc && r.doc.error) || r.status}`);
+  alertBanner(r.ok ? `${role} bound to ${devices.join(", ") || "nothing"}.` : `Binding ${role} failed: ${(r.doc && r.doc.error) || r.status}`, r.ok);
+  if (r.ok) {
+    for (const input of $("roles").querySelectorAll("input[data-role]")) {
+      if (input.dataset.role === role) delete input.dataset.dirty;
+    }
+  }
   refresh();
 }
 
-function alertBanner(text) {
-  const banner = $("banner");
-  banner.hidden = false;
-  banner.textContent = text;
+// What the last button did: kept until the next action (the status banner is the poll's own).
+function alertBanner(text, good) {
+  const notice = $("notice");
+  notice.hidden = false;
+  notice.textContent = text;
+  notice.className = good ? "notice ok" : "notice fail";
 }
 
 async function runDoctor() {

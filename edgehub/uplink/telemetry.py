@@ -1,0 +1,99 @@
+"""The box's periodic telemetry sample for the cloud: a small JSON row in the ``telemetry``
+outbox stream every ``[cloud] telemetry_every_s``.
+
+Telemetry is the one stream the outbox may drop (TTL, byte quota, disk nearly full), so a
+sample is taken whether or not the WAN is up and simply waits, or ages out, like any other.
+At the disk's hard limit the outbox refuses it (``OutboxFull``): that is counted, logged once,
+and the next sample tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from edgehub.errors import EdgehubError, OutboxFull
+from edgehub.store.outbox import TELEMETRY, Outbox
+from edgehub.sysinfo import disk_usage, soc_temperature_c
+
+log = logging.getLogger("edgehub.uplink.telemetry")
+
+SCHEMA = "cloud-telemetry/1"
+
+
+class TelemetrySampler:
+    """``async with`` owns the sampling task; ``sample_now()`` takes one at once (tests, sync)."""
+
+    def __init__(self, outbox: Outbox, store_id: str, data_dir: Path, every_s: float,
+                 orders_accepted: Callable[[], int], clock: Callable[[], float] = time.time) -> None:
+        self.outbox = outbox
+        self.store_id = store_id
+        self.data_dir = data_dir
+        self.every_s = every_s
+        self.orders_accepted = orders_accepted
+        self.clock = clock
+        self.taken = 0
+        self.refused = 0
+        self._process: psutil.Process | None = None
+        self._refusing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TelemetrySampler:
+        if self.every_s > 0:
+            self._task = asyncio.create_task(self._run(), name="telemetry")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def measure(self) -> dict[str, Any]:
+        """One sample (blocking: /proc and statvfs reads; run it in a thread)."""
+        if self._process is None:
+            self._process = psutil.Process(os.getpid())
+            self._process.cpu_percent(None)  # the first reading only starts the clock
+        process = self._process
+        with process.oneshot():
+            rss = process.memory_info().rss
+            cpu = process.cpu_percent(None)
+        disk = disk_usage(self.data_dir)
+        return {"schema": SCHEMA, "store_id": self.store_id, "at": round(self.clock(), 3),
+                "rss_bytes": rss, "cpu_percent": round(cpu, 1), "disk_free_bytes": disk.free_bytes,
+                "disk_total_bytes": disk.total_bytes, "soc_temperature_c": soc_temperature_c(),
+                "orders_accepted": self.orders_accepted()}
+
+    async def sample_now(self) -> bool:
+        """Take a sample into the outbox; False when the outbox refused it (disk nearly full)."""
+        doc = await asyncio.to_thread(self.measure)
+        msg_id = f"telemetry:{self.store_id}:{int(doc['at'] * 1000)}"
+        try:
+            await self.outbox.add_now(TELEMETRY, msg_id, doc)
+        except OutboxFull as exc:
+            self.refused += 1
+            if not self._refusing:
+                log.warning("telemetry samples refused until the data disk has room: %s", exc)
+                self._refusing = True
+            return False
+        if self._refusing:
+            log.info("telemetry samples taken again")
+            self._refusing = False
+        self.taken += 1
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.sample_now()
+            except (EdgehubError, OSError, psutil.Error) as exc:
+                log.warning("telemetry sample failed: %s", exc)

@@ -14,6 +14,12 @@ second private Mosquitto acting as the chain's cloud:
 
     .venv/bin/python bench/footprint.py [--orders 100000] [--amp-orders 10000] [--rate 200] [--idle-s 20]
 
+The kitchen is a real one: a simulated screen per station (the kds terminal on the kitchen's MQTT
+command topics, as native screens use them) bumps each ticket ``--bump-after-s`` after it
+appears and serves it as long again later, so RSS measures the box, not an unbumped backlog.
+``--no-bump`` leaves every ticket open (a station without a screen, a screen switched off): memory
+then stays bounded by ``kitchen.max_open_per_station``.
+
 Last line: one JSON object with every figure.
 """
 
@@ -21,16 +27,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import itertools
 import json
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import psutil
 from common import Loader
 
@@ -38,7 +48,7 @@ from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
 
 STORE = "bench"
-TERMINALS = ("pos-1", "pos-2", "pos-3", "pos-4")
+TERMINALS = ("pos-1", "pos-2", "pos-3", "pos-4", "kds-1")
 ORDER_BYTES = len(json.dumps({"schema": "order/1", "order_id": "pos-1-xxxxxx-000000", "table": "T7", "covers": 2,
                               "lines": [{"sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "station": "grill"},
                                         {"sku": "COLA-33", "name": "Cola", "qty": 2, "station": "bar"}]}))
@@ -61,6 +71,62 @@ red_after_s = 300
 def cloud_section(port: int) -> str:
     return (f'[cloud]\nenabled = true\nurl = "mqtt://127.0.0.1:{port}"\nusername = "{BOX_USER}"\n'
             f'password = "{BOX_PASSWORD}"\nreconnect_max_s = 2.0\n')
+
+
+class Screens:
+    """A screen per station: bumps each new ticket ``delay`` s after it appears, serves it
+    ``delay`` s after that, through ``…/kds/{station}/command`` (as the kds terminal)."""
+
+    def __init__(self, port: int, store: str, delay: float) -> None:
+        self.delay = delay
+        self.root = f"edgehub/v1/{store}/kds"
+        self.due: list[tuple[float, int, str, str, str]] = []
+        self.cond = threading.Condition()
+        self.ids = itertools.count()
+        self.sent = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-kds-{time.time_ns()}")
+        self.client.username_pw_set("kds-1", "pw-kds-1")
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_message = self._on_event
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{self.root}/+/event", qos=1)
+        self.client.loop_start()
+        self.running = True
+        self.worker = threading.Thread(target=self._run, daemon=True)
+        self.worker.start()
+
+    def _on_event(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        doc = json.loads(msg.payload)
+        action = {"created": "bump", "bumped": "serve"}.get(doc.get("event"))
+        if action:
+            with self.cond:
+                heapq.heappush(self.due, (time.monotonic() + self.delay, next(self.ids), doc["station"],
+                                          action, doc["ticket"]["ticket_id"]))
+                self.cond.notify()
+
+    def _run(self) -> None:
+        while self.running:
+            with self.cond:
+                wait = self.due[0][0] - time.monotonic() if self.due else 0.5
+                if wait > 0:
+                    self.cond.wait(min(wait, 0.5))
+                    continue
+                _, n, station, action, ticket_id = heapq.heappop(self.due)
+            body = json.dumps({"schema": "kds-command/1", "command_id": f"b{n}", "action": action,
+                               "ticket_id": ticket_id})
+            self.client.publish(f"{self.root}/{station}/command", body, qos=1)
+            self.sent += 1
+
+    def drain(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.due and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+
+    def close(self) -> None:
+        self.running = False
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 def write_bytes(pids: list[int]) -> int:
@@ -94,6 +160,10 @@ def main() -> dict[str, Any]:
     parser.add_argument("--amp-orders", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="orders/s while write amplification is measured")
     parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--bump-after-s", type=float, default=1.0,
+                        help="a station's screen bumps a ticket this long after it appears, serves it as long later")
+    parser.add_argument("--no-bump", action="store_true",
+                        help="no screens: every ticket stays open (bounded by kitchen.max_open_per_station)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
@@ -142,6 +212,7 @@ def main() -> dict[str, Any]:
                 commits = status(api)["journal"]["commits"] - before
                 return written / (args.amp_orders * ORDER_BYTES), commits / args.amp_orders
 
+            screens = None if args.no_bump else Screens(hub.config.broker.listen.port, STORE, args.bump_after_s)
             loader = Loader(hub.config.broker.listen.port, STORE, "pos-1")
             loader.burst("warm", 500)
             wait_for("the outbox to drain", lambda: outbox() == 0)
@@ -156,6 +227,9 @@ def main() -> dict[str, Any]:
             bulk = max(0, args.orders - 2 * args.amp_orders - 500)
             bulk_rate = loader.burst("bulk", bulk) if bulk else 0.0
             loader.close()
+            if screens is not None:
+                screens.drain()
+                screens.close()
             wait_for("the outbox to drain", lambda: outbox() == 0, 300)
             time.sleep(2)
             rss_after = proc.memory_info().rss / 2**20
@@ -184,6 +258,9 @@ def main() -> dict[str, Any]:
         "order_bytes": ORDER_BYTES,
         "devices": len(devices.get("devices", devices)) if isinstance(devices, dict) else len(devices),
         "open_tickets": sum(final["kitchen"]["open"].values()),
+        "open_tickets_in_memory": sum(final["kitchen"].get("open_in_memory", {}).values()),
+        "screens_bump": not args.no_bump,
+        "screen_commands": screens.sent if screens is not None else 0,
     }
     rows = [
         ("start -> READY", f"{result['ready_s']} s", "< 2 s"),

@@ -119,6 +119,10 @@ class KitchenConfig:
     category_rules: Mapping[str, str] = field(default_factory=dict)
     # Kitchen screens authenticate with this (defaults to the API token); see docs/kitchen.md.
     screen_token: str = field(default="", repr=False)
+    # An open ticket untouched this long is closed as ``expired`` (docs/kitchen.md).
+    expire_open_after_h: float = 12.0
+    # Open tickets per station held in memory for screens; older ones stay in the journal.
+    max_open_per_station: int = 500
 
     def station(self, name: str) -> StationConfig:
         found = self.stations.get(name)
@@ -588,12 +592,17 @@ def _seconds(value: int | float) -> str | None:
 
 def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) -> KitchenConfig:
     t = ck.table(data, "kitchen", {"default_station", "amber_after_s", "red_after_s", "stations", "rules",
-                                   "screen_token", "screen_token_file"})
+                                   "screen_token", "screen_token_file", "expire_open_after_h",
+                                   "max_open_per_station"})
     default_station = ck.get(t, "kitchen.default_station", str, "kitchen", check=_station_check) or "kitchen"
     amber = float(ck.get(t, "kitchen.amber_after_s", (int, float), 480.0, check=_seconds))
     red = float(ck.get(t, "kitchen.red_after_s", (int, float), 720.0, check=_seconds))
     if amber >= red:
         ck.problem("kitchen.red_after_s", f"must be later than amber_after_s ({amber:g}), got {red:g}")
+    expire_h = float(ck.get(t, "kitchen.expire_open_after_h", (int, float), 12.0, check=lambda v: None
+                            if 1 <= v <= 168 else f"must be from 1 to 168 hours (a week), got {v}"))
+    max_open = int(ck.get(t, "kitchen.max_open_per_station", int, 500, check=lambda v: None
+                          if 50 <= v <= 5000 else f"must be from 50 to 5000 tickets, got {v}"))
     screen_token = _secret(ck, base, t, "kitchen.screen_token", required=False) or api_token
     if screen_token and len(screen_token) < 16:
         ck.problem("kitchen.screen_token", "must be at least 16 characters")
@@ -638,7 +647,8 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
                 found[kind][match] = station
     return KitchenConfig(default_station=default_station, amber_after_s=amber, red_after_s=red,
                          stations=stations, sku_rules=found["sku"], category_rules=found["category"],
-                         screen_token=screen_token)
+                         screen_token=screen_token, expire_open_after_h=expire_h,
+                         max_open_per_station=max_open)
 
 
 def _cidr_problem(values: list[Any]) -> str | None:

@@ -54,8 +54,17 @@ class Intake:
         # Hooks for what comes after an accepted order (kitchen routing, metrics).
         self.on_accepted: list[Callable[[Order], object]] = []
         self.on_ack: list[Callable[[str, float], None]] = []
+        # Orders being taken right now: the cloud uplink's backlog replay gives way meanwhile.
+        self.in_progress = 0
 
     async def handle(self, message: aiomqtt.Message) -> None:
+        self.in_progress += 1
+        try:
+            await self._handle(message)
+        finally:
+            self.in_progress -= 1
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
         started = self.clock()
         topic = message.topic.value
         raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()

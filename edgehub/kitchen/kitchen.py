@@ -55,6 +55,7 @@ from edgehub.kitchen.tickets import (
     colour,
     load,
     move_watermark,
+    stale_open,
     unrouted_orders,
     write_alert,
     write_events,
@@ -65,6 +66,8 @@ log = logging.getLogger("edgehub.kitchen")
 
 KEEP_BUMPED = 20  # bumped tickets per station kept at hand for recall
 FORGET_AFTER_S = 4 * 3600  # a finished ticket older than this leaves memory (never the journal)
+SWEEP_EVERY_S = 600  # how often the journal is searched for open tickets not held in memory
+SWEEP_BATCH = 500  # tickets expired from the journal per sweep
 SCREEN_QUEUE = 2000  # a screen further behind than this is dropped; it reconnects to a snapshot
 HEADER_KEYS = ("table", "covers", "course", "note")
 
@@ -81,15 +84,19 @@ class KitchenStats:
     print_failures: int = 0
     journal_failures: int = 0
     recovered_orders: int = 0
+    expired: int = 0
+    not_held: int = 0  # open tickets put out of memory by max_open_per_station (all time)
 
 
 @dataclass
 class StationView:
-    """What the station's screens have been told: the state as of event ``seq``."""
+    """What the station's screens see: its open tickets (the ``Ticket`` objects themselves, no
+    copy; a snapshot renders them) as of event ``seq``, and the last bumped for recall."""
 
     seq: int = 0
-    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)  # open tickets by id
+    tickets: dict[str, Ticket] = field(default_factory=dict)  # open tickets by id
     recent: list[dict[str, Any]] = field(default_factory=list)  # bumped, newest first
+    hidden: int = 0  # open in the journal, not held in memory (beyond max_open_per_station)
 
 
 class ScreenFeed:
@@ -154,6 +161,7 @@ class Kitchen:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -175,7 +183,9 @@ class Kitchen:
 
     async def _reload(self) -> None:
         """(Re)build memory from the journal, then give tickets to accepted orders lacking them."""
-        loaded = await self.journal.read(lambda conn: load(conn, KEEP_BUMPED))
+        cap = self.config.max_open_per_station
+        ready_since = self.clock() - FORGET_AFTER_S
+        loaded = await self.journal.read(lambda conn: load(conn, KEEP_BUMPED, cap, ready_since))
         self._tickets.clear()
         self._by_order.clear()
         self._views.clear()
@@ -190,6 +200,11 @@ class Kitchen:
             self._view_apply(ticket.doc())
         for station, seq in self._seq.items():
             self._view(station).seq = seq
+        for station, count in loaded.open_counts.items():
+            view = self._view(station)
+            view.hidden = max(0, count - len(view.tickets))
+            if view.hidden:
+                self._warn_hidden(station, view)
         orders = await self.journal.read(unrouted_orders)
         events: list[Event] = []
         for order_id, terminal, received_at, doc in orders:
@@ -227,12 +242,45 @@ class Kitchen:
         ticket_id = doc["ticket_id"]
         view.recent = [t for t in view.recent if t["ticket_id"] != ticket_id]
         if doc["state"] in OPEN:
-            view.tickets[ticket_id] = doc
+            ticket = self._tickets.get(ticket_id)
+            if ticket is not None:
+                view.tickets[ticket_id] = ticket
+                if len(view.tickets) > self.config.max_open_per_station:
+                    self._put_out_of_memory(view)
             return
         view.tickets.pop(ticket_id, None)
         if doc["state"] in BUMPED:
             view.recent.insert(0, doc)
             del view.recent[KEEP_BUMPED:]
+
+    def _put_out_of_memory(self, view: StationView) -> None:
+        """The station holds more open tickets than ``max_open_per_station``: the oldest leaves
+        memory (and the screens); it stays open in the journal, counted, and still expires."""
+        while len(view.tickets) > self.config.max_open_per_station:
+            oldest = min(view.tickets.values(), key=lambda t: (t.created_at, t.ticket_id))
+            del view.tickets[oldest.ticket_id]
+            self._forget(oldest)
+            view.hidden += 1
+            self.stats.not_held += 1
+            if view.hidden == 1 or view.hidden % 1000 == 0:
+                self._warn_hidden(oldest.station, view)
+
+    def _warn_hidden(self, station: str, view: StationView) -> None:
+        log.warning(
+            "kitchen station %s has %d open tickets beyond the %d its screens show (nobody bumps "
+            "them: no screen, or it is off?); the oldest are kept only in the journal and expire "
+            "after %g h", station, view.hidden, self.config.max_open_per_station,
+            self.config.expire_open_after_h,
+        )
+
+    def _forget(self, ticket: Ticket) -> None:
+        """Out of memory (never the journal)."""
+        self._tickets.pop(ticket.ticket_id, None)
+        ids = self._by_order.get(ticket.order_id, [])
+        with contextlib.suppress(ValueError):
+            ids.remove(ticket.ticket_id)
+        if not ids:
+            self._by_order.pop(ticket.order_id, None)
 
     def _event(
         self, ticket: Ticket, name: str, at: float, source: str, detail: dict[str, Any] | None = None
@@ -549,6 +597,9 @@ class Kitchen:
         for ticket in tickets:
             if ticket.ticket_id not in self._tickets:
                 ticket.printer_role = self.config.station(ticket.station).printer_role
+                if ticket.state in OPEN:  # open and not in memory: it was beyond the cap
+                    view = self._view(ticket.station)
+                    view.hidden = max(0, view.hidden - 1)
                 self._remember(ticket)
 
     async def amend(self, amend: Amend) -> bool:
@@ -706,19 +757,50 @@ class Kitchen:
                 await self.check_overdue()
             except EdgehubError as exc:
                 log.error("red-alert check failed: %s", exc)
+            try:
+                await self.expire_stale()
+            except EdgehubError as exc:
+                log.error("expiring stale kitchen tickets failed: %s", exc)
             self._forget_old()
 
     def _forget_old(self) -> None:
+        """Finished and bumped (ready) tickets older than FORGET_AFTER_S leave memory; an amend
+        or cancel reads them back from the journal (``_adopt``)."""
         cutoff = self.clock() - FORGET_AFTER_S
         keep = {t["ticket_id"] for view in self._views.values() for t in view.recent}
         for ticket in list(self._tickets.values()):
-            if ticket.state not in LIVE and ticket.updated_at < cutoff and ticket.ticket_id not in keep:
-                del self._tickets[ticket.ticket_id]
-                ids = self._by_order.get(ticket.order_id, [])
-                with contextlib.suppress(ValueError):
-                    ids.remove(ticket.ticket_id)
-                if not ids:
-                    self._by_order.pop(ticket.order_id, None)
+            if ticket.state not in OPEN and ticket.updated_at < cutoff and ticket.ticket_id not in keep:
+                self._forget(ticket)
+
+    async def expire_stale(self) -> list[Event]:
+        """Close as ``expired`` every open ticket nobody touched for ``expire_open_after_h``:
+        those in memory at every tick, those only in the journal (beyond the per-station cap)
+        every SWEEP_EVERY_S. Journaled with their outbox rows in one commit, then announced."""
+        now = self.clock()
+        cutoff = now - self.config.expire_open_after_h * 3600
+        stale = [t for t in self._tickets.values() if t.state in OPEN and t.updated_at < cutoff]
+        hidden = {s for s, v in self._views.items() if v.hidden}
+        if hidden and now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY_S
+            held = set(self._tickets)
+            for ticket in await self.journal.read(lambda conn: stale_open(conn, cutoff, SWEEP_BATCH)):
+                if ticket.ticket_id not in held:
+                    ticket.printer_role = self.config.station(ticket.station).printer_role
+                    view = self._view(ticket.station)
+                    view.hidden = max(0, view.hidden - 1)
+                    stale.append(ticket)
+            if len(stale) >= SWEEP_BATCH:
+                self._next_sweep = now  # more to do: again at the next tick
+        if not stale:
+            return []
+        events = [self._event(t, t.apply("expire", now), now, "hub:expiry") for t in stale]
+        for ticket in stale:
+            self._forget(ticket)  # final: nothing left to do with it in memory
+        self.stats.expired += len(events)
+        await self._commit(events)
+        log.info("%d kitchen tickets open for more than %g h closed as expired", len(events),
+                 self.config.expire_open_after_h)
+        return events
 
     # --- what screens read -----------------------------------------------------------------
 
@@ -728,9 +810,8 @@ class Kitchen:
         now = self.clock()
         tickets = []
         all_day: dict[str, int] = {}
-        for doc in sorted(
-            view.tickets.values(), key=lambda d: (-d["priority"], d["created_at"], d["ticket_id"])
-        ):
+        for ticket in sorted(view.tickets.values(), key=Ticket.sort_key):
+            doc = ticket.doc()
             age = now - doc["created_at"]
             tickets.append(
                 {**doc, "age_s": round(age, 1), "colour": colour(age, cfg.amber_after_s, cfg.red_after_s)}
@@ -757,8 +838,19 @@ class Kitchen:
         for ticket in self._tickets.values():
             if ticket.state in OPEN:
                 open_by_station[ticket.station] = open_by_station.get(ticket.station, 0) + 1
+        hidden = {s: v.hidden for s, v in self._views.items() if v.hidden > 0}
+        warnings = [
+            f"station {s}: {n} open tickets beyond the {self.config.max_open_per_station} its screens "
+            f"show (is its screen off?); kept in the journal, they expire after "
+            f"{self.config.expire_open_after_h:g} h"
+            for s, n in sorted(hidden.items())
+        ]
         return {
-            "open": open_by_station,
+            # open tickets per station (journal truth: those in memory plus those beyond the cap)
+            "open": {s: open_by_station.get(s, 0) + hidden.get(s, 0) for s in {*open_by_station, *hidden}},
+            "open_in_memory": open_by_station,
+            "open_not_in_memory": hidden,
+            "warnings": warnings,
             "screens": {s: len(f) for s, f in self._feeds.items() if f},
             **vars(self.stats),
         }

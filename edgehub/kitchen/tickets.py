@@ -2,7 +2,8 @@
 
 States: ``new`` → ``in_progress`` (a cook started it) → ``ready`` (bumped off the station screen)
 → ``served``. A bumped (ready or served) ticket can be ``recalled`` back onto the screen; a
-ticket the POS cancels or amends away is ``voided``. ``next_state`` refuses every other move
+ticket the POS cancels or amends away is ``voided``; a ticket left open (untouched) longer than
+``kitchen.expire_open_after_h`` is ``expired`` by the hub (final, like voided). ``next_state`` refuses every other move
 with a reason a cook understands (``TicketRefused``), and nothing changes.
 
 A ticket's id is ``{order_id}/{station}/{n}``: ``n`` is 1 for the ticket the order made and grows
@@ -26,15 +27,16 @@ from edgehub.bus import payloads
 from edgehub.errors import TicketRefused
 from edgehub.store import outbox
 
-NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED = (
+NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED, EXPIRED = (
     "new",
     "in_progress",
     "ready",
     "served",
     "recalled",
     "voided",
+    "expired",
 )
-STATES = (NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED)
+STATES = (NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED, EXPIRED)
 OPEN = frozenset({NEW, IN_PROGRESS, RECALLED})  # on the station screen, ageing
 BUMPED = frozenset({READY, SERVED})  # off the screen, may be recalled
 LIVE = frozenset({NEW, IN_PROGRESS, RECALLED, READY})  # the POS can still change or void it
@@ -47,9 +49,18 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "serve": {READY: SERVED},
     "recall": {READY: RECALLED, SERVED: RECALLED},
     "void": {NEW: VOIDED, IN_PROGRESS: VOIDED, READY: VOIDED, RECALLED: VOIDED},
+    # The hub's own move (never a screen's): an open ticket nobody touched for too long.
+    "expire": {NEW: EXPIRED, IN_PROGRESS: EXPIRED, RECALLED: EXPIRED},
 }
 # The event each action produces.
-EVENTS = {"start": "started", "bump": "bumped", "serve": "served", "recall": "recalled", "void": "voided"}
+EVENTS = {
+    "start": "started",
+    "bump": "bumped",
+    "serve": "served",
+    "recall": "recalled",
+    "void": "voided",
+    "expire": "expired",
+}
 
 _LABEL = {
     NEW: "new",
@@ -58,6 +69,7 @@ _LABEL = {
     SERVED: "served",
     RECALLED: "recalled",
     VOIDED: "voided",
+    EXPIRED: "expired",
 }
 
 
@@ -67,6 +79,10 @@ def refusal(action: str, state: str) -> str:
         return f"unknown action {action!r} (known: {', '.join(TRANSITIONS)})"
     if state == VOIDED:
         return "the ticket was voided (the order was cancelled or changed); there is nothing to do"
+    if state == EXPIRED:
+        return "the ticket expired (it stayed open too long) and is closed; there is nothing to do"
+    if action == "expire":
+        return f"the ticket is {_LABEL[state]}; only a ticket on the screen can expire"
     if action == "start":
         if state == IN_PROGRESS:
             return "the ticket is already in progress"
@@ -98,7 +114,7 @@ def colour(age_s: float, amber_after_s: float, red_after_s: float) -> str:
     return "amber" if age_s >= amber_after_s else "green"
 
 
-@dataclass
+@dataclass(slots=True)  # thousands live in memory on a busy day: no per-object __dict__
 class Ticket:
     ticket_id: str
     order_id: str
@@ -115,6 +131,7 @@ class Ticket:
     ready_at: float | None = None
     served_at: float | None = None
     voided_at: float | None = None
+    expired_at: float | None = None
     void_reason: str = ""
     amended: bool = False
     version: int = 0
@@ -143,7 +160,7 @@ class Ticket:
             "lines": [dict(line) for line in self.lines],
         }
         out.update(self.header)
-        for key in ("started_at", "ready_at", "served_at", "voided_at"):
+        for key in ("started_at", "ready_at", "served_at", "voided_at", "expired_at"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = round(value, 3)
@@ -170,6 +187,7 @@ class Ticket:
             ready_at=doc.get("ready_at"),
             served_at=doc.get("served_at"),
             voided_at=doc.get("voided_at"),
+            expired_at=doc.get("expired_at"),
             void_reason=doc.get("void_reason", ""),
             amended=doc.get("amended", False),
             version=doc.get("version", 0),
@@ -188,6 +206,8 @@ class Ticket:
             self.served_at = at
         elif target == VOIDED:
             self.voided_at = at
+        elif target == EXPIRED:
+            self.expired_at = at
         self.touch(at)
         return EVENTS[action]
 
@@ -297,16 +317,37 @@ class Loaded:
     tickets: list[Ticket]
     seqs: dict[str, int]
     cancelled: set[str]
+    open_counts: dict[str, int] = field(default_factory=dict)  # open in the journal, per station
 
 
-def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
-    """Open and live tickets, plus the last ``keep_bumped`` bumped ones per station (for recall)."""
-    tickets: list[Ticket] = []
-    for doc, alerted in conn.execute(
-        "SELECT doc, alerted FROM tickets WHERE state IN ('new','in_progress','recalled','ready')"
-    ):
-        tickets.append(Ticket.from_doc(json.loads(doc), bool(alerted)))
+OPEN_SQL = "state IN ('new','in_progress','recalled')"
+
+
+def _newest(conn: sqlite3.Connection, where: str, order: str, per_station: int,
+            args: tuple[Any, ...] = ()) -> list[Ticket]:
+    """Up to ``per_station`` tickets per station matching ``where``, the first by ``order``."""
+    return [
+        Ticket.from_doc(json.loads(doc), bool(alerted))
+        for doc, alerted in conn.execute(
+            "SELECT doc, alerted FROM (SELECT doc, alerted, ROW_NUMBER() OVER "
+            f"(PARTITION BY station ORDER BY {order}) AS n FROM tickets WHERE {where}) WHERE n <= ?",
+            (*args, per_station),
+        )
+    ]
+
+
+def load(conn: sqlite3.Connection, keep_bumped: int, max_open: int = 10**9,
+         ready_since: float = 0.0) -> Loaded:
+    """The newest ``max_open`` open tickets per station (the rest stay in the journal, counted),
+    ready tickets bumped since ``ready_since`` (as many per station), plus the last
+    ``keep_bumped`` bumped ones per station (for recall)."""
+    tickets = _newest(conn, OPEN_SQL, "created_at DESC, ticket_id DESC", max_open)
+    tickets += _newest(conn, "state = 'ready' AND updated_at >= ?", "updated_at DESC", max_open, (ready_since,))
     seen = {t.ticket_id for t in tickets}
+    open_counts = {
+        station: n
+        for station, n in conn.execute(f"SELECT station, COUNT(*) FROM tickets WHERE {OPEN_SQL} GROUP BY station")
+    }
     seqs = {
         station: seq
         for station, seq in conn.execute(
@@ -330,7 +371,19 @@ def load(conn: sqlite3.Connection, keep_bumped: int) -> Loaded:
             "(SELECT COALESCE(MAX(received_at), 0) - 86400 FROM order_changes)"
         )
     }
-    return Loaded(tickets, seqs, cancelled)
+    return Loaded(tickets, seqs, cancelled, open_counts)
+
+
+def stale_open(conn: sqlite3.Connection, before: float, limit: int) -> list[Ticket]:
+    """Open tickets (in the journal, whether in memory or not) unchanged since ``before``."""
+    return [
+        Ticket.from_doc(json.loads(doc), bool(alerted))
+        for doc, alerted in conn.execute(
+            f"SELECT doc, alerted FROM tickets WHERE {OPEN_SQL} AND updated_at < ? "
+            "ORDER BY updated_at LIMIT ?",
+            (before, limit),
+        )
+    ]
 
 
 # A ticket's id is "{order_id}/{station}/{n}": its order's tickets are a range of the primary

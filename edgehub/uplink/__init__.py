@@ -38,6 +38,9 @@ def attach_uplink(hub: Hub) -> tuple[Outbox, Downlink, Uplink | None]:
     outbox = Outbox(hub.journal, hub.journal.path.parent, outbox_policy(cfg))
     downlink = Downlink(hub.journal, store_id)
     uplink = Uplink(cfg, store_id, hub.journal, outbox, downlink) if cfg.enabled else None
+    if uplink is not None:
+        intake = hub.intake
+        uplink.replay.give_way = lambda: intake.in_progress > 0  # a terminal waits for its ack
     telemetry = TelemetrySampler(outbox, store_id, hub.journal.path.parent, cfg.telemetry_every_s,
                                  lambda: hub.intake.stats.accepted)
     hub.components += [outbox, downlink, telemetry, *([uplink] if uplink else [])]

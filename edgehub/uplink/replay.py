@@ -38,6 +38,17 @@ REFUSED_HOLD_S = 60.0
 # steps of 48, 58 ms in steps of 16, with the drain rate dropping from ~6.7k to ~5.9k/s at 16
 # (bench/uplink.py). 32 is between; the default replay_rate (500/s) never gets near either.
 REPLAY_STEP = 32
+# While a backlog drains, acknowledged rows are deleted in commits of their own, at most one per
+# DELETE_EVERY_S, instead of riding along with the next order's commit: at full drain speed the
+# acks of 50 ms (~750 rows, 10-25 ms of deleting and fsync) made every order's commit that much
+# slower, and the terminal's ack with it (bench/uplink.py, journal commit p50 ~18 ms while draining).
+DELETE_EVERY_S = 0.025
+# While the hub takes an order (``Replay.give_way``), the replay lane stops publishing, for at
+# most GIVE_WAY_MAX_S at a time and then for at least one step: an order's way through the hub is
+# a handful of event-loop turns (MQTT read, journal commit, ack), each of which otherwise waits
+# behind a step of replay and the PUBACKs it brought back.
+GIVE_WAY_MAX_S = 0.02
+GIVE_WAY_POLL_S = 0.001
 
 
 class RateLimiter:
@@ -132,6 +143,9 @@ class Replay:
         self._deleter: asyncio.Task[None] | None = None
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
         self.drained = asyncio.Event()  # set whenever a session's replay lane is done
+        # True while something that a person waits on is being done (the hub: an order is being
+        # taken); the replay lane gives way to it. The live lane never does.
+        self.give_way: Callable[[], bool] = lambda: False
 
     async def __aenter__(self) -> Replay:
         self._deleter = asyncio.create_task(self._delete_loop(), name="uplink-deleter")
@@ -191,6 +205,8 @@ class Replay:
                 while s.inflight_replay >= s.replay_cap or len(s.inflight) >= s.window:
                     await self._wait_freed(s)
                     step = 0
+                if step == 0 and self.give_way():
+                    await self._give_way()
                 if row.seq > self.boost_until:
                     await self.limiter.take()
                 self._publish(s, row, LANE_REPLAY)
@@ -221,6 +237,11 @@ class Replay:
                     await self._wait_freed(s)
                 self._publish(s, row, LANE_LIVE)
             s.live_pos = rows[-1].seq
+
+    async def _give_way(self) -> None:
+        until = time.monotonic() + GIVE_WAY_MAX_S
+        while self.give_way() and time.monotonic() < until:
+            await asyncio.sleep(GIVE_WAY_POLL_S)
 
     async def _wait_freed(self, s: _Session) -> None:
         s.freed.clear()
@@ -296,10 +317,18 @@ class Replay:
             batch, self._acked = self._acked, []
             if batch:
                 at = self.clock()
+                s = self.session
+                draining = s is not None and not s.replay_done.is_set()
+                if draining and self.give_way():
+                    # An order's commit should not queue behind (or carry) a group of deletes.
+                    await self._give_way()
+                    batch += self._acked
+                    self._acked = []
                 try:
                     # Lazy: deletes ride with the next order's commit (a row deleted late, or sent
-                    # again after a crash, costs nothing: the cloud dedups by msg_id).
-                    await self.journal.write(lambda conn: delete_acked(conn, batch, at), lazy=True)
+                    # again after a crash, costs nothing: the cloud dedups by msg_id). Not while a
+                    # backlog drains: then they would make each order's commit carry thousands.
+                    await self.journal.write(lambda conn: delete_acked(conn, batch, at), lazy=not draining)
                 except EdgehubError as exc:
                     # Keep them: deleted on the next try, or sent again (deduped) after a restart.
                     log.error("could not delete %d acknowledged outbox rows: %s", len(batch), exc)
@@ -307,6 +336,8 @@ class Replay:
                     await asyncio.sleep(1)
                     self._ack_wake.set()
                     continue
+                if draining:
+                    await asyncio.sleep(DELETE_EVERY_S)  # gather the next group meanwhile
             if not self._acked:
                 self._deletes_idle.set()
 

@@ -184,6 +184,9 @@ class Uplink:
         every = self.cfg.reconcile_every_s
         while True:
             self._reconcile_now.clear()
+            # Deleting acknowledged rows is lazy; the counters the cloud is compared with must
+            # include every PUBACK already seen, or a lost row would hide below a stale count.
+            await self.replay.flush_deletes()
             await self.reconciler.run_once(link)
             job = self.sync_job
             if job is not None and job.done.is_set() and job.reconcile is None:

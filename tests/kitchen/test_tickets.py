@@ -29,6 +29,9 @@ EXPECTED = {
     ("void", "in_progress"): "voided",
     ("void", "ready"): "voided",
     ("void", "recalled"): "voided",
+    ("expire", "new"): "expired",  # the hub's move: from any open state, final
+    ("expire", "in_progress"): "expired",
+    ("expire", "recalled"): "expired",
 }
 
 

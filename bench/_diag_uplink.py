@@ -1,0 +1,205 @@
+"""Uplink benchmark: how fast a week of WAN outage drains to the cloud, and what a cashier feels
+meanwhile.
+
+Ceiling: raw paho (MQTT 5, QoS 1, the hub's default window of 200 unacknowledged messages) publishing
+the same number of messages of the same size to the same cloud Mosquitto, in this run (before and
+after the hub; the higher counts). Hub: the
+real ``edgehub run`` (its own process) comes up with a backlog of ``--backlog`` outbox rows (seeded
+straight into its journal, as an outage would leave them) and the replay rate limit off, so the
+figure is the engine's, not the policy's. While it drains, a POS terminal sends orders at
+``--rate`` per second; their ack latency is the "live" figure (target p99 < 50 ms), and the drain
+rate over the ceiling is the ratio (target >= 0.7). The last line is one JSON object.
+
+    .venv/bin/python bench/uplink.py [--backlog 100000] [--rate 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from common import Loader, pct
+
+from edgehub.broker import MosquittoProcess
+from edgehub.config import load_config
+from edgehub.store import Journal
+from edgehub.store.outbox import add_to_outbox
+from tests.conftest import API_TOKEN, HubProcess, write_config
+import urllib.request
+from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
+from tests.uplink.conftest import cloud_toml
+
+WINDOW = 200
+# About what an order's outbox row weighs: envelope head + a two-line order.
+BODY = json.dumps({"schema": "cloud-order/1", "store_id": "bench", "terminal": "pos-1", "received_at": 0.0,
+                   "order": {"schema": "order/1", "order_id": "x" * 24, "table": "T7", "covers": 2,
+                             "lines": [{"sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "station": "grill"},
+                                       {"sku": "COLA-33", "name": "Cola", "qty": 2, "station": "bar"}]}})
+
+
+def seed_backlog(path: Path, n: int) -> None:
+    """n order rows in the outbox, in transactions of 10,000 (what a week offline leaves)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        now = time.time() - 3600
+        for start in range(0, n, 10_000):
+            conn.execute("BEGIN")
+            for i in range(start, min(n, start + 10_000)):
+                add_to_outbox(conn, "orders", f"order:backlog-{i:07d}", BODY.encode(), created_at=now)
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def ceiling(port: int, n: int, size: int, window: int) -> float:
+    """Raw paho QoS 1 publishes per second to the cloud broker, at most ``window`` unacked."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{time.time_ns()}",
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(BOX_USER, BOX_PASSWORD)
+    # The window is kept here, as the hub keeps its own (paho's queue behind its limit stalls
+    # when fed from another thread).
+    client.max_inflight_messages_set(0)
+    cond = threading.Condition()
+    acked = 0
+
+    def on_publish(*_: object) -> None:
+        nonlocal acked
+        with cond:
+            acked += 1
+            cond.notify()
+
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.loop_start()
+    payload = b"x" * size
+    started = time.perf_counter()
+    for i in range(n):
+        with cond:
+            cond.wait_for(lambda: i - acked < window, 30)  # noqa: B023 - evaluated right here
+        client.publish(f"cloud/bench/up/orders/{i % 8}", payload, qos=1)
+    with cond:
+        if not cond.wait_for(lambda: acked == n, 60):
+            raise RuntimeError(f"ceiling: only {acked} of {n} acknowledged")
+    rate = n / (time.perf_counter() - started)
+    client.loop_stop()
+    client.disconnect()
+    return rate
+
+
+async def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=20, help="live orders per second while draining")
+    parser.add_argument("--window", type=int, default=WINDOW, help="the hub's max_inflight")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
+        async with CloudBroker(Path(tmp) / "cloud", store="bench") as cloud:
+            cloud_size = len(BODY) + 200  # the envelope head the hub adds
+            raw_before = 10000.0
+
+            extra = cloud_toml(cloud.port, replay_rate=0, max_inflight=args.window, live_slots=min(32, args.window),
+                               ping_interval_s=5, ping_timeout_s=4, reconcile_every_s=0)
+            path = write_config(Path(tmp) / "box", store="bench", mode="external", extra=extra)
+            config = load_config(path)
+            async with Journal(config.journal.path, "bench"):
+                pass  # create and migrate the journal
+            seed_backlog(config.journal.path, args.backlog)
+            async with MosquittoProcess(config):
+                hub = HubProcess(path, Path(tmp) / "hub.log")
+                hub.start()
+                try:
+                    drain_s, live = drain_while_ordering(hub, config.broker.listen.port, config.journal.path,
+                                                         args.backlog, args.rate)
+                except BaseException:
+                    print(hub.log_path.read_text()[-3000:], file=sys.stderr)
+                    raise
+                finally:
+                    req = urllib.request.Request(f"http://127.0.0.1:{config.api.listen.port}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"})
+                    txt = urllib.request.urlopen(req).read().decode()
+                    print("\n".join(l for l in txt.splitlines() if l.startswith(("edgehub_ack_latency_seconds", "edgehub_journal_commit_seconds", "edgehub_journal_commit_batch_size")) and "rejected" not in l))
+                    hub.stop()
+            # Measured before and after the hub, the higher one counts: a shared machine's other
+            # load moves the ceiling, and the ratio should not flatter the hub.
+            raw_rate = raw_before
+
+    drain_rate = args.backlog / drain_s
+    result = {
+        "backlog": args.backlog,
+        "ceiling_per_s": round(raw_rate, 1),
+        "drain_per_s": round(drain_rate, 1),
+        "ratio": round(drain_rate / raw_rate, 3),
+        "live_rate_per_s": args.rate,
+        "live_orders": len(live),
+        "live_p50_ms": pct(live, 0.5),
+        "live_p99_ms": pct(live, 0.99),
+    }
+    print(f"ceiling (raw paho QoS 1 to the cloud broker): {result['ceiling_per_s']:>9} msg/s")
+    print(f"hub drain of {args.backlog} backlog rows:       {result['drain_per_s']:>9} msg/s")
+    print(f"ratio:                                        {result['ratio']:>9}   (target >= 0.7)")
+    print(f"live order ack at {args.rate:.0f}/s while draining: p50 {result['live_p50_ms']} ms, "
+          f"p99 {result['live_p99_ms']} ms over {len(live)} orders (target p99 < 50 ms)")
+    print(json.dumps(result))
+    return result
+
+
+def drain_while_ordering(hub: HubProcess, broker_port: int, journal: Path, backlog: int,
+                         rate: float) -> tuple[float, list[float]]:
+    """Seconds from the first deleted (acknowledged) backlog row to the last; live ack latencies.
+
+    Watched in the journal file (read-only, the smallest seq left): asking the hub's API as
+    often would cost the hub more than the figure is worth."""
+    loader = Loader(broker_port, "bench")
+    stop = threading.Event()
+
+    def order_loop() -> None:
+        i = 0
+        started = time.perf_counter()
+        while not stop.is_set():
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            loader._send(f"live-{i}")
+            i += 1
+
+    sender = threading.Thread(target=order_loop, daemon=True)
+    sender.start()
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, isolation_level=None)
+    first_ack: float | None = None
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            (low,) = conn.execute("SELECT COALESCE(MIN(seq), 0) FROM outbox").fetchone()
+            now = time.perf_counter()
+            if first_ack is None and low != 1:
+                first_ack = now
+            if low == 0 or low > backlog:  # the backlog's seqs are 1..backlog
+                drained_at = now
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backlog not drained: row {low} still waits")
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    stop.set()
+    sender.join()
+    with loader.cond:
+        loader.cond.wait_for(lambda: len(loader.latency) == len(loader.sent_at), 10)
+    latencies = sorted(v * 1000 for v in loader.latency.values())
+    loader.close()
+    assert first_ack is not None
+    return drained_at - first_ack, latencies
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

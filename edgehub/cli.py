@@ -26,6 +26,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
     FreezeSurvivors().install()  # full collections skip what survived the last one (gctuning.py)
+    from edgehub.memdump import install_from_env
+
+    install_from_env()  # EDGEHUB_TRACEMALLOC: snapshot on SIGUSR2, off by default (memdump.py)
     hub = Hub(config, Notifier())
 
     async def main() -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -79,7 +80,7 @@ class _UplinkClient(mqtt.Client):
         """Bytes read from the socket that paho has not handled yet (the selector cannot see them)."""
         return self._rpos < len(self._rbuf)
 
-    def _handle_pubackcomp(self, cmd: Any) -> mqtt.MQTTErrorCode:
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         fast = self.fast_puback
         if (cmd != "PUBACK" or fast is None or not 2 <= len(packet) <= 3
@@ -94,7 +95,7 @@ class _UplinkClient(mqtt.Client):
             if msg.qos > 0:
                 self._inflight_messages -= 1
             fast(mid, code)
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class CloudLink:

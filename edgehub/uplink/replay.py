@@ -240,7 +240,8 @@ class Replay:
 
     async def _give_way(self) -> None:
         until = time.monotonic() + GIVE_WAY_MAX_S
-        while self.give_way() and time.monotonic() < until:
+        # Polled: the signal is a plain counter of the intake's, which has no event to wait on.
+        while self.give_way() and time.monotonic() < until:  # noqa: ASYNC110
             await asyncio.sleep(GIVE_WAY_POLL_S)
 
     async def _wait_freed(self, s: _Session) -> None:

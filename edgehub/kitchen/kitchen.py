@@ -764,13 +764,28 @@ class Kitchen:
             self._forget_old()
 
     def _forget_old(self) -> None:
-        """Finished and bumped (ready) tickets older than FORGET_AFTER_S leave memory; an amend
-        or cancel reads them back from the journal (``_adopt``)."""
+        """What memory holds besides the open tickets is what a restart loads (``load``): the
+        last KEEP_BUMPED bumped per station (for recall), and ready tickets (bumped, not yet
+        served) of the last FORGET_AFTER_S, at most ``max_open_per_station`` per station. Served,
+        voided and expired tickets leave memory as soon as they are off the recall list, so a
+        day's served tickets no longer pile up for hours (docs/footprint.md, Memory); an amend or
+        cancel reads them back from the journal (``_adopt``)."""
         cutoff = self.clock() - FORGET_AFTER_S
         keep = {t["ticket_id"] for view in self._views.values() for t in view.recent}
+        ready: dict[str, list[Ticket]] = {}
         for ticket in list(self._tickets.values()):
-            if ticket.state not in OPEN and ticket.updated_at < cutoff and ticket.ticket_id not in keep:
+            if ticket.state in OPEN or ticket.ticket_id in keep:
+                continue
+            if ticket.state == READY and ticket.updated_at >= cutoff:
+                ready.setdefault(ticket.station, []).append(ticket)
+            else:
                 self._forget(ticket)
+        cap = self.config.max_open_per_station
+        for tickets in ready.values():
+            if len(tickets) > cap:
+                tickets.sort(key=lambda t: (t.updated_at, t.last_seq), reverse=True)
+                for ticket in tickets[cap:]:
+                    self._forget(ticket)
 
     async def expire_stale(self) -> list[Event]:
         """Close as ``expired`` every open ticket nobody touched for ``expire_open_after_h``:

@@ -120,3 +120,29 @@ def test_config_checker_reports_bad_expiry_and_cap(tmp_path: Path) -> None:
     line = {key: i for i, t in enumerate(text, start=1) for key in ("expire_open", "max_open") if t.startswith(key)}
     assert f":{line['expire_open']}: kitchen.expire_open_after_h: must be from 1 to 168 hours" in found
     assert f":{line['max_open']}: kitchen.max_open_per_station: must be from 50 to 5000 tickets" in found
+
+
+async def test_served_tickets_leave_memory_and_ready_ones_stay_bounded(
+    config: Config, journal: Journal, clock: FrozenClock
+) -> None:
+    """docs/footprint.md, Memory: a kitchen that bumps and serves holds what a restart would load
+    (open tickets, the last bumped for recall, ready ones up to the cap), not hours of served ones."""
+    capped = dataclasses.replace(config.kitchen, max_open_per_station=50)
+    topics = Topics(config.store.id)
+    async with Kitchen(capped, topics, journal, config.store.id, clock=clock, tick_s=3600) as kitchen:
+        for i in range(300):
+            clock.advance(1)
+            await place(kitchen, journal, make_order(f"s{i:03}"))
+            for station in ("grill", "bar"):
+                await kitchen.command(station, cmd("bump", f"s{i:03}/{station}/1"), "screen")
+                if i < 200:  # the last 100 stay ready (bumped, not served)
+                    await kitchen.command(station, cmd("serve", f"s{i:03}/{station}/1"), "screen")
+            kitchen._forget_old()
+        await settle(kitchen)
+        # 20 recent per station (recall) + at most 50 ready per station; not 600 tickets.
+        assert len(kitchen._tickets) <= 2 * (20 + 50)
+        assert len(kitchen._by_order) <= 20 + 50
+        await kitchen.command("grill", cmd("recall", None), "screen")  # the last bumped, at hand
+        await kitchen.command("bar", cmd("serve", "s299/bar/1"), "screen")  # a ready one, at hand
+        with pytest.raises(TicketRefused):  # served long ago: only the journal has it
+            await kitchen.command("grill", cmd("recall", "s000/grill/1"), "screen")

@@ -65,11 +65,21 @@ class _UplinkClient(mqtt.Client):
     fast_puback: Callable[[int, int], None] | None = None
     _rbuf: bytes = b""
     _rpos: int = 0
+    # paho turns a failed read into a bare "Unspecified error" (the OSError only goes to its log):
+    # kept here so the status can say why, e.g. the cloud refusing the box's TLS client certificate,
+    # which under TLS 1.3 arrives as an alert on the first read after the handshake.
+    read_error: OSError | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
-            data = super()._sock_recv(max(bufsize, RECV_CHUNK))
+            try:
+                data = super()._sock_recv(max(bufsize, RECV_CHUNK))
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self.read_error = exc
+                raise
             if len(data) <= bufsize:
                 return data  # all of it (or b"" at the end of the stream)
             buf, pos = self._rbuf, self._rpos = data, 0
@@ -313,7 +323,13 @@ class CloudLink:
         self._connack.set_result(None)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
-        self._set_lost(_reason(reason_code))
+        error = getattr(client, "read_error", None)
+        if error is None:
+            self._set_lost(_reason(reason_code))
+        elif isinstance(error, ssl.SSLError):
+            self._set_lost(f"TLS error: {error} (check [cloud] ca_file, cert_file, key_file)")
+        else:
+            self._set_lost(str(error) or type(error).__name__)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, props: Any) -> None:
         self._puback(mid, int(getattr(reason_code, "value", 0)))

@@ -30,9 +30,11 @@ CLOUD_USER, CLOUD_PASSWORD = "cloud", "cloud-service-secret"
 class CloudBroker:
     """Mosquitto as the cloud broker: password auth, ACL, queues big enough for a backlog."""
 
-    def __init__(self, directory: Path, store: str = "s1", box_acl: Iterable[str] | None = None) -> None:
+    def __init__(self, directory: Path, store: str = "s1", box_acl: Iterable[str] | None = None,
+                 extra_conf: Iterable[str] = ()) -> None:
         self.directory = directory
         self.store = store
+        self.extra_conf = list(extra_conf)  # appended to mosquitto.conf (another listener, say)
         self.box_acl = list(box_acl) if box_acl is not None else [f"topic readwrite cloud/{store}/#"]
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -59,7 +61,7 @@ class CloudBroker:
             f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {passwd}",
             f"acl_file {d / 'acl'}", "persistence false", "max_queued_messages 0", "max_queued_bytes 0",
             "max_inflight_messages 1000", "set_tcp_nodelay true", "log_dest stderr", "log_type error",
-            "log_type warning", "",
+            "log_type warning", *self.extra_conf, "",
         ]))
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self._proc = subprocess.Popen([binary, "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,

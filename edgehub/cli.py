@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         nonlocal hub
         if args.simulate and config.devices:
-            # Real devices configured: they are what this box drives (issue 3: simulate unless).
+            # Real devices configured: they are what this box drives.
             print(f"--simulate: {len(config.devices)} devices configured in {args.config}; "
                   "not simulating", flush=True)
         elif args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad

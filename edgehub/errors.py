@@ -80,7 +80,7 @@ class TicketRefused(EdgehubError):
         super().__init__(f"{ticket_id}: cannot {action}: {reason}")
 
 
-# --- the outbox and the cloud uplink (issue 6) ---------------------------------------------------
+# --- the outbox and the cloud uplink ----------------------------------------------------
 
 
 class OutboxError(EdgehubError):

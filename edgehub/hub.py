@@ -68,9 +68,9 @@ class Hub:
         self.status_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
         # The outbox policy and the downlink registry (components add cloud rows with
         # ``self.outbox.add(conn, ...)``, read ``self.downlink.current("menu")``) and, with
-        # [cloud] enabled, the uplink to the chain's cloud (issue 6, edgehub/uplink/).
+        # [cloud] enabled, the uplink to the chain's cloud (edgehub/uplink/).
         self.outbox, self.downlink, self.uplink = attach_uplink(self)
-        # Devices (issue 3): the registry first (roles read it), then discovery fills it, the
+        # Devices: the registry first (roles read it), then discovery fills it, the
         # watchdog probes what is in it and the feeds publish scans and weights.
         self.registry = DeviceRegistry(self.topics, self._publish_device,
                                        driver_factory=DriverFactory(usb_backend),
@@ -83,16 +83,16 @@ class Hub:
         self.components += [self.registry, self.discovery, self.watchdog, self.feeds]
         self.status_sections["devices"] = self.registry.status
         self.api.route_setups.append(devices_routes(self.registry))
-        # The box's page, /metrics, self-check and support bundles (issue 7).
+        # The box's page, /metrics, self-check and support bundles.
         self.support = Support(self)
         self.components.append(self.support)
-        # Roles and failover (issue 4): after the device registry in start order, so the registry
+        # Roles and failover: after the device registry in start order, so the registry
         # is up before roles read it.
         self.roles = Roles(config, self.topics, self.journal, self.bus, self.registry)
         self.components.append(self.roles)
         self.api.route_setups.append(self.roles.route_setup)
         self.status_sections["roles"] = self.roles.status
-        # The kitchen (issue 5): tickets per station from each accepted order, screens at
+        # The kitchen: tickets per station from each accepted order, screens at
         # /kds/{station}, POS amend/cancel. Kitchen printing: set ``self.kitchen.printer``.
         self.kitchen = Kitchen(config.kitchen, self.topics, self.journal, config.store.id, config.limits,
                                bus=self.bus)

@@ -45,7 +45,7 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic write edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/hub/$state",
-        # roles (issue 4): print, pay and settle on any role; role state and events readable
+        # roles: print, pay and settle on any role; role state and events readable
         "topic write edgehub/v1/s1/role/+/cmd/+",
         "topic read edgehub/v1/s1/role/+/$binding",
         "topic read edgehub/v1/s1/role/+/$state",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -329,7 +330,7 @@ class Replay:
                     # Lazy: deletes ride with the next order's commit (a row deleted late, or sent
                     # again after a crash, costs nothing: the cloud dedups by msg_id). Not while a
                     # backlog drains: then they would make each order's commit carry thousands.
-                    await self.journal.write(lambda conn: delete_acked(conn, batch, at), lazy=not draining)
+                    await self.journal.write(functools.partial(delete_acked, acked=batch, at=at), lazy=not draining)
                 except EdgehubError as exc:
                     # Keep them: deleted on the next try, or sent again (deduped) after a restart.
                     log.error("could not delete %d acknowledged outbox rows: %s", len(batch), exc)
@@ -370,3 +371,4 @@ class Replay:
             "live_to_cloud_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
             "live_to_cloud_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
         }
+

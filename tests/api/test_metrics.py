@@ -1,5 +1,5 @@
 """``/metrics``: the numbers a Prometheus scrape sees, each hub with its own registry. Every
-metric issue 7 names is asserted here: orders accepted and rejected, ack latency, devices by
+metric the support page promises is asserted here: orders accepted and rejected, ack latency, devices by
 state, failovers, print jobs by result, outbox depth and oldest age per stream, replay rate,
 broker connection, SQLite commit latency, process RSS and CPU, disk free, SoC temperature."""
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Protocol
 
 from drivers.base import DeviceInfo, Driver, Health, UsbMatch
+from drivers.scanning import ScanBuffer
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
 __all__ = ["SCANNER_VENDOR_IDS", "HidReportDecoder", "HidScanner", "PyUsbReportSource", "ReportSource"]
@@ -256,7 +257,7 @@ class HidScanner(Driver):
         self._source = source
         self._usb_device = usb_device
         self._decoder = HidReportDecoder()
-        self._scans: asyncio.Queue[str | DeviceError] = asyncio.Queue(maxsize=256)
+        self._scans = ScanBuffer(info)
         self._reader: asyncio.Task[None] | None = None
         self._failure: DeviceError | None = None
         self.bad_reports = 0
@@ -294,34 +295,22 @@ class HidScanner(Driver):
                 report = await source.read_report()
             except DeviceError as exc:
                 self._failure = exc
-                self._put(exc)
+                self._scans.put(exc)
                 return
             try:
                 scans = self._decoder.feed(report)
             except ProtocolError as exc:
                 self.bad_reports += 1
-                self._put(ProtocolError(str(exc), self.info.device_id))
+                self._scans.put(ProtocolError(str(exc), self.info.device_id))
                 continue
             for scan in scans:
-                self._put(scan)
-
-    def _put(self, item: str | DeviceError) -> None:
-        if self._scans.full():
-            self._scans.get_nowait()
-        self._scans.put_nowait(item)
+                self._scans.put(scan)
 
     async def read_scan(self, timeout: float) -> str:
         """The next scan; DeviceTimeout if none in time, ProtocolError for a garbled one."""
         if self._reader is None and self._scans.empty():
             raise DeviceUnavailable("scanner is not open", self.info.device_id)
-        try:
-            async with asyncio.timeout(timeout):
-                item = await self._scans.get()
-        except TimeoutError as exc:
-            raise DeviceTimeout(f"no scan within {timeout:g}s", self.info.device_id) from exc
-        if isinstance(item, DeviceError):
-            raise item
-        return item
+        return await self._scans.next(timeout)
 
     async def scans(self) -> AsyncIterator[str]:
         """Every good scan until the scanner goes away (then DeviceUnavailable)."""

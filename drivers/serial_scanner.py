@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from drivers.base import DeviceInfo, Driver, Health
+from drivers.scanning import ScanBuffer
 from drivers.transport import StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
@@ -70,7 +71,7 @@ class SerialScanner(Driver):
         self.baudrate = baudrate
         self._transport: StreamTransport | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._scans: asyncio.Queue[str | DeviceError] = asyncio.Queue(maxsize=256)
+        self._scans = ScanBuffer(info)
         self._failure: DeviceError | None = None
 
     async def open(self) -> None:
@@ -101,29 +102,16 @@ class SerialScanner(Driver):
                 continue
             except DeviceError as exc:
                 self._failure = exc
-                self._put(DeviceUnavailable(f"scanner gone: {exc}", self.info.device_id))
+                self._scans.put(DeviceUnavailable(f"scanner gone: {exc}", self.info.device_id))
                 return
             for item in decoder.feed(data):
-                self._put(item)
-
-    def _put(self, item: str | DeviceError) -> None:
-        if self._scans.full():
-            # Nobody is taking scans: keep the newest, a cashier rescans the old ones anyway.
-            self._scans.get_nowait()
-        self._scans.put_nowait(item)
+                self._scans.put(item)
 
     async def read_scan(self, timeout: float) -> str:
         """The next scan. DeviceTimeout if none within ``timeout``; ProtocolError for a garbled one."""
         if self._transport is None and self._scans.empty():
             raise DeviceUnavailable("scanner is not open", self.info.device_id)
-        try:
-            async with asyncio.timeout(timeout):
-                item = await self._scans.get()
-        except TimeoutError as exc:
-            raise DeviceTimeout(f"no scan within {timeout:g}s", self.info.device_id) from exc
-        if isinstance(item, DeviceError):
-            raise item
-        return item
+        return await self._scans.next(timeout)
 
     async def scans(self) -> AsyncIterator[str]:
         """Every scan until the scanner goes away (then DeviceUnavailable); garbled ones skipped."""

@@ -1,0 +1,39 @@
+"""What both scanner drivers (USB HID and serial) share: the scans waiting for a reader.
+
+A scanner sends when the cashier pulls the trigger, not when the hub asks; the driver's reader
+task puts each scan (or the error that garbled or ended one) here, and ``read_scan`` takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from drivers.base import DeviceInfo
+from edgehub.errors import DeviceError, DeviceTimeout
+
+
+class ScanBuffer:
+    """Scans in arrival order; when nobody takes them the oldest go (a cashier rescans anyway)."""
+
+    def __init__(self, info: DeviceInfo, maxsize: int = 256) -> None:
+        self.info = info
+        self._items: asyncio.Queue[str | DeviceError] = asyncio.Queue(maxsize=maxsize)
+
+    def put(self, item: str | DeviceError) -> None:
+        if self._items.full():
+            self._items.get_nowait()
+        self._items.put_nowait(item)
+
+    def empty(self) -> bool:
+        return self._items.empty()
+
+    async def next(self, timeout: float) -> str:
+        """The next scan; DeviceTimeout if none in time; a queued error is raised."""
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._items.get()
+        except TimeoutError as exc:
+            raise DeviceTimeout(f"no scan within {timeout:g}s", self.info.device_id) from exc
+        if isinstance(item, DeviceError):
+            raise item
+        return item

@@ -605,6 +605,22 @@ class ZvtPinpad(Driver):
 
     # -- one command and the terminal's messages up to completion ---------------------------
 
+    async def _enquire(self, command: Apdu, timeout: float, too_late: str) -> _Finished:
+        """An enquiry (status, last receipt) under the lock. A link that failed or stayed silent
+        is dropped, so the next call reconnects; the terminal's own refusal leaves it open."""
+        async with self._lock:
+            link = await self._ensure_link()
+            try:
+                return await self._command(link, command, timeout)
+            except PaymentError:
+                raise
+            except DeviceError:
+                await self._drop_link()
+                raise
+            except TimeoutError as exc:
+                await self._drop_link()
+                raise DeviceTimeout(too_late, self.info.device_id) from exc
+
     async def _command(self, link: ApduLink, command: Apdu, timeout: float) -> _Finished:
         """Send ``command``; acknowledge every terminal message until completion or abort.
 
@@ -761,19 +777,8 @@ class ZvtPinpad(Driver):
 
     async def last_transaction(self) -> PaymentResult | None:
         """The terminal's last transaction, by repeat receipt (06 20); None if it has none."""
-        async with self._lock:
-            link = await self._ensure_link()
-            try:
-                done = await self._command(link, Apdu(0x06, 0x20, self._password), self.ack_timeout * 4)
-            except PaymentError:
-                raise
-            except (DeviceError, TimeoutError) as exc:
-                await self._drop_link()
-                if isinstance(exc, DeviceError):
-                    raise
-                raise DeviceTimeout(
-                    "terminal did not repeat its last receipt in time", self.info.device_id
-                ) from exc
+        done = await self._enquire(Apdu(0x06, 0x20, self._password), self.ack_timeout * 4,
+                                   "terminal did not repeat its last receipt in time")
         if done.code == (0x06, 0x1E):
             if done.result_code in NO_RECORD_CODES:
                 return None
@@ -835,19 +840,8 @@ class ZvtPinpad(Driver):
 
     async def status(self) -> int:
         """Status enquiry (05 01): the terminal status code, 0 when ready."""
-        async with self._lock:
-            link = await self._ensure_link()
-            try:
-                done = await self._command(link, Apdu(0x05, 0x01, self._password), self.ack_timeout * 2)
-            except PaymentError:
-                raise
-            except (DeviceError, TimeoutError) as exc:
-                await self._drop_link()
-                if isinstance(exc, DeviceError):
-                    raise
-                raise DeviceTimeout(
-                    "terminal did not answer the status enquiry", self.info.device_id
-                ) from exc
+        done = await self._enquire(Apdu(0x05, 0x01, self._password), self.ack_timeout * 2,
+                                   "terminal did not answer the status enquiry")
         if done.collected.terminal_id:
             self.terminal_id = done.collected.terminal_id
         if done.code == (0x06, 0x1E):

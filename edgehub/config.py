@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +326,18 @@ class _Checker:
                 self.problem(f"{name}.{key}", f"unknown key (known: {', '.join(sorted(known))})")
         return value
 
+    def entries(self, data: Mapping[str, Any], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``[[name]]``: each entry that is a table, with its path ``name[i]``; the rest reported."""
+        raw = data.get(name, [])
+        if not isinstance(raw, list):
+            self.problem(name, f"must be an array of tables: [[{name}]]")
+            return
+        for i, entry in enumerate(raw):
+            if isinstance(entry, dict):
+                yield f"{name}[{i}]", entry
+            else:
+                self.problem(f"{name}[{i}]", "must be a table")
+
     def get(
         self,
         table: Mapping[str, Any],
@@ -516,16 +528,8 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
                     components=dict(components or {}))
 
     terminals: list[TerminalConfig] = []
-    raw_terminals = data.get("terminal", [])
-    if not isinstance(raw_terminals, list):
-        ck.problem("terminal", "must be an array of tables: [[terminal]]")
-        raw_terminals = []
     seen: set[str] = set()
-    for i, entry in enumerate(raw_terminals):
-        prefix = f"terminal[{i}]"
-        if not isinstance(entry, dict):
-            ck.problem(prefix, "must be a table")
-            continue
+    for prefix, entry in ck.entries(data, "terminal"):
         for key in entry:
             if key not in {"id", "kind", "password", "password_file"}:
                 ck.problem(f"{prefix}.{key}", "unknown key (known: id, kind, password, password_file)")
@@ -552,17 +556,9 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
 
 def _roles(ck: _Checker, data: Mapping[str, Any]) -> tuple[RoleConfig, ...]:
     """``[[role]]`` entries: which devices serve a role, primary first (none: no roles bound)."""
-    raw = data.get("role", [])
-    if not isinstance(raw, list):
-        ck.problem("role", "must be an array of tables: [[role]]")
-        return ()
     roles: list[RoleConfig] = []
     seen: set[str] = set()
-    for i, entry in enumerate(raw):
-        prefix = f"role[{i}]"
-        if not isinstance(entry, dict):
-            ck.problem(prefix, "must be a table")
-            continue
+    for prefix, entry in ck.entries(data, "role"):
         for key in entry:
             if key not in {"name", "devices", "failback_after_s"}:
                 ck.problem(f"{prefix}.{key}", "unknown key (known: devices, failback_after_s, name)")
@@ -705,17 +701,9 @@ def _device_address_problem(transport: str, address: str) -> str | None:
 def _static_devices(ck: _Checker, data: Mapping[str, Any]) -> tuple[StaticDeviceConfig, ...]:
     """``[[device]]`` entries. Driver settings (baudrate, parity, mode…) go to the driver as
     ``info.extra``; they must be plain strings, numbers or booleans."""
-    raw = data.get("device", [])
-    if not isinstance(raw, list):
-        ck.problem("device", "must be an array of tables: [[device]]")
-        return ()
     devices: list[StaticDeviceConfig] = []
     seen: set[str] = set()
-    for i, entry in enumerate(raw):
-        prefix = f"device[{i}]"
-        if not isinstance(entry, dict):
-            ck.problem(prefix, "must be a table")
-            continue
+    for prefix, entry in ck.entries(data, "device"):
         device_id = ck.get(entry, f"{prefix}.id", str, "",
                            check=lambda v: None if DEVICE_ID_RE.match(v) else
                            f"{v!r} is not a device id (letters, digits and . _ : -)")

@@ -205,9 +205,7 @@ async def _from_daemon(config: Config) -> tuple[str, bytes] | None:
     """The running daemon's own bundle (it has the devices, roles and recent log lines)."""
     import aiohttp
 
-    listen = config.api.listen
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{listen.port}/api/v1/bundle"
+    url = config.api.listen.local_url("/api/v1/bundle")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:

@@ -29,6 +29,11 @@ class Address:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def local_url(self, path: str = "/") -> str:
+        """How a process on this box reaches an HTTP listener here: a wildcard means loopback."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{Address(host, self.port)}{path}"
+
 
 @dataclass(frozen=True)
 class StoreConfig:

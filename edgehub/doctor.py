@@ -441,9 +441,7 @@ def api_status_reader(config: Config) -> StatusReader:
     async def read() -> Mapping[str, Any] | None:
         import aiohttp
 
-        listen = config.api.listen
-        host = "127.0.0.1" if listen.host in ("0.0.0.0", "::") else listen.host
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{listen.port}/api/v1/status"
+        url = config.api.listen.local_url("/api/v1/status")
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
                 async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:

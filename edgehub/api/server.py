@@ -78,7 +78,4 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        host = self.listen.host
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}/" if ":" not in host else f"http://[{host}]:{self.port}/"
+        return Address(self.listen.host, self.port).local_url()

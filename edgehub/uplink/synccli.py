@@ -121,10 +121,7 @@ def command(args: argparse.Namespace) -> int:
     from edgehub.config import load_config
 
     config = load_config(args.config)
-    listen = config.api.listen
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(listen.host, listen.host)
-    base = f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
-    api = HubApi(base, config.api.token)
+    api = HubApi(config.api.listen.local_url(""), config.api.token)
     try:
         return run_sync(api, args.timeout, sys.stdout, sys.stdout.isatty(), args.json)
     except SyncFailed as exc:

@@ -9,6 +9,7 @@ reconnects with capped backoff; state changes are logged once per change, not on
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import socket
@@ -16,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgehub.bus import payloads
+from edgehub.bus.fastpaho import FastPaho
 from edgehub.bus.topics import Topics
 from edgehub.errors import BrokerError
 
@@ -27,6 +30,7 @@ log = logging.getLogger("edgehub.bus")
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 SESSION_EXPIRY_S = 7 * 24 * 3600
+ROUTE_CACHE = 4096  # topics whose handler is remembered (terminals, stations, devices: a few dozen)
 
 
 class BusConnection:
@@ -50,7 +54,13 @@ class BusConnection:
         self.version = version
         # (topic filter, handler): each component routes its own topics; subscribed on connect.
         self.routes: list[tuple[str, Handler]] = []
-        self._slots = asyncio.Semaphore(max_handlers)
+        # At most max_handlers messages handled at once; the rest wait their turn, in order.
+        self._max_handlers = max_handlers
+        self._active = 0
+        self._accepting = False  # connected and set up: messages may be handled
+        self._waiting: collections.deque[aiomqtt.Message] = collections.deque()
+        self._handler_of: dict[str, Handler | None] = {}  # topic -> route, learnt as messages come
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -74,17 +84,28 @@ class BusConnection:
             will=will,
             keepalive=15,
             timeout=10,
-            max_inflight_messages=200,
+            # No client-side inflight limit: the broker acks each QoS 1 message at once (its
+            # queues are sized in broker.py), and without a limit a PUBACK never has to release
+            # a queued message, which lets FastPaho decode it by hand.
+            max_inflight_messages=0,
             # Acks are small: without NODELAY each waits for Nagle and the peer's delayed ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # Many acks in flight at once is the normal case at the dinner rush, not a warning.
         client.pending_calls_threshold = 5000
+        paho = getattr(client, "_client", None)  # aiomqtt's paho client: no public handle on it
+        if isinstance(paho, mqtt.Client):
+            # A publish someone awaits is completed as aiomqtt would (its on_publish callback).
+            FastPaho.adopt(paho, lambda mid, code: client._on_publish(paho, None, mid, code, None))
+            # Messages go from paho's callback straight to their handler, not through aiomqtt's
+            # queue and iterator (a queue task and an ``asyncio.wait`` per message at the rush).
+            paho.on_message = self._on_paho_message
         return client
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         backoff = 0.1
+        self._loop = asyncio.get_running_loop()
         while True:
             try:
                 async with self._make_client() as client:
@@ -101,17 +122,21 @@ class BusConnection:
                     backoff = 0.1
                     for callback in self.on_connect:
                         await callback()
+                    # Messages that came with the session (the broker sends them right after
+                    # CONNACK) waited until now: subscribed, state published, callbacks run.
+                    self._accepting = True
+                    self._start_waiting()
+                    # Ends (MqttError) when the connection does. Messages arrive here only if
+                    # paho's callback could not be taken over (see _make_client).
                     async for message in client.messages:
-                        await self._slots.acquire()
-                        task = asyncio.create_task(self._handle(message))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                        self._dispatch(message)
             except aiomqtt.MqttError as exc:
                 error = str(exc) or type(exc).__name__
                 if error != self.last_error:
                     log.warning("broker %s:%d connection lost or refused: %s", self.host, self.port, error)
                 self.last_error = error
             finally:
+                self._accepting = False
                 self._client = None
                 self.connected.clear()
             await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -120,20 +145,62 @@ class BusConnection:
     def route(self, topic_filter: str, handler: Handler) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler`` (call before ``run``)."""
         self.routes.append((topic_filter, handler))
+        self._handler_of.clear()
+
+    def _on_paho_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        converted = aiomqtt.Message(message.topic, message.payload, message.qos, message.retain, message.mid,
+                                    getattr(message, "properties", None))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # paho's callback on another thread (aiomqtt connects in an executor)
+            running = None
+        if running is not None and running is self._loop:
+            self._dispatch(converted)
+        elif self._loop is not None:
+            self._loop.call_soon_threadsafe(self._dispatch, converted)
+
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        if self._waiting or not self._accepting or self._active >= self._max_handlers:
+            self._waiting.append(message)
+            return
+        self._start(message)
+
+    def _start(self, message: aiomqtt.Message) -> None:
+        self._active += 1
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_waiting(self) -> None:
+        while self._waiting and self._accepting and self._active < self._max_handlers:
+            self._start(self._waiting.popleft())
+
+    def _route(self, topic: str, message: aiomqtt.Message) -> Handler | None:
+        try:
+            return self._handler_of[topic]
+        except KeyError:
+            pass
+        found = next((handler for topic_filter, handler in self.routes if message.topic.matches(topic_filter)),
+                     None)
+        if len(self._handler_of) >= ROUTE_CACHE:
+            self._handler_of.clear()
+        self._handler_of[topic] = found
+        return found
 
     async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
         try:
-            for topic_filter, handler in self.routes:
-                if message.topic.matches(topic_filter):
-                    await handler(message)
-                    break
+            handler = self._route(topic, message)
+            if handler is None:
+                log.debug("no route for %s", topic)
             else:
-                log.debug("no route for %s", message.topic.value)
+                await handler(message)
         except Exception:
             # The daemon never dies on input; what went wrong is logged with the topic.
-            log.exception("handling a message on %s failed", message.topic.value)
+            log.exception("handling a message on %s failed", topic)
         finally:
-            self._slots.release()
+            self._active -= 1
+            self._start_waiting()
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                       properties: Properties | None = None, timeout: float = 10.0) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import sqlite3
@@ -97,6 +98,26 @@ class StationView:
     tickets: dict[str, Ticket] = field(default_factory=dict)  # open tickets by id
     recent: list[dict[str, Any]] = field(default_factory=list)  # bumped, newest first
     hidden: int = 0  # open in the journal, not held in memory (beyond max_open_per_station)
+    # (created_at, ticket_id) of the open tickets, a heap: the oldest is evicted first when the
+    # station holds too many. Entries of tickets that left since are skipped when met.
+    by_age: list[tuple[float, str]] = field(default_factory=list)
+
+    def hold(self, ticket: Ticket) -> None:
+        if self.tickets.setdefault(ticket.ticket_id, ticket) is not ticket:
+            self.tickets[ticket.ticket_id] = ticket  # the same ticket, a newer object
+            return
+        heapq.heappush(self.by_age, (ticket.created_at, ticket.ticket_id))
+        if len(self.by_age) > 2 * len(self.tickets) + 64:
+            self.by_age = [(t.created_at, t.ticket_id) for t in self.tickets.values()]
+            heapq.heapify(self.by_age)
+
+    def pop_oldest(self) -> Ticket:
+        while True:
+            created_at, ticket_id = heapq.heappop(self.by_age)
+            ticket = self.tickets.get(ticket_id)
+            if ticket is not None and ticket.created_at == created_at:
+                del self.tickets[ticket_id]
+                return ticket
 
 
 class ScreenFeed:
@@ -244,7 +265,7 @@ class Kitchen:
         if doc["state"] in OPEN:
             ticket = self._tickets.get(ticket_id)
             if ticket is not None:
-                view.tickets[ticket_id] = ticket
+                view.hold(ticket)
                 if len(view.tickets) > self.config.max_open_per_station:
                     self._put_out_of_memory(view)
             return
@@ -257,8 +278,7 @@ class Kitchen:
         """The station holds more open tickets than ``max_open_per_station``: the oldest leaves
         memory (and the screens); it stays open in the journal, counted, and still expires."""
         while len(view.tickets) > self.config.max_open_per_station:
-            oldest = min(view.tickets.values(), key=lambda t: (t.created_at, t.ticket_id))
-            del view.tickets[oldest.ticket_id]
+            oldest = view.pop_oldest()
             self._forget(oldest)
             view.hidden += 1
             self.stats.not_held += 1

@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgehub.bus.fastpaho import FastPaho
 from edgehub.config import CloudConfig
 from edgehub.errors import UplinkError
 from edgehub.uplink import cloudapi
@@ -45,67 +45,6 @@ PubackHandler = Callable[[int, int], None]
 
 def _reason(code: Any) -> str:
     return str(getattr(code, "getName", lambda: code)())
-
-
-RECV_CHUNK = 65536
-
-
-class _UplinkClient(mqtt.Client):
-    """paho with two shortcuts for a full-speed drain, where the hub's event loop spends most of
-    its time reading PUBACKs (a py-spy profile of bench/uplink.py: half the loop's samples in
-    ``loop_read``, a third of those in paho building a ReasonCode and a Properties object for each
-    4-byte PUBACK):
-
-    - reads are buffered: paho asks the socket for 1 byte (command), 1 byte (length), then the
-      rest, three ``recv`` calls per PUBACK; here one ``recv`` takes whatever has arrived;
-    - a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by
-      hand and handed to ``fast_puback(mid, reason_code)``; any other goes the paho way.
-    """
-
-    fast_puback: Callable[[int, int], None] | None = None
-    _rbuf: bytes = b""
-    _rpos: int = 0
-    # paho turns a failed read into a bare "Unspecified error" (the OSError only goes to its log):
-    # kept here so the status can say why, e.g. the cloud refusing the box's TLS client certificate,
-    # which under TLS 1.3 arrives as an alert on the first read after the handshake.
-    read_error: OSError | None = None
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
-            try:
-                data = super()._sock_recv(max(bufsize, RECV_CHUNK))
-            except BlockingIOError:
-                raise
-            except OSError as exc:
-                self.read_error = exc
-                raise
-            if len(data) <= bufsize:
-                return data  # all of it (or b"" at the end of the stream)
-            buf, pos = self._rbuf, self._rpos = data, 0
-        self._rpos = end = pos + bufsize
-        return buf[pos:end]
-
-    def buffered(self) -> bool:
-        """Bytes read from the socket that paho has not handled yet (the selector cannot see them)."""
-        return self._rpos < len(self._rbuf)
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        fast = self.fast_puback
-        if (cmd != "PUBACK" or fast is None or not 2 <= len(packet) <= 3
-                or self._protocol != mqtt.MQTTv5 or self._max_inflight_messages > 0):
-            return super()._handle_pubackcomp(cmd)
-        mid = (packet[0] << 8) | packet[1]
-        code = packet[2] if len(packet) == 3 else 0
-        with self._out_message_mutex:
-            msg = self._out_messages.pop(mid, None)
-        if msg is not None:  # as paho: told once per message
-            msg.info._set_as_published()
-            if msg.qos > 0:
-                self._inflight_messages -= 1
-            fast(mid, code)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class CloudLink:
@@ -125,7 +64,7 @@ class CloudLink:
         self.session_present = False
         self.address = f"{cfg.host}:{cfg.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: _UplinkClient | None = None
+        self._client: FastPaho | None = None
         self._connack: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[str] | None = None
         self._misc: asyncio.Task[None] | None = None
@@ -135,9 +74,9 @@ class CloudLink:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def _make_client(self) -> _UplinkClient:
+    def _make_client(self) -> FastPaho:
         cfg = self.cfg
-        client = _UplinkClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
+        client = FastPaho(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                                reconnect_on_failure=False)
         client.fast_puback = self._puback
         if cfg.username:

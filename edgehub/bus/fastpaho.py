@@ -1,0 +1,87 @@
+"""paho's client with two shortcuts for connections that carry many QoS 1 messages: the cloud
+uplink draining a backlog, and the hub's own broker connection at the rush (an order's ack and
+its kitchen events: three PUBACKs per order).
+
+A py-spy profile of bench/uplink.py had half the event loop's samples in ``loop_read``, a third
+of those in paho building a ReasonCode and a Properties object for each 4-byte PUBACK; under
+bench/intake.py PUBACK handling was a fifth of the loop. Here:
+
+- reads are buffered: paho asks the socket for 1 byte (command), 1 byte (length), then the
+  rest, three ``recv`` calls per packet; here one ``recv`` takes whatever has arrived, and
+  ``loop_read`` goes on until that is used up (the selector cannot see buffered bytes);
+- a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by hand
+  and handed to ``fast_puback(mid, reason_code)``; any other goes the paho way. Only without an
+  inflight limit (``max_inflight_messages`` 0), where a PUBACK never releases a queued message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+RECV_CHUNK = 65536
+
+
+class FastPaho(mqtt.Client):
+    fast_puback: Callable[[int, int], None] | None = None
+    _rbuf: bytes = b""
+    _rpos: int = 0
+    # paho turns a failed read into a bare "Unspecified error" (the OSError only goes to its log):
+    # kept here so the status can say why, e.g. the cloud refusing the box's TLS client certificate,
+    # which under TLS 1.3 arrives as an alert on the first read after the handshake.
+    read_error: OSError | None = None
+
+    @classmethod
+    def adopt(cls, client: mqtt.Client, fast_puback: Callable[[int, int], None]) -> FastPaho:
+        """Give a paho client made elsewhere (aiomqtt's) these shortcuts; it must not be
+        connected yet. Only class attributes are added, so the instance's state is untouched."""
+        client.__class__ = cls
+        assert isinstance(client, cls)
+        client.fast_puback = fast_puback
+        return client
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            try:
+                data = super()._sock_recv(max(bufsize, RECV_CHUNK))
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                self.read_error = exc
+                raise
+            if len(data) <= bufsize:
+                return data  # all of it (or b"" at the end of the stream)
+            buf, pos = self._rbuf, self._rpos = data, 0
+        self._rpos = end = pos + bufsize
+        return buf[pos:end]
+
+    def buffered(self) -> bool:
+        """Bytes read from the socket that paho has not handled yet (the selector cannot see them)."""
+        return self._rpos < len(self._rbuf)
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.buffered() and self._sock is not None:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        fast = self.fast_puback
+        if (cmd != "PUBACK" or fast is None or not 2 <= len(packet) <= 3
+                or self._protocol != mqtt.MQTTv5 or self._max_inflight_messages > 0):
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        code = packet[2] if len(packet) == 3 else 0
+        with self._out_message_mutex:
+            msg = self._out_messages.pop(mid, None)
+        if msg is not None:  # as paho: told once per message
+            msg.info._set_as_published()
+            if msg.qos > 0:
+                self._inflight_messages -= 1
+            fast(mid, code)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS

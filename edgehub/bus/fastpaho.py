@@ -9,6 +9,7 @@ bench/intake.py PUBACK handling was a fifth of the loop. Here:
 - reads are buffered: paho asks the socket for 1 byte (command), 1 byte (length), then the
   rest, three ``recv`` calls per packet; here one ``recv`` takes whatever has arrived, and
   ``loop_read`` goes on until that is used up (the selector cannot see buffered bytes);
+- a QoS 0/1 PUBLISH without properties skips paho's Properties object (most of its decoding);
 - a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by hand
   and handed to ``fast_puback(mid, reason_code)``; any other goes the paho way. Only without an
   inflight limit (``max_inflight_messages`` 0), where a PUBACK never releases a queued message.
@@ -16,6 +17,7 @@ bench/intake.py PUBACK handling was a fifth of the loop. Here:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +70,33 @@ class FastPaho(mqtt.Client):
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.buffered() and self._sock is not None:
             rc = super().loop_read(max_packets)
         return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        """A QoS 0/1 PUBLISH without properties (what a terminal sends) decoded by hand: paho
+        builds a Properties object (two dicts of every property name, ~2.7 KB) for each."""
+        cmd, packet = self._in_packet["command"], self._in_packet["packet"]
+        qos = (cmd & 0x06) >> 1
+        if self._protocol != mqtt.MQTTv5 or qos > 1 or self._manual_ack or len(packet) < 3:
+            return super()._handle_publish()
+        pos = topic_end = 2 + ((packet[0] << 8) | packet[1])
+        mid = 0
+        if qos == 1:
+            if len(packet) < pos + 2:
+                return super()._handle_publish()
+            mid = (packet[pos] << 8) | packet[pos + 1]
+            pos += 2
+        # A topic alias comes with an empty topic and a property: paho's way.
+        if topic_end == 2 or len(packet) <= pos or packet[pos] != 0:
+            return super()._handle_publish()
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:topic_end]))
+        message.dup = bool(cmd & 0x08)
+        message.qos = qos
+        message.retain = bool(cmd & 0x01)
+        message.properties = None
+        message.payload = bytes(packet[pos + 1:])
+        message.timestamp = time.monotonic()
+        self._handle_on_message(message)
+        return self._send_puback(mid) if qos == 1 else MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]

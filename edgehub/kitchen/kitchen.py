@@ -103,9 +103,10 @@ class StationView:
     by_age: list[tuple[float, str]] = field(default_factory=list)
 
     def hold(self, ticket: Ticket) -> None:
-        if self.tickets.setdefault(ticket.ticket_id, ticket) is not ticket:
-            self.tickets[ticket.ticket_id] = ticket  # the same ticket, a newer object
-            return
+        held = self.tickets.get(ticket.ticket_id)
+        self.tickets[ticket.ticket_id] = ticket
+        if held is not None:
+            return  # held already (a change to an open ticket)
         heapq.heappush(self.by_age, (ticket.created_at, ticket.ticket_id))
         if len(self.by_age) > 2 * len(self.tickets) + 64:
             self.by_age = [(t.created_at, t.ticket_id) for t in self.tickets.values()]

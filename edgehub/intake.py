@@ -101,14 +101,16 @@ class Intake:
             # Not acked: the terminal re-sends, and the order is taken once the journal is back.
             log.error("order %s from %s not journaled: %s", order_id, terminal, exc)
             return
+        # The terminal first: what follows (the kitchen's tickets) is made from the durable order
+        # and is made again at start-up if the hub stops in between.
+        await self._ack(ack_topic, payloads.ack(order_id, "accepted", duplicate=commit.duplicate), props,
+                        started, "accepted")
         if commit.duplicate:
             self.stats.duplicates += 1
         else:
             self.stats.accepted += 1
             for hook in self.on_accepted:
                 hook(order)
-        await self._ack(ack_topic, payloads.ack(order_id, "accepted", duplicate=commit.duplicate), props,
-                        started, "accepted")
 
     async def _ack(self, topic: str, body: bytes, props: object, started: float, status: str) -> None:
         if self.bus is None:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from edgehub.config import LimitsConfig
 from edgehub.errors import PayloadError
 
@@ -140,7 +142,13 @@ def validate_order(doc: dict[str, Any], order_id: str, terminal: str, size: int,
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON. orjson (several times faster: a ticket is encoded for every screen
+    event on the busiest path of the hub); the standard library for what orjson refuses (an
+    integer beyond 64 bits, a key that is not a string), with the same meaning."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def ack(order_id: str, status: str, duplicate: bool = False, error: str = "") -> bytes:

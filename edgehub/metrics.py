@@ -52,10 +52,16 @@ class HubMetrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, ... of this process.
         ProcessCollector(registry=self.registry)
         self._snapshot: dict[str, Any] = {}
+        self._ack_children: dict[str, Any] = {}
         self.registry.register(_SnapshotCollector(self))
 
     def observe_ack(self, status: str, seconds: float) -> None:
-        self.ack_latency.labels(status=status).observe(seconds)
+        # The labelled child looked up once per status (``labels()`` takes a lock and builds a
+        # key on every call: once per order at the rush).
+        child = self._ack_children.get(status)
+        if child is None:
+            child = self._ack_children[status] = self.ack_latency.labels(status=status)
+        child.observe(seconds)
 
     def observe_commit(self, seconds: float, batch_size: int) -> None:
         # Called from the journal's writer thread; prometheus_client metrics are thread-safe.

@@ -7,8 +7,9 @@ of those in paho building a ReasonCode and a Properties object for each 4-byte P
 bench/intake.py PUBACK handling was a fifth of the loop. Here:
 
 - reads are buffered: paho asks the socket for 1 byte (command), 1 byte (length), then the
-  rest, three ``recv`` calls per packet; here one ``recv`` takes whatever has arrived, and
-  ``loop_read`` goes on until that is used up (the selector cannot see buffered bytes);
+  rest, three ``recv`` calls per packet; here one ``recv`` takes whatever has arrived, each
+  packet whole in it is cut out at once, and ``loop_read`` goes on until the buffer is used up
+  (the selector cannot see buffered bytes);
 - a QoS 0/1 PUBLISH without properties skips paho's Properties object (most of its decoding);
 - a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by hand
   and handed to ``fast_puback(mid, reason_code)``; any other goes the paho way. Only without an
@@ -23,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 
 RECV_CHUNK = 65536
 
@@ -69,6 +71,40 @@ class FastPaho(mqtt.Client):
         rc = super().loop_read(max_packets)
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self.buffered() and self._sock is not None:
             rc = super().loop_read(max_packets)
+        return rc
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """A packet already whole in the read buffer is cut out of it at once (paho reads the
+        command, then each byte of the length, then the body, through a call each); anything
+        else, a packet that is still arriving included, is read the paho way."""
+        buf, pos, end_of_buf = self._rbuf, self._rpos, len(self._rbuf)
+        if self._in_packet["command"] != 0 or end_of_buf - pos < 2:
+            return super()._packet_read()
+        length, mult, at = 0, 1, pos + 1
+        while True:
+            if at >= end_of_buf or at - pos > 4:
+                return super()._packet_read()  # not all here yet, or malformed: paho decides
+            byte = buf[at]
+            length += (byte & 127) * mult
+            mult *= 128
+            at += 1
+            if not byte & 128:
+                break
+        end = at + length
+        if end > end_of_buf:
+            return super()._packet_read()
+        self._rpos = end
+        self._in_packet["command"] = buf[pos]
+        self._in_packet["packet"] = buf[at:end]
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket as exc:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                           "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
         return rc
 
     def _handle_publish(self) -> MQTTErrorCode:

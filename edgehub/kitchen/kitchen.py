@@ -179,6 +179,7 @@ class Kitchen:
         self._views: dict[str, StationView] = {}
         self._feeds: dict[str, set[ScreenFeed]] = {}
         self._cancelled: set[str] = set()
+        self._created: list[Event] = []  # new orders' tickets on their way to the journal
         self._inflight: dict[str, asyncio.Future[None]] = {}  # amend/cancel ids being committed
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -207,6 +208,8 @@ class Kitchen:
         """(Re)build memory from the journal, then give tickets to accepted orders lacking them."""
         cap = self.config.max_open_per_station
         ready_since = self.clock() - FORGET_AFTER_S
+        # Tickets not yet journaled are made again below, from their orders.
+        self._created.clear()
         loaded = await self.journal.read(lambda conn: load(conn, KEEP_BUMPED, cap, ready_since))
         self._tickets.clear()
         self._by_order.clear()
@@ -359,10 +362,14 @@ class Kitchen:
         ride along with the journal's next commit (see Journal.write) rather than fsync alone;
         ``announce=False``: the caller announced them already (a new order's tickets)."""
 
+        # New orders' tickets not yet handed to the journal go first: a change to a ticket is
+        # never journaled before the ticket itself (one FIFO writer, one commit).
+        created, self._created = self._created, []
+
         def write(conn: sqlite3.Connection) -> None:
             if extra is not None:
                 extra(conn)
-            write_events(conn, self.store_id, events)
+            write_events(conn, self.store_id, created + events)
 
         try:
             await self.journal.write(write, lazy=lazy)
@@ -494,13 +501,19 @@ class Kitchen:
             order.order_id, order.terminal, order.doc, self.clock(), f"pos:{order.terminal}"
         )
         self._announce(events)
-        self._spawn(self._commit_quietly(events))
+        if not self._created:
+            self._spawn(self._commit_created())
+        self._created += events
 
-    async def _commit_quietly(self, events: list[Event]) -> None:
-        # Lazy: a new order's tickets join the next order's commit instead of fsyncing alone
-        # (a crash in between is covered: start-up recovery makes tickets for such orders).
-        with contextlib.suppress(JournalError):  # logged in _commit; the reload re-makes them
-            await self._commit(events, lazy=True, announce=False)
+    async def _commit_created(self) -> None:
+        """New orders' tickets, journaled together: those of every order taken in this turn of
+        the loop (a group commit resolves its orders at once). Lazy: they join the next order's
+        commit instead of fsyncing alone (a crash in between is covered: start-up recovery
+        makes tickets for such orders)."""
+        await asyncio.sleep(0)
+        if self._created:  # else a cook's change took them along (``_commit``)
+            with contextlib.suppress(JournalError):  # logged in _commit; the reload re-makes them
+                await self._commit([], lazy=True, announce=False)
 
     # --- cook actions ----------------------------------------------------------------------
 

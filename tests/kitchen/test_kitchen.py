@@ -316,3 +316,25 @@ async def test_a_new_order_shows_at_once_but_never_ahead_of_an_earlier_tap(
     seqs = [event["seq"], *(e["seq"] for e in events)]
     assert seqs == list(range(seqs[0], seqs[0] + 3))
     assert kitchen.snapshot("grill")["seq"] == seqs[-1]
+
+
+async def test_a_tap_right_after_an_order_is_journaled_after_its_ticket(
+    kitchen: Kitchen, journal: Journal, config: Config
+) -> None:
+    """New orders' tickets are handed to the journal together, a turn of the loop later; a cook
+    (or a native KDS app) tapping the ticket in between must not be overwritten by its creation."""
+    orders = [make_order(f"b{n}") for n in range(3)]
+    for order in orders:
+        await journal.accept_order(order)
+    for order in orders:  # a group commit resolves its orders in one turn
+        kitchen.on_order_accepted(order)
+    started = await kitchen.command("grill", cmd("start", "b1/grill/1"), "t")
+    assert started["state"] == "in_progress"
+    await settle(kitchen)
+    with sqlite3.connect(config.journal.path) as conn:
+        states = dict(conn.execute("SELECT ticket_id, state FROM tickets WHERE station='grill'").fetchall())
+        events = conn.execute("SELECT ticket_id, event FROM ticket_events WHERE station='grill' ORDER BY id").fetchall()
+    assert states == {"b0/grill/1": "new", "b1/grill/1": "in_progress", "b2/grill/1": "new"}
+    assert events == [("b0/grill/1", "created"), ("b1/grill/1", "created"), ("b2/grill/1", "created"),
+                      ("b1/grill/1", "started")]
+    assert len([r for r in outbox(config, "kitchen") if r["event"]["ticket"]["station"] == "grill"]) == 4

@@ -91,21 +91,42 @@ async def test_messages_arrive_as_paho_gives_them(broker: MosquittoProcess, conf
     assert all(m.timestamp <= time.monotonic() for m in got)
 
 
-async def test_pubacks_are_told_once_each_without_an_inflight_limit(broker: MosquittoProcess, config: Config) -> None:
+async def test_pubacks_are_told_once_each_and_joined_writes_arrive_whole(
+        broker: MosquittoProcess, config: Config) -> None:
+    """500 messages queued at once (QoS 1, with QoS 0 among them, which paho must send itself):
+    each arrives once, in order per QoS, and each QoS 1 one is told acked exactly once."""
+    got: list[mqtt.MQTTMessage] = []
+    done = threading.Event()
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sub-plain", protocol=mqtt.MQTTv5)
+    sub = _subscriber(config, plain, got, done, 500)
     acked: list[tuple[int, int]] = []
     client = FastPaho(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-fast", protocol=mqtt.MQTTv5)
     client.fast_puback = lambda mid, code: acked.append((mid, code))
     client.max_inflight_messages_set(0)
     client.username_pw_set(*HUB)
     client.connect("127.0.0.1", config.broker.listen.port)
-    client.loop_start()
+    payload = b"x" * 700  # an event's size: 256 of them fill more than one socket write
+    infos = [client.publish("edgehub/v1/s1/hub/x", b"%d:" % n + payload, qos=0 if n % 7 == 0 else 1)
+             for n in range(500)]
+    sends: list[int] = []
+    send = client._sock_send
+    client._sock_send = lambda data: (sends.append(len(data)), send(data))[1]  # type: ignore[method-assign]
+    client.loop_start()  # everything is queued before the first write
     try:
-        infos = [client.publish("edgehub/v1/s1/hub/x", b"%d" % n, qos=1) for n in range(500)]
         for info in infos:
             info.wait_for_publish(10)
+        assert done.wait(10), f"{len(got)} of 500 arrived"
     finally:
-        client.loop_stop()
-        client.disconnect()
-    assert sorted(mid for mid, _ in acked) == sorted(info.mid for info in infos)
+        for c in (client, sub):
+            c.loop_stop()
+            c.disconnect()
+    numbers = [int(m.payload.split(b":")[0]) for m in got]
+    assert sorted(numbers) == list(range(500))
+    assert [n for n in numbers if n % 7] == [n for n in range(500) if n % 7]
+    assert [n for n in numbers if n % 7 == 0] == [n for n in range(500) if n % 7 == 0]
+    assert all(m.payload.endswith(payload) for m in got)
+    qos1 = [info.mid for n, info in enumerate(infos) if n % 7]
+    assert sorted(mid for mid, _ in acked) == sorted(qos1)
     assert all(code < 0x80 for _, code in acked)
     assert all(info.is_published() for info in infos)
+    assert len(sends) < 100, f"{len(sends)} writes for 500 messages: not joined"

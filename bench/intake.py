@@ -76,7 +76,7 @@ async def main() -> dict[str, float]:
             loader = Loader(port, "bench")
             loader.burst("warm-raw", 500)
             ceiling = loader.burst("raw", args.orders)
-            time.sleep(SETTLE_S)
+            time.sleep(SETTLE_S)  # noqa: ASYNC251 - blocking on purpose, as the load generator is
             raw_latency = loader.paced("rawlat", args.rate, args.seconds)
             loader.close()
             responder.terminate()
@@ -88,7 +88,7 @@ async def main() -> dict[str, float]:
                 loader = Loader(port, "bench", "pos-2")
                 loader.burst("warm-hub", 500)
                 hub_rate = loader.burst("hub", args.orders)
-                time.sleep(SETTLE_S)
+                time.sleep(SETTLE_S)  # noqa: ASYNC251 - blocking on purpose, as the load generator is
                 hub_latency = loader.paced("hublat", args.rate, args.seconds)
                 loader.close()
             finally:

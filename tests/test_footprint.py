@@ -80,3 +80,48 @@ def test_full_collections_freeze_their_survivors_and_thaw_hourly() -> None:
     finally:
         policy.uninstall()
         gc.set_threshold(700, 10, 10)
+
+
+def test_after_a_burst_full_collections_hand_freed_memory_back_at_most_every_trim_every_s() -> None:
+    """RSS stayed at the high-water mark of a rush: glibc keeps freed pages until malloc_trim."""
+    now, rss, trims = [0.0], [50.0], []
+
+    def trim() -> None:
+        trims.append(now[0])
+        rss[0] = 55.0
+
+    policy = FreezeSurvivors(clock=lambda: now[0], trim=trim, rss=lambda: rss[0],
+                             trim_every_s=60, trim_above_mb=4)
+    policy.install()
+    try:
+        rss[0] = 90.0  # a burst came and went
+        now[0] = 30
+        gc.collect()
+        assert trims == []  # not within a minute of the last look
+        now[0] = 61
+        gc.collect()
+        assert trims == [61] and policy.trims == 1
+        now[0] = 200
+        rss[0] = 57.0  # steady: less than trim_above_mb over what the last trim left
+        gc.collect()
+        assert trims == [61]
+        now[0] = 300
+        rss[0] = 70.0
+        gc.collect(1)  # only full collections trim
+        assert trims == [61]
+        gc.collect()
+        assert trims == [61, 300]
+    finally:
+        policy.uninstall()
+        gc.set_threshold(700, 10, 10)
+
+
+def test_malloc_trim_is_found_on_glibc() -> None:
+    import platform
+
+    from edgehub.gctuning import malloc_trim, rss_mb
+
+    if platform.libc_ver()[0] == "glibc":
+        assert malloc_trim is not None
+        malloc_trim()
+    assert rss_mb() > 0

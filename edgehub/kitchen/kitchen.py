@@ -265,7 +265,8 @@ class Kitchen:
     def _view_apply(self, doc: dict[str, Any]) -> None:
         view = self._view(doc["station"])
         ticket_id = doc["ticket_id"]
-        view.recent = [t for t in view.recent if t["ticket_id"] != ticket_id]
+        if doc["version"] > 1:  # a new ticket (version 1) was never bumped
+            view.recent = [t for t in view.recent if t["ticket_id"] != ticket_id]
         if doc["state"] in OPEN:
             ticket = self._tickets.get(ticket_id)
             if ticket is not None:
@@ -977,7 +978,16 @@ class Kitchen:
             reply = payloads.kds_reply(command_id, False, str(exc))
         except JournalError as exc:
             reply = payloads.kds_reply(command_id, False, f"not saved, try again: {exc}")
-        await self._publish(reply_topic, reply, props)
+        # Handed to the session without awaiting the broker's PUBACK, as acks and events are: an
+        # awaited reply held an Event, a wait_for task and aiomqtt's pending-call entry per command
+        # until its PUBACK, hundreds at once when screens catch up (docs/footprint.md, Memory). A
+        # screen that misses a reply re-reads the ticket from the next event or a snapshot.
+        if self.bus is not None:
+            try:
+                self.bus.publish_nowait(reply_topic, payloads.dumps(reply), qos=1, properties=props)
+            except BrokerError as exc:
+                self.stats.publish_failures += 1
+                log.debug("kitchen reply to %s failed: %s", reply_topic, exc)
 
     async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
         station = self.topics.station_of(message.topic.value)

@@ -15,6 +15,13 @@ thing it describes does::
 so the cloud drops duplicates by ``msg_id`` and sees a gap in any stream. Per-stream counters
 (``outbox_streams``) are kept by triggers, so a backlog of a week is measured in O(1).
 
+Rows of the per-order streams (``orders``, ``kitchen``) are stored deflated against a preset
+dictionary of their JSON (``encode_payload``; ~530 → ~100 bytes for a kitchen event, so several
+share a 1 KiB page instead of one each: docs/footprint.md) and inflated by ``read_rows``: what the
+uplink sends is byte for byte what the component wrote. A stored payload that starts with ``{``
+(or JSON whitespace) is plain JSON; one that starts with ``x`` is a zlib stream whose header names
+its dictionary, so rows written before (or by another version) stay readable.
+
 Classes of streams: ``orders`` and ``payments`` (and ``kitchen``, ``devices``, ``audit``) are
 durable: no quota, no TTL, never dropped. ``telemetry`` has a TTL and a byte quota, evicted
 oldest first, and is the one thing refused when the data disk is nearly full.
@@ -29,6 +36,7 @@ import logging
 import shutil
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,55 @@ TELEMETRY = "telemetry"
 STREAMS = (*DURABLE_STREAMS, TELEMETRY)
 
 DISK_OK, DISK_WARN, DISK_HARD = "ok", "warn", "hard"
+
+
+# --- stored form of a payload ----------------------------------------------------------------------
+
+# What a per-order row is made of, most frequent last (deflate finds the nearest match first). A
+# dictionary is never changed once released: a new one is added to _ZDICTS under its Adler-32
+# (which the zlib header carries), so every row ever written can be inflated.
+_ZDICT_1 = (
+    b'"terminal":"pos-1","table":"T1","covers":2,"note":"","course":1,"category":"drinks",'
+    b'"modifiers":["no onions"],"line_id":"","currency":"EUR","price_cents":0,"customer":'
+    b'{"schema":"cloud-order/1","store_id":"","terminal":"","received_at":1800000000.0,'
+    b'"order":{"schema":"order/1","order_id":"","lines":[{"sku":"","name":"","qty":1,"station":"'
+    b'"event":"amended","detail":{"reason":"","change_id":""},"void_reason":"","voided_at":'
+    b'"started_at":1800000000.000,"ready_at":1800000000.000,"served_at":1800000000.000,'
+    b'{"schema":"cloud-kitchen/1","store_id":"","event":{"schema":"kds-event/1","station":"'
+    b'","seq":1,"event":"created","at":1800000000.000,"source":"pos:pos-1","ticket":'
+    b'{"ticket_id":"","order_id":"","station":"grill","terminal":"pos-1","state":"new",'
+    b'"priority":0,"rush":false,"created_at":1800000000.000,"updated_at":1800000000.000,'
+    b'"version":1,"amended":false,"lines":[{"line":0,"sku":"","name":"","qty":1,"modifiers":[],'
+    b'"key":"|"}],"table":"T1","covers":2}}}'
+)
+_ZDICTS = {zlib.adler32(_ZDICT_1): _ZDICT_1}
+_ZDICT = _ZDICT_1  # the one new rows use
+COMPRESSED_STREAMS = frozenset({"orders", "kitchen"})
+_JSON_START = frozenset(b"{ \t\r\n")
+
+
+def encode_payload(stream: str, body: bytes) -> bytes:
+    """The stored form of ``body``: deflated with the dictionary for the per-order streams when
+    that is smaller, else ``body`` itself (other streams are read as plain JSON by support tools)."""
+    if stream not in COMPRESSED_STREAMS:
+        return body
+    packer = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+    packed = packer.compress(body) + packer.flush()
+    return packed if len(packed) < len(body) else body
+
+
+def decode_payload(stored: bytes) -> bytes:
+    """The payload as the component wrote it (see ``encode_payload``)."""
+    stored = bytes(stored)
+    if not stored or stored[0] in _JSON_START:
+        return stored
+    if len(stored) < 6 or not stored[1] & 0x20:
+        raise OutboxError("outbox payload is neither JSON nor a deflated row")
+    zdict = _ZDICTS.get(int.from_bytes(stored[2:6], "big"))
+    if zdict is None:
+        raise OutboxError("outbox payload deflated with a dictionary this edgehub does not know")
+    unpacker = zlib.decompressobj(15, zdict)
+    return unpacker.decompress(stored) + unpacker.flush()
 
 
 def _payload_bytes(payload: bytes | Mapping[str, Any]) -> bytes:
@@ -67,13 +124,15 @@ def add_to_outbox(
     *,
     created_at: float | None = None,
 ) -> bool:
-    """Add one row in the caller's transaction. Returns False when ``msg_id`` is already there
-    (or was already sent): a retried write never produces a second cloud message."""
+    """Add one row in the caller's transaction. Returns False when ``msg_id`` is already there:
+    a retried write never produces a second cloud message. In ``orders`` and ``kitchen`` the
+    caller's own rows make the msg_id unique (an order's, order change's or ticket version's row
+    is added once, with it: migration 6), so it is not looked up there."""
     if stream not in STREAMS:
         raise OutboxError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
     if not msg_id or len(msg_id) > 200:
         raise OutboxError("outbox msg_id must be 1-200 characters")
-    body = _payload_bytes(payload)
+    body = encode_payload(stream, _payload_bytes(payload))
     cur = conn.execute(
         "INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
         (msg_id, stream, time.time() if created_at is None else created_at, body),
@@ -121,11 +180,19 @@ def stream_counters(conn: sqlite3.Connection) -> dict[str, StreamCounters]:
         "last_acked_stream_seq, last_acked_at FROM outbox_streams ORDER BY stream"
     ).fetchall()
     for row in rows:
-        oldest = conn.execute(
-            "SELECT created_at FROM outbox WHERE stream=? ORDER BY seq LIMIT 1", (row[0],)
-        ).fetchone()
+        oldest = conn.execute(_OLDEST[row[0] in COMPRESSED_STREAMS], (row[0],)).fetchone() if row[2] else None
         out[row[0]] = StreamCounters(*row, oldest_at=oldest[0] if oldest else None)
     return out
+
+
+# The (stream, seq) index is partial (migration 6): a query uses it only if it repeats the
+# index's condition. The per-order streams are most of the outbox: their oldest row is near the
+# start of seq order.
+_RARE = "stream NOT IN ('orders', 'kitchen')"
+_OLDEST = {
+    False: f"SELECT created_at FROM outbox WHERE stream=? AND {_RARE} ORDER BY seq LIMIT 1",
+    True: "SELECT created_at FROM outbox WHERE stream=? ORDER BY seq LIMIT 1",
+}
 
 
 class OutboxRow(NamedTuple):
@@ -153,7 +220,8 @@ def read_rows(
             "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (after_seq, until_seq, limit),
         ).fetchall()
-    return [OutboxRow(*r) for r in rows]
+    return [OutboxRow(seq, stream, stream_seq, msg_id, created_at, decode_payload(payload))
+            for seq, stream, stream_seq, msg_id, created_at, payload in rows]
 
 
 def head_seq(conn: sqlite3.Connection) -> int:
@@ -187,13 +255,14 @@ def evict_telemetry(conn: sqlite3.Connection, *, now: float, ttl_s: float, quota
     """Drop telemetry past its TTL, then the oldest telemetry over the byte quota. Counted as
     ``dropped`` so the cloud's reconciliation knows these gaps are deliberate."""
     dropped = conn.execute(
-        "DELETE FROM outbox WHERE stream=? AND created_at < ?", (TELEMETRY, now - ttl_s)
+        f"DELETE FROM outbox WHERE stream=? AND {_RARE} AND created_at < ?", (TELEMETRY, now - ttl_s)
     ).rowcount
     row = conn.execute("SELECT pending_bytes FROM outbox_streams WHERE stream=?", (TELEMETRY,)).fetchone()
     excess = (row[0] if row else 0) - quota_bytes
     while excess > 0:
         victims = conn.execute(
-            "SELECT seq, length(CAST(payload AS BLOB)) FROM outbox WHERE stream=? ORDER BY seq LIMIT 256",
+            f"SELECT seq, length(CAST(payload AS BLOB)) FROM outbox WHERE stream=? AND {_RARE} "
+            "ORDER BY seq LIMIT 256",
             (TELEMETRY,),
         ).fetchall()
         if not victims:

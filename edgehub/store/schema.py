@@ -176,6 +176,47 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX tickets_station_state;
     CREATE INDEX tickets_bumped ON tickets(station, updated_at) WHERE state IN ('ready', 'served');
     """,
+    # 6 (footprint): the outbox rebuilt without the two indexes every order's and every kitchen
+    # event's row touched (insert and delete), which cost a page per commit each in the WAL
+    # (docs/footprint.md). A msg_id of the per-order streams is unique by construction: an
+    # order's row is added only when its order_id is new (orders.order_id is UNIQUE), an order
+    # change's only with its order_changes row (change_id is its PRIMARY KEY), a kitchen row
+    # names its ticket's version, which only grows. The other streams keep a unique msg_id and
+    # their (stream, seq) index, partial, for telemetry's TTL and quota and the oldest row of a
+    # rare stream; the oldest row of orders or kitchen is found in seq order, where they are
+    # most rows. seq keeps counting where it was (the sequence is carried over, so a seq the
+    # cloud has seen is never used again); every row and both triggers stay as they were.
+    """
+    CREATE TABLE outbox_new (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        msg_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        payload BLOB NOT NULL,
+        stream_seq INTEGER
+    );
+    INSERT INTO outbox_new(seq, msg_id, stream, created_at, payload, stream_seq)
+        SELECT seq, msg_id, stream, created_at, payload, stream_seq FROM outbox ORDER BY seq;
+    DELETE FROM sqlite_sequence WHERE name = 'outbox_new';
+    INSERT INTO sqlite_sequence(name, seq) SELECT 'outbox_new', seq FROM sqlite_sequence WHERE name = 'outbox';
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE UNIQUE INDEX outbox_msg_id ON outbox(msg_id) WHERE stream NOT IN ('orders', 'kitchen');
+    CREATE INDEX outbox_stream ON outbox(stream, seq) WHERE stream NOT IN ('orders', 'kitchen');
+    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
+            VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
+            ON CONFLICT(stream) DO UPDATE SET produced = produced + 1, pending = pending + 1,
+                pending_bytes = pending_bytes + excluded.pending_bytes, last_seq = excluded.last_seq,
+                last_stream_seq = last_stream_seq + 1;
+        UPDATE outbox SET stream_seq = (SELECT last_stream_seq FROM outbox_streams WHERE stream = NEW.stream)
+            WHERE seq = NEW.seq;
+    END;
+    CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_streams SET pending = pending - 1,
+            pending_bytes = pending_bytes - length(CAST(OLD.payload AS BLOB)) WHERE stream = OLD.stream;
+    END;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

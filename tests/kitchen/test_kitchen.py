@@ -17,6 +17,7 @@ from edgehub.config import Config
 from edgehub.errors import PayloadError, TicketRefused
 from edgehub.kitchen import Kitchen
 from edgehub.store import Journal
+from edgehub.store.outbox import decode_payload
 from tests.kitchen.conftest import FrozenClock, SlipCollector, settle
 
 
@@ -57,7 +58,7 @@ def open_ids(kitchen: Kitchen, station: str) -> list[str]:
 def outbox(config: Config, stream: str) -> list[dict[str, Any]]:
     with sqlite3.connect(config.journal.path) as conn:
         return [
-            json.loads(p)
+            json.loads(decode_payload(p))  # orders and kitchen rows are stored deflated
             for (p,) in conn.execute("SELECT payload FROM outbox WHERE stream=? ORDER BY seq", (stream,))
         ]
 

@@ -269,8 +269,8 @@ class Event:
 def add_to_outbox(
     conn: sqlite3.Connection, stream: str, msg_id: str, created_at: float, payload: bytes
 ) -> None:
-    """One cloud-bound row in the caller's commit (a msg_id already there is not added twice)."""
-    outbox.add_to_outbox(conn, stream, msg_id, payload, created_at=created_at)
+    """One cloud-bound row in the caller's commit; ``payload`` is made by ``payloads.dumps``."""
+    outbox.add_to_outbox(conn, stream, msg_id, payload, created_at=created_at, checked=True)
 
 
 def write_events(conn: sqlite3.Connection, store_id: str, events: Iterable[Event]) -> None:

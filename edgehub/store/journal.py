@@ -12,6 +12,9 @@ the next write that does, or is committed alone after ``LAZY_WAIT_S``. Every com
 page it touched to the WAL and fsyncs; folding these into the orders' commits writes each shared
 page (outbox, its indexes and counters) once instead of three times (docs/footprint.md).
 
+Checkpoints (copying the WAL back into the database file) run on a thread of their own, never
+inside an order's commit (``edgehub/store/checkpoint.py``).
+
 At open the database is checked (``PRAGMA quick_check``); a corrupt file is moved aside, never
 deleted, and a fresh journal is started, so the box keeps taking orders and support can recover
 the old one.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import queue
 import sqlite3
@@ -33,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgehub.bus.payloads import Order
+from edgehub.bus.payloads import Order, dumps
 from edgehub.errors import JournalError, JournalFull
+from edgehub.store.checkpoint import Checkpointer
 from edgehub.store.outbox import encode_payload
 from edgehub.store.schema import migrate
 
@@ -54,11 +57,10 @@ BUSY_BATCH = 2
 RATE_PERIOD_S = 0.5
 SWITCH_INTERVAL_S = 0.0005
 PAGE_SIZE = 1024
-# Frames in the WAL before a commit checkpoints it (SQLite's default). Larger would write a page
-# updated several times (a ticket created, bumped, served) to the database file once: 4,000
-# saved ~14 % of the bytes per order offline, but the checkpoint runs inside the commit that
-# crosses the mark, and its stall grows with it (docs/footprint.md): not changed.
-WAL_AUTOCHECKPOINT = 1000
+# Checkpoints run on their own thread (edgehub/store/checkpoint.py) every CHECKPOINT_COMMITS
+# commits. SQLite's automatic one, inside a commit, only if that thread falls far behind.
+CHECKPOINT_COMMITS = 64
+WAL_AUTOCHECKPOINT = 20000  # frames (1 KiB pages): ~20 MB of WAL
 _STOP = object()
 
 
@@ -102,6 +104,7 @@ class Journal:
         self.stats = JournalStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.checkpointer = Checkpointer(self._connect, after_commits=CHECKPOINT_COMMITS)
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +126,7 @@ class Journal:
         self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="journal-writer",
                                         daemon=True)
         self._thread.start()
+        self.checkpointer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -130,6 +134,7 @@ class Journal:
         self._queue.put(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self.checkpointer.stop)
         if self._reader is not None:
             self._reader.close()
 
@@ -282,6 +287,7 @@ class Journal:
             results = [(fut, None, error) for _, fut, _lazy in batch]
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
+        self.checkpointer.committed()
         self.stats.writes += len(batch)
         self.stats.last_commit_ms = elapsed * 1000
         self.stats.max_batch = max(self.stats.max_batch, len(batch))
@@ -331,7 +337,7 @@ class Journal:
     async def accept_order(self, order: Order) -> OrderCommit:
         """Journal an order and its outbox row in one commit; a known order_id is a duplicate."""
         received_at = self.clock()
-        payload = json.dumps(order.doc, separators=(",", ":"), ensure_ascii=False)
+        payload = dumps(order.doc).decode()
 
         def insert(conn: sqlite3.Connection) -> OrderCommit:
             cur = conn.execute(
@@ -342,14 +348,13 @@ class Journal:
                 (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
                 return OrderCommit(seq=seq, duplicate=True)
             seq = int(cur.lastrowid or 0)
-            cloud = json.dumps(
+            cloud = dumps(
                 {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
                  "received_at": received_at, "order": order.doc},
-                separators=(",", ":"), ensure_ascii=False,
             )
             conn.execute(
                 "INSERT INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
-                (f"order:{order.order_id}", "orders", received_at, encode_payload("orders", cloud.encode())),
+                (f"order:{order.order_id}", "orders", received_at, encode_payload("orders", cloud)),
             )
             return OrderCommit(seq=seq, duplicate=False)
 

@@ -37,7 +37,7 @@ def kitchen_body(n: int, version: int = 1) -> bytes:
 def test_per_order_rows_are_stored_smaller_and_read_back_byte_for_byte() -> None:
     body = kitchen_body(7)
     stored = ob.encode_payload("kitchen", body)
-    assert stored[:1] == b"x" and len(stored) * 3 < len(body)
+    assert stored[0] & 0x0F == 8 and len(stored) * 3 < len(body)  # a zlib (deflate) header
     assert ob.decode_payload(stored) == body
     order = json.dumps({"schema": "cloud-order/1", "store_id": "s1", "order": {"order_id": "A-1", "lines": []}},
                        separators=(",", ":")).encode()

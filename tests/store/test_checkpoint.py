@@ -80,7 +80,21 @@ def test_a_checkpoint_is_due_after_so_many_commits_or_after_a_quiet_while(tmp_pa
             if cp.checkpoints == 2:
                 break
             deadline.wait(0.01)
-        assert cp.checkpoints == 2
+        assert cp.checkpoints == 2 and cp.restarts == 0
+        # A long WAL is made to start over: the next commit writes from its first frame again.
+        cp.restart_frames = 1
+        for n in range(5):
+            writer.execute("INSERT INTO t VALUES (?)", (10 + n,))
+            cp.committed()
+        for _ in range(200):
+            if cp.restarts == 1:
+                break
+            deadline.wait(0.01)
+        assert cp.restarts == 1
+        writer.execute("INSERT INTO t VALUES (99)")
+        with sqlite3.connect(path) as probe:
+            _busy, frames, _copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames <= 2, f"the WAL did not start over ({frames} frames)"
     finally:
         cp.stop()
         writer.close()

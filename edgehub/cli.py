@@ -19,13 +19,14 @@ from edgehub.errors import ConfigError, EdgehubError
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub import logs
     from edgehub.config import load_config
-    from edgehub.gctuning import FreezeSurvivors
+    from edgehub.gctuning import FreezeSurvivors, Trimmer
     from edgehub.hub import Hub
     from edgehub.sdnotify import Notifier
 
     config = load_config(args.config)
     logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
     FreezeSurvivors().install()  # full collections skip what survived the last one (gctuning.py)
+    Trimmer().install()  # freed heap handed back to the system after a rush (gctuning.py)
     from edgehub.memdump import install_from_env
 
     install_from_env()  # EDGEHUB_TRACEMALLOC: snapshot on SIGUSR2, off by default (memdump.py)

@@ -11,12 +11,15 @@ that survived a full collection and died later, so once every ``thaw_every_s`` t
 thawed and the next full collection looks at everything again: at most one long pause an hour,
 and nothing is kept for longer than that.
 
-Returning memory to the system: after a burst of work (a rush, a backlog draining) most of what
-the process allocated for it is free again, but glibc's malloc keeps the freed pages (RSS stayed at
-the burst's high-water mark: docs/footprint.md, Memory). After a full collection, at most once every
-``trim_every_s`` and only when RSS has grown by ``trim_above_mb`` since the last trim, ``malloc_trim(0)``
-hands the free pages back (a few milliseconds on a heap of tens of MB). Python's own small-object
-allocator keeps its 1 MiB arenas until they are entirely empty; that part of a high-water mark stays.
+Returning memory to the system (``Trimmer``): after a burst of work (a rush, a backlog draining)
+most of what the process allocated for it is free again, but glibc's malloc keeps the freed pages
+(RSS stayed at the burst's high-water mark: docs/footprint.md, Memory). A thread of its own looks
+every ``every_s`` and, when malloc holds more than ``above_mb`` free (``mallinfo2``), calls
+``malloc_trim(0)`` to hand the free pages back (a few milliseconds on a heap of tens of MB, with
+the GIL released: the event loop goes on). A quiet box is where this matters, and a quiet box
+makes no full collections, so it is a timer, not a collection hook. Python's own small-object
+allocator keeps its 1 MiB arenas until they are entirely empty; that part of a high-water mark
+stays.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import ctypes
 import gc
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FreezeSurvivors", "malloc_trim", "rss_mb"]
+__all__ = ["FreezeSurvivors", "Trimmer", "malloc_free_mb", "malloc_trim", "rss_mb"]
 
 FULL_EVERY = 3
 
@@ -50,6 +54,27 @@ def _find_malloc_trim() -> Callable[[], object] | None:
 malloc_trim = _find_malloc_trim()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _find_malloc_free() -> Callable[[], float] | None:
+    """MB that glibc's malloc holds free (``mallinfo2().fordblks``), or None without glibc >= 2.33."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    info.argtypes = []
+    info.restype = _MallInfo2
+    return lambda: info().fordblks / 2**20
+
+
+malloc_free_mb = _find_malloc_free()
+
+
 def rss_mb() -> float:
     """Resident set size of this process in MB (0.0 where /proc is not there)."""
     try:
@@ -60,21 +85,12 @@ def rss_mb() -> float:
 
 
 class FreezeSurvivors:
-    def __init__(self, thaw_every_s: float = 3600.0, clock: Callable[[], float] = time.monotonic,
-                 trim_every_s: float = 15.0, trim_above_mb: float = 4.0,
-                 trim: Callable[[], object] | None = malloc_trim, rss: Callable[[], float] = rss_mb) -> None:
+    def __init__(self, thaw_every_s: float = 3600.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.thaw_every_s = thaw_every_s
         self.clock = clock
         self._thawed_at = clock()
         self.freezes = 0
         self.thaws = 0
-        self.trim_every_s = trim_every_s
-        self.trim_above_mb = trim_above_mb
-        self.trim = trim
-        self.rss = rss
-        self._trimmed_at = clock()
-        self._rss_after_trim = rss()
-        self.trims = 0
 
     def install(self) -> None:
         if self._on_gc not in gc.callbacks:
@@ -102,14 +118,41 @@ class FreezeSurvivors:
             # exactly the survivors.
             gc.freeze()  # (not gc.get_freeze_count(): that walks every frozen object)
             self.freezes += 1
-        self._maybe_trim(now)
 
-    def _maybe_trim(self, now: float) -> None:
-        if self.trim is None or now - self._trimmed_at < self.trim_every_s:
-            return
-        self._trimmed_at = now
-        if self.rss() - self._rss_after_trim < self.trim_above_mb:
-            return  # nothing piled up since the last trim: spare the walk over the free lists
+
+class Trimmer:
+    def __init__(self, every_s: float = 30.0, above_mb: float = 4.0,
+                 trim: Callable[[], object] | None = malloc_trim,
+                 free_mb: Callable[[], float] | None = malloc_free_mb) -> None:
+        self.every_s = every_s
+        self.above_mb = above_mb
+        self.trim = trim
+        self.free_mb = free_mb
+        self.trims = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def install(self) -> None:
+        if self.trim is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="malloc-trim", daemon=True)
+            self._thread.start()
+
+    def uninstall(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.maybe_trim()
+
+    def maybe_trim(self) -> bool:
+        """Trim when malloc holds ``above_mb`` free (always, where that cannot be asked); whether it did."""
+        if self.trim is None:
+            return False
+        if self.free_mb is not None and self.free_mb() < self.above_mb:
+            return False  # nothing worth handing back: spare the walk over the free lists
         self.trim()
         self.trims += 1
-        self._rss_after_trim = self.rss()
+        return True

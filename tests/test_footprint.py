@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import sqlite3
+import time
 from pathlib import Path
 
-from edgehub.gctuning import FreezeSurvivors
+from edgehub.gctuning import FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim, rss_mb
 from edgehub.store import Journal
 from edgehub.store.schema import migrate
 
@@ -82,46 +83,49 @@ def test_full_collections_freeze_their_survivors_and_thaw_hourly() -> None:
         gc.set_threshold(700, 10, 10)
 
 
-def test_after_a_burst_full_collections_hand_freed_memory_back_at_most_every_trim_every_s() -> None:
+def test_freed_heap_is_handed_back_only_when_malloc_holds_enough_free() -> None:
     """RSS stayed at the high-water mark of a rush: glibc keeps freed pages until malloc_trim."""
-    now, rss, trims = [0.0], [50.0], []
+    free, trims = [1.0], []
+    trimmer = Trimmer(above_mb=4, trim=lambda: trims.append(free[0]), free_mb=lambda: free[0])
+    assert not trimmer.maybe_trim() and trims == []  # a quiet heap: nothing worth the walk
+    free[0] = 30.0  # a rush came and went
+    assert trimmer.maybe_trim() and trims == [30.0] and trimmer.trims == 1
+    blind = Trimmer(trim=lambda: trims.append(-1.0), free_mb=None)  # no mallinfo2: trim every time
+    assert blind.maybe_trim() and trims == [30.0, -1.0]
 
-    def trim() -> None:
-        trims.append(now[0])
-        rss[0] = 55.0
 
-    policy = FreezeSurvivors(clock=lambda: now[0], trim=trim, rss=lambda: rss[0],
-                             trim_every_s=60, trim_above_mb=4)
-    policy.install()
+def test_a_fragmented_heap_shrinks_on_a_quiet_box_without_any_collection() -> None:
+    """The real thing, on its own thread: a heap left full of holes (what a rush leaves) is
+    handed back by the timer, with no garbage collection to trigger it."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc" or malloc_free_mb is None:
+        return  # glibc's malloc only (the box runs Debian)
+    blocks = [bytes(1000) for _ in range(40_000)]  # 1,000 bytes: malloc's, not Python's arenas
+    keep = blocks[::50]
+    del blocks
+    assert malloc_free_mb() > 20
+    before = rss_mb()
+    trimmer = Trimmer(every_s=0.01, above_mb=4)
+    gc.disable()
+    trimmer.install()
     try:
-        rss[0] = 90.0  # a burst came and went
-        now[0] = 30
-        gc.collect()
-        assert trims == []  # not within a minute of the last look
-        now[0] = 61
-        gc.collect()
-        assert trims == [61] and policy.trims == 1
-        now[0] = 200
-        rss[0] = 57.0  # steady: less than trim_above_mb over what the last trim left
-        gc.collect()
-        assert trims == [61]
-        now[0] = 300
-        rss[0] = 70.0
-        gc.collect(1)  # only full collections trim
-        assert trims == [61]
-        gc.collect()
-        assert trims == [61, 300]
+        for _ in range(500):
+            if trimmer.trims:
+                break
+            time.sleep(0.01)
     finally:
-        policy.uninstall()
-        gc.set_threshold(700, 10, 10)
+        trimmer.uninstall()
+        gc.enable()
+    assert trimmer.trims >= 1
+    assert rss_mb() < before - 20, (before, rss_mb())
+    assert len(keep) == 800
 
 
 def test_malloc_trim_is_found_on_glibc() -> None:
     import platform
 
-    from edgehub.gctuning import malloc_trim, rss_mb
-
     if platform.libc_ver()[0] == "glibc":
-        assert malloc_trim is not None
+        assert malloc_trim is not None and malloc_free_mb is not None
         malloc_trim()
     assert rss_mb() > 0

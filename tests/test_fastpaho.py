@@ -130,3 +130,39 @@ async def test_pubacks_are_told_once_each_and_joined_writes_arrive_whole(
     assert all(code < 0x80 for _, code in acked)
     assert all(info.is_published() for info in infos)
     assert len(sends) < 100, f"{len(sends)} writes for 500 messages: not joined"
+
+
+async def test_messages_published_unwaited_arrive_and_stay_in_the_session_until_acked(
+        broker: MosquittoProcess, config: Config) -> None:
+    """``publish_unwaited`` (acks and kitchen events) skips paho's per-message Condition, not its
+    session: each QoS 1 message is kept for a re-send until its PUBACK, then told once."""
+    got: list[mqtt.MQTTMessage] = []
+    done = threading.Event()
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sub-unwaited", protocol=mqtt.MQTTv5)
+    sub = _subscriber(config, plain, got, done, 300)
+    acked: list[int] = []
+    client = FastPaho(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-unwaited", protocol=mqtt.MQTTv5)
+    client.fast_puback = lambda mid, code: acked.append(mid)
+    client.max_inflight_messages_set(0)
+    client.username_pw_set(*HUB)
+    client.connect("127.0.0.1", config.broker.listen.port)
+    rcs = [client.publish_unwaited("edgehub/v1/s1/kds/grill/event", b"%d" % n, qos=0 if n % 10 == 0 else 1)
+           for n in range(300)]
+    assert set(rcs) == {0}
+    kept = {m.mid for m in client._out_messages.values()}
+    assert len(kept) == 270  # QoS 1 ones, kept until their PUBACK
+    client.loop_start()
+    try:
+        assert done.wait(10), f"{len(got)} of 300 arrived"
+        for _ in range(500):
+            if len(acked) == 270:
+                break
+            threading.Event().wait(0.01)  # paho's thread delivers the PUBACKs
+    finally:
+        for c in (client, sub):
+            c.loop_stop()
+            c.disconnect()
+    assert sorted(int(m.payload) for m in got) == list(range(300))
+    assert sorted(acked) == sorted(kept) and not client._out_messages
+    with pytest.raises(ValueError):
+        client.publish_unwaited("edgehub/v1/s1/kds/+/event", b"x")  # as paho: no wildcards

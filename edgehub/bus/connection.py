@@ -230,9 +230,12 @@ class BusConnection:
         if paho is None:  # pragma: no cover - a future aiomqtt without it
             self._spawn_publish(topic, payload, qos, retain, properties)
             return
-        info = paho.publish(topic, payload, qos, retain, properties)
-        if info.rc != 0:  # MQTT_ERR_SUCCESS
-            raise BrokerError(f"publish to {topic} failed: paho error {info.rc}")
+        if isinstance(paho, FastPaho) and properties is None:
+            rc = paho.publish_unwaited(topic, payload, qos, retain)
+        else:
+            rc = paho.publish(topic, payload, qos, retain, properties).rc
+        if rc != 0:  # MQTT_ERR_SUCCESS
+            raise BrokerError(f"publish to {topic} failed: paho error {rc}")
 
     def _spawn_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
                        properties: Properties | None) -> None:

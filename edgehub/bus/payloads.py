@@ -129,7 +129,8 @@ def validate_order(doc: dict[str, Any], order_id: str, terminal: str, size: int,
             if not isinstance(modifiers, list):
                 raise PayloadError(f"{path}.modifiers", "must be a list of strings")
             if len(modifiers) > limits.max_lines:
-                raise PayloadError(f"{path}.modifiers", f"has {len(modifiers)} entries, the limit is {limits.max_lines}")
+                raise PayloadError(f"{path}.modifiers",
+                                   f"has {len(modifiers)} entries, the limit is {limits.max_lines}")
             for j, modifier in enumerate(modifiers):
                 _text(modifier, f"{path}.modifiers[{j}]", limits, required=True)
     _text(doc.get("table"), "table", limits)

@@ -232,6 +232,22 @@ class FastPaho(mqtt.Client):
         self._handle_on_message(message)
         return self._send_puback(mid) if qos == 1 else MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        """Straight to ``on_message`` when no per-topic callback was added (paho walks its topic
+        tree for every message to find out)."""
+        filtered = getattr(getattr(self._on_message_filtered, "_root", None), "_children", True)
+        on_message = self.on_message
+        if filtered or on_message is None:
+            super()._handle_on_message(message)
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:  # as paho
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         packet = self._in_packet["packet"]
         fast = self.fast_puback

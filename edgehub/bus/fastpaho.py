@@ -1,6 +1,6 @@
-"""paho's client with two shortcuts for connections that carry many QoS 1 messages: the cloud
-uplink draining a backlog, and the hub's own broker connection at the rush (an order's ack and
-its kitchen events: three PUBACKs per order).
+"""paho's client with shortcuts on its hot paths, for connections that carry many QoS 1
+messages: the cloud uplink draining a backlog, and the hub's own broker connection at the rush
+(an order's ack and its kitchen events: three PUBACKs per order).
 
 A py-spy profile of bench/uplink.py had half the event loop's samples in ``loop_read``, a third
 of those in paho building a ReasonCode and a Properties object for each 4-byte PUBACK; under
@@ -14,7 +14,12 @@ bench/intake.py PUBACK handling was a fifth of the loop. Here:
 - a QoS 0/1 PUBLISH without properties skips paho's Properties object (most of its decoding);
 - a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by hand
   and handed to ``fast_puback(mid, reason_code)``; any other goes the paho way. Only without an
-  inflight limit (``max_inflight_messages`` 0), where a PUBACK never releases a queued message.
+  inflight limit (``max_inflight_messages`` 0), where a PUBACK never releases a queued message;
+- a message goes straight to ``on_message`` when no per-topic callback was added;
+- ``publish_unwaited`` publishes a message nobody waits on without a ``threading.Condition`` of
+  its own.
+
+tests/test_fastpaho.py holds all of it to what stock paho does.
 """
 
 from __future__ import annotations

@@ -448,13 +448,19 @@ class Kitchen:
     def _publish_now(self, items: list[tuple[str, dict[str, Any] | bytes]]) -> None:
         """Events handed to the MQTT session in order, without a task or a wait for each
         PUBACK (the session re-sends after a reconnect; screens resync on a seq gap)."""
-        assert self.bus is not None
         for topic, doc in items:
-            try:
-                self.bus.publish_nowait(topic, doc if isinstance(doc, bytes) else payloads.dumps(doc), qos=1)
-            except BrokerError as exc:
-                self.stats.publish_failures += 1
-                log.debug("kitchen publish to %s failed: %s", topic, exc)
+            self._publish_nowait(topic, doc)
+
+    def _publish_nowait(self, topic: str, doc: dict[str, Any] | bytes, properties: Any = None) -> None:
+        """One message handed to the MQTT session without waiting for its PUBACK."""
+        if self.bus is None:
+            return
+        try:
+            self.bus.publish_nowait(topic, doc if isinstance(doc, bytes) else payloads.dumps(doc), qos=1,
+                                    properties=properties)
+        except BrokerError as exc:
+            self.stats.publish_failures += 1
+            log.debug("kitchen publish to %s failed: %s", topic, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -982,12 +988,7 @@ class Kitchen:
         # awaited reply held an Event, a wait_for task and aiomqtt's pending-call entry per command
         # until its PUBACK, hundreds at once when screens catch up (docs/footprint.md, Memory). A
         # screen that misses a reply re-reads the ticket from the next event or a snapshot.
-        if self.bus is not None:
-            try:
-                self.bus.publish_nowait(reply_topic, payloads.dumps(reply), qos=1, properties=props)
-            except BrokerError as exc:
-                self.stats.publish_failures += 1
-                log.debug("kitchen reply to %s failed: %s", reply_topic, exc)
+        self._publish_nowait(reply_topic, reply, props)
 
     async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
         station = self.topics.station_of(message.topic.value)

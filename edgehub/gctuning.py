@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FreezeSurvivors", "Trimmer", "malloc_free_mb", "malloc_trim", "rss_mb"]
+__all__ = ["FreezeSurvivors", "Trimmer", "malloc_free_mb", "malloc_trim"]
 
 FULL_EVERY = 3
 
@@ -73,15 +72,6 @@ def _find_malloc_free() -> Callable[[], float] | None:
 
 
 malloc_free_mb = _find_malloc_free()
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MB (0.0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 class FreezeSurvivors:

@@ -8,7 +8,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edgehub.gctuning import FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim, rss_mb
+import psutil
+
+from edgehub.gctuning import FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim
 from edgehub.store import Journal
 from edgehub.store.schema import migrate
 
@@ -120,6 +122,10 @@ def test_a_fragmented_heap_shrinks_on_a_quiet_box_without_any_collection() -> No
     assert trimmer.trims >= 1
     assert rss_mb() < before - 20, (before, rss_mb())
     assert len(keep) == 800
+
+
+def rss_mb() -> float:
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def test_malloc_trim_is_found_on_glibc() -> None:

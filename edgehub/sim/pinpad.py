@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = ["PAYMENT_STEPS", "FaultStep", "SimTransaction", "ZvtPinpadSim"]
 
@@ -35,15 +35,7 @@ FaultStep = Literal[
     "after_status",
 ]
 #: The steps of one payment, for tests that kill the terminal at each of them.
-PAYMENT_STEPS: tuple[FaultStep, ...] = (
-    "before_ack",
-    "after_ack",
-    "after_intermediate",
-    "hang",
-    "after_charge",
-    "hang_after_charge",
-    "after_status",
-)
+PAYMENT_STEPS: tuple[FaultStep, ...] = get_args(FaultStep)
 
 _ACK = b"\x80\x00\x00"
 

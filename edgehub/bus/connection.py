@@ -148,8 +148,7 @@ class BusConnection:
         self._handler_of.clear()
 
     def _on_paho_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        converted = aiomqtt.Message(message.topic, message.payload, message.qos, message.retain, message.mid,
-                                    getattr(message, "properties", None))
+        converted = aiomqtt.Message._from_paho_message(message)  # what aiomqtt's own callback makes
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # paho's callback on another thread (aiomqtt connects in an executor)

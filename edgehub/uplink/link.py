@@ -323,8 +323,9 @@ class CloudLink:
                 sock = client.socket()
                 if rc != mqtt.MQTT_ERR_SUCCESS or sock is None:
                     break
-                # TLS sockets, and the client's read buffer, hold bytes the selector does not see.
-                if not (client.buffered() or (hasattr(sock, "pending") and sock.pending() > 0)):
+                # TLS sockets hold bytes the selector does not see (FastPaho.loop_read uses up
+                # its own read buffer itself).
+                if not (hasattr(sock, "pending") and sock.pending() > 0):
                     break
         except Exception as exc:  # paho raises socket errors from loop_read on a broken link
             self._set_lost(str(exc) or type(exc).__name__)

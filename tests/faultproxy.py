@@ -13,6 +13,12 @@ the target. Tests drive it:
   client → broker) on the next connection and cut when the N-th arrives: before forwarding it,
   or after forwarding half of its bytes (``mid_packet``). ``cut_after_bytes(direction, n)`` cuts
   at a byte count. Each cut fires once.
+* ``drop_on_topic(prefix)`` — every connection is closed (FIN) when a PUBLISH to a topic that
+  starts with ``prefix`` comes up, before it reaches the broker: a cloud that answers a message
+  it refuses by hanging up (AWS IoT does). ``heal()`` ends it.
+
+Bytes the proxy has already received are passed on even when that side then resets, as a router
+would: asyncio's StreamReader raises the reset before handing out what it buffered.
 
 MQTT framing is parsed only to count packets (fixed header + remaining length).
 """
@@ -70,6 +76,15 @@ class _Framer:
         raise ValueError("malformed MQTT remaining length")
 
 
+def _topic(packet: bytes) -> str:
+    """The topic of a whole PUBLISH packet."""
+    i = 1
+    while packet[i] & 0x80:
+        i += 1
+    n = int.from_bytes(packet[i + 1:i + 3], "big")
+    return packet[i + 3:i + 3 + n].decode("utf-8", "replace")
+
+
 class _Pair:
     def __init__(self, proxy: FaultProxy, client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                  server: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
@@ -103,13 +118,23 @@ class _Pair:
                 if writer.can_write_eof():
                     writer.write_eof()
         except (ConnectionError, OSError):
-            pass
+            # The reset overtook bytes that had arrived before it (Mosquitto sends a PUBACK and
+            # resets): a router would have passed them on. StreamReader keeps them in _buffer.
+            with contextlib.suppress(ConnectionError, OSError, ValueError):
+                for packet in framer.feed(bytes(reader._buffer)):  # type: ignore[attr-defined]
+                    if not await self._forward(direction, packet, writer):
+                        return
         finally:
             if not self.closed:
                 await self.close(reset=False)
 
     async def _forward(self, direction: str, packet: bytes, writer: asyncio.StreamWriter) -> bool:
         ptype = packet[0] >> 4
+        prefix = self.proxy.dropping
+        if prefix is not None and direction == "up" and ptype == PUBLISH and _topic(packet).startswith(prefix):
+            self.proxy.dropped += 1
+            await self.close(reset=False)
+            return False
         self.counts[direction] += 1
         self.typed[direction][ptype] = self.typed[direction].get(ptype, 0) + 1
         cut = self.proxy._pending_cut
@@ -172,6 +197,8 @@ class FaultProxy:
         self.latency = 0.0
         self.connections = 0
         self._pending_cut: Cut | None = None
+        self.dropping: str | None = None  # drop_on_topic's prefix
+        self.dropped = 0
         self._server: asyncio.Server | None = None
         self._bucket_at = 0.0
 
@@ -241,6 +268,10 @@ class FaultProxy:
         self.refusing = False
         self.rate, self.latency = None, 0.0
         self._pending_cut = None
+        self.dropping = None
+
+    def drop_on_topic(self, prefix: str) -> None:
+        self.dropping = prefix
 
     def cut_at(self, direction: str, packet: int, packet_type: int | None = None, mid_packet: bool = False,
                action: str = "reset") -> Cut:

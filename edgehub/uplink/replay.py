@@ -33,6 +33,18 @@ from edgehub.uplink.link import RC_FAILURE, CloudLink
 log = logging.getLogger("edgehub.uplink.replay")
 
 REFUSED_HOLD_S = 60.0
+# A cloud broker may answer a message it refuses by dropping the connection, with no PUBACK or
+# with one that is lost with the connection (AWS IoT does the first; Mosquitto 2.0 sends 0x87 and
+# closes at once, and the close can overtake it). When the link is lost within DROP_WINDOW_S of
+# publishing the oldest unacknowledged row, and that same row was the oldest unacknowledged one
+# at DROP_STRIKES losses in a row, its stream is held back as refused: otherwise every new
+# connection would send it first and be dropped again, and no other stream would get through.
+DROP_WINDOW_S = 1.0
+DROP_STRIKES = 2
+DROPPED = "link dropped"
+# Before rows held back are offered again on the same connection, the messages in flight get
+# this long to be acknowledged (those still unacknowledged are sent again: the cloud dedups).
+REOFFER_WAIT_S = 5.0
 # Rows the replay lane publishes before it lets the event loop run other work. A whole window of
 # publishes per loop turn (and the PUBACKs that then come back together) held a live order's ack
 # up at every hop: at full drain speed on a 2-core box, ack p99 156 ms without steps, 84 ms in
@@ -83,6 +95,7 @@ class _Inflight:
     stream_seq: int
     lane: str
     created_at: float
+    sent_at: float
 
 
 @dataclass
@@ -109,6 +122,7 @@ class _Session:
         self.live_pos = head
         self.inflight: dict[int, _Inflight] = {}
         self.inflight_replay = 0
+        self.skipped: set[str] = set()  # streams with rows refused or held back during this pass
         self.freed = asyncio.Event()
         self.failed: UplinkError | None = None
         self.replay_done = asyncio.Event()
@@ -131,11 +145,15 @@ class Replay:
         # Rows up to this seq go at full speed (``edgehub sync``); 0: none.
         self.boost_until = 0
         self.new_rows = asyncio.Event()
-        self.refused: dict[str, int] = {}  # stream -> last PUBACK failure reason code
+        # stream -> why the cloud refuses it: the PUBACK's reason code ("0x87") or DROPPED
+        self.refused: dict[str, str] = {}
         # A refused stream is held back (all of it, to keep its order) so it cannot stop the
         # others: Mosquitto, for one, drops the connection right after a "not authorized" PUBACK.
         self.refused_hold_s = REFUSED_HOLD_S
         self._held_until: dict[str, float] = {}
+        self._suspect: tuple[str, int] | None = None  # (stream, seq) that was oldest at the last loss
+        self._strikes = 0
+        self._reoffer = asyncio.Event()  # rows held back in this pass are to be offered again
         self.session: _Session | None = None
         self._acked: list[tuple[int, str, int]] = []
         self._ack_wake = asyncio.Event()
@@ -166,6 +184,13 @@ class Replay:
 
     async def run(self, link: CloudLink) -> None:
         """Drain over ``link`` until it is lost (raises UplinkError) or cancelled."""
+        while True:
+            await self._run_session(link)
+
+    async def _run_session(self, link: CloudLink) -> None:
+        """One pass over the outbox. Returns when rows it held back are to be offered again (a
+        hold ended, or ``sync now``): the next pass starts from the oldest row, as a new
+        connection would, once this one's messages are acknowledged."""
         await self.flush_deletes()
         head = int(await self.journal.read(head_seq))
         window = max(1, min(self.cfg.max_inflight, link.receive_maximum))
@@ -173,10 +198,12 @@ class Replay:
         session = _Session(link, head, window, replay_cap)
         self.session = session
         self.drained.clear()
+        self._reoffer.clear()
         tasks = [asyncio.create_task(self._replay_lane(session), name="uplink-replay"),
                  asyncio.create_task(self._live_lane(session), name="uplink-live")]
+        reoffer = asyncio.create_task(self._reoffer.wait(), name="uplink-reoffer")
         assert link.lost is not None
-        pending: set[asyncio.Future[Any]] = {*tasks, link.lost}
+        pending: set[asyncio.Future[Any]] = {*tasks, reoffer, link.lost}
         try:
             while True:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -184,17 +211,35 @@ class Replay:
                     if session.failed is not None:
                         raise session.failed
                     if fut is link.lost:
+                        self._note_loss(session)
                         raise UplinkError(f"cloud link lost: {link.lost.result()}")
+                    if fut is reoffer:
+                        await self._end_session(session, tasks)
+                        return
                     if (exc := fut.exception()) is not None:
                         raise exc
                 # The replay lane finishing is no reason to stop: live rows keep coming.
         finally:
+            reoffer.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if session.inflight:
                 self.stats.resent_after_reconnect += len(session.inflight)
             self.session = None
+
+    async def _end_session(self, s: _Session, lanes: list[asyncio.Task[None]]) -> None:
+        """Stop publishing and wait (a while) for the PUBACKs of what is in flight."""
+        for task in lanes:
+            task.cancel()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REOFFER_WAIT_S):
+                while s.inflight and s.failed is None and not s.link.lost.done():  # type: ignore[union-attr]
+                    await self._wait_freed(s)
+        if s.link.lost is not None and s.link.lost.done():
+            self._note_loss(s)
+            raise UplinkError(f"cloud link lost: {s.link.lost.result()}")
 
     async def _replay_lane(self, s: _Session) -> None:
         while s.replay_pos < s.head:
@@ -261,11 +306,12 @@ class Replay:
         if self._held_until and (until := self._held_until.get(row.stream)) is not None:
             if time.monotonic() < until:
                 self.stats.held += 1
+                s.skipped.add(row.stream)
                 return
             del self._held_until[row.stream]  # the hold is over: offer the stream again
         mid = s.link.publish(self.topics.up(row.stream), cloudapi.envelope(self.store_id, row),
                              cloudapi.envelope_properties(row, lane))
-        s.inflight[mid] = _Inflight(row.seq, row.stream, row.stream_seq, lane, row.created_at)
+        s.inflight[mid] = _Inflight(row.seq, row.stream, row.stream_seq, lane, row.created_at, time.monotonic())
         if lane == LANE_REPLAY:
             s.inflight_replay += 1
         self.stats.sent += 1
@@ -282,12 +328,8 @@ class Replay:
         if code >= RC_FAILURE:
             # Not a delivery: the row stays and is offered again on the next connection. The
             # link stays up, so one refused stream (an ACL mistake) does not hold up orders.
-            self.stats.refused += 1
-            self._held_until[entry.stream] = time.monotonic() + self.refused_hold_s
-            if self.refused.get(entry.stream) != code:
-                self.refused[entry.stream] = code
-                log.error("cloud broker refuses %s messages (reason 0x%02x): they stay in the outbox; "
-                          "check the cloud ACL for this store's client", entry.stream, code)
+            s.skipped.add(entry.stream)
+            self._refuse(entry.stream, f"0x{code:02x}", f"reason 0x{code:02x}")
         else:
             now = self.clock()
             self._acked.append((entry.seq, entry.stream, entry.stream_seq))
@@ -302,9 +344,43 @@ class Replay:
                 self.stats.live_latency_ms.append((now - entry.created_at) * 1000)
         s.freed.set()
 
+    def _refuse(self, stream: str, reason: str, detail: str) -> None:
+        self.stats.refused += 1
+        self._held_until[stream] = time.monotonic() + self.refused_hold_s
+        asyncio.get_running_loop().call_later(self.refused_hold_s, self._hold_over, stream)
+        if self.refused.get(stream) != reason:
+            self.refused[stream] = reason
+            log.error("cloud broker refuses %s messages (%s): they stay in the outbox, held back for "
+                      "%.0f s at a time; check the cloud ACL for this store's client",
+                      stream, detail, self.refused_hold_s)
+
+    def _note_loss(self, s: _Session) -> None:
+        """The link was lost: blame the oldest unacknowledged row if it keeps being the one."""
+        oldest = next(iter(s.inflight.values()), None)
+        if oldest is None or time.monotonic() - oldest.sent_at > DROP_WINDOW_S:
+            self._suspect, self._strikes = None, 0
+            return
+        suspect = (oldest.stream, oldest.seq)
+        self._strikes = self._strikes + 1 if suspect == self._suspect else 1
+        self._suspect = suspect
+        if self._strikes >= DROP_STRIKES:
+            self._suspect, self._strikes = None, 0
+            self._refuse(oldest.stream, DROPPED, f"the link dropped {DROP_STRIKES} times in a row "
+                         f"right after outbox row {oldest.seq} was sent")
+
+    def _hold_over(self, stream: str) -> None:
+        until = self._held_until.get(stream)
+        if until is not None and until > time.monotonic() + 0.01:
+            return  # refused again meanwhile: a later timer ends that hold
+        self._held_until.pop(stream, None)
+        if self.session is not None and stream in self.session.skipped:
+            self._reoffer.set()
+
     def release_holds(self) -> None:
         """Offer refused streams again at once (``sync now``)."""
         self._held_until.clear()
+        if self.session is not None and self.session.skipped:
+            self._reoffer.set()
 
     # --- deleting what the cloud acknowledged ------------------------------------------------------
 
@@ -365,7 +441,7 @@ class Replay:
             "sent": self.stats.sent,
             "acked": self.stats.acked,
             "refused": self.stats.refused,
-            "refused_streams": {k: f"0x{v:02x}" for k, v in self.refused.items()},
+            "refused_streams": dict(self.refused),
             "held_back": self.stats.held,
             "resent_after_reconnect": self.stats.resent_after_reconnect,
             "live_to_cloud_p50_ms": round(lat[len(lat) // 2], 1) if lat else None,

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -54,8 +55,7 @@ class CloudBroker:
         passwd = d / "passwd"
         passwd.write_text(f"{BOX_USER}:{BOX_PASSWORD}\n{CLOUD_USER}:{CLOUD_PASSWORD}\n")
         subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
-        (d / "acl").write_text("\n".join([f"user {BOX_USER}", *self.box_acl, "", f"user {CLOUD_USER}",
-                                          "topic readwrite cloud/#", ""]))
+        self._write_acl()
         (d / "mosquitto.conf").write_text("\n".join([
             # Started as root, Mosquitto would drop to "mosquitto" and lose the files here.
             f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {passwd}",
@@ -75,6 +75,18 @@ class CloudBroker:
             writer.close()
             return
         raise RuntimeError(f"cloud mosquitto did not start: {(d / 'mosquitto.log').read_text()[-500:]}")
+
+    def _write_acl(self) -> None:
+        (self.directory / "acl").write_text("\n".join([f"user {BOX_USER}", *self.box_acl, "", f"user {CLOUD_USER}",
+                                                       "topic readwrite cloud/#", ""]))
+
+    async def change_acl(self, box_acl: Iterable[str]) -> None:
+        """The cloud's operators fix the box's ACL: Mosquitto reads it again on SIGHUP."""
+        self.box_acl = list(box_acl)
+        self._write_acl()
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -77,6 +77,8 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         "persistence false",
         f"max_queued_messages {b.max_queued_messages}",
         "max_queued_bytes 0",
+        # Also the hub's read-ahead: the hub acknowledges a message once it was handled, so the
+        # broker sends it at most this many unfinished ones and keeps a rush in its queue.
         "max_inflight_messages 100",
         # Small acks must not wait for Nagle + delayed ACK (40 ms each way).
         "set_tcp_nodelay true",

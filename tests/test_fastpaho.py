@@ -166,3 +166,59 @@ async def test_messages_published_unwaited_arrive_and_stay_in_the_session_until_
     assert sorted(acked) == sorted(kept) and not client._out_messages
     with pytest.raises(ValueError):
         client.publish_unwaited("edgehub/v1/s1/kds/+/event", b"x")  # as paho: no wildcards
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["paho", "fastpaho"])
+async def test_with_manual_acks_the_broker_sends_again_what_was_not_acked(
+        broker: MosquittoProcess, config: Config, fast: bool) -> None:
+    """The hub acknowledges a message once it was handled: what it never acknowledged comes again
+    on its next connection, and what it did does not."""
+    session = Properties(PacketTypes.CONNECT)
+    session.SessionExpiryInterval = 60
+
+    def connect(got: list[mqtt.MQTTMessage], expect: int) -> tuple[mqtt.Client, threading.Event]:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"manual-{fast}", protocol=mqtt.MQTTv5)
+        if fast:
+            FastPaho.adopt(client, lambda mid, code: None)
+        client.manual_ack_set(True)
+        client.username_pw_set(*HUB)
+        done, subscribed = threading.Event(), threading.Event()
+
+        def on_message(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+            got.append(message)
+            if int(message.payload) % 2 == 0:
+                client.ack(message.mid, message.qos)
+            if len(got) == expect:
+                done.set()
+
+        client.on_message = on_message
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect("127.0.0.1", config.broker.listen.port, clean_start=False, properties=session)
+        client.loop_start()
+        client.subscribe("edgehub/v1/s1/pos/+/order", qos=1)
+        assert subscribed.wait(5)
+        return client, done
+
+    first: list[mqtt.MQTTMessage] = []
+    sub, done = connect(first, 20)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"manual-pub-{fast}", protocol=mqtt.MQTTv5)
+    pub.username_pw_set(*HUB)
+    pub.connect("127.0.0.1", config.broker.listen.port)
+    pub.loop_start()
+    try:
+        for n in range(20):
+            pub.publish("edgehub/v1/s1/pos/pos-1/order", b"%d" % n, qos=1).wait_for_publish(5)
+        assert done.wait(10), f"{len(first)} of 20 arrived"
+        sub.loop_stop()
+        sub.disconnect()
+        again: list[mqtt.MQTTMessage] = []
+        sub, done = connect(again, 10)
+        assert done.wait(10), f"{len(again)} of 10 came again"
+        threading.Event().wait(0.3)  # nothing more comes
+    finally:
+        for c in (pub, sub):
+            c.loop_stop()
+            c.disconnect()
+    assert sorted(int(m.payload) for m in first) == list(range(20))
+    assert sorted(int(m.payload) for m in again) == list(range(1, 20, 2))
+    assert all(m.dup for m in again)

@@ -111,3 +111,25 @@ async def test_mqtt5_response_topic_and_correlation_data_are_honoured(hub: Hub, 
         assert message.properties.CorrelationData == b"req-77"  # type: ignore[attr-defined]
         assert isinstance(message.payload, bytes)
         assert json.loads(message.payload)["order_id"] == "C-1"
+
+
+async def test_a_burst_waits_in_the_broker_not_in_the_hub(hub: Hub, config: Config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The journal is stuck: the hub acknowledges a message to the broker only once it was
+    # handled, so the broker holds back all but its window (max_inflight_messages 100).
+    gate = asyncio.Event()
+    accept = hub.journal.accept_order
+
+    async def stuck_accept(*args: object, **kwargs: object) -> object:
+        await gate.wait()
+        return await accept(*args, **kwargs)
+
+    monkeypatch.setattr(hub.journal, "accept_order", stuck_accept)
+    async with Terminal(config, "pos-1") as pos:
+        for i in range(500):
+            await pos.send(order(f"B-{i:03d}"))
+        await asyncio.sleep(1.0)
+        assert 50 <= hub.bus.handling <= 100
+        gate.set()
+        acks = [await pos.ack() for _ in range(500)]
+    assert {a["status"] for a in acks} == {"accepted"}
+    assert journal_rows(config, "SELECT COUNT(*) FROM orders") == [(500,)]

@@ -58,7 +58,8 @@ class BusConnection:
         self._max_handlers = max_handlers
         self._active = 0
         self._accepting = False  # connected and set up: messages may be handled
-        self._waiting: collections.deque[aiomqtt.Message] = collections.deque()
+        # (message, the paho client it came on): acked on that connection once handled
+        self._waiting: collections.deque[tuple[aiomqtt.Message, mqtt.Client | None]] = collections.deque()
         self._handler_of: dict[str, Handler | None] = {}  # topic -> route, learnt as messages come
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
@@ -95,6 +96,13 @@ class BusConnection:
         client.pending_calls_threshold = 5000
         paho = getattr(client, "_client", None)  # aiomqtt's paho client: no public handle on it
         if isinstance(paho, mqtt.Client):
+            # A QoS 1 message is acknowledged to the broker once it was handled (an order: once it
+            # is journaled), not when it arrives. The broker then sends at most its
+            # ``max_inflight_messages`` unacknowledged messages (broker.py): that bounds what the
+            # hub reads in while it is behind, and a rush waits in the broker's queue, not as
+            # thousands of handlers in the hub's memory. A message the hub never finished is
+            # sent again by the broker after a reconnect.
+            paho.manual_ack_set(True)
             # A publish someone awaits is completed as aiomqtt would (its on_publish callback).
             FastPaho.adopt(paho, lambda mid, code: client._on_publish(paho, None, mid, code, None))
             # Messages go from paho's callback straight to their handler, not through aiomqtt's
@@ -129,7 +137,7 @@ class BusConnection:
                     # Ends (MqttError) when the connection does. Messages arrive here only if
                     # paho's callback could not be taken over (see _make_client).
                     async for message in client.messages:
-                        self._dispatch(message)
+                        self._dispatch(message, getattr(client, "_client", None))
             except aiomqtt.MqttError as exc:
                 error = str(exc) or type(exc).__name__
                 if error != self.last_error:
@@ -142,37 +150,51 @@ class BusConnection:
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 5.0)
 
+    @property
+    def handling(self) -> int:
+        """Messages being handled now (at most the broker's window while the hub is behind)."""
+        return self._active
+
     def route(self, topic_filter: str, handler: Handler) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler`` (call before ``run``)."""
         self.routes.append((topic_filter, handler))
         self._handler_of.clear()
 
-    def _on_paho_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_paho_message(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         converted = aiomqtt.Message._from_paho_message(message)  # what aiomqtt's own callback makes
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # paho's callback on another thread (aiomqtt connects in an executor)
             running = None
         if running is not None and running is self._loop:
-            self._dispatch(converted)
+            self._dispatch(converted, client)
         elif self._loop is not None:
-            self._loop.call_soon_threadsafe(self._dispatch, converted)
+            self._loop.call_soon_threadsafe(self._dispatch, converted, client)
 
-    def _dispatch(self, message: aiomqtt.Message) -> None:
+    def _dispatch(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
         if self._waiting or not self._accepting or self._active >= self._max_handlers:
-            self._waiting.append(message)
+            self._waiting.append((message, via))
             return
-        self._start(message)
+        self._start(message, via)
 
-    def _start(self, message: aiomqtt.Message) -> None:
+    def _start(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
         self._active += 1
-        task = asyncio.create_task(self._handle(message))
+        task = asyncio.create_task(self._handle(message, via))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _start_waiting(self) -> None:
         while self._waiting and self._accepting and self._active < self._max_handlers:
-            self._start(self._waiting.popleft())
+            self._start(*self._waiting.popleft())
+
+    def _ack(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
+        """The broker's PUBACK for a handled QoS 1 message, on the connection it came on (after a
+        reconnect the broker sends it again, and it is handled again: handlers are idempotent)."""
+        client = self._client
+        if via is None or message.qos != 1 or client is None or getattr(client, "_client", None) is not via:
+            return
+        if via._manual_ack:  # type: ignore[attr-defined]
+            via.ack(message.mid, 1)
 
     def _route(self, topic: str, message: aiomqtt.Message) -> Handler | None:
         try:
@@ -186,7 +208,7 @@ class BusConnection:
         self._handler_of[topic] = found
         return found
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def _handle(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
         topic = message.topic.value
         try:
             handler = self._route(topic, message)
@@ -198,6 +220,7 @@ class BusConnection:
             # The daemon never dies on input; what went wrong is logged with the topic.
             log.exception("handling a message on %s failed", topic)
         finally:
+            self._ack(message, via)
             self._active -= 1
             self._start_waiting()
 

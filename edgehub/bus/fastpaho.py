@@ -215,7 +215,7 @@ class FastPaho(mqtt.Client):
         builds a Properties object (two dicts of every property name, ~2.7 KB) for each."""
         cmd, packet = self._in_packet["command"], self._in_packet["packet"]
         qos = (cmd & 0x06) >> 1
-        if self._protocol != mqtt.MQTTv5 or qos > 1 or self._manual_ack or len(packet) < 3:
+        if self._protocol != mqtt.MQTTv5 or qos > 1 or len(packet) < 3:
             return super()._handle_publish()
         pos = topic_end = 2 + ((packet[0] << 8) | packet[1])
         mid = 0
@@ -235,7 +235,9 @@ class FastPaho(mqtt.Client):
         message.payload = bytes(packet[pos + 1:])
         message.timestamp = time.monotonic()
         self._handle_on_message(message)
-        return self._send_puback(mid) if qos == 1 else MQTTErrorCode.MQTT_ERR_SUCCESS
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
         """Straight to ``on_message`` when no per-topic callback was added (paho walks its topic

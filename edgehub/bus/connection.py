@@ -63,6 +63,7 @@ class BusConnection:
         self._handler_of: dict[str, Handler | None] = {}  # topic -> route, learnt as messages come
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
+        self._paho: mqtt.Client | None = None  # the paho client of the latest connection
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
         self.connects = 0
@@ -96,6 +97,7 @@ class BusConnection:
         client.pending_calls_threshold = 5000
         paho = getattr(client, "_client", None)  # aiomqtt's paho client: no public handle on it
         if isinstance(paho, mqtt.Client):
+            self._paho = paho
             # A QoS 1 message is acknowledged to the broker once it was handled (an order: once it
             # is journaled), not when it arrives. The broker then sends at most its
             # ``max_inflight_messages`` unacknowledged messages (broker.py): that bounds what the
@@ -190,10 +192,9 @@ class BusConnection:
     def _ack(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
         """The broker's PUBACK for a handled QoS 1 message, on the connection it came on (after a
         reconnect the broker sends it again, and it is handled again: handlers are idempotent)."""
-        client = self._client
-        if via is None or message.qos != 1 or client is None or getattr(client, "_client", None) is not via:
+        if via is None or message.qos != 1 or self._client is None or via is not self._paho:
             return
-        if via._manual_ack:  # type: ignore[attr-defined]
+        if via._manual_ack:
             via.ack(message.mid, 1)
 
     def _route(self, topic: str, message: aiomqtt.Message) -> Handler | None:

@@ -5,12 +5,15 @@ the outbox before its PUBACK."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.faultproxy import PUBACK, PUBLISH, FaultProxy
-from tests.uplink.cloudside import CloudRecorder
+from tests.uplink.cloudside import CloudBroker, CloudRecorder
 from tests.uplink.conftest import Rig, box_config
 
 
@@ -115,78 +118,74 @@ async def test_cut_while_connecting(tmp_path: Path, wan: FaultProxy, recorder: C
 # A cloud ACL that forgot telemetry.
 NO_TELEMETRY_ACL = ["topic readwrite cloud/s1/hub/#", "topic read cloud/s1/down/#", "topic write cloud/s1/up/orders",
                     "topic write cloud/s1/reconcile/request", "topic read cloud/s1/reconcile/response/#"]
+FIXED_ACL = [*NO_TELEMETRY_ACL, "topic write cloud/s1/up/telemetry"]
+
+
+@contextlib.asynccontextmanager
+async def no_telemetry_cloud(tmp_path: Path, wan: FaultProxy,
+                             reset_after_refusal: bool = False) -> AsyncIterator[tuple[CloudBroker, CloudRecorder]]:
+    """A cloud broker with NO_TELEMETRY_ACL behind the WAN proxy, and its recorder. Its PUBACKs
+    say 0x87; Mosquitto 2.0.11 also resets the connection after one unless a queue limit is set."""
+    extra = [] if reset_after_refusal else ["max_queued_messages 100000"]
+    async with CloudBroker(tmp_path / "cloud2", box_acl=NO_TELEMETRY_ACL, extra_conf=extra) as strict:
+        wan.target = ("127.0.0.1", strict.port)
+        with CloudRecorder(strict.port) as rec:
+            yield strict, rec
+
+
+async def orders_around_telemetry(rig: Rig, rec: CloudRecorder) -> tuple[list[str], list[str], dict[str, Any]]:
+    """50 orders, 20 telemetry samples, 50 orders. Once the cloud has the orders: telemetry is
+    still in the outbox, the orders are not. Returns the ids and the uplink's status."""
+    orders = await rig.add("orders", 50)
+    samples = await rig.add("telemetry", 20)
+    orders += await rig.add("orders", 50, prefix="after")
+    await rec.wait_for(100)
+    await asyncio.sleep(0.3)
+    status = await rig.uplink.status()
+    assert status["streams"]["telemetry"]["count"] == 20
+    assert status["streams"]["orders"]["count"] == 0
+    return orders, samples, status
 
 
 async def test_refused_puback_keeps_the_row_and_orders_still_flow(tmp_path: Path, wan: FaultProxy) -> None:
-    from tests.uplink.cloudside import CloudBroker
-
-    # Its PUBACKs say 0x87 and the connection stays up (a queue limit keeps Mosquitto 2.0.11 from
-    # resetting after the refusal: the next test has that).
-    async with CloudBroker(tmp_path / "cloud2", box_acl=NO_TELEMETRY_ACL,
-                           extra_conf=["max_queued_messages 100000"]) as strict:
-        wan.target = ("127.0.0.1", strict.port)
-        with CloudRecorder(strict.port) as rec:
-            async with Rig(box_config(tmp_path, wan)) as rig:
-                orders = await rig.add("orders", 50)
-                samples = await rig.add("telemetry", 20)
-                orders += await rig.add("orders", 50, prefix="after")
-                await rec.wait_for(100)
-                await asyncio.sleep(0.3)
-                status = await rig.uplink.status()
-                assert status["streams"]["telemetry"]["count"] == 20
-                assert status["streams"]["orders"]["count"] == 0
-                assert status["replay"]["refused_streams"] == {"telemetry": "0x87"}
-                # The cloud fixes its ACL; "sync now" offers telemetry again on the same connection.
-                await strict.change_acl([*NO_TELEMETRY_ACL, "topic write cloud/s1/up/telemetry"])
-                job = await rig.uplink.sync()
-                await asyncio.wait_for(job.done.wait(), 20)
-                assert (await rig.uplink.status())["replay"]["refused_streams"] == {}
-                assert rig.uplink.connects == 1
-            report = rec.check(orders + samples)
-            assert report.ok, report
+    async with no_telemetry_cloud(tmp_path, wan) as (strict, rec):
+        async with Rig(box_config(tmp_path, wan)) as rig:
+            orders, samples, status = await orders_around_telemetry(rig, rec)
+            assert status["replay"]["refused_streams"] == {"telemetry": "0x87"}
+            # The cloud fixes its ACL; "sync now" offers telemetry again on the same connection.
+            await strict.change_acl(FIXED_ACL)
+            job = await rig.uplink.sync()
+            await asyncio.wait_for(job.done.wait(), 20)
+            assert (await rig.uplink.status())["replay"]["refused_streams"] == {}
+            assert rig.uplink.connects == 1
+        report = rec.check(orders + samples)
+        assert report.ok, report
 
 
 async def test_a_held_stream_is_offered_again_when_its_hold_ends(tmp_path: Path, wan: FaultProxy) -> None:
-    from tests.uplink.cloudside import CloudBroker
-
-    async with CloudBroker(tmp_path / "cloud2", box_acl=NO_TELEMETRY_ACL,
-                           extra_conf=["max_queued_messages 100000"]) as strict:
-        wan.target = ("127.0.0.1", strict.port)
-        with CloudRecorder(strict.port) as rec:
-            async with Rig(box_config(tmp_path, wan)) as rig:
-                rig.uplink.replay.refused_hold_s = 1.0
-                samples = await rig.add("telemetry", 10)
-                for _ in range(100):
-                    if (await rig.uplink.status())["replay"]["refused_streams"]:
-                        break
-                    await asyncio.sleep(0.05)
-                await strict.change_acl([*NO_TELEMETRY_ACL, "topic write cloud/s1/up/telemetry"])
-                await rig.wait_drained(10)  # no sync, no reconnect: the hold ran out
-                assert rig.uplink.connects == 1
-            report = rec.check(samples)
-            assert report.ok, report
+    async with no_telemetry_cloud(tmp_path, wan) as (strict, rec):
+        async with Rig(box_config(tmp_path, wan)) as rig:
+            rig.uplink.replay.refused_hold_s = 1.0
+            samples = await rig.add("telemetry", 10)
+            for _ in range(100):
+                if (await rig.uplink.status())["replay"]["refused_streams"]:
+                    break
+                await asyncio.sleep(0.05)
+            await strict.change_acl(FIXED_ACL)
+            await rig.wait_drained(10)  # no sync, no reconnect: the hold ran out
+            assert rig.uplink.connects == 1
+        report = rec.check(samples)
+        assert report.ok, report
 
 
 async def test_a_refusal_followed_by_a_reset_still_holds_the_stream_back(tmp_path: Path, wan: FaultProxy) -> None:
-    from tests.uplink.cloudside import CloudBroker
-
-    # Mosquitto 2.0.11 without a queue limit sends the 0x87 PUBACK and resets the connection;
-    # the reset may overtake the PUBACK. Either way telemetry is held back and orders flow.
-    async with CloudBroker(tmp_path / "cloud2", box_acl=NO_TELEMETRY_ACL) as strict:
-        wan.target = ("127.0.0.1", strict.port)
-        with CloudRecorder(strict.port) as rec:
-            async with Rig(box_config(tmp_path, wan)) as rig:
-                orders = await rig.add("orders", 50)
-                await rig.add("telemetry", 20)
-                orders += await rig.add("orders", 50, prefix="after")
-                await rec.wait_for(100)
-                await asyncio.sleep(0.3)
-                status = await rig.uplink.status()
-                assert status["streams"]["telemetry"]["count"] == 20
-                assert status["streams"]["orders"]["count"] == 0
-                assert status["replay"]["refused_streams"]["telemetry"] in ("0x87", "link dropped")
-                assert rig.uplink.connects <= 3
-            assert rec.check(orders).ok
+    # The reset may overtake the 0x87 PUBACK. Either way telemetry is held back and orders flow.
+    async with no_telemetry_cloud(tmp_path, wan, reset_after_refusal=True) as (_, rec):
+        async with Rig(box_config(tmp_path, wan)) as rig:
+            orders, _, status = await orders_around_telemetry(rig, rec)
+            assert status["replay"]["refused_streams"]["telemetry"] in ("0x87", "link dropped")
+            assert rig.uplink.connects <= 3
+        assert rec.check(orders).ok
 
 
 async def test_a_cloud_that_hangs_up_on_a_stream_holds_that_stream_back(tmp_path: Path, wan: FaultProxy,
@@ -194,15 +193,8 @@ async def test_a_cloud_that_hangs_up_on_a_stream_holds_that_stream_back(tmp_path
     # No PUBACK at all: the cloud closes the connection whenever a telemetry message arrives.
     wan.drop_on_topic("cloud/s1/up/telemetry")
     async with Rig(box_config(tmp_path, wan)) as rig:
-        orders = await rig.add("orders", 50)
-        samples = await rig.add("telemetry", 20)
-        orders += await rig.add("orders", 50, prefix="after")
-        await recorder.wait_for(100)
-        await asyncio.sleep(0.3)
-        status = await rig.uplink.status()
+        orders, samples, status = await orders_around_telemetry(rig, recorder)
         assert status["replay"]["refused_streams"] == {"telemetry": "link dropped"}
-        assert status["streams"]["telemetry"]["count"] == 20
-        assert status["streams"]["orders"]["count"] == 0
         assert wan.dropped == 2  # dropped twice, then held back: the link stays up
         assert rig.uplink.state == "online"
         # Once the cloud takes telemetry again, "sync now" sends it over the same connection.
@@ -210,7 +202,6 @@ async def test_a_cloud_that_hangs_up_on_a_stream_holds_that_stream_back(tmp_path
         job = await rig.uplink.sync()
         await asyncio.wait_for(job.done.wait(), 20)
         assert rig.uplink.connects == 3
-        assert status["replay"]["refused_streams"] == {"telemetry": "link dropped"}
         assert (await rig.uplink.status())["replay"]["refused_streams"] == {}
     report = recorder.check(orders + samples)
     assert report.ok, report

@@ -326,8 +326,9 @@ class Replay:
         if entry.lane == LANE_REPLAY:
             s.inflight_replay -= 1
         if code >= RC_FAILURE:
-            # Not a delivery: the row stays and is offered again on the next connection. The
-            # link stays up, so one refused stream (an ACL mistake) does not hold up orders.
+            # Not a delivery: the row stays and is offered again when the hold ends (or on the
+            # next connection). The link stays up, so one refused stream (an ACL mistake) does
+            # not hold up orders.
             s.skipped.add(entry.stream)
             self._refuse(entry.stream, f"0x{code:02x}", f"reason 0x{code:02x}")
         else:

@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import sqlite3
 
+# The outbox's per-stream counters, kept by triggers. Created by migration 4 and again by
+# migration 6, which rebuilds the table (a dropped table takes its triggers along): one text
+# for both. Like every migration's text it is never edited; a change is a new migration.
+_OUTBOX_TRIGGERS = """    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
+            VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
+            ON CONFLICT(stream) DO UPDATE SET produced = produced + 1, pending = pending + 1,
+                pending_bytes = pending_bytes + excluded.pending_bytes, last_seq = excluded.last_seq,
+                last_stream_seq = last_stream_seq + 1;
+        UPDATE outbox SET stream_seq = (SELECT last_stream_seq FROM outbox_streams WHERE stream = NEW.stream)
+            WHERE seq = NEW.seq;
+    END;
+    CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_streams SET pending = pending - 1,
+            pending_bytes = pending_bytes - length(CAST(OLD.payload AS BLOB)) WHERE stream = OLD.stream;
+    END;
+    """
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: orders, the outbox bound for the cloud, and dead letters kept for support.
     """
@@ -145,20 +163,9 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
         SELECT stream, COUNT(*), COUNT(*), SUM(length(CAST(payload AS BLOB))), MAX(seq), COUNT(*)
         FROM outbox GROUP BY stream;
-    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
-        INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
-            VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
-            ON CONFLICT(stream) DO UPDATE SET produced = produced + 1, pending = pending + 1,
-                pending_bytes = pending_bytes + excluded.pending_bytes, last_seq = excluded.last_seq,
-                last_stream_seq = last_stream_seq + 1;
-        UPDATE outbox SET stream_seq = (SELECT last_stream_seq FROM outbox_streams WHERE stream = NEW.stream)
-            WHERE seq = NEW.seq;
-    END;
-    CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
-        UPDATE outbox_streams SET pending = pending - 1,
-            pending_bytes = pending_bytes - length(CAST(OLD.payload AS BLOB)) WHERE stream = OLD.stream;
-    END;
-    CREATE TABLE downlink (
+"""
+    + _OUTBOX_TRIGGERS
+    + """CREATE TABLE downlink (
         kind TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
         received_at REAL NOT NULL,
@@ -203,20 +210,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox_new RENAME TO outbox;
     CREATE UNIQUE INDEX outbox_msg_id ON outbox(msg_id) WHERE stream NOT IN ('orders', 'kitchen');
     CREATE INDEX outbox_stream ON outbox(stream, seq) WHERE stream NOT IN ('orders', 'kitchen');
-    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
-        INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
-            VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
-            ON CONFLICT(stream) DO UPDATE SET produced = produced + 1, pending = pending + 1,
-                pending_bytes = pending_bytes + excluded.pending_bytes, last_seq = excluded.last_seq,
-                last_stream_seq = last_stream_seq + 1;
-        UPDATE outbox SET stream_seq = (SELECT last_stream_seq FROM outbox_streams WHERE stream = NEW.stream)
-            WHERE seq = NEW.seq;
-    END;
-    CREATE TRIGGER outbox_removed AFTER DELETE ON outbox BEGIN
-        UPDATE outbox_streams SET pending = pending - 1,
-            pending_bytes = pending_bytes - length(CAST(OLD.payload AS BLOB)) WHERE stream = OLD.stream;
-    END;
-    """,
+"""
+    + _OUTBOX_TRIGGERS,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from edgehub.bus.payloads import Order, dumps
 from edgehub.errors import JournalError, JournalFull
 from edgehub.store.checkpoint import Checkpointer
-from edgehub.store.outbox import encode_payload
+from edgehub.store.outbox import add_to_outbox
 from edgehub.store.schema import migrate
 
 log = logging.getLogger("edgehub.journal")
@@ -369,10 +369,7 @@ class Journal:
                 {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
                  "received_at": received_at, "order": order.doc},
             )
-            conn.execute(
-                "INSERT INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
-                (f"order:{order.order_id}", "orders", received_at, encode_payload("orders", cloud)),
-            )
+            add_to_outbox(conn, "orders", f"order:{order.order_id}", cloud, created_at=received_at, checked=True)
             return OrderCommit(seq=seq, duplicate=False)
 
         return await self.write(insert)

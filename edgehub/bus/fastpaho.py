@@ -56,6 +56,24 @@ class _Unwaited(mqtt.MQTTMessageInfo):
         self._iterpos = 0
 
 
+def _message(mid: int, topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool) -> mqtt.MQTTMessage:
+    """A message as ``MQTTMessage.__init__`` and paho's decoding make it, with an ``_Unwaited``
+    info instead of one with a ``threading.Condition`` of its own (nobody waits on a message
+    being sent unwaited, nor on one received)."""
+    message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
+    message.timestamp = time.monotonic()
+    message.state = mqtt.mqtt_ms_invalid
+    message.dup = dup
+    message.mid = mid
+    message._topic = topic
+    message.payload = payload
+    message.qos = qos
+    message.retain = retain
+    message.info = _Unwaited(mid)
+    message.properties = None
+    return message
+
+
 class FastPaho(mqtt.Client):
     fast_puback: Callable[[int, int], None] | None = None
     _rbuf: bytes = b""
@@ -101,21 +119,12 @@ class FastPaho(mqtt.Client):
         if len(payload) > 268435455:
             raise ValueError("Payload too large.")
         mid = self._mid_generate()
-        info = _Unwaited(mid)
         if qos == 0:
-            info.rc = self._send_publish(mid, topic_bytes, payload, 0, retain, False, info, None)
-            return info.rc
-        # MQTTMessage.__init__ would make an info (and its Condition): its fields set here instead.
-        message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
-        message.mid = mid
-        message._topic = topic_bytes
-        message.info = info
-        message.timestamp = time.monotonic()
-        message.payload = payload
-        message.qos = 1
-        message.retain = retain
-        message.dup = False
-        message.properties = None
+            sent = _Unwaited(mid)
+            sent.rc = self._send_publish(mid, topic_bytes, payload, 0, retain, False, sent, None)
+            return sent.rc
+        message = _message(mid, topic_bytes, payload, 1, retain, False)
+        info = message.info
         with self._out_message_mutex:
             if mid in self._out_messages:
                 info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
@@ -227,13 +236,8 @@ class FastPaho(mqtt.Client):
         # A topic alias comes with an empty topic and a property: paho's way.
         if topic_end == 2 or len(packet) <= pos or packet[pos] != 0:
             return super()._handle_publish()
-        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:topic_end]))
-        message.dup = bool(cmd & 0x08)
-        message.qos = qos
-        message.retain = bool(cmd & 0x01)
-        message.properties = None
-        message.payload = bytes(packet[pos + 1:])
-        message.timestamp = time.monotonic()
+        message = _message(mid, bytes(packet[2:topic_end]), bytes(packet[pos + 1:]), qos, bool(cmd & 0x01),
+                           bool(cmd & 0x08))
         self._handle_on_message(message)
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)

@@ -137,9 +137,10 @@ class BusConnection:
                     self._accepting = True
                     self._start_waiting()
                     # Ends (MqttError) when the connection does. Messages arrive here only if
-                    # paho's callback could not be taken over (see _make_client).
+                    # paho's callback could not be taken over (see _make_client); paho then
+                    # acknowledges them itself.
                     async for message in client.messages:
-                        self._dispatch(message, getattr(client, "_client", None))
+                        self._dispatch(message, None)
             except aiomqtt.MqttError as exc:
                 error = str(exc) or type(exc).__name__
                 if error != self.last_error:
@@ -192,10 +193,8 @@ class BusConnection:
     def _ack(self, message: aiomqtt.Message, via: mqtt.Client | None) -> None:
         """The broker's PUBACK for a handled QoS 1 message, on the connection it came on (after a
         reconnect the broker sends it again, and it is handled again: handlers are idempotent)."""
-        if via is None or message.qos != 1 or self._client is None or via is not self._paho:
-            return
-        if via._manual_ack:
-            via.ack(message.mid, 1)
+        if via is not None and message.qos == 1 and self._client is not None and via is self._paho:
+            via.ack(message.mid, 1)  # _paho is set only where manual acks were switched on
 
     def _route(self, topic: str, message: aiomqtt.Message) -> Handler | None:
         try:

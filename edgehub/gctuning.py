@@ -37,13 +37,20 @@ __all__ = ["FreezeSurvivors", "Trimmer", "malloc_free_mb", "malloc_trim"]
 FULL_EVERY = 3
 
 
-def _find_malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``, or None where there is none (not Linux, musl, no ctypes)."""
+def _libc(name: str) -> Any:
+    """A function of the C library the interpreter runs on, or None (not Linux, not glibc)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter runs on
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
+        return None
+
+
+def _find_malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, or None where there is none (not Linux, musl, no ctypes)."""
+    trim = _libc("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -60,11 +67,8 @@ class _MallInfo2(ctypes.Structure):
 
 def _find_malloc_free() -> Callable[[], float] | None:
     """MB that glibc's malloc holds free (``mallinfo2().fordblks``), or None without glibc >= 2.33."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        info = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    info = _libc("mallinfo2")
+    if info is None:
         return None
     info.argtypes = []
     info.restype = _MallInfo2

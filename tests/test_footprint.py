@@ -49,6 +49,22 @@ async def test_a_lazy_write_queued_at_close_is_committed(tmp_path: Path) -> None
         assert conn.execute("SELECT reason FROM deadletters").fetchall() == [("last",)]
 
 
+async def test_a_cooks_tap_waits_for_an_order_to_ride_with_but_never_holds_the_order_up(tmp_path: Path) -> None:
+    """A write with ``within_s`` (a tap on a kitchen screen) joins the next order's commit if one
+    comes within its wait; the order's group still closes after the commit window, not the tap's."""
+    async with Journal(tmp_path / "j.sqlite", "s1", commit_window_ms=2) as journal:
+        before = journal.stats.commits
+        tap = asyncio.create_task(journal.write(lambda conn: "tap", within_s=60.0))
+        await asyncio.sleep(0.05)  # the tap waits: no commit of its own yet
+        assert journal.stats.commits == before and not tap.done()
+        await asyncio.wait_for(journal.add_deadletter("t", "order", b""), timeout=30)
+        assert await tap == "tap"
+        assert journal.stats.commits == before + 1  # one commit, one fsync, for both
+        # Alone, a tap is committed once its own wait is over.
+        assert await asyncio.wait_for(journal.write(lambda conn: 7, within_s=0.01), timeout=30) == 7
+        assert journal.stats.commits == before + 2
+
+
 def test_new_tickets_touch_no_order_or_station_index() -> None:
     """Migration 5: the kitchen's hot path writes fewer B-trees; a ticket's order is its id range."""
     conn = sqlite3.connect(":memory:", isolation_level=None)

@@ -350,9 +350,7 @@ def load(conn: sqlite3.Connection, keep_bumped: int, max_open: int = 10**9,
     }
     seqs = {
         station: seq
-        for station, seq in conn.execute(
-            "SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station"
-        )
+        for station, seq in conn.execute("SELECT station, seq FROM kitchen_seqs")
     }
     for station in seqs:  # every station that ever had a ticket has events
         for doc, alerted in conn.execute(

@@ -10,7 +10,10 @@ recovery re-makes from the order; deleting outbox rows the cloud acknowledged, w
 dedups if sent again) may be ``lazy``: it does not open a commit of its own but rides along with
 the next write that does, or is committed alone after ``LAZY_WAIT_S``. Every commit appends each
 page it touched to the WAL and fsyncs; folding these into the orders' commits writes each shared
-page (outbox, its indexes and counters) once instead of three times (docs/footprint.md).
+page (outbox, its indexes and counters) once instead of three times (docs/footprint.md). A write
+a person waits on but would not notice a few more milliseconds of (a cook's tap on a kitchen
+screen) gives ``within_s``: it rides with an order's commit that opens within that time, or
+commits alone when it is over.
 
 Checkpoints (copying the WAL back into the database file) run on a thread of their own, never
 inside an order's commit (``edgehub/store/checkpoint.py``).
@@ -47,6 +50,11 @@ log = logging.getLogger("edgehub.journal")
 T = TypeVar("T")
 MAX_BATCH = 512
 LAZY_WAIT_S = 0.05
+# A cook's tap (bump, recall, serve) may wait this long for an order's commit to ride with
+# instead of fsyncing alone: at the rush the screens tap about four times per order, and each
+# commit of its own wrote its pages to the WAL again (docs/footprint.md). Well under what a
+# person at a screen notices.
+TAP_WAIT_S = 0.02
 # Under load (at least BUSY_RATE writes someone waits on per second) a group waits up to
 # BUSY_WINDOW_S for a second order, so a commit carries two or more and the pages they share are
 # written once: at 200 orders/s, ~30 -> ~21 KB written per order. It adds at most 5 ms to an
@@ -59,8 +67,11 @@ RATE_PERIOD_S = 0.5
 SWITCH_INTERVAL_S = 0.0005
 PAGE_SIZE = 1024
 # Checkpoints run on their own thread (edgehub/store/checkpoint.py) every CHECKPOINT_COMMITS
-# commits. SQLite's automatic one, inside a commit, only if that thread falls far behind.
+# commits, at most once per CHECKPOINT_INTERVAL_S unless CHECKPOINT_BURST_COMMITS pile up first
+# (a rush). SQLite's automatic one, inside a commit, only if that thread falls far behind.
 CHECKPOINT_COMMITS = 64
+CHECKPOINT_INTERVAL_S = 2.0
+CHECKPOINT_BURST_COMMITS = 512
 # A WAL this long (frames) is made to start over (RESTART: the writer waits for the copy of what
 # came since the last PASSIVE one). At the rush the WAL grows by ~20 frames per order: at 4,096
 # it held every group commit of a 2,000 orders/s burst up every 0.1 s.
@@ -75,6 +86,9 @@ READER_CACHE_KIB = 512
 CHECKPOINT_CACHE_KIB = 64
 WAL_AUTOCHECKPOINT = 20000  # frames (1 KiB pages): ~20 MB of WAL
 _STOP = object()
+# A queued write: the function, its future, its deadline (time.monotonic(); a patient write's
+# only) and whether someone waits on it at once (an order: it opens a group of its own).
+_Queued = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", float, bool]
 
 
 def _journal_error(exc: Exception, path: Path, *, whole_group: bool) -> Exception:
@@ -120,6 +134,8 @@ class Journal:
         # A checkpoint copies WAL frames through a buffer of its own, not the page cache.
         self.checkpointer = Checkpointer(functools.partial(self._connect, CHECKPOINT_CACHE_KIB),
                                          after_commits=CHECKPOINT_COMMITS,
+                                         min_interval_s=CHECKPOINT_INTERVAL_S,
+                                         burst_commits=CHECKPOINT_BURST_COMMITS,
                                          restart_frames=CHECKPOINT_RESTART_FRAMES)
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
@@ -226,35 +242,7 @@ class Journal:
                 item = self._queue.get()
                 if item is _STOP:
                     break
-                batch = [item]
-                # Lazy writes wait (a little) for a write someone is waiting on, and ride with it.
-                lazy_until = time.monotonic() + LAZY_WAIT_S
-                while batch[-1][2] and len(batch) < MAX_BATCH:
-                    try:
-                        nxt = self._queue.get(timeout=max(0.0, lazy_until - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                opened = time.monotonic()
-                deadline = opened + self.window_s
-                # Under load, wait longer for company, but only until the group holds a few.
-                busy_deadline = opened + BUSY_WINDOW_S if self._busy() else deadline
-                waited_on = sum(1 for queued in batch if not queued[2])
-                while not stop and len(batch) < MAX_BATCH:
-                    try:
-                        until = busy_deadline if waited_on < BUSY_BATCH else deadline
-                        remaining = max(deadline, until) - time.monotonic()
-                        nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                    waited_on += not nxt[2]
+                batch, stop = self._gather(item)
                 self._commit(conn, batch)
         finally:
             conn.close()
@@ -267,6 +255,40 @@ class Journal:
                 if item is not _STOP:
                     self._resolve([(item[1], None, JournalError("journal closed before the write"))])
 
+    def _gather(self, first: _Queued) -> tuple[list[_Queued], bool]:
+        """The group that commits with ``first``: what comes before the earliest deadline.
+
+        A write someone waits on at once (an order) gives the group ``commit_window_ms`` from
+        when the writer takes it, longer under load until a second such write is there. A patient
+        write (lazy, or with ``within_s``) has its own deadline, counted from when it was queued,
+        and rides with whatever group is open before it."""
+        batch = [first]
+        busy = self._busy()
+        patient_due = first[2] if not first[3] else float("inf")
+        urgent_from = None if not first[3] else time.monotonic()
+        urgent = int(first[3])
+        while len(batch) < MAX_BATCH:
+            limit = patient_due
+            if urgent_from is not None:
+                # Under load, wait longer for company, but only until the group holds a few.
+                window = BUSY_WINDOW_S if busy and urgent < BUSY_BATCH else 0.0
+                limit = min(limit, urgent_from + max(self.window_s, window))
+            remaining = limit - time.monotonic()
+            try:
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return batch, True
+            batch.append(nxt)
+            if nxt[3]:
+                urgent += 1
+                if urgent_from is None:
+                    urgent_from = time.monotonic()
+            else:
+                patient_due = min(patient_due, nxt[2])
+        return batch, False
+
     def _busy(self) -> bool:
         """Whether writes someone waits on came at BUSY_RATE or faster lately."""
         now = time.monotonic()
@@ -276,13 +298,12 @@ class Journal:
             self._period_start, self._period_writes = now, 0
         return self._was_busy
 
-    def _commit(self, conn: sqlite3.Connection,
-                batch: list[tuple[Callable[..., Any], asyncio.Future[Any], bool]]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Queued]) -> None:
         started = time.perf_counter()
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, fut, _lazy in batch:
+            for fn, fut, _due, _urgent in batch:
                 conn.execute("SAVEPOINT item")
                 try:
                     value = fn(conn)
@@ -301,14 +322,14 @@ class Journal:
                 conn.execute("ROLLBACK")
             log.error("journal commit of %d writes failed: %s", len(batch), exc)
             error = _journal_error(exc, self.path, whole_group=True)
-            results = [(fut, None, error) for _, fut, _lazy in batch]
+            results = [(fut, None, error) for _, fut, _due, _urgent in batch]
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.checkpointer.committed()
         self.stats.writes += len(batch)
         self.stats.last_commit_ms = elapsed * 1000
         self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        self._period_writes += sum(1 for item in batch if not item[2])
+        self._period_writes += sum(1 for item in batch if item[3])
         for observer in self.commit_observers:
             observer(elapsed, len(batch))
         self._resolve(results)
@@ -329,15 +350,23 @@ class Journal:
 
     # --- the async face --------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T], *, lazy: bool = False) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, lazy: bool = False,
+                    within_s: float | None = None) -> T:
         """Run ``fn`` inside the next group commit; return once that commit is durable.
 
         ``lazy``: the write does not need a commit of its own soon; it joins the next one that
-        another write asks for, or is committed within ``LAZY_WAIT_S`` (see the module doc)."""
+        another write asks for, or is committed within ``LAZY_WAIT_S`` (see the module doc).
+        ``within_s``: the same with a deadline of its own, for a write a person waits on but
+        would not notice a few more milliseconds of (a cook's tap: ``TAP_WAIT_S``)."""
         if self._closed or self._loop is None:
             raise JournalError("journal is not open")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut, lazy))
+        if lazy:
+            within_s = LAZY_WAIT_S if within_s is None else min(within_s, LAZY_WAIT_S)
+        if within_s is None:
+            self._queue.put((fn, fut, 0.0, True))
+        else:
+            self._queue.put((fn, fut, time.monotonic() + within_s, False))
         return await fut
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

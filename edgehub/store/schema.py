@@ -212,6 +212,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX outbox_stream ON outbox(stream, seq) WHERE stream NOT IN ('orders', 'kitchen');
 """
     + _OUTBOX_TRIGGERS,
+    # 7 (footprint): each station's last event seq (what the kitchen numbers on from at start) in
+    # a one-page table kept by a trigger, instead of the ticket_events(station, station_seq)
+    # index that every kitchen event touched, a leaf per station in every commit, to be read
+    # once at start (docs/footprint.md).
+    """
+    CREATE TABLE kitchen_seqs (station TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO kitchen_seqs(station, seq)
+        SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station;
+    CREATE TRIGGER ticket_event_seq AFTER INSERT ON ticket_events BEGIN
+        INSERT INTO kitchen_seqs(station, seq) VALUES (NEW.station, NEW.station_seq)
+            ON CONFLICT(station) DO UPDATE SET seq = max(seq, excluded.seq);
+    END;
+    DROP INDEX ticket_events_station;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

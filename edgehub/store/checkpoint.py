@@ -6,17 +6,13 @@ inside the commit that crosses ``wal_autocheckpoint``: that commit, and every or
 it, stalls for the copy (8 commits of 100-250 ms in a 10 s run at 500 orders/s on this VM: the
 tail of the ack latency). Here a thread of its own, on its own connection, runs a PASSIVE
 checkpoint (it never blocks the writer, which keeps appending meanwhile) once the writer has
-committed ``after_commits`` times and ``min_interval_s`` has passed since the last checkpoint
-(or ``burst_commits`` times, whatever the time: a rush must not grow the WAL up to SQLite's own
-mark), or ``after_s`` after the last commit when the box is quiet; once the WAL holds
-``restart_frames``, a RESTART checkpoint lets it start over (journal_size_limit then trims the
-file).
+committed ``after_commits`` times, or ``after_s`` after the last commit when the box is quiet;
+once the WAL holds ``restart_frames``, a RESTART checkpoint lets it start over (journal_size_limit
+then trims the file).
 
 Fewer, larger checkpoints also write less: a page changed by several commits (a kitchen ticket
 created, bumped, served; the outbox's last page) reaches the database file once per checkpoint
-(docs/footprint.md); an outbox row the cloud acknowledged within the interval never reaches it at
-all. At 200 orders/s with the screens tapping, a checkpoint every 64 commits (0.5 s) instead of
-every second or more wrote 15-25 % more. SQLite's own automatic checkpoint stays armed far above this one's mark,
+(docs/footprint.md). SQLite's own automatic checkpoint stays armed far above this one's mark,
 as a safety net should this thread ever fall behind.
 """
 
@@ -33,13 +29,9 @@ log = logging.getLogger("edgehub.journal")
 
 class Checkpointer:
     def __init__(self, connect: Callable[[], sqlite3.Connection], after_commits: int = 64,
-                 after_s: float = 300.0, restart_frames: int = 4096, min_interval_s: float = 0.0,
-                 burst_commits: int | None = None) -> None:
+                 after_s: float = 300.0, restart_frames: int = 4096) -> None:
         self._connect = connect
         self.after_commits = after_commits
-        self.min_interval_s = min_interval_s
-        self.burst_commits = burst_commits if burst_commits is not None else 8 * after_commits
-        self._last = time.monotonic()  # when the last checkpoint was asked for
         self.after_s = after_s
         self.restart_frames = restart_frames
         self._commits = 0  # since the last checkpoint (written by the writer thread only)
@@ -65,11 +57,7 @@ class Checkpointer:
     def committed(self) -> None:
         """Called by the writer thread after each commit."""
         self._commits += 1
-        if self._commits < self.after_commits or self._wake.is_set():
-            return
-        now = time.monotonic()
-        if now - self._last >= self.min_interval_s or self._commits >= self.burst_commits:
-            self._last = now
+        if self._commits == self.after_commits:
             self._wake.set()
 
     def _run(self) -> None:

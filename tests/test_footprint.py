@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -63,6 +64,29 @@ async def test_a_cooks_tap_waits_for_an_order_to_ride_with_but_never_holds_the_o
         # Alone, a tap is committed once its own wait is over.
         assert await asyncio.wait_for(journal.write(lambda conn: 7, within_s=0.01), timeout=30) == 7
         assert journal.stats.commits == before + 2
+
+
+def test_a_tickets_document_is_stored_deflated_and_rows_from_before_still_load() -> None:
+    """A ticket row holds its document deflated (six to a 1 KiB page instead of two); a row an
+    older edgehub wrote as JSON text loads the same."""
+    from edgehub.kitchen.tickets import Event, Ticket, load, write_events
+
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    lines = [{"line": 0, "sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "modifiers": ["no onions"],
+              "key": "BURG-01|no onions"}]
+    new = Ticket("T-1/grill/1", "T-1", "grill", "pos-1", 100.0, lines, {"table": "T7", "covers": 2},
+                 updated_at=100.0, version=1)
+    old = Ticket("T-0/grill/1", "T-0", "grill", "pos-1", 90.0, lines, {}, updated_at=90.0, version=1)
+    event = Event(1, "created", new.doc(), 100.0, "pos:pos-1")
+    write_events(conn, "s1", [event])
+    conn.execute("INSERT INTO tickets(ticket_id, order_id, station, state, created_at, updated_at, doc) "
+                 "VALUES ('T-0/grill/1', 'T-0', 'grill', 'new', 90.0, 90.0, ?)", (json.dumps(old.doc()),))
+
+    (stored,) = conn.execute("SELECT doc FROM tickets WHERE ticket_id = 'T-1/grill/1'").fetchone()
+    assert isinstance(stored, bytes) and len(stored) < len(event.ticket_json) / 2
+    loaded = {t.ticket_id: t.doc() for t in load(conn, keep_bumped=20).tickets}
+    assert loaded == {"T-1/grill/1": new.doc(), "T-0/grill/1": old.doc()}
 
 
 def test_new_tickets_touch_no_order_or_station_index() -> None:

@@ -57,6 +57,7 @@ from edgehub.kitchen.tickets import (
     load,
     move_watermark,
     stale_open,
+    stored_ticket,
     unrouted_orders,
     write_alert,
     write_events,
@@ -582,7 +583,7 @@ class Kitchen:
                 "SELECT 1 FROM order_changes WHERE order_id=? AND kind='cancel'", (order_id,)
             ).fetchone()
             tickets = [
-                Ticket.from_doc(json.loads(doc), bool(alerted))
+                stored_ticket(doc, alerted)
                 for doc, alerted in conn.execute(
                     f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
                 )

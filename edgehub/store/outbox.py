@@ -87,6 +87,13 @@ def encode_payload(stream: str, body: bytes) -> bytes:
     that is smaller, else ``body`` itself (other streams are read as plain JSON by support tools)."""
     if stream not in COMPRESSED_STREAMS:
         return body
+    return deflate_json(body)
+
+
+def deflate_json(body: bytes) -> bytes:
+    """A JSON document of the order's family (an order, a ticket, their cloud envelopes) deflated
+    against the dictionary when that is smaller, else ``body`` itself; ``decode_payload`` reads
+    both. Also the stored form of a kitchen ticket's document (``tickets.doc``)."""
     packer = _PRIMED.copy()
     packed = packer.compress(body) + packer.flush()
     return packed if len(packed) < len(body) else body

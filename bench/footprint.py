@@ -169,10 +169,11 @@ def main() -> dict[str, Any]:
     parser.add_argument("--amp-orders", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="orders/s while write amplification is measured")
     parser.add_argument("--idle-s", type=float, default=20.0)
-    parser.add_argument("--settle-s", type=float, default=20.0,
+    parser.add_argument("--settle-s", type=float, default=35.0,
                         help="idle time after the orders (outbox drained) before RSS is read: the hub's "
-                             "Trimmer hands freed memory back, looking every 30 s (gctuning.py), so a "
-                             "settle shorter than that may read RSS before it looked")
+                             "Trimmer hands freed memory back, looking every 30 s (gctuning.py); the "
+                             "default is longer, so the figure is always read after it looked (a "
+                             "shorter settle may read RSS before)")
     parser.add_argument("--bump-after-s", type=float, default=1.0,
                         help="a station's screen bumps a ticket this long after it appears, serves it as long later")
     parser.add_argument("--no-bump", action="store_true",

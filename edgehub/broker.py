@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -145,9 +147,36 @@ def write_config(config: Config, listen: Address | None = None, run_as: str | No
     return files
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Listening ports are handed out below the kernel's ephemeral range, in turn from a random
+# start: a port the kernel picks for bind(0) is one it also gives outgoing connections as their
+# source port, so between the check and the listener's own bind() a connection could take it
+# ("address already in use", seen once in a full test run); in turn, so two calls in a row never
+# name the same port before either is bound.
+_PORT_SPAN = 12000
+_next_port = itertools.count(random.randrange(_PORT_SPAN))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, outside the range of outgoing connections' source ports."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    top = _ephemeral_start()
+    low = max(1024, top - _PORT_SPAN)
+    for _ in range(top - low):
+        port = low + next(_next_port) % (top - low)
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # every one taken: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

@@ -312,8 +312,9 @@ def write_alert(conn: sqlite3.Connection, store_id: str, alert: dict[str, Any]) 
 
 def stored_ticket(doc: str | bytes, alerted: int) -> Ticket:
     """A ``tickets`` row's ticket. ``doc`` is stored deflated (``outbox.deflate_json``: ~430 ->
-    ~150 bytes, so a 1 KiB page holds six tickets instead of two and a cook's taps on tickets of
-    neighbouring orders touch fewer pages: docs/footprint.md); rows written before are JSON text."""
+    ~100 bytes, so a 1 KiB page holds about seven ticket rows instead of two, and a cook's taps
+    on tickets of neighbouring orders touch fewer pages: docs/footprint.md); rows written before
+    schema 7 are JSON text."""
     raw = doc.encode() if isinstance(doc, str) else outbox.decode_payload(doc)
     return Ticket.from_doc(json.loads(raw), bool(alerted))
 

@@ -126,11 +126,20 @@ class Screens:
             self.client.publish(f"{self.root}/{station}/command", body, qos=1)
             self.sent += 1
 
-    def drain(self, timeout: float = 120.0) -> None:
+    def drain(self, timeout: float = 120.0, quiet_s: float = 1.0) -> None:
+        """Until no tap has been due for ``quiet_s``: a bump's ``bumped`` event makes its serve
+        due a moment after the bump itself was sent, so one empty look is not enough."""
         deadline = time.monotonic() + timeout
-        while self.due and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(1.0)
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self.due:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= quiet_s:
+                return
+            time.sleep(0.05)
 
     def close(self) -> None:
         self.running = False
@@ -216,9 +225,15 @@ def main() -> dict[str, Any]:
                 return int(status(api)["journal"]["outbox"])
 
             def amplification(prefix: str, drained: bool) -> tuple[float, float]:
+                # Everything these orders cause and nothing else: the screens' taps on the
+                # tickets of earlier orders are done before, and on these orders' tickets after.
+                if screens is not None:
+                    screens.drain()
                 before = status(api)["journal"]["commits"]
                 io_before = write_bytes(pids)
                 loader.paced(prefix, rate=args.rate, seconds=args.amp_orders / args.rate)
+                if screens is not None:
+                    screens.drain()
                 if drained:
                     wait_for("the outbox to drain", lambda: outbox() == 0)
                 time.sleep(1.5)  # let the last group commit and checkpoint land

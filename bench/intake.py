@@ -74,6 +74,19 @@ def stop(responder: subprocess.Popen[str]) -> None:
     responder.wait()
 
 
+def measure(loader: Loader, name: str, args: argparse.Namespace, latency: bool) -> tuple[float, list[float]]:
+    """A warm-up, the burst (orders/s), and with ``latency`` the paced phase's ack latencies."""
+    try:
+        loader.burst(f"warm-{name}", 500)
+        throughput = loader.burst(name, args.orders)
+        if not latency:
+            return throughput, []
+        time.sleep(SETTLE_S)
+        return throughput, loader.paced(f"{name}-lat", args.rate, args.seconds)
+    finally:
+        loader.close()
+
+
 async def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=6000)
@@ -85,36 +98,30 @@ async def main() -> dict[str, Any]:
 
     ceilings: list[float] = []
     hub_rates: list[float] = []
+    raw_latency: list[float] = []
+    hub_latency: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         path = write_config(Path(tmp) / "box", store="bench", mode="external")
         config = load_config(path)
         port = config.broker.listen.port
         async with MosquittoProcess(config) as _broker:
-            # Blocking on purpose: nothing else runs on this loop while the load generator (paho,
-            # its own thread) drives the responder or the hub. Each round measures the ceiling and
-            # then the hub within seconds of each other, so a shared machine's slow minute weighs
-            # on both figures of a round alike.
+            # Blocking on purpose (measure() sleeps): nothing else runs on this loop while the load
+            # generator (paho, its own thread) drives the responder or the hub. Each round measures
+            # the ceiling and then the hub within seconds of each other, so a shared machine's slow
+            # minute weighs on both figures of a round alike.
             for n in range(args.rounds):
                 responder = start_responder(port)
-                loader = Loader(port, "bench")
-                loader.burst(f"warm-raw{n}", 500)
-                ceilings.append(loader.burst(f"raw{n}", args.orders))
-                if n == 0:
-                    time.sleep(SETTLE_S)  # noqa: ASYNC251 - blocking on purpose, as the load generator is
-                    raw_latency = loader.paced("rawlat", args.rate, args.seconds)
-                loader.close()
+                ceiling, latency = measure(Loader(port, "bench"), f"raw{n}", args, latency=n == 0)
+                ceilings.append(ceiling)
+                raw_latency = raw_latency or latency
                 stop(responder)
 
                 hub = HubProcess(path, Path(tmp) / "hub.log")
                 hub.start()
                 try:
-                    loader = Loader(port, "bench", "pos-2")
-                    loader.burst(f"warm-hub{n}", 500)
-                    hub_rates.append(loader.burst(f"hub{n}", args.orders))
-                    if n == 0:
-                        time.sleep(SETTLE_S)  # noqa: ASYNC251 - blocking on purpose, as the load generator is
-                        hub_latency = loader.paced("hublat", args.rate, args.seconds)
-                    loader.close()
+                    rate, latency = measure(Loader(port, "bench", "pos-2"), f"hub{n}", args, latency=n == 0)
+                    hub_rates.append(rate)
+                    hub_latency = hub_latency or latency
                 finally:
                     hub.stop()
 

@@ -231,8 +231,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Bring the database up to SCHEMA_VERSION; returns (from, to)."""
+def migrate(conn: sqlite3.Connection, to: int = SCHEMA_VERSION) -> tuple[int, int]:
+    """Bring the database up to SCHEMA_VERSION (or up to ``to``: a journal as an older release
+    left it, for upgrade tests); returns (from, to)."""
     (current,) = conn.execute("PRAGMA user_version").fetchone()
     if current > SCHEMA_VERSION:
         from edgehub.errors import JournalError
@@ -242,7 +243,7 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
             "install the newer edgehub again or restore a backup"
         )
     start = current
-    while current < SCHEMA_VERSION:
+    while current < min(to, SCHEMA_VERSION):
         script = MIGRATIONS[current]
         current += 1
         # executescript commits first; wrap the step so it lands whole or not at all.

@@ -20,7 +20,7 @@ from edgehub.config import load_config
 from edgehub.errors import JournalError
 from edgehub.hub import Hub
 from edgehub.store import Journal
-from edgehub.store.schema import MIGRATIONS, SCHEMA_VERSION
+from edgehub.store.schema import SCHEMA_VERSION, migrate
 from tests.conftest import Terminal, order, write_config
 
 
@@ -30,7 +30,7 @@ def release_1_journal(path: Path, orders: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA page_size = 1024")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(f"BEGIN;\n{MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+        migrate(conn, to=1)
         for n in range(orders):
             doc = order(f"OLD-{n}")
             conn.execute("INSERT INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from edgehub.kitchen.tickets import load
-from edgehub.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from edgehub.store.schema import SCHEMA_VERSION, migrate
 
 EVENT = ("INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
          "VALUES (?, ?, ?, 'created', 1.0, 'pos:pos-1', '{}')")
@@ -15,7 +15,7 @@ EVENT = ("INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, 
 
 def journal_at(path: Path, version: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.executescript("BEGIN;\n" + "\n".join(MIGRATIONS[:version]) + f"\nPRAGMA user_version = {version};\nCOMMIT;")
+    migrate(conn, to=version)
     return conn
 
 

@@ -21,7 +21,7 @@ from edgehub.errors import OutboxError
 from edgehub.kitchen.tickets import Event, Ticket, write_events
 from edgehub.store import Journal
 from edgehub.store import outbox as ob
-from edgehub.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from edgehub.store.schema import SCHEMA_VERSION, migrate
 from edgehub.uplink import cloudapi
 
 
@@ -88,7 +88,7 @@ def schema_5_journal(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA page_size = 1024")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.executescript("BEGIN;\n" + "\n".join(MIGRATIONS[:5]) + "\nPRAGMA user_version = 5;\nCOMMIT;")
+    migrate(conn, to=5)
     return conn
 
 

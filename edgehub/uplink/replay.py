@@ -36,11 +36,17 @@ REFUSED_HOLD_S = 60.0
 # A cloud broker may answer a message it refuses by dropping the connection, with no PUBACK or
 # with one that is lost with the connection (AWS IoT does the first; Mosquitto 2.0 sends 0x87 and
 # closes at once, and the close can overtake it). When the link is lost within DROP_WINDOW_S of
-# publishing the oldest unacknowledged row, and that same row was the oldest unacknowledged one
-# at DROP_STRIKES losses in a row, its stream is held back as refused: otherwise every new
+# publishing the oldest unacknowledged row, that row is suspect: the next connection sends one
+# message at a time until its first PUBACK (a probe), and when the link is lost again while the
+# suspect is the one message in flight, its stream is held back as refused: otherwise every new
 # connection would send it first and be dropped again, and no other stream would get through.
+# The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would
+# then have to cut it within the one round trip the probe lasts. (Two cuts at any moment of a
+# busy drain did trip it, holding orders back 60 s; so did a probe sent at once, when the flaps
+# came as often as the reconnects.)
 DROP_WINDOW_S = 1.0
 DROP_STRIKES = 2
+PROBE_AFTER_S = 0.5
 DROPPED = "link dropped"
 # Before rows held back are offered again on the same connection, the messages in flight get
 # this long to be acknowledged (those still unacknowledged are sent again: the cloud dedups).
@@ -117,6 +123,7 @@ class _Session:
         self.link = link
         self.head = head
         self.window = window
+        self.full_window = window  # ``window`` is 1 while probing (see DROP_WINDOW_S)
         self.replay_cap = replay_cap
         self.replay_pos = 0
         self.live_pos = head
@@ -196,6 +203,10 @@ class Replay:
         window = max(1, min(self.cfg.max_inflight, link.receive_maximum))
         replay_cap = max(1, window - min(self.cfg.live_slots, window - 1))
         session = _Session(link, head, window, replay_cap)
+        if self._suspect is not None:
+            session.window = 1  # a probe: one message at a time until the first PUBACK
+            assert link.lost is not None
+            await asyncio.wait({link.lost}, timeout=PROBE_AFTER_S)  # lost meanwhile: seen below
         self.session = session
         self.drained.clear()
         self._reoffer.clear()
@@ -211,8 +222,7 @@ class Replay:
                     if session.failed is not None:
                         raise session.failed
                     if fut is link.lost:
-                        self._note_loss(session)
-                        raise UplinkError(f"cloud link lost: {link.lost.result()}")
+                        raise self._lost(session)
                     if fut is reoffer:
                         await self._end_session(session, tasks)
                         return
@@ -238,8 +248,7 @@ class Replay:
                 while s.inflight and s.failed is None and not s.link.lost.done():  # type: ignore[union-attr]
                     await self._wait_freed(s)
         if s.link.lost is not None and s.link.lost.done():
-            self._note_loss(s)
-            raise UplinkError(f"cloud link lost: {s.link.lost.result()}")
+            raise self._lost(s)
 
     async def _replay_lane(self, s: _Session) -> None:
         while s.replay_pos < s.head:
@@ -343,6 +352,7 @@ class Replay:
             self.stats.last_ack_at = now
             if entry.lane == LANE_LIVE:
                 self.stats.live_latency_ms.append((now - entry.created_at) * 1000)
+        s.window = s.full_window  # a probe ends with its PUBACK, whatever it says
         s.freed.set()
 
     def _refuse(self, stream: str, reason: str, detail: str) -> None:
@@ -355,6 +365,12 @@ class Replay:
                       "%.0f s at a time; check the cloud ACL for this store's client",
                       stream, detail, self.refused_hold_s)
 
+    def _lost(self, s: _Session) -> UplinkError:
+        """What ends a session whose link was lost (noted first: see ``_note_loss``)."""
+        self._note_loss(s)
+        assert s.link.lost is not None
+        return UplinkError(f"cloud link lost: {s.link.lost.result()}")
+
     def _note_loss(self, s: _Session) -> None:
         """The link was lost: blame the oldest unacknowledged row if it keeps being the one."""
         oldest = next(iter(s.inflight.values()), None)
@@ -362,7 +378,8 @@ class Replay:
             self._suspect, self._strikes = None, 0
             return
         suspect = (oldest.stream, oldest.seq)
-        self._strikes = self._strikes + 1 if suspect == self._suspect else 1
+        probed = s.window == 1 and len(s.inflight) == 1  # it went alone, and the link went with it
+        self._strikes = self._strikes + 1 if suspect == self._suspect and probed else 1
         self._suspect = suspect
         if self._strikes >= DROP_STRIKES:
             self._suspect, self._strikes = None, 0

@@ -29,11 +29,15 @@ async def test_kill_9_five_times_during_2000_orders(
 ) -> None:
     await asyncio.to_thread(hub_process.start)
     sims = [terminal(config, "pos-1"), terminal(config, "pos-2")]
-    run = asyncio.gather(*(s.run(orders=1000, rate=250, timeout=90) for s in sims))
+    # Slow enough that all five kills come while orders are still being sent (at 250/s the run
+    # was over after two or three of them).
+    run = asyncio.gather(*(s.run(orders=1000, rate=100, timeout=90) for s in sims))
     rng = random.Random(7)
     kills = 0
+    mid_run = 0  # kills while the terminals still had orders to send or to see acked
     for _ in range(5):
         await asyncio.sleep(rng.uniform(0.3, 1.0))
+        mid_run += not run.done()
         hub_process.kill9()
         kills += 1
         await asyncio.sleep(rng.uniform(0.0, 0.3))
@@ -46,10 +50,10 @@ async def test_kill_9_five_times_during_2000_orders(
     rows = journaled(config)
     assert len(rows) == len(set(rows)) == 2000, "an order was journaled twice or lost"
     assert set(rows) == sent
-    # The kills really interrupted acks: an order the hub had not acknowledged to the broker when
-    # it died came again (from the broker's session, or re-sent by its terminal), and where it
-    # had been journaled already, its terminal was told "duplicate".
-    assert sum(r.resends + r.duplicates for r in reports) > 0, [r.summary() for r in reports]
+    # The kills really interrupted the run. (Not "some order was re-sent or acked duplicate":
+    # an order the hub had not finished comes again from the broker's session, unseen by its
+    # terminal, so a run can rightly show neither; one CI run did.)
+    assert mid_run == kills, f"only {mid_run} of the kills came while orders were in flight"
 
 
 async def test_mosquitto_restart_mid_run_loses_nothing_acked(broker: MosquittoProcess, config: Config) -> None:

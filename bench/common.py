@@ -3,6 +3,7 @@ by order_id, TCP_NODELAY like the hub's own clients) and percentiles."""
 
 from __future__ import annotations
 
+import compileall
 import json
 import socket
 import sys
@@ -15,6 +16,15 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def compile_like_the_image() -> None:
+    """Byte-compile the hub's code, as the image does (``image/install-into-root.sh`` runs
+    ``compileall`` over its venv): a box never compiles its Python at start. Without this, a
+    checkout run with ``PYTHONDONTWRITEBYTECODE`` compiles every module of edgehub at each start,
+    which a start-time or memory figure would count (the compiler's heap: about 1.3 MB of RSS)."""
+    for package in ("edgehub", "drivers"):
+        compileall.compile_dir(REPO / package, quiet=1)
 
 
 class Loader:

@@ -44,7 +44,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import Loader
+from common import Loader, compile_like_the_image
 
 from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
@@ -189,6 +189,7 @@ def main() -> dict[str, Any]:
                         help="no screens: every ticket stays open (bounded by kitchen.max_open_per_station)")
     args = parser.parse_args()
 
+    compile_like_the_image()
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
         asyncio.run(cloud.start())

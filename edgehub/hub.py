@@ -59,7 +59,7 @@ class Hub:
             client_id=f"edgehub-hub-{config.store.id}", topics=self.topics, version=__version__,
         )
         self.intake.bus = self.bus
-        self.bus.route(self.topics.all_orders, self.intake.handle)
+        self.bus.route_batch(self.topics.all_orders, self.intake.handle_batch)
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
         # Components started after the journal and before the API, stopped in reverse.

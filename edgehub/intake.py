@@ -12,6 +12,7 @@ says so, never left unanswered: the terminal may send it again later, and it is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,27 @@ log = logging.getLogger("edgehub.intake")
 
 # The start of a rejected ack's error when the box could not journal the order (docs/asyncapi.yaml).
 DISK_FULL = "store box disk full, order not taken; send it again when the box has room"
+
+
+@dataclass(slots=True)
+class _Taken:
+    """A valid order of a batch, and where its ack goes."""
+
+    order: Order
+    ack_topic: str
+    props: object
+
+
+@dataclass(slots=True)
+class _Refused:
+    """A message of a batch that is not taken: dead-lettered, or (with an order_id) rejected."""
+
+    topic: str
+    raw: bytes
+    reason: str
+    order_id: str | None = None
+    ack_topic: str = ""
+    props: object = None
 
 
 @dataclass
@@ -58,59 +80,92 @@ class Intake:
         self.in_progress = 0
 
     async def handle(self, message: aiomqtt.Message) -> None:
-        self.in_progress += 1
-        try:
-            await self._handle(message)
-        finally:
-            self.in_progress -= 1
+        await self.handle_batch([message])
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+        """The orders that came in one turn of the loop (``BusConnection.route_batch``): each is
+        checked on its own, and the valid ones are journaled in one write, then acked."""
+        self.in_progress += len(messages)
+        try:
+            await self._handle_batch(messages)
+        finally:
+            self.in_progress -= len(messages)
+
+    async def _handle_batch(self, messages: list[aiomqtt.Message]) -> None:
         started = self.clock()
+        taken: list[_Taken] = []
+        refused: list[_Refused] = []
+        for message in messages:
+            item = self._check(message)
+            if isinstance(item, _Taken):
+                taken.append(item)
+            else:
+                refused.append(item)
+        if not refused:
+            await self._accept(taken, started)
+            return
+        # Rare: dead letters and rejections journal what came, next to the batch's orders.
+        await asyncio.gather(*(self._refuse(item, started) for item in refused),
+                             *([self._accept(taken, started)] if taken else []))
+
+    def _check(self, message: aiomqtt.Message) -> _Taken | _Refused:
         topic = message.topic.value
         raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         raw = bytes(raw)
         terminal = self.topics.terminal_of(topic)
         if terminal is None:
-            await self._deadletter(topic, "not an order topic", raw)
-            return
+            return _Refused(topic, raw, "not an order topic")
         try:
             doc, order_id = order_id_of(raw)
         except Unaddressable as exc:
-            await self._deadletter(topic, exc.reason, raw)
-            return
+            return _Refused(topic, raw, exc.reason)
         response_topic, props = response_properties(message, f"{self.topics.root}/pos/{terminal}/")
         ack_topic = response_topic or self.topics.ack(terminal)
         try:
             order = validate_order(doc, order_id, terminal, len(raw), self.limits)
         except PayloadError as exc:
-            self.stats.rejected += 1
-            await self.journal.add_deadletter(topic, f"rejected {order_id}: {exc}", raw)
-            await self._ack(ack_topic, payloads.ack(order_id, "rejected", error=str(exc)), props, started, "rejected")
+            return _Refused(topic, raw, str(exc), order_id, ack_topic, props)
+        return _Taken(order, ack_topic, props)
+
+    async def _refuse(self, item: _Refused, started: float) -> None:
+        if item.order_id is None:
+            await self._deadletter(item.topic, item.reason, item.raw)
             return
+        self.stats.rejected += 1
+        await self.journal.add_deadletter(item.topic, f"rejected {item.order_id}: {item.reason}", item.raw)
+        await self._ack(item.ack_topic, payloads.ack(item.order_id, "rejected", error=item.reason), item.props,
+                        started, "rejected")
+
+    async def _accept(self, taken: list[_Taken], started: float) -> None:
         try:
-            commit = await self.journal.accept_order(order)
+            commits = await self.journal.accept_orders([item.order for item in taken])
         except JournalFull as exc:
             # Not taken, and the terminal is told so (rather than left re-sending in silence): the
             # cashier sees why, and the same order_id is accepted once the disk has room again.
-            self.stats.rejected += 1
-            log.error("order %s from %s refused: %s", order_id, terminal, exc)
-            await self._ack(ack_topic, payloads.ack(order_id, "rejected", error=f"{DISK_FULL}: {exc}"), props,
-                            started, "rejected")
+            for item in taken:
+                self.stats.rejected += 1
+                log.error("order %s from %s refused: %s", item.order.order_id, item.order.terminal, exc)
+                await self._ack(item.ack_topic, payloads.ack(item.order.order_id, "rejected",
+                                                              error=f"{DISK_FULL}: {exc}"),
+                                item.props, started, "rejected")
             return
         except JournalError as exc:
-            # Not acked: the terminal re-sends, and the order is taken once the journal is back.
-            log.error("order %s from %s not journaled: %s", order_id, terminal, exc)
+            # Not acked: the terminals re-send, and the orders are taken once the journal is back.
+            log.error("%d order(s) not journaled (%s from %s first): %s", len(taken), taken[0].order.order_id,
+                      taken[0].order.terminal, exc)
             return
         # The terminal first: what follows (the kitchen's tickets) is made from the durable order
         # and is made again at start-up if the hub stops in between.
-        await self._ack(ack_topic, payloads.ack(order_id, "accepted", duplicate=commit.duplicate), props,
-                        started, "accepted")
-        if commit.duplicate:
-            self.stats.duplicates += 1
-        else:
-            self.stats.accepted += 1
-            for hook in self.on_accepted:
-                hook(order)
+        for item, commit in zip(taken, commits, strict=True):
+            order = item.order
+            await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=commit.duplicate),
+                            item.props, started, "accepted")
+            if commit.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.accepted += 1
+                for hook in self.on_accepted:
+                    hook(order)
 
     async def _ack(self, topic: str, body: bytes, props: object, started: float, status: str) -> None:
         if self.bus is None:

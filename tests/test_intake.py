@@ -117,13 +117,13 @@ async def test_a_burst_waits_in_the_broker_not_in_the_hub(hub: Hub, config: Conf
     # The journal is stuck: the hub acknowledges a message to the broker only once it was
     # handled, so the broker holds back all but its window (max_inflight_messages 100).
     gate = asyncio.Event()
-    accept = hub.journal.accept_order
+    accept = hub.journal.accept_orders
 
     async def stuck_accept(*args: object, **kwargs: object) -> object:
         await gate.wait()
         return await accept(*args, **kwargs)
 
-    monkeypatch.setattr(hub.journal, "accept_order", stuck_accept)
+    monkeypatch.setattr(hub.journal, "accept_orders", stuck_accept)
     async with Terminal(config, "pos-1") as pos:
         for i in range(500):
             await pos.send(order(f"B-{i:03d}"))

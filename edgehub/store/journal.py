@@ -379,24 +379,35 @@ class Journal:
 
     async def accept_order(self, order: Order) -> OrderCommit:
         """Journal an order and its outbox row in one commit; a known order_id is a duplicate."""
-        received_at = self.clock()
-        payload = dumps(order.doc).decode()
+        (commit,) = await self.accept_orders([order])
+        return commit
 
-        def insert(conn: sqlite3.Connection) -> OrderCommit:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
-                (order.order_id, order.terminal, received_at, payload),
-            )
-            if cur.rowcount == 0:
-                (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
-                return OrderCommit(seq=seq, duplicate=True)
-            seq = int(cur.lastrowid or 0)
-            cloud = dumps(
-                {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
-                 "received_at": received_at, "order": order.doc},
-            )
-            add_to_outbox(conn, "orders", f"order:{order.order_id}", cloud, created_at=received_at, checked=True)
-            return OrderCommit(seq=seq, duplicate=False)
+    async def accept_orders(self, orders: list[Order]) -> list[OrderCommit]:
+        """``accept_order`` for the orders that came in one turn of the loop, in one write (one
+        queue item, one savepoint, one future): each order's commit in the order given. An order
+        that appears twice is journaled once; the second is a duplicate. One write succeeds or
+        fails as a whole: if it cannot be journaled, none of them is, and none is acked."""
+        received_at = self.clock()
+        rows = [(order, dumps(order.doc).decode()) for order in orders]
+
+        def insert(conn: sqlite3.Connection) -> list[OrderCommit]:
+            commits = []
+            for order, payload in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
+                    (order.order_id, order.terminal, received_at, payload),
+                )
+                if cur.rowcount == 0:
+                    (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
+                    commits.append(OrderCommit(seq=seq, duplicate=True))
+                    continue
+                cloud = dumps(
+                    {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
+                     "received_at": received_at, "order": order.doc},
+                )
+                add_to_outbox(conn, "orders", f"order:{order.order_id}", cloud, created_at=received_at, checked=True)
+                commits.append(OrderCommit(seq=int(cur.lastrowid or 0), duplicate=False))
+            return commits
 
         return await self.write(insert)
 

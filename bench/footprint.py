@@ -6,7 +6,8 @@ second private Mosquitto acting as the chain's cloud:
 - process start → READY (sd_notify READY=1: broker connected, API up) (target < 2 s);
 - RSS after start, and after ``--orders`` orders once the outbox drained and ``--settle-s`` idle seconds
   passed (target < 60 MB, no growth beyond noise), with the peak during the orders beside it;
-- CPU while idle, devices probed, no orders (target < 2 % of one core);
+- CPU while idle, devices probed, no orders (target < 2 % of one core), and the bytes the idle
+  box writes to its card per hour;
 - bytes written to disk per accepted order (``/proc/PID/io`` write_bytes of hub AND broker)
   over ``--amp-orders`` orders paced at ``--rate``, divided by the order payload size: write
   amplification, once with the WAN up (the cloud acks, outbox rows are deleted; the figure is
@@ -219,8 +220,11 @@ def main() -> dict[str, Any]:
             rss_start = proc.memory_info().rss / 2**20
 
             cpu_before = sum(proc.cpu_times()[:2])
+            idle_io_before = write_bytes(pids)
             time.sleep(args.idle_s)
             idle_pct = (sum(proc.cpu_times()[:2]) - cpu_before) / args.idle_s * 100
+            # What an idle box writes to its card (devices probed, telemetry, logs): per hour.
+            idle_kb_per_h = (write_bytes(pids) - idle_io_before) / 1024 * 3600 / args.idle_s
 
             def outbox() -> int:
                 return int(status(api)["journal"]["outbox"])
@@ -292,6 +296,7 @@ def main() -> dict[str, Any]:
         "rss_peak_mb": round(peak[0], 1),
         "orders": final["journal"]["orders"],
         "idle_cpu_pct": round(idle_pct, 2),
+        "idle_write_kb_per_h": round(idle_kb_per_h, 1),
         "write_amp_wan_up": round(amp_up, 2),
         "write_amp_wan_down": round(amp_down, 2),
         "bytes_per_order_wan_up": round(amp_up * ORDER_BYTES),
@@ -314,6 +319,7 @@ def main() -> dict[str, Any]:
         ("  at the drain / peak", f"{result['rss_drained_mb']} / {result['rss_peak_mb']} MB",
          f"after {args.settle_s:g} s idle"),
         ("idle CPU (devices probed)", f"{result['idle_cpu_pct']} %", "< 2 %"),
+        ("idle writes (hub + broker)", f"{result['idle_write_kb_per_h']} KB/h", ""),
         ("write amplification, WAN up", f"{result['write_amp_wan_up']} x", "< 8 x"),
         ("write amplification, WAN down", f"{result['write_amp_wan_down']} x", ""),
         ("bytes written/order, WAN up", f"{result['bytes_per_order_wan_up']} B", f"order = {ORDER_BYTES} B"),

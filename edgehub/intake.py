@@ -104,9 +104,13 @@ class Intake:
         if not refused:
             await self._accept(taken, started)
             return
-        # Rare: dead letters and rejections journal what came, next to the batch's orders.
-        await asyncio.gather(*(self._refuse(item, started) for item in refused),
-                             *([self._accept(taken, started)] if taken else []))
+        # Rare: dead letters and rejections journal what came, next to the batch's orders. All of
+        # them finish before the batch is acknowledged to the broker, even if one of them failed.
+        results = await asyncio.gather(*(self._refuse(item, started) for item in refused),
+                                       *([self._accept(taken, started)] if taken else []), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _check(self, message: aiomqtt.Message) -> _Taken | _Refused:
         topic = message.topic.value

@@ -15,11 +15,13 @@ import sqlite3
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.payloads import Order
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
+from edgehub.errors import JournalError
 from edgehub.intake import Intake
 from edgehub.store import Journal
 from tests.conftest import Terminal, order
@@ -146,3 +148,29 @@ async def test_a_batch_is_acknowledged_to_the_broker_only_once_handled(hub, conf
     async with asyncio.timeout(5):
         while hub.bus.handling:
             await asyncio.sleep(0.05)
+
+
+async def test_a_failed_rejection_lets_the_rest_of_its_batch_finish_before_the_batch_ends(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The bus acknowledges a batch to the broker when the handler ends: an order of the batch
+    # must be journaled and acked by then, even if a rejection next to it could not be journaled.
+    path = tmp_path / "journal.sqlite"
+    topics = Topics("s1")
+    acks: list[dict[str, object]] = []
+
+    class Bus:
+        def publish_nowait(self, topic: str, body: bytes, qos: int, properties: object = None) -> None:
+            acks.append(json.loads(body))
+
+    async with Journal(path, "s1") as journal:
+        async def failing_deadletter(*args: object) -> None:
+            raise JournalError("journal disk gone")
+
+        monkeypatch.setattr(journal, "add_deadletter", failing_deadletter)
+        intake = Intake(topics, LimitsConfig(), journal, Bus())  # type: ignore[arg-type]
+        order_topic = f"{topics.root}/pos/pos-1/order"
+        with pytest.raises(JournalError, match="journal disk gone"):
+            await intake.handle_batch([message(order_topic, json.dumps(order("D-1", lines=[])).encode(), 1),
+                                       message(order_topic, json.dumps(order("D-2")).encode(), 2)])
+        assert [(a["order_id"], a["status"]) for a in acks] == [("D-2", "accepted")]
+    assert rows(path, "SELECT order_id FROM orders") == [("D-2",)]

@@ -107,6 +107,9 @@ class StationConfig:
     printer_role: str | None = None
 
 
+MAX_UNLISTED_STATIONS = 256
+
+
 @dataclass(frozen=True)
 class KitchenConfig:
     """``[kitchen]``: where order lines go and how long a ticket may wait.
@@ -129,11 +132,18 @@ class KitchenConfig:
     # Open tickets per station held in memory for screens; older ones stay in the journal.
     max_open_per_station: int = 500
 
+    # Stations not listed, as met (an order line may name any station); bounded, as they come
+    # from terminals. Looked up for every ticket event at the rush.
+    _unlisted: dict[str, StationConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def station(self, name: str) -> StationConfig:
-        found = self.stations.get(name)
+        found = self.stations.get(name) or self._unlisted.get(name)
         if found is not None:
             return found
-        return StationConfig(name, self.amber_after_s, self.red_after_s, None)
+        found = StationConfig(name, self.amber_after_s, self.red_after_s, None)
+        if len(self._unlisted) < MAX_UNLISTED_STATIONS:
+            self._unlisted[name] = found
+        return found
 
 
 ROLE_KINDS: dict[str, str] = {

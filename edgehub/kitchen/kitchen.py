@@ -328,10 +328,9 @@ class Kitchen:
         lines: list[dict[str, Any]] | None = None,
     ) -> list[Event]:
         events = []
+        made = self._order_tickets(order_id) if order_id in self._by_order else ()  # none for a new order
         for station, share in self.router.route(doc, lines).items():
-            number = 1 + max(
-                (t.number for t in self._order_tickets(order_id) if t.station == station), default=0
-            )
+            number = 1 + max((t.number for t in made if t.station == station), default=0)
             rush = bool(share.header.get("rush"))
             ticket = Ticket(
                 ticket_id=f"{order_id}/{station}/{number}",

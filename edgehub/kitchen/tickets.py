@@ -289,14 +289,11 @@ def write_events(conn: sqlite3.Connection, store_id: str, events: Iterable[Event
         [(ev.ticket["ticket_id"], ev.station, ev.seq, ev.event, ev.at, ev.source,
           json.dumps(ev.detail or {}, separators=(",", ":"), ensure_ascii=False)) for ev in events],
     )
-    for ev in events:
-        add_to_outbox(
-            conn,
-            "kitchen",
-            f"kitchen:{ev.ticket['ticket_id']}:{ev.ticket['version']}",
-            ev.at,
-            payloads.cloud_kitchen_raw(store_id, ev.body),
-        )
+    outbox.add_many_to_outbox(conn, "kitchen", [
+        (f"kitchen:{ev.ticket['ticket_id']}:{ev.ticket['version']}", ev.at,
+         payloads.cloud_kitchen_raw(store_id, ev.body))
+        for ev in events
+    ])
 
 
 def write_alert(conn: sqlite3.Connection, store_id: str, alert: dict[str, Any]) -> None:

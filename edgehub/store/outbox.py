@@ -37,7 +37,7 @@ import shutil
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -129,6 +129,16 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], checked: bool = False) ->
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _check_stream(stream: str) -> None:
+    if stream not in STREAMS:
+        raise OutboxError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
+
+
+def _check_msg_id(msg_id: str) -> None:
+    if not msg_id or len(msg_id) > 200:
+        raise OutboxError("outbox msg_id must be 1-200 characters")
+
+
 def add_to_outbox(
     conn: sqlite3.Connection,
     stream: str,
@@ -144,16 +154,26 @@ def add_to_outbox(
     is added once, with it: migration 6), so it is not looked up there. ``checked``: the caller
     made ``payload`` with ``payloads.dumps`` from a document (one JSON object by construction),
     so it is not parsed again to make sure."""
-    if stream not in STREAMS:
-        raise OutboxError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
-    if not msg_id or len(msg_id) > 200:
-        raise OutboxError("outbox msg_id must be 1-200 characters")
+    _check_stream(stream)
+    _check_msg_id(msg_id)
     body = encode_payload(stream, _payload_bytes(payload, checked))
     cur = conn.execute(
         "INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
         (msg_id, stream, time.time() if created_at is None else created_at, body),
     )
     return cur.rowcount == 1
+
+
+def add_many_to_outbox(conn: sqlite3.Connection, stream: str, rows: Iterable[tuple[str, float, bytes]]) -> None:
+    """``add_to_outbox(..., checked=True)`` for the rows of one stream, ``(msg_id, created_at,
+    payload)``, in one statement: a batch of orders, a commit's kitchen events. Each payload was
+    made by ``payloads.dumps`` from a document; a msg_id already there is skipped."""
+    _check_stream(stream)
+    values = []
+    for msg_id, created_at, payload in rows:
+        _check_msg_id(msg_id)
+        values.append((msg_id, stream, created_at, encode_payload(stream, payload)))
+    conn.executemany("INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)", values)
 
 
 # --- reading the backlog ---------------------------------------------------------------------------

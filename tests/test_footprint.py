@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from edgehub.gctuning import FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim
+from edgehub.gctuning import FULL_EVERY, YOUNG_EVERY, FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim
 from edgehub.store import Journal
 from edgehub.store.schema import migrate
 
@@ -110,6 +110,7 @@ def test_new_tickets_touch_no_order_or_station_index() -> None:
 
 
 def test_full_collections_freeze_their_survivors_and_thaw_hourly() -> None:
+    before = gc.get_threshold()
     now = [0.0]
     policy = FreezeSurvivors(thaw_every_s=3600, clock=lambda: now[0])
     policy.install()
@@ -122,7 +123,26 @@ def test_full_collections_freeze_their_survivors_and_thaw_hourly() -> None:
         assert gc.get_freeze_count() == 0 and policy.thaws == 1
     finally:
         policy.uninstall()
-        gc.set_threshold(700, 10, 10)
+    assert gc.get_threshold() == before
+
+
+def test_young_collections_wait_for_what_really_piles_up() -> None:
+    """At the rush a batch of orders holds more than CPython's 700 young objects at once: with
+    the default a collection ran every few orders (gctuning.py); installed, young collections come
+    after YOUNG_EVERY objects and full ones after FULL_EVERY middle ones."""
+    before = gc.get_threshold()
+    policy = FreezeSurvivors()
+    policy.install()
+    try:
+        assert gc.get_threshold() == (YOUNG_EVERY, before[1], FULL_EVERY)
+        gc.collect(0)  # the young count starts from nothing
+        collections = gc.get_stats()[0]["collections"]
+        batch = [{"order_id": str(i), "lines": [{"qty": 1}]} for i in range(YOUNG_EVERY // 4)]
+        assert gc.get_stats()[0]["collections"] == collections  # 7,500 live objects: no collection
+        del batch
+    finally:
+        policy.uninstall()
+    assert gc.get_threshold() == before
 
 
 def test_freed_heap_is_handed_back_only_when_malloc_holds_enough_free() -> None:

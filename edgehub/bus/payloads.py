@@ -223,6 +223,7 @@ KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
 KDS_COMMAND_SCHEMA = "kds-command/1"
 KDS_REPLY_SCHEMA = "kds-reply/1"
 KDS_ALERT_SCHEMA = "kds-alert/1"
+CLOUD_ORDER_SCHEMA = "cloud-order/1"
 CLOUD_KITCHEN_SCHEMA = "cloud-kitchen/1"
 
 KDS_ACTIONS = ("start", "bump", "serve", "recall", "priority")
@@ -386,6 +387,14 @@ def kds_alert(station: str, ticket: dict[str, Any], age_s: float, at: float) -> 
 def cloud_kitchen(store_id: str, event: dict[str, Any]) -> bytes:
     """The outbox row for one kitchen event or alert (stream ``kitchen``)."""
     return dumps({"schema": CLOUD_KITCHEN_SCHEMA, "store_id": store_id, "event": event})
+
+
+def cloud_order(store_id: str, terminal: str, received_at: float, order_json: bytes) -> bytes:
+    """The ``cloud-order/1`` row of an accepted order around its document already serialised
+    (by ``dumps``, for the journal): the same bytes as ``dumps`` of the whole envelope."""
+    head = dumps({"schema": CLOUD_ORDER_SCHEMA, "store_id": store_id, "terminal": terminal,
+                  "received_at": received_at})
+    return head[:-1] + b',"order":' + order_json + b"}"
 
 
 def cloud_kitchen_raw(store_id: str, event_json: bytes) -> bytes:

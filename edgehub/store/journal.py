@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgehub.bus.payloads import Order, dumps
+from edgehub.bus.payloads import Order, cloud_order, dumps
 from edgehub.errors import JournalError, JournalFull
 from edgehub.store.checkpoint import Checkpointer
-from edgehub.store.outbox import add_to_outbox
+from edgehub.store.outbox import add_many_to_outbox
 from edgehub.store.schema import migrate
 
 log = logging.getLogger("edgehub.journal")
@@ -388,25 +388,23 @@ class Journal:
         that appears twice is journaled once; the second is a duplicate. One write succeeds or
         fails as a whole: if it cannot be journaled, none of them is, and none is acked."""
         received_at = self.clock()
-        rows = [(order, dumps(order.doc).decode()) for order in orders]
+        rows = [(order, dumps(order.doc)) for order in orders]
 
         def insert(conn: sqlite3.Connection) -> list[OrderCommit]:
-            commits = []
+            commits, cloud = [], []
             for order, payload in rows:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
-                    (order.order_id, order.terminal, received_at, payload),
+                    (order.order_id, order.terminal, received_at, payload.decode()),
                 )
                 if cur.rowcount == 0:
                     (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
                     commits.append(OrderCommit(seq=seq, duplicate=True))
                     continue
-                cloud = dumps(
-                    {"schema": "cloud-order/1", "store_id": self.store_id, "terminal": order.terminal,
-                     "received_at": received_at, "order": order.doc},
-                )
-                add_to_outbox(conn, "orders", f"order:{order.order_id}", cloud, created_at=received_at, checked=True)
+                cloud.append((f"order:{order.order_id}", received_at,
+                              cloud_order(self.store_id, order.terminal, received_at, payload)))
                 commits.append(OrderCommit(seq=int(cur.lastrowid or 0), duplicate=False))
+            add_many_to_outbox(conn, "orders", cloud)
             return commits
 
         return await self.write(insert)

@@ -84,6 +84,24 @@ async def test_an_order_and_its_tickets_reach_the_outbox_as_before(tmp_path: Pat
     assert rows[1].payload == payloads.cloud_kitchen_raw("s1", event.body)
 
 
+async def test_a_batch_of_orders_gets_one_outbox_row_each_spliced_as_if_encoded_whole(tmp_path: Path) -> None:
+    """accept_orders splices the order's journaled JSON into its cloud envelope: the same bytes
+    as encoding the envelope whole, also for what only the standard library encodes (an integer
+    beyond 64 bits); a duplicate within the batch adds no row."""
+    docs = [{"schema": "order/1", "order_id": f"B-{n}", "covers": 2**70 if n == 1 else n,
+             "lines": [{"sku": "Ä", "qty": 1}]} for n in range(3)]
+    orders = [Order(d["order_id"], "pos-2", d) for d in docs] + [Order("B-0", "pos-2", docs[0])]
+    async with Journal(tmp_path / "j.sqlite", "s1", clock=lambda: 1_800_000_000.25) as journal:
+        commits = await journal.accept_orders(orders)
+        rows = await journal.read(lambda conn: ob.read_rows(conn, 0, 10))
+    assert [c.duplicate for c in commits] == [False, False, False, True]
+    assert [r.msg_id for r in rows] == ["order:B-0", "order:B-1", "order:B-2"]
+    for row, doc in zip(rows, docs, strict=True):
+        assert row.payload == json.dumps(
+            {"schema": "cloud-order/1", "store_id": "s1", "terminal": "pos-2", "received_at": 1_800_000_000.25,
+             "order": doc}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def schema_5_journal(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA page_size = 1024")

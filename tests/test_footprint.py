@@ -195,3 +195,21 @@ def test_malloc_trim_is_found_on_glibc() -> None:
         assert malloc_trim is not None and malloc_free_mb is not None
         malloc_trim()
     assert rss_mb() > 0
+
+
+def test_encoded_documents_are_as_big_as_their_json() -> None:
+    """orjson hands back its working buffer (4 KiB and up) as the bytes object; what the hub
+    keeps and queues at the rush (tickets, acks, events) must hold only its JSON."""
+    import tracemalloc
+
+    from edgehub.bus import payloads
+
+    ticket = {"ticket_id": "pos-1-000001/grill/1", "state": "new", "lines": [{"sku": "BURG-01", "qty": 2}]}
+    tracemalloc.start()
+    try:
+        kept = [payloads.dumps(dict(ticket, n=n)) for n in range(200)]
+        held = sum(stat.size for stat in tracemalloc.take_snapshot().statistics("filename"))
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == json.dumps(dict(ticket, n=0), separators=(",", ":")).encode()
+    assert held < 200 * (len(kept[0]) + 200), held  # each ~100 B of JSON, not a 4 KiB buffer

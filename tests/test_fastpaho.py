@@ -222,3 +222,24 @@ async def test_with_manual_acks_the_broker_sends_again_what_was_not_acked(
     assert sorted(int(m.payload) for m in first) == list(range(20))
     assert sorted(int(m.payload) for m in again) == list(range(1, 20, 2))
     assert all(m.dup for m in again)
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["v5", "v311"])
+def test_publish_packets_are_the_bytes_paho_makes(protocol: int) -> None:
+    """FastPaho packs a QoS 1 PUBLISH without properties itself: byte for byte paho's packet, for
+    every length of the remaining-length field, dup and retain set or not; the rest is paho's."""
+    def packets(client: mqtt.Client) -> list[bytes]:
+        queued: list[bytes] = []
+        client._sock = object()  # type: ignore[assignment]  # "connected": _send_publish checks only this
+        client._packet_queue = lambda command, packet, mid, qos, info=None: queued.append(bytes(packet))  # type: ignore[method-assign]
+        for topic, payload, qos, retain, props in _sent():
+            for length in (1, 121, 122, 16_380, 16_390, 2_097_200):
+                body = (payload * (length // max(len(payload), 1) + 1))[:length] if payload else payload
+                for dup in (False, True):
+                    client._send_publish(4660, topic.encode(), body, qos, retain, dup, None, props)
+        return queued
+
+    stock = packets(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol))
+    fast = packets(FastPaho(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol))
+    assert len(stock) == len(fast) == 7 * 6 * 2
+    assert fast == stock

@@ -116,11 +116,27 @@ class BusConnection:
             # sent again by the broker after a reconnect.
             paho.manual_ack_set(True)
             # A publish someone awaits is completed as aiomqtt would (its on_publish callback).
-            FastPaho.adopt(paho, lambda mid, code: client._on_publish(paho, None, mid, code, None))
+            FastPaho.adopt(paho, self._puback_for(client, paho))
             # Messages go from paho's callback straight to their handler, not through aiomqtt's
             # queue and iterator (a queue task and an ``asyncio.wait`` per message at the rush).
             paho.on_message = self._on_paho_message
         return client
+
+    @staticmethod
+    def _puback_for(client: aiomqtt.Client, paho: mqtt.Client) -> Callable[[int, int], None]:
+        """What a PUBACK does: complete the publish aiomqtt awaits for that mid, if any. Most have
+        none (acks and kitchen events are not awaited: ``publish_nowait``), and aiomqtt's own
+        callback finds that out by raising and suppressing a KeyError, three times an order."""
+        pending = getattr(client, "_pending_publishes", None)
+        if not isinstance(pending, dict):  # pragma: no cover - an aiomqtt without it
+            return lambda mid, code: client._on_publish(paho, None, mid, code, None)
+
+        def puback(mid: int, _code: int) -> None:
+            event = pending.pop(mid, None)
+            if event is not None:
+                event.set()
+
+        return puback
 
     async def run(self) -> None:
         """Stay connected until cancelled."""

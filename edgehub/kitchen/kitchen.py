@@ -436,9 +436,11 @@ class Kitchen:
             self._view_apply(ev.ticket)
             view = self._view(ev.station)
             view.seq = max(view.seq, ev.seq)
-            doc = ev.payload()
-            for feed in self._feeds.get(ev.station, ()):
-                feed.push(doc)
+            feeds = self._feeds.get(ev.station)
+            if feeds:  # websocket screens; native ones take ``body`` from MQTT
+                doc = ev.payload()
+                for feed in feeds:
+                    feed.push(doc)
             published.append((self.topics.kds_event(ev.station), ev.body))
             role = self.config.station(ev.station).printer_role
             if self.printer is not None and role and ev.event in ("created", "amended", "voided", "recalled"):

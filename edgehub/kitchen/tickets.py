@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from edgehub.bus import payloads
@@ -223,6 +222,22 @@ class Ticket:
         return (-self.priority, self.created_at, self.ticket_id)
 
 
+class _once:
+    """``functools.cached_property`` without its lock: Python 3.11's takes an RLock on every
+    first access, two per ticket event at the rush. Two threads (the loop, the journal's writer)
+    may both compute a value; it is the same bytes either way."""
+
+    def __init__(self, func: Callable[[Any], bytes]) -> None:
+        self.func = func
+        self.name = func.__name__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.func(instance)
+        return value
+
+
 @dataclass(frozen=True)
 class Event:
     """One ticket change, numbered in its station's sequence, as it goes to the journal."""
@@ -240,27 +255,20 @@ class Event:
         return station
 
     def payload(self) -> dict[str, Any]:
-        return self._payload
+        """The ``kds-event/1`` document (for the station's websocket screens)."""
+        return payloads.kds_event(self.station, self.seq, self.event, self.ticket, self.at, self.source, self.detail)
 
-    @cached_property
-    def _payload(self) -> dict[str, Any]:
-        return payloads.kds_event(
-            self.station, self.seq, self.event, self.ticket, self.at, self.source, self.detail
-        )
-
-    @cached_property
+    @_once
     def ticket_json(self) -> bytes:
         """The ticket encoded once: the journal's ``tickets.doc`` and the inside of ``body``."""
         return payloads.dumps(self.ticket)
 
-    @cached_property
+    @_once
     def body(self) -> bytes:
         """The ``kds-event/1`` document as sent: the same bytes as ``dumps(payload())``, built
         around ``ticket_json`` so the ticket is encoded once for the topic, journal and outbox."""
-        doc = self._payload
-        head = payloads.dumps({k: v for k, v in doc.items() if k not in ("ticket", "detail")})
-        tail = b',"detail":' + payloads.dumps(doc["detail"]) if "detail" in doc else b""
-        return head[:-1] + b',"ticket":' + self.ticket_json + tail + b"}"
+        return payloads.kds_event_raw(self.station, self.seq, self.event, self.ticket_json, self.at, self.source,
+                                      self.detail)
 
 
 # --- the journal side ----------------------------------------------------------------------------
@@ -287,7 +295,7 @@ def write_events(conn: sqlite3.Connection, store_id: str, events: Iterable[Event
         "INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
         "VALUES (?,?,?,?,?,?,?)",
         [(ev.ticket["ticket_id"], ev.station, ev.seq, ev.event, ev.at, ev.source,
-          json.dumps(ev.detail or {}, separators=(",", ":"), ensure_ascii=False)) for ev in events],
+          json.dumps(ev.detail, separators=(",", ":"), ensure_ascii=False) if ev.detail else "{}") for ev in events],
     )
     outbox.add_many_to_outbox(conn, "kitchen", [
         (f"kitchen:{ev.ticket['ticket_id']}:{ev.ticket['version']}", ev.at,

@@ -237,6 +237,7 @@ def test_publish_packets_are_the_bytes_paho_makes(protocol: int) -> None:
                 body = (payload * (length // max(len(payload), 1) + 1))[:length] if payload else payload
                 for dup in (False, True):
                     client._send_publish(4660, topic.encode(), body, qos, retain, dup, None, props)
+        client._sock = None  # nothing to close
         return queued
 
     stock = packets(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol))

@@ -16,6 +16,7 @@ state at runtime so tests and ``make run`` can break the printer the way real on
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+PAPER_KEPT = 1000  # printed tickets a simulated printer remembers (``PrinterCore.printed``)
 Align = Literal["left", "center", "right"]
 
 ESC, GS, FS, DLE = 0x1B, 0x1D, 0x1C, 0x10
@@ -228,7 +230,9 @@ class PrinterCore:
         self._clock = clock
         self._lock = threading.RLock()
         self._sessions: list[PrinterSession] = []
-        self._finished: list[tuple[float, PrintedTicket]] = []
+        # What came out, the newest PAPER_KEPT tickets: `make run` and the store simulator run for
+        # days, and a list of every slip printed grew with them (in the hub's process, --simulate).
+        self._finished: collections.deque[tuple[float, PrintedTicket]] = collections.deque(maxlen=PAPER_KEPT)
         self._held: list[tuple[PrinterSession, PrintedTicket | _Confirm]] = []
         self._busy_until = 0.0
         self._flags: dict[str, bool] = dict.fromkeys(_FLAG_NAMES, False)

@@ -130,3 +130,17 @@ def test_columns_pads_by_display_width() -> None:
 def test_unknown_code_page_is_refused() -> None:
     with pytest.raises(TicketRenderError, match="code page"):
         render(Ticket().text("x"), PrinterProfile(codepage="cp999"))
+
+
+def test_a_simulated_printer_remembers_only_the_newest_tickets() -> None:
+    """`make run` and `edgehub sim store` run for days: the paper log is bounded (PAPER_KEPT)."""
+    from edgehub.sim.printer import PAPER_KEPT
+
+    core = PrinterCore()
+    session = core.session()
+    for n in range(PAPER_KEPT + 5):
+        session.feed(f"slip {n}\n".encode() + b"\x1dV\x00")  # text, then a full cut
+    session.close()
+    printed = core.printed
+    assert len(printed) == PAPER_KEPT
+    assert "slip 5" in printed[0].lines[0].text and f"slip {PAPER_KEPT + 4}" in printed[-1].lines[0].text

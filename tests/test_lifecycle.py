@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from edgehub.broker import MosquittoProcess
 from edgehub.config import Config
@@ -127,3 +128,21 @@ async def test_a_failing_write_does_not_spoil_its_group(tmp_path: Path) -> None:
         assert isinstance(results[1], sqlite3.OperationalError)
         assert (await journal.counts())["orders"] == 2
         assert journal.stats.max_batch == 3  # one group, one fsync
+
+
+async def test_a_broker_gone_before_the_hub_stops_is_no_error_at_the_stop(
+    broker: MosquittoProcess, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C on `make run` stops the hub's own Mosquitto first: the lost connection is not an
+    asyncio "Future exception was never retrieved" error once the hub has stopped."""
+    import gc
+
+    async with Hub(config) as hub:
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+        gone = asyncio.create_task(broker.stop())  # as Ctrl-C does: both at once
+    await gone
+    del hub
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert "never retrieved" not in caplog.text

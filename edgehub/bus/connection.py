@@ -146,6 +146,7 @@ class BusConnection:
             try:
                 async with self._make_client() as client:
                     self._client = client
+                    _mark_seen(client)
                     for topic, _ in self.routes:
                         await client.subscribe(topic, qos=1)
                     await client.publish(self.topics.hub_state, payloads.hub_state("ready", self.version),
@@ -344,6 +345,17 @@ class BusConnection:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _mark_seen(client: aiomqtt.Client) -> None:
+    """A connection lost while the bus is being stopped (the hub's own Mosquitto stopping first)
+    is an exception on aiomqtt's ``_disconnected`` future that nothing awaits any more: aiomqtt's
+    ``__aexit__`` leaves it, and asyncio logged "Future exception was never retrieved" at an error
+    level whenever the future was collected. While running, ``run`` sees the loss through
+    ``client.messages`` and logs it as a warning; this only marks it as seen."""
+    disconnected = getattr(client, "_disconnected", None)
+    if isinstance(disconnected, asyncio.Future):
+        disconnected.add_done_callback(lambda fut: fut.cancelled() or fut.exception())
 
 
 def response_properties(message: aiomqtt.Message, allowed_prefix: str) -> tuple[str | None, Properties | None]:

@@ -30,10 +30,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub.memdump import install_from_env
 
     install_from_env()  # EDGEHUB_TRACEMALLOC: snapshot on SIGUSR2, off by default (memdump.py)
-    hub = Hub(config, Notifier())
+
+    async def announce(hub: Hub) -> None:
+        await hub.ready.wait()
+        print(f"edgehub {__version__}: store {config.store.id} ready", flush=True)
+        print(f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}", flush=True)
+        print(f"  dashboard  {hub.api.url}", flush=True)
+        print(f"  health     {hub.api.url}healthz", flush=True)
+
+    async def run(hub: Hub) -> None:
+        # The hub that runs is the one announced (with --simulate it is made once the simulated
+        # devices are up: announcing a hub made before them waited for ever, and `make run`
+        # never printed its dashboard).
+        task = asyncio.create_task(announce(hub))
+        try:
+            await hub.run_until_stopped()
+        finally:
+            task.cancel()
 
     async def main() -> None:
-        nonlocal hub
         if args.simulate and config.devices:
             # Real devices configured: they are what this box drives.
             print(f"--simulate: {len(config.devices)} devices configured in {args.config}; "
@@ -42,26 +57,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from edgehub.sim.store import SimStore, with_sim_devices
 
             async with SimStore() as sim:
-                hub = Hub(with_sim_devices(config, sim), Notifier())
-                await hub.run_until_stopped()
+                await run(Hub(with_sim_devices(config, sim), Notifier()))
             return
-        await hub.run_until_stopped()
+        await run(Hub(config, Notifier()))
 
-    async def announce() -> None:
-        await hub.ready.wait()
-        print(f"edgehub {__version__}: store {config.store.id} ready", flush=True)
-        print(f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}", flush=True)
-        print(f"  dashboard  {hub.api.url}", flush=True)
-        print(f"  health     {hub.api.url}healthz", flush=True)
-
-    async def both() -> None:
-        task = asyncio.create_task(announce())
-        try:
-            await main()
-        finally:
-            task.cancel()
-
-    asyncio.run(both())
+    asyncio.run(main())
     return 0
 
 

@@ -146,3 +146,20 @@ async def test_a_broker_gone_before_the_hub_stops_is_no_error_at_the_stop(
     gc.collect()
     await asyncio.sleep(0.1)
     assert "never retrieved" not in caplog.text
+
+
+@pytest.mark.parametrize("simulate", [False, True], ids=["devices", "simulated-store"])
+async def test_edgehub_run_prints_where_its_dashboard_is(
+    broker: MosquittoProcess, config_path: Path, tmp_path: Path, simulate: bool
+) -> None:
+    """`make run` (``edgehub run --simulate``) says where the dashboard is once the hub is ready."""
+    process = HubProcess(config_path, tmp_path / "hub.log", extra_args=("--simulate",) if simulate else ())
+    try:
+        await asyncio.to_thread(process.start)
+        async with asyncio.timeout(10):
+            while "dashboard" not in process.log_path.read_text():
+                await asyncio.sleep(0.05)
+    finally:
+        process.stop()
+    port = process.config.api.listen.port
+    assert f"  dashboard  http://127.0.0.1:{port}/" in process.log_path.read_text()

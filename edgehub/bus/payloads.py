@@ -157,6 +157,17 @@ def dumps(doc: dict[str, Any]) -> bytes:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def with_encoded(head: bytes, fields: dict[str, bytes]) -> bytes:
+    """``head``, a JSON object as ``dumps`` encodes it, with ``fields`` added at its end, each
+    value JSON already encoded: the same bytes as encoding the whole document, without encoding
+    again what was (a ticket inside its event, an event or order inside its cloud envelope)."""
+    parts = [head[:-1]]
+    for key, raw in fields.items():
+        parts += (b"," if len(parts) > 1 or len(head) > 2 else b"", b'"', key.encode(), b'":', raw)
+    parts.append(b"}")
+    return b"".join(parts)
+
+
 def ack(order_id: str, status: str, duplicate: bool = False, error: str = "") -> bytes:
     doc: dict[str, Any] = {"schema": ACK_SCHEMA, "order_id": order_id, "status": status, "duplicate": duplicate}
     if error:
@@ -367,9 +378,10 @@ def kds_event_raw(station: str, seq: int, event: str, ticket_json: bytes, at: fl
                   detail: dict[str, Any] | None = None) -> bytes:
     """``dumps(kds_event(...))`` around a ticket already serialised (for the journal): the same
     bytes, without encoding the ticket twice on the busiest path of the kitchen."""
-    head = dumps(_kds_event_head(station, seq, event, at, source))
-    tail = b',"detail":' + dumps(detail) if detail else b""
-    return head[:-1] + b',"ticket":' + ticket_json + tail + b"}"
+    fields = {"ticket": ticket_json}
+    if detail:
+        fields["detail"] = dumps(detail)
+    return with_encoded(dumps(_kds_event_head(station, seq, event, at, source)), fields)
 
 
 def _kds_event_head(station: str, seq: int, event: str, at: float, source: str) -> dict[str, Any]:
@@ -413,15 +425,14 @@ def cloud_order(store_id: str, terminal: str, received_at: float, order_json: by
     (by ``dumps``, for the journal): the same bytes as ``dumps`` of the whole envelope."""
     head = dumps({"schema": CLOUD_ORDER_SCHEMA, "store_id": store_id, "terminal": terminal,
                   "received_at": received_at})
-    return head[:-1] + b',"order":' + order_json + b"}"
+    return with_encoded(head, {"order": order_json})
 
 
 def cloud_kitchen_raw(store_id: str, event_json: bytes) -> bytes:
     """``cloud_kitchen`` around an event already serialised (by ``dumps``) for its station topic:
     the same bytes as ``cloud_kitchen(store_id, json.loads(event_json))``, without encoding the
     ticket a second time on the busiest path of the kitchen."""
-    head = dumps({"schema": CLOUD_KITCHEN_SCHEMA, "store_id": store_id})
-    return head[:-1] + b',"event":' + event_json + b"}"
+    return with_encoded(dumps({"schema": CLOUD_KITCHEN_SCHEMA, "store_id": store_id}), {"event": event_json})
 
 
 # --- roles: print jobs, payments, bindings ------------------------------------------------------

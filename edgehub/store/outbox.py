@@ -129,6 +129,9 @@ def _payload_bytes(payload: bytes | Mapping[str, Any], checked: bool = False) ->
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+_INSERT = "INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)"
+
+
 def _check_stream(stream: str) -> None:
     if stream not in STREAMS:
         raise OutboxError(f"unknown outbox stream {stream!r} (known: {', '.join(STREAMS)})")
@@ -158,7 +161,7 @@ def add_to_outbox(
     _check_msg_id(msg_id)
     body = encode_payload(stream, _payload_bytes(payload, checked))
     cur = conn.execute(
-        "INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)",
+        _INSERT,
         (msg_id, stream, time.time() if created_at is None else created_at, body),
     )
     return cur.rowcount == 1
@@ -173,7 +176,7 @@ def add_many_to_outbox(conn: sqlite3.Connection, stream: str, rows: Iterable[tup
     for msg_id, created_at, payload in rows:
         _check_msg_id(msg_id)
         values.append((msg_id, stream, created_at, encode_payload(stream, payload)))
-    conn.executemany("INSERT OR IGNORE INTO outbox(msg_id, stream, created_at, payload) VALUES (?,?,?,?)", values)
+    conn.executemany(_INSERT, values)
 
 
 # --- reading the backlog ---------------------------------------------------------------------------

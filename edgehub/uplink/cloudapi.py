@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from edgehub.bus.payloads import with_encoded
 from edgehub.errors import PayloadError
 from edgehub.store.outbox import OutboxRow
 
@@ -115,7 +116,7 @@ def envelope(store_id: str, row: OutboxRow) -> bytes:
          "seq": row.seq, "stream_seq": row.stream_seq, "created_at": row.created_at},
         separators=(",", ":"), ensure_ascii=False,
     ).encode()
-    return head[:-1] + b',"body":' + bytes(row.payload) + b"}"
+    return with_encoded(head, {"body": bytes(row.payload)})
 
 
 def envelope_properties(row: OutboxRow, lane: str) -> PackedProperties:

@@ -164,3 +164,12 @@ def test_an_event_is_encoded_once_and_reads_the_same(detail: dict[str, Any] | No
     assert event.body == payloads.dumps(event.payload())
     assert json.loads(event.ticket_json) == ticket
     assert payloads.cloud_kitchen_raw("s1", event.body) == payloads.cloud_kitchen("s1", event.payload())
+
+
+@pytest.mark.parametrize("head", [{}, {"schema": "cloud-order/1", "received_at": 1.5, "n": 2**70}])
+def test_encoded_fields_are_spliced_as_if_the_document_was_encoded_whole(head: dict[str, Any]) -> None:
+    from edgehub.bus import payloads
+
+    fields = {"order": {"order_id": "Ä-1", "lines": []}, "detail": [1, "x"]}
+    spliced = payloads.with_encoded(payloads.dumps(head), {k: payloads.dumps(v) for k, v in fields.items()})  # type: ignore[arg-type]
+    assert spliced == json.dumps({**head, **fields}, separators=(",", ":"), ensure_ascii=False).encode()

@@ -95,3 +95,10 @@ def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
 
 
+
+
+def journal_section(commit_window_ms: float | None) -> str:
+    """Config text setting the journal's group commit window (``journal.commit_window_ms``), or
+    nothing to keep the default: the benchmarks' way to show what a longer window trades (bytes
+    written per order against the wait on every ack)."""
+    return "" if commit_window_ms is None else f"[journal]\ncommit_window_ms = {commit_window_ms:g}\n"

@@ -15,6 +15,7 @@ second private Mosquitto acting as the chain's cloud:
   Target < 8x with the WAN up. The ceiling it is compared with is the payload itself.
 
     .venv/bin/python bench/footprint.py [--orders 100000] [--amp-orders 10000] [--rate 200] [--idle-s 20]
+                                        [--commit-window-ms 2]
 
 The kitchen is a real one: a simulated screen per station (the kds terminal on the kitchen's MQTT
 command topics, as native screens use them) bumps each ticket ``--bump-after-s`` after it
@@ -45,7 +46,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import Loader, compile_like_the_image
+from common import Loader, compile_like_the_image, journal_section
 
 from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
@@ -186,6 +187,9 @@ def main() -> dict[str, Any]:
                              "shorter settle may read RSS before)")
     parser.add_argument("--bump-after-s", type=float, default=1.0,
                         help="a station's screen bumps a ticket this long after it appears, serves it as long later")
+    parser.add_argument("--commit-window-ms", type=float, default=None,
+                        help="the journal's group commit window (config journal.commit_window_ms, default 2): "
+                             "longer windows put more orders in one fsync, and every ack waits for it")
     parser.add_argument("--no-bump", action="store_true",
                         help="no screens: every ticket stays open (bounded by kitchen.max_open_per_station)")
     args = parser.parse_args()
@@ -195,7 +199,7 @@ def main() -> dict[str, Any]:
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
         asyncio.run(cloud.start())
         path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
-                            extra=KITCHEN + cloud_section(cloud.port))
+                            extra=KITCHEN + cloud_section(cloud.port) + journal_section(args.commit_window_ms))
         notify_path = Path(tmp) / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify_path))
@@ -304,6 +308,7 @@ def main() -> dict[str, Any]:
         "commits_per_order_wan_up": round(commits_up, 3),
         "commits_per_order_wan_down": round(commits_down, 3),
         "amp_rate": args.rate,
+        "commit_window_ms": hub.config.journal.commit_window_ms,
         "bulk_orders_per_s": round(bulk_rate, 1),
         "order_bytes": ORDER_BYTES,
         "devices": len(devices.get("devices", devices)) if isinstance(devices, dict) else len(devices),

@@ -11,7 +11,7 @@ it; the ratio is the median of the rounds' ratios. On a shared machine a single 
 third from run to run (docs/footprint.md, Intake), the ceiling as much as the hub. The last line
 is one JSON object with the figures.
 
-    .venv/bin/python bench/intake.py [--orders 6000] [--rate 500] [--seconds 10] [--rounds 3]
+    .venv/bin/python bench/intake.py [--orders 6000] [--rate 500] [--seconds 10] [--rounds 3] [--commit-window-ms 2]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Loader, pct
+from common import Loader, journal_section, pct
 
 from edgehub.broker import MosquittoProcess
 from edgehub.config import load_config
@@ -92,6 +92,8 @@ async def main() -> dict[str, Any]:
     parser.add_argument("--orders", type=int, default=6000)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--commit-window-ms", type=float, default=None,
+                        help="the journal's group commit window (config journal.commit_window_ms, default 2)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="ceiling and hub bursts, back to back; the ratio is the median of the rounds' ratios")
     args = parser.parse_args()
@@ -101,7 +103,8 @@ async def main() -> dict[str, Any]:
     raw_latency: list[float] = []
     hub_latency: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
-        path = write_config(Path(tmp) / "box", store="bench", mode="external")
+        path = write_config(Path(tmp) / "box", store="bench", mode="external",
+                            extra=journal_section(args.commit_window_ms))
         config = load_config(path)
         port = config.broker.listen.port
         async with MosquittoProcess(config) as _broker:
@@ -132,6 +135,7 @@ async def main() -> dict[str, Any]:
         "ratio": round(statistics.median(ratios), 3),
         "round_ratios": [round(r, 3) for r in ratios],
         "rate_per_s": args.rate,
+        "commit_window_ms": config.journal.commit_window_ms,
         "raw_p50_ms": pct(raw_latency, 0.5),
         "raw_p99_ms": pct(raw_latency, 0.99),
         "p50_ms": pct(hub_latency, 0.5),

@@ -3,6 +3,7 @@ by order_id, TCP_NODELAY like the hub's own clients) and percentiles."""
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import json
 import socket
@@ -16,6 +17,8 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from edgehub.config import MAX_COMMIT_WINDOW_MS  # noqa: E402 - after the repo is on the path
 
 
 def compile_like_the_image() -> None:
@@ -95,6 +98,15 @@ def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
 
 
+def commit_window_ms(text: str) -> float:
+    """``--commit-window-ms``: what ``journal.commit_window_ms`` accepts, or a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= MAX_COMMIT_WINDOW_MS:
+        raise argparse.ArgumentTypeError(f"{text} ms: journal.commit_window_ms must be 0 to {MAX_COMMIT_WINDOW_MS} ms")
+    return value
 
 
 def journal_section(commit_window_ms: float | None) -> str:

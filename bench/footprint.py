@@ -46,7 +46,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import Loader, compile_like_the_image, journal_section
+from common import Loader, commit_window_ms, compile_like_the_image, journal_section
 
 from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
@@ -187,7 +187,7 @@ def main() -> dict[str, Any]:
                              "shorter settle may read RSS before)")
     parser.add_argument("--bump-after-s", type=float, default=1.0,
                         help="a station's screen bumps a ticket this long after it appears, serves it as long later")
-    parser.add_argument("--commit-window-ms", type=float, default=None,
+    parser.add_argument("--commit-window-ms", type=commit_window_ms, default=None,
                         help="the journal's group commit window (config journal.commit_window_ms, default 2): "
                              "longer windows put more orders in one fsync, and every ack waits for it")
     parser.add_argument("--no-bump", action="store_true",

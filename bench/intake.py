@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Loader, journal_section, pct
+from common import Loader, commit_window_ms, journal_section, pct
 
 from edgehub.broker import MosquittoProcess
 from edgehub.config import load_config
@@ -92,7 +92,7 @@ async def main() -> dict[str, Any]:
     parser.add_argument("--orders", type=int, default=6000)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--commit-window-ms", type=float, default=None,
+    parser.add_argument("--commit-window-ms", type=commit_window_ms, default=None,
                         help="the journal's group commit window (config journal.commit_window_ms, default 2)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="ceiling and hub bursts, back to back; the ratio is the median of the rounds' ratios")

@@ -69,6 +69,9 @@ class ApiConfig:
     installer_pin: str = field(default="", repr=False)
 
 
+MAX_COMMIT_WINDOW_MS = 50  # every ack waits up to this for its group commit
+
+
 @dataclass(frozen=True)
 class JournalConfig:
     path: Path
@@ -518,7 +521,8 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     journal = JournalConfig(
         path=base / ck.get(t, "journal.path", str, str(data_dir / "journal.sqlite")),
         commit_window_ms=float(ck.get(t, "journal.commit_window_ms", (int, float), 2.0,
-                                      check=lambda v: None if 0 <= v <= 50 else "must be 0 to 50 ms")),
+                                      check=lambda v: None if 0 <= v <= MAX_COMMIT_WINDOW_MS
+                                      else f"must be 0 to {MAX_COMMIT_WINDOW_MS} ms")),
     )
 
     t = ck.table(data, "limits", {"max_order_bytes", "max_lines", "max_qty", "max_text"})

@@ -765,6 +765,16 @@ class _Pump:
         self.session = session_factory(self._wake)
 
     def _wake(self) -> None:
+        # On the loop's own thread (a TCP session answering a status query, several times a
+        # second per printer) the event is set at once; only other threads (the USB front end's
+        # libusb workers, knobs turned from a test's thread) go through the loop's self-pipe.
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._event.set()
+            return
         with contextlib.suppress(RuntimeError):  # loop already closed at interpreter exit
             self._loop.call_soon_threadsafe(self._event.set)
 

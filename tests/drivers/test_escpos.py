@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -604,3 +605,31 @@ async def test_process_id_on_a_clone_times_out_naming_the_printer(clone: Printer
     assert "may or may not have printed" in message and clone.address in message
     assert "GS ( H" in message and 'confirm = "status"' in message
     assert printer.confirmed_by == "process-id"
+
+
+async def test_the_simulated_printer_answers_on_the_loop_without_its_self_pipe(
+    sim: PrinterSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run` probes each simulated printer several times a second: a reply made on the event
+    loop's own thread wakes the sender at once, not through the loop's self-pipe (a system call
+    each way and an extra turn of the loop), which is left to other threads (USB workers)."""
+    loop = asyncio.get_running_loop()
+    woken_from_threads = []
+    threadsafe = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        woken_from_threads.append(args)
+        return threadsafe(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    host, port = sim.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for n in (1, 2, 3, 4):
+            writer.write(bytes((0x10, 0x04, n)))
+            await writer.drain()
+            (reply,) = await asyncio.wait_for(reader.readexactly(1), 5)
+            assert reply & 0x93 == 0x12, f"DLE EOT {n} answered {reply:#04x}"
+    finally:
+        writer.close()
+    assert woken_from_threads == []

@@ -213,6 +213,22 @@ class CloudRecorder:
                 raise AssertionError(f"cloud has {self.count()} of {n} messages after {timeout} s")
             await asyncio.sleep(0.05)
 
+    async def wait_for_ids(self, ids: Iterable[str], timeout: float = 30.0) -> None:
+        """Until every one of ``ids`` arrived. Counting is not enough where the store adds rows of
+        its own (a hub's kitchen events): the count can be reached while known rows, acknowledged
+        by the cloud broker already, are still on their way to this subscriber."""
+        wanted = set(ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                missing = wanted - {m.msg_id for m in self.messages}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cloud lacks {len(missing)} of {len(wanted)} messages after {timeout} s: "
+                                     f"{sorted(missing)[:5]}")
+            await asyncio.sleep(0.05)
+
     def check(self, expected: Iterable[str]) -> Report:
         """The oracle: every expected msg_id once (after dedupe), nothing else, per-stream order
         kept within each lane, stream_seq contiguous and a re-send identical to the first."""

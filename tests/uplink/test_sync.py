@@ -73,7 +73,7 @@ async def test_sync_command_drains_now_and_the_cloud_agrees(slow_hub: tuple[Hub,
     assert status["replay"]["replay_rate_limit"] == 5  # the drain went past it
     assert recorder.requests and recorder.requests[-1]["schema"] == "cloud-reconcile-request/1"
     assert recorder.requests[-1]["streams"]["orders"]["produced"] == 400
-    await recorder.wait_for(len(ids))
+    await recorder.wait_for_ids(ids)
     assert_cloud_has_everything(recorder, hub.config.journal.path, ids)
 
 

@@ -81,7 +81,7 @@ async def test_disk_at_hard_limit_evicts_telemetry_and_loses_no_order(tmp_path: 
         while pending_rows(journal):
             assert asyncio.get_running_loop().time() < deadline, "outbox not drained"
             await asyncio.sleep(0.05)
-    await recorder.wait_for(len(ids))
+    await recorder.wait_for_ids(ids)
     assert_cloud_has_everything(recorder, journal, ids)
     assert recorder.stream_seqs("orders") == list(range(1, 52))
     assert recorder.stream_seqs("telemetry") == []

@@ -25,7 +25,7 @@ async def test_backlog_and_live_rows_reach_the_cloud_once(tmp_path: Path, wan: F
         expected += await rig.add("orders", 50, prefix="live")
         await rig.wait_drained()
         status = await rig.uplink.status()
-    await recorder.wait_for(len(expected))
+    await recorder.wait_for_ids(expected)
     report = recorder.check(expected)
     assert report.ok, report
     assert recorder.stream_seqs("orders") == list(range(1, 351))

@@ -55,7 +55,7 @@ async def test_hub_killed_mid_replay_loses_nothing(tmp_path: Path, wan: FaultPro
         await wait_until(lambda: pending_rows(journal) == 0, "the outbox drained after the restart")
     finally:
         hub.stop()
-    await recorder.wait_for(len(seeded) + len(live))
+    await recorder.wait_for_ids(seeded + live)
     assert_cloud_has_everything(recorder, journal, seeded + live)
     # Rows the cloud acknowledged but the killed hub had not yet deleted are sent again: the
     # cloud sees them twice, and the oracle above proves they are dropped by message id.
@@ -83,7 +83,7 @@ async def test_hub_restarted_while_offline_keeps_its_backlog(tmp_path: Path, wan
         await wait_until(lambda: pending_rows(config.journal.path) == 0, "the outbox drained once the WAN was back")
         status = (await hub.status())["uplink"]
         assert status["streams"]["orders"]["acked"] == 30 and status["last_cloud_ack_at"]
-    await recorder.wait_for(len(ids))
+    await recorder.wait_for_ids(ids)
     assert_cloud_has_everything(recorder, config.journal.path, ids)
     assert recorder.stream_seqs("orders") == list(range(1, 31))
 

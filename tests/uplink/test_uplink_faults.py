@@ -19,7 +19,7 @@ from tests.uplink.conftest import Rig, box_config
 
 async def drain_through(rig: Rig, recorder: CloudRecorder, expected: list[str], timeout: float = 40) -> None:
     await rig.wait_drained(timeout)
-    await recorder.wait_for(len(expected), timeout=10)
+    await recorder.wait_for_ids(expected, timeout=10)
     report = recorder.check(expected)
     assert report.ok, report
 

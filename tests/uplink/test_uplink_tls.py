@@ -109,7 +109,7 @@ async def test_backlog_drains_once_in_order_over_tls(tmp_path: Path, tls_cloud: 
             await rig.wait_online()
             await rig.wait_drained(timeout=120)
             status = await rig.uplink.status()
-        await recorder.wait_for(len(ids))
+        await recorder.wait_for_ids(ids)
     assert_cloud_has_everything(recorder, journal, ids)
     assert recorder.stream_seqs("orders") == list(range(1, 2501))
     assert status["streams"]["orders"]["acked"] == 2500 and status["backlog"] == 0

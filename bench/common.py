@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgehub.config import MAX_COMMIT_WINDOW_MS  # noqa: E402 - after the repo is on the path
+from edgehub.config import commit_window_problem  # noqa: E402 - after the repo is on the path
 
 
 def compile_like_the_image() -> None:
@@ -104,8 +104,8 @@ def commit_window_ms(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= MAX_COMMIT_WINDOW_MS:
-        raise argparse.ArgumentTypeError(f"{text} ms: journal.commit_window_ms must be 0 to {MAX_COMMIT_WINDOW_MS} ms")
+    if problem := commit_window_problem(value):
+        raise argparse.ArgumentTypeError(f"{text} ms: journal.commit_window_ms {problem}")
     return value
 
 

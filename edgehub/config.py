@@ -72,6 +72,11 @@ class ApiConfig:
 MAX_COMMIT_WINDOW_MS = 50  # every ack waits up to this for its group commit
 
 
+def commit_window_problem(value: float) -> str | None:
+    """What is wrong with ``journal.commit_window_ms`` (also the benchmarks' ``--commit-window-ms``)."""
+    return None if 0 <= value <= MAX_COMMIT_WINDOW_MS else f"must be 0 to {MAX_COMMIT_WINDOW_MS} ms"
+
+
 @dataclass(frozen=True)
 class JournalConfig:
     path: Path
@@ -521,8 +526,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     journal = JournalConfig(
         path=base / ck.get(t, "journal.path", str, str(data_dir / "journal.sqlite")),
         commit_window_ms=float(ck.get(t, "journal.commit_window_ms", (int, float), 2.0,
-                                      check=lambda v: None if 0 <= v <= MAX_COMMIT_WINDOW_MS
-                                      else f"must be 0 to {MAX_COMMIT_WINDOW_MS} ms")),
+                                      check=commit_window_problem)),
     )
 
     t = ck.table(data, "limits", {"max_order_bytes", "max_lines", "max_qty", "max_text"})

@@ -202,9 +202,13 @@ class CloudRecorder:
         info = self.client.publish(f"cloud/{self.store}/down/{kind}", body, qos=1, retain=True)
         info.wait_for_publish(5)
 
-    def count(self) -> int:
+    def seen(self) -> set[str]:
+        """The msg_ids received so far (each once)."""
         with self.lock:
-            return len({m.msg_id for m in self.messages})
+            return {m.msg_id for m in self.messages}
+
+    def count(self) -> int:
+        return len(self.seen())
 
     async def wait_for(self, n: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -220,8 +224,7 @@ class CloudRecorder:
         wanted = set(ids)
         deadline = time.monotonic() + timeout
         while True:
-            with self.lock:
-                missing = wanted - {m.msg_id for m in self.messages}
+            missing = wanted - self.seen()
             if not missing:
                 return
             if time.monotonic() > deadline:

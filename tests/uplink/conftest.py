@@ -175,7 +175,7 @@ def assert_cloud_has_everything(recorder: Any, journal: Path, known: list[str]) 
     finally:
         conn.close()
     assert not [c for c in counters if c[3]], f"still in the outbox: {counters}"
-    seen = {m.msg_id for m in recorder.messages}
+    seen = recorder.seen()
     report = recorder.check(seen | set(known))
     assert report.ok, report
     for stream, produced, dropped, _ in counters:

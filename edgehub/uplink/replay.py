@@ -36,10 +36,14 @@ REFUSED_HOLD_S = 60.0
 # A cloud broker may answer a message it refuses by dropping the connection, with no PUBACK or
 # with one that is lost with the connection (AWS IoT does the first; Mosquitto 2.0 sends 0x87 and
 # closes at once, and the close can overtake it). When the link is lost within DROP_WINDOW_S of
-# publishing the oldest unacknowledged row, that row is suspect: the next connection sends one
-# message at a time until its first PUBACK (a probe), and when the link is lost again while the
-# suspect is the one message in flight, its stream is held back as refused: otherwise every new
-# connection would send it first and be dropped again, and no other stream would get through.
+# publishing the oldest unacknowledged row, the rows then in flight are suspect: the next
+# connection sends one message at a time (a probe) until it has had a PUBACK for as many messages
+# as were in flight, so the row the cloud hangs up on goes alone. When the link is lost again
+# while one row is alone in flight, twice the same row, its stream is held back as refused:
+# otherwise every new connection would send it and be dropped again, and no other stream would
+# get through. (A probe that ended with its first PUBACK let the next window go out at once: with
+# orders in flight ahead of the culprit, whose PUBACKs the hang-up lost, each connection then
+# moved one order on, and 50 orders took some 40 connections.)
 # The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would
 # then have to cut it within the one round trip the probe lasts. (Two cuts at any moment of a
 # busy drain did trip it, holding orders back 60 s; so did a probe sent at once, when the flaps
@@ -160,6 +164,7 @@ class Replay:
         self._held_until: dict[str, float] = {}
         self._suspect: tuple[str, int] | None = None  # (stream, seq) that was oldest at the last loss
         self._strikes = 0
+        self._probe_left = 0  # PUBACKs the next connection waits for one message at a time
         self._reoffer = asyncio.Event()  # rows held back in this pass are to be offered again
         self.session: _Session | None = None
         self._acked: list[tuple[int, str, int]] = []
@@ -203,8 +208,8 @@ class Replay:
         window = max(1, min(self.cfg.max_inflight, link.receive_maximum))
         replay_cap = max(1, window - min(self.cfg.live_slots, window - 1))
         session = _Session(link, head, window, replay_cap)
-        if self._suspect is not None:
-            session.window = 1  # a probe: one message at a time until the first PUBACK
+        if self._probe_left:
+            session.window = 1  # a probe: one message at a time (see DROP_WINDOW_S)
             assert link.lost is not None
             await asyncio.wait({link.lost}, timeout=PROBE_AFTER_S)  # lost meanwhile: seen below
         self.session = session
@@ -352,7 +357,10 @@ class Replay:
             self.stats.last_ack_at = now
             if entry.lane == LANE_LIVE:
                 self.stats.live_latency_ms.append((now - entry.created_at) * 1000)
-        s.window = s.full_window  # a probe ends with its PUBACK, whatever it says
+        if self._probe_left:  # a probe counts PUBACKs, whatever they say
+            self._probe_left -= 1
+        if not self._probe_left:
+            s.window = s.full_window
         s.freed.set()
 
     def _refuse(self, stream: str, reason: str, detail: str) -> None:
@@ -375,12 +383,14 @@ class Replay:
         """The link was lost: blame the oldest unacknowledged row if it keeps being the one."""
         oldest = next(iter(s.inflight.values()), None)
         if oldest is None or time.monotonic() - oldest.sent_at > DROP_WINDOW_S:
-            self._suspect, self._strikes = None, 0
+            self._suspect, self._strikes, self._probe_left = None, 0, 0
             return
         suspect = (oldest.stream, oldest.seq)
         probed = s.window == 1 and len(s.inflight) == 1  # it went alone, and the link went with it
         self._strikes = self._strikes + 1 if suspect == self._suspect and probed else 1
         self._suspect = suspect
+        # The rows in flight go first on the next connection (oldest first): one at a time.
+        self._probe_left = max(self._probe_left, len(s.inflight))
         if self._strikes >= DROP_STRIKES:
             self._suspect, self._strikes = None, 0
             self._refuse(oldest.stream, DROPPED, f"the link dropped {DROP_STRIKES} times in a row "

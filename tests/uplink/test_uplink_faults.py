@@ -134,12 +134,15 @@ async def no_telemetry_cloud(tmp_path: Path, wan: FaultProxy,
 
 
 async def orders_around_telemetry(rig: Rig, rec: CloudRecorder) -> tuple[list[str], list[str], dict[str, Any]]:
-    """50 orders, 20 telemetry samples, 50 orders. Once the cloud has the orders: telemetry is
-    still in the outbox, the orders are not. Returns the ids and the uplink's status."""
+    """50 orders, acknowledged; then 20 telemetry samples and 50 orders. Once the cloud has the
+    orders: telemetry is still in the outbox, the orders are not. Returns the ids and the uplink's
+    status. (Telemetry that goes out with orders still in flight: see
+    test_a_cloud_that_hangs_up_behind_orders_in_flight.)"""
     orders = await rig.add("orders", 50)
+    await rig.wait_drained()
     samples = await rig.add("telemetry", 20)
     orders += await rig.add("orders", 50, prefix="after")
-    await rec.wait_for(100)
+    await rec.wait_for_ids(orders)
     await asyncio.sleep(0.3)
     status = await rig.uplink.status()
     assert status["streams"]["telemetry"]["count"] == 20
@@ -203,5 +206,31 @@ async def test_a_cloud_that_hangs_up_on_a_stream_holds_that_stream_back(tmp_path
         await asyncio.wait_for(job.done.wait(), 20)
         assert rig.uplink.connects == 3
         assert (await rig.uplink.status())["replay"]["refused_streams"] == {}
+    report = recorder.check(orders + samples)
+    assert report.ok, report
+
+
+async def test_a_cloud_that_hangs_up_behind_orders_in_flight(tmp_path: Path, wan: FaultProxy,
+                                                             recorder: CloudRecorder) -> None:
+    # The backlog goes out in one window when the WAN returns: 50 orders, then telemetry the cloud
+    # hangs up on, then 50 orders. The hang-up loses the PUBACKs of orders still in flight, so the
+    # oldest unacknowledged row is an order, not the telemetry. The next connection must send
+    # those rows one at a time until the telemetry goes alone and is held back, not move one
+    # order on per connection.
+    wan.refuse()
+    wan.drop_on_topic("cloud/s1/up/telemetry")
+    async with Rig(box_config(tmp_path, wan)) as rig:
+        orders = await rig.add("orders", 50)
+        samples = await rig.add("telemetry", 20)
+        orders += await rig.add("orders", 50, prefix="after")
+        wan.refusing = False
+        await recorder.wait_for_ids(orders)
+        status = await rig.uplink.status()
+        assert status["replay"]["refused_streams"] == {"telemetry": "link dropped"}
+        assert status["streams"]["telemetry"]["count"] == 20
+        assert 2 <= wan.dropped <= 3, wan.dropped  # the window, (the orders one at a time,) the telemetry alone
+        wan.heal()
+        job = await rig.uplink.sync()
+        await asyncio.wait_for(job.done.wait(), 20)
     report = recorder.check(orders + samples)
     assert report.ok, report

@@ -7,7 +7,12 @@ Kept free of I/O and clocks so the rule can be read and tested on its own:
   order (primary first, then the spares);
 - a device earlier in the order takes the role back only after it stayed usable for
   ``failback_after_s``, and never while a job runs on the role (``busy``), so a flapping primary
-  does not drag the role to and fro and no ticket is cut in half by a failback.
+  does not drag the role to and fro and no ticket is cut in half by a failback;
+- a role nobody serves yet (at start) waits up to ``FIRST_CHECK_GRACE_S`` for an earlier device
+  whose first check is still under way (or that discovery has not found yet) before it takes a
+  later one: otherwise the spare whose probe answered a millisecond sooner served the role at
+  every boot, and the primary took it back only ``failback_after_s`` later (``make run``: the
+  receipts of the first 10 s went to a kitchen printer).
 """
 
 from __future__ import annotations
@@ -33,8 +38,16 @@ class RoleSeat:
     busy: int = 0  # jobs or payments running on the serving device right now
 
 
+FIRST_CHECK_GRACE_S = 3.0
+
+
 def usable(entry: DeviceEntry | None, kind: str) -> bool:
     return entry is not None and entry.present and entry.health.usable and entry.info.kind == kind
+
+
+def unchecked(entry: DeviceEntry | None) -> bool:
+    """Not found yet, or found and its first check not done: it may well be usable in a moment."""
+    return entry is None or (entry.present and entry.health.state == "unknown")
 
 
 def why_not(device_id: str, entry: DeviceEntry | None, kind: str) -> str:
@@ -66,6 +79,10 @@ def choose_serving(
     if candidates:
         chosen = candidates[0]
         if current is None:
+            earlier = seat.devices[: seat.devices.index(chosen)]
+            waiting = [d for d in earlier if unchecked(entries.get(d))]
+            if waiting and now - seat.since < FIRST_CHECK_GRACE_S:
+                return None, f"{seat.name}: waiting for the first check of {waiting[0]} before taking {chosen}"
             return chosen, ""
         return chosen, f"failover from {why_not(current, entries.get(current), seat.kind)}"
     if not seat.devices:

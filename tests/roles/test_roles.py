@@ -44,6 +44,26 @@ def test_rule_fails_over_at_once_and_fails_back_only_when_settled() -> None:
     assert choose_serving(seat, {"a": entry("a", kind="scale")}, {}, 0)[0] is None
 
 
+def test_rule_waits_briefly_at_start_for_a_primary_not_checked_yet() -> None:
+    # At start the spare's probe may answer first: the role waits for the primary's first check
+    # instead of putting receipts on the spare until failback.
+    seat = RoleSeat("receipt-printer", "printer", ("a", "b"), failback_after_s=10, since=100.0)
+    entries: dict[str, DeviceEntry | None] = {"a": entry("a", "unknown"), "b": entry("b")}
+    device, why = choose_serving(seat, entries, {"b": 100.0}, now=100.5)
+    assert device is None and why == "receipt-printer: waiting for the first check of a before taking b"
+    entries["a"] = entry("a")
+    assert choose_serving(seat, entries, {"a": 100.6, "b": 100.0}, now=100.6)[0] == "a"
+    # Not found yet counts as not checked yet; a primary that failed its check does not.
+    assert choose_serving(seat, {"a": None, "b": entry("b")}, {}, now=101)[0] is None
+    assert choose_serving(seat, {"a": entry("a", "failed"), "b": entry("b")}, {}, now=100.5)[0] == "b"
+    # The wait is bounded: a primary whose check never ends does not keep the role down.
+    device, why = choose_serving(seat, {"a": entry("a", "unknown"), "b": entry("b")}, {}, now=103)
+    assert device == "b" and why == ""
+    # A role already served fails over at once, whatever the earlier devices' state.
+    seat.serving = "a"
+    assert choose_serving(seat, {"a": entry("a", "failed"), "b": entry("b")}, {}, now=100.5)[0] == "b"
+
+
 def test_config_roles_checked_with_line_numbers(tmp_path: Any) -> None:
     path = write_config(tmp_path, extra='[[role]]\nname = "printer"\ndevices = ["a", "a"]\nspare = 1\n')
     with pytest.raises(ConfigError) as err:

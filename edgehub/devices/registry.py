@@ -140,6 +140,7 @@ class DeviceRegistry:
         self._unsent_wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._publish_failing = False
+        self._published_once = False  # a state has reached the broker since start
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, device_id: str) -> DeviceEntry | None:
@@ -410,8 +411,12 @@ class DeviceRegistry:
                 self._unsent_wakeup.set()
             if not self._publish_failing:
                 self._publish_failing = True
-                log.warning("cannot publish device state yet (%s); will retry", exc)
+                # Devices are found before the hub's broker session is up at every start: that
+                # is no warning. A broker lost later is.
+                log.log(logging.WARNING if self._published_once else logging.INFO,
+                        "cannot publish device state yet (%s); will retry", exc)
             return
+        self._published_once = True
         if self._publish_failing and not self._unsent:
             self._publish_failing = False
             log.info("publishing device state again")
@@ -428,6 +433,7 @@ class DeviceRegistry:
                 except (EdgehubError, TimeoutError, OSError):
                     await asyncio.sleep(self.retry_interval)
                     continue
+                self._published_once = True
                 if self._unsent.get(topic) is payload:
                     del self._unsent[topic]
             if self._publish_failing:

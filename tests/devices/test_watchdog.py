@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -132,8 +133,11 @@ async def test_printer_states_follow_the_printer(rig: Rig, config: Config, broke
     assert len(states) == 1 + 10  # added, then exactly the ten changes made above
 
 
-async def test_state_is_published_once_the_broker_is_there(config: Config) -> None:
-    """The registry keeps what it could not publish and sends the newest value later."""
+async def test_state_is_published_once_the_broker_is_there(config: Config, caplog: pytest.LogCaptureFixture) -> None:
+    """The registry keeps what it could not publish and sends the newest value later. Before the
+    first publish (every start: devices are found before the broker session is up) that is
+    said at INFO; a broker lost after that is a WARNING."""
+    caplog.set_level(logging.INFO)
     sent: list[tuple[str, bytes, bool]] = []
     up = asyncio.Event()
 
@@ -153,5 +157,9 @@ async def test_state_is_published_once_the_broker_is_there(config: Config) -> No
         async with asyncio.timeout(5):
             while len({t for t, _, _ in sent}) < 2:  # the resend task runs on its own: poll what it sent
                 await asyncio.sleep(0.02)
+        up.clear()
+        await registry.set_health("usb-04b8-0e28-X1", Health("ready"))
     states = [json.loads(p) for t, p, _ in sent if t == topics.device_state("usb-04b8-0e28-X1")]
     assert states[-1]["state"] == "failed" and states[-1]["reason"] == "paper end"
+    levels = [r.levelname for r in caplog.records if r.getMessage().startswith("cannot publish device state yet")]
+    assert levels == ["INFO", "WARNING"]

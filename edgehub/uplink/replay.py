@@ -43,13 +43,16 @@ REFUSED_HOLD_S = 60.0
 # otherwise every new connection would send it and be dropped again, and no other stream would
 # get through. (A probe that ended with its first PUBACK let the next window go out at once: with
 # orders in flight ahead of the culprit, whose PUBACKs the hang-up lost, each connection then
-# moved one order on, and 50 orders took some 40 connections.)
+# moved one order on, and 50 orders took some 40 connections.) A probe covers at most
+# PROBE_MAX_ROWS rows: on a WAN that merely flaps during a busy drain each probe costs one round
+# trip per row, and a culprit further back is reached by the next probe, PROBE_MAX_ROWS rows on.
 # The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would
 # then have to cut it within the one round trip the probe lasts. (Two cuts at any moment of a
 # busy drain did trip it, holding orders back 60 s; so did a probe sent at once, when the flaps
 # came as often as the reconnects.)
 DROP_WINDOW_S = 1.0
 DROP_STRIKES = 2
+PROBE_MAX_ROWS = 32
 PROBE_AFTER_S = 0.5
 DROPPED = "link dropped"
 # Before rows held back are offered again on the same connection, the messages in flight get
@@ -390,7 +393,7 @@ class Replay:
         self._strikes = self._strikes + 1 if suspect == self._suspect and probed else 1
         self._suspect = suspect
         # The rows in flight go first on the next connection (oldest first): one at a time.
-        self._probe_left = max(self._probe_left, len(s.inflight))
+        self._probe_left = max(self._probe_left, min(len(s.inflight), PROBE_MAX_ROWS))
         if self._strikes >= DROP_STRIKES:
             self._suspect, self._strikes = None, 0
             self._refuse(oldest.stream, DROPPED, f"the link dropped {DROP_STRIKES} times in a row "

@@ -77,10 +77,15 @@ def commit_window_problem(value: float) -> str | None:
     return None if 0 <= value <= MAX_COMMIT_WINDOW_MS else f"must be 0 to {MAX_COMMIT_WINDOW_MS} ms"
 
 
+def _keep_days_problem(value: float) -> str | None:
+    return None if value == 0 or 7 <= value <= 3650 else "must be 0 (keep everything) or 7 to 3650 days"
+
+
 @dataclass(frozen=True)
 class JournalConfig:
     path: Path
     commit_window_ms: float = 2.0
+    keep_days: float = 90.0  # 0: keep everything (edgehub/store/retention.py)
 
 
 @dataclass(frozen=True)
@@ -522,11 +527,12 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     if api.token and len(api.token) < 16:
         ck.problem("api.token", "must be at least 16 characters (generate one with `edgehub provision`)")
 
-    t = ck.table(data, "journal", {"path", "commit_window_ms"})
+    t = ck.table(data, "journal", {"path", "commit_window_ms", "keep_days"})
     journal = JournalConfig(
         path=base / ck.get(t, "journal.path", str, str(data_dir / "journal.sqlite")),
         commit_window_ms=float(ck.get(t, "journal.commit_window_ms", (int, float), 2.0,
                                       check=commit_window_problem)),
+        keep_days=float(ck.get(t, "journal.keep_days", (int, float), 90.0, check=_keep_days_problem)),
     )
 
     t = ck.table(data, "limits", {"max_order_bytes", "max_lines", "max_qty", "max_text"})

@@ -33,6 +33,7 @@ from edgehub.kitchen import Kitchen, ScreenServer
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
+from edgehub.store.retention import Retention
 from edgehub.uplink import attach_uplink, follow_cloud_routing
 
 log = logging.getLogger("edgehub.hub")
@@ -70,6 +71,9 @@ class Hub:
         # ``self.outbox.add(conn, ...)``, read ``self.downlink.current("menu")``) and, with
         # [cloud] enabled, the uplink to the chain's cloud (edgehub/uplink/).
         self.outbox, self.downlink, self.uplink = attach_uplink(self)
+        # What the journal keeps of the past: journal.keep_days (edgehub/store/retention.py).
+        self.retention = Retention(self.journal, config.journal.keep_days)
+        self.components.append(self.retention)
         # Devices: the registry first (roles read it), then discovery fills it, the
         # watchdog probes what is in it and the feeds publish scans and weights.
         self.registry = DeviceRegistry(self.topics, self._publish_device,
@@ -204,6 +208,7 @@ class Hub:
                 "commits": self.journal.stats.commits,
                 "last_commit_ms": round(self.journal.stats.last_commit_ms, 3),
                 "moved_aside": self.journal.stats.moved_aside,
+                "retention": self.retention.status(),
             },
             "intake": vars(self.intake.stats).copy(),
             **{name: await section() for name, section in self.status_sections.items()},

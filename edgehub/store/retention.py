@@ -1,0 +1,203 @@
+"""Journal retention: the box keeps its recent past; the cloud keeps the rest.
+
+Without it the journal grows by every order, ticket, kitchen event, print job and payment for as
+long as the box runs, on an SD card, and the start-up check (``PRAGMA quick_check`` reads every
+page) grows with it, delaying READY at every start. Once an hour (first a minute after start)
+rows older than ``journal.keep_days`` are deleted, in small batches that ride along with the
+journal's other commits (``lazy``), so an order's commit never waits behind a large delete.
+
+Never deleted, whatever their age:
+
+- anything as recent as the oldest row still in the outbox: the cloud does not have it yet.
+  With the cloud link off, or a WAN down for longer than ``keep_days``, nothing is deleted at all;
+- the outbox itself (the uplink deletes a row when the cloud acknowledged it);
+- an order the kitchen has not made tickets for yet (after ``kitchen_watermark``), or one with a
+  ticket still on a station screen (new, in progress, recalled), with its tickets and changes;
+- a print job not printed, a payment not final (sent, unknown);
+- role bindings, downlink documents, counters (``outbox_streams``, ``kitchen_seqs``).
+
+An order_id deleted here is an order_id the hub no longer knows: sent again (months later) it
+would be taken as new. A terminal re-sends for minutes, not months.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgehub.errors import EdgehubError
+
+log = logging.getLogger("edgehub.journal")
+
+DAY_S = 86_400.0
+EVERY_S = 3600.0
+FIRST_AFTER_S = 60.0
+BATCH = 200  # rows looked at per table per commit
+PAUSE_S = 0.05  # between two batches: the box's own work comes first
+OPEN_TICKET_STATES = ("new", "in_progress", "recalled")  # kitchen/tickets.py OPEN
+FINAL_PAYMENT_STATES = ("approved", "declined", "aborted", "not_found", "void")  # roles/payments.py FINAL
+# A ticket's id is "{order_id}/{station}/{n}": its order's tickets are a range of the primary key.
+_OF_ORDER = "ticket_id >= :o || '/' AND ticket_id < :o || '0' AND order_id = :o"
+
+
+@dataclass
+class RetentionStats:
+    passes: int = 0
+    last_pass_at: float | None = None  # wall clock
+    last_cutoff: float | None = None
+    deleted: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
+
+
+def cutoff(conn: sqlite3.Connection, now: float, keep_s: float) -> float:
+    """Rows from before this (wall clock) may go: ``keep_s`` back, never past the outbox's oldest row."""
+    limit = now - keep_s
+    row = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+    return limit if row is None else min(limit, float(row[0]))
+
+
+def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, limit: int = BATCH) -> tuple[int, int, bool]:
+    """Up to ``limit`` orders after ``after_seq`` looked at; those received before ``before`` with
+    no open ticket are deleted with their tickets and changes. Returns (deleted, last seq looked
+    at, done)."""
+    (mark,) = conn.execute("SELECT order_seq FROM kitchen_watermark WHERE id=1").fetchone()
+    rows = conn.execute("SELECT seq, order_id, received_at FROM orders WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (after_seq, limit)).fetchall()
+    deleted, last = 0, after_seq
+    for seq, order_id, received_at in rows:
+        if received_at >= before or seq > mark:
+            return deleted, last, True
+        last = seq
+        tickets = conn.execute(f"SELECT ticket_id, state FROM tickets WHERE {_OF_ORDER}", {"o": order_id}).fetchall()
+        if any(state in OPEN_TICKET_STATES for _, state in tickets):
+            continue
+        conn.executemany("DELETE FROM tickets WHERE ticket_id=?", [(ticket_id,) for ticket_id, _ in tickets])
+        conn.execute("DELETE FROM order_changes WHERE order_id=?", (order_id,))
+        conn.execute("DELETE FROM orders WHERE seq=?", (seq,))
+        deleted += 1
+    return deleted, last, len(rows) < limit
+
+
+def _prune_by_key(conn: sqlite3.Connection, table: str, key: str, at: str, keep_if: str,
+                  before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
+    """Rows of ``table`` in ``key`` order whose time ``at`` is before ``before``, except where ``keep_if``."""
+    # Table and column names are this module's own, never input.
+    rows = conn.execute(f"SELECT {key}, {at}, {keep_if} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                        (after, limit)).fetchall()
+    doomed: list[tuple[int]] = []
+    last = after
+    for row_key, row_at, keep in rows:
+        if row_at >= before:
+            conn.executemany(f"DELETE FROM {table} WHERE {key}=?", doomed)
+            return len(doomed), last, True
+        last = row_key
+        if not keep:
+            doomed.append((row_key,))
+    conn.executemany(f"DELETE FROM {table} WHERE {key}=?", doomed)
+    return len(doomed), last, len(rows) < limit
+
+
+def prune_ticket_events(conn: sqlite3.Connection, before: float, after: int,
+                        limit: int = BATCH) -> tuple[int, int, bool]:
+    """Kitchen events from before ``before`` whose ticket is gone (deleted with its order)."""
+    return _prune_by_key(conn, "ticket_events", "id", "at",
+                         "EXISTS (SELECT 1 FROM tickets t WHERE t.ticket_id = ticket_events.ticket_id)",
+                         before, after, limit)
+
+
+def prune_deadletters(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
+    return _prune_by_key(conn, "deadletters", "id", "received_at", "0", before, after, limit)
+
+
+def prune_print_jobs(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
+    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state != 'printed'", before, after, limit)
+
+
+def prune_payments(conn: sqlite3.Connection, before: float, after: int = 0,
+                   limit: int = BATCH) -> tuple[int, int, bool]:
+    """Final payments last changed before ``before`` (no time order to walk: the table is small)."""
+    states = ",".join(f"'{s}'" for s in FINAL_PAYMENT_STATES)
+    cur = conn.execute(
+        f"DELETE FROM payments WHERE rowid IN (SELECT rowid FROM payments WHERE updated_at < ? "
+        f"AND state IN ({states}) LIMIT ?)", (before, limit))
+    return cur.rowcount, 0, cur.rowcount < limit
+
+
+# table -> its batch: (conn, cutoff, position walked from) -> (deleted, position reached, done)
+_PRUNERS: tuple[tuple[str, Callable[..., tuple[int, int, bool]]], ...] = (
+    ("orders", prune_orders),
+    ("ticket_events", prune_ticket_events),
+    ("deadletters", prune_deadletters),
+    ("print_jobs", prune_print_jobs),
+    ("payments", prune_payments),
+)
+
+
+class Retention:
+    """The hourly pass over the journal (a hub component)."""
+
+    def __init__(self, journal: Any, keep_days: float, clock: Callable[[], float] = time.time,
+                 every_s: float = EVERY_S, first_after_s: float = FIRST_AFTER_S) -> None:
+        self.journal = journal
+        self.keep_s = keep_days * DAY_S
+        self.clock = clock
+        self.every_s = every_s
+        self.first_after_s = first_after_s
+        self.stats = RetentionStats()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Retention:
+        if self.keep_s > 0:
+            self._task = asyncio.create_task(self._run(), name="journal-retention")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self.first_after_s)
+        while True:
+            try:
+                await self.run_once()
+            except EdgehubError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("journal retention pass stopped (tried again in an hour): %s", exc)
+            await asyncio.sleep(self.every_s)
+
+    async def run_once(self) -> dict[str, int]:
+        """One pass: every table down to the cutoff, in batches. Returns what was deleted."""
+        now = self.clock()
+        before = await self.journal.read(lambda conn: cutoff(conn, now, self.keep_s))
+        deleted: dict[str, int] = {}
+        for table, prune in _PRUNERS:
+            position, done = 0, False
+            while not done:
+                n, position, done = await self.journal.write(
+                    lambda conn, p=prune, pos=position: p(conn, before, pos), lazy=True)
+                if n:
+                    deleted[table] = deleted.get(table, 0) + n
+                if not done:
+                    await asyncio.sleep(PAUSE_S)
+        self.stats.passes += 1
+        self.stats.last_pass_at, self.stats.last_cutoff, self.stats.last_error = now, before, ""
+        for table, n in deleted.items():
+            self.stats.deleted[table] = self.stats.deleted.get(table, 0) + n
+        if deleted:
+            log.info("journal retention: deleted %s (older than %s)",
+                     ", ".join(f"{n} {table}" for table, n in deleted.items()),
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before)))
+        return deleted
+
+    def status(self) -> dict[str, Any]:
+        return {"keep_days": self.keep_s / DAY_S, "passes": self.stats.passes,
+                "last_pass_at": self.stats.last_pass_at, "last_cutoff": self.stats.last_cutoff,
+                "deleted": dict(self.stats.deleted), "last_error": self.stats.last_error}

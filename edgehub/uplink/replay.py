@@ -47,7 +47,7 @@ REFUSED_HOLD_S = 60.0
 # PROBE_MAX_ROWS rows: on a WAN that merely flaps during a busy drain each probe costs one round
 # trip per row, and a culprit further back is reached by the next probe, PROBE_MAX_ROWS rows on.
 # The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would
-# then have to cut it within the one round trip the probe lasts. (Two cuts at any moment of a
+# then have to cut it twice within the same row's one round trip. (Two cuts at any moment of a
 # busy drain did trip it, holding orders back 60 s; so did a probe sent at once, when the flaps
 # came as often as the reconnects.)
 DROP_WINDOW_S = 1.0

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgehub.errors import EdgehubError
+from edgehub.kitchen.tickets import OF_ORDER, OPEN
+from edgehub.roles.payments import FINAL
 
 log = logging.getLogger("edgehub.journal")
 
@@ -40,10 +42,7 @@ EVERY_S = 3600.0
 FIRST_AFTER_S = 60.0
 BATCH = 200  # rows looked at per table per commit
 PAUSE_S = 0.05  # between two batches: the box's own work comes first
-OPEN_TICKET_STATES = ("new", "in_progress", "recalled")  # kitchen/tickets.py OPEN
-FINAL_PAYMENT_STATES = ("approved", "declined", "aborted", "not_found", "void")  # roles/payments.py FINAL
-# A ticket's id is "{order_id}/{station}/{n}": its order's tickets are a range of the primary key.
-_OF_ORDER = "ticket_id >= :o || '/' AND ticket_id < :o || '0' AND order_id = :o"
+_OF_ORDER = OF_ORDER.format(order=":o")  # an order's tickets, as ``tickets t``
 
 
 @dataclass
@@ -74,8 +73,9 @@ def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, limit:
         if received_at >= before or seq > mark:
             return deleted, last, True
         last = seq
-        tickets = conn.execute(f"SELECT ticket_id, state FROM tickets WHERE {_OF_ORDER}", {"o": order_id}).fetchall()
-        if any(state in OPEN_TICKET_STATES for _, state in tickets):
+        tickets = conn.execute(f"SELECT t.ticket_id, t.state FROM tickets t WHERE {_OF_ORDER}",
+                               {"o": order_id}).fetchall()
+        if any(state in OPEN for _, state in tickets):
             continue
         conn.executemany("DELETE FROM tickets WHERE ticket_id=?", [(ticket_id,) for ticket_id, _ in tickets])
         conn.execute("DELETE FROM order_changes WHERE order_id=?", (order_id,))
@@ -122,7 +122,7 @@ def prune_print_jobs(conn: sqlite3.Connection, before: float, after: int, limit:
 def prune_payments(conn: sqlite3.Connection, before: float, after: int = 0,
                    limit: int = BATCH) -> tuple[int, int, bool]:
     """Final payments last changed before ``before`` (no time order to walk: the table is small)."""
-    states = ",".join(f"'{s}'" for s in FINAL_PAYMENT_STATES)
+    states = ",".join(f"'{s}'" for s in FINAL)
     cur = conn.execute(
         f"DELETE FROM payments WHERE rowid IN (SELECT rowid FROM payments WHERE updated_at < ? "
         f"AND state IN ({states}) LIMIT ?)", (before, limit))

@@ -356,11 +356,19 @@ class Doctor:
         checks = []
         for row in role_rows(status["roles"]):
             role = str(row["role"])
-            candidates = [row.get("serving"), row.get("primary"), *(row.get("spares") or [])]
-            ids = {str(c.get("id") if isinstance(c, Mapping) else c) for c in candidates if c}
-            good = sorted(ids & healthy)
-            if good:
-                checks.append(Check(f"role {role}", "ok", f"served by {', '.join(good)}"))
+            serving = row.get("serving")
+            serving = str(serving.get("id") if isinstance(serving, Mapping) else serving) if serving else None
+            bound = [row.get("primary"), *(row.get("spares") or [])]
+            ids = [str(c.get("id") if isinstance(c, Mapping) else c) for c in bound if c]
+            ready = [d for d in dict.fromkeys(ids) if d in healthy and d != serving]
+            spares = f"; ready to take over: {', '.join(ready)}" if ready else "; no other healthy device bound"
+            if serving is not None and serving in healthy:
+                checks.append(Check(f"role {role}", "ok", f"served by {serving}{spares}"))
+            elif ready:
+                checks.append(Check(f"role {role}", "warn",
+                                    f"not served right now ({row.get('reason') or 'no device chosen yet'}); "
+                                    f"healthy and bound: {', '.join(ready)}",
+                                    "run the check again in a minute; if it stays, send a support bundle"))
             else:
                 checks.append(Check(f"role {role}", "fail", f"no healthy device can serve {role}",
                                     f"bind a working device to {role} on the box's page, or fix its device"))

@@ -218,3 +218,22 @@ async def test_cloud_broker_that_refuses_the_box_warns(tmp_path: Path, password:
         assert checks["cloud"].status == "warn", checks["cloud"]
         assert "cannot connect" in checks["cloud"].message and "Not authorized" in checks["cloud"].message
         assert "password" in checks["cloud"].action
+
+
+def test_role_checks_name_the_serving_device_and_the_ready_spares(tmp_path: Path) -> None:
+    doctor = Doctor(load_config(write_config(tmp_path)))
+    devices = {"devices": [{"device_id": d, "state": s} for d, s in
+                           [("prn-a", "ready"), ("prn-b", "ready"), ("pp-1", "failed"), ("scn-1", "ready")]]}
+    roles = {"roles": [
+        {"role": "receipt-printer", "devices": ["prn-a", "prn-b"], "device": "prn-b", "state": "serving"},
+        {"role": "pinpad", "devices": ["pp-1"], "device": None, "state": "down", "reason": "pinpad: no healthy"},
+        {"role": "scanner", "devices": ["scn-1"], "device": None, "state": "down",
+         "reason": "scanner: waiting for the first check of scn-1"},
+    ]}
+    checks = by_name(doctor._roles({"devices": devices, "roles": roles}))
+    assert checks["role receipt-printer"] == Check("role receipt-printer", "ok",
+                                                   "served by prn-b; ready to take over: prn-a")
+    assert checks["role pinpad"].status == "fail"
+    assert checks["role scanner"].status == "warn"
+    assert checks["role scanner"].message == ("not served right now (scanner: waiting for the first check of "
+                                              "scn-1); healthy and bound: scn-1")

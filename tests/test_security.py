@@ -70,6 +70,7 @@ async def test_healthz_is_open_and_status_needs_the_token(hub: Hub, config: Conf
     assert status["store_id"] == "s1"
     assert status["broker"]["connected"] is True
     assert status["journal"]["orders"] == 0
+    assert status["journal"]["retention"]["keep_days"] == 90 and status["journal"]["retention"]["passes"] == 0
     assert status["version"] and status["uptime_s"] >= 0
 
 

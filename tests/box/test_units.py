@@ -143,6 +143,12 @@ def test_edgehub_service_keys() -> None:
     assert u["Install"]["WantedBy"] == "multi-user.target"
 
 
+def test_the_order_path_comes_before_background_jobs() -> None:
+    for name in ("edgehub.service", "mosquitto.service.d/edgehub.conf"):
+        s = unit(name)["Service"]
+        assert (s["CPUWeight"], s["IOWeight"], s["Nice"]) == ("500", "500", "-5"), name
+
+
 def test_provision_unit_runs_before_the_broker_and_the_hub() -> None:
     u = unit("edgehub-provision.service")
     assert u["Unit"]["ConditionPathExists"] == "/boot/firmware/edgehub-provision.toml"

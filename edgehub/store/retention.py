@@ -10,9 +10,11 @@ Never deleted, whatever their age:
 
 - anything as recent as the oldest row still in the outbox: the cloud does not have it yet.
   With the cloud link off, or a WAN down for longer than ``keep_days``, nothing is deleted at all;
+- anything within ``keep_days`` of the newest order, even if the clock says otherwise (a clock
+  that jumped ahead);
 - the outbox itself (the uplink deletes a row when the cloud acknowledged it);
-- an order the kitchen has not made tickets for yet (after ``kitchen_watermark``), or one with a
-  ticket still on a station screen (new, in progress, recalled), with its tickets and changes;
+- an order with a ticket still on a station screen (new, in progress, recalled), with its
+  tickets and changes;
 - a print job not printed, a payment not final (sent, unknown);
 - role bindings, downlink documents, counters (``outbox_streams``, ``kitchen_seqs``).
 
@@ -55,8 +57,11 @@ class RetentionStats:
 
 
 def cutoff(conn: sqlite3.Connection, now: float, keep_s: float) -> float:
-    """Rows from before this (wall clock) may go: ``keep_s`` back, never past the outbox's oldest row."""
-    limit = now - keep_s
+    """Rows from before this (wall clock) may go: ``keep_s`` back from now or from the newest
+    order, whichever is earlier (a clock that jumped ahead does not make recent orders old),
+    and never past the outbox's oldest row."""
+    newest = conn.execute("SELECT received_at FROM orders ORDER BY seq DESC LIMIT 1").fetchone()
+    limit = min(now, float(newest[0]) if newest else now) - keep_s
     row = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
     return limit if row is None else min(limit, float(row[0]))
 
@@ -65,12 +70,11 @@ def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, limit:
     """Up to ``limit`` orders after ``after_seq`` looked at; those received before ``before`` with
     no open ticket are deleted with their tickets and changes. Returns (deleted, last seq looked
     at, done)."""
-    (mark,) = conn.execute("SELECT order_seq FROM kitchen_watermark WHERE id=1").fetchone()
     rows = conn.execute("SELECT seq, order_id, received_at FROM orders WHERE seq > ? ORDER BY seq LIMIT ?",
                         (after_seq, limit)).fetchall()
     deleted, last = 0, after_seq
     for seq, order_id, received_at in rows:
-        if received_at >= before or seq > mark:
+        if received_at >= before:
             return deleted, last, True
         last = seq
         tickets = conn.execute(f"SELECT t.ticket_id, t.state FROM tickets t WHERE {_OF_ORDER}",

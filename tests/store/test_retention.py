@@ -15,8 +15,8 @@ from edgehub.store.retention import BATCH, DAY_S, Retention
 from tests.conftest import write_config
 
 NOW = 1_800_000_000.0
-OLD = NOW - 100 * DAY_S  # older than the default 90 days
-NEW = NOW - 10 * DAY_S
+OLD = NOW - 200 * DAY_S  # older than the default 90 days
+NEW = NOW - 10 * DAY_S  # the store's latest order: cutoffs count back from it or from now
 
 
 def add_order(conn: sqlite3.Connection, order_id: str, at: float, ticket_state: str | None = "served") -> None:
@@ -77,7 +77,10 @@ async def test_what_is_still_needed_stays(journal: Journal) -> None:
         add_order(conn, "old-on-screen", OLD + 1, ticket_state="in_progress")  # still on a station screen
         add_order(conn, "old-voided", OLD + 2, ticket_state="voided")
         mark_kitchen_done(conn)
-        add_order(conn, "old-no-tickets-yet", OLD + 3, ticket_state=None)  # after the kitchen's watermark
+        # After the kitchen's start-up watermark (taken since the hub last started), and one that
+        # no station got a ticket for: old is old.
+        add_order(conn, "old-since-start", OLD + 3)
+        add_order(conn, "old-routed-nowhere", OLD + 4, ticket_state=None)
         conn.execute("INSERT INTO print_jobs(job_id, role, created_at, ticket, state) VALUES "
                      "('printed', 'receipt-printer', ?, '{}', 'printed'), "
                      "('waiting', 'receipt-printer', ?, '{}', 'queued')", (OLD, OLD))
@@ -87,6 +90,7 @@ async def test_what_is_still_needed_stays(journal: Journal) -> None:
                      "('p-unknown', 'pinpad', 's2', 100, 'EUR', 'pp', 'unknown', ?, ?, '{}')", (OLD, OLD, OLD, OLD))
         conn.execute("INSERT INTO deadletters(received_at, topic, reason, payload) VALUES "
                      "(?, 't', 'old', x''), (?, 't', 'recent', x'')", (OLD, NEW))
+        add_order(conn, "recent", NEW, ticket_state=None)
 
     await journal.write(seed)
     await Retention(journal, keep_days=90, clock=lambda: NOW).run_once()
@@ -102,7 +106,7 @@ async def test_what_is_still_needed_stays(journal: Journal) -> None:
         }
 
     assert await journal.read(look) == {
-        "orders": {"old-on-screen", "old-no-tickets-yet"},
+        "orders": {"old-on-screen", "recent"},
         "tickets": {"old-on-screen/grill/1"},
         "events": 2,
         "print_jobs": {"waiting"},
@@ -118,19 +122,32 @@ async def test_nothing_the_cloud_does_not_have_yet_goes(journal: Journal) -> Non
         add_to_outbox(conn, "audit", "a-1", {"what": "waiting"}, created_at=OLD - 5)
         for i in range(5):
             add_order(conn, f"old-{i}", OLD + i)
+        add_order(conn, "recent", NEW, ticket_state=None)
         mark_kitchen_done(conn)
 
     await journal.write(seed)
     retention = Retention(journal, keep_days=90, clock=lambda: NOW)
     assert await retention.run_once() == {}
-    assert await journal.read(order_ids) == {f"old-{i}" for i in range(5)}
+    assert await journal.read(order_ids) == {f"old-{i}" for i in range(5)} | {"recent"}
     assert retention.status()["last_cutoff"] == OLD - 5
 
     # The cloud acknowledges it (the uplink deletes the row): the next pass deletes the orders.
     await journal.write(lambda conn: conn.execute("DELETE FROM outbox"))
     assert (await retention.run_once())["orders"] == 5
-    assert await journal.read(order_ids) == set()
+    assert await journal.read(order_ids) == {"recent"}
     assert retention.status()["deleted"] == {"orders": 5, "ticket_events": 10}
+
+
+async def test_a_clock_that_jumped_ahead_does_not_make_recent_orders_old(journal: Journal) -> None:
+    def seed(conn: sqlite3.Connection) -> None:
+        add_order(conn, "old", OLD)
+        add_order(conn, "recent", NEW)
+        mark_kitchen_done(conn)
+
+    await journal.write(seed)
+    # A year ahead: only what is older than 90 days before the newest order goes.
+    assert (await Retention(journal, keep_days=90, clock=lambda: NOW + 365 * DAY_S).run_once())["orders"] == 1
+    assert await journal.read(order_ids) == {"recent"}
 
 
 async def test_keep_days_zero_keeps_everything(journal: Journal) -> None:

@@ -57,7 +57,6 @@ async def test_old_orders_go_with_their_tickets_events_and_changes(journal: Jour
         for i in range(BATCH * 2 + 50):  # more than one batch
             add_order(conn, f"old-{i}", OLD + i)
         add_order(conn, "recent", NEW)
-        mark_kitchen_done(conn)
 
     await journal.write(seed)
     deleted = await Retention(journal, keep_days=90, clock=lambda: NOW).run_once()
@@ -123,7 +122,6 @@ async def test_nothing_the_cloud_does_not_have_yet_goes(journal: Journal) -> Non
         for i in range(5):
             add_order(conn, f"old-{i}", OLD + i)
         add_order(conn, "recent", NEW, ticket_state=None)
-        mark_kitchen_done(conn)
 
     await journal.write(seed)
     retention = Retention(journal, keep_days=90, clock=lambda: NOW)
@@ -142,7 +140,6 @@ async def test_a_clock_that_jumped_ahead_does_not_make_recent_orders_old(journal
     def seed(conn: sqlite3.Connection) -> None:
         add_order(conn, "old", OLD)
         add_order(conn, "recent", NEW)
-        mark_kitchen_done(conn)
 
     await journal.write(seed)
     # A year ahead: only what is older than 90 days before the newest order goes.
@@ -151,7 +148,7 @@ async def test_a_clock_that_jumped_ahead_does_not_make_recent_orders_old(journal
 
 
 async def test_keep_days_zero_keeps_everything(journal: Journal) -> None:
-    await journal.write(lambda conn: (add_order(conn, "old", OLD), mark_kitchen_done(conn)))
+    await journal.write(lambda conn: add_order(conn, "old", OLD))
     async with Retention(journal, keep_days=0, clock=lambda: NOW, first_after_s=0) as retention:
         assert retention._task is None
     assert await journal.read(order_ids) == {"old"}

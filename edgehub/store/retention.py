@@ -176,7 +176,7 @@ class Retention:
         while True:
             try:
                 await self.run_once()
-            except EdgehubError as exc:
+            except (EdgehubError, sqlite3.Error) as exc:
                 self.stats.last_error = str(exc)
                 log.warning("journal retention pass stopped (tried again in an hour): %s", exc)
             await asyncio.sleep(self.every_s)

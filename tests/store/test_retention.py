@@ -160,3 +160,22 @@ def test_keep_days_is_checked(tmp_path: Path) -> None:
     assert "journal.keep_days: must be 0 (keep everything) or 7 to 3650 days" in str(err.value)
     assert load_config(write_config(tmp_path / "ok", extra="[journal]\nkeep_days = 0\n")).journal.keep_days == 0
     assert load_config(write_config(tmp_path / "default")).journal.keep_days == 90
+
+
+async def test_a_failed_pass_is_tried_again_later() -> None:
+    class Broken:
+        calls = 0
+
+        async def read(self, fn: Any) -> Any:
+            Broken.calls += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    import asyncio
+
+    async with Retention(Broken(), keep_days=90, every_s=0.01, first_after_s=0) as retention:
+        for _ in range(200):
+            if Broken.calls >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert retention._task is not None and not retention._task.done()
+    assert Broken.calls >= 2 and retention.status()["last_error"] == "disk I/O error"

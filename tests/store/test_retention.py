@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,6 @@ async def test_a_failed_pass_is_tried_again_later() -> None:
         async def read(self, fn: Any) -> Any:
             Broken.calls += 1
             raise sqlite3.OperationalError("disk I/O error")
-
-    import asyncio
 
     async with Retention(Broken(), keep_days=90, every_s=0.01, first_after_s=0) as retention:
         for _ in range(200):

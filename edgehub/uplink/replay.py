@@ -43,7 +43,7 @@ REFUSED_HOLD_S = 60.0
 # otherwise every new connection would send it and be dropped again, and no other stream would
 # get through. (A probe that ended with its first PUBACK let the next window go out at once: with
 # orders in flight ahead of the culprit, whose PUBACKs the hang-up lost, each connection then
-# moved one order on, and 50 orders took some 40 connections.) A probe covers at most
+# moved one order on: 42 reconnects in 30 s did not get 50 orders through.) A probe covers at most
 # PROBE_MAX_ROWS rows: on a WAN that merely flaps during a busy drain each probe costs one round
 # trip per row, and a culprit further back is reached by the next probe, PROBE_MAX_ROWS rows on.
 # The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would

@@ -211,6 +211,11 @@ class MosquittoProcess:
         self._log_task: asyncio.Task[None] | None = None
         self.log_tail: list[str] = []
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
     async def __aenter__(self) -> MosquittoProcess:
         await self.start()
         return self

@@ -99,16 +99,16 @@ def _prune_by_key(conn: sqlite3.Connection, table: str, key: str, at: str, keep_
     rows = conn.execute(f"SELECT {key}, {at}, {keep_if} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                         (after, limit)).fetchall()
     doomed: list[tuple[int]] = []
-    last = after
+    last, done = after, len(rows) < limit
     for row_key, row_at, keep in rows:
         if row_at >= before:
-            conn.executemany(f"DELETE FROM {table} WHERE {key}=?", doomed)
-            return len(doomed), last, True
+            done = True
+            break
         last = row_key
         if not keep:
             doomed.append((row_key,))
     conn.executemany(f"DELETE FROM {table} WHERE {key}=?", doomed)
-    return len(doomed), last, len(rows) < limit
+    return len(doomed), last, done
 
 
 def prune_ticket_events(conn: sqlite3.Connection, before: float, after: int,

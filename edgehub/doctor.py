@@ -96,6 +96,13 @@ def role_rows(section: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _device_id(device: Any) -> str | None:
+    """A role row's device, given as its id or as a device row, or None."""
+    if not device:
+        return None
+    return str(device.get("id") if isinstance(device, Mapping) else device)
+
+
 def _healthy_state(state: Any) -> bool:
     return str(state).lower() in USABLE_DEVICE_STATES
 
@@ -356,10 +363,8 @@ class Doctor:
         checks = []
         for row in role_rows(status["roles"]):
             role = str(row["role"])
-            serving = row.get("serving")
-            serving = str(serving.get("id") if isinstance(serving, Mapping) else serving) if serving else None
-            bound = [row.get("primary"), *(row.get("spares") or [])]
-            ids = [str(c.get("id") if isinstance(c, Mapping) else c) for c in bound if c]
+            serving = _device_id(row.get("serving"))
+            ids = [d for d in map(_device_id, [row.get("primary"), *(row.get("spares") or [])]) if d]
             ready = [d for d in dict.fromkeys(ids) if d in healthy and d != serving]
             spares = f"; ready to take over: {', '.join(ready)}" if ready else "; no other healthy device bound"
             if serving is not None and serving in healthy:

@@ -181,6 +181,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def mosquitto_binary() -> str | None:
+    """The mosquitto executable: on PATH, or where Debian puts it (/usr/sbin is not on a user's PATH)."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
 def _current_user() -> str:
     import pwd
 
@@ -224,7 +229,7 @@ class MosquittoProcess:
         await self.stop()
 
     async def start(self) -> None:
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto not found: install the mosquitto package (apt-get install mosquitto)")
         if self.address.port == 0:

@@ -383,7 +383,7 @@ class _Checker:
         value = table[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # TOML booleans are not numbers, whatever Python thinks.
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             wanted = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
             self.problem(path, f"must be {wanted}, got {_kind(value)} {value!r}")
             return None if default is ... else default
@@ -452,7 +452,7 @@ def _secret(ck: _Checker, base: Path, table: Mapping[str, Any], path: str, requi
             return ""
         if not value:
             ck.problem(f"{path}_file", f"{secret_path} is empty")
-        return value
+        return str(value)
     if inline is None:
         if required:
             ck.problem(path, f"missing required key (or {key}_file)")
@@ -546,9 +546,10 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         ck.problem("limits.max_order_bytes", "is larger than broker.max_packet_kib allows")
 
     t = ck.table(data, "log", {"level", "components"})
-    level_check: Callable[[Any], str | None] = (
-        lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
-    )
+
+    def level_check(v: Any) -> str | None:
+        return None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
     components = ck.get(t, "log.components", dict, {})
     for name, value in (components or {}).items():
         if not isinstance(value, str) or level_check(value):
@@ -568,7 +569,8 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         seen.add(tid or "")
         kind = ck.get(entry, f"{prefix}.kind", str, "pos",
                       check=lambda v: None if v in ("pos", "kds", "kiosk") else "must be pos, kds or kiosk")
-        terminals.append(TerminalConfig(id=tid or "", kind=kind, password=_secret(ck, base, entry, f"{prefix}.password")))
+        password = _secret(ck, base, entry, f"{prefix}.password")
+        terminals.append(TerminalConfig(id=tid or "", kind=kind, password=password))
 
     kitchen = _kitchen(ck, base, data, api.token)
     roles = _roles(ck, data)
@@ -822,7 +824,7 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
         value = ck.get(t, f"cloud.{key}", str, None)
         if value is None:
             return None
-        path = base / value
+        path = base / str(value)
         if enabled and not path.is_file():
             ck.problem(f"cloud.{key}", f"{path} does not exist or is not a file")
         return path

@@ -152,7 +152,7 @@ class HubProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.log_path, "ab")  # the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgehub", "run", "--config", str(self.config_path), *self.extra_args],
             stdout=log, stderr=log, cwd=REPO, env={**os.environ, **(self.env or {})},

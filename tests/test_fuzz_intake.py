@@ -99,7 +99,7 @@ outcomes: dict[str, int] = {"accepted": 0, "rejected": 0, "deadletter": 0}
                                                                    HealthCheck.too_slow])
 @given(payload=PAYLOADS)
 def test_every_input_is_acked_rejected_or_deadlettered(running_hub: tuple[HubProcess, Probe], payload: bytes) -> None:
-    process, probe = running_hub
+    _, probe = running_hub
     probe.pos.publish(probe.order_topic, payload, qos=1).wait_for_publish(5)
     topic, body = probe.inbox.get(timeout=5)
     answer: dict[str, Any] = json.loads(body)

@@ -20,6 +20,7 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgehub.bus import payloads
 from edgehub.bus.fastpaho import FastPaho
@@ -129,7 +130,8 @@ class BusConnection:
         callback finds that out by raising and suppressing a KeyError, three times an order."""
         pending = getattr(client, "_pending_publishes", None)
         if not isinstance(pending, dict):  # pragma: no cover - an aiomqtt without it
-            return lambda mid, code: client._on_publish(paho, None, mid, code, None)
+            return lambda mid, code: client._on_publish(
+                paho, None, mid, ReasonCode(PacketTypes.PUBACK, identifier=code), Properties(PacketTypes.PUBACK))
 
         def puback(mid: int, _code: int) -> None:
             event = pending.pop(mid, None)

@@ -197,7 +197,8 @@ class FastPaho(mqtt.Client):
             return super()._packet_read()
         self._rpos = end
         self._in_packet["command"] = buf[pos]
-        self._in_packet["packet"] = buf[at:end]
+        # paho types it bytearray; its handlers only read it, and bytes spares a copy of every packet.
+        self._in_packet["packet"] = buf[at:end]  # type: ignore[typeddict-item]
         try:
             rc = self._packet_handle()
         except MalformedPacket as exc:
@@ -216,7 +217,7 @@ class FastPaho(mqtt.Client):
         QoS 0 PUBLISH tells on_publish, a DISCONNECT closes) is left to paho."""
         out = self._out_packet
         while len(out) > 1:
-            chunks = []
+            chunks: list[bytes | bytearray] = []
             for packet in out:
                 command = packet["command"] & 0xF0
                 if (command == PUBLISH and packet["qos"] == 0) or command == DISCONNECT or len(chunks) == WRITE_BATCH:

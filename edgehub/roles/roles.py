@@ -65,7 +65,7 @@ class Reply:
     def properties(self) -> Properties | None:
         if self.correlation is None:
             return None
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
+        props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = self.correlation
         return props
 

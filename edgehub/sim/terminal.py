@@ -163,7 +163,7 @@ class TerminalSim:
                         if delay > 0:
                             await asyncio.sleep(delay)
                         await self.submit(make_order(f"{self.terminal_id}-{self.run_id}-{n:06d}", n))
-                    while self._pending:
+                    while self._pending:  # noqa: ASYNC110 - acks and re-sends change it, each in its place
                         await asyncio.sleep(0.02)
             except TimeoutError:
                 pass

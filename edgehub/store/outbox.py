@@ -220,7 +220,8 @@ def stream_counters(conn: sqlite3.Connection) -> dict[str, StreamCounters]:
     ).fetchall()
     for row in rows:
         oldest = conn.execute(_OLDEST[row[0] in COMPRESSED_STREAMS], (row[0],)).fetchone() if row[2] else None
-        out[row[0]] = StreamCounters(*row, oldest_at=oldest[0] if oldest else None)
+        # The row is the ten columns selected above, in the dataclass's order; mypy cannot count them.
+        out[row[0]] = StreamCounters(*row, oldest_at=oldest[0] if oldest else None)  # type: ignore[misc]
     return out
 
 

@@ -36,7 +36,7 @@ def sync_routes(uplink: Uplink | None) -> Callable[[web.Application], None]:
                     # Give the reconciliation that follows a moment to report.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(min(5.0, wait)):
-                            while job.reconcile is None:
+                            while job.reconcile is None:  # noqa: ASYNC110 - set once, by the reply
                                 await asyncio.sleep(0.05)
         return web.json_response(uplink.sync_progress(), status=200 if job.done.is_set() else 202)
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -76,7 +77,7 @@ class CloudLink:
 
     def _make_client(self) -> FastPaho:
         cfg = self.cfg
-        client = FastPaho(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
+        client = FastPaho(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                                reconnect_on_failure=False)
         client.fast_puback = self._puback
         if cfg.username:
@@ -378,7 +379,7 @@ class CloudLink:
     async def _misc_loop(self) -> None:
         # paho's keepalive (PINGREQ/PINGRESP) and retry bookkeeping.
         client = self._client
-        while client is not None and client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+        while client is not None and client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - a 1 s tick
             await asyncio.sleep(1)
         self._set_lost("keepalive expired")
 

@@ -112,7 +112,7 @@ class Reconciler:
 
     def on_response(self, message: mqtt.MQTTMessage) -> None:
         try:
-            request_id, views = cloudapi.parse_reconcile_response(message.payload)
+            request_id, views = cloudapi.parse_reconcile_response(bytes(message.payload))
         except PayloadError as exc:
             log.warning("reconciliation response on %s rejected: %s", message.topic, exc)
             return

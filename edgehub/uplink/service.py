@@ -270,7 +270,7 @@ class Uplink:
             "state": "done" if job.done.is_set() else ("running" if self.state == "online" else "waiting_for_link"),
             "link": self.state, "target_seq": job.target_seq, "total": job.total, "sent": sent,
             "remaining": job.remaining, "rate_per_s": round(rate, 1),
-            "eta_s": round(job.remaining / rate, 1) if rate > 0 and job.remaining else (0 if not job.remaining else None),
+            "eta_s": (round(job.remaining / rate, 1) if rate > 0 else None) if job.remaining else 0,
             "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
             "reconcile": job.reconcile,
         }

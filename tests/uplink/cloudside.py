@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgehub.broker import free_port
+from edgehub.broker import free_port, mosquitto_binary
 
 BOX_USER, BOX_PASSWORD = "s1-box", "cloud-box-secret"
 CLOUD_USER, CLOUD_PASSWORD = "cloud", "cloud-service-secret"
@@ -48,6 +47,20 @@ class CloudBroker:
         self.stop()
 
     async def start(self) -> None:
+        self._launch()
+        d = self.directory
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.025)
+                continue
+            writer.close()
+            return
+        raise RuntimeError(f"cloud mosquitto did not start: {(d / 'mosquitto.log').read_text()[-500:]}")
+
+    def _launch(self) -> None:
+        """Writes the broker's files and starts it (a second's work, before any test traffic)."""
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
         if not self.port:
@@ -58,23 +71,13 @@ class CloudBroker:
         self._write_acl()
         (d / "mosquitto.conf").write_text("\n".join([
             # Started as root, Mosquitto would drop to "mosquitto" and lose the files here.
-            f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous false", f"password_file {passwd}",
-            f"acl_file {d / 'acl'}", "persistence false", "max_queued_messages 0", "max_queued_bytes 0",
-            "max_inflight_messages 1000", "set_tcp_nodelay true", "log_dest stderr", "log_type error",
-            "log_type warning", *self.extra_conf, "",
+            f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous false",
+            f"password_file {passwd}", f"acl_file {d / 'acl'}", "persistence false", "max_queued_messages 0",
+            "max_queued_bytes 0", "max_inflight_messages 1000", "set_tcp_nodelay true", "log_dest stderr",
+            "log_type error", "log_type warning", *self.extra_conf, "",
         ]))
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self._proc = subprocess.Popen([binary, "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                                      stderr=open(d / "mosquitto.log", "ab"))
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.025)
-                continue
-            writer.close()
-            return
-        raise RuntimeError(f"cloud mosquitto did not start: {(d / 'mosquitto.log').read_text()[-500:]}")
+        self._proc = subprocess.Popen([mosquitto_binary() or "mosquitto", "-c", str(d / "mosquitto.conf")],
+                                      stdout=subprocess.DEVNULL, stderr=open(d / "mosquitto.log", "ab"))
 
     def _write_acl(self) -> None:
         (self.directory / "acl").write_text("\n".join([f"user {BOX_USER}", *self.box_acl, "", f"user {CLOUD_USER}",

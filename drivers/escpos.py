@@ -575,7 +575,9 @@ class EscposPrinter(Driver):
             log.exception("%s: health check failed unexpectedly", self.label)
             health = Health("failed", f"driver error: {exc}")
         if health != self._last_health:
-            log.info("printer %s (%s): %s %s", self.info.device_id, self.label, health.state, health.reason)
+            # The device registry logs each change for the store (INFO/WARNING); this is the driver's view.
+            log.debug("printer %s (%s): %s%s", self.info.device_id, self.label, health.state,
+                      f" ({health.reason})" if health.reason else "")
             self._last_health = health
         return health
 

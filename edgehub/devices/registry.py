@@ -141,6 +141,7 @@ class DeviceRegistry:
         self._task: asyncio.Task[None] | None = None
         self._publish_failing = False
         self._published_once = False  # a state has reached the broker since start
+        self._failing_level = logging.DEBUG  # what the failure being retried was logged at
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, device_id: str) -> DeviceEntry | None:
@@ -412,14 +413,17 @@ class DeviceRegistry:
             if not self._publish_failing:
                 self._publish_failing = True
                 # Devices are found before the hub's broker session is up at every start: that
-                # is no warning. A broker lost later is.
-                log.log(logging.WARNING if self._published_once else logging.INFO,
-                        "cannot publish device state yet (%s); will retry", exc)
+                # is not news. A broker lost later is.
+                self._failing_level = logging.WARNING if self._published_once else logging.DEBUG
+                log.log(self._failing_level, "cannot publish device state yet (%s); will retry", exc)
             return
-        self._published_once = True
+        self._published_succeeded()
+
+    def _published_succeeded(self) -> None:
         if self._publish_failing and not self._unsent:
             self._publish_failing = False
-            log.info("publishing device state again")
+            log.log(min(self._failing_level, logging.INFO), "device state published again")
+        self._published_once = True
 
     async def _resend_loop(self) -> None:
         while True:
@@ -433,12 +437,9 @@ class DeviceRegistry:
                 except (EdgehubError, TimeoutError, OSError):
                     await asyncio.sleep(self.retry_interval)
                     continue
-                self._published_once = True
                 if self._unsent.get(topic) is payload:
                     del self._unsent[topic]
-            if self._publish_failing:
-                self._publish_failing = False
-                log.info("device state published again")
+                self._published_succeeded()
 
     async def republish_all(self) -> None:
         """Send every description and state again (e.g. the broker lost its retained store)."""

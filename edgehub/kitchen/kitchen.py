@@ -789,8 +789,8 @@ class Kitchen:
 
         await self.journal.write(write)
         self.stats.alerts += len(alerts)
+        _log_alerts(alerts)
         for alert in alerts:
-            log.info("ticket %s at %s is red (%.0f s)", alert["ticket_id"], alert["station"], alert["age_s"])
             for feed in self._feeds.get(alert["station"], ()):
                 feed.push(alert)
         if self.bus is not None:
@@ -1081,3 +1081,23 @@ def _apply_header(ticket: Ticket, changed: dict[str, Any]) -> None:
             ticket.header.pop(key, None)
         else:
             ticket.header[key] = value
+
+
+ALERTS_LOGGED_ONE_BY_ONE = 5
+
+
+def _log_alerts(alerts: list[dict[str, Any]]) -> None:
+    """A line per ticket that turned red, as long as a station's come a few at a time. A box
+    started after hours off finds every ticket left open overdue at once (a dev store: 980 lines
+    in one second); then that station gets one line with the count and the oldest."""
+    stations: dict[str, list[dict[str, Any]]] = {}
+    for alert in alerts:
+        stations.setdefault(alert["station"], []).append(alert)
+    for station, group in stations.items():
+        if len(group) <= ALERTS_LOGGED_ONE_BY_ONE:
+            for alert in group:
+                log.info("ticket %s at %s is red (%.0f s)", alert["ticket_id"], station, alert["age_s"])
+        else:
+            oldest = max(group, key=lambda a: a["age_s"])
+            log.info("%d tickets at %s turned red at once; the oldest is %s (%.0f s)",
+                     len(group), station, oldest["ticket_id"], oldest["age_s"])

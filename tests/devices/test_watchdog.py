@@ -136,8 +136,8 @@ async def test_printer_states_follow_the_printer(rig: Rig, config: Config, broke
 async def test_state_is_published_once_the_broker_is_there(config: Config, caplog: pytest.LogCaptureFixture) -> None:
     """The registry keeps what it could not publish and sends the newest value later. Before the
     first publish (every start: devices are found before the broker session is up) that is
-    said at INFO; a broker lost after that is a WARNING."""
-    caplog.set_level(logging.INFO)
+    only a DEBUG line, and so is its end; a broker lost after that is a WARNING."""
+    caplog.set_level(logging.DEBUG)
     sent: list[tuple[str, bytes, bool]] = []
     up = asyncio.Event()
 
@@ -162,4 +162,6 @@ async def test_state_is_published_once_the_broker_is_there(config: Config, caplo
     states = [json.loads(p) for t, p, _ in sent if t == topics.device_state("usb-04b8-0e28-X1")]
     assert states[-1]["state"] == "failed" and states[-1]["reason"] == "paper end"
     levels = [r.levelname for r in caplog.records if r.getMessage().startswith("cannot publish device state yet")]
-    assert levels == ["INFO", "WARNING"]
+    assert levels == ["DEBUG", "WARNING"]  # before the first publish: every start; after: news
+    levels = [r.levelname for r in caplog.records if r.getMessage() == "device state published again"]
+    assert levels == ["DEBUG"]

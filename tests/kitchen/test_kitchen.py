@@ -166,6 +166,33 @@ async def test_colours_and_one_red_alert(
     assert [a["ticket_id"] for a in alerts] == ["o1/bar/1", "o1/grill/1"]
 
 
+async def test_a_crowd_of_red_tickets_is_one_log_line_per_station(
+    kitchen: Kitchen, journal: Journal, clock: FrozenClock, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A box started after hours off finds every ticket left open overdue at once: each is
+    alerted (screens, cloud) but the log says so once per station, not once per ticket."""
+    for n in range(8):
+        await place(kitchen, journal, make_order(f"o{n}"))
+        clock.advance(1)
+    clock.advance(3600)
+    caplog.set_level("INFO", logger="edgehub.kitchen")
+    alerts = await kitchen.check_overdue()
+    assert len(alerts) == 16  # a grill and a bar ticket each
+    lines = [r.getMessage() for r in caplog.records if "red" in r.getMessage()]
+    assert sorted(lines) == [
+        "8 tickets at bar turned red at once; the oldest is o0/bar/1 (3608 s)",
+        "8 tickets at grill turned red at once; the oldest is o0/grill/1 (3608 s)",
+    ]
+    alerted = [r["event"]["ticket_id"] for r in outbox(config, "kitchen") if r["event"]["schema"] == "kds-alert/1"]
+    assert len(alerted) == 16
+    caplog.clear()
+    await place(kitchen, journal, make_order("late"))
+    clock.advance(3600)
+    await kitchen.check_overdue()
+    assert sorted(r.getMessage() for r in caplog.records if "red" in r.getMessage()) == [
+        "ticket late/bar/1 at bar is red (3600 s)", "ticket late/grill/1 at grill is red (3600 s)"]
+
+
 async def test_amend_marks_lines_voids_emptied_stations_and_is_applied_once(
     kitchen: Kitchen, journal: Journal, config: Config
 ) -> None:

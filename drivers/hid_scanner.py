@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 from drivers.base import DeviceInfo, Driver, Health, UsbMatch
 from drivers.scanning import ScanBuffer
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["SCANNER_VENDOR_IDS", "HidReportDecoder", "HidScanner", "PyUsbReportSource", "ReportSource"]
 
@@ -280,9 +281,7 @@ class HidScanner(Driver):
     async def close(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
         if self._source is not None:
             with contextlib.suppress(Exception):
                 await self._source.close()

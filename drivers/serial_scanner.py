@@ -9,7 +9,6 @@ never asked anything, so health is "port open and the reader alive".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -17,6 +16,7 @@ from drivers.base import DeviceInfo, Driver, Health
 from drivers.scanning import ScanBuffer
 from drivers.transport import StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["ScanLineDecoder", "SerialScanner"]
 
@@ -86,9 +86,7 @@ class SerialScanner(Driver):
     async def close(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.close()

@@ -29,6 +29,7 @@ from pathlib import Path
 from edgehub.bus.topics import Topics
 from edgehub.config import Address, Config
 from edgehub.errors import BrokerError
+from edgehub.tasks import cancel_and_wait
 
 
 @dataclass(frozen=True)
@@ -279,9 +280,7 @@ class MosquittoProcess:
                 self._proc.kill()
                 await self._proc.wait()
         if self._log_task is not None:
-            self._log_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._log_task
+            await cancel_and_wait(self._log_task)
             self._log_task = None
 
     async def reload(self) -> None:

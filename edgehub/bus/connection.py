@@ -26,6 +26,7 @@ from edgehub.bus import payloads
 from edgehub.bus.fastpaho import FastPaho
 from edgehub.bus.topics import Topics
 from edgehub.errors import BrokerError
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.bus")
 
@@ -343,10 +344,7 @@ class BusConnection:
                                      qos=1, retain=True, timeout=2)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 log.info("could not publish final state: %s", exc)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
 
 
 def _mark_seen(client: aiomqtt.Client) -> None:

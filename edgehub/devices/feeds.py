@@ -18,6 +18,7 @@ from typing import Any
 from edgehub.bus import payloads
 from edgehub.devices.registry import DeviceEvent, DeviceRegistry, Publish
 from edgehub.errors import DeviceError, DeviceTimeout, EdgehubError
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["DeviceFeeds"]
 
@@ -57,9 +58,7 @@ class DeviceFeeds:
         self.registry.unsubscribe(self._on_event)
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     def _on_event(self, event: DeviceEvent) -> None:
         if event.kind in ("added", "moved"):

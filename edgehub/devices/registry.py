@@ -33,6 +33,7 @@ from drivers.base import DeviceInfo, Driver, Health
 from edgehub.bus import payloads
 from edgehub.bus.topics import Topics
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, EdgehubError
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["DeviceEntry", "DeviceEvent", "DeviceRegistry", "DriverFactory", "EventKind", "Publish"]
 
@@ -455,8 +456,6 @@ class DeviceRegistry:
     async def __aexit__(self, *exc: object) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for entry in self._entries.values():
             await self._close_driver(entry)

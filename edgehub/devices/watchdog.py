@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from drivers.base import Health
 from edgehub.devices.registry import DeviceEntry, DeviceEvent, DeviceRegistry
 from edgehub.errors import DeviceError, DeviceUnavailable
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["Watchdog", "WatchdogTiming"]
 
@@ -81,9 +82,7 @@ class Watchdog:
         self.registry.unsubscribe(self._on_event)
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
     def _on_event(self, event: DeviceEvent) -> None:
         device_id = event.entry.device_id

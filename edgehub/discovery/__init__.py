@@ -34,6 +34,7 @@ from edgehub.discovery.lan import (
 )
 from edgehub.discovery.serial import SerialDiscovery, SerialProbe
 from edgehub.discovery.usb import UsbDiscovery, UsbUnavailable
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["Discovery", "MatchTable", "static_device_info"]
 
@@ -204,9 +205,7 @@ class Discovery:
             log.exception("%s stopped", name)
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self._zeroconf is not None:
             if self._advertised is not None:
@@ -324,8 +323,7 @@ class Discovery:
                 sweep = self.lan.sweep(lambda done, total: say(f"sweeping port 9100: {done}/{total} hosts"))
                 lan.extend(await sweep)
                 await asyncio.sleep(max(0.0, browse_seconds))
-                browse.cancel()
-                await asyncio.gather(browse, return_exceptions=True)
+                await cancel_and_wait(browse)
             finally:
                 if zc is not self._zeroconf:
                     await zc.async_close()

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from drivers.base import DeviceInfo
+from edgehub.tasks import cancel_and_wait
 
 __all__ = ["HUB_SERVICE", "LanDiscovery", "is_escpos_printer", "neighbour_macs"]
 
@@ -224,9 +225,7 @@ class LanDiscovery:
         try:
             await asyncio.Event().wait()
         finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(*pending)
             with contextlib.suppress(Exception):
                 await browser.async_cancel()
 

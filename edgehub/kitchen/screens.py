@@ -31,6 +31,7 @@ from edgehub.bus import payloads
 from edgehub.bus.payloads import STATION_RE
 from edgehub.errors import JournalError, PayloadError, TicketRefused
 from edgehub.kitchen.kitchen import Kitchen
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.kitchen.screens")
 
@@ -87,14 +88,10 @@ class ScreenServer:
                     "screen %s at %s fell behind; closing it so it reconnects to a snapshot", address, station
                 )
                 await ws.close(code=WS_TOO_SLOW, message=b"too far behind; reconnect for a snapshot")
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiver
+            await cancel_and_wait(receiver)
         finally:
             self.kitchen.detach(feed)
-            sender.cancel()
-            dropped.cancel()
-            await asyncio.gather(sender, dropped, return_exceptions=True)
+            await cancel_and_wait(sender, dropped)
             self._sockets.discard(ws)
         return ws
 

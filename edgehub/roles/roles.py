@@ -39,6 +39,7 @@ from edgehub.roles.payments import Payments
 from edgehub.roles.printqueue import PrintQueue
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.roles")
 
@@ -136,9 +137,7 @@ class Roles:
         if self.registry is not None:
             self.registry.unsubscribe(self._on_device_event)
         if self._main is not None:
-            self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            await cancel_and_wait(self._main)
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:

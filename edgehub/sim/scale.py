@@ -24,6 +24,8 @@ import pty
 import tty
 from typing import Literal
 
+from edgehub.tasks import cancel_and_wait
+
 __all__ = ["EchoPortSim", "PtyPort", "ScaleProtocol", "ScaleSim"]
 
 ScaleProtocol = Literal["mt8217", "cas", "cas-continuous"]
@@ -157,9 +159,7 @@ class ScaleSim(PtyPort):
 
     async def _stopping(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     # -- what the scale measures --------------------------------------------------------------

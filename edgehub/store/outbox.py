@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from edgehub.errors import EdgehubError, OutboxError, OutboxFull
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.outbox")
 
@@ -428,9 +429,7 @@ class Outbox:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def add(
         self,

@@ -25,7 +25,6 @@ would be taken as new. A terminal re-sends for minutes, not months.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from edgehub.errors import EdgehubError
 from edgehub.kitchen.tickets import OF_ORDER, OPEN
 from edgehub.roles.payments import FINAL
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.journal")
 
@@ -167,9 +167,7 @@ class Retention:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first_after_s)

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from edgehub.bus.fastpaho import FastPaho
 from edgehub.config import CloudConfig
 from edgehub.errors import UplinkError
+from edgehub.tasks import cancel_and_wait
 from edgehub.uplink import cloudapi
 from edgehub.uplink.cloudapi import CloudTopics
 
@@ -150,9 +151,7 @@ class CloudLink:
     async def _abort(self) -> None:
         self.force_close("closed")
         if self._misc is not None:
-            self._misc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._misc
+            await cancel_and_wait(self._misc)
             self._misc = None
         client = self._client
         sock = client.socket() if client is not None else None

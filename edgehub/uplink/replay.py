@@ -26,6 +26,7 @@ from typing import Any
 from edgehub.config import CloudConfig
 from edgehub.errors import EdgehubError, UplinkError
 from edgehub.store.outbox import TELEMETRY, OutboxRow, delete_acked, head_seq, read_rows
+from edgehub.tasks import cancel_and_wait
 from edgehub.uplink import cloudapi
 from edgehub.uplink.cloudapi import LANE_LIVE, LANE_REPLAY, CloudTopics
 from edgehub.uplink.link import RC_FAILURE, CloudLink
@@ -191,9 +192,7 @@ class Replay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self.flush_deletes()
-            self._deleter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._deleter
+            await cancel_and_wait(self._deleter)
 
     # --- one connection ----------------------------------------------------------------------------
 
@@ -248,9 +247,7 @@ class Replay:
 
     async def _end_session(self, s: _Session, lanes: list[asyncio.Task[None]]) -> None:
         """Stop publishing and wait (a while) for the PUBACKs of what is in flight."""
-        for task in lanes:
-            task.cancel()
-        await asyncio.gather(*lanes, return_exceptions=True)
+        await cancel_and_wait(*lanes)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(REOFFER_WAIT_S):
                 while s.inflight and s.failed is None and not s.link.lost.done():  # type: ignore[union-attr]

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from edgehub.config import CloudConfig
 from edgehub.errors import EdgehubError, PayloadError, UplinkError
 from edgehub.store.outbox import Outbox, head_seq
+from edgehub.tasks import cancel_and_wait
 from edgehub.uplink.cloudapi import CloudTopics
 from edgehub.uplink.downlink import Downlink
 from edgehub.uplink.link import CloudLink
@@ -88,9 +89,7 @@ class Uplink:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in [*self._tasks, *self._message_tasks]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._message_tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks, *self._message_tasks)
         await self.replay.__aexit__(None, None, None)
         with contextlib.suppress(ValueError):
             self.journal.commit_observers.remove(self._on_commit)

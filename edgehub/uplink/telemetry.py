@@ -10,7 +10,6 @@ and the next sample tries again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ import psutil
 from edgehub.errors import EdgehubError, OutboxFull
 from edgehub.store.outbox import TELEMETRY, Outbox
 from edgehub.sysinfo import disk_usage, soc_temperature_c
+from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.uplink.telemetry")
 
@@ -53,9 +53,7 @@ class TelemetrySampler:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def measure(self) -> dict[str, Any]:
         """One sample (blocking: /proc and statvfs reads; run it in a thread)."""

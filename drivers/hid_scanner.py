@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import errno
 import threading
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Protocol
 
-from drivers.base import DeviceInfo, Driver, Health, UsbMatch
-from drivers.scanning import ScanBuffer
+from drivers.base import DeviceInfo, Health, UsbMatch
+from drivers.scanning import ScannerDriver
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 from edgehub.tasks import cancel_and_wait
 
@@ -242,11 +241,10 @@ class PyUsbReportSource:
                 self._dev.attach_kernel_driver(self._interface)
 
 
-class HidScanner(Driver):
+class HidScanner(ScannerDriver):
     """A keyboard-mode USB barcode scanner. Pass ``source`` (tests, evdev) or a pyusb device."""
 
     name: ClassVar[str] = "hid_scanner"
-    kind = "scanner"
     usb_matches: ClassVar[tuple[UsbMatch, ...]] = tuple(
         UsbMatch(vendor_id=vid, interface_class=HID_CLASS) for vid in SCANNER_VENDOR_IDS
     )
@@ -258,9 +256,6 @@ class HidScanner(Driver):
         self._source = source
         self._usb_device = usb_device
         self._decoder = HidReportDecoder()
-        self._scans = ScanBuffer(info)
-        self._reader: asyncio.Task[None] | None = None
-        self._failure: DeviceError | None = None
         self.bad_reports = 0
 
     async def open(self) -> None:
@@ -304,20 +299,6 @@ class HidScanner(Driver):
                 continue
             for scan in scans:
                 self._scans.put(scan)
-
-    async def read_scan(self, timeout: float) -> str:
-        """The next scan; DeviceTimeout if none in time, ProtocolError for a garbled one."""
-        if self._reader is None and self._scans.empty():
-            raise DeviceUnavailable("scanner is not open", self.info.device_id)
-        return await self._scans.next(timeout)
-
-    async def scans(self) -> AsyncIterator[str]:
-        """Every good scan until the scanner goes away (then DeviceUnavailable)."""
-        while True:
-            try:
-                yield await self.read_scan(timeout=3600.0)
-            except (DeviceTimeout, ProtocolError):
-                continue
 
     async def health(self) -> Health:
         if self._failure is not None:

@@ -7,9 +7,10 @@ task puts each scan (or the error that garbled or ended one) here, and ``read_sc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from drivers.base import DeviceInfo
-from edgehub.errors import DeviceError, DeviceTimeout
+from drivers.base import DeviceInfo, Driver
+from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
 
 class ScanBuffer:
@@ -37,3 +38,31 @@ class ScanBuffer:
         if isinstance(item, DeviceError):
             raise item
         return item
+
+
+class ScannerDriver(Driver):
+    """A scanner driver: its reader task (``_reader``, started by ``open``) puts what the
+    scanner sends into ``_scans``, and ``read_scan``/``scans`` take it from there."""
+
+    kind = "scanner"
+
+    def __init__(self, info: DeviceInfo) -> None:
+        super().__init__(info)
+        self._scans = ScanBuffer(info)
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: DeviceError | None = None
+
+    async def read_scan(self, timeout: float) -> str:
+        """The next scan. DeviceTimeout if none within ``timeout``, ProtocolError for a garbled
+        one; DeviceUnavailable when the scanner is closed and every scan was taken."""
+        if self._reader is None and self._scans.empty():
+            raise DeviceUnavailable("scanner is not open", self.info.device_id)
+        return await self._scans.next(timeout)
+
+    async def scans(self) -> AsyncIterator[str]:
+        """Every good scan until the scanner goes away (then DeviceUnavailable); garbled ones skipped."""
+        while True:
+            try:
+                yield await self.read_scan(timeout=3600.0)
+            except (DeviceTimeout, ProtocolError):
+                continue

@@ -9,11 +9,10 @@ never asked anything, so health is "port open and the reader alive".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from drivers.base import DeviceInfo, Driver, Health
-from drivers.scanning import ScanBuffer
+from drivers.base import DeviceInfo, Health
+from drivers.scanning import ScannerDriver
 from drivers.transport import StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 from edgehub.tasks import cancel_and_wait
@@ -60,19 +59,15 @@ class ScanLineDecoder:
             return ProtocolError(f"scan {raw!r} is not text: wrong baud rate or noise")
 
 
-class SerialScanner(Driver):
+class SerialScanner(ScannerDriver):
     """A barcode scanner on a serial or CDC-ACM port (``info.address``)."""
 
     name: ClassVar[str] = "serial_scanner"
-    kind = "scanner"
 
     def __init__(self, info: DeviceInfo, *, baudrate: int = 9600) -> None:
         super().__init__(info)
         self.baudrate = baudrate
         self._transport: StreamTransport | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._scans = ScanBuffer(info)
-        self._failure: DeviceError | None = None
 
     async def open(self) -> None:
         if self._transport is not None:
@@ -104,20 +99,6 @@ class SerialScanner(Driver):
                 return
             for item in decoder.feed(data):
                 self._scans.put(item)
-
-    async def read_scan(self, timeout: float) -> str:
-        """The next scan. DeviceTimeout if none within ``timeout``; ProtocolError for a garbled one."""
-        if self._transport is None and self._scans.empty():
-            raise DeviceUnavailable("scanner is not open", self.info.device_id)
-        return await self._scans.next(timeout)
-
-    async def scans(self) -> AsyncIterator[str]:
-        """Every scan until the scanner goes away (then DeviceUnavailable); garbled ones skipped."""
-        while True:
-            try:
-                yield await self.read_scan(timeout=3600.0)
-            except (DeviceTimeout, ProtocolError):
-                continue
 
     async def health(self) -> Health:
         if self._failure is not None:

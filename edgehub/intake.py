@@ -3,7 +3,8 @@
 The contract (DESIGN.md, fixed): the terminal publishes ``…/pos/{terminal}/order`` at QoS 1 and
 re-sends with the same ``order_id`` until it sees an ack on ``…/pos/{terminal}/ack``. The hub
 acks ``accepted`` only after the group commit holding the order is on disk; a known order_id is
-acked again with ``duplicate: true`` and never journaled twice. An invalid order is acked
+acked again with ``duplicate: true`` and never journaled twice, if it is that order again (same
+terminal, same lines); an order that reuses another's id is rejected. An invalid order is acked
 ``rejected`` with the failing field; a payload without a usable ``order_id`` cannot be acked and
 goes to ``…/hub/deadletter``. Every rejection and dead letter is also kept in the journal.
 An order the journal has no room for (data disk full) is acked ``rejected`` with an error that
@@ -60,6 +61,7 @@ class IntakeStats:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    conflicts: int = 0  # of the rejected: a known order_id, but another terminal's or other lines
     deadlettered: int = 0
     ack_failures: int = 0
 
@@ -162,6 +164,13 @@ class Intake:
         # and is made again at start-up if the hub stops in between.
         for item, commit in zip(taken, commits, strict=True):
             order = item.order
+            if commit.conflict:
+                # Acked as a duplicate it would be lost without a word: the terminal is told.
+                self.stats.conflicts += 1
+                log.warning("order %s from %s refused: %s", order.order_id, order.terminal, commit.conflict)
+                await self._refuse(_Refused(self.topics.order(order.terminal), payloads.dumps(order.doc),
+                                            commit.conflict, order.order_id, item.ack_topic, item.props), started)
+                continue
             await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=commit.duplicate),
                             item.props, started, "accepted")
             if commit.duplicate:

@@ -41,6 +41,34 @@ async def test_resent_order_is_acked_again_as_duplicate_and_not_journaled_twice(
     assert journal_rows(config, "SELECT COUNT(*) FROM outbox WHERE stream='orders'") == [(1,)]
 
 
+async def test_an_order_id_reused_for_another_order_is_rejected_not_acked_as_a_duplicate(
+    hub: Hub, config: Config
+) -> None:
+    """A duplicate ack tells the terminal its order is journaled. That is true of a re-send (same
+    terminal, same lines), not of another order under a used id: acked so, it would be lost."""
+    async with Terminal(config, "pos-1") as pos1, Terminal(config, "pos-2") as pos2:
+        await pos1.send(order("C-1", lines=[{"sku": "BURGER", "qty": 1}]))
+        assert (await pos1.ack())["duplicate"] is False
+        await pos2.send(order("C-1", lines=[{"sku": "WINE", "qty": 3}]))
+        other_terminal = await pos2.ack()
+        await pos1.send(order("C-1", lines=[{"sku": "BURGER", "qty": 2}]))
+        other_lines = await pos1.ack()
+        await pos1.send(order("C-1", lines=[{"sku": "BURGER", "qty": 1}], note="sent again"))
+        resend = await pos1.ack()
+    assert other_terminal == {"schema": "ack/1", "order_id": "C-1", "status": "rejected", "duplicate": False,
+                              "error": "order_id 'C-1' is taken by an order of terminal pos-1: "
+                                       "order ids are unique in the store"}
+    assert other_lines["status"] == "rejected" and "other lines" in other_lines["error"]
+    assert resend == {"schema": "ack/1", "order_id": "C-1", "status": "accepted", "duplicate": True}
+    ((terminal, payload),) = journal_rows(config, "SELECT terminal, payload FROM orders")
+    assert terminal == "pos-1" and json.loads(str(payload)) == order("C-1", lines=[{"sku": "BURGER", "qty": 1}])
+    assert [r[0] for r in journal_rows(config, "SELECT reason FROM deadletters")] == [
+        "rejected C-1: order_id 'C-1' is taken by an order of terminal pos-1: order ids are unique in the store",
+        "rejected C-1: order_id 'C-1' was taken by an order with other lines: a new order needs a new order_id "
+        "(an amend changes an order)"]
+    assert hub.intake.stats.conflicts == 2 and hub.intake.stats.duplicates == 1
+
+
 async def test_invalid_orders_are_rejected_naming_the_field(hub: Hub, config: Config) -> None:
     cases = {
         "R-1": (order("R-1", lines=[]), "lines: must have at least one line"),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import queue
 import sqlite3
@@ -107,6 +108,22 @@ def _journal_error(exc: Exception, path: Path, *, whole_group: bool) -> Exceptio
 class OrderCommit:
     seq: int
     duplicate: bool
+    # A known order_id that is not this order again: another terminal's, or other lines. Set
+    # only with ``duplicate``; what it says is the terminal's error.
+    conflict: str = ""
+
+
+def _conflict(order: Order, terminal: str, payload: str) -> str:
+    """Why a known ``order_id`` is not a re-send of ``order`` ("" when it is one). A re-send
+    comes from the same terminal with the same lines; anything else reusing the id would be
+    acked as journaled and silently lost."""
+    if terminal != order.terminal:
+        return (f"order_id {order.order_id!r} is taken by an order of terminal {terminal}: "
+                "order ids are unique in the store")
+    if json.loads(payload).get("lines") != order.lines:
+        return (f"order_id {order.order_id!r} was taken by an order with other lines: "
+                "a new order needs a new order_id (an amend changes an order)")
+    return ""
 
 
 @dataclass
@@ -398,8 +415,9 @@ class Journal:
                     (order.order_id, order.terminal, received_at, payload.decode()),
                 )
                 if cur.rowcount == 0:
-                    (seq,) = conn.execute("SELECT seq FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
-                    commits.append(OrderCommit(seq=seq, duplicate=True))
+                    seq, terminal, known = conn.execute(
+                        "SELECT seq, terminal, payload FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
+                    commits.append(OrderCommit(seq=seq, duplicate=True, conflict=_conflict(order, terminal, known)))
                     continue
                 cloud.append((f"order:{order.order_id}", received_at,
                               cloud_order(self.store_id, order.terminal, received_at, payload)))

@@ -515,10 +515,29 @@ def _request(raw: bytes, schema: str, reply_prefix: str) -> Request:
     if doc.get("schema") != schema:
         raise PayloadError("schema", f"must be {schema!r}, got {json.dumps(doc.get('schema'))}")
     reply_to = doc.get("reply_to")
-    if reply_to is not None and (not isinstance(reply_to, str) or not reply_to.startswith(reply_prefix)
-                                 or any(c in reply_to for c in "+#\x00")):
+    if reply_to is not None and not _reply_topic_ok(reply_to, reply_prefix):
         raise PayloadError("reply_to", f"must be a topic under {reply_prefix}{{terminal}}/")
     return Request(doc, _id(doc, "request_id", required=False), reply_to)
+
+
+def _reply_topic_ok(reply_to: Any, reply_prefix: str) -> bool:
+    return isinstance(reply_to, str) and reply_to.startswith(reply_prefix) and not any(c in reply_to for c in "+#\x00")
+
+
+def reply_address(raw: bytes, reply_prefix: str) -> tuple[str | None, str | None]:
+    """``(reply_to, request_id)`` of a request that is refused before it is parsed (a bad
+    field, no such role), as far as they are usable: a 3.1.1 terminal that named where to
+    answer is told why, as an MQTT 5 one is. Never raises."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    reply_to = doc.get("reply_to")
+    request_id = doc.get("request_id")
+    return (reply_to if _reply_topic_ok(reply_to, reply_prefix) else None,
+            request_id if isinstance(request_id, str) and REQUEST_ID_RE.match(request_id) else None)
 
 
 def _ticket(ticket: Any, limits: LimitsConfig) -> dict[str, Any]:

@@ -120,8 +120,9 @@ class Payments:
             request = payloads.parse_pay(raw, prefix, CURRENCIES)
         except PayloadError as exc:
             await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
+            refusal = Reply.to_refusal(message, raw, prefix)
             await self.roles.reply(
-                Reply.of(message, None, None, prefix), payloads.pay_reply(role, "", "refused", error=str(exc))
+                refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
         reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
@@ -429,8 +430,9 @@ class Payments:
         try:
             request = payloads.parse_settle(raw, prefix, self.roles.config.limits)
         except PayloadError as exc:
+            refusal = Reply.to_refusal(message, raw, prefix)
             await self.roles.reply(
-                Reply.of(message, None, None, prefix), payloads.pay_reply(role, "", "refused", error=str(exc))
+                refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
         reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)

@@ -63,6 +63,11 @@ class Reply:
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
         return cls(topic or reply_to, bytes(correlation) if correlation is not None else None, request_id)
 
+    @classmethod
+    def to_refusal(cls, message: aiomqtt.Message, raw: bytes, prefix: str) -> Reply:
+        """Where to say that a request was refused before it could be parsed."""
+        return cls.of(message, *payloads.reply_address(raw, prefix), prefix)
+
     def properties(self) -> Properties | None:
         if self.correlation is None:
             return None
@@ -373,8 +378,11 @@ class Roles:
             )
             log.info("role command on %s refused: %s", message.topic.value, what)
             await self.journal.add_deadletter(message.topic.value, what, bytes(raw))
-            reply = Reply.of(message, None, None, self.topics.reply_prefix)
-            await self.reply(reply, payloads.dumps({"schema": "error/1", "role": role, "error": what}))
+            reply = Reply.to_refusal(message, bytes(raw), self.topics.reply_prefix)
+            error = {"schema": "error/1", "role": role, "error": what}
+            if reply.request_id is not None:
+                error["request_id"] = reply.request_id
+            await self.reply(reply, payloads.dumps(error))
             return
         await handler(role, message, bytes(raw))
 

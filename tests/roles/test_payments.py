@@ -296,3 +296,21 @@ async def test_all_pinpads_down_refuses_clearly(store: Store) -> None:
         await till.request(TILL, "pay", pay("pay-9", "sale-9", 500))
         refused = await till.reply("payment_id", "pay-9", "refused")
         assert refused["error"].startswith("pinpad.till-1: no healthy pinpad")
+
+
+async def test_a_311_till_is_told_why_its_request_was_refused(store: Store) -> None:
+    """MQTT 3.1.1 has no response topic: the till names ``reply_to`` and ``request_id`` in the
+    payload. A request refused before it is parsed (no such role, a bad field) is answered
+    there too, or a till paying on a misnamed pinpad role would wait for nothing."""
+    import aiomqtt
+
+    async with Till(store.config, "pos-2", aiomqtt.ProtocolVersion.V311) as till:
+        await till.request("pinpad.till-9", "pay", {**pay("pay-1", "sale-1", 500), "request_id": "r-1"})
+        await till.request(TILL, "pay", {**pay("pay-2", "sale-2", -5), "request_id": "r-2"})
+        async with asyncio.timeout(10):
+            while len(till.replies) < 2:
+                await asyncio.sleep(0.02)
+    by_request = {doc["request_id"]: doc for _, doc in till.replies}
+    assert by_request["r-1"] == {"schema": "error/1", "role": "pinpad.till-9", "request_id": "r-1",
+                                 "error": "no role 'pinpad.till-9' is bound"}
+    assert by_request["r-2"]["status"] == "refused" and by_request["r-2"]["error"].startswith("amount_cents")

@@ -198,8 +198,10 @@ class Roles:
         self.evaluate()
         self.payments.device_changed(device)
 
-    def evaluate(self, only: str | None = None) -> None:
-        """Apply the failover rule to every role (or one); publishing happens in the background."""
+    def evaluate(self, only: str | None = None, because: str = "") -> None:
+        """Apply the failover rule to every role (or one); publishing happens in the background.
+        ``because``: what made a device serve, when it is not the rule (an installer's rebind is
+        neither a failover nor a failback, and the audit must not call it one)."""
         now = self.clock()
         for seat in self.seats.values():
             if only is not None and seat.name != only:
@@ -215,7 +217,7 @@ class Roles:
                     self.mark_dirty(seat.name)
                 continue
             previous, seat.serving, seat.since = seat.serving, chosen, now
-            seat.reason = reason
+            seat.reason = reason = because if because and chosen is not None else reason
             if chosen is None:
                 log.warning("role %s is down: %s", seat.name, reason)
             else:
@@ -473,7 +475,7 @@ class Roles:
         seat = self._seat(role, devices, failback, "api")
         log.info("role %s bound to %s by %s", role, ", ".join(devices) or "nothing", who)
         self._start_worker(seat)
-        self.evaluate(role)
+        self.evaluate(role, because=f"bound to {', '.join(devices)} by {who}")
         self._wake.set()
 
     # --- status ---------------------------------------------------------------------------------

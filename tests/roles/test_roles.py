@@ -107,11 +107,13 @@ async def test_rebind_from_the_api_is_journaled_published_and_audited(store: Sto
             _put, store, "receipt-printer", {"devices": ["prn-new", "prn-c"]}
         )
         assert status == 200 and body["device"] == "prn-new" and body["binding_source"] == "api"
+        # Neither a failover nor a failback: the installer moved it, and the reason says so.
+        assert body["reason"] == "bound to prn-new, prn-c by 127.0.0.1"
         binding_topic = store.topics.role_binding("receipt-printer")
         await store.wait_for(
             lambda: any(t == binding_topic and d["devices"] == ["prn-new", "prn-c"] for t, d in till.events)
         )
-        assert (till.state("receipt-printer") or {}).get("device") == "prn-new" or True
+        await store.wait_for(lambda: (till.state("receipt-printer") or {}).get("device") == "prn-new")
         status, body = await asyncio.to_thread(_put, store, "receipt-printer", {"devices": "prn-c"})
         assert status == 400 and body["error"].startswith("devices:")
         status, _ = await asyncio.to_thread(
@@ -126,7 +128,8 @@ async def test_rebind_from_the_api_is_journaled_published_and_audited(store: Sto
         )
         events = [json.loads(r[0]) for r in rows]
         assert any(e["event"] == "binding" and e["devices"] == ["prn-new", "prn-c"] for e in events)
-        assert any(e["event"] == "serving" and e["device"] == "prn-new" for e in events)
+        assert [e["reason"] for e in events if e["event"] == "serving" and e["device"] == "prn-new"] == [
+            "bound to prn-new, prn-c by 127.0.0.1"]
 
 
 async def test_scans_and_weights_come_out_on_the_role(store: Store) -> None:

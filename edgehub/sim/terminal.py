@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError  # a CONNACK refusal (not exported by aiomqtt itself)
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -43,6 +44,7 @@ class TerminalReport:
     unacked: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     acked_ids: set[str] = field(default_factory=set)
+    error: str = ""  # why the broker could not be reached or refused us, if it never let us in
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -52,7 +54,8 @@ class TerminalReport:
 
         return {"sent": self.sent, "acked": len(self.acked_ids), "accepted": self.accepted,
                 "duplicate_acks": self.duplicates, "rejected": self.rejected, "resends": self.resends,
-                "unacked": self.unacked, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+                "unacked": self.unacked, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                **({"error": self.error} if self.error else {})}
 
 
 def make_order(order_id: str, n: int) -> dict[str, Any]:
@@ -60,6 +63,16 @@ def make_order(order_id: str, n: int) -> dict[str, Any]:
     return {"schema": "order/1", "order_id": order_id, "table": f"T{n % 40 + 1}", "covers": 2,
             "lines": [{"sku": sku, "name": name, "qty": 1 + n % 3, "station": station},
                       {"sku": "COLA-33", "name": "Cola 0.33", "qty": 1, "station": "bar"}]}
+
+
+# CONNACK codes that a retry cannot change: MQTT 5 client id not valid, bad user name or
+# password, not authorized; their MQTT 3.1.1 counterparts 2, 4 and 5.
+REFUSED_FOR_GOOD = {0x85, 0x86, 0x87, 2, 4, 5}
+
+
+def _refusal_code(exc: MqttConnectError) -> int | None:
+    rc = exc.rc
+    return rc if isinstance(rc, int) else getattr(rc, "value", None)
 
 
 class TerminalSim:
@@ -77,6 +90,7 @@ class TerminalSim:
         self._pending: dict[str, tuple[bytes, float, float]] = {}  # id -> (payload, first, last sent)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
+        self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
 
     def _make_client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)
@@ -93,11 +107,21 @@ class TerminalSim:
                 async with self._make_client() as client:
                     await client.subscribe(self.topics.ack(self.terminal_id), qos=1)
                     self._client = client
+                    self.report.error = ""
                     self._connected.set()
                     async for message in client.messages:
                         self._on_ack(bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
                                      else b"")
+            except MqttConnectError as exc:
+                self.report.error = f"the broker at {self.host}:{self.port} refused {self.terminal_id}: {exc}"
+                if _refusal_code(exc) in REFUSED_FOR_GOOD:
+                    # A wrong password, an unknown terminal: the broker will not change its mind.
+                    self._refused.set()
+                    return
+                log.debug("terminal %s refused: %s", self.terminal_id, exc)
             except aiomqtt.MqttError as exc:
+                if not self._connected.is_set():
+                    self.report.error = f"cannot reach the broker at {self.host}:{self.port}: {exc}"
                 log.debug("terminal %s lost its connection: %s", self.terminal_id, exc)
             finally:
                 self._client = None
@@ -154,9 +178,13 @@ class TerminalSim:
         async with asyncio.TaskGroup() as tg:
             conn = tg.create_task(self._connection())
             resender = tg.create_task(self._resender())
+            connected = tg.create_task(self._connected.wait())
             try:
                 async with asyncio.timeout(timeout):
-                    await self._connected.wait()
+                    # The connection task ends only when the broker refused us.
+                    await asyncio.wait([conn, connected], return_when=asyncio.FIRST_COMPLETED)
+                    if self._refused.is_set():
+                        return self.report
                     start = time.perf_counter()
                     for n in range(orders):
                         delay = start + n / rate - time.perf_counter() if rate > 0 else 0
@@ -171,6 +199,7 @@ class TerminalSim:
                 self.report.unacked = len(self._pending)
                 conn.cancel()
                 resender.cancel()
+                connected.cancel()
         return self.report
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import itertools
+import logging
 import os
 import random
 import shutil
@@ -30,6 +31,8 @@ from edgehub.bus.topics import Topics
 from edgehub.config import Address, Config
 from edgehub.errors import BrokerError
 from edgehub.tasks import cancel_and_wait
+
+log = logging.getLogger("edgehub.broker")
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,10 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+RESTART_DELAY_S = 0.5  # a private broker that stopped is started again after this,
+RESTART_DELAY_MAX_S = 30.0  # doubling up to this while it will not start
+
+
 class MosquittoProcess:
     """A private Mosquitto child process serving one generated config.
 
@@ -215,6 +222,8 @@ class MosquittoProcess:
         self.files: BrokerFiles | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
         self.log_tail: list[str] = []
 
     @property
@@ -244,6 +253,7 @@ class MosquittoProcess:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent if self.die_with_parent else None, env=env,
         )
+        await cancel_and_wait(self._log_task)  # the last process's, ended with its output
         self._log_task = asyncio.create_task(self._collect_log())
         for _ in range(200):
             if self._proc.returncode is not None:
@@ -270,7 +280,37 @@ class MosquittoProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    async def supervise(self) -> None:
+        """Start the broker again whenever it dies, until ``stop``: the hub's private broker
+        (``make run``) has nobody else to do it (on the box, systemd restarts Mosquitto). One
+        that was asked to stop (it exits 0 on SIGINT and SIGTERM: Ctrl-C reaches the whole
+        process group) is not started again."""
+        delay = RESTART_DELAY_S
+        while self._proc is not None:
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            if code == 0:
+                log.info("mosquitto was stopped from outside the hub; not starting it again")
+                return
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            log.error("mosquitto stopped (%s): %s; starting it again in %g s", how,
+                      " | ".join(self.log_tail[-3:]) or "it said nothing", delay)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self.start()
+            except BrokerError as exc:
+                log.error("mosquitto did not start again: %s", exc)
+                delay = min(delay * 2, RESTART_DELAY_MAX_S)
+                continue
+            self.restarts += 1
+            delay = RESTART_DELAY_S
+            log.info("mosquitto started again on %s:%d", self.address.host, self.address.port)
+
     async def stop(self) -> None:
+        self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
             try:

@@ -34,6 +34,7 @@ from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
 from edgehub.store.retention import Retention
+from edgehub.tasks import cancel_and_wait
 from edgehub.uplink import attach_uplink, follow_cloud_routing
 
 log = logging.getLogger("edgehub.hub")
@@ -63,6 +64,7 @@ class Hub:
         self.bus.route_batch(self.topics.all_orders, self.intake.handle_batch)
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._broker_watch: asyncio.Task[None] | None = None  # managed mode: restarts the broker
         # Components started after the journal and before the API, stopped in reverse.
         # Each is an async context manager; status sections feed /api/v1/status.
         self.components: list[contextlib.AbstractAsyncContextManager[Any]] = []
@@ -133,6 +135,8 @@ class Hub:
             await self._stack.enter_async_context(component)
         await self._stack.enter_async_context(self.api)
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
+        if self.broker is not None:
+            self._broker_watch = asyncio.create_task(self.broker.supervise(), name="broker-supervisor")
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive(), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
 
@@ -145,6 +149,8 @@ class Hub:
 
     async def __aexit__(self, *exc: object) -> None:
         self.notifier.stopping()
+        # Stopping: a private broker that goes now (Ctrl-C reaches it too) stays gone.
+        await cancel_and_wait(self._broker_watch)
         await self.bus.close()
         for task in self._tasks:
             task.cancel()

@@ -148,6 +148,32 @@ async def test_a_broker_gone_before_the_hub_stops_is_no_error_at_the_stop(
     assert "never retrieved" not in caplog.text
 
 
+async def test_the_hubs_own_mosquitto_is_started_again_when_it_dies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`make run`'s hub runs its own Mosquitto (broker.mode = "managed"); nobody else would
+    start it again after a crash, and the hub would wait for it forever."""
+    import os
+    import signal
+
+    from edgehub.config import load_config
+    from tests.conftest import write_config
+
+    config = load_config(write_config(tmp_path / "box", mode="managed"))
+    async with Hub(config) as hub:
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+        assert hub.broker is not None and hub.broker.pid is not None
+        os.kill(hub.broker.pid, signal.SIGKILL)
+        async with asyncio.timeout(15):
+            while hub.broker.restarts < 1 or not hub.bus.connected.is_set():
+                await asyncio.sleep(0.05)
+        async with Terminal(config, "pos-1") as pos:
+            await pos.send(order("after-restart"))
+            assert (await pos.ack())["status"] == "accepted"
+    assert "mosquitto stopped (killed by signal 9)" in caplog.text
+
+
 @pytest.mark.parametrize("simulate", [False, True], ids=["devices", "simulated-store"])
 async def test_edgehub_run_prints_where_its_dashboard_is(
     broker: MosquittoProcess, config_path: Path, tmp_path: Path, simulate: bool

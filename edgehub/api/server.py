@@ -6,16 +6,41 @@ and tests can serve it over a real socket with a real hub behind it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from edgehub.api.auth import FailedLogins, LoginHandlers, Sessions, token_middleware
 from edgehub.config import Address
 
 log = logging.getLogger("edgehub.api")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An API client reads every error as ``{"error": …}``, the router's own too (no such path,
+    a method the path does not take), which aiohttp answers in plain text."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        routed = getattr(request.match_info, "http_exception", None) is None  # a handler's own answer
+        if routed or not request.path.startswith("/api/"):
+            raise
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            error = f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+            raise web.HTTPMethodNotAllowed(request.method, exc.allowed_methods, text=_json_error(error),
+                                           content_type="application/json") from None
+        raise web.HTTPNotFound(text=_json_error(f"no such endpoint: {request.path}"),
+                               content_type="application/json") from None
+
+
+def _json_error(message: str) -> str:
+    return json.dumps({"error": message})
 
 
 class StatusSource(Protocol):
@@ -41,7 +66,7 @@ class ApiServer:
         self.fallback_route_setups: list[Callable[[web.Application], None]] = []
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[token_middleware(self.token, self.failures, self.sessions)],
+        app = web.Application(middlewares=[json_errors, token_middleware(self.token, self.failures, self.sessions)],
                               client_max_size=256 * 1024)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/v1/status", self.status)

@@ -62,6 +62,17 @@ async def test_status_tells_the_truth_about_the_box(box: Box, http: aiohttp.Clie
     assert role["devices"] == ["prn-front"] and role["device"] == "prn-front"
 
 
+async def test_the_routers_own_errors_are_json_too(box: Box, http: aiohttp.ClientSession) -> None:
+    async with http.get(box.base + "/api/v1/nothing-here", headers=AUTH) as response:
+        assert (response.status, await response.json()) == (404, {"error": "no such endpoint: /api/v1/nothing-here"})
+    async with http.delete(box.base + "/api/v1/status", headers=AUTH) as response:
+        assert response.status == 405 and response.headers["Allow"]
+        assert (await response.json())["error"].startswith("DELETE is not allowed on /api/v1/status (allowed: GET")
+    # A handler's own 404 is left as it said it.
+    async with http.post(box.base + "/api/v1/devices/nope/test-print", headers=AUTH) as response:
+        assert response.status == 404 and (await response.json())["error"] == "no device 'nope'"
+
+
 async def test_test_print_comes_out_of_the_printer(box: Box, http: aiohttp.ClientSession) -> None:
     await box.wait_device_ready()
     async with http.post(box.base + "/api/v1/devices/prn-front/test-print", headers=AUTH) as response:

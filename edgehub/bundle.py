@@ -25,6 +25,7 @@ from typing import Any
 
 from edgehub import __version__
 from edgehub.config import Config
+from edgehub.doctor import DaemonUnreadable, answer_problem, api_address, connect_problem, daemon_check
 
 REDACTED = "[REDACTED]"
 # Whole words only for the short ones: "pin" must not catch "pinpad" nor "key" "keepalive".
@@ -121,8 +122,13 @@ def _json(doc: Any) -> bytes:
 
 def collect(config: Config, *, status: Mapping[str, Any] | None, doctor: Mapping[str, Any] | None,
             outbox: Mapping[str, Any] | None, recent_log: str | None, broker_log: Iterable[str] = (),
-            role_history: Mapping[str, Any] | None = None, clock: float | None = None) -> dict[str, bytes]:
-    """The bundle's files (before redaction). Blocking: reads the config and journald."""
+            role_history: Mapping[str, Any] | None = None, clock: float | None = None,
+            daemon_note: str | None = None) -> dict[str, bytes]:
+    """The bundle's files (before redaction). Blocking: reads the config and journald.
+
+    ``daemon_note`` says why there is no status when it was not read from the hub (not running,
+    or running but refusing the token); without one, no status means the hub was not running.
+    """
     created = clock if clock is not None else time.time()
     files: dict[str, bytes] = {}
     try:
@@ -130,7 +136,8 @@ def collect(config: Config, *, status: Mapping[str, Any] | None, doctor: Mapping
     except (OSError, UnicodeDecodeError) as exc:
         files["config/edgehub.toml"] = f"# could not read {config.source}: {exc}\n".encode()
     status = dict(status or {})
-    files["status.json"] = _json(status or {"note": "the hub was not running when this bundle was made"})
+    note = daemon_note or "the hub was not running when this bundle was made"
+    files["status.json"] = _json(status or {"note": note})
     devices = status.get("devices")
     files["devices.json"] = _json(devices if devices is not None else {"note": "no device registry"})
     roles = status.get("roles")
@@ -151,6 +158,7 @@ def collect(config: Config, *, status: Mapping[str, Any] | None, doctor: Mapping
         f"edgehub support bundle\nstore: {config.store.id}\nversion: {__version__}\n"
         f"created: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(created))}\n"
         f"logs: {'journald' if journal is not None else 'in-memory ring of recent lines'}\n"
+        f"{f'hub: {daemon_note}{chr(10)}' if daemon_note else ''}"
         f"Secrets (tokens, passwords, PINs, keys) are replaced by {REDACTED}.\n"
     ).encode()
     return files
@@ -201,21 +209,33 @@ def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
     return {"streams": streams, "total": sum(s["depth"] for s in streams)}
 
 
-async def _from_daemon(config: Config) -> tuple[str, bytes] | None:
-    """The running daemon's own bundle (it has the devices, roles and recent log lines)."""
+async def _from_daemon(config: Config) -> tuple[str, bytes] | DaemonUnreadable:
+    """The running daemon's own bundle (it has the devices, roles and recent log lines), or why
+    it could not be had: nothing answers, or the daemon refused (401 wrong token, 429 ...)."""
     import aiohttp
 
     url = config.api.listen.local_url("/api/v1/bundle")
+    address = api_address(config)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:
+                body = await response.read()
                 if response.status != 200:
-                    return None
+                    return answer_problem(address, response.status, body, response.headers)
                 disposition = response.headers.get("Content-Disposition", "")
                 name = disposition.partition('filename="')[2].rstrip('"') or f"{bundle_name(config)}.tar.gz"
-                return name, await response.read()
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return None
+                return name, body
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return connect_problem(address, exc)
+
+
+def why_not_from_daemon(config: Config, problem: DaemonUnreadable) -> tuple[str, str]:
+    """Why the bundle was made without the daemon, and what to do (the doctor's daemon check):
+    not running is told apart from running but refusing the token or rate-limiting."""
+    check = daemon_check(config, None, problem)
+    if not problem.answered:
+        return f"edgehub is not answering on {problem.address}", check.action
+    return check.message, check.action
 
 
 def command(config_path: str, output: str | None = None) -> int:
@@ -224,17 +244,20 @@ def command(config_path: str, output: str | None = None) -> int:
     import sys
 
     from edgehub.config import load_config
-    from edgehub.doctor import Doctor, api_status_reader, as_json
+    from edgehub.doctor import Doctor, api_status_reader, as_json, failing_reader
 
     config = load_config(config_path)
     made = asyncio.run(_from_daemon(config))
-    source = "the running edgehub"
-    if made is None:
-        source = "this command (edgehub is not answering: no device states, no in-memory log)"
-        doctor = Doctor(config, read_status=api_status_reader(config), daemon_expected=True)
+    source, hint = "the running edgehub", ""
+    if isinstance(made, DaemonUnreadable):
+        note, hint = why_not_from_daemon(config, made)
+        source = f"this command ({note}: no device states, no in-memory log)"
+        # A refused token is not asked again: each try counts against this address's allowance.
+        reader = failing_reader(made) if made.refused_login else api_status_reader(config)
+        doctor = Doctor(config, read_status=reader, daemon_expected=True)
         checks = asyncio.run(doctor.run())
         files = collect(config, status=None, doctor=as_json(checks),
-                        outbox=_outbox_summary(config, time.time()), recent_log=None)
+                        outbox=_outbox_summary(config, time.time()), recent_log=None, daemon_note=note)
         name, data = build(config, files)
     else:
         name, data = made
@@ -243,6 +266,8 @@ def command(config_path: str, output: str | None = None) -> int:
     target = Path(output) if output else Path(name)
     target.write_bytes(data)
     sys.stdout.write(f"wrote {target} ({len(data)} bytes) from {source}\n")
+    if hint:
+        sys.stdout.write(f"  -> {hint}\n")
     return 0
 
 

@@ -18,6 +18,8 @@ import socket
 import sqlite3
 import subprocess
 import time
+import tomllib
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -37,7 +39,36 @@ DeviceProbe = Callable[[str], Awaitable[tuple[bool, str]]]
 # answers; anything before this release's year is certainly wrong.
 EARLIEST_SANE_TIME = 1735689600.0  # 2025-01-01T00:00:00Z
 # Device states that can serve a role (drivers.base.Health.usable: ready or degraded).
-USABLE_DEVICE_STATES = frozenset({"ready", "degraded", "ok"})
+USABLE_DEVICE_STATES = frozenset({"ready", "degraded"})  # drivers.base.Health.usable
+
+
+class DaemonUnreadable(Exception):
+    """The running daemon's API could not be read from outside (the CLI's view of the hub).
+
+    ``http_status`` is None when nothing answered at ``address`` (the daemon is not running, or
+    listens elsewhere); otherwise the daemon answered but not with what was asked: 401 (the token
+    sent is not the hub's), 429 (this address sent too many wrong tokens and is refused for a
+    while), or anything else. ``address`` is the one really tried (a wildcard listen address is
+    reached on loopback).
+    """
+
+    def __init__(self, address: str, http_status: int | None = None, detail: str = "",
+                 retry_after: str | None = None) -> None:
+        what = f"HTTP {http_status}" if http_status is not None else "no answer"
+        super().__init__(f"{address}: {what}{f': {detail}' if detail else ''}")
+        self.address = address
+        self.http_status = http_status
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def answered(self) -> bool:
+        return self.http_status is not None
+
+    @property
+    def refused_login(self) -> bool:
+        """401 or 429: asking again only counts against the address's allowance of wrong tokens."""
+        return self.http_status in (401, 429)
 
 
 @dataclass(frozen=True)
@@ -125,29 +156,25 @@ class Doctor:
 
     async def run(self) -> list[Check]:
         status: Mapping[str, Any] | None = None
+        problem: Exception | None = None
         if self.read_status is not None:
-            with contextlib.suppress(Exception):
+            try:
                 status = await self.read_status()
+            except Exception as exc:  # why is reported by the daemon check, and device checks say so
+                problem = exc
         checks: list[Check] = []
         if self.daemon_expected:
-            checks.append(self._daemon(status))
+            checks.append(daemon_check(self.config, status, problem))
         gathered = await asyncio.gather(
             self._broker(), asyncio.to_thread(self._journal), asyncio.to_thread(self._disk_space),
             asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(status),
         )
         checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
-        checks.extend(await self._devices(status))
+        checks.extend(await self._devices(status, problem))
         checks.extend(self._roles(status))
         return checks
 
     # --- the checks ------------------------------------------------------------------------
-
-    def _daemon(self, status: Mapping[str, Any] | None) -> Check:
-        if status is None:
-            return Check("daemon", "fail", f"edgehub does not answer on {self.config.api.listen}",
-                         "start it: systemctl start edgehub; then look at journalctl -u edgehub -n 50")
-        return Check("daemon", "ok", f"edgehub {status.get('version', '?')} is running for store "
-                                     f"{status.get('store_id', '?')}, up {status.get('uptime_s', 0):.0f} s")
 
     async def _broker(self) -> Check:
         address = self.broker_address
@@ -323,7 +350,13 @@ class Doctor:
                                "ca_file for TLS) with support; the outbox keeps everything meanwhile")]
         return [wan, Check("cloud", "ok", f"{host}:{port} answers; the hub is {state}")]
 
-    async def _devices(self, status: Mapping[str, Any] | None) -> list[Check]:
+    async def _devices(self, status: Mapping[str, Any] | None,
+                       problem: Exception | None = None) -> list[Check]:
+        if status is None and isinstance(problem, DaemonUnreadable) and problem.answered:
+            # edgehub runs but did not give its status: "start edgehub" would be wrong advice.
+            return [Check("devices", "warn", "device checks need the running edgehub's status, "
+                                             "which it did not give (see the daemon check)",
+                          "fix what the daemon check says, then run the self-check again")]
         if status is None or status.get("devices") is None:
             return [Check("devices", "ok" if status is not None else "warn",
                           "no device registry is configured" if status is not None
@@ -378,6 +411,86 @@ class Doctor:
                 checks.append(Check(f"role {role}", "fail", f"no healthy device can serve {role}",
                                     f"bind a working device to {role} on the box's page, or fix its device"))
         return checks
+
+
+# --- the daemon, seen from the CLI ------------------------------------------------------------
+
+
+def api_address(config: Config) -> str:
+    """The address the CLI really connects to for the daemon's API (a wildcard means loopback)."""
+    return urllib.parse.urlsplit(config.api.listen.local_url("/")).netloc
+
+
+def token_origin(config: Config) -> str:
+    """Where the config's API token comes from: ``[api] token_file`` (the file) or ``token`` inline."""
+    with contextlib.suppress(OSError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
+        api = tomllib.loads(config.source.read_text(encoding="utf-8")).get("api")
+        token_file = api.get("token_file") if isinstance(api, dict) else None
+        if isinstance(token_file, str) and token_file:
+            return str(config.source.resolve().parent / token_file)
+    return f"{config.source.resolve()} ([api] token)"
+
+
+def daemon_check(config: Config, status: Mapping[str, Any] | None,
+                 problem: BaseException | None = None) -> Check:
+    """The ``daemon`` check: running and answering, not running, or running but refusing the CLI."""
+    if status is not None:
+        return Check("daemon", "ok", f"edgehub {status.get('version', '?')} is running for store "
+                                     f"{status.get('store_id', '?')}, up {status.get('uptime_s', 0):.0f} s")
+    logs = "journalctl -u edgehub -n 50"
+    if not isinstance(problem, DaemonUnreadable):
+        if problem is None:
+            return Check("daemon", "fail", f"edgehub does not answer on {api_address(config)}",
+                         f"start it: systemctl start edgehub; then look at {logs}")
+        return Check("daemon", "fail", f"the running edgehub's status could not be read: {_reason(problem)}",
+                     f"look at {logs}")
+    where = problem.address
+    if problem.http_status is None:
+        return Check("daemon", "fail", f"edgehub does not answer on {where}"
+                                       f"{f' ({problem.detail})' if problem.detail else ''}",
+                     f"start it: systemctl start edgehub; then look at {logs}")
+    if problem.http_status == 401:
+        return Check("daemon", "fail", f"edgehub answers on {where} but refuses the token (HTTP 401): the token "
+                                       f"in {token_origin(config)} is not the hub's",
+                     "give the config edgehub runs with (systemctl cat edgehub shows its --config); if the "
+                     "token was changed since edgehub started, restart it: systemctl restart edgehub")
+    if problem.http_status == 429:
+        wait = problem.retry_after or "60"
+        return Check("daemon", "fail", f"edgehub answers on {where} but is refusing this address for now "
+                                       "(HTTP 429): too many wrong tokens were sent from it",
+                     f"wait {wait} s and run this again; if it comes back, find what keeps sending a wrong "
+                     "token from this box (an old script or config)")
+    return Check("daemon", "fail", f"{where} answers, but not with edgehub's status: HTTP {problem.http_status}"
+                                   f"{f' ({problem.detail})' if problem.detail else ''}",
+                 f"check [api] listen in the config is where edgehub listens; look at {logs}")
+
+
+def connect_problem(address: str, exc: BaseException) -> DaemonUnreadable:
+    """Nothing (or nothing in time) answered at ``address``."""
+    os_error = getattr(exc, "os_error", None)  # aiohttp.ClientConnectorError wraps the OSError
+    if isinstance(os_error, OSError) and os_error.errno:
+        detail = os.strerror(os_error.errno).lower()
+    else:
+        detail = _reason(exc)
+    return DaemonUnreadable(address, None, detail)
+
+
+def answer_problem(address: str, http_status: int, body: bytes, headers: Mapping[str, str]) -> DaemonUnreadable:
+    """The daemon answered ``http_status`` instead of what was asked; its ``{"error": ...}`` as detail."""
+    detail = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        detail = str(json.loads(body).get("error") or "")
+    return DaemonUnreadable(address, http_status, detail, headers.get("Retry-After"))
+
+
+def failing_reader(problem: Exception) -> StatusReader:
+    """A status reader that reports ``problem`` again without asking (a 401 or 429 asked again
+    would count once more against this address's allowance of wrong tokens)."""
+
+    async def read() -> Mapping[str, Any] | None:
+        raise problem
+
+    return read
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -449,21 +562,32 @@ def dumps(checks: list[Check]) -> str:
 
 
 def api_status_reader(config: Config) -> StatusReader:
-    """Reads the running daemon's /api/v1/status with the box token (the CLI's view of the hub)."""
+    """Reads the running daemon's /api/v1/status with the box token (the CLI's view of the hub).
+
+    Raises ``DaemonUnreadable`` saying whether nothing answered or what the daemon answered
+    instead (401 wrong token, 429 too many wrong tokens ...), as ``edgehub sync`` reports it.
+    """
 
     async def read() -> Mapping[str, Any] | None:
         import aiohttp
 
         url = config.api.listen.local_url("/api/v1/status")
+        address = api_address(config)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
                 async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:
+                    body = await response.read()
                     if response.status != 200:
-                        return None
-                    doc: dict[str, Any] = await response.json()
-                    return doc
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-            return None
+                        raise answer_problem(address, response.status, body, response.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise connect_problem(address, exc) from exc
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise DaemonUnreadable(address, 200, "the answer is not edgehub's status")
+        return doc
 
     return read
 

@@ -127,6 +127,11 @@ class Hub:
 
     async def _start(self) -> None:
         cfg = self.config
+        # The ring of recent log lines (support bundles on a box without journald) listens from
+        # the first line on: the journal's migration and discovery's "found" lines are what support
+        # asks for first. Detached last, when everything else has stopped.
+        self.support.recent.attach()
+        self._stack.callback(self.support.recent.detach)
         if cfg.broker.mode == "managed":
             self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
             self.bus.host, self.bus.port = self.broker.address.host, self.broker.address.port

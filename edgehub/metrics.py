@@ -11,18 +11,22 @@ test process, and each must count only its own.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from drivers.base import HealthState
 from edgehub import __version__
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Acks are a few ms on a healthy box; the tail that matters to a cashier is 0.1-2 s.
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Every state a device can be in (drivers.base.HealthState), each exported even at 0 so a
+# dashboard or an alert on ``edgehub_devices{state="failed"} > 0`` always has its series.
+DEVICE_STATES: tuple[str, ...] = get_args(HealthState)
 
 
 class MetricsSource(Protocol):
@@ -147,7 +151,7 @@ class _SnapshotCollector(Collector):
             for device in devices:
                 state = str(device.get("state", "unknown"))
                 counts[state] = counts.get(state, 0) + 1
-            for state in sorted(set(counts) | {"ok", "failed"}):
+            for state in sorted(set(counts) | set(DEVICE_STATES)):
                 by_state.add_metric([state], counts.get(state, 0))
             yield by_state
 

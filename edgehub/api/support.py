@@ -1,8 +1,9 @@
 """The box's page and remote support: ``/``, ``/metrics`` and the support endpoints of /api/v1.
 
 ``Support(hub)`` is one hub component. Its constructor only registers hooks (ack and commit
-latency into the metrics, the ``system`` and ``outbox`` status sections, the routes); entering
-it attaches the ring of recent log lines that bundles fall back on without journald.
+latency into the metrics, the ``system`` and ``outbox`` status sections, the routes). It holds
+the ring of recent log lines that bundles fall back on without journald; the hub attaches that
+ring first thing at its start (before the journal and discovery), not when this component starts.
 
 Devices, roles and the uplink are other components. Where one of them registers its own route
 (``GET /api/v1/devices``, ``PUT /api/v1/roles/{role}``, ``POST /api/v1/sync`` …) that route
@@ -78,13 +79,11 @@ class Support:
         hub.api.fallback_route_setups.append(self.setup_fallbacks)
 
     async def __aenter__(self) -> Support:
-        self.recent.attach()
         self.hub.registry.subscribe(self._on_device_event)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.hub.registry.unsubscribe(self._on_device_event)
-        self.recent.detach()
 
     # --- failovers -------------------------------------------------------------------------
 

@@ -139,3 +139,61 @@ async def test_cloud_credentials_and_terminal_passwords_never_reach_the_bundle(
     assert "[cloud]" in config_text and "127.0.0.1" in config_text  # the config is there, minus secrets
     assert json.loads(files["outbox.json"])["uplink"]["link"]["last_error"]  # why the cloud is offline
     assert_no_secret(files, expected | secrets)
+
+
+async def test_cli_bundle_with_a_wrong_token_says_the_daemon_refuses_it(box: Box, tmp_path: Path) -> None:
+    import sys
+
+    folder = box.config.source.parent
+    (folder / "other-api-token").write_text("not-the-hubs-token-0000\n")
+    other = folder / "other.toml"
+    other.write_text(box.config.source.read_text().replace(f'token = "{API_TOKEN}"',
+                                                           'token_file = "other-api-token"'))
+    box.hub.api.failures.clock = lambda: 1000.0  # no refill while the test runs: count exactly
+    out = tmp_path / "b.tar.gz"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "edgehub", "bundle", "--config", str(other),
+                                                "-o", str(out), cwd=REPO, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    raw, _ = await proc.communicate()
+    text = raw.decode()
+    assert proc.returncode == 0, text
+    assert f"edgehub answers on 127.0.0.1:{box.hub.api.port} but refuses the token (HTTP 401)" in text, text
+    assert f"the token in {folder.resolve() / 'other-api-token'} is not the hub's" in text
+    assert "not answering" not in text and "systemctl restart edgehub" in text
+    files = extract(out.read_bytes())
+    assert "refuses the token" in json.loads(files["status.json"])["note"]
+    assert b"hub: edgehub answers on" in files["README.txt"]
+    daemon = next(c for c in json.loads(files["doctor.json"])["checks"] if c["name"] == "daemon")
+    assert "HTTP 401" in daemon["message"]
+    # The bundle asked once and its self-check did not ask again: one wrong token, not two.
+    assert box.hub.api.failures._level("127.0.0.1") == 9.0
+
+
+async def test_recent_log_starts_before_the_journal_and_discovery(
+        tmp_path: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """On a box without journald the ring is all support has: it must hold the start-up, from the
+    journal's migration and the devices found on, not only what came after the API started."""
+    from edgehub.sim.printer import PrinterSim
+    from tests.api.conftest import box_extra
+
+    caplog.set_level(logging.INFO, logger="edgehub")  # what `edgehub run` logs at its default level
+    async with PrinterSim() as printer:
+        config = load_config(write_config(tmp_path / "box", extra=box_extra(printer.address)))
+        async with MosquittoProcess(config, die_with_parent=False), Hub(config) as hub:
+            async with asyncio.timeout(10):
+                await hub.ready.wait()
+            async with http.get(f"{hub.api.url}api/v1/bundle", headers=AUTH) as response:
+                assert response.status == 200
+                recent = extract(await response.read())["logs/recent.log"].decode()
+            ring = hub.support.recent
+            assert ring.lines.maxlen == 2000  # still bounded
+    lines = recent.splitlines()
+
+    def first(text: str) -> int:
+        at = [i for i, line in enumerate(lines) if text in line]
+        assert at, f"{text!r} is not in logs/recent.log:\n{recent}"
+        return at[0]
+
+    assert first("migrated from schema 0") < first("device prn-front found") < first("ready: store s1"), recent
+    # Detached once the hub has stopped: hubs in one process leak no handlers.
+    assert all(ring not in logging.getLogger(name).handlers for name in ("edgehub", "drivers"))

@@ -22,7 +22,7 @@ from edgehub.broker import free_port
 from edgehub.config import load_config
 from edgehub.doctor import Check, Doctor, failed
 from tests.api.conftest import AUTH, Box
-from tests.conftest import REPO, write_config
+from tests.conftest import API_TOKEN, REPO, write_config
 
 
 def by_name(checks: list[Check]) -> dict[str, Check]:
@@ -237,3 +237,74 @@ def test_role_checks_name_the_serving_device_and_the_ready_spares(tmp_path: Path
     assert checks["role scanner"].status == "warn"
     assert checks["role scanner"].message == ("not served right now (scanner: waiting for the first check of "
                                               "scn-1); healthy and bound: scn-1")
+
+
+# --- the daemon check tells "not running" from "running but refusing the CLI" ------------------
+
+
+def config_with_token_file(box: Box, token: str, name: str = "other.toml") -> Path:
+    """A config next to the box's (same data folder, same ports) whose token, in a token file, is
+    ``token``: what an installer has when the CLI's config is not the daemon's."""
+    folder = box.config.source.parent
+    (folder / "other-api-token").write_text(token + "\n")
+    text = box.config.source.read_text().replace(f'token = "{API_TOKEN}"', 'token_file = "other-api-token"')
+    assert "token_file" in text
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+async def test_cli_with_a_wrong_token_says_the_daemon_refuses_it(box: Box) -> None:
+    await box.wait_device_ready()
+    path = config_with_token_file(box, "not-the-hubs-token-0000")
+    code, out = await run_cli("doctor", "--config", str(path))
+    assert code == 1, out
+    daemon = next(line for line in out.splitlines() if line.startswith("FAIL  daemon"))
+    assert f"edgehub answers on 127.0.0.1:{box.hub.api.port} but refuses the token (HTTP 401)" in daemon
+    assert f"the token in {path.parent.resolve() / 'other-api-token'} is not the hub's" in daemon
+    assert "does not answer" not in out and "systemctl start edgehub" not in out
+    assert "systemctl restart edgehub" in out  # the fix hint
+    code, out = await run_cli("doctor", "--config", str(path), "--json")
+    checks = {c["name"]: c for c in json.loads(out)["checks"]}
+    assert checks["daemon"]["status"] == "fail" and "HTTP 401" in checks["daemon"]["message"]
+    assert "did not give" in checks["devices"]["message"] and "start edgehub" not in checks["devices"]["action"]
+
+
+async def test_cli_after_too_many_wrong_tokens_says_wait(box: Box, http: aiohttp.ClientSession) -> None:
+    await box.wait_device_ready()
+    wrong = {"Authorization": "Bearer not-the-hubs-token-0000"}
+    for _ in range(10):  # the allowance of an address: then 429, even for the right token
+        async with http.get(box.base + "/api/v1/status", headers=wrong) as response:
+            assert response.status == 401
+    async with http.get(box.base + "/api/v1/status", headers=AUTH) as response:
+        assert response.status == 429
+    code, out = await run_cli("doctor", "--config", str(box.config.source))
+    assert code == 1, out
+    daemon = next(line for line in out.splitlines() if line.startswith("FAIL  daemon"))
+    assert f"edgehub answers on 127.0.0.1:{box.hub.api.port}" in daemon and "HTTP 429" in daemon
+    assert "too many wrong tokens" in daemon
+    assert "wait 60 s and run this again" in out
+    assert "does not answer" not in out and "systemctl start edgehub" not in out
+
+
+async def test_cli_names_the_address_it_tried_for_a_wildcard_listen(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    path = write_config(tmp_path / "box", api_port=port)
+    path.write_text(path.read_text().replace(f'listen = "127.0.0.1:{port}"', f'listen = "0.0.0.0:{port}"'))
+    assert load_config(path).api.listen.host == "0.0.0.0"
+    code, out = await run_cli("doctor", "--config", str(path))
+    assert code == 1
+    daemon = next(line for line in out.splitlines() if line.startswith("FAIL  daemon"))
+    assert f"edgehub does not answer on 127.0.0.1:{port} (connection refused)" in daemon, daemon
+    assert "0.0.0.0" not in daemon and "systemctl start edgehub" in out
+
+
+def test_daemon_check_for_an_inline_token_names_the_config(tmp_path: Path) -> None:
+    from edgehub.doctor import DaemonUnreadable, daemon_check
+
+    config = load_config(write_config(tmp_path))
+    check = daemon_check(config, None, DaemonUnreadable("127.0.0.1:1", 401, "missing or wrong token"))
+    assert check.status == "fail"
+    assert f"the token in {config.source.resolve()} ([api] token) is not the hub's" in check.message
+    other = daemon_check(config, None, DaemonUnreadable("127.0.0.1:1", 500, "boom"))
+    assert other.message == "127.0.0.1:1 answers, but not with edgehub's status: HTTP 500 (boom)"

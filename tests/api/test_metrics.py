@@ -136,3 +136,24 @@ async def test_failovers_and_print_jobs_are_counted(two_printer_box: Box, http: 
     assert m["edgehub_kitchen_open_tickets"][(("station", "grill"),)] == 1
     assert m["edgehub_outbox_produced_total"][(("stream", "kitchen"),)] >= 1
     assert spare.printed == []  # the slip was printed once, on the primary, before it died
+
+
+async def test_devices_are_counted_by_their_real_states_only(box: Box, http: aiohttp.ClientSession) -> None:
+    """Every state a device can be in (drivers.base.HealthState) has its series, 0 when no device
+    is in it, and nothing else: there is no "ok" state, so no ``edgehub_devices{state="ok"}``."""
+    from typing import get_args
+
+    from drivers.base import HealthState
+
+    await box.wait_device_ready()
+    m = await scrape(box, http)
+    states = {dict(labels)["state"]: value for labels, value in m["edgehub_devices"].items()}
+    assert set(states) == set(get_args(HealthState)) == {"ready", "degraded", "failed", "unknown"}
+    assert states == {"ready": 1, "degraded": 0, "failed": 0, "unknown": 0}
+    await box.printer.kill()
+    async with asyncio.timeout(15):
+        while box.hub.registry.get("prn-front").health.usable:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+    m = await scrape(box, http)
+    states = {dict(labels)["state"]: value for labels, value in m["edgehub_devices"].items()}
+    assert states == {"ready": 0, "degraded": 0, "failed": 1, "unknown": 0}

@@ -434,6 +434,13 @@ class Roles:
             return _bad("devices", "must be a list of device ids, primary first")
         if problem := role_devices_problem(devices):
             return _bad("devices", problem)
+        # A device not found yet may be bound (it is plugged in later); one the box knows as
+        # another kind could never serve the role.
+        kind = role_kind(role)
+        for n, device in enumerate(devices):
+            entry = self.registry.get(device) if self.registry is not None else None
+            if entry is not None and entry.info.kind != kind:
+                return _bad(f"devices[{n}]", f"{device} is a {entry.info.kind}, not a {kind}")
         seat = self.seats.get(role)
         failback = body.get("failback_after_s", seat.failback_after_s if seat else 30.0)
         if isinstance(failback, bool) or not isinstance(failback, int | float) or not 0 <= failback <= 86_400:

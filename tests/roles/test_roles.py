@@ -120,6 +120,8 @@ async def test_rebind_from_the_api_is_journaled_published_and_audited(store: Sto
             _put, store, "receipt-printer", {"devices": []}, "wrong-token-123456"
         )
         assert status == 401
+        status, body = await asyncio.to_thread(_put, store, "scanner", {"devices": ["prn-new"]})
+        assert (status, body["error"]) == (400, "devices[0]: prn-new is a printer, not a scanner")
         status, body = await asyncio.to_thread(_put, store, "toaster", {"devices": []})
         assert status == 400 and body["error"].startswith("role:")
 

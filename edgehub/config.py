@@ -630,9 +630,11 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
                             if 1 <= v <= 168 else f"must be from 1 to 168 hours (a week), got {v}"))
     max_open = int(ck.get(t, "kitchen.max_open_per_station", int, 500, check=lambda v: None
                           if 50 <= v <= 5000 else f"must be from 50 to 5000 tickets, got {v}"))
-    screen_token = _secret(ck, base, t, "kitchen.screen_token", required=False) or api_token
-    if screen_token and len(screen_token) < 16:
+    own_token = _secret(ck, base, t, "kitchen.screen_token", required=False)
+    # Without one of its own the screens use the API token, whose length api.token reports.
+    if own_token and len(own_token) < 16:
         ck.problem("kitchen.screen_token", "must be at least 16 characters")
+    screen_token = own_token or api_token
 
     stations: dict[str, StationConfig] = {}
     raw_stations = ck.get(t, "kitchen.stations", dict, {}) or {}

@@ -97,6 +97,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert "broker: missing required" not in text  # [broker] itself is optional
     assert "broker.hub_password: missing required key" in text
     assert "api.token: must be at least 16 characters" in text
+    assert "kitchen.screen_token" not in text  # not written: the screens use api.token, reported once
     assert "journal.commit_window_ms: must be 0 to 50 ms" in text
 
 

@@ -216,7 +216,9 @@ class Journal:
             before, after = migrate(conn)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
-        if before != after:
+        if before == 0:
+            log.info("journal %s created (schema %d)", self.path, after)
+        elif before != after:
             log.info("journal %s migrated from schema %d to %d", self.path, before, after)
         self._reader = self._connect(READER_CACHE_KIB)
         self._reader.execute("PRAGMA query_only=ON")

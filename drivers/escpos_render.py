@@ -34,6 +34,7 @@ __all__ = [
     "Text",
     "Ticket",
     "TicketRenderError",
+    "check",
     "columns",
     "display_width",
     "find_cjk_font",
@@ -243,6 +244,16 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
+def check(block: Block) -> None:
+    """Raise ``TicketRenderError`` when ``block`` can print on no printer at all: barcode data its
+    symbology cannot hold, a QR code too big. What depends on the printer (fonts, code page) is
+    not checked. ``render`` applies the same rules."""
+    if isinstance(block, Barcode):
+        _barcode_data(block)
+    elif isinstance(block, QrCode):
+        _qr_data(block)
+
+
 def render(ticket: Ticket | Sequence[Block], profile: PrinterProfile | None = None) -> bytes:
     """The ESC/POS bytes for ``ticket`` on a printer described by ``profile``."""
     if not isinstance(ticket, Ticket):
@@ -396,11 +407,7 @@ class _Renderer:
 
     # -- codes -------------------------------------------------------------------------------
     def barcode(self, b: Barcode) -> None:
-        if b.symbology == "EAN13":
-            payload = bytes((67, 13)) + _ean13(b.data).encode("ascii")
-        else:
-            payload = _code128(b.data)
-            payload = bytes((73, len(payload))) + payload
+        payload = _barcode_data(b)
         self.out += ESC + b"a" + bytes((("left", "center", "right").index(b.align),))
         self.out += GS + b"h" + bytes((max(1, min(255, b.height)),))
         self.out += GS + b"w" + bytes((max(2, min(6, b.module_width)),))
@@ -408,9 +415,7 @@ class _Renderer:
         self.out += GS + b"k" + payload + b"\n" + ESC + b"a\x00"
 
     def qr(self, q: QrCode) -> None:
-        data = q.data.encode("utf-8")
-        if len(data) > 7089:
-            raise TicketRenderError(f"QR code data is {len(data)} bytes; a QR code holds at most 7089")
+        data = _qr_data(q)
         store = len(data) + 3
         ecc = {"L": 48, "M": 49, "Q": 50, "H": 51}[q.error_correction]
         self.out += ESC + b"a" + bytes((("left", "center", "right").index(q.align),))
@@ -419,6 +424,21 @@ class _Renderer:
         self.out += GS + b"(k\x03\x00\x31\x45" + bytes((ecc,))
         self.out += GS + b"(k" + store.to_bytes(2, "little") + b"\x31\x50\x30" + data
         self.out += GS + b"(k\x03\x00\x31\x51\x30" + b"\n" + ESC + b"a\x00"
+
+
+def _barcode_data(b: Barcode) -> bytes:
+    """What follows ``GS k``: the symbology, the length and the data."""
+    if b.symbology == "EAN13":
+        return bytes((67, 13)) + _ean13(b.data).encode("ascii")
+    payload = _code128(b.data)
+    return bytes((73, len(payload))) + payload
+
+
+def _qr_data(q: QrCode) -> bytes:
+    data = q.data.encode("utf-8")
+    if len(data) > 7089:
+        raise TicketRenderError(f"QR code data is {len(data)} bytes; a QR code holds at most 7089")
+    return data
 
 
 def _ean13(data: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from drivers.escpos_render import Barcode, QrCode, TicketRenderError, check
 from edgehub.config import LimitsConfig
 from edgehub.errors import PayloadError
 
@@ -576,6 +577,12 @@ def _ticket(ticket: Any, limits: LimitsConfig) -> dict[str, Any]:
             raise PayloadError(f"{path}.align", "must be left, center or right")
         if kind == "barcode" and line.get("symbology", "CODE128") not in ("CODE128", "EAN13"):
             raise PayloadError(f"{path}.symbology", "must be CODE128 or EAN13")
+        if kind in ("barcode", "qr"):
+            # What the renderer would refuse at print time is refused now, before it is queued.
+            try:
+                check(Barcode(value, line.get("symbology", "CODE128")) if kind == "barcode" else QrCode(value))
+            except TicketRenderError as exc:
+                raise PayloadError(f"{path}.{kind}", str(exc)) from None
     if "large_type" in ticket and not isinstance(ticket["large_type"], bool):
         raise PayloadError("ticket.large_type", "must be true or false")
     return ticket
@@ -634,7 +641,8 @@ def role_state(role: str, kind: str, device: str | None, reason: str, waiting: i
 def print_reply(role: str, job_id: str, status: str, request_id: str | None = None, *,
                 duplicate: bool = False, device: str | None = None, reprint: bool = False,
                 warning: str = "", error: str = "") -> bytes:
-    """``status``: ``queued`` (journaled, at once), ``printed`` (later), or ``rejected``."""
+    """``status``: ``queued`` (journaled, at once), then ``printed`` or ``failed`` (the ticket
+    cannot print: dropped, see ``error``); or ``rejected`` (nothing was queued, see ``error``)."""
     doc: dict[str, Any] = {"schema": PRINT_REPLY_SCHEMA, "role": role, "job_id": job_id, "status": status,
                            "duplicate": duplicate}
     if request_id is not None:

@@ -11,6 +11,10 @@ no answer) means the first copy may have come out, so the job runs again marked 
 Either way the device is reported failed and the job never runs again on it blindly: it goes to
 whichever device the failover rule picks. A job that was being sent when the hub itself died
 is marked for reprint at start, for the same reason.
+
+A ticket that cannot print on any printer (an EAN-13 barcode that is not 12 or 13 digits, ...)
+is refused at intake. One that is in the journal all the same (queued by an older hub) fails
+for good when its turn comes: marked ``failed``, the terminal told why, and the next job goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
-from drivers.escpos_render import Barcode, Cut, DrawerKick, Feed, QrCode, Rule, Text, Ticket, render
+from drivers.escpos_render import (
+    Barcode,
+    Cut,
+    DrawerKick,
+    Feed,
+    QrCode,
+    Rule,
+    Text,
+    Ticket,
+    TicketRenderError,
+    render,
+)
 from edgehub.bus import payloads
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
 
@@ -39,6 +54,7 @@ log = logging.getLogger("edgehub.roles.print")
 # print_job has its own budget from the driver's timings; this only guards against a driver bug.
 JOB_GUARD_S = 300.0
 REPRINT_BANNER = "*** REPRINT ***"
+FAILED_BEFORE = "this job failed earlier and was not printed: its ticket cannot print"
 
 
 @dataclass
@@ -59,6 +75,7 @@ class PrintStats:
     printed: int = 0
     reprints: int = 0
     rejected: int = 0
+    failed: int = 0
     retries: int = 0
 
 
@@ -187,8 +204,10 @@ class PrintQueue:
         except PayloadError as exc:
             self.stats.rejected += 1
             await self.roles.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
-            reply = Reply.of(message, None, None, prefix)
-            await self.roles.reply(reply, payloads.print_reply(role, "", "rejected", error=str(exc)))
+            refusal = Reply.to_refusal(message, raw, prefix)
+            await self.roles.reply(
+                refusal, payloads.print_reply(role, "", "rejected", refusal.request_id, error=str(exc))
+            )
             return
         reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
         try:
@@ -202,6 +221,7 @@ class PrintQueue:
             payloads.print_reply(
                 role, job.job_id, status, reply.request_id, duplicate=duplicate,
                 warning=self.down_warning(role) if status == "queued" else "",
+                error=FAILED_BEFORE if status == "failed" else "",
             ),
         )
 
@@ -244,7 +264,7 @@ class PrintQueue:
             self.queues[role].append(job)
             self._wake[role].set()
             self.roles.mark_dirty(role)
-        return job, duplicate, "printed" if state == "printed" else "queued"
+        return job, duplicate, state if state in ("printed", "failed") else "queued"
 
     # --- the worker ------------------------------------------------------------------------------
 
@@ -278,9 +298,16 @@ class PrintQueue:
                 self.stats.retries += 1
 
     async def _attempt(self, job: PrintJob, device: str) -> bool:
-        """One try of ``job`` on ``device``: True when it printed, False to try again elsewhere."""
+        """One try of ``job`` on ``device``: True when it is done (printed, or failed for good),
+        False to try again elsewhere."""
         from drivers.escpos import PrinterNotReady
 
+        note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
+        try:
+            data = to_bytes(job.ticket, note)
+        except Exception as exc:  # rendering depends on the ticket alone: it would fail every time
+            await self._fail(job, exc)
+            return True
         try:
             driver = await self.roles.open_driver(device)
         except (DeviceError, TimeoutError) as exc:
@@ -290,8 +317,6 @@ class PrintQueue:
         if print_job is None:
             await self.roles.device_failed(device, f"driver {driver.name} cannot print tickets")
             return False
-        note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
-        data = to_bytes(job.ticket, note)
         await self._mark(job, "sending", device)
         try:
             async with asyncio.timeout(JOB_GUARD_S):
@@ -325,6 +350,17 @@ class PrintQueue:
         )
         return True
 
+    async def _fail(self, job: PrintJob, exc: Exception) -> None:
+        """``job`` can never print: out of the journal's queue, the terminal told why."""
+        await self._mark(job, "failed", None)
+        self.stats.failed += 1
+        reason = str(exc) if isinstance(exc, TicketRenderError) else f"cannot render the ticket: {_short(exc)}"
+        log.error("print job %s on %s failed, not printed: %s", job.job_id, job.role, reason,
+                  exc_info=not isinstance(exc, TicketRenderError))
+        await self.roles.reply(
+            job.reply, payloads.print_reply(job.role, job.job_id, "failed", job.reply.request_id, error=reason)
+        )
+
     async def _mark(self, job: PrintJob, state: str, device: str | None) -> None:
         at = self.roles.wall()
         if state == "sending":
@@ -334,7 +370,8 @@ class PrintQueue:
             conn.execute(
                 "UPDATE print_jobs SET state=?, device_id=COALESCE(?, device_id), reprint=?, "
                 "attempts=?, done_at=? WHERE seq=?",
-                (state, device, int(job.reprint), job.attempts, at if state == "printed" else None, job.seq),
+                (state, device, int(job.reprint), job.attempts, at if state in ("printed", "failed") else None,
+                 job.seq),
             )
 
         await self.roles.journal.write(update)

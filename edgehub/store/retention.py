@@ -15,7 +15,7 @@ Never deleted, whatever their age:
 - the outbox itself (the uplink deletes a row when the cloud acknowledged it);
 - an order with a ticket still on a station screen (new, in progress, recalled), with its
   tickets and changes;
-- a print job not printed, a payment not final (sent, unknown);
+- a print job still to print (not printed, not failed), a payment not final (sent, unknown);
 - role bindings, downlink documents, counters (``outbox_streams``, ``kitchen_seqs``).
 
 An order_id deleted here is an order_id the hub no longer knows: sent again (months later) it
@@ -124,7 +124,9 @@ def prune_deadletters(conn: sqlite3.Connection, before: float, after: int, limit
 
 
 def prune_print_jobs(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
-    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state != 'printed'", before, after, limit)
+    # Kept: a job still to print (queued, sending, reprint).
+    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state NOT IN ('printed', 'failed')", before,
+                         after, limit)
 
 
 def prune_payments(conn: sqlite3.Connection, before: float, after: int = 0,

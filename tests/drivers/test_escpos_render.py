@@ -8,9 +8,11 @@ import pytest
 from drivers.escpos_render import (
     Barcode,
     PrinterProfile,
+    QrCode,
     Text,
     Ticket,
     TicketRenderError,
+    check,
     columns,
     display_width,
     find_cjk_font,
@@ -68,6 +70,25 @@ def test_bad_barcodes_are_refused_with_a_reason() -> None:
         render([Barcode("12AB", "EAN13")])
     with pytest.raises(TicketRenderError, match="printable ASCII"):
         render(Ticket().barcode("café"))
+
+
+@pytest.mark.parametrize(
+    "block",
+    [Barcode("123", "EAN13"), Barcode("4006381333932", "EAN13"), Barcode("café"), Barcode("A" * 300),
+     QrCode("x" * 7090)],
+)
+def test_check_refuses_what_render_refuses(block: Barcode | QrCode) -> None:
+    """Intake (``print/1``) checks blocks with ``check``: it must refuse exactly what printing would."""
+    with pytest.raises(TicketRenderError) as at_check:
+        check(block)
+    with pytest.raises(TicketRenderError) as at_render:
+        render([block])
+    assert str(at_check.value) == str(at_render.value)
+
+
+def test_check_passes_good_codes() -> None:
+    for block in (Barcode("400638133393", "EAN13"), Barcode("ORDER-1042"), QrCode("https://example.invalid/r/1")):
+        check(block)
 
 
 def test_chinese_item_names_print_in_gb18030_kanji_mode() -> None:

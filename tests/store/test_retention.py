@@ -83,7 +83,8 @@ async def test_what_is_still_needed_stays(journal: Journal) -> None:
         add_order(conn, "old-routed-nowhere", OLD + 4, ticket_state=None)
         conn.execute("INSERT INTO print_jobs(job_id, role, created_at, ticket, state) VALUES "
                      "('printed', 'receipt-printer', ?, '{}', 'printed'), "
-                     "('waiting', 'receipt-printer', ?, '{}', 'queued')", (OLD, OLD))
+                     "('failed', 'receipt-printer', ?, '{}', 'failed'), "
+                     "('waiting', 'receipt-printer', ?, '{}', 'queued')", (OLD, OLD, OLD))
         conn.execute("INSERT INTO payments(payment_id, role, sale_id, amount_cents, currency, device_id, state, "
                      "created_at, updated_at, result) VALUES "
                      "('p-done', 'pinpad', 's1', 100, 'EUR', 'pp', 'approved', ?, ?, '{}'), "

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="the store's Mosquitto")
     broker_sub = p.add_subparsers(dest="broker_command", required=True)
     c = broker_sub.add_parser("write-config", help="write mosquitto.conf, passwd and acl from the config")
-    c.add_argument("--config", required=True)
+    c.add_argument("--config", required=True, help="path to edgehub.toml")
     c.set_defaults(func=_cmd_broker_config)
 
     p = sub.add_parser("sim", help="simulated store parts")
@@ -161,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sim_sub.add_parser("terminal", help="a POS terminal sending orders and re-sending until acked")
     c.add_argument("--config", help="take broker, store and credentials from this edgehub.toml")
     c.add_argument("--broker", help="host:port of the store broker")
-    c.add_argument("--store")
+    c.add_argument("--store", help="store id (without --config)")
     c.add_argument("--terminal", action="append", help="terminal id (repeat for several terminals)")
-    c.add_argument("--password")
-    c.add_argument("--orders", type=int, default=100)
+    c.add_argument("--password", help="the terminal's MQTT password (without --config)")
+    c.add_argument("--orders", type=int, default=100, help="orders each terminal sends")
     c.add_argument("--rate", type=float, default=10.0, help="orders per second per terminal")
     c.add_argument("--resend-after", type=float, default=2.0, help="seconds before an unacked order is re-sent")
-    c.add_argument("--timeout", type=float, default=120.0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every ack")
+    c.add_argument("--json", action="store_true", help="a JSON line per terminal")
     c.set_defaults(func=_cmd_sim_terminal)
     __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
 
@@ -176,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
 
     p = sub.add_parser("doctor", help="run the installer's self-checks; exit 1 when one fails")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="path to edgehub.toml")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=lambda a: __import__("edgehub.doctor", fromlist=["x"]).command(a.config, a.json))
 
     p = sub.add_parser("bundle", help="write a support bundle (tar.gz, secrets removed)")
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="path to edgehub.toml")
     p.add_argument("-o", "--output", help="file to write (default: edgehub-STORE-TIME.tar.gz here)")
     p.set_defaults(func=lambda a: __import__("edgehub.bundle", fromlist=["x"]).command(a.config, a.output))
 

@@ -28,9 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--serial-port", action="append", default=[], metavar="PATH", help="probe this serial port too"
     )
-    p.add_argument("--no-usb", action="store_true")
-    p.add_argument("--no-serial", action="store_true")
-    p.add_argument("--no-lan", action="store_true")
+    p.add_argument("--no-usb", action="store_true", help="do not look on USB")
+    p.add_argument("--no-serial", action="store_true", help="do not probe serial ports")
+    p.add_argument("--no-lan", action="store_true", help="no mDNS browse and no port 9100 sweep")
     p.add_argument("--browse-seconds", type=float, default=3.0, help="how long to listen for mDNS answers")
     p.set_defaults(func=command)
 

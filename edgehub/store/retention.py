@@ -56,18 +56,22 @@ class RetentionStats:
     passes: int = 0
     last_pass_at: float | None = None  # wall clock
     last_cutoff: float | None = None
+    held_by_outbox: bool = False  # the last pass kept rows older than keep_days the cloud lacks
     deleted: dict[str, int] = field(default_factory=dict)
     last_error: str = ""
 
 
-def cutoff(conn: sqlite3.Connection, now: float, keep_s: float) -> float:
+def cutoff(conn: sqlite3.Connection, now: float, keep_s: float) -> tuple[float, bool]:
     """Rows from before this (wall clock) may go: ``keep_s`` back from now or from the newest
     order, whichever is earlier (a clock that jumped ahead does not make recent orders old),
-    and never past the outbox's oldest row."""
+    and never past the outbox's oldest row. The flag: the outbox held the cutoff back (the
+    cloud does not have rows older than ``keep_s`` yet, or there is no cloud to take them)."""
     newest = conn.execute("SELECT received_at FROM orders ORDER BY seq DESC LIMIT 1").fetchone()
     limit = min(now, float(newest[0]) if newest else now) - keep_s
     row = conn.execute("SELECT created_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
-    return limit if row is None else min(limit, float(row[0]))
+    if row is None or float(row[0]) >= limit:
+        return limit, False
+    return float(row[0]), True
 
 
 def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, limit: int = BATCH) -> tuple[int, int, bool]:
@@ -184,7 +188,7 @@ class Retention:
     async def run_once(self) -> dict[str, int]:
         """One pass: every table down to the cutoff, in batches. Returns what was deleted."""
         now = self.clock()
-        before = await self.journal.read(lambda conn: cutoff(conn, now, self.keep_s))
+        before, held = await self.journal.read(lambda conn: cutoff(conn, now, self.keep_s))
         deleted: dict[str, int] = {}
         for table, prune in _PRUNERS:
             position, done = 0, False
@@ -197,6 +201,7 @@ class Retention:
                     await asyncio.sleep(PAUSE_S)
         self.stats.passes += 1
         self.stats.last_pass_at, self.stats.last_cutoff, self.stats.last_error = now, before, ""
+        self.stats.held_by_outbox = held
         for table, n in deleted.items():
             self.stats.deleted[table] = self.stats.deleted.get(table, 0) + n
         if deleted:
@@ -208,4 +213,7 @@ class Retention:
     def status(self) -> dict[str, Any]:
         return {"keep_days": self.keep_s / DAY_S, "passes": self.stats.passes,
                 "last_pass_at": self.stats.last_pass_at, "last_cutoff": self.stats.last_cutoff,
-                "deleted": dict(self.stats.deleted), "last_error": self.stats.last_error}
+                "deleted": dict(self.stats.deleted), "last_error": self.stats.last_error,
+                # Rows older than keep_days kept because the cloud does not have them yet (the
+                # WAN is down, or the box has no cloud: then the journal keeps everything).
+                "held_by_outbox": self.stats.held_by_outbox}

@@ -129,13 +129,14 @@ async def test_nothing_the_cloud_does_not_have_yet_goes(journal: Journal) -> Non
     retention = Retention(journal, keep_days=90, clock=lambda: NOW)
     assert await retention.run_once() == {}
     assert await journal.read(order_ids) == {f"old-{i}" for i in range(5)} | {"recent"}
-    assert retention.status()["last_cutoff"] == OLD - 5
+    assert retention.status()["last_cutoff"] == OLD - 5 and retention.status()["held_by_outbox"] is True
 
     # The cloud acknowledges it (the uplink deletes the row): the next pass deletes the orders.
     await journal.write(lambda conn: conn.execute("DELETE FROM outbox"))
     assert (await retention.run_once())["orders"] == 5
     assert await journal.read(order_ids) == {"recent"}
     assert retention.status()["deleted"] == {"orders": 5, "ticket_events": 10}
+    assert retention.status()["held_by_outbox"] is False
 
 
 async def test_a_clock_that_jumped_ahead_does_not_make_recent_orders_old(journal: Journal) -> None:

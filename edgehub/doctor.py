@@ -311,7 +311,9 @@ class Doctor:
     async def _cloud(self, status: Mapping[str, Any] | None = None) -> list[Check]:
         target = cloud_address(self.config)
         if target is None:
-            return [Check("cloud", "ok", "no cloud is configured: the box works on its own")]
+            keeps = (" (and its journal keeps everything: retention deletes only what a cloud has)"
+                     if self.config.journal.keep_days else "")
+            return [Check("cloud", "ok", f"no cloud is configured: the box works on its own{keeps}")]
         host, port = target
         try:
             async with asyncio.timeout(self.timeout_s):

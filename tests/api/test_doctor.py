@@ -61,6 +61,8 @@ async def test_healthy_box_passes_from_the_api_and_the_cli(box: Box, http: aioht
                  "role receipt-printer"):
         assert checks[name]["status"] in ("ok", "warn"), checks[name]
     assert checks["broker"]["status"] == "ok" and checks["device prn-front"]["status"] == "ok"
+    assert checks["cloud"]["message"].endswith("(and its journal keeps everything: retention deletes only what "
+                                              "a cloud has)")
     code, out = await run_cli("doctor", "--config", str(box.config.source), "--json")
     assert code == 0, out
     cli = {c["name"]: c for c in json.loads(out)["checks"]}

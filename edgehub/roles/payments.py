@@ -135,6 +135,19 @@ class Payments:
     async def _pay(self, role: str, request: payloads.PayRequest, reply: Reply) -> None:
         known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
         if known is not None:
+            was = known["fields"]
+            if (was["sale_id"], was["amount_cents"], was["currency"]) != (
+                request.sale_id, request.amount_cents, request.currency
+            ):
+                # A re-send is the same payment again. Answered "approved, duplicate", another
+                # one under a used id would read to the till as paid without a card being asked.
+                await self._refuse(
+                    role, request, reply,
+                    f"payment_id {request.payment_id} is taken by another payment (sale {was['sale_id']}, "
+                    f"{was['amount_cents']} {was['currency']}, {known['state']}): a new payment needs a new "
+                    "payment_id",
+                )
+                return
             await self.roles.reply(
                 reply,
                 payloads.pay_reply(
@@ -236,6 +249,7 @@ class Payments:
                 reply.request_id,
                 sale_id=request.sale_id,
                 amount_cents=request.amount_cents,
+                currency=request.currency,
                 error=reason,
             ),
         )

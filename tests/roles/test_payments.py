@@ -44,6 +44,13 @@ async def test_payment_approved_with_masked_card(store: Store) -> None:
         # The same payment id again: the result, not a second charge.
         await till.request(TILL, "pay", pay("pay-1", "sale-1", 1250))
         await store.wait_for(lambda: any(d.get("duplicate") for d in till.replies_for("payment_id", "pay-1")))
+        # The same id for another amount: refused, not "approved, duplicate" (the till would
+        # take 99.99 as paid).
+        await till.request(TILL, "pay", pay("pay-1", "sale-1", 9999))
+        refused = await till.reply("payment_id", "pay-1", "refused")
+        assert refused["error"] == ("payment_id pay-1 is taken by another payment (sale sale-1, 1250 EUR, approved): "
+                                    "a new payment needs a new payment_id")
+        assert (refused["amount_cents"], refused["currency"]) == (9999, "EUR")
         await asyncio.sleep(0.2)
         assert len(p1.charges) == 1
 

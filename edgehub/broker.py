@@ -57,9 +57,10 @@ def acl_text(config: Config) -> str:
             f"topic write {topics.terminal_tree(terminal.id)}",
             f"topic read {topics.terminal_tree(terminal.id)}",
             f"topic read {topics.hub_state}",
-            # Roles: any terminal may print, pay and settle, and read role state and events;
-            # answers come back under its own tree (response topic or reply_to).
-            f"topic write {topics.role_command('+', '+')}",
+            # Roles: a till or kiosk may print, pay and settle, a kitchen screen only print (a
+            # tablet on the pass never takes a card); all read role state and events. Answers
+            # come back under the terminal's own tree (response topic or reply_to).
+            f"topic write {topics.role_command('+', 'print' if terminal.kind == 'kds' else '+')}",
             f"topic read {topics.role_binding('+')}",
             f"topic read {topics.role_state('+')}",
             f"topic read {topics.role_event('+', '+')}",

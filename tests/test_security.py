@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from pathlib import Path
 
 import aiohttp
 import aiomqtt
 import pytest
 
 from edgehub.broker import acl_text
+from edgehub.bus.topics import Topics
 from edgehub.config import Config
 from edgehub.hub import Hub
 from tests.conftest import API_TOKEN, Terminal, order
@@ -51,6 +54,31 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic read edgehub/v1/s1/role/+/$state",
         "topic read edgehub/v1/s1/role/+/evt/+",
     ]
+
+
+async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
+    """A tablet on the pass has a terminal's credentials: they must not start a card payment."""
+    from edgehub.broker import MosquittoProcess
+    from edgehub.config import load_config
+    from tests.conftest import write_config
+
+    config = load_config(write_config(tmp_path / "box", terminals=("pos-1", "kds-grill")))
+    topics = Topics(config.store.id)
+    async with MosquittoProcess(config, die_with_parent=False):
+        async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
+                                  password=config.broker.hub_password, identifier="hub-spy") as hub:
+            await hub.subscribe(f"{topics.root}/role/#", qos=1)
+            for terminal in ("kds-grill", "pos-1"):
+                async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=terminal,
+                                          password=f"pw-{terminal}", identifier=f"t-{terminal}") as client:
+                    for command in ("pay", "print"):
+                        await client.publish(topics.role_command("pinpad", command), f"{terminal}/{command}", qos=1)
+            seen: list[str] = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    async for message in hub.messages:
+                        seen.append(str(message.payload, "utf-8"))  # type: ignore[arg-type]
+    assert sorted(seen) == ["kds-grill/print", "pos-1/pay", "pos-1/print"]
 
 
 async def test_healthz_is_open_and_status_needs_the_token(hub: Hub, config: Config) -> None:

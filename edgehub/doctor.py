@@ -371,7 +371,9 @@ class Doctor:
         checks = []
         for row in rows:
             device_id = str(row.get("id") or row.get("device_id") or "?")
-            label = " ".join(str(row[k]) for k in ("kind", "model") if row.get(k)) or "device"
+            # A device from the config has no model of its own to tell ("configured").
+            label = " ".join(str(row[k]) for k in ("kind", "model")
+                             if row.get(k) and row.get(k) != "configured") or "device"
             if self.probe_device is not None:
                 try:
                     async with asyncio.timeout(self.timeout_s + 2):
@@ -386,7 +388,8 @@ class Doctor:
             elif ok:
                 checks.append(Check(f"device {device_id}", "ok", f"{label} answers"))
             else:
-                checks.append(Check(f"device {device_id}", "fail", f"{label} does not answer: {reason}",
+                # "failed" is also a printer that answered "paper end": say what it said.
+                checks.append(Check(f"device {device_id}", "fail", f"{label} is not usable: {reason}",
                                     "check its power, cable and paper; unplug and plug it in again"))
         return checks
 

@@ -91,6 +91,7 @@ async def test_dead_printer_fails_its_device_and_role(box: Box) -> None:
     await box.printer.kill()
     checks = by_name(await box.hub.support.make_doctor().run())
     assert checks["device prn-front"].status == "fail"
+    assert checks["device prn-front"].message.startswith("printer TM-T20III is not usable: ")
     assert "power" in checks["device prn-front"].action
     async with asyncio.timeout(15):
         # The watchdog owns the device's health; polling it is how an outside observer waits.

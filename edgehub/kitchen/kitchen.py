@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
@@ -39,7 +39,7 @@ from edgehub.bus.topics import Topics
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
 from edgehub.kitchen.printing import KitchenPrinter, job_id, render_slip
-from edgehub.kitchen.routing import Router
+from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tickets import (
     BUMPED,
     LIVE,
@@ -319,37 +319,39 @@ class Kitchen:
         return Event(seq, name, ticket.doc(), at, source, detail)
 
     def _create(
-        self,
-        order_id: str,
-        terminal: str,
-        doc: Mapping[str, Any],
-        at: float,
-        source: str,
-        lines: list[dict[str, Any]] | None = None,
+        self, order_id: str, terminal: str, doc: Mapping[str, Any], at: float, source: str
     ) -> list[Event]:
-        events = []
-        made = self._order_tickets(order_id) if order_id in self._by_order else ()  # none for a new order
-        for station, share in self.router.route(doc, lines).items():
-            number = 1 + max((t.number for t in made if t.station == station), default=0)
-            rush = bool(share.header.get("rush"))
-            ticket = Ticket(
-                ticket_id=f"{order_id}/{station}/{number}",
-                order_id=order_id,
-                station=station,
-                terminal=terminal,
-                created_at=at,
-                lines=list(share.lines),
-                header={k: share.header[k] for k in HEADER_KEYS if k in share.header},
-                rush=rush,
-                priority=RUSH_PRIORITY if rush else 0,
-                updated_at=at,
-                version=1,
-                printer_role=self.config.station(station).printer_role,
-            )
-            self._remember(ticket)
-            self.stats.tickets += 1
-            events.append(self._event(ticket, "created", at, source))
-        return events
+        """A new order's tickets: its lines routed, one ticket per station."""
+        return [
+            self._new_ticket(order_id, terminal, share, at, source)
+            for share in self.router.route(doc).values()
+        ]
+
+    def _new_ticket(self, order_id: str, terminal: str, share: Routed, at: float, source: str) -> Event:
+        """A ticket for one station's share, already routed: an amend's share keeps the station
+        the amended order routed it to (a line's own ``station`` is not in its ticket line, so
+        it could not be routed again) and each line its place in the order. Numbered after the
+        order's earlier tickets at that station (1 for a new order)."""
+        station = share.station
+        number = 1 + max((t.number for t in self._order_tickets(order_id) if t.station == station), default=0)
+        rush = bool(share.header.get("rush"))
+        ticket = Ticket(
+            ticket_id=f"{order_id}/{station}/{number}",
+            order_id=order_id,
+            station=station,
+            terminal=terminal,
+            created_at=at,
+            lines=list(share.lines),
+            header={k: share.header[k] for k in HEADER_KEYS if k in share.header},
+            rush=rush,
+            priority=RUSH_PRIORITY if rush else 0,
+            updated_at=at,
+            version=1,
+            printer_role=self.config.station(station).printer_role,
+        )
+        self._remember(ticket)
+        self.stats.tickets += 1
+        return self._event(ticket, "created", at, source)
 
     def _order_tickets(self, order_id: str) -> list[Ticket]:
         return [self._tickets[i] for i in self._by_order.get(order_id, ()) if i in self._tickets]
@@ -730,16 +732,21 @@ class Kitchen:
         for station in sorted(stations):
             mine = [t for t in tickets if t.station == station]
             latest_t = max(mine, key=lambda t: t.number) if mine else None
-            new_lines = list(routed[station].lines) if routed and station in routed else []
+            share = routed.get(station) if routed is not None else None
+            new_lines = list(share.lines) if share is not None else []
+            # A new ticket takes the share as routed here (station, header, the lines' places in
+            # the order); routing its ticket lines again would lose a line's own station.
             if latest_t is None or latest_t.state == VOIDED:
-                if new_lines:
-                    events += self._create(order_id, terminal, header, at, source, _raw(new_lines))
+                if share is not None and new_lines:
+                    events.append(self._new_ticket(order_id, terminal, share, at, source))
                 continue
             if latest_t.state == SERVED:
                 # Already on the table: only what is added needs cooking, on a new ticket.
-                extra = _additions(latest_t.open_lines(), new_lines) if routed is not None else []
-                if extra:
-                    events += self._create(order_id, terminal, header, at, source, _raw(extra))
+                extra = _additions(latest_t.open_lines(), new_lines) if share is not None else []
+                if share is not None and extra:
+                    events.append(
+                        self._new_ticket(order_id, terminal, replace(share, lines=tuple(extra)), at, source)
+                    )
                 continue
             if routed is not None and not new_lines:
                 latest_t.void_reason = "removed from the order"
@@ -1012,13 +1019,6 @@ class Kitchen:
 def _raw_bytes(message: aiomqtt.Message) -> bytes:
     payload = message.payload
     return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-
-
-def _raw(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ticket lines back into order-line shape (for routing into a new ticket)."""
-    return [
-        {k: v for k, v in line.items() if k not in ("line", "key", "change", "qty_before")} for line in lines
-    ]
 
 
 def _quantities(lines: list[dict[str, Any]]) -> dict[str, int]:

@@ -142,6 +142,7 @@ class ScreenFeed:
 class _OrderFacts:
     order: tuple[str, float, dict[str, Any]] | None  # terminal, received_at, doc
     change_known: bool
+    change: tuple[str, dict[str, Any]] | None  # the known change's terminal and payload
     cancelled: bool
     tickets: list[Ticket]
 
@@ -581,7 +582,9 @@ class Kitchen:
             row = conn.execute(
                 "SELECT terminal, received_at, payload FROM orders WHERE order_id=?", (order_id,)
             ).fetchone()
-            known = conn.execute("SELECT 1 FROM order_changes WHERE change_id=?", (change_id,)).fetchone()
+            known = conn.execute(
+                "SELECT terminal, payload FROM order_changes WHERE change_id=?", (change_id,)
+            ).fetchone()
             cancelled = conn.execute(
                 "SELECT 1 FROM order_changes WHERE order_id=? AND kind='cancel'", (order_id,)
             ).fetchone()
@@ -592,7 +595,8 @@ class Kitchen:
                 )
             ]
             order = (row[0], row[1], json.loads(row[2])) if row else None
-            return _OrderFacts(order, known is not None, cancelled is not None, tickets)
+            change = (known[0], json.loads(known[1])) if known else None
+            return _OrderFacts(order, known is not None, change, cancelled is not None, tickets)
 
         return await self.journal.read(read)
 
@@ -658,7 +662,11 @@ class Kitchen:
 
         async def apply() -> bool:
             facts = await self._facts(amend.order_id, change_id)
-            if facts.change_known:
+            if facts.change is not None:
+                if facts.change != (amend.terminal, amend.doc):
+                    # Acked as a re-send, another change under a used id would be lost unseen.
+                    raise PayloadError("amend_id", f"{amend.amend_id!r} is taken by another change of order "
+                                       f"{amend.order_id!r}: a new change needs a new amend_id")
                 return True
             if facts.order is None:
                 raise PayloadError("order_id", f"no accepted order {amend.order_id!r} to amend")

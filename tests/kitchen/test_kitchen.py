@@ -222,6 +222,11 @@ async def test_amend_marks_lines_voids_emptied_stations_and_is_applied_once(
     seq = kitchen.snapshot("grill")["seq"]
     assert await kitchen.amend(amend) is True  # re-sent: acked again, applied once
     assert kitchen.snapshot("grill")["seq"] == seq
+    # The same amend_id for other lines is not that amend again: refused, not acked as a re-send.
+    other = Amend("o1", "a1", "pos-1", {**amend.doc, "lines": amend.doc["lines"][:1]})
+    with pytest.raises(PayloadError, match="'a1' is taken by another change of order 'o1'"):
+        await kitchen.amend(other)
+    assert kitchen.snapshot("grill")["seq"] == seq
     (grill,) = kitchen.snapshot("grill")["tickets"]
     assert grill["state"] == "in_progress" and grill["amended"]
     assert [(line["name"], line["qty"], line.get("change")) for line in grill["lines"]] == [

@@ -49,6 +49,24 @@ def _reason(code: Any) -> str:
     return str(getattr(code, "getName", lambda: code)())
 
 
+# What a person is told when the connection ended without a reason worth showing: paho reports a
+# closed socket (the broker stopped or restarted, a load balancer dropped the box) as the bare
+# DISCONNECT reason "Unspecified error", and a broker may send a DISCONNECT that says no more.
+CLOSED_BY_BROKER = "the cloud broker closed the connection"
+
+
+def disconnect_reason(reason_code: Any, flags: Any) -> str:
+    """Words for why the connection ended, from paho's ``on_disconnect`` arguments."""
+    reason = _reason(reason_code)
+    from_server = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+    if reason in ("Unspecified error", ""):
+        return f"{CLOSED_BY_BROKER} (it sent DISCONNECT, no reason given)" if from_server else CLOSED_BY_BROKER
+    if from_server:
+        # "Server shutting down", "Session taken over" (another box with this client id), ...
+        return f"the cloud broker disconnected the box: {reason}"
+    return reason
+
+
 class CloudLink:
     """A connected session, or an ``UplinkError`` from ``__aenter__``. ``lost`` completes (with
     the reason) when the connection ends for any cause; nothing reconnects here."""
@@ -180,7 +198,7 @@ class CloudLink:
                     fut.set_exception(UplinkError(f"cloud link lost: {reason}"))
             waiters.clear()
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(UplinkError(f"cloud broker {self.address} closed the connection: {reason}"))
+            self._connack.set_exception(UplinkError(f"cloud link to {self.address} lost while connecting: {reason}"))
             # Nobody awaits it when connecting was cancelled (hub stopping): not worth a warning.
             self._connack.exception()
 
@@ -264,7 +282,7 @@ class CloudLink:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         error = getattr(client, "read_error", None)
         if error is None:
-            self._set_lost(_reason(reason_code))
+            self._set_lost(disconnect_reason(reason_code, flags))
         elif isinstance(error, ssl.SSLError):
             self._set_lost(f"TLS error: {error} (check [cloud] ca_file, cert_file, key_file)")
         else:

@@ -76,6 +76,16 @@ DELETE_EVERY_S = 0.025
 # behind a step of replay and the PUBACKs it brought back.
 GIVE_WAY_MAX_S = 0.02
 GIVE_WAY_POLL_S = 0.001
+# ``Replay.rate()``: acknowledged messages per second while they flow, over at most the last
+# RATE_WINDOW_S. A flow starts with the first PUBACK after RATE_IDLE_S without one, and the rate
+# is taken from there: averaged over the whole window, the idle seconds before a drain made it
+# start at a tenth of the real rate (ETA 185 s for a 16 s drain), and after the drain it stayed
+# above 0 for 10 s. RATE_IDLE_S without a PUBACK and the rate is 0. Below RATE_MIN_SPAN_S of flow
+# there is too little to tell (a lone live order would read as hundreds per second).
+RATE_WINDOW_S = 10.0
+RATE_IDLE_S = 2.0
+RATE_MIN_SPAN_S = 0.2
+RATE_SAMPLE_EVERY_S = 0.5
 
 
 class RateLimiter:
@@ -176,7 +186,10 @@ class Replay:
         self._deletes_idle = asyncio.Event()
         self._deletes_idle.set()
         self._deleter: asyncio.Task[None] | None = None
+        # (monotonic time, stats.acked) at most every RATE_SAMPLE_EVERY_S, for the moving window
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self._last_ack_mono = float("-inf")
+        self._flow_start: tuple[float, int] = (0.0, 0)  # (first PUBACK of this flow, acked before it)
         self.drained = asyncio.Event()  # set whenever a session's replay lane is done
         # True while something that a person waits on is being done (the hub: an order is being
         # taken); the replay lane gives way to it. The live lane never does.
@@ -350,6 +363,10 @@ class Replay:
             self._acked.append((entry.seq, entry.stream, entry.stream_seq))
             self._ack_wake.set()
             self._deletes_idle.clear()
+            mono = time.monotonic()
+            if mono - self._last_ack_mono > RATE_IDLE_S:
+                self._flow_start = (mono, self.stats.acked)
+            self._last_ack_mono = mono
             self.stats.acked += 1
             if entry.stream in self.refused and entry.stream not in self._held_until:
                 del self.refused[entry.stream]
@@ -450,13 +467,21 @@ class Replay:
     # --- figures for the status ----------------------------------------------------------------------
 
     def rate(self) -> float:
-        """Acknowledged messages per second over the last few seconds."""
-        now = time.monotonic()
-        self._rate_samples.append((now, self.stats.acked))
-        while len(self._rate_samples) > 2 and now - self._rate_samples[0][0] > 10:
-            self._rate_samples.popleft()
-        t0, n0 = self._rate_samples[0]
-        return (self.stats.acked - n0) / (now - t0) if now - t0 >= 0.5 else 0.0
+        """Acknowledged messages per second while PUBACKs flow (see RATE_WINDOW_S); cheap
+        enough for every status poll."""
+        now, acked = time.monotonic(), self.stats.acked
+        samples = self._rate_samples
+        if not samples or now - samples[-1][0] >= RATE_SAMPLE_EVERY_S:
+            samples.append((now, acked))
+        while samples and now - samples[0][0] > RATE_WINDOW_S:
+            samples.popleft()
+        if now - self._last_ack_mono > RATE_IDLE_S:
+            return 0.0
+        t0, n0 = self._flow_start
+        if samples and samples[0][0] > t0 and now - samples[0][0] >= RATE_WINDOW_S / 2:
+            t0, n0 = samples[0]  # a long flow: its last few seconds, not its average
+        span = now - t0
+        return (acked - n0) / span if span >= RATE_MIN_SPAN_S else 0.0
 
     def figures(self) -> dict[str, Any]:
         s = self.session

@@ -4,7 +4,9 @@ cloud pushes down, reconciles, and answers "sync now".
 States (logged once per change, shown at ``/api/v1/status`` → ``uplink.link``):
 ``connecting`` → ``online`` (a ping went through the cloud broker and back; replay starts at
 once) → ``offline`` (lost, refused or silent; reconnect with capped backoff, or at once on
-``sync``).
+``sync``). ``since`` is when the link last came up or went down: the retries of an outage
+(``offline`` → ``connecting`` → ``offline`` …) leave it at the moment the link stopped being
+online (or the hub started), so the status says how long the cloud has been out of reach.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ class Uplink:
         self.rtt_ms: float | None = None
         self.link: CloudLink | None = None
         self.sync_job: SyncJob | None = None
-        self._rate = 0.0
         self._wake = asyncio.Event()
         self._reconcile_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,7 +104,11 @@ class Uplink:
     def _set_state(self, state: str, detail: str = "") -> None:
         if state == self.state:
             return
-        self.state, self.state_since = state, self.clock()
+        if state == "online" or self.state == "online":
+            # Only coming up and going down move ``since``: a reconnect attempt during an outage
+            # (connecting, then offline again) is not news (support reads "WAN down since ...").
+            self.state_since = self.clock()
+        self.state = state
         if state == "online":
             log.info("cloud %s online%s", self.cfg.url, f" ({detail})" if detail else "")
 
@@ -263,11 +268,13 @@ class Uplink:
         job = self.sync_job
         if job is None:
             return {"state": "idle", "link": self.state}
-        rate = self._rate
+        rate = self.replay.rate()
         sent = job.total - job.remaining
         return {
             "state": "done" if job.done.is_set() else ("running" if self.state == "online" else "waiting_for_link"),
-            "link": self.state, "target_seq": job.target_seq, "total": job.total, "sent": sent,
+            "link": self.state, "link_since": _iso(self.state_since),
+            "link_error": self.last_error if self.state != "online" else "",
+            "target_seq": job.target_seq, "total": job.total, "sent": sent,
             "remaining": job.remaining, "rate_per_s": round(rate, 1),
             "eta_s": (round(job.remaining / rate, 1) if rate > 0 else None) if job.remaining else 0,
             "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
@@ -277,13 +284,14 @@ class Uplink:
     # --- status ----------------------------------------------------------------------------------
 
     async def _sample_rate(self) -> None:
+        # Keeps the rate's moving window filled when nobody polls; readers ask ``rate()`` itself.
         while True:
-            self._rate = self.replay.rate()
+            self.replay.rate()
             await asyncio.sleep(1.0)
 
     async def status(self) -> dict[str, Any]:
         out = await self.outbox.status()
-        rate = self._rate
+        rate = self.replay.rate()
         backlog = out["backlog"]
         replay = self.replay.figures()
         replay["rate_per_s"] = round(rate, 1)

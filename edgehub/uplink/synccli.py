@@ -2,9 +2,11 @@
 
 Asks the hub's API (``POST /api/v1/sync``, then ``GET`` for progress), shows a progress bar on a
 terminal and one plain line per second otherwise (logs, ssh without a tty), then the
-reconciliation: per stream, what the store counts against what the cloud reports. Exit 0 when
-everything went and the cloud agrees, 1 when it did not (or the hub cannot be reached), 2 for
-bad arguments or config.
+reconciliation: per stream, what the store counts against what the cloud reports. While the
+hub has no cloud link (WAN down) it says so, once each time the link is found down, and waits for
+it up to ``--timeout``. Exit 0 when everything went and the cloud agrees, 1 when it did not (not
+done within the timeout, link or not; a mismatch; the hub cannot be reached), 2 for bad
+arguments or config.
 """
 
 from __future__ import annotations
@@ -47,19 +49,39 @@ class HubApi:
             raise SyncFailed(f"cannot reach the hub at {self.base} ({exc}); is `edgehub run` running?") from exc
 
 
+WAITING = "waiting_for_link"
+# While the link is down a plain progress line would say the same thing every second.
+WAITING_LINE_EVERY_S = 10.0
+# "Waiting for the cloud link" is said once the link has been down this long: "sync now" skips
+# the reconnect backoff, so a link that was merely between two tries is up a moment later.
+WAITING_GRACE_S = 1.0
+
+
 def _bar(p: dict[str, Any], width: int = 30) -> str:
     total, sent = int(p.get("total") or 0), int(p.get("sent") or 0)
     done = width if total == 0 else min(width, width * sent // total)
     eta = p.get("eta_s")
-    return (f"[{'#' * done}{'.' * (width - done)}] {sent}/{total} rows  {p.get('rate_per_s', 0):g}/s"
+    head = f"[{'#' * done}{'.' * (width - done)}] {sent}/{total} rows"
+    if p.get("state") == WAITING:
+        return f"{head}  waiting for the cloud link (link {p.get('link')})"
+    return (f"{head}  {p.get('rate_per_s', 0):g}/s"
             f"{f'  eta {eta:g} s' if isinstance(eta, int | float) and eta else ''}  link {p.get('link')}")
 
 
 def _line(p: dict[str, Any]) -> str:
     eta = p.get("eta_s")
-    return (f"sync: {p.get('sent', 0)}/{p.get('total', 0)} rows sent, {p.get('remaining', 0)} to go, "
-            f"{p.get('rate_per_s', 0):g}/s{f', eta {eta:g} s' if isinstance(eta, int | float) else ''}, "
+    head = f"sync: {p.get('sent', 0)}/{p.get('total', 0)} rows sent, {p.get('remaining', 0)} to go, "
+    if p.get("state") == WAITING:
+        return f"{head}waiting for the cloud link (link {p.get('link')})"
+    return (f"{head}{p.get('rate_per_s', 0):g}/s{f', eta {eta:g} s' if isinstance(eta, int | float) else ''}, "
             f"link {p.get('link')}")
+
+
+def _link_down(p: dict[str, Any]) -> str:
+    """Why nothing moves: the hub has no cloud link (since when, and the last error)."""
+    since = f" since {p['link_since']}" if p.get("link_since") else ""
+    error = f" ({p['link_error']})" if p.get("link_error") else ""
+    return f"the hub has no cloud link (link {p.get('link')}{since}){error}"
 
 
 def reconcile_report(result: dict[str, Any] | None) -> list[str]:
@@ -81,20 +103,39 @@ def run_sync(api: HubApi, timeout: float, out: TextIO, tty: bool, as_json: bool 
              poll_s: float = 0.2) -> int:
     _, progress = api.call("POST", "/api/v1/sync")
     deadline = time.monotonic() + timeout
-    last_line = 0.0
+    last_line = float("-inf")
+    waiting_since: float | None = None  # the link was found down then, and still is
+    told = False  # ... and the user was told so
+    bar_drawn, bar_width = False, 0
     while progress.get("state") != "done":
         if time.monotonic() > deadline:
-            if tty and not as_json:
+            if bar_drawn:
                 out.write("\n")
+            why = (f"; {_link_down(progress)}" if progress.get("state") == WAITING
+                   else f", link {progress.get('link')}")
             print(f"sync: not finished within {timeout:g} s: {progress.get('remaining')} rows still "
-                  f"waiting, link {progress.get('link')}", file=out)
+                  f"waiting{why}", file=out)
             return 1
         now = time.monotonic()
         if not as_json:
+            waiting = progress.get("state") == WAITING
+            if not waiting:
+                waiting_since, told = None, False
+            elif waiting_since is None:
+                waiting_since = now
+            elif not told and now - waiting_since >= WAITING_GRACE_S:
+                if bar_drawn:
+                    out.write("\n")
+                    bar_drawn, bar_width = False, 0
+                print(f"sync: waiting for the cloud link: {_link_down(progress)}; the rows go as soon "
+                      f"as it is up (giving up {max(0.0, deadline - now):.0f} s from now)", file=out, flush=True)
+                told, last_line = True, now
             if tty:
-                out.write("\r" + _bar(progress))
+                bar = _bar(progress)
+                out.write("\r" + bar.ljust(bar_width))  # over all of a longer bar before it
                 out.flush()
-            elif now - last_line >= 1.0:
+                bar_drawn, bar_width = True, len(bar)
+            elif now - last_line >= (WAITING_LINE_EVERY_S if waiting else 1.0):
                 print(_line(progress), file=out, flush=True)
                 last_line = now
         time.sleep(poll_s)
@@ -109,7 +150,7 @@ def run_sync(api: HubApi, timeout: float, out: TextIO, tty: bool, as_json: bool 
         print(json.dumps(progress), file=out)
     else:
         if tty:
-            out.write("\r" + _bar(progress) + "\n")
+            out.write("\r" + _bar(progress).ljust(bar_width) + "\n")
         print(f"sync: done, {progress.get('total')} rows up to seq {progress.get('target_seq')} "
               f"acknowledged by the cloud", file=out)
         for line in reconcile_report(result):

@@ -129,3 +129,65 @@ async def test_sync_with_the_uplink_disabled_or_the_hub_down(tmp_path: Path) -> 
         assert code == 1 and "HTTP 409" in err and "[cloud] enabled" in err, err
     code, _, err = await run_cli("sync", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "missing.toml" in err, err
+
+
+class FakeHub:
+    """The hub's sync API as ``run_sync`` sees it: a script of progress answers, the last kept."""
+
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def call(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
+        self.calls += 1
+        return 200, self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+WAITING = {"state": "waiting_for_link", "link": "offline", "link_since": "2026-12-02T22:28:58Z",
+           "link_error": "cloud link lost: the cloud broker closed the connection", "total": 560, "sent": 0,
+           "remaining": 560, "rate_per_s": 0, "eta_s": None, "target_seq": 560, "reconcile": None}
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["plain", "terminal"])
+def test_sync_says_it_waits_for_the_cloud_link(tty: bool) -> None:
+    out = io.StringIO()
+    code = run_sync(FakeHub([WAITING]), 2.5, out, tty, poll_s=0.02)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert code == 1, text
+    told = [line for line in text.splitlines() if line.startswith("sync: waiting for the cloud link:")]
+    assert len(told) == 1, text
+    assert "since 2026-12-02T22:28:58Z" in told[0] and "closed the connection" in told[0], told
+    last = text.splitlines()[-1]
+    assert last.startswith("sync: not finished within 2.5 s: 560 rows still waiting; the hub has no cloud link"), last
+    if tty:
+        assert "\r[" in text and "waiting for the cloud link (link offline)" in text, text
+    else:
+        lines = [line for line in text.splitlines() if line.startswith("sync: 0/560 rows sent")]
+        # Not one a second (or a dozen a second): the first at once, then every 10 s.
+        assert lines == ["sync: 0/560 rows sent, 560 to go, waiting for the cloud link (link offline)"], text
+
+
+def test_sync_waits_for_the_link_then_finishes() -> None:
+    running = {**WAITING, "state": "running", "link": "online", "link_error": "", "sent": 300, "remaining": 260,
+               "rate_per_s": 500.0, "eta_s": 0.5}
+    done = {**running, "state": "done", "sent": 560, "remaining": 0, "eta_s": 0,
+            "reconcile": {"status": "ok", "streams": {}}}
+    # A moment without the link ("sync now" skips the backoff): no "waiting" notice for that.
+    out = io.StringIO()
+    code = run_sync(FakeHub([WAITING, running, running, done]), 10, out, False, poll_s=0.02)  # type: ignore[arg-type]
+    assert code == 0 and "waiting for the cloud link:" not in out.getvalue(), out.getvalue()
+    out = io.StringIO()
+    hub = FakeHub([WAITING] * 80 + [running, done])
+    code = run_sync(hub, 10, out, False, poll_s=0.02)  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert code == 0, text
+    assert text.count("sync: waiting for the cloud link:") == 1, text
+    assert "sync: done, 560 rows" in text and "reconciliation: ok" in text, text
+
+
+async def test_sync_command_with_the_wan_down(slow_hub: tuple[Hub, Path, list[str]]) -> None:
+    _, path, ids = slow_hub
+    code, out, err = await run_cli("sync", "--config", str(path), "--timeout", "3")
+    assert code == 1, (out, err)
+    assert out.count("sync: waiting for the cloud link: the hub has no cloud link (link ") == 1, out
+    assert f"sync: not finished within 3 s: {len(ids)} rows still waiting; the hub has no cloud link" in out, out

@@ -67,6 +67,7 @@ class PrintJob:
     reprint: bool = False
     attempts: int = 0
     maybe_on: str = "another printer"  # where the first copy may have come out
+    printed_on: str | None = None  # a known job's printer, for the answer to its re-send
 
 
 @dataclass
@@ -219,7 +220,7 @@ class PrintQueue:
         await self.roles.reply(
             reply,
             payloads.print_reply(
-                role, job.job_id, status, reply.request_id, duplicate=duplicate,
+                role, job.job_id, status, reply.request_id, duplicate=duplicate, device=job.printed_on,
                 warning=self.down_warning(role) if status == "queued" else "",
                 error=FAILED_BEFORE if status == "failed" else "",
             ),
@@ -244,21 +245,21 @@ class PrintQueue:
         text = payloads.dumps(ticket).decode()
         at = self.roles.wall()
 
-        def insert(conn: sqlite3.Connection) -> tuple[int, bool, str]:
+        def insert(conn: sqlite3.Connection) -> tuple[int, bool, str, str | None]:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO print_jobs(job_id, role, created_at, ticket, reply_topic, "
                 "correlation, request_id) VALUES (?,?,?,?,?,?,?)",
                 (job_id, role, at, text, reply.topic, reply.correlation, reply.request_id),
             )
             if cur.rowcount == 0:
-                seq, state = conn.execute(
-                    "SELECT seq, state FROM print_jobs WHERE job_id=?", (job_id,)
+                seq, state, device = conn.execute(
+                    "SELECT seq, state, device_id FROM print_jobs WHERE job_id=?", (job_id,)
                 ).fetchone()
-                return seq, True, state
-            return int(cur.lastrowid or 0), False, "queued"
+                return seq, True, state, device
+            return int(cur.lastrowid or 0), False, "queued", None
 
-        seq, duplicate, state = await self.roles.journal.write(insert)
-        job = PrintJob(seq, job_id, role, ticket, reply)
+        seq, duplicate, state, device = await self.roles.journal.write(insert)
+        job = PrintJob(seq, job_id, role, ticket, reply, printed_on=device if state == "printed" else None)
         if not duplicate:
             self.stats.queued += 1
             self.queues[role].append(job)

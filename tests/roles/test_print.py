@@ -63,7 +63,7 @@ async def test_print_request_response_and_duplicate(store: Store) -> None:
         )
         await store.wait_for(lambda: any(d.get("duplicate") for d in till.replies_for("job_id", "r-1")))
         dup = next(d for d in till.replies_for("job_id", "r-1") if d.get("duplicate"))
-        assert dup["status"] == "printed"
+        assert (dup["status"], dup["device"]) == ("printed", "prn-c")  # as the first answer said
         await asyncio.sleep(0.2)
         assert copies(sim) == [(1, False)]
 

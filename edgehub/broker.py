@@ -66,7 +66,11 @@ def acl_text(config: Config) -> str:
             f"topic read {topics.role_event('+', '+')}",
         ]
         if terminal.kind == "kds":
-            lines.append(f"topic readwrite {topics.root}/kds/#")
+            # A screen reads every station's tickets, and writes only its commands and snapshot
+            # requests: the events, alerts, replies and snapshots other screens trust are the hub's.
+            lines += [f"topic read {topics.root}/kds/#",
+                      f"topic write {topics.all_kds_commands}",
+                      f"topic write {topics.all_kds_snapshot_requests}"]
         lines.append("")
     return "\n".join(lines)
 

@@ -187,7 +187,7 @@ def _line_holds_7e1(port: str) -> bool:
     import serial
 
     try:
-        with serial.Serial(port, 9600, bytesize=7, parity="E", stopbits=1, timeout=0) as ser:
+        with serial.Serial(port, 9600, bytesize=7, parity="E", stopbits=1, timeout=0, exclusive=True) as ser:
             cflag = termios.tcgetattr(ser.fd)[2]
     except (termios.error, serial.SerialException) as exc:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else getattr(exc, "errno", None)

@@ -63,8 +63,10 @@ class StreamTransport:
         label = f"serial://{port}@{baudrate}/{bytesize}{parity}{stopbits:g}"
         try:
             async with asyncio.timeout(timeout):
+                # Exclusive (an flock): a second opener (``edgehub discover`` beside the running
+                # hub) is refused instead of sending its probes into a device in service.
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits
+                    url=port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits, exclusive=True
                 )
         except TimeoutError as exc:
             raise DeviceTimeout(f"cannot open {label} within {timeout:.1f}s") from exc

@@ -158,6 +158,7 @@ class Discovery:
         self._advertise = advertise
         self._advertised: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.notes: list[str] = []  # scan_once: what was not looked at, or gave nothing
         self._seen: dict[str, set[str]] = {"usb": set(), "serial": set()}
         self.static_ids: set[str] = set()
 
@@ -288,8 +289,10 @@ class Discovery:
     async def scan_once(
         self, browse_seconds: float = 3.0, progress: Callable[[str], None] | None = None
     ) -> list[DeviceInfo]:
-        """Everything findable now, without touching the registry's tasks."""
+        """Everything findable now, without touching the registry's tasks. What was not looked
+        at, or looked at and found empty, is left in ``notes`` for the person who asked."""
         say = progress or (lambda _text: None)
+        self.notes = []
         found: dict[str, DeviceInfo] = {}
         macs = await self._neighbours() if any(d.transport == "tcp" and not d.id for d in self.static) else {}
         for device in self.static:
@@ -303,11 +306,17 @@ class Discovery:
                     found.setdefault(info.device_id, info)
             except (UsbUnavailable, TimeoutError) as exc:
                 say(f"USB skipped: {exc}")
+                self.notes.append(f"USB: not scanned ({exc})")
+        else:
+            self.notes.append("USB: not scanned (turned off)")
         if cfg.serial:
             say("probing serial ports")
             busy = {d.address for d in self.static if d.transport == "serial"}
             for info in await self.serial.scan(busy):
                 found.setdefault(info.device_id, info)
+            self.notes += [f"serial {path}: {note}" for path, note in sorted(self.serial.notes.items())]
+        else:
+            self.notes.append("serial: not probed (turned off)")
         if cfg.lan:
             lan: list[DeviceInfo] = []
 
@@ -330,4 +339,6 @@ class Discovery:
             for info in lan:
                 if not self._static_address(info.address):
                     found.setdefault(info.device_id, info)
+        else:
+            self.notes.append("LAN: not searched (turned off)")
         return sorted(found.values(), key=lambda i: (i.kind, i.device_id))

@@ -67,9 +67,13 @@ def command(args: argparse.Namespace) -> int:
         else:
             print(text, file=sys.stderr, flush=True)
 
+    notes: list[str] = []
+
     async def run() -> list[dict[str, str]]:
         registry = DeviceRegistry(Topics(store), None)
-        found = await Discovery(registry, disc, devices).scan_once(args.browse_seconds, progress)
+        discovery = Discovery(registry, disc, devices)
+        found = await discovery.scan_once(args.browse_seconds, progress)
+        notes.extend(discovery.notes)
         return [
             {
                 "kind": i.kind,
@@ -85,6 +89,9 @@ def command(args: argparse.Namespace) -> int:
     rows = asyncio.run(run())
     if tty:
         print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+    # What was not looked at, or found empty: on stderr, after the progress line is gone.
+    for note in notes:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

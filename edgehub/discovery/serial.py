@@ -74,6 +74,8 @@ class SerialDiscovery:
         self.probe_timeout = probe_timeout
         # What each port (as it appears now) turned out to be; None: nothing we know.
         self._known: dict[_Port, DeviceInfo | None] = {}
+        # The last scan's word on each port that gave no device, for a person (``edgehub discover``).
+        self.notes: dict[str, str] = {}
 
     def _candidates(self) -> list[_Port]:
         by_id: dict[str, str] = {}
@@ -96,6 +98,8 @@ class SerialDiscovery:
             real = os.path.realpath(path)
             if os.path.exists(real):
                 paths.setdefault(real, None)
+            elif path in self.ports:
+                self.notes[path] = "does not exist"  # asked for by name: say so
         result = []
         for path in paths:
             info = listed.get(path)
@@ -117,6 +121,7 @@ class SerialDiscovery:
     async def scan(self, busy: set[str] = frozenset()) -> list[DeviceInfo]:  # type: ignore[assignment]
         """What is on the serial ports now. ``busy`` addresses (open by one of our drivers) are
         reported from memory and never probed."""
+        self.notes = {}
         ports = await asyncio.to_thread(self._candidates)
         current = set(ports)
         for gone in [p for p in self._known if p not in current]:
@@ -124,8 +129,11 @@ class SerialDiscovery:
         todo = [p for p in ports if p not in self._known and p.path not in busy]
         results = await asyncio.gather(*(self._identify(p) for p in todo))
         for port, info in zip(todo, results, strict=True):
+            if port.path in self.notes:  # in use: not probed, so not known either
+                continue
             self._known[port] = info
             if info is None:
+                self.notes[port.path] = "no known device answers"
                 log.info(
                     "serial port %s (%s): no known device answers", port.path, port.by_id or "no by-id name"
                 )
@@ -133,6 +141,11 @@ class SerialDiscovery:
 
     async def _identify(self, port: _Port) -> DeviceInfo | None:
         extra = {"by_id": port.by_id} if port.by_id else {}
+        if await asyncio.to_thread(_in_use, port.path):
+            # The hub's drivers open their ports exclusively: a probe's bytes would reach a
+            # scale or pinpad in service (``edgehub discover`` beside a running hub).
+            self.notes[port.path] = "in use by another program (a running edgehub?): not probed"
+            return None
         if port.vid is not None and port.vid in self.scanner_vendor_ids:
             return DeviceInfo(
                 device_id=port.identity,
@@ -168,3 +181,22 @@ def _comports() -> list[Any]:
     from serial.tools import list_ports
 
     return list(list_ports.comports())
+
+
+def _in_use(path: str) -> bool:
+    """Another process holds ``path`` open exclusively (pyserial's ``exclusive``: an flock)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False  # the probes will say what is wrong with it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False

@@ -57,3 +57,26 @@ async def test_discover_refuses_a_bad_subnet_with_the_argument() -> None:
     code, out, err = await discover("--no-usb", "--no-serial", "--subnet", "10.0.0.300/24")
     assert code == 2 and out == ""
     assert err.startswith("--subnet 10.0.0.300/24: ")
+
+
+async def test_discover_leaves_a_port_in_service_alone_and_says_what_it_did_not_find() -> None:
+    """Beside a running hub, ``discover`` must not send its probes into the scale the hub is
+    weighing with: the hub's drivers hold their ports exclusively, and discover says so."""
+    from drivers.base import DeviceInfo
+    from drivers.scale_mt8217 import MT8217Scale
+
+    async with SimStore(lan_hosts=()) as sim:
+        assert sim.scale is not None
+        held = MT8217Scale(DeviceInfo("scale-1", "scale", "serial", sim.scale.port, "mt8217"))
+        await held.open()  # as the hub's driver does
+        try:
+            before = (await held.read_weight()).grams
+            code, out, err = await discover("--no-usb", "--no-lan", "--serial-port", sim.scale.port,
+                                            "--serial-port", "/dev/no-such-port")
+            assert (await held.read_weight()).grams == before  # still weighing, never disturbed
+        finally:
+            await held.close()
+    assert code == 0 and out == "no devices found\n"
+    assert f"serial {sim.scale.port}: in use by another program (a running edgehub?): not probed" in err
+    assert "serial /dev/no-such-port: does not exist" in err
+    assert "USB: not scanned (turned off)" in err and "LAN: not searched (turned off)" in err

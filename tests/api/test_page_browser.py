@@ -102,6 +102,12 @@ async def test_installer_logs_in_sees_the_store_and_every_button_works(box: Box)
                 item = page.locator(f"#doctor-results li[data-check='{check}']")
                 assert (await item.locator(".status").text_content()) in ("ok", "warn"), check
 
+            # A bind that leaves the role down (a typo) is accepted, but not shown as a success.
+            await page.fill("#bind-role", "scanner")
+            await page.fill("#bind-devices", "scanner-typo")
+            await page.click("#bind-new button")
+            await page.wait_for_selector("#notice.fail:has-text('scanner bound to scanner-typo, but it is down')")
+
             # Sync now: this box has no cloud configured, and the page says so.
             await page.click("#sync")
             await page.wait_for_selector("#sync-result.fail:has-text('cloud uplink is disabled')")

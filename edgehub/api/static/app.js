@@ -272,8 +272,16 @@ async function testPrint(id, button) {
 
 async function bind(role, text) {
   const devices = text.split(/[\s,]+/).filter(Boolean);
+  if (!devices.length && !confirm(`Bind nothing to ${role}? The role goes down until a device is bound.`)) return;
   const r = await api("PUT", `/api/v1/roles/${encodeURIComponent(role)}`, { devices });
-  alertBanner(r.ok ? `${role} bound to ${devices.join(", ") || "nothing"}.` : `Binding ${role} failed: ${(r.doc && r.doc.error) || r.status}`, r.ok);
+  if (!r.ok) {
+    alertBanner(`Binding ${role} failed: ${(r.doc && r.doc.error) || r.status}`, false);
+  } else if (r.doc && r.doc.state === "down") {
+    // Bound, but nothing serves it (a typo, a device not plugged in yet): not a success to show in green.
+    alertBanner(`${role} bound to ${devices.join(", ") || "nothing"}, but it is down: ${r.doc.reason}`, false);
+  } else {
+    alertBanner(`${role} bound to ${devices.join(", ")}.`, true);
+  }
   if (r.ok) {
     for (const input of $("roles").querySelectorAll("input[data-role]")) {
       if (input.dataset.role === role) delete input.dataset.dirty;

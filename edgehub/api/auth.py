@@ -187,7 +187,9 @@ class LoginHandlers:
         except ValueError:
             body = None
         given = body.get("secret") if isinstance(body, dict) else None
-        if not isinstance(given, str) or not given:
+        # A token pasted from a mail or a PIN typed on a phone brings spaces along; neither has any.
+        given = given.strip() if isinstance(given, str) else None
+        if not given:
             raise web.HTTPBadRequest(
                 text='{"error":"send JSON {\\"secret\\": \\"<token or installer PIN>\\"}"}',
                 content_type="application/json")

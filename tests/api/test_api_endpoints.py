@@ -110,6 +110,10 @@ async def test_login_with_pin_gives_a_strict_httponly_session(box: Box, http: ai
 async def test_login_with_the_token_and_refusals(box: Box, http: aiohttp.ClientSession) -> None:
     async with http.post(box.base + "/api/v1/login", json={"secret": API_TOKEN}) as response:
         assert (await response.json())["via"] == "token"
+    async with http.post(box.base + "/api/v1/login", json={"secret": f" {API_TOKEN}\n"}) as response:
+        assert (await response.json())["via"] == "token"  # pasted with the spaces around it
+    async with http.post(box.base + "/api/v1/login", json={"secret": "   "}) as response:
+        assert response.status == 400
     async with http.post(box.base + "/api/v1/login", json={"nothing": 1}) as response:
         assert response.status == 400
     async with http.post(box.base + "/api/v1/login", json={"secret": API_TOKEN},

@@ -108,6 +108,14 @@ async def test_installer_logs_in_sees_the_store_and_every_button_works(box: Box)
             await page.click("#bind-new button")
             await page.wait_for_selector("#notice.fail:has-text('scanner bound to scanner-typo, but it is down')")
 
+            # The box stops answering: the page says so and greys out what it showed, which is no
+            # longer the box now; when the box answers again, it is live again.
+            await page.route("**/api/v1/status", lambda route: route.abort())
+            await page.wait_for_selector("body.stale #banner:has-text('The box does not answer')", timeout=15000)
+            assert await page.text_content("#broker-state") == "not known"
+            await page.unroute("**/api/v1/status")
+            await page.wait_for_selector("body:not(.stale) #banner[hidden]", state="attached", timeout=15000)
+
             # Sync now: this box has no cloud configured, and the page says so.
             await page.click("#sync")
             await page.wait_for_selector("#sync-result.fail:has-text('cloud uplink is disabled')")

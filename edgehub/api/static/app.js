@@ -244,9 +244,13 @@ function drawSystem(system) {
 async function refresh() {
   let result;
   try { result = await api("GET", "/api/v1/status"); } catch (e) {
-    $("banner").hidden = false; $("banner").textContent = "The box does not answer. Retrying…"; return;
+    return stale("The box does not answer. Retrying…");
   }
-  if (!result.ok || !result.doc) return;
+  if (result.status === 401) return;  // the login form is showing
+  if (!result.ok || !result.doc) {
+    return stale(`The box answered ${result.status}${result.doc && result.doc.error ? ": " + result.doc.error : ""}. Retrying…`);
+  }
+  document.body.classList.remove("stale");
   const s = result.doc;
   lastStatus = s;
   drawHeader(s);
@@ -254,6 +258,14 @@ async function refresh() {
   drawRoles(s.roles);
   drawOutbox(s.outbox, s.uplink);
   drawSystem(s.system);
+}
+
+// What is on the page is the last answer, not the box now: greyed out under the banner.
+function stale(text) {
+  $("banner").hidden = false;
+  $("banner").textContent = text;
+  $("broker-state").textContent = "not known";
+  document.body.classList.add("stale");
 }
 
 // --- actions --------------------------------------------------------------------------------

@@ -55,10 +55,10 @@ async def test_installer_logs_in_sees_the_store_and_every_button_works(box: Box)
             cells = [c.strip() for c in await role.locator("td").all_text_contents()]
             assert cells[:4] == ["receipt-printer", "prn-front", "—", "prn-front"], cells
 
-            # The outbox: the order waits in its stream, with its progress towards the cloud.
+            # The outbox: the order in its stream; this box has no cloud, so it is kept, not "0 of 1 sent".
             stream = page.locator("#outbox tr[data-stream='orders']")
             await stream.wait_for()
-            assert "0 of 1 sent" in (await stream.text_content() or "")
+            assert "kept on the box (no cloud)" in (await stream.text_content() or "")
             system = await page.text_content("#system") or ""
             assert "Disk free" in system and "Memory available" in system
             assert "°C" in system or "no sensor" in system
@@ -117,8 +117,8 @@ async def test_installer_logs_in_sees_the_store_and_every_button_works(box: Box)
             await page.wait_for_selector("body:not(.stale) #banner[hidden]", state="attached", timeout=15000)
 
             # Sync now: this box has no cloud configured, and the page says so.
-            await page.click("#sync")
-            await page.wait_for_selector("#sync-result.fail:has-text('cloud uplink is disabled')")
+            assert await page.is_disabled("#sync")
+            await page.wait_for_selector("#uplink dd:has-text('not configured on this box')")
 
             await page.screenshot(path=str(shot), full_page=True)
             # The session cookie is invisible to scripts (HttpOnly).

@@ -173,6 +173,10 @@ function drawOutbox(outbox, uplink) {
   body.replaceChildren();
   const streams = (outbox && outbox.streams) || [];
   const perStream = (uplink && uplink.streams) || {};
+  // No cloud: nothing is ever sent, so no "0 of N sent" and no Sync button that can only fail.
+  const noCloud = !uplink || uplink.enabled === false;
+  $("sync").disabled = noCloud;
+  $("sync").title = noCloud ? "this box has no cloud configured" : "";
   for (const s of streams) {
     const tr = el("tr");
     tr.dataset.stream = s.stream;
@@ -180,7 +184,9 @@ function drawOutbox(outbox, uplink) {
     const info = typeof s.produced === "number" ? s
       : Array.isArray(perStream) ? perStream.find((x) => x.stream === s.stream) : perStream[s.stream];
     // The uplink counts each stream's rows: produced = waiting + acked by the cloud + dropped.
-    if (info && typeof info === "object" && typeof info.produced === "number" && info.produced > 0) {
+    if (noCloud) {
+      replay.textContent = "kept on the box (no cloud)";
+    } else if (info && typeof info === "object" && typeof info.produced === "number" && info.produced > 0) {
       const bar = el("progress");
       bar.max = info.produced; bar.value = info.acked || 0;
       replay.append(bar, el("span", ` ${info.acked || 0} of ${info.produced} sent`));
@@ -195,8 +201,8 @@ function drawOutbox(outbox, uplink) {
   empty.textContent = "Nothing is waiting for the cloud.";
   const dl = $("uplink");
   dl.replaceChildren();
-  if (uplink === undefined || uplink === null) {
-    dl.append(el("dt", "Uplink"), el("dd", "not configured on this box"));
+  if (noCloud) {
+    dl.append(el("dt", "Uplink"), el("dd", "not configured on this box: the journal keeps everything"));
     return;
   }
   dl.append(el("dt", "link"), el("dd", linkState(uplink)));

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import grp
 import hashlib
+import ipaddress
 import json
 import os
 import pwd
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgehub.config import ID_RE, load_config, parse_address
+from edgehub.config import ID_RE, Address, load_config, parse_address
 from edgehub.errors import ConfigError, EdgehubError
 
 DEFAULT_CONFIG_DIR = Path("/etc/edgehub")
@@ -57,6 +58,16 @@ CLOUD_SCHEMES = ("mqtts", "mqtt")
 CLOUD_SECRET_KEYS = ("enrollment_token", "password")
 # 32 random bytes, URL-safe: no quoting trouble in TOML, MQTT clients or HTTP headers.
 SECRET_BYTES = 32
+# The values that edgehub-provision.toml.example (next to the real file on the boot partition)
+# ships with and an installer must replace; the example marks each with "# placeholder". A copy
+# that was not filled in is refused like any bad input: provisioning it would store the
+# placeholder as the real enrollment token (and take it out of the file) and lock the box to a
+# store that is not its own. tests/box/test_provision.py reads the example to keep the two in step.
+PLACEHOLDERS: Mapping[str, str] = {
+    "store.id": "your-store-id",
+    "cloud.url": "mqtts://cloud.example.com:8883",
+    "cloud.enrollment_token": "paste-the-one-time-token-from-the-cloud-console",
+}
 
 INPUT_KEYS: Mapping[str, frozenset[str]] = {
     "store": frozenset({"id", "name"}),
@@ -197,15 +208,34 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         )
     store_name = text("store", "name") or ""
 
+    for dotted, placeholder in PLACEHOLDERS.items():
+        table, _, key = dotted.partition(".")
+        value = tables.get(table, {}).get(key)
+        if isinstance(value, str) and value.strip() == placeholder:
+            problem(
+                dotted,
+                f"{placeholder!r} is the placeholder from edgehub-provision.toml.example; "
+                "put in this store's real value",
+            )
+
     addresses: dict[str, str | None] = {}
+    parsed: dict[str, Address] = {}
     for table, key in (("api", "listen"), ("broker", "lan_listen")):
         value = text(table, key)
         if value is not None:
             try:
-                parse_address(value)
+                address = parse_address(value)
             except ValueError as exc:
                 problem(f"{table}.{key}", f"bad address: {exc}")
+            else:
+                if address.port == 0:
+                    # Port 0 means "any free port": terminals and the installer could not find it.
+                    problem(f"{table}.{key}", f"{value!r}: port 0 is not a fixed port; give one from 1 to 65535")
+                else:
+                    parsed[f"{table}.{key}"] = address
         addresses[f"{table}.{key}"] = value
+    for key, message in _port_clashes(parsed, layout):
+        problem(key, message)
 
     cloud_url = text("cloud", "url", required="cloud" in data)
     if cloud_url:
@@ -281,6 +311,43 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         cloud_username=cloud_username,
         cloud_secrets=cloud_secrets,
     )
+
+
+def _overlaps(a: Address, b: Address) -> bool:
+    """Would listeners on ``a`` and ``b`` fight over one port (a wildcard covers every address)?"""
+    if a.port != b.port:
+        return False
+
+    def ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        return None if host == "localhost" else ipaddress.ip_address(host)
+
+    x, y = ip(a.host), ip(b.host)
+    if x is None or y is None:  # localhost: 127.0.0.1 and/or ::1
+        other = y if x is None else x
+        return other is None or other.is_unspecified or other.is_loopback
+    return x == y or x.is_unspecified or y.is_unspecified
+
+
+def _port_clashes(parsed: Mapping[str, Address], layout: Layout) -> list[tuple[str, str]]:
+    """The API must not want a port the broker listens on (the generated mosquitto.conf has the
+    LAN listener and the hub's loopback listener): one of the two would fail to start."""
+    api_given = "api.listen" in parsed
+    api = parsed.get("api.listen") or parse_address(Request.api_listen)
+    lan_given = "broker.lan_listen" in parsed
+    lan = parsed.get("broker.lan_listen") or (parse_address(Request.lan_listen) if Request.lan_listen else None)
+    hub = parse_address(layout.broker_listen)
+    clashes: list[tuple[str, str]] = []
+    if lan is not None and _overlaps(api, lan) and (api_given or lan_given):
+        if api_given:
+            where = "broker.lan_listen" if lan_given else f"the default broker.lan_listen {lan}"
+            clashes.append(("api.listen", f"port {api.port} is also the broker's LAN listener ({where})"))
+        else:
+            clashes.append(
+                ("broker.lan_listen", f"port {lan.port} is also the box page and API (default api.listen {api})")
+            )
+    if api_given and _overlaps(api, hub):
+        clashes.append(("api.listen", f"port {api.port} is the broker's listener for the hub ({hub})"))
+    return clashes
 
 
 def ask_request(layout: Layout, ask: Callable[[str], str] = input) -> Request:
@@ -613,7 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    layout = Layout(config_dir=args.config_dir, state_dir=args.state_dir)
+    # Absolute before anything uses them: they go into edgehub.toml, where a relative path would
+    # resolve against the config file's folder, not against where this command was run.
+    layout = Layout(
+        config_dir=Path(os.path.abspath(args.config_dir)), state_dir=Path(os.path.abspath(args.state_dir))
+    )
     try:
         if args.source is not None:
             request = read_request_file(args.source, layout)

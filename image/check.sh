@@ -104,6 +104,18 @@ else
     echo "  note  edgehub --version fails inside the root (dependencies missing?)"
 fi
 
+link=$(readlink "$ROOT/usr/local/bin/edgehub" 2>/dev/null || echo missing)
+if [ "$link" = /opt/edgehub/venv/bin/edgehub ]; then ok "/usr/local/bin/edgehub -> $link"
+else bad "/usr/local/bin/edgehub is '$link', want a link to /opt/edgehub/venv/bin/edgehub"; fi
+# What a login shell and sudo's secure_path find (without running it: the venv may lack deps).
+found=$(chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    /bin/sh -c 'command -v edgehub' 2>/dev/null || echo none)
+if [ "$found" = /usr/local/bin/edgehub ] && [ -x "$ROOT/opt/edgehub/venv/bin/edgehub" ]; then
+    ok "edgehub on PATH inside the root (sudo edgehub provision, edgehub doctor, edgehub bundle)"
+else
+    bad "edgehub on PATH inside the root is '$found', want /usr/local/bin/edgehub"
+fi
+
 say "users, groups, directories"
 if chroot "$ROOT" id edgehub >/dev/null 2>&1; then
     groups=$(chroot "$ROOT" id -nG edgehub)

@@ -104,6 +104,10 @@ esac
 # compiling on every start on an SD card is slow.
 in_root /opt/edgehub/venv/bin/python -m compileall -q /opt/edgehub/venv/lib >/dev/null || true
 install -D -m 644 "$REPO/docs/box.md" "$ROOT/opt/edgehub/docs/box.md"
+# On PATH (sudo's secure_path has /usr/local/bin): `sudo edgehub provision`, `edgehub doctor`,
+# `edgehub bundle` as docs/box.md says. The units keep calling the venv's copy by its full path.
+install -d -m 755 "$ROOT/usr/local/bin"
+ln -sfn /opt/edgehub/venv/bin/edgehub "$ROOT/usr/local/bin/edgehub"
 
 # --- units, rules, tmpfiles --------------------------------------------------------------------
 install -D -m 644 "$REPO/systemd/edgehub.service" "$ROOT/usr/lib/systemd/system/edgehub.service"

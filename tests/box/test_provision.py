@@ -8,6 +8,7 @@ bad input.
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import tomllib
@@ -16,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from edgehub.config import load_config
-from edgehub.provision import main
+from edgehub.provision import PLACEHOLDERS, main
+
+EXAMPLE = (
+    Path(__file__).resolve().parents[2]
+    / "image/pi-gen/stage-edgehub/00-install/files/edgehub-provision.toml.example"
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None,
@@ -30,7 +36,7 @@ id = "store-0042"
 name = "Main Street"
 
 [cloud]
-url = "mqtts://cloud.example.com:8883"
+url = "mqtts://cloud.chain.test:8883"
 enrollment_token = "one-time-token-123"   # from the cloud console
 
 [[terminal]]
@@ -120,7 +126,7 @@ def test_enrollment_token_leaves_the_boot_file_and_is_kept(box: dict[str, Path])
     assert "one-time-token-123" not in boot
     assert "# on the boot partition, written on a laptop" in boot  # the installer's comments survive
     remaining = tomllib.loads(boot)
-    assert remaining["cloud"] == {"url": "mqtts://cloud.example.com:8883"}
+    assert remaining["cloud"] == {"url": "mqtts://cloud.chain.test:8883"}
     assert remaining["store"]["id"] == "store-0042"
     assert (box["etc"] / "secrets/cloud-enrollment-token").read_text().strip() == "one-time-token-123"
 
@@ -169,6 +175,25 @@ BAD_CASES = [
         ["terminal[0].kind: 'till' must be one of"],
     ),
     ('[store]\nid = "s1"\n[api]\nlisten = "everywhere"\n', ["api.listen: bad address"]),
+    # The generated mosquitto.conf listens on the LAN port (and 127.0.0.1:1884 for the hub).
+    (
+        '[store]\nid = "s1"\n[api]\nlisten = "0.0.0.0:1883"\n',
+        ["api.listen: port 1883 is also the broker's LAN listener"],
+    ),
+    (
+        '[store]\nid = "s1"\n[api]\nlisten = "0.0.0.0:9000"\n[broker]\nlan_listen = "192.168.1.5:9000"\n',
+        ["api.listen: port 9000 is also the broker's LAN listener"],
+    ),
+    (
+        '[store]\nid = "s1"\n[broker]\nlan_listen = "0.0.0.0:8080"\n',
+        ["broker.lan_listen: port 8080 is also the box page and API"],
+    ),
+    (
+        '[store]\nid = "s1"\n[api]\nlisten = "127.0.0.1:1884"\n',
+        ["api.listen: port 1884 is the broker's listener for the hub"],
+    ),
+    ('[store]\nid = "s1"\n[api]\nlisten = "0.0.0.0:0"\n', ["api.listen: '0.0.0.0:0': port 0"]),
+    ('[store]\nid = "s1"\n[broker]\nlan_listen = "0.0.0.0:0"\n', ["broker.lan_listen: '0.0.0.0:0': port 0"]),
     ('[store]\nid = "s1"\n[[terminal]]\nkind = "pos"\n', ["terminal[0].id: missing required key"]),
     ("[store\nid = 1\n", ["not valid TOML"]),
 ]
@@ -221,3 +246,93 @@ def test_windows_line_endings_and_bom_from_a_laptop(box: dict[str, Path]) -> Non
     assert b"one-time-token-123" not in raw
     assert b"\r\n" in raw
     assert load_config(box["etc"] / "edgehub.toml").store.id == "store-0042"
+
+
+def test_separate_addresses_on_one_port_are_fine(box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    box["boot"].write_text(
+        GOOD + '\n[api]\nlisten = "127.0.0.1:9000"\n[broker]\nlan_listen = "192.0.2.7:9000"\n'
+    )
+    assert run(box) == 0, capsys.readouterr().err
+    config = load_config(box["etc"] / "edgehub.toml")
+    assert (config.api.listen.port, config.broker.lan_listen and config.broker.lan_listen.port) == (9000, 9000)
+    assert ":9000/" in capsys.readouterr().out
+
+
+def example_placeholders() -> dict[str, str]:
+    """``table.key: value`` for every line the example marks ``# placeholder``."""
+    found: dict[str, str] = {}
+    table = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if m := re.match(r"^\s*\[\[?\s*([\w.-]+)\s*\]\]?", line):
+            table = m.group(1)
+        elif "# placeholder" in line:
+            key, _, rest = line.partition("=")
+            found[f"{table}.{key.strip()}"] = tomllib.loads(f"v = {rest.split('#')[0]}")["v"]
+    return found
+
+
+def test_every_placeholder_of_the_example_file_is_known() -> None:
+    # Both ways: a new placeholder in the example, or a changed value, must reach PLACEHOLDERS.
+    assert example_placeholders() == dict(PLACEHOLDERS)
+    data = tomllib.loads(EXAMPLE.read_text())
+    for dotted, value in PLACEHOLDERS.items():
+        table, _, key = dotted.partition(".")
+        assert data[table][key] == value, dotted
+
+
+def test_the_example_file_copied_unfilled_is_refused_and_nothing_changes(
+    box: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(EXAMPLE, box["boot"])
+    original = box["boot"].read_bytes()
+    assert run(box) == 2
+    err = capsys.readouterr().err
+    for dotted, value in PLACEHOLDERS.items():
+        assert f"{box['boot']}: {dotted}: {value!r} is the placeholder" in err, err
+    assert not box["etc"].exists()
+    assert box["boot"].read_bytes() == original  # the placeholder token was not "taken"
+
+
+@pytest.mark.parametrize("left", sorted(PLACEHOLDERS))
+def test_one_placeholder_left_is_enough_to_refuse(
+    box: dict[str, Path], capsys: pytest.CaptureFixture[str], left: str
+) -> None:
+    real = {"store.id": "store-0007", "cloud.url": "mqtts://cloud.chain.test:8883", "cloud.enrollment_token": "tok-1"}
+    text = EXAMPLE.read_text()
+    for dotted, value in PLACEHOLDERS.items():
+        if dotted != left:
+            text = text.replace(f'"{value}"', f'"{real[dotted]}"')
+    box["boot"].write_text(text)
+    assert run(box) == 2
+    err = capsys.readouterr().err
+    assert f"{box['boot']}: {left}: " in err and "placeholder" in err
+    assert not box["etc"].exists()
+
+
+def test_the_example_file_filled_in_provisions(box: dict[str, Path]) -> None:
+    text = EXAMPLE.read_text()
+    real = {"store.id": "store-0007", "cloud.url": "mqtts://cloud.chain.test:8883", "cloud.enrollment_token": "tok-1"}
+    for dotted, value in PLACEHOLDERS.items():
+        text = text.replace(f'"{value}"', f'"{real[dotted]}"')
+    box["boot"].write_text(text)
+    assert run(box) == 0
+    assert load_config(box["etc"] / "edgehub.toml").store.id == "store-0007"
+    assert (box["etc"] / "secrets/cloud-enrollment-token").read_text().strip() == "tok-1"
+
+
+def test_relative_dirs_mean_relative_to_where_it_was_run(
+    box: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--from", "boot/edgehub-provision.toml", "--config-dir", "etc/edgehub", "--state-dir", "var/lib/edgehub"]
+    assert main([*argv, "--non-interactive"]) == 0
+    etc = tmp_path / "etc/edgehub"
+    config = load_config(etc / "edgehub.toml")
+    # Loaded from anywhere (the daemon's cwd is /), the paths still point where the files are.
+    assert config.broker.config_dir == etc / "mosquitto"
+    assert config.paths.data_dir == tmp_path / "var/lib/edgehub"
+    assert (etc / "mosquitto/mosquitto.conf").exists()
+    assert not (etc / "etc").exists()
+    data = tomllib.loads((etc / "edgehub.toml").read_text())
+    assert Path(data["paths"]["data_dir"]).is_absolute() and Path(data["broker"]["config_dir"]).is_absolute()
+    assert f"{etc / 'mosquitto'}/" in capsys.readouterr().out

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from edgehub import __version__
 from edgehub.errors import ConfigError, EdgehubError
 
+# Where the image's provisioning writes the box's config (systemd/edgehub.service runs with it):
+# the tools an installer runs on the box find it without being told.
+BOX_CONFIG = "/etc/edgehub/edgehub.toml"
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub import logs
@@ -133,6 +137,15 @@ def _cmd_sim_terminal(args: argparse.Namespace) -> int:
     return 0 if total_acked == args.orders * len(ids) else 1
 
 
+def _box_config(args: argparse.Namespace) -> int:
+    """2 (and why) when no --config was given and this is not a provisioned box; else 0."""
+    if args.config == BOX_CONFIG and not os.path.exists(BOX_CONFIG):
+        print(f"no box config at {BOX_CONFIG} (not a provisioned box?): give --config FILE, the config "
+              "edgehub runs with", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgehub", description="The store box daemon and its tools.")
     parser.add_argument("--version", action="version", version=f"edgehub {__version__}")
@@ -176,14 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
 
     p = sub.add_parser("doctor", help="run the installer's self-checks; exit 1 when one fails")
-    p.add_argument("--config", required=True, help="path to edgehub.toml")
+    p.add_argument("--config", default=BOX_CONFIG, help=f"path to edgehub.toml (default: the box's, {BOX_CONFIG})")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
-    p.set_defaults(func=lambda a: __import__("edgehub.doctor", fromlist=["x"]).command(a.config, a.json))
+    p.set_defaults(func=lambda a: _box_config(a) or __import__("edgehub.doctor", fromlist=["x"]).command(
+        a.config, a.json))
 
     p = sub.add_parser("bundle", help="write a support bundle (tar.gz, secrets removed)")
-    p.add_argument("--config", required=True, help="path to edgehub.toml")
+    p.add_argument("--config", default=BOX_CONFIG, help=f"path to edgehub.toml (default: the box's, {BOX_CONFIG})")
     p.add_argument("-o", "--output", help="file to write (default: edgehub-STORE-TIME.tar.gz here)")
-    p.set_defaults(func=lambda a: __import__("edgehub.bundle", fromlist=["x"]).command(a.config, a.output))
+    p.set_defaults(func=lambda a: _box_config(a) or __import__("edgehub.bundle", fromlist=["x"]).command(
+        a.config, a.output))
 
     p = sub.add_parser("provision", help="first-boot provisioning of a box", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -172,7 +172,9 @@ def command(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("sync", help="send the outbox to the cloud now and reconcile (through the running hub)")
-    p.add_argument("--config", required=True, help="path to edgehub.toml (for the API address and token)")
+    p.add_argument("--config", default="/etc/edgehub/edgehub.toml",
+                   help="path to edgehub.toml, for the API address and token (default: the box's, "
+                        "/etc/edgehub/edgehub.toml)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the drain (default 600)")
     p.add_argument("--json", action="store_true", help="print the final progress and reconciliation as JSON")
     p.set_defaults(func=command)

@@ -311,3 +311,17 @@ def test_daemon_check_for_an_inline_token_names_the_config(tmp_path: Path) -> No
     assert f"the token in {config.source.resolve()} ([api] token) is not the hub's" in check.message
     other = daemon_check(config, None, DaemonUnreadable("127.0.0.1:1", 500, "boom"))
     assert other.message == "127.0.0.1:1 answers, but not with edgehub's status: HTTP 500 (boom)"
+
+
+async def test_on_the_box_the_tools_find_its_config_and_elsewhere_ask_for_one() -> None:
+    """`sudo edgehub doctor` on a box reads /etc/edgehub/edgehub.toml (where provisioning wrote
+    it); on a machine that is not a box it says to give --config, and changes nothing."""
+    from edgehub.cli import BOX_CONFIG
+
+    if Path(BOX_CONFIG).exists():
+        pytest.skip(f"{BOX_CONFIG} exists: this machine is a box")
+    for command in ("doctor", "bundle"):
+        code, out = await run_cli(command)
+        assert code == 2, out
+        assert out.strip() == (f"no box config at {BOX_CONFIG} (not a provisioned box?): give --config FILE, "
+                               "the config edgehub runs with")

@@ -186,7 +186,8 @@ class Replay:
         self._deletes_idle = asyncio.Event()
         self._deletes_idle.set()
         self._deleter: asyncio.Task[None] | None = None
-        # (monotonic time, stats.acked) at most every RATE_SAMPLE_EVERY_S, for the moving window
+        # (monotonic time, stats.acked before that PUBACK), taken by PUBACKs at most every
+        # RATE_SAMPLE_EVERY_S: the moving window, filled only while acks flow
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
         self._last_ack_mono = float("-inf")
         self._flow_start: tuple[float, int] = (0.0, 0)  # (first PUBACK of this flow, acked before it)
@@ -367,6 +368,9 @@ class Replay:
             if mono - self._last_ack_mono > RATE_IDLE_S:
                 self._flow_start = (mono, self.stats.acked)
             self._last_ack_mono = mono
+            samples = self._rate_samples
+            if not samples or mono - samples[-1][0] >= RATE_SAMPLE_EVERY_S:
+                samples.append((mono, self.stats.acked))
             self.stats.acked += 1
             if entry.stream in self.refused and entry.stream not in self._held_until:
                 del self.refused[entry.stream]
@@ -470,13 +474,11 @@ class Replay:
         """Acknowledged messages per second while PUBACKs flow (see RATE_WINDOW_S); cheap
         enough for every status poll."""
         now, acked = time.monotonic(), self.stats.acked
-        samples = self._rate_samples
-        if not samples or now - samples[-1][0] >= RATE_SAMPLE_EVERY_S:
-            samples.append((now, acked))
-        while samples and now - samples[0][0] > RATE_WINDOW_S:
-            samples.popleft()
         if now - self._last_ack_mono > RATE_IDLE_S:
             return 0.0
+        samples = self._rate_samples
+        while samples and now - samples[0][0] > RATE_WINDOW_S:
+            samples.popleft()
         t0, n0 = self._flow_start
         if samples and samples[0][0] > t0 and now - samples[0][0] >= RATE_WINDOW_S / 2:
             t0, n0 = samples[0]  # a long flow: its last few seconds, not its average

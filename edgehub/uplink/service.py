@@ -85,8 +85,7 @@ class Uplink:
         self._loop = asyncio.get_running_loop()
         self.journal.commit_observers.append(self._on_commit)
         await self.replay.__aenter__()
-        self._tasks = [asyncio.create_task(self._run(), name="uplink"),
-                       asyncio.create_task(self._sample_rate(), name="uplink-rate")]
+        self._tasks = [asyncio.create_task(self._run(), name="uplink")]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -282,12 +281,6 @@ class Uplink:
         }
 
     # --- status ----------------------------------------------------------------------------------
-
-    async def _sample_rate(self) -> None:
-        # Keeps the rate's moving window filled when nobody polls; readers ask ``rate()`` itself.
-        while True:
-            self.replay.rate()
-            await asyncio.sleep(1.0)
 
     async def status(self) -> dict[str, Any]:
         out = await self.outbox.status()

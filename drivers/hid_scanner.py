@@ -275,8 +275,7 @@ class HidScanner(ScannerDriver):
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None:
-            await cancel_and_wait(reader)
+        await cancel_and_wait(reader)
         if self._source is not None:
             with contextlib.suppress(Exception):
                 await self._source.close()

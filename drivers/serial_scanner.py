@@ -80,8 +80,7 @@ class SerialScanner(ScannerDriver):
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None:
-            await cancel_and_wait(reader)
+        await cancel_and_wait(reader)
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.close()

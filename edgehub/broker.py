@@ -324,9 +324,8 @@ class MosquittoProcess:
             except TimeoutError:
                 self._proc.kill()
                 await self._proc.wait()
-        if self._log_task is not None:
-            await cancel_and_wait(self._log_task)
-            self._log_task = None
+        await cancel_and_wait(self._log_task)
+        self._log_task = None
 
     async def reload(self) -> None:
         """Re-read passwords and ACL (after a terminal was added) without dropping clients."""

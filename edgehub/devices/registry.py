@@ -455,7 +455,6 @@ class DeviceRegistry:
 
     async def __aexit__(self, *exc: object) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            await cancel_and_wait(task)
+        await cancel_and_wait(task)
         for entry in self._entries.values():
             await self._close_driver(entry)

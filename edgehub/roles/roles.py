@@ -141,8 +141,7 @@ class Roles:
     async def __aexit__(self, *exc: object) -> None:
         if self.registry is not None:
             self.registry.unsubscribe(self._on_device_event)
-        if self._main is not None:
-            await cancel_and_wait(self._main)
+        await cancel_and_wait(self._main)
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:

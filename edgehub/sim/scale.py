@@ -158,9 +158,8 @@ class ScaleSim(PtyPort):
             self._task = asyncio.create_task(self._stream(), name=f"scale-sim-{self.port}")
 
     async def _stopping(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     # -- what the scale measures --------------------------------------------------------------
 

@@ -428,8 +428,7 @@ class Outbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task)
 
     def add(
         self,

@@ -172,8 +172,7 @@ class Retention:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first_after_s)

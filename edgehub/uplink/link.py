@@ -168,9 +168,8 @@ class CloudLink:
 
     async def _abort(self) -> None:
         self.force_close("closed")
-        if self._misc is not None:
-            await cancel_and_wait(self._misc)
-            self._misc = None
+        await cancel_and_wait(self._misc)
+        self._misc = None
         client = self._client
         sock = client.socket() if client is not None else None
         if sock is not None and self._loop is not None:

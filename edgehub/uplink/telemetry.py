@@ -52,8 +52,7 @@ class TelemetrySampler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task)
 
     def measure(self) -> dict[str, Any]:
         """One sample (blocking: /proc and statvfs reads; run it in a thread)."""

@@ -36,6 +36,14 @@ from edgehub.uplink.replay import Replay
 log = logging.getLogger("edgehub.uplink")
 
 
+def _eta(remaining: int, rate: float) -> float | None:
+    """Seconds until ``remaining`` rows are sent at ``rate``: 0 when none are left, None while
+    nothing moves (no rate to tell by)."""
+    if not remaining:
+        return 0
+    return round(remaining / rate, 1) if rate > 0 else None
+
+
 def _iso(at: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if at else None
 
@@ -275,7 +283,7 @@ class Uplink:
             "link_error": self.last_error if self.state != "online" else "",
             "target_seq": job.target_seq, "total": job.total, "sent": sent,
             "remaining": job.remaining, "rate_per_s": round(rate, 1),
-            "eta_s": (round(job.remaining / rate, 1) if rate > 0 else None) if job.remaining else 0,
+            "eta_s": _eta(job.remaining, rate),
             "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
             "reconcile": job.reconcile,
         }
@@ -288,7 +296,7 @@ class Uplink:
         backlog = out["backlog"]
         replay = self.replay.figures()
         replay["rate_per_s"] = round(rate, 1)
-        replay["eta_s"] = round(backlog / rate, 1) if rate > 0 and backlog else (0 if not backlog else None)
+        replay["eta_s"] = _eta(backlog, rate)
         return {
             "enabled": True,
             "link": {"state": self.state, "since": _iso(self.state_since), "url": self.cfg.url,

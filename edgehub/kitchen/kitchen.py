@@ -141,8 +141,7 @@ class ScreenFeed:
 @dataclass
 class _OrderFacts:
     order: tuple[str, float, dict[str, Any]] | None  # terminal, received_at, doc
-    change_known: bool
-    change: tuple[str, dict[str, Any]] | None  # the known change's terminal and payload
+    change: tuple[str, dict[str, Any]] | None  # the change id's terminal and payload, if known
     cancelled: bool
     tickets: list[Ticket]
 
@@ -596,7 +595,7 @@ class Kitchen:
             ]
             order = (row[0], row[1], json.loads(row[2])) if row else None
             change = (known[0], json.loads(known[1])) if known else None
-            return _OrderFacts(order, known is not None, change, cancelled is not None, tickets)
+            return _OrderFacts(order, change, cancelled is not None, tickets)
 
         return await self.journal.read(read)
 
@@ -691,7 +690,7 @@ class Kitchen:
 
         async def apply() -> bool:
             facts = await self._facts(cancel.order_id, change_id)
-            if facts.change_known:
+            if facts.change is not None:
                 return True
             if facts.order is None:
                 raise PayloadError("order_id", f"no accepted order {cancel.order_id!r} to cancel")

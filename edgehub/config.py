@@ -67,6 +67,7 @@ class ApiConfig:
     token: str = field(repr=False)
     # Optional digits-only PIN an installer types on the box's page instead of the long token.
     installer_pin: str = field(default="", repr=False)
+    token_file: Path | None = None  # where the token was read from (api.token_file), if not inline
 
 
 MAX_COMMIT_WINDOW_MS = 50  # every ack waits up to this for its group commit
@@ -520,6 +521,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         listen=parse_address(api_listen) if api_listen else Address("127.0.0.1", 8080),
         token=_secret(ck, base, t, "api.token"),
         installer_pin=_secret(ck, base, t, "api.installer_pin", required=False),
+        token_file=base / t["token_file"] if isinstance(t.get("token_file"), str) else None,
     )
     if api.installer_pin and not (api.installer_pin.isascii() and api.installer_pin.isdigit()
                                   and len(api.installer_pin) >= 6):

@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-import tomllib
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -428,11 +427,8 @@ def api_address(config: Config) -> str:
 
 def token_origin(config: Config) -> str:
     """Where the config's API token comes from: ``[api] token_file`` (the file) or ``token`` inline."""
-    with contextlib.suppress(OSError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
-        api = tomllib.loads(config.source.read_text(encoding="utf-8")).get("api")
-        token_file = api.get("token_file") if isinstance(api, dict) else None
-        if isinstance(token_file, str) and token_file:
-            return str(config.source.resolve().parent / token_file)
+    if config.api.token_file is not None:
+        return str(config.api.token_file.resolve())
     return f"{config.source.resolve()} ([api] token)"
 
 

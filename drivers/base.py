@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 Kind = Literal["printer", "scanner", "scale", "pinpad"]
 Transport = Literal["usb", "serial", "tcp"]
@@ -52,6 +52,35 @@ class Health:
         return self.state in ("ready", "degraded")
 
 
+@dataclass(frozen=True)
+class FieldStep:
+    """One thing the installer's field check did with the device, and what came back."""
+
+    name: str
+    ok: bool
+    detail: str
+    raw: bytes = b""  # the bytes the device sent for this step, shown as hex
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "raw_hex": self.raw.hex(" ")}
+
+
+@dataclass(frozen=True)
+class FieldCheck:
+    """What ``edgehub device test`` found: the steps, and the profile they point to (keys of a
+    ``[[device]]`` profile, e.g. ``status``; empty when the check infers nothing)."""
+
+    steps: tuple[FieldStep, ...]
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(step.ok for step in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "steps": [step.to_dict() for step in self.steps], "profile": dict(self.profile)}
+
+
 class Driver(abc.ABC):
     """One open device. Constructors do no I/O; ``open()`` connects, ``close()`` releases."""
 
@@ -75,6 +104,14 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def health(self) -> Health:
         """Ask the device how it is (one bounded round trip). Never raises."""
+
+    async def field_check(self, wait_s: float) -> FieldCheck:
+        """The installer's check of a unit in the store (``edgehub device test``): the device
+        is asked what a real store needs of it, within ``wait_s`` seconds for a step that waits
+        on a person (a scan). Drivers of each kind override this; the default asks health once."""
+        health = await self.health()
+        detail = health.state + (f": {health.reason}" if health.reason else "")
+        return FieldCheck((FieldStep("health", health.usable, detail),))
 
     async def __aenter__(self) -> Driver:
         await self.open()

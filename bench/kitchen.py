@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from edgehub.broker import MosquittoProcess  # noqa: E402
 from edgehub.config import load_config  # noqa: E402
-from tests.conftest import API_TOKEN, HubProcess, write_config  # noqa: E402
+from tests.conftest import SCREEN_TOKEN, HubProcess, write_config  # noqa: E402
 
 STATIONS = ("grill", "wok", "bar", "cold", "fryer", "pass")
 STORE = "bench"
@@ -178,7 +178,7 @@ class WebScreens:
 
     def __init__(self, load: Load, api_port: int) -> None:
         self.load = load
-        self.url = f"ws://127.0.0.1:{api_port}/kds/{{station}}/ws?token={API_TOKEN}"
+        self.url = f"ws://127.0.0.1:{api_port}/kds/{{station}}/ws?token={SCREEN_TOKEN}"
         self.latency: list[tuple[str, float]] = []
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()

@@ -6,16 +6,26 @@ a private Mosquitto itself (``broker.mode = "managed"``) on a loopback port.
 
 Why the queue limits: Mosquitto's default ``max_queued_messages 1000`` drops QoS 1 messages
 queued for an absent client. The hub's persistent session must survive a restart of the hub
-during a rush without the broker throwing orders away, so the limits are sized for that.
-Persistence is off: the SQLite journal is the durable record, terminals re-send until acked,
-and a broker writing its whole database every autosave wears the SD card for nothing.
+during a rush without the broker throwing orders away, so the limits are sized for that, and
+bounded in bytes too (``max_queued_bytes``), so a client that subscribes and goes away cannot
+make the broker hold unbounded memory. Persistence is off: the SQLite journal is the durable
+record, terminals re-send until acked, and a broker writing its whole database every autosave
+wears the SD card for nothing.
+
+Two listeners (docs/security.md): the hub's own on loopback, where client ids are free (the hub,
+``edgehub doctor``, an installer's ``mosquitto_sub``), and the LAN listener for terminals, where
+``use_username_as_clientid`` makes every client id its user: a terminal can neither take the
+hub's id nor kick another terminal, only ever its own session. The password file is written
+hashed (PBKDF2-SHA512, Mosquitto's ``$7$`` format), never in plain text, not even for a moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
+import hashlib
 import itertools
 import logging
 import os
@@ -23,12 +33,11 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgehub.bus.topics import Topics
-from edgehub.config import Address, Config
+from edgehub.config import Address, Config, control_char_problem
 from edgehub.errors import BrokerError
 from edgehub.tasks import cancel_and_wait
 
@@ -51,26 +60,37 @@ def acl_text(config: Config) -> str:
         "",
     ]
     for terminal in sorted(config.terminals, key=lambda t: t.id):
+        tid = terminal.id
         lines += [
-            f"user {terminal.id}",
+            f"user {tid}",
             # A terminal writes only its own subtree and reads only its own acks and replies.
-            f"topic write {topics.terminal_tree(terminal.id)}",
-            f"topic read {topics.terminal_tree(terminal.id)}",
+            f"topic write {topics.terminal_tree(tid)}",
+            f"topic read {topics.terminal_tree(tid)}",
             f"topic read {topics.hub_state}",
-            # Roles: a till or kiosk may print, pay and settle, a kitchen screen only print (a
-            # tablet on the pass never takes a card); all read role state and events. Answers
-            # come back under the terminal's own tree (response topic or reply_to).
-            f"topic write {topics.role_command('+', 'print' if terminal.kind == 'kds' else '+')}",
+            # Roles: the last level of a command is the terminal, so the hub knows who asks (it
+            # answers only into that terminal's tree and keeps each payment to its terminal).
+            # Any terminal may print; a till or kiosk may pay and settle on its pinpad roles; a
+            # kitchen screen never (a tablet on the pass never takes a card). All read role
+            # state and events.
+            f"topic write {topics.role_command('+', 'print', tid)}",
+        ]
+        if terminal.kind != "kds":
+            for role in terminal.pinpad_roles if terminal.pinpad_roles is not None else ("+",):
+                lines += [f"topic write {topics.role_command(role, 'pay', tid)}",
+                          f"topic write {topics.role_command(role, 'settle', tid)}"]
+        lines += [
             f"topic read {topics.role_binding('+')}",
             f"topic read {topics.role_state('+')}",
             f"topic read {topics.role_event('+', '+')}",
         ]
         if terminal.kind == "kds":
-            # A screen reads every station's tickets, and writes only its commands and snapshot
-            # requests: the events, alerts, replies and snapshots other screens trust are the hub's.
-            lines += [f"topic read {topics.root}/kds/#",
-                      f"topic write {topics.all_kds_commands}",
-                      f"topic write {topics.all_kds_snapshot_requests}"]
+            # A screen reads its stations' tickets and writes only their commands and snapshot
+            # requests: the events, alerts, replies and snapshots screens trust are the hub's,
+            # and a grill screen cannot bump the bar's tickets.
+            for station in terminal.stations if terminal.stations is not None else ("+",):
+                lines += [f"topic read {topics.kds(station)}/#",
+                          f"topic write {topics.kds_command(station)}",
+                          f"topic write {topics.kds_snapshot_request(station)}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -87,7 +107,7 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         f"acl_file {files.acl}",
         "persistence false",
         f"max_queued_messages {b.max_queued_messages}",
-        "max_queued_bytes 0",
+        f"max_queued_bytes {b.max_queued_mib * 1024 * 1024}",
         # Also the hub's read-ahead: the hub acknowledges a message once it was handled, so the
         # broker sends it at most this many unfinished ones and keeps a rush in its queue.
         "max_inflight_messages 100",
@@ -100,26 +120,43 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         "log_type notice",
         "connection_messages true",
         "",
+        # The hub's own listener (loopback: the hub and the box's own tools).
+        f"listener {listen.port} {listen.host}",
     ]
-    for address in listeners(listen, b.lan_listen):
-        lines.append(f"listener {address.port} {address.host}")
+    if b.lan_listen is not None:
+        lines += [
+            "",
+            # Terminals and screens: each client id is its user, so no client takes another's
+            # session (the hub's included), and the number of connections is bounded.
+            f"listener {b.lan_listen.port} {b.lan_listen.host}",
+            "use_username_as_clientid true",
+            f"max_connections {b.max_connections}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-WILDCARDS = ("0.0.0.0", "::")
+# Mosquitto 2.0's own choice for new hashes (mosquitto_passwd): PBKDF2-HMAC-SHA512, 101
+# iterations, a 12-byte salt, stored as ``$7$iterations$salt$hash`` in base64.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
 
 
-def listeners(hub: Address, lan: Address | None) -> list[Address]:
-    """The hub's listener plus the LAN one, merged when they share a port: a wildcard LAN
-    listener already covers loopback, and two binds of one port make Mosquitto exit."""
-    if lan is None or lan == hub:
-        return [hub]
-    if lan.port == hub.port:
-        if lan.host in WILDCARDS:
-            return [lan]
-        if hub.host in WILDCARDS:
-            return [hub]
-    return [hub, lan]
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def passwd_text(users: list[tuple[str, str]]) -> str:
+    """Mosquitto's password file, hashed. A user or password with a control character (a newline
+    would start a line of its own: another user) or a user with ``:`` is refused."""
+    lines = []
+    for user, password in users:
+        problem = control_char_problem(user) or control_char_problem(password)
+        if problem or ":" in user or not user or not password:
+            raise BrokerError(f"password file: user {user!r}: {problem or 'empty, or contains :'}")
+        lines.append(f"{user}:{password_hash(password)}\n")
+    return "".join(lines)
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:
@@ -139,18 +176,9 @@ def write_config(config: Config, listen: Address | None = None, run_as: str | No
     directory = config.broker.config_dir
     directory.mkdir(parents=True, exist_ok=True)
     files = BrokerFiles(directory / "mosquitto.conf", directory / "passwd", directory / "acl")
-    passwd_tool = shutil.which("mosquitto_passwd")
-    if passwd_tool is None:
-        raise BrokerError("mosquitto_passwd not found: install the mosquitto package (apt-get install mosquitto)")
     users = [(config.broker.hub_user, config.broker.hub_password)]
     users += [(t.id, t.password) for t in config.terminals]
-    plain = "".join(f"{user}:{password}\n" for user, password in users)
-    _atomic_write(files.passwd, plain, 0o640)
-    # -U rewrites the plain file in place with salted PBKDF2 hashes.
-    result = subprocess.run([passwd_tool, "-U", str(files.passwd)], capture_output=True, text=True)
-    if result.returncode != 0:
-        files.passwd.unlink(missing_ok=True)
-        raise BrokerError(f"mosquitto_passwd failed: {result.stderr.strip() or result.stdout.strip()}")
+    _atomic_write(files.passwd, passwd_text(users), 0o640)
     _atomic_write(files.acl, acl_text(config), 0o640)
     _atomic_write(files.conf, conf_text(config, files, listen or config.broker.listen, run_as), 0o644)
     return files

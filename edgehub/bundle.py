@@ -214,10 +214,13 @@ async def _from_daemon(config: Config) -> tuple[str, bytes] | DaemonUnreadable:
     it could not be had: nothing answers, or the daemon refused (401 wrong token, 429 ...)."""
     import aiohttp
 
-    url = config.api.listen.local_url("/api/v1/bundle")
+    from edgehub.api.tls import client_context
+
+    url = config.api.local_url("/api/v1/bundle")
     address = api_address(config)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        connector = aiohttp.TCPConnector(ssl=client_context(config.api) or False)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), connector=connector) as http:
             async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:
                 body = await response.read()
                 if response.status != 200:

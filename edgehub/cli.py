@@ -104,7 +104,7 @@ def _cmd_sim_terminal(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         config = load_config(args.config)
-        address = parse_address(args.broker) if args.broker else config.broker.listen
+        address = parse_address(args.broker) if args.broker else config.broker.terminal_address
         store = config.store.id
         ids = args.terminal or [t.id for t in config.terminals if t.kind == "pos"][:1]
         creds = {t.id: t.password for t in config.terminals}

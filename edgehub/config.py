@@ -17,7 +17,12 @@ from typing import Any
 
 from edgehub.errors import ConfigError
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Identifiers are matched whole: ``\Z``, not ``$``, which also matches before a trailing newline
+# (an id with one reached the ACL and the password file as two lines).
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# Terminal ids starting with this are refused: the box's own MQTT clients use it (the hub's
+# client id is ``edgehub-hub-{store}``), and on the LAN listener a terminal's client id is its id.
+RESERVED_PREFIX = "edgehub-"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -29,10 +34,23 @@ class Address:
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    def local_url(self, path: str = "/") -> str:
+    def local_url(self, path: str = "/", scheme: str = "http") -> str:
         """How a process on this box reaches an HTTP listener here: a wildcard means loopback."""
+        return f"{scheme}://{self.local()}{path}"
+
+    def local(self) -> Address:
+        """Where a process on this box reaches a listener here: a wildcard means loopback."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        return f"http://{Address(host, self.port)}{path}"
+        return Address(host, self.port)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,17 @@ class BrokerConfig:
     hub_password: str = field(repr=False)
     max_queued_messages: int = 100_000
     max_packet_kib: int = 256
+    # Per client: the hub's backlog during a restart at the rush needs a few MiB; this bounds
+    # what a client that subscribes and goes away can make the broker hold.
+    max_queued_mib: int = 32
+    # Connections on the LAN listener (terminals, screens); the hub's loopback listener has its own.
+    max_connections: int = 256
+
+    @property
+    def terminal_address(self) -> Address:
+        """Where a terminal on this box connects: the LAN listener (reached over loopback when
+        it listens on every address), else the hub's own listener (development, tests)."""
+        return self.lan_listen.local() if self.lan_listen is not None else self.listen
 
 
 @dataclass(frozen=True)
@@ -68,6 +97,22 @@ class ApiConfig:
     # Optional digits-only PIN an installer types on the box's page instead of the long token.
     installer_pin: str = field(default="", repr=False)
     token_file: Path | None = None  # where the token was read from (api.token_file), if not inline
+    # HTTPS with the box's own certificate (edgehub provision makes it); without one, a listener
+    # off loopback is refused unless plain_http says plain HTTP on the LAN is meant.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    plain_http: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def local_url(self, path: str = "/") -> str:
+        return self.listen.local_url(path, self.scheme)
 
 
 MAX_COMMIT_WINDOW_MS = 50  # every ack waits up to this for its group commit
@@ -95,6 +140,10 @@ class LimitsConfig:
     max_lines: int = 200
     max_qty: int = 999
     max_text: int = 200
+    # Orders (and re-sends) one terminal may send: a bucket of order_burst, refilled at
+    # orders_per_s; beyond it the order is acked "rejected" with "slow down" (edgehub/quota.py).
+    orders_per_s: float = 50.0
+    order_burst: int = 500
 
 
 @dataclass(frozen=True)
@@ -102,6 +151,18 @@ class TerminalConfig:
     id: str
     kind: str
     password: str = field(repr=False)
+    # kds: the stations the screen shows and drives (None: every station, as before per-screen
+    # stations existed). pos/kiosk: the pinpad roles it may start payments on (None: every one).
+    stations: tuple[str, ...] | None = None
+    pinpad_roles: tuple[str, ...] | None = None
+    # kds: the secret of its web page (/kds/{station}?token=…); drives only its stations.
+    screen_token: str = field(default="", repr=False)
+
+    def drives(self, station: str) -> bool:
+        return self.kind == "kds" and (self.stations is None or station in self.stations)
+
+    def may_pay_on(self, role: str) -> bool:
+        return self.kind in ("pos", "kiosk") and (self.pinpad_roles is None or role in self.pinpad_roles)
 
 
 @dataclass(frozen=True)
@@ -139,7 +200,8 @@ class KitchenConfig:
     stations: Mapping[str, StationConfig] = field(default_factory=dict)
     sku_rules: Mapping[str, str] = field(default_factory=dict)
     category_rules: Mapping[str, str] = field(default_factory=dict)
-    # Kitchen screens authenticate with this (defaults to the API token); see docs/kitchen.md.
+    # A screen secret that drives every station (optional; each kds terminal has its own, which
+    # drives only its stations). Never the API token: docs/security.md.
     screen_token: str = field(default="", repr=False)
     # An open ticket untouched this long is closed as ``expired`` (docs/kitchen.md).
     expire_open_after_h: float = 12.0
@@ -167,8 +229,8 @@ ROLE_KINDS: dict[str, str] = {
     "scanner": "scanner",
     "pinpad": "pinpad",
 }
-ROLE_RE = re.compile(r"^(kitchen-printer|receipt-printer|scale|scanner|pinpad)(\.[a-z0-9][a-z0-9_-]{0,31})?$")
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ROLE_RE = re.compile(r"^(kitchen-printer|receipt-printer|scale|scanner|pinpad)(\.[a-z0-9][a-z0-9_-]{0,31})?\Z")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 def role_kind(role: str) -> str:
@@ -432,6 +494,15 @@ def _id_check(value: str) -> str | None:
     return None if ID_RE.match(value) else f"{value!r} must be lowercase letters, digits and dashes (max 63)"
 
 
+def control_char_problem(value: str) -> str | None:
+    """Control characters (a newline, NUL, ESC …) in an id or secret: each value ends up in a
+    generated file (ACL, password file, TOML), a topic or a log line, where one would split it."""
+    for i, c in enumerate(value):
+        if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029":
+            return f"must not contain control characters (found {c!r} at position {i})"
+    return None
+
+
 def _positive(value: int | float) -> str | None:
     return None if value > 0 else f"must be greater than 0, got {value}"
 
@@ -453,6 +524,9 @@ def _secret(ck: _Checker, base: Path, table: Mapping[str, Any], path: str, requi
             return ""
         if not value:
             ck.problem(f"{path}_file", f"{secret_path} is empty")
+        elif problem := control_char_problem(value):
+            ck.problem(f"{path}_file", f"{secret_path}: {problem}")
+            return ""
         return str(value)
     if inline is None:
         if required:
@@ -460,7 +534,13 @@ def _secret(ck: _Checker, base: Path, table: Mapping[str, Any], path: str, requi
         return ""
     if not inline:
         ck.problem(path, "must not be empty")
+    elif problem := control_char_problem(inline):
+        ck.problem(path, problem)
+        return ""
     return str(inline)
+
+
+MAX_CONFIG_CHARS = 1 << 20
 
 
 def load_config(path: str | Path) -> Config:
@@ -471,10 +551,14 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: not UTF-8 text: {exc}"]) from exc
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError([f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_CHARS}"])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: not valid TOML: {exc}"]) from exc
+    except RecursionError:
+        raise ConfigError([f"{source}: not valid TOML: arrays or tables nested too deeply"]) from None
     return parse_config(data, source, text)
 
 
@@ -498,7 +582,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     t = ck.table(
         data, "broker",
         {"mode", "listen", "lan_listen", "config_dir", "hub_user", "hub_password", "hub_password_file",
-         "max_queued_messages", "max_packet_kib"},
+         "max_queued_messages", "max_packet_kib", "max_queued_mib", "max_connections"},
     )
     mode = ck.get(t, "broker.mode", str, "managed",
                   check=lambda v: None if v in ("managed", "external") else "must be 'managed' or 'external'")
@@ -513,16 +597,34 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         hub_password=_secret(ck, base, t, "broker.hub_password"),
         max_queued_messages=ck.get(t, "broker.max_queued_messages", int, 100_000, check=_positive),
         max_packet_kib=ck.get(t, "broker.max_packet_kib", int, 256, check=_positive),
+        max_queued_mib=ck.get(t, "broker.max_queued_mib", int, 32,
+                              check=lambda v: None if 1 <= v <= 1024 else f"must be 1 to 1024 MiB, got {v}"),
+        max_connections=ck.get(t, "broker.max_connections", int, 256,
+                               check=lambda v: None if 8 <= v <= 10_000 else f"must be 8 to 10000, got {v}"),
     )
+    _listener_problems(ck, broker)
 
-    t = ck.table(data, "api", {"listen", "token", "token_file", "installer_pin", "installer_pin_file"})
+    t = ck.table(data, "api", {"listen", "token", "token_file", "installer_pin", "installer_pin_file",
+                               "tls_cert_file", "tls_key_file", "plain_http"})
     api_listen = ck.get(t, "api.listen", str, "127.0.0.1:8080", check=_address_check)
+    cert = ck.get(t, "api.tls_cert_file", str, None)
+    key = ck.get(t, "api.tls_key_file", str, None)
     api = ApiConfig(
         listen=parse_address(api_listen) if api_listen else Address("127.0.0.1", 8080),
         token=_secret(ck, base, t, "api.token"),
         installer_pin=_secret(ck, base, t, "api.installer_pin", required=False),
         token_file=base / t["token_file"] if isinstance(t.get("token_file"), str) else None,
+        tls_cert_file=base / cert if cert else None,
+        tls_key_file=base / key if key else None,
+        plain_http=bool(ck.get(t, "api.plain_http", bool, False)),
     )
+    if (cert is None) != (key is None):
+        ck.problem("api.tls_key_file" if key is None else "api.tls_cert_file",
+                   "give both tls_cert_file and tls_key_file (edgehub provision makes them)")
+    if api_listen and not api.tls and not api.plain_http and not api.listen.is_loopback:
+        ck.problem("api.listen", f"{api.listen} is reachable from the store LAN, where the token, PIN and session "
+                   "would cross in clear: give tls_cert_file and tls_key_file (edgehub provision makes them), "
+                   "or plain_http = true to serve plain HTTP there on purpose")
     if api.installer_pin and not (api.installer_pin.isascii() and api.installer_pin.isdigit()
                                   and len(api.installer_pin) >= 6):
         ck.problem("api.installer_pin", "must be digits only, at least 6 of them (a TOML string, e.g. \"482913\")")
@@ -537,12 +639,18 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         keep_days=float(ck.get(t, "journal.keep_days", (int, float), 90.0, check=_keep_days_problem)),
     )
 
-    t = ck.table(data, "limits", {"max_order_bytes", "max_lines", "max_qty", "max_text"})
+    t = ck.table(data, "limits", {"max_order_bytes", "max_lines", "max_qty", "max_text", "orders_per_s",
+                                  "order_burst"})
     limits = LimitsConfig(
         max_order_bytes=ck.get(t, "limits.max_order_bytes", int, 65_536, check=_positive),
         max_lines=ck.get(t, "limits.max_lines", int, 200, check=_positive),
         max_qty=ck.get(t, "limits.max_qty", int, 999, check=_positive),
         max_text=ck.get(t, "limits.max_text", int, 200, check=_positive),
+        orders_per_s=float(ck.get(t, "limits.orders_per_s", (int, float), 50.0,
+                                  check=lambda v: None if 0 <= v <= 100_000
+                                  else f"must be 0 (no quota) to 100000, got {v}")),
+        order_burst=ck.get(t, "limits.order_burst", int, 500,
+                           check=lambda v: None if 1 <= v <= 1_000_000 else f"must be 1 to 1000000, got {v}"),
     )
     if limits.max_order_bytes > broker.max_packet_kib * 1024:
         ck.problem("limits.max_order_bytes", "is larger than broker.max_packet_kib allows")
@@ -559,20 +667,17 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     log = LogConfig(level=ck.get(t, "log.level", str, "info", check=level_check),
                     components=dict(components or {}))
 
-    terminals: list[TerminalConfig] = []
-    seen: set[str] = set()
-    for prefix, entry in ck.entries(data, "terminal"):
-        for key in entry:
-            if key not in {"id", "kind", "password", "password_file"}:
-                ck.problem(f"{prefix}.{key}", "unknown key (known: id, kind, password, password_file)")
-        tid = ck.get(entry, f"{prefix}.id", str, check=_id_check)
-        if tid and (tid in seen or tid == broker.hub_user):
-            ck.problem(f"{prefix}.id", f"{tid!r} is used twice")
-        seen.add(tid or "")
-        kind = ck.get(entry, f"{prefix}.kind", str, "pos",
-                      check=lambda v: None if v in ("pos", "kds", "kiosk") else "must be pos, kds or kiosk")
-        password = _secret(ck, base, entry, f"{prefix}.password")
-        terminals.append(TerminalConfig(id=tid or "", kind=kind, password=password))
+    terminals = _terminals(ck, base, data, broker.hub_user)
+    screen_tokens: dict[str, str] = {}
+    for i, terminal in enumerate(terminals):
+        if not terminal.screen_token:
+            continue
+        if terminal.screen_token == api.token:
+            ck.problem(f"terminal[{i}].screen_token", "must not be the API token: a kitchen tablet keeps it where "
+                       "anyone at the pass can read it")
+        elif terminal.screen_token in screen_tokens:
+            ck.problem(f"terminal[{i}].screen_token", f"is also {screen_tokens[terminal.screen_token]}'s")
+        screen_tokens[terminal.screen_token] = terminal.id
 
     kitchen = _kitchen(ck, base, data, api.token)
     roles = _roles(ck, data)
@@ -585,6 +690,73 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     return Config(source=source, store=store, paths=paths, broker=broker, api=api, journal=journal,
                   limits=limits, log=log, terminals=tuple(terminals), kitchen=kitchen, roles=roles,
                   discovery=discovery, devices=devices, cloud=cloud)
+
+
+TERMINAL_KEYS = ("id", "kind", "password", "password_file", "stations", "pinpad_roles", "screen_token",
+                 "screen_token_file")
+
+
+def _terminals(ck: _Checker, base: Path, data: Mapping[str, Any], hub_user: str) -> list[TerminalConfig]:
+    terminals: list[TerminalConfig] = []
+    seen: set[str] = set()
+    for prefix, entry in ck.entries(data, "terminal"):
+        for key in entry:
+            if key not in TERMINAL_KEYS:
+                ck.problem(f"{prefix}.{key}", f"unknown key (known: {', '.join(TERMINAL_KEYS)})")
+        tid = ck.get(entry, f"{prefix}.id", str, check=_id_check)
+        if tid and (tid in seen or tid == hub_user):
+            ck.problem(f"{prefix}.id", f"{tid!r} is used twice")
+        elif tid and tid.startswith(RESERVED_PREFIX):
+            ck.problem(f"{prefix}.id", f"{tid!r}: ids starting with {RESERVED_PREFIX!r} are the box's own clients")
+        seen.add(tid or "")
+        kind = ck.get(entry, f"{prefix}.kind", str, "pos",
+                      check=lambda v: None if v in ("pos", "kds", "kiosk") else "must be pos, kds or kiosk")
+        password = _secret(ck, base, entry, f"{prefix}.password")
+        stations = ck.get(entry, f"{prefix}.stations", list, None, check=_stations_problem)
+        pinpads = ck.get(entry, f"{prefix}.pinpad_roles", list, None, check=_pinpad_roles_problem)
+        screen_token = _secret(ck, base, entry, f"{prefix}.screen_token", required=False)
+        if kind != "kds":
+            for key in ("stations", "screen_token", "screen_token_file"):
+                if key in entry:
+                    ck.problem(f"{prefix}.{key}", f"only kitchen screens (kind = \"kds\") have {key}")
+        elif "pinpad_roles" in entry:
+            ck.problem(f"{prefix}.pinpad_roles", "a kitchen screen never takes a payment")
+        if screen_token and len(screen_token) < 16:
+            ck.problem(f"{prefix}.screen_token", "must be at least 16 characters")
+        terminals.append(TerminalConfig(
+            id=tid or "", kind=kind or "pos", password=password,
+            stations=tuple(stations) if stations is not None else None,
+            pinpad_roles=tuple(pinpads) if pinpads is not None else None,
+            screen_token=screen_token))
+    return terminals
+
+
+def _stations_problem(values: list[Any]) -> str | None:
+    for value in values:
+        if not isinstance(value, str) or _station_check(value):
+            return f"{value!r} is not a station name (lowercase letters, digits, - or _, max 32)"
+    return None
+
+
+def _pinpad_roles_problem(values: list[Any]) -> str | None:
+    for value in values:
+        if not isinstance(value, str) or role_name_problem(value) or role_kind(value) != "pinpad":
+            return f"{value!r} is not a pinpad role (pinpad or pinpad.name)"
+    return None
+
+
+def _listener_problems(ck: _Checker, broker: BrokerConfig) -> None:
+    """The hub's listener is the box's own (client ids are free there: the hub, edgehub doctor,
+    an installer's mosquitto_sub); terminals use the LAN listener, where Mosquitto binds each
+    client id to its user. So the hub's listener stays on loopback, on a port of its own."""
+    if not broker.listen.is_loopback:
+        ck.problem("broker.listen", f"{broker.listen} must be a loopback address (127.0.0.1 or ::1): it is the "
+                   "hub's own listener; terminals on the store LAN connect to broker.lan_listen")
+    lan = broker.lan_listen
+    if lan is not None and lan.port == broker.listen.port and (
+            lan.host in ("0.0.0.0", "::") or lan.local() == broker.listen.local()):
+        ck.problem("broker.lan_listen", f"{lan} shares port {lan.port} with broker.listen ({broker.listen}); "
+                   "give the hub's listener a port of its own, e.g. listen = \"127.0.0.1:1884\"")
 
 
 def _roles(ck: _Checker, data: Mapping[str, Any]) -> tuple[RoleConfig, ...]:
@@ -607,7 +779,7 @@ def _roles(ck: _Checker, data: Mapping[str, Any]) -> tuple[RoleConfig, ...]:
     return tuple(roles)
 
 
-STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the same rule as an order line's station
+STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # the same rule as an order line's station
 
 
 def _station_check(value: str) -> str | None:
@@ -632,11 +804,12 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
                             if 1 <= v <= 168 else f"must be from 1 to 168 hours (a week), got {v}"))
     max_open = int(ck.get(t, "kitchen.max_open_per_station", int, 500, check=lambda v: None
                           if 50 <= v <= 5000 else f"must be from 50 to 5000 tickets, got {v}"))
-    own_token = _secret(ck, base, t, "kitchen.screen_token", required=False)
-    # Without one of its own the screens use the API token, whose length api.token reports.
-    if own_token and len(own_token) < 16:
+    screen_token = _secret(ck, base, t, "kitchen.screen_token", required=False)
+    if screen_token and len(screen_token) < 16:
         ck.problem("kitchen.screen_token", "must be at least 16 characters")
-    screen_token = own_token or api_token
+    if screen_token and screen_token == api_token:
+        ck.problem("kitchen.screen_token", "must not be the API token: a kitchen tablet keeps it where anyone "
+                   "at the pass can read it")
 
     stations: dict[str, StationConfig] = {}
     raw_stations = ck.get(t, "kitchen.stations", dict, {}) or {}

@@ -169,6 +169,7 @@ class Doctor:
             asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(status),
         )
         checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
+        checks.append(self._https())
         checks.extend(await self._devices(status, problem))
         checks.extend(self._roles(status))
         return checks
@@ -207,6 +208,26 @@ class Doctor:
             return Check("broker", "fail", f"no MQTT answer from {address}: {_reason(exc)}",
                          "restart Mosquitto: systemctl restart mosquitto")
         return Check("broker", "ok", f"connected to {address} and logged in as {b.hub_user}")
+
+    def _https(self) -> Check:
+        """How the page and the API are served, and the fingerprint to compare with the browser's."""
+        api = self.config.api
+        if api.tls_cert_file is not None:
+            from edgehub.api.tls import fingerprint
+
+            try:
+                print_ = fingerprint(api.tls_cert_file)
+            except (OSError, ValueError) as exc:
+                return Check("https", "fail", f"cannot read the box's certificate {api.tls_cert_file}: {exc}",
+                             "make a new one: sudo edgehub provision --from /boot/firmware/edgehub-provision.toml")
+            return Check("https", "ok", f"the page and API are HTTPS on {api.listen}; the certificate's "
+                                        f"fingerprint is {print_} (the browser must show the same)")
+        if api.listen.is_loopback:
+            return Check("https", "ok", f"plain HTTP on loopback only ({api.listen})")
+        return Check("https", "warn", f"plain HTTP on {api.listen} (api.plain_http): the token, PIN and session "
+                                      "cross the store LAN in clear",
+                     "give api.tls_cert_file and api.tls_key_file (edgehub provision makes them) and remove "
+                     "plain_http")
 
     def _journal(self) -> Check:
         path = self.config.journal.path
@@ -422,7 +443,7 @@ class Doctor:
 
 def api_address(config: Config) -> str:
     """The address the CLI really connects to for the daemon's API (a wildcard means loopback)."""
-    return urllib.parse.urlsplit(config.api.listen.local_url("/")).netloc
+    return urllib.parse.urlsplit(config.api.local_url("/")).netloc
 
 
 def token_origin(config: Config) -> str:
@@ -572,10 +593,13 @@ def api_status_reader(config: Config) -> StatusReader:
     async def read() -> Mapping[str, Any] | None:
         import aiohttp
 
-        url = config.api.listen.local_url("/api/v1/status")
+        from edgehub.api.tls import client_context
+
+        url = config.api.local_url("/api/v1/status")
         address = api_address(config)
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            connector = aiohttp.TCPConnector(ssl=client_context(config.api) or False)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), connector=connector) as http:
                 async with http.get(url, headers={"Authorization": f"Bearer {config.api.token}"}) as response:
                     body = await response.read()
                     if response.status != 200:

@@ -19,6 +19,7 @@ from typing import Any
 from edgehub import __version__
 from edgehub.api import ApiServer
 from edgehub.api.support import Support
+from edgehub.api.tls import fingerprint, server_context
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
@@ -30,6 +31,7 @@ from edgehub.devices.feeds import DeviceFeeds
 from edgehub.discovery import Discovery
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, ScreenServer
+from edgehub.kitchen.screens import screen_secrets
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
@@ -63,6 +65,7 @@ class Hub:
         self.intake.bus = self.bus
         self.bus.route_batch(self.topics.all_orders, self.intake.handle_batch)
         self._stack = contextlib.AsyncExitStack()
+        self.tls_fingerprint: str | None = None  # of the page's HTTPS certificate, read at start
         self._tasks: list[asyncio.Task[Any]] = []
         self._broker_watch: asyncio.Task[None] | None = None  # managed mode: restarts the broker
         # Components started after the journal and before the API, stopped in reverse.
@@ -108,7 +111,7 @@ class Hub:
         self.bus.route(self.topics.all_cancels, self.kitchen.handle_cancel)
         self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
         self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
-        self.screens = ScreenServer(self.kitchen, config.kitchen.screen_token or config.api.token, self.api.failures)
+        self.screens = ScreenServer(self.kitchen, screen_secrets(config), self.api.failures)
         self.api.route_setups.append(self.screens.setup)
         self.status_sections["kitchen"] = self.kitchen.status
         self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
@@ -127,6 +130,10 @@ class Hub:
 
     async def _start(self) -> None:
         cfg = self.config
+        if cfg.api.tls_cert_file is not None:
+            self.api.ssl_context = await asyncio.to_thread(server_context, cfg.api)
+            self.tls_fingerprint = await asyncio.to_thread(fingerprint, cfg.api.tls_cert_file)
+        _raise_file_limit()
         # The ring of recent log lines (support bundles on a box without journald) listens from
         # the first line on: the journal's migration and discovery's "found" lines are what support
         # asks for first. Detached last, when everything else has stopped.
@@ -222,5 +229,18 @@ class Hub:
                 "retention": self.retention.status(),
             },
             "intake": vars(self.intake.stats).copy(),
+            "https": {"tls": self.config.api.tls, "fingerprint": self.tls_fingerprint},
             **{name: await section() for name, section in self.status_sections.items()},
         }
+
+
+def _raise_file_limit() -> None:
+    """Open files up to the hard limit (systemd's soft limit is 1024): the API's connection caps
+    stay far below it, and a flood never reaches "accept() out of system resource"."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

@@ -27,6 +27,7 @@ from edgehub.bus.payloads import Order, Unaddressable, order_id_of, validate_ord
 from edgehub.bus.topics import Topics
 from edgehub.config import LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, JournalFull, PayloadError
+from edgehub.quota import TerminalQuota
 from edgehub.store import Journal
 
 log = logging.getLogger("edgehub.intake")
@@ -54,6 +55,7 @@ class _Refused:
     order_id: str | None = None
     ack_topic: str = ""
     props: object = None
+    retry_after_s: float | None = None
 
 
 @dataclass
@@ -64,6 +66,7 @@ class IntakeStats:
     conflicts: int = 0  # of the rejected: a known order_id, but another terminal's or other lines
     deadlettered: int = 0
     ack_failures: int = 0
+    slowed_down: int = 0  # orders refused by the per-terminal quota (edgehub/quota.py), re-sent later
 
 
 class Intake:
@@ -75,6 +78,7 @@ class Intake:
         self.bus = bus
         self.clock = clock
         self.stats = IntakeStats()
+        self.quota = TerminalQuota(limits.orders_per_s, limits.order_burst)
         # Hooks for what comes after an accepted order (kitchen routing, metrics).
         self.on_accepted: list[Callable[[Order], object]] = []
         self.on_ack: list[Callable[[str, float], None]] = []
@@ -125,8 +129,12 @@ class Intake:
             doc, order_id = order_id_of(raw)
         except Unaddressable as exc:
             return _Refused(topic, raw, exc.reason)
-        response_topic, props = response_properties(message, f"{self.topics.root}/pos/{terminal}/")
+        response_topic, props, problem = response_properties(message, self.topics.own_tree(terminal))
         ack_topic = response_topic or self.topics.ack(terminal)
+        if problem:
+            return _Refused(topic, raw, problem, order_id, ack_topic, props)
+        if (wait := self.quota.take(terminal)) is not None:
+            return _Refused(topic, raw, self.quota.error(terminal, wait), order_id, ack_topic, props, wait)
         try:
             order = validate_order(doc, order_id, terminal, len(raw), self.limits)
         except PayloadError as exc:
@@ -137,10 +145,14 @@ class Intake:
         if item.order_id is None:
             await self._deadletter(item.topic, item.reason, item.raw)
             return
-        self.stats.rejected += 1
-        await self.journal.add_deadletter(item.topic, f"rejected {item.order_id}: {item.reason}", item.raw)
-        await self._ack(item.ack_topic, payloads.ack(item.order_id, "rejected", error=item.reason), item.props,
-                        started, "rejected")
+        if item.retry_after_s is not None:  # over the quota: nothing kept, the terminal sends it again
+            self.stats.slowed_down += 1
+        else:
+            self.stats.rejected += 1
+            await self.journal.add_deadletter(item.topic, f"rejected {item.order_id}: {item.reason}", item.raw)
+        await self._ack(item.ack_topic, payloads.ack(item.order_id, "rejected", error=item.reason,
+                                                     retry_after_s=item.retry_after_s),
+                        item.props, started, "rejected")
 
     async def _accept(self, taken: list[_Taken], started: float) -> None:
         try:

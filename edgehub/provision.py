@@ -3,10 +3,11 @@
 Reads a small provisioning TOML (from the FAT boot partition, or asked for on a terminal),
 checks it completely, then makes the box ready to run:
 
-- generates the secrets the box needs (API token, the hub's and each terminal's MQTT password)
-  into files of mode 0600 under ``CONFIG_DIR/secrets``; existing secrets are kept,
+- generates the secrets the box needs (API token, the hub's and each terminal's MQTT password,
+  each kitchen screen's screen secret) into files of mode 0600 under ``CONFIG_DIR/secrets``, and
+  the box's HTTPS key and self-signed certificate under ``CONFIG_DIR/tls``; existing ones are kept,
 - takes the one-time cloud enrollment token (and any cloud password) into a secret file and out
-  of the boot partition file, which any laptop can read,
+  of the boot partition file, which any laptop can read, as soon as it is stored,
 - writes ``CONFIG_DIR/edgehub.toml`` atomically, after checking it with the daemon's own loader,
 - writes Mosquitto's config, password file and ACL (``edgehub.broker.write_config``),
 - leaves a marker (``CONFIG_DIR/provisioned.json``) naming the store the box belongs to.
@@ -43,7 +44,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgehub.config import ID_RE, Address, load_config, parse_address
+from edgehub.config import (
+    ID_RE,
+    RESERVED_PREFIX,
+    Address,
+    control_char_problem,
+    load_config,
+    parse_address,
+    role_kind,
+    role_name_problem,
+)
 from edgehub.errors import ConfigError, EdgehubError
 
 DEFAULT_CONFIG_DIR = Path("/etc/edgehub")
@@ -53,7 +63,10 @@ BROKER_GROUP = "mosquitto"
 HUB_USER = "edgehub-hub"
 MARKER = "provisioned.json"
 TERMINAL_KINDS = ("pos", "kds", "kiosk")
-CLOUD_SCHEMES = ("mqtts", "mqtt")
+# TLS only: the enrollment token is the box's way into the chain's cloud (mqtt:// is for tests,
+# through the config file, never through provisioning).
+CLOUD_SCHEMES = ("mqtts",)
+MAX_FILE_BYTES = 64 * 1024  # a provisioning file is a few hundred bytes
 # Keys of the boot file's [cloud] table that are secrets: taken out of the file once stored.
 CLOUD_SECRET_KEYS = ("enrollment_token", "password")
 # 32 random bytes, URL-safe: no quoting trouble in TOML, MQTT clients or HTTP headers.
@@ -89,6 +102,8 @@ class ProvisionError(EdgehubError):
 class Terminal:
     id: str
     kind: str
+    stations: tuple[str, ...] | None = None  # kds: the stations it shows and drives
+    pinpad_roles: tuple[str, ...] | None = None  # pos/kiosk: where it may start payments
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,14 @@ class Layout:
     def marker(self) -> Path:
         return self.config_dir / MARKER
 
+    @property
+    def tls_cert(self) -> Path:
+        return self.config_dir / "tls" / "box.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.config_dir / "tls" / "box.key"
+
 
 @dataclass
 class Outcome:
@@ -148,8 +171,13 @@ class Outcome:
 def read_request_file(path: Path, layout: Layout) -> Request:
     """Parse and check a provisioning file; ProvisionError lists every problem."""
     try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ProvisionError([f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; a provisioning file is a few "
+                                  "lines (is this the right file?)"])
         # utf-8-sig: Notepad on the installer's laptop may have put a BOM in front.
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         raise ProvisionError([f"{path}: file not found"]) from None
     except OSError as exc:
@@ -160,6 +188,8 @@ def read_request_file(path: Path, layout: Layout) -> Request:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProvisionError([f"{path}: not valid TOML: {exc}"]) from exc
+    except RecursionError:
+        raise ProvisionError([f"{path}: not valid TOML: arrays or tables nested too deeply"]) from None
     return check_request(data, str(path), layout)
 
 
@@ -240,7 +270,10 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
     cloud_url = text("cloud", "url", required="cloud" in data)
     if cloud_url:
         parts = urlsplit(cloud_url)
-        if parts.scheme not in CLOUD_SCHEMES or not parts.hostname:
+        if parts.scheme == "mqtt":
+            problem("cloud.url", f"{cloud_url!r}: plain mqtt:// would send the enrollment token in clear; "
+                    "use mqtts://host:8883")
+        elif parts.scheme not in CLOUD_SCHEMES or not parts.hostname:
             problem("cloud.url", f"{cloud_url!r} must look like mqtts://host:port")
     cloud_username = text("cloud", "username")
     cloud_secrets = {k: v for k in CLOUD_SECRET_KEYS if (v := text("cloud", k))}
@@ -267,27 +300,33 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
             problem(key, "must be a table")
             continue
         for k in entry:
-            if k not in ("id", "kind"):
-                problem(f"{key}.{k}", "unknown key (known: id, kind)")
+            if k not in ("id", "kind", "stations", "pinpad_roles"):
+                problem(f"{key}.{k}", "unknown key (known: id, kind, stations, pinpad_roles)")
         tid, kind = entry.get("id"), entry.get("kind", "pos")
         if not isinstance(tid, str) or not ID_RE.match(tid):
             problem(
                 f"{key}.id",
                 "missing required key"
                 if tid is None
+                else f"{tid!r}: {control_char_problem(tid)}" if control_char_problem(tid)
                 else f"{tid!r} must be lowercase letters, digits and dashes (max 63)",
             )
             tid = None
-        elif tid in seen or tid == HUB_USER:
-            problem(
-                f"{key}.id", f"{tid!r} is used twice" if tid in seen else f"{tid!r} is reserved for the hub"
-            )
+        elif tid in seen or tid == HUB_USER or tid.startswith(RESERVED_PREFIX):
+            problem(f"{key}.id", f"{tid!r} is used twice" if tid in seen
+                    else f"{tid!r} is reserved for the box's own clients")
             tid = None
         if kind not in TERMINAL_KINDS:
             problem(f"{key}.kind", f"{kind!r} must be one of {', '.join(TERMINAL_KINDS)}")
+        stations = _name_list(entry, "stations", key, problem, _station_problem)
+        pinpads = _name_list(entry, "pinpad_roles", key, problem, _pinpad_problem)
+        if stations is not None and kind != "kds":
+            problem(f"{key}.stations", "only kitchen screens (kind = \"kds\") have stations")
+        if pinpads is not None and kind == "kds":
+            problem(f"{key}.pinpad_roles", "a kitchen screen never takes a payment")
         if tid:
             seen.add(tid)
-            terminals.append(Terminal(tid, str(kind)))
+            terminals.append(Terminal(tid, str(kind), stations, pinpads))
 
     # The box belongs to one store: its journal numbers that store's messages. Changing it is a
     # wipe-and-reprovision, not something a typo in the boot file may do.
@@ -311,6 +350,33 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         cloud_username=cloud_username,
         cloud_secrets=cloud_secrets,
     )
+
+
+def _name_list(entry: Mapping[str, Any], name: str, key: str, problem: Callable[[str, str], None],
+               check: Callable[[str], str | None]) -> tuple[str, ...] | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problem(f"{key}.{name}", "must be a list of names, e.g. [\"grill\"]")
+        return None
+    for item in value:
+        if reason := check(item):
+            problem(f"{key}.{name}", reason)
+            return None
+    return tuple(value)
+
+
+def _station_problem(name: str) -> str | None:
+    from edgehub.config import STATION_RE
+
+    return None if STATION_RE.match(name) else f"{name!r} is not a station name (lowercase letters, digits, - or _)"
+
+
+def _pinpad_problem(name: str) -> str | None:
+    if role_name_problem(name) or role_kind(name) != "pinpad":
+        return f"{name!r} is not a pinpad role (pinpad or pinpad.name)"
+    return None
 
 
 def _overlaps(a: Address, b: Address) -> bool:
@@ -471,6 +537,8 @@ def render_config(request: Request, layout: Layout) -> str:
         "[api]",
         f"listen = {q(request.api_listen)}",
         'token_file = "secrets/api-token"',
+        'tls_cert_file = "tls/box.crt"',
+        'tls_key_file = "tls/box.key"',
         "",
     ]
     if request.cloud_url:
@@ -487,8 +555,14 @@ def render_config(request: Request, layout: Layout) -> str:
             f"id = {q(terminal.id)}",
             f"kind = {q(terminal.kind)}",
             f"password_file = {q('secrets/terminal-' + terminal.id)}",
-            "",
         ]
+        if terminal.kind == "kds":
+            lines.append(f"screen_token_file = {q('secrets/screen-' + terminal.id)}")
+        if terminal.stations is not None:
+            lines.append(f"stations = [{', '.join(q(s) for s in terminal.stations)}]")
+        if terminal.pinpad_roles is not None:
+            lines.append(f"pinpad_roles = [{', '.join(q(r) for r in terminal.pinpad_roles)}]")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -579,12 +653,24 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
     _ensure_dir(layout.broker_dir, 0o750, _ids(None, BROKER_GROUP))
     _ensure_dir(layout.state_dir, 0o750, service_owner)
 
+    # The cloud secrets first, and out of the boot file as soon as they are stored: whatever
+    # fails after this, the one-time token no longer sits on a partition any laptop can read.
+    for key, value in request.cloud_secrets.items():
+        _secret_file(layout.secrets_dir / _cloud_secret_name(key), value, service_owner, outcome)
+    if source is not None and request.cloud_secrets:
+        outcome.token_removed = strip_boot_secrets(source, layout)
     _secret_file(layout.secrets_dir / "api-token", None, service_owner, outcome)
     _secret_file(layout.secrets_dir / "broker-hub", None, service_owner, outcome)
     for terminal in request.terminals:
         _secret_file(layout.secrets_dir / f"terminal-{terminal.id}", None, service_owner, outcome)
-    for key, value in request.cloud_secrets.items():
-        _secret_file(layout.secrets_dir / _cloud_secret_name(key), value, service_owner, outcome)
+        if terminal.kind == "kds":
+            _secret_file(layout.secrets_dir / f"screen-{terminal.id}", None, service_owner, outcome)
+    if not (layout.tls_cert.exists() and layout.tls_key.exists()):
+        from edgehub.api.tls import make_certificate
+
+        _ensure_dir(layout.tls_cert.parent, 0o755, _ids(None, None))
+        make_certificate(layout.tls_cert, layout.tls_key, request.store_id, box_addresses(), service_owner)
+        outcome.new_secrets.append("tls/box.key")
 
     def check(path: Path) -> None:
         load_config(path)  # raises ConfigError: our bug, reported as such by main()
@@ -596,9 +682,6 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
     if outcome.config_changed or outcome.new_secrets or not all(p.exists() for p in broker_files):
         _write_broker_files(layout)
         outcome.broker_written = True
-
-    if source is not None and request.cloud_secrets:
-        outcome.token_removed = strip_boot_secrets(source, layout)
 
     digest = hashlib.sha256(layout.config_file.read_bytes()).hexdigest()
     old = _read_marker(layout)
@@ -648,7 +731,16 @@ def summary(request: Request, layout: Layout, outcome: Outcome) -> str:
     if outcome.token_removed:
         lines.append("  boot file  cloud secrets taken out of it")
     for address in addresses:
-        lines.append(f"  box page   http://{address}:{port}/")
+        lines.append(f"  box page   https://{address}:{port}/")
+    if layout.tls_cert.exists():
+        from edgehub.api.tls import fingerprint
+
+        lines.append(f"  https      {fingerprint(layout.tls_cert)} (the browser must show the same)")
+    for terminal in request.terminals:
+        if terminal.kind == "kds":
+            station = terminal.stations[0] if terminal.stations else "{station}"
+            lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/kds/{station}?token=<the "
+                         f"secret in {layout.secrets_dir}/screen-{terminal.id}>")
     if request.lan_listen:
         lan_port = parse_address(request.lan_listen).port
         lines.append(f"  terminals  connect to mqtt://{addresses[0]}:{lan_port} with their own password")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from edgehub.hub import Hub
 
 REPO = Path(__file__).resolve().parent.parent
 API_TOKEN = "test-token-0123456789abcdef"
+# Drives every station's screen (kitchen.screen_token); never the API token (docs/security.md).
+SCREEN_TOKEN = "test-screen-0123456789abcdef"
 
 
 def write_config(directory: Path, *, store: str = "s1", terminals: tuple[str, ...] = ("pos-1", "pos-2"),
@@ -50,7 +53,7 @@ hub_password = "hub-secret-password"
 [api]
 listen = "127.0.0.1:{api_port}"
 token = "{API_TOKEN}"
-{extra}
+{_with_screen_token(extra)}
 """
     for terminal in terminals:
         kind = "kds" if terminal.startswith("kds") else "pos"
@@ -58,6 +61,16 @@ token = "{API_TOKEN}"
     path = directory / "edgehub.toml"
     path.write_text(text)
     return path
+
+
+def _with_screen_token(extra: str) -> str:
+    """``extra`` with kitchen.screen_token set, unless it sets one itself."""
+    if "screen_token" in extra:
+        return extra
+    line = f'screen_token = "{SCREEN_TOKEN}"'
+    if re.search(r"(?m)^\[kitchen\]\s*$", extra):
+        return re.sub(r"(?m)^\[kitchen\]\s*$", f"[kitchen]\n{line}", extra, count=1)
+    return f"{extra}\n[kitchen]\n{line}\n"
 
 
 @pytest.fixture

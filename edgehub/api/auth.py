@@ -10,13 +10,18 @@ Two ways in, both checked in constant time:
   preflight, which this server never answers — so even a same-site page cannot forge one.
 
 Repeated wrong credentials from one address are slowed down (a small token bucket per client
-address), so guessing is impractical from the store LAN. PIN guesses are also limited box-wide,
-because a six-digit PIN is short and the LAN may hold many addresses.
+address, an IPv6 client by its /64, which one host holds whole), so guessing is impractical from
+the store LAN. A six-digit PIN is short: wrong PINs lock the address that typed them after a few
+(so one guesser cannot spend the box-wide allowance alone and lock the installer out), and are
+also limited box-wide, because the LAN may hold many addresses. The box token is never locked by
+PIN guesses.
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
+import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -32,27 +37,46 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def client_key(address: str) -> str:
+    """What a client is counted as: its IPv4 address, or the /64 of an IPv6 one (a host may take
+    any address of its /64; counted one by one it would never be limited)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class FailedLogins:
-    """Allows ``burst`` failures per address, refilled at ``per_minute``; beyond that: 429."""
+    """Allows ``burst`` failures per client, refilled at ``per_minute``; beyond that: 429.
+    At most ``max_clients`` are remembered; the one not heard from longest goes first (clearing
+    them all would give every guesser a fresh allowance)."""
 
     def __init__(self, burst: int = 10, per_minute: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_clients: int = 4096) -> None:
         self.burst = burst
         self.rate = per_minute / 60.0
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.max_clients = max_clients
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
-    def _level(self, address: str) -> float:
-        tokens, at = self._buckets.get(address, (float(self.burst), self.clock()))
+    def _level(self, key: str) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), self.clock()))
         return min(float(self.burst), tokens + (self.clock() - at) * self.rate)
 
     def blocked(self, address: str) -> bool:
-        return self._level(address) < 1.0
+        return self._level(client_key(address)) < 1.0
 
     def record(self, address: str) -> None:
-        self._buckets[address] = (self._level(address) - 1.0, self.clock())
-        if len(self._buckets) > 4096:  # bound memory against address churn
-            self._buckets.clear()
+        key = client_key(address)
+        self._buckets[key] = (self._level(key) - 1.0, self.clock())
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -162,13 +186,15 @@ class LoginHandlers:
     """``POST /api/v1/login`` and ``POST /api/v1/logout`` for the box's page."""
 
     def __init__(self, token: str, pin: str, failures: FailedLogins, sessions: Sessions,
-                 pin_failures: FailedLogins | None = None) -> None:
+                 pin_failures: FailedLogins | None = None, pin_failures_here: FailedLogins | None = None) -> None:
         self.credentials = Credentials(token, pin)
         self.has_pin = bool(pin)
         self.failures = failures
         self.sessions = sessions
         # Box-wide allowance for PIN guesses: 30 at once, then 30 an hour.
         self.pin_failures = pin_failures or FailedLogins(burst=30, per_minute=0.5)
+        # Per client: 5 at once, then one every 10 minutes; it locks well before the box does.
+        self.pin_failures_here = pin_failures_here or FailedLogins(burst=5, per_minute=0.1)
 
     def setup(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/login", self.login)
@@ -194,18 +220,20 @@ class LoginHandlers:
                 text='{"error":"send JSON {\\"secret\\": \\"<token or installer PIN>\\"}"}',
                 content_type="application/json")
         looks_like_pin = given.isascii() and given.isdigit()
-        if looks_like_pin and self.pin_failures.blocked("*"):
+        if looks_like_pin and (self.pin_failures_here.blocked(address) or self.pin_failures.blocked("*")):
             raise _too_many()
         via = self.credentials.check(given)
         if via is None:
             self.failures.record(address)
             if looks_like_pin:
+                self.pin_failures_here.record(address)
                 self.pin_failures.record("*")
             raise _unauthorized("wrong token or PIN")
         session = self.sessions.create(via)
         response = web.json_response({"ok": True, "via": via})
+        # Secure under HTTPS: the browser never sends the session over plain HTTP.
         response.set_cookie(SESSION_COOKIE, session.id, max_age=int(self.sessions.ttl_s), path="/",
-                            httponly=True, samesite="Strict")
+                            httponly=True, samesite="Strict", secure=request.secure)
         return response
 
     async def logout(self, request: web.Request) -> web.Response:

@@ -297,6 +297,8 @@ class BusConnection:
             await client.publish(topic, payload, qos=qos, retain=retain, properties=properties, timeout=timeout)
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
+        except ValueError as exc:  # paho refuses a topic with a wildcard or NUL before sending
+            raise BrokerError(f"publish to {topic!r} refused: {exc}") from exc
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                        properties: Properties | None = None) -> None:
@@ -316,10 +318,13 @@ class BusConnection:
         if paho is None:  # pragma: no cover - a future aiomqtt without it
             self._spawn_publish(topic, payload, qos, retain, properties)
             return
-        if isinstance(paho, FastPaho) and properties is None:
-            rc = paho.publish_unwaited(topic, payload, qos, retain)
-        else:
-            rc = paho.publish(topic, payload, qos, retain, properties).rc
+        try:
+            if isinstance(paho, FastPaho) and properties is None:
+                rc = paho.publish_unwaited(topic, payload, qos, retain)
+            else:
+                rc = paho.publish(topic, payload, qos, retain, properties).rc
+        except ValueError as exc:  # a topic with a wildcard or NUL: nothing was sent
+            raise BrokerError(f"publish to {topic!r} refused: {exc}") from exc
         if rc != 0:  # MQTT_ERR_SUCCESS
             raise BrokerError(f"publish to {topic} failed: paho error {rc}")
 
@@ -358,18 +363,22 @@ def _mark_seen(client: aiomqtt.Client) -> None:
         disconnected.add_done_callback(lambda fut: fut.cancelled() or fut.exception())
 
 
-def response_properties(message: aiomqtt.Message, allowed_prefix: str) -> tuple[str | None, Properties | None]:
-    """MQTT 5 request/response: the requester's response topic (only inside its own tree) and
-    correlation data to echo. Returns (response_topic, properties_for_reply)."""
+def response_properties(message: aiomqtt.Message, allowed_prefix: str
+                        ) -> tuple[str | None, Properties | None, str | None]:
+    """MQTT 5 request/response: the requester's response topic, the properties of the reply
+    (correlation data echoed) and, for a response topic that may not be used, what is wrong
+    with it (``payloads.reply_topic_problem``): the request is then refused like any bad field,
+    the refusal going to the requester's default reply topic. Returns (topic, props, problem)."""
     props: Any = message.properties
     if props is None:
-        return None, None
+        return None, None, None
     response_topic = getattr(props, "ResponseTopic", None)
     correlation = getattr(props, "CorrelationData", None)
     reply = None
     if correlation is not None:
         reply = Properties(PacketTypes.PUBLISH)
         reply.CorrelationData = correlation
-    if response_topic is not None and not response_topic.startswith(allowed_prefix):
-        response_topic = None
-    return response_topic, reply
+    if response_topic is None:
+        return None, reply, None
+    problem = payloads.reply_topic_problem(response_topic, allowed_prefix)
+    return (None, reply, f"response topic: {problem}") if problem else (response_topic, reply, None)

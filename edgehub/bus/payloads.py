@@ -23,8 +23,9 @@ ACK_SCHEMA = "ack/1"
 STATE_SCHEMA = "state/1"
 DEADLETTER_SCHEMA = "deadletter/1"
 
-ORDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Matched whole (``\Z``: ``$`` lets a trailing newline through).
+ORDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 
 
 @dataclass(frozen=True)
@@ -169,10 +170,13 @@ def with_encoded(head: bytes, fields: dict[str, bytes]) -> bytes:
     return b"".join(parts)
 
 
-def ack(order_id: str, status: str, duplicate: bool = False, error: str = "") -> bytes:
+def ack(order_id: str, status: str, duplicate: bool = False, error: str = "",
+        retry_after_s: float | None = None) -> bytes:
     doc: dict[str, Any] = {"schema": ACK_SCHEMA, "order_id": order_id, "status": status, "duplicate": duplicate}
     if error:
         doc["error"] = error
+    if retry_after_s is not None:
+        doc["retry_after_s"] = round(retry_after_s, 2)
     return dumps(doc)
 
 
@@ -516,13 +520,30 @@ def _request(raw: bytes, schema: str, reply_prefix: str) -> Request:
     if doc.get("schema") != schema:
         raise PayloadError("schema", f"must be {schema!r}, got {json.dumps(doc.get('schema'))}")
     reply_to = doc.get("reply_to")
-    if reply_to is not None and not _reply_topic_ok(reply_to, reply_prefix):
-        raise PayloadError("reply_to", f"must be a topic under {reply_prefix}{{terminal}}/")
+    if reply_to is not None and (problem := reply_topic_problem(reply_to, reply_prefix)):
+        raise PayloadError("reply_to", problem)
     return Request(doc, _id(doc, "request_id", required=False), reply_to)
 
 
-def _reply_topic_ok(reply_to: Any, reply_prefix: str) -> bool:
-    return isinstance(reply_to, str) and reply_to.startswith(reply_prefix) and not any(c in reply_to for c in "+#\x00")
+MAX_REPLY_TOPIC = 256
+
+
+def reply_topic_problem(topic: Any, allowed_prefix: str) -> str | None:
+    """What is wrong with a topic a client names for its answers (MQTT 5 response topic or
+    ``reply_to``), or None. Only topics under the requester's own tree: a wildcard cannot be
+    published to (the reply would fail, and a print job be retried), and a topic of another
+    terminal or station would put the hub's answer where others trust what the hub says."""
+    if not isinstance(topic, str):
+        return f"must be a topic (a string), got {type(topic).__name__}"
+    if any(c in topic for c in "+#\x00"):
+        return f"{topic[:80]!r} must not contain the wildcards + or # nor NUL"
+    if any(ord(c) < 32 or ord(c) == 127 for c in topic):
+        return f"{topic[:80]!r} must not contain control characters"
+    if len(topic) > MAX_REPLY_TOPIC:
+        return f"is {len(topic)} characters, the limit is {MAX_REPLY_TOPIC}"
+    if not topic.startswith(allowed_prefix) or topic == allowed_prefix or "//" in topic[len(allowed_prefix) - 1:]:
+        return f"{topic[:80]!r} must be a topic under {allowed_prefix} (the requester's own tree)"
+    return None
 
 
 def reply_address(raw: bytes, reply_prefix: str) -> tuple[str | None, str | None]:
@@ -537,7 +558,7 @@ def reply_address(raw: bytes, reply_prefix: str) -> tuple[str | None, str | None
         return None, None
     reply_to = doc.get("reply_to")
     request_id = doc.get("request_id")
-    return (reply_to if _reply_topic_ok(reply_to, reply_prefix) else None,
+    return (reply_to if reply_topic_problem(reply_to, reply_prefix) is None else None,
             request_id if isinstance(request_id, str) and REQUEST_ID_RE.match(request_id) else None)
 
 
@@ -620,7 +641,10 @@ def parse_settle(raw: bytes, reply_prefix: str, limits: LimitsConfig) -> SettleR
     if decision not in SETTLE_DECISIONS:
         raise PayloadError("decision",
                            f"must be one of {', '.join(SETTLE_DECISIONS)}, got {json.dumps(decision)}")
-    _text(doc.get("operator"), "operator", limits)
+    operator = doc.get("operator")
+    _text(operator, "operator", limits)
+    if isinstance(operator, str) and any(ord(c) < 32 or ord(c) == 127 for c in operator):
+        raise PayloadError("operator", "must not contain control characters (it goes into the log and the audit)")
     assert payment_id is not None
     return SettleRequest(request, payment_id, str(decision), str(doc.get("operator") or ""))
 

@@ -151,9 +151,18 @@ class Topics:
         """Retained: the device serving the role, or down with the reason."""
         return f"{self.root}/role/{role}/$state"
 
-    def role_command(self, role: str, command: str) -> str:
-        """Requests to a role: ``print``, ``pay``, ``settle`` (MQTT 5 request/response)."""
-        return f"{self.root}/role/{role}/cmd/{command}"
+    def role_command(self, role: str, command: str, terminal: str) -> str:
+        """Requests to a role: ``print``, ``pay``, ``settle``, the last level naming the requesting
+        terminal (the broker's ACL lets each terminal write only its own)."""
+        return f"{self.root}/role/{role}/cmd/{command}/{terminal}"
+
+    def reply(self, terminal: str) -> str:
+        """Where answers to a terminal's requests go when it names no reply topic of its own."""
+        return f"{self.root}/pos/{terminal}/reply"
+
+    def own_tree(self, terminal: str) -> str:
+        """The prefix of every topic a terminal may name for its replies."""
+        return f"{self.root}/pos/{terminal}/"
 
     def role_event(self, role: str, event: str) -> str:
         """Non-retained QoS 1 from the serving device: ``scan``, ``weight``."""
@@ -161,26 +170,33 @@ class Topics:
 
     @property
     def all_role_commands(self) -> str:
+        return f"{self.root}/role/+/cmd/+/+"
+
+    @property
+    def unsigned_role_commands(self) -> str:
+        """``…/role/{role}/cmd/{command}`` without the terminal: refused, with the reason."""
         return f"{self.root}/role/+/cmd/+"
 
     @property
     def all_device_events(self) -> str:
         return f"{self.root}/dev/+/evt/+"
 
-    @property
-    def reply_prefix(self) -> str:
-        """Replies to requests go only under a terminal's own tree (the ACL lets it read there)."""
-        return f"{self.root}/pos/"
-
-    def role_command_of(self, topic: str) -> tuple[str, str] | None:
-        """(role, command) of ``…/role/{role}/cmd/{command}``, or None for any other topic."""
+    def role_command_of(self, topic: str) -> tuple[str, str, str | None] | None:
+        """(role, command, terminal) of ``…/role/{role}/cmd/{command}/{terminal}`` (terminal None
+        for the unsigned ``…/cmd/{command}``), or None for any other topic."""
         prefix = f"{self.root}/role/"
         if not topic.startswith(prefix):
             return None
-        role, sep, command = topic[len(prefix) :].partition("/cmd/")
-        if not sep or not role or not command or "/" in role or "/" in command:
+        role, sep, rest = topic[len(prefix) :].partition("/cmd/")
+        command, _, terminal = rest.partition("/")
+        if not sep or not role or not command or "/" in role or "/" in terminal:
             return None
-        return role, command
+        return role, command, terminal or None
+
+    def kds_reply_tree(self, station: str) -> str:
+        """The prefix of every topic a screen may name for the answers to its commands: under
+        the station's own reply topic, which no screen takes for an event or a snapshot."""
+        return f"{self.kds_reply(station)}/"
 
 
 def topic_level(text: str) -> str:

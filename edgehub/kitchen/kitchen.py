@@ -950,10 +950,12 @@ class Kitchen:
         except Unaddressable as exc:
             await self._deadletter(topic, exc.reason, raw)
             return
-        response_topic, props = response_properties(message, f"{self.topics.root}/pos/{terminal}/")
+        response_topic, props, problem = response_properties(message, self.topics.own_tree(terminal))
         ack_topic = response_topic or self.topics.ack(terminal)
         change_id = str(doc.get("amend_id", "")) if kind == "amend" else ""
         try:
+            if problem:
+                raise PayloadError("response topic", problem.removeprefix("response topic: "))
             if kind == "amend":
                 amend = payloads.validate_amend(doc, order_id, terminal, len(raw), self.limits)
                 duplicate = await self.amend(amend)
@@ -990,10 +992,16 @@ class Kitchen:
         station = self.topics.station_of(topic)
         if station is None:
             return
-        response_topic, props = response_properties(message, f"{self.topics.root}/kds/")
+        # Answers stay in the station's reply tree: a screen may command only its own stations
+        # (the broker's ACL), and nothing there is taken for an event or a snapshot.
+        response_topic, props, problem = response_properties(message, self.topics.kds_reply_tree(station))
         reply_topic = response_topic or self.topics.kds_reply(station)
         command_id = ""
         try:
+            if problem:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    command_id = str(json.loads(_raw_bytes(message)).get("command_id", ""))
+                raise PayloadError("response topic", problem.removeprefix("response topic: "))
             cmd = payloads.parse_kds_command(_raw_bytes(message))
             command_id = cmd.command_id
             ticket = await self.command(station, cmd, "screen:mqtt")
@@ -1014,7 +1022,9 @@ class Kitchen:
         station = self.topics.station_of(message.topic.value)
         if station is None:
             return
-        response_topic, props = response_properties(message, f"{self.topics.root}/kds/")
+        response_topic, props, problem = response_properties(message, self.topics.kds_reply_tree(station))
+        if problem:
+            log.info("snapshot request for %s answered on %s: %s", station, self.topics.kds_snapshot(station), problem)
         await self._publish(
             response_topic or self.topics.kds_snapshot(station), self.snapshot(station), props
         )

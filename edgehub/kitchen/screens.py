@@ -1,11 +1,15 @@
 """Kitchen screens over HTTP: ``/kds/{station}`` (the page) and ``/kds/{station}/ws`` (live).
 
 The page is one static HTML file with its script inline (no build step); it holds no data, so
-it is served without a token. The websocket carries the orders and takes the cook's taps, so it
-needs the screen token (``kitchen.screen_token``, by default the API token) as ``?token=``:
-browsers cannot set an Authorization header on a websocket. A screen is set up once with
-``http://box:8080/kds/grill?token=…``; the page keeps the token in localStorage and takes it out
-of the address bar. Wrong tokens count against the same per-address limit as the API.
+it is served without a token, under a content policy that lets only its own inline script run,
+talk only to this box and never be framed. The websocket carries the orders and takes the cook's
+taps, so it needs a screen secret as ``?token=``: browsers cannot set an Authorization header on
+a websocket. Each kitchen screen (a ``[[terminal]]`` of kind ``kds``) has its own secret, which
+drives only that screen's stations and nothing else (never the API: a tablet on the pass keeps
+it where anyone can read it); ``kitchen.screen_token``, if set, drives every station. A screen
+is set up once with ``https://box:8080/kds/grill?token=…``; the page keeps the secret in
+localStorage and takes it out of the address bar. Wrong secrets count against the same
+per-address limit as the API.
 
 Why aiohttp websockets rather than MQTT over websockets: one less listener and port on the box
 (no websocket listener in Mosquitto, no second set of credentials on screens), and the hub
@@ -17,10 +21,14 @@ same documents.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
+import re
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -29,6 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from edgehub.api.auth import FailedLogins
 from edgehub.bus import payloads
 from edgehub.bus.payloads import STATION_RE
+from edgehub.config import Config
 from edgehub.errors import JournalError, PayloadError, TicketRefused
 from edgehub.kitchen.kitchen import Kitchen
 from edgehub.tasks import cancel_and_wait
@@ -39,13 +48,43 @@ WS_UNAUTHORIZED = 4401  # application close codes live in 4000-4999
 WS_TOO_SLOW = 4408
 
 
+ALL_STATIONS = None  # a screen secret that drives every station (kitchen.screen_token)
+
+
+def screen_secrets(config: Config) -> dict[str, tuple[str, ...] | None]:
+    """Each screen secret and the stations it drives (None: every station)."""
+    found: dict[str, tuple[str, ...] | None] = {}
+    if config.kitchen.screen_token:
+        found[config.kitchen.screen_token] = ALL_STATIONS
+    for terminal in config.terminals:
+        if terminal.kind == "kds" and terminal.screen_token:
+            found[terminal.screen_token] = terminal.stations
+    return found
+
+
+def _inline_hashes(page: bytes, tag: str) -> str:
+    """CSP hashes of the page's inline ``<script>``/``<style>`` blocks: those run, nothing else."""
+    blocks = re.findall(rb"<" + tag.encode() + rb">(.*?)</" + tag.encode() + rb">", page, re.S)
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
+
+
 class ScreenServer:
-    def __init__(self, kitchen: Kitchen, token: str, failures: FailedLogins) -> None:
+    def __init__(self, kitchen: Kitchen, secrets: Mapping[str, tuple[str, ...] | None],
+                 failures: FailedLogins) -> None:
         self.kitchen = kitchen
-        self._token = token.encode()
+        self._secrets = [(secret.encode(), stations) for secret, stations in secrets.items()]
         self.failures = failures
         self._page: bytes | None = None
+        self._csp = ""
         self._sockets: set[web.WebSocketResponse] = set()
+
+    def _drives(self, given: bytes, station: str) -> bool:
+        """Does ``given`` drive ``station``? Every secret is compared, in constant time."""
+        ok = False
+        for secret, stations in self._secrets:
+            match = hmac.compare_digest(given, secret)
+            ok |= match and (stations is None or station in stations)
+        return ok
 
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/kds/{station}", self.page)
@@ -62,8 +101,15 @@ class ScreenServer:
         self._station(request)
         if self._page is None:
             self._page = resources.files("edgehub.kitchen").joinpath("static/kds.html").read_bytes()
+            self._csp = ("default-src 'none'; script-src " + _inline_hashes(self._page, "script") +
+                         "; style-src " + _inline_hashes(self._page, "style") +
+                         "; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                         "frame-ancestors 'none'")
         return web.Response(
-            body=self._page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"}
+            body=self._page, content_type="text/html", charset="utf-8",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": self._csp,
+                     "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+                     "X-Content-Type-Options": "nosniff"},
         )
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -72,9 +118,9 @@ class ScreenServer:
         ws = web.WebSocketResponse(heartbeat=10, max_msg_size=64 * 1024)
         await ws.prepare(request)
         given = request.query.get("token", "").encode()
-        if self.failures.blocked(address) or not hmac.compare_digest(given, self._token):
+        if self.failures.blocked(address) or not self._drives(given, station):
             self.failures.record(address)
-            await ws.close(code=WS_UNAUTHORIZED, message=b"wrong or missing screen token")
+            await ws.close(code=WS_UNAUTHORIZED, message=b"wrong or missing screen token for this station")
             return ws
         self._sockets.add(ws)
         feed = self.kitchen.attach(station)

@@ -1,6 +1,6 @@
 """Card payments on pinpad roles: never charged twice, whatever dies when.
 
-``pay/1`` on ``…/role/{role}/cmd/pay``: the intent (payment, sale, amount, pinpad, the
+``pay/1`` on ``…/role/{role}/cmd/pay/{terminal}``: the intent (payment, sale, amount, pinpad, the
 pinpad's newest trace number as a baseline) is journaled *before* the pinpad is asked; the
 terminal hears ``processing`` at once and the result when the pinpad gives it.
 
@@ -13,6 +13,13 @@ the terminal (approved, declined, void). Other sales go to a healthy spare meanw
 
 Only amounts, results and masked references (last four PAN digits, receipt and trace numbers)
 leave the driver; that is all that is journaled, published and sent to the cloud.
+
+A payment belongs to the terminal that started it (the terminal named in the command topic,
+which the broker lets each terminal write only as itself). Another terminal that sends its
+payment_id again, or asks to settle it, is refused without a word of the payment; an installer
+settles any payment through the API (``POST /api/v1/payments/{id}/settle``). Tills and kiosks
+may start payments on the pinpad roles their ``pinpad_roles`` lists (every one when unset);
+kitchen screens never (docs/security.md).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from edgehub.store.outbox import add_to_outbox
 
 if TYPE_CHECKING:
     from drivers.zvt import PaymentResult
-    from edgehub.roles.roles import Reply, Roles
+    from edgehub.roles.roles import Reply, Requester, Roles
 
 log = logging.getLogger("edgehub.roles.pay")
 
@@ -61,6 +68,7 @@ class Payment:
     state: str  # sent, unknown, or one of FINAL
     after_trace_no: int | None
     reply: Reply
+    terminal: str | None = None  # who started it (None: before payments had owners)
     result: dict[str, Any] = field(default_factory=dict)
     needs_operator: bool = False  # the pinpad answered but could not tell: only a person can
     # False while ``_unknown`` journals it, tells the terminal and marks the pinpad failed: the
@@ -101,39 +109,44 @@ class Payments:
             conn.execute("UPDATE payments SET state='unknown' WHERE state='sent'")
             return conn.execute(
                 "SELECT payment_id, role, sale_id, amount_cents, currency, device_id, state, after_trace_no, "
-                "reply_topic, correlation, request_id FROM payments WHERE state='unknown'"
+                "reply_topic, correlation, request_id, terminal FROM payments WHERE state='unknown'"
             ).fetchall()
 
         for row in await self.roles.journal.write(load):
-            pid, role, sale, amount, currency, device, state, after, topic, corr, request_id = row
+            pid, role, sale, amount, currency, device, state, after, topic, corr, request_id, terminal = row
             self.open[pid] = Payment(
-                pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id)
+                pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id), terminal
             )
 
     # --- pay -----------------------------------------------------------------------------------
 
-    async def handle_pay(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
-        from edgehub.roles.roles import Reply
-
-        prefix = self.roles.topics.reply_prefix
+    async def handle_pay(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_pay(raw, prefix, CURRENCIES)
+            request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES)
         except PayloadError as exc:
             await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
-            refusal = Reply.to_refusal(message, raw, prefix)
+            refusal = requester.refusal(raw)
             await self.roles.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
-        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        reply = requester.reply(request.request.reply_to, request.request.request_id)
         # One decision at a time per sale, so two quick requests cannot both pass the lock check.
         async with self._lock_by_sale[request.sale_id]:
-            await self._pay(role, request, reply)
+            await self._pay(role, request, reply, requester.terminal)
         if not self._lock_by_sale[request.sale_id].locked():
             self._lock_by_sale.pop(request.sale_id, None)
 
-    async def _pay(self, role: str, request: payloads.PayRequest, reply: Reply) -> None:
+    async def _pay(self, role: str, request: payloads.PayRequest, reply: Reply, terminal: str) -> None:
         known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+        if known is not None and not _owned_by(known, terminal):
+            # Not a word of the payment (its sale, amount, result, card) to another terminal.
+            await self.roles.reply(reply, payloads.pay_reply(
+                role, request.payment_id, "refused", reply.request_id,
+                error=f"payment_id {request.payment_id} is not this terminal's: a new payment needs a new "
+                      "payment_id"))
+            self.stats.refused += 1
+            return
         if known is not None:
             was = known["fields"]
             if (was["sale_id"], was["amount_cents"], was["currency"]) != (
@@ -183,13 +196,14 @@ class Payments:
                 return
             tried.append(device)
             try:
-                sent = await self._pay_on(role, device, request, reply)
+                sent = await self._pay_on(role, device, request, reply, terminal)
             finally:
                 self.roles.release(role)
             if sent:
                 return
 
-    async def _pay_on(self, role: str, device: str, request: payloads.PayRequest, reply: Reply) -> bool:
+    async def _pay_on(self, role: str, device: str, request: payloads.PayRequest, reply: Reply,
+                      terminal: str) -> bool:
         """Pay on one pinpad. False when it could not be reached (nothing charged: try the next)."""
         try:
             driver: Any = await self.roles.open_driver(device)
@@ -212,6 +226,7 @@ class Payments:
             "sent",
             baseline,
             reply,
+            terminal,
         )
         await self._journal(payment, new=True)
         self.open[payment.payment_id] = payment
@@ -319,8 +334,8 @@ class Payments:
                 conn.execute(
                     "INSERT INTO payments(payment_id, role, sale_id, amount_cents, currency, device_id, "
                     "state, after_trace_no, created_at, updated_at, reply_topic, correlation, request_id, "
-                    "result) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "result, terminal) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         p.payment_id,
                         p.role,
@@ -336,6 +351,7 @@ class Payments:
                         p.reply.correlation,
                         p.reply.request_id,
                         result,
+                        p.terminal,
                     ),
                 )
             else:
@@ -437,19 +453,36 @@ class Payments:
         )
         await self._finish(payment, settled.outcome, _masked(settled), by="pinpad")
 
-    async def handle_settle(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
-        from edgehub.roles.roles import Reply
-
-        prefix = self.roles.topics.reply_prefix
+    async def handle_settle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_settle(raw, prefix, self.roles.config.limits)
+            request = payloads.parse_settle(raw, requester.own_tree, self.roles.config.limits)
         except PayloadError as exc:
-            refusal = Reply.to_refusal(message, raw, prefix)
+            refusal = requester.refusal(raw)
             await self.roles.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
-        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        reply = requester.reply(request.request.reply_to, request.request.request_id)
+        known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+        if known is not None and not _owned_by(known, requester.terminal):
+            await self.roles.reply(reply, payloads.pay_reply(
+                role, request.payment_id, "refused", reply.request_id,
+                error=f"payment {request.payment_id} is not this terminal's: its own terminal settles it, or an "
+                      "installer from the box's API"))
+            return
+        await self.settle(role, request, reply, request.operator or requester.terminal)
+
+    async def lookup(self, payment_id: str) -> dict[str, Any] | None:
+        """A payment as the API shows it (masked references only), or None."""
+        known = await self.roles.journal.read(lambda c: _row(c, payment_id))
+        if known is None:
+            return None
+        return {"payment_id": payment_id, "role": known["role"], "terminal": known["terminal"],
+                "state": known["state"], **known["fields"]}
+
+    async def settle(self, role: str, request: payloads.SettleRequest, reply: Reply, operator: str) -> bool:
+        """An operator's decision on an unknown payment (a terminal's ``settle/1``, or an installer
+        through the API). Answers on ``reply``; True when it settled the payment."""
         payment = self.open.get(request.payment_id)
         if payment is None or payment.role != role or payment.state != "unknown":
             known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
@@ -466,12 +499,13 @@ class Payments:
                     role, request.payment_id, state, reply.request_id, **{**fields, "error": error}
                 ),
             )
-            return
+            return False
         self.stats.settled_by_operator += 1
-        operator = request.operator or "operator"
         log.warning("payment %s settled by %s as %s", payment.payment_id, operator, request.decision)
-        payment.reply = reply  # the operator's terminal hears the result
+        if reply.topic is not None:
+            payment.reply = reply  # the operator's terminal hears the result
         await self._finish(payment, request.decision, {"reason": f"settled by {operator}"}, by="operator")
+        return True
 
 
 def _masked(result: PaymentResult) -> dict[str, Any]:
@@ -489,17 +523,25 @@ def _text(exc: BaseException) -> str:
     return "no answer" if isinstance(exc, TimeoutError) and not str(exc) else str(exc)
 
 
+def _owned_by(known: dict[str, Any], terminal: str) -> bool:
+    """A payment from before payments had owners answers any terminal, as it did then."""
+    return known["terminal"] is None or known["terminal"] == terminal
+
+
 def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
     import json
 
     row = conn.execute(
-        "SELECT state, sale_id, amount_cents, currency, device_id, result FROM payments WHERE payment_id=?",
+        "SELECT state, sale_id, amount_cents, currency, device_id, result, terminal, role FROM payments "
+        "WHERE payment_id=?",
         (payment_id,),
     ).fetchone()
     if row is None:
         return None
-    state, sale, amount, currency, device, result = row
+    state, sale, amount, currency, device, result, terminal, role = row
     return {
+        "terminal": terminal,
+        "role": role,
         "state": "processing" if state == "sent" else state,
         "fields": {
             "sale_id": sale,

@@ -1,7 +1,7 @@
 """Durable print jobs: one FIFO per printer role, each job journaled before it is sent.
 
-A terminal publishes ``print/1`` to ``…/role/{role}/cmd/print`` and gets ``queued`` with the
-job id once the job is durable; ``printed`` follows when the printer confirmed it (``GS ( H``).
+A terminal publishes ``print/1`` to ``…/role/{role}/cmd/print/{terminal}`` and gets ``queued``
+with the job id once the job is durable; ``printed`` follows when the printer confirmed it (``GS ( H``).
 One job at a time per role, in order. A job stays in the journal until a printer confirms it.
 
 When the device fails under a job, what happens next is decided by what the driver knows:
@@ -47,7 +47,7 @@ from edgehub.bus import payloads
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
 
 if TYPE_CHECKING:
-    from edgehub.roles.roles import Reply, Roles
+    from edgehub.roles.roles import Reply, Requester, Roles
 
 log = logging.getLogger("edgehub.roles.print")
 
@@ -196,21 +196,18 @@ class PrintQueue:
 
     # --- intake --------------------------------------------------------------------------------
 
-    async def handle(self, role: str, message: aiomqtt.Message, raw: bytes) -> None:
-        from edgehub.roles.roles import Reply
-
-        prefix = self.roles.topics.reply_prefix
+    async def handle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_print(raw, self.roles.config.limits, prefix)
+            request = payloads.parse_print(raw, self.roles.config.limits, requester.own_tree)
         except PayloadError as exc:
             self.stats.rejected += 1
             await self.roles.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
-            refusal = Reply.to_refusal(message, raw, prefix)
+            refusal = requester.refusal(raw)
             await self.roles.reply(
                 refusal, payloads.print_reply(role, "", "rejected", refusal.request_id, error=str(exc))
             )
             return
-        reply = Reply.of(message, request.request.reply_to, request.request.request_id, prefix)
+        reply = requester.reply(request.request.reply_to, request.request.request_id)
         try:
             job, duplicate, status = await self.submit(role, request.ticket, request.job_id, reply)
         except JournalError as exc:
@@ -334,7 +331,12 @@ class PrintQueue:
             await self._mark(job, "queued", None)
             await self.roles.device_failed(device, _short(exc))
             return False
-        await self._mark(job, "printed", device)
+        try:
+            await self._mark(job, "printed", device)
+        except BaseException:
+            # It did print: if it has to run again, that copy says so.
+            job.reprint, job.maybe_on = True, device
+            raise
         self.stats.printed += 1
         self.stats.reprints += job.reprint
         await self.roles.reply(

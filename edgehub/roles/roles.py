@@ -6,8 +6,11 @@ then on. The registry's device events drive the failover rule (``failover.choose
 every change of binding or serving device is published retained on ``…/role/{role}/$binding``
 and ``…/role/{role}/$state`` and kept as an audit row in the outbox for the cloud.
 
-Commands arrive on ``…/role/{role}/cmd/{print|pay|settle}`` and go to the print queue or the
-payments; scans and weights of the serving device are republished on ``…/role/{role}/evt/…``.
+Commands arrive on ``…/role/{role}/cmd/{print|pay|settle}/{terminal}`` and go to the print
+queue or the payments. The last level names the requesting terminal, which the broker's ACL
+lets write only its own: the hub knows who asks, answers only into that terminal's own tree
+(``…/pos/{terminal}/…``) and keeps a payment to the terminal that started it. Scans and weights
+of the serving device are republished on ``…/role/{role}/evt/…``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
@@ -57,23 +61,40 @@ class Reply:
         self.correlation = correlation
         self.request_id = request_id
 
-    @classmethod
-    def of(cls, message: aiomqtt.Message, reply_to: str | None, request_id: str | None, prefix: str) -> Reply:
-        topic, props = response_properties(message, prefix)
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        return cls(topic or reply_to, bytes(correlation) if correlation is not None else None, request_id)
-
-    @classmethod
-    def to_refusal(cls, message: aiomqtt.Message, raw: bytes, prefix: str) -> Reply:
-        """Where to say that a request was refused before it could be parsed."""
-        return cls.of(message, *payloads.reply_address(raw, prefix), prefix)
-
     def properties(self) -> Properties | None:
         if self.correlation is None:
             return None
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = self.correlation
         return props
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who sent a role command (the terminal its topic names) and where its answers may go:
+    its MQTT 5 response topic or ``reply_to`` under its own tree, else ``…/pos/{terminal}/reply``."""
+
+    terminal: str
+    own_tree: str
+    default_topic: str
+    response_topic: str | None
+    correlation: bytes | None
+    problem: str | None  # the response topic named is not one the hub answers on
+
+    @classmethod
+    def of(cls, message: aiomqtt.Message, terminal: str, topics: Topics) -> Requester:
+        own = topics.own_tree(terminal)
+        topic, props, problem = response_properties(message, own)
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        return cls(terminal, own, topics.reply(terminal), topic,
+                   bytes(correlation) if correlation is not None else None, problem)
+
+    def reply(self, reply_to: str | None, request_id: str | None) -> Reply:
+        return Reply(self.response_topic or reply_to or self.default_topic, self.correlation, request_id)
+
+    def refusal(self, raw: bytes) -> Reply:
+        """Where to say that a request was refused before it could be parsed."""
+        return self.reply(*payloads.reply_address(raw, self.own_tree))
 
 
 class Roles:
@@ -112,6 +133,7 @@ class Roles:
         self._workers: dict[str, asyncio.Task[None]] = {}  # print worker per printer role
         self._started = asyncio.Event()
         bus.route(topics.all_role_commands, self.handle_command)
+        bus.route(topics.unsigned_role_commands, self.handle_command)
         bus.route(topics.all_device_events, self.handle_device_event)
         bus.on_connect.append(self._republish_all)
 
@@ -346,22 +368,36 @@ class Roles:
         return self.printqueue.waiting(role) + self.payments.waiting(role)
 
     async def reply(self, reply: Reply, body: bytes) -> None:
+        """Answer a request. Never raises: what the answer reports (a job printed, a payment
+        approved) is already in the journal, and a re-sent request gets it as a duplicate; an
+        answer that cannot be sent must never make the caller do the work again."""
         if reply.topic is None:
             return
         try:
             await self.bus.publish(reply.topic, body, qos=1, properties=reply.properties())
         except (BrokerError, TimeoutError) as exc:
-            # The result is in the journal; a re-sent request gets it as a duplicate reply.
-            log.info("reply on %s not sent: %s", reply.topic, exc)
+            log.info("reply on %r not sent: %s", reply.topic, exc)
+        except Exception:
+            log.exception("reply on %r not sent", reply.topic)
 
     # --- MQTT ----------------------------------------------------------------------------------
 
     async def handle_command(self, message: aiomqtt.Message) -> None:
-        parsed = self.topics.role_command_of(message.topic.value)
-        raw = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        topic = message.topic.value
+        parsed = self.topics.role_command_of(topic)
+        raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
         if parsed is None:
             return
-        role, command = parsed
+        role, command, terminal_id = parsed
+        terminal = self.config.terminal(terminal_id) if terminal_id is not None else None
+        if terminal is None:
+            # Nobody to answer: the broker lets a terminal publish only under its own id.
+            nobody = (f"unknown terminal {terminal_id!r}" if terminal_id is not None else
+                      f"a role command names its terminal: …/role/{role}/cmd/{command}/{{terminal}}")
+            log.info("role command on %r refused: %s", topic, nobody)
+            await self.journal.add_deadletter(topic, nobody, raw)
+            return
+        requester = Requester.of(message, terminal.id, self.topics)
         seat = self.seats.get(role)
         handlers = {
             "print": ("printer", self.printqueue.handle),
@@ -369,23 +405,24 @@ class Roles:
             "settle": ("pinpad", self.payments.handle_settle),
         }
         kind, handler = handlers.get(command, (None, None))
-        if handler is None or seat is None or seat.kind != kind:
-            what = (
-                f"unknown command {command!r}"
-                if handler is None
-                else f"no role {role!r} is bound"
-                if seat is None
-                else f"{role} is a {seat.kind} role"
-            )
-            log.info("role command on %s refused: %s", message.topic.value, what)
-            await self.journal.add_deadletter(message.topic.value, what, bytes(raw))
-            reply = Reply.to_refusal(message, bytes(raw), self.topics.reply_prefix)
+        what: str | None = (
+            f"unknown command {command!r}" if handler is None
+            else requester.problem if requester.problem
+            else f"no role {role!r} is bound" if seat is None
+            else f"{role} is a {seat.kind} role" if seat.kind != kind
+            else f"terminal {terminal.id} may not {command} on {role}"
+            if command != "print" and not terminal.may_pay_on(role) else None
+        )
+        if what is not None or handler is None:
+            log.info("role command on %r refused: %s", topic, what)
+            await self.journal.add_deadletter(topic, what or "", raw)
+            reply = requester.refusal(raw)
             error = {"schema": "error/1", "role": role, "error": what}
             if reply.request_id is not None:
                 error["request_id"] = reply.request_id
             await self.reply(reply, payloads.dumps(error))
             return
-        await handler(role, message, bytes(raw))
+        await handler(role, requester, message, raw)
 
     async def handle_device_event(self, message: aiomqtt.Message) -> None:
         """A scan or weight from a device: republished on the role it serves (if any)."""
@@ -411,6 +448,42 @@ class Roles:
     def route_setup(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/roles", self._api_list)
         app.router.add_put("/api/v1/roles/{role}", self._api_put)
+        app.router.add_get("/api/v1/payments/{payment_id}", self._api_payment)
+        app.router.add_post("/api/v1/payments/{payment_id}/settle", self._api_settle)
+
+    async def _api_payment(self, request: web.Request) -> web.Response:
+        """An installer looks at any terminal's payment (terminals see only their own)."""
+        payment_id = request.match_info["payment_id"]
+        if not payloads.REQUEST_ID_RE.match(payment_id):
+            return _bad("payment_id", "must be 1-64 characters of letters, digits and . _ : -")
+        found = await self.payments.lookup(payment_id)
+        if found is None:
+            return web.json_response({"error": f"no payment {payment_id}"}, status=404)
+        return web.json_response(found)
+
+    async def _api_settle(self, request: web.Request) -> web.Response:
+        """An installer's decision on a payment whose outcome is unknown, whichever terminal
+        started it (that terminal hears the result on its reply topic)."""
+        payment_id = request.match_info["payment_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad("body", "is not JSON")
+        if not isinstance(body, dict):
+            return _bad("body", "must be an object with decision")
+        doc = {"schema": payloads.SETTLE_SCHEMA, "payment_id": payment_id, **body}
+        try:
+            settle = payloads.parse_settle(payloads.dumps(doc), self.topics.root + "/pos/", self.config.limits)
+        except PayloadError as exc:
+            return _bad(exc.field, exc.message)
+        found = await self.payments.lookup(payment_id)
+        if found is None:
+            return web.json_response({"error": f"no payment {payment_id}"}, status=404)
+        who = f"installer {settle.operator or request.remote or 'api'}".strip()
+        if not await self.payments.settle(found["role"], settle, Reply(None, None, None), who):
+            return web.json_response({"error": f"payment is {found['state']}, only an unknown outcome can be settled",
+                                      **found}, status=409)
+        return web.json_response(await self.payments.lookup(payment_id))
 
     async def _api_list(self, request: web.Request) -> web.Response:
         return web.json_response({"roles": self.status_now()})
@@ -520,4 +593,4 @@ def _saved_bindings(conn: sqlite3.Connection) -> dict[str, tuple[tuple[str, ...]
     return {role: (tuple(json.loads(devices)), float(failback), "api") for role, devices, failback in rows}
 
 
-__all__ = ["Reply", "Roles"]
+__all__ = ["Reply", "Requester", "Roles"]

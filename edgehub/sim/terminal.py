@@ -41,6 +41,7 @@ class TerminalReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: int = 0
+    slowed_down: int = 0  # "rejected" with retry_after_s: sent again later
     unacked: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     acked_ids: set[str] = field(default_factory=set)
@@ -54,7 +55,7 @@ class TerminalReport:
 
         return {"sent": self.sent, "acked": len(self.acked_ids), "accepted": self.accepted,
                 "duplicate_acks": self.duplicates, "rejected": self.rejected, "resends": self.resends,
-                "unacked": self.unacked, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                "unacked": self.unacked, "slowed_down": self.slowed_down, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
                 **({"error": self.error} if self.error else {})}
 
 
@@ -133,6 +134,13 @@ class TerminalSim:
             ack = json.loads(raw)
             order_id = ack["order_id"]
         except (ValueError, KeyError, TypeError):
+            return
+        retry = ack.get("retry_after_s")
+        if ack.get("status") == "rejected" and isinstance(retry, int | float) and order_id in self._pending:
+            # Not taken (the box asked it to slow down): sent again once that time has passed.
+            payload, first, _ = self._pending[order_id]
+            self._pending[order_id] = (payload, first, time.perf_counter() - self.resend_after + float(retry))
+            self.report.slowed_down += 1
             return
         entry = self._pending.pop(order_id, None)
         if ack.get("duplicate"):

@@ -226,6 +226,11 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     DROP INDEX ticket_events_station;
     """,
+    # 8 (security): the terminal that started a payment; only it (or an installer through the
+    # API) may ask for it again or settle it. NULL for payments started before this version.
+    """
+    ALTER TABLE payments ADD COLUMN terminal TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

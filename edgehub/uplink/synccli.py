@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -27,16 +28,17 @@ class SyncFailed(EdgehubError):
 
 
 class HubApi:
-    def __init__(self, base: str, token: str, timeout: float = 10.0) -> None:
+    def __init__(self, base: str, token: str, timeout: float = 10.0, context: ssl.SSLContext | None = None) -> None:
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.context = context  # the box's own certificate, when its API is HTTPS
 
     def call(self, method: str, path: str) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(f"{self.base}{path}", method=method,
                                          headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             try:
@@ -162,7 +164,9 @@ def command(args: argparse.Namespace) -> int:
     from edgehub.config import load_config
 
     config = load_config(args.config)
-    api = HubApi(config.api.listen.local_url(""), config.api.token)
+    from edgehub.api.tls import client_context
+
+    api = HubApi(config.api.local_url(""), config.api.token, context=client_context(config.api))
     try:
         return run_sync(api, args.timeout, sys.stdout, sys.stdout.isatty(), args.json)
     except SyncFailed as exc:

@@ -12,7 +12,7 @@ import time
 from edgehub.hub import Hub
 from edgehub.sim.terminal import TerminalSim
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, keep, needs_chromium
-from tests.conftest import API_TOKEN, Terminal, order
+from tests.conftest import SCREEN_TOKEN, Terminal, order
 
 pytestmark = needs_chromium
 
@@ -33,7 +33,7 @@ async def test_order_appears_tap_bumps_and_screenshot(hub: Hub) -> None:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 720})
-            await page.goto(f"{hub.api.url}kds/grill?token={API_TOKEN}")
+            await page.goto(f"{hub.api.url}kds/grill?token={SCREEN_TOKEN}")
             await page.wait_for_selector("#conn.live", timeout=15_000)
             assert "token" not in page.url  # the token left the address bar
             # make_order(n=0) sends a cheeseburger to the grill and a cola to the bar.

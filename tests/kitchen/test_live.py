@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 
 from edgehub.hub import Hub
-from tests.conftest import API_TOKEN, Terminal, order
+from tests.conftest import SCREEN_TOKEN, Terminal, order
 from tests.kitchen.conftest import Screen
 
 
-def ws_url(hub: Hub, station: str, token: str = API_TOKEN) -> str:
+def ws_url(hub: Hub, station: str, token: str = SCREEN_TOKEN) -> str:
     return f"ws://127.0.0.1:{hub.api.port}/kds/{station}/ws?token={token}"
 
 

@@ -62,7 +62,6 @@ def test_defaults_keep_old_configs_valid(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
     assert config.kitchen.default_station == "kitchen"
     assert config.kitchen.station("anything").red_after_s == 720.0
-    assert config.kitchen.screen_token == config.api.token
     shares = Router(config.kitchen).route({"lines": [{"sku": "X", "qty": 1}]})
     assert list(shares) == ["kitchen"]
 

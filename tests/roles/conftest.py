@@ -217,7 +217,7 @@ class Till:
                 self.events.append((message.topic.value, doc))
 
     async def request(self, role: str, command: str, doc: dict[str, Any], correlation: bytes = b"") -> None:
-        topic = self.topics.role_command(role, command)
+        topic = self.topics.role_command(role, command, self.terminal)
         if self.v5:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
             props.ResponseTopic = self.reply_topic

@@ -1,0 +1,110 @@
+"""The box's own HTTPS certificate: made once at provisioning, shown by its fingerprint.
+
+A store box has no public name a certificate authority could vouch for, so each box gets a
+self-signed certificate of its own (``edgehub provision`` writes ``tls/box.crt`` and
+``tls/box.key`` next to the config). Browsers warn once; the installer compares the SHA-256
+fingerprint the browser shows with the one ``edgehub doctor``, the provisioning summary and the
+box's page show, and from then on the token, PIN and session cookie never cross the LAN in clear.
+The box's own tools (doctor, bundle, sync) reach the API over loopback and trust exactly that
+certificate, nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import socket
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from edgehub.config import ApiConfig
+from edgehub.errors import ConfigError
+
+VALID_DAYS = 3650  # a box is replaced before then; its certificate is its identity for its life
+
+
+def make_certificate(cert_path: Path, key_path: Path, store_id: str, addresses: list[str],
+                     owner: tuple[int, int] | None = None) -> None:
+    """A new key (EC P-256) and a self-signed certificate naming this box: its host name (and
+    ``.local``), ``localhost``, loopback and ``addresses``. The key file is 0600 (``owner`` when
+    given), the certificate 0644; both written atomically."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    host = socket.gethostname() or "edgehub"
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys([host, f"{host}.local", "localhost"])]
+    for text in dict.fromkeys(["127.0.0.1", "::1", *addresses]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(text)))
+        except ValueError:
+            continue
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgehub {store_id}"[:64]),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "edgehub store box")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write(key_path, key_pem, 0o600, owner)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, None)
+
+
+def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def fingerprint(cert_path: Path) -> str:
+    """``SHA256 AB:CD:…`` of the certificate, as browsers show it."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    return "SHA256 " + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def server_context(api: ApiConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context, or None for plain HTTP."""
+    if api.tls_cert_file is None or api.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(api.tls_cert_file, api.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"api.tls_cert_file: cannot load {api.tls_cert_file} with its key "
+                           f"{api.tls_key_file}: {exc}"]) from exc
+    return context
+
+
+def client_context(api: ApiConfig) -> ssl.SSLContext | None:
+    """How the box's own tools reach its API: trusting the box's certificate and nothing else
+    (they connect to loopback, which the certificate may not name: the pin is the check)."""
+    if api.tls_cert_file is None:
+        return None
+    context = ssl.create_default_context(cafile=str(api.tls_cert_file))
+    context.check_hostname = False
+    return context

@@ -32,7 +32,7 @@ SCREEN_TOKEN = "test-screen-0123456789abcdef"
 
 def write_config(directory: Path, *, store: str = "s1", terminals: tuple[str, ...] = ("pos-1", "pos-2"),
                  broker_port: int | None = None, api_port: int | None = None, mode: str = "external",
-                 extra: str = "") -> Path:
+                 extra: str = "", lan_port: int | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     broker_port = broker_port or free_port()
     api_port = api_port or free_port()
@@ -48,6 +48,7 @@ run_dir = "run"
 [broker]
 mode = "{mode}"
 listen = "127.0.0.1:{broker_port}"
+{f'lan_listen = "127.0.0.1:{lan_port}"' if lan_port else ""}
 hub_password = "hub-secret-password"
 
 [api]

@@ -48,8 +48,10 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic write edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/hub/$state",
-        # roles: print, pay and settle on any role; role state and events readable
-        "topic write edgehub/v1/s1/role/+/cmd/+",
+        # roles: commands name the terminal; print anywhere, pay and settle on any pinpad role
+        "topic write edgehub/v1/s1/role/+/cmd/print/pos-1",
+        "topic write edgehub/v1/s1/role/+/cmd/pay/pos-1",
+        "topic write edgehub/v1/s1/role/+/cmd/settle/pos-1",
         "topic read edgehub/v1/s1/role/+/$binding",
         "topic read edgehub/v1/s1/role/+/$state",
         "topic read edgehub/v1/s1/role/+/evt/+",
@@ -57,28 +59,38 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
 
 
 async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
-    """A tablet on the pass has a terminal's credentials: they must not start a card payment."""
+    """A tablet on the pass has a terminal's credentials: they must not start a card payment,
+    nor command another station's tickets, nor speak as another terminal."""
     from edgehub.broker import MosquittoProcess
     from edgehub.config import load_config
     from tests.conftest import write_config
 
-    config = load_config(write_config(tmp_path / "box", terminals=("pos-1", "kds-grill")))
+    path = write_config(tmp_path / "box", terminals=("pos-1", "kds-grill"))
+    path.write_text(path.read_text().replace('id = "kds-grill"\nkind = "kds"', 'id = "kds-grill"\nkind = "kds"\n'
+                                             'stations = ["grill"]'))
+    config = load_config(path)
     topics = Topics(config.store.id)
     async with MosquittoProcess(config, die_with_parent=False):
         async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
                                   password=config.broker.hub_password, identifier="hub-spy") as hub:
             await hub.subscribe(f"{topics.root}/role/#", qos=1)
+            await hub.subscribe(f"{topics.root}/kds/#", qos=1)
             for terminal in ("kds-grill", "pos-1"):
                 async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=terminal,
                                           password=f"pw-{terminal}", identifier=f"t-{terminal}") as client:
                     for command in ("pay", "print"):
-                        await client.publish(topics.role_command("pinpad", command), f"{terminal}/{command}", qos=1)
+                        await client.publish(topics.role_command("pinpad", command, terminal),
+                                             f"{terminal}/{command}", qos=1)
+                    await client.publish(topics.role_command("pinpad", "print", "pos-2"), f"{terminal}/as-pos-2",
+                                         qos=1)
+                    for station in ("grill", "bar"):
+                        await client.publish(topics.kds_command(station), f"{terminal}/{station}", qos=1)
             seen: list[str] = []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     async for message in hub.messages:
                         seen.append(str(message.payload, "utf-8"))  # type: ignore[arg-type]
-    assert sorted(seen) == ["kds-grill/print", "pos-1/pay", "pos-1/print"]
+    assert sorted(seen) == ["kds-grill/grill", "kds-grill/print", "pos-1/pay", "pos-1/print"]
 
 
 async def test_healthz_is_open_and_status_needs_the_token(hub: Hub, config: Config) -> None:
@@ -132,12 +144,19 @@ async def test_healthz_says_503_when_the_broker_is_gone(hub: Hub, broker: object
     assert body["reason"].startswith("broker not connected")
 
 
-def test_lan_listener_on_the_hub_port_is_merged_not_bound_twice() -> None:
-    from edgehub.broker import listeners
-    from edgehub.config import Address
+def test_the_hubs_listener_is_loopback_and_its_own(tmp_path: Path) -> None:
+    """Client ids are free on the hub's listener (the hub, edgehub doctor, an installer's
+    mosquitto_sub) and bound to the user on the LAN listener: the two are never one."""
+    from edgehub.config import load_config
+    from edgehub.errors import ConfigError
+    from tests.conftest import write_config
 
-    hub, lan = Address("127.0.0.1", 1883), Address("0.0.0.0", 1883)
-    assert listeners(hub, lan) == [lan]
-    assert listeners(hub, None) == [hub]
-    assert listeners(hub, Address("192.0.2.10", 1883)) == [hub, Address("192.0.2.10", 1883)]
-    assert listeners(hub, Address("0.0.0.0", 8883)) == [hub, Address("0.0.0.0", 8883)]
+    path = write_config(tmp_path)
+    text = path.read_text()
+    port = text.split('listen = "127.0.0.1:')[1].split('"')[0]
+    for broker, problem in ((f'listen = "127.0.0.1:{port}"\nlan_listen = "0.0.0.0:{port}"', "broker.lan_listen"),
+                            (f'listen = "0.0.0.0:{port}"', "broker.listen")):
+        path.write_text(text.replace(f'listen = "127.0.0.1:{port}"', broker, 1))
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert f"{problem}:" in str(caught.value)

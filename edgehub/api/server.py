@@ -88,6 +88,9 @@ class ConnectionGuard:
         self.timed_out = 0
         self._last_refusal_log = 0.0
 
+    def open_from(self, address: str) -> int:
+        return self._by_key.get(client_key(address), 0)
+
     def protocol(self, make: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
         return lambda: _Guarded(self, make())
 

@@ -293,7 +293,8 @@ async def test_cli_after_too_many_wrong_tokens_says_wait(box: Box, http: aiohttp
 async def test_cli_names_the_address_it_tried_for_a_wildcard_listen(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     path = write_config(tmp_path / "box", api_port=port)
-    path.write_text(path.read_text().replace(f'listen = "127.0.0.1:{port}"', f'listen = "0.0.0.0:{port}"\nplain_http = true'))
+    path.write_text(path.read_text().replace(f'listen = "127.0.0.1:{port}"',
+                                             f'listen = "0.0.0.0:{port}"\nplain_http = true'))
     assert load_config(path).api.listen.host == "0.0.0.0"
     code, out = await run_cli("doctor", "--config", str(path))
     assert code == 1

@@ -135,6 +135,11 @@ def commit_window_ms(text: str) -> float:
     return value
 
 
+# The benchmarks measure what the box can take: one load generator sends as fast as it can, which
+# the per-terminal order quota (edgehub/quota.py) would answer with "slow down".
+NO_QUOTA = "\n[limits]\norders_per_s = 0\n"
+
+
 def journal_section(commit_window_ms: float | None) -> str:
     """Config text setting the journal's group commit window (``journal.commit_window_ms``), or
     nothing to keep the default: the benchmarks' way to show what a longer window trades (bytes

@@ -46,7 +46,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psutil
-from common import Loader, commit_window_ms, compile_like_the_image, journal_section
+from common import NO_QUOTA, Loader, commit_window_ms, compile_like_the_image, journal_section
 
 from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
@@ -199,7 +199,8 @@ def main() -> dict[str, Any]:
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
         asyncio.run(cloud.start())
         path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
-                            extra=KITCHEN + cloud_section(cloud.port) + journal_section(args.commit_window_ms))
+                            extra=KITCHEN + cloud_section(cloud.port) + journal_section(args.commit_window_ms)
+                            + NO_QUOTA)
         notify_path = Path(tmp) / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify_path))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Loader, box_nice, commit_window_ms, journal_section, pct, renice
+from common import NO_QUOTA, Loader, box_nice, commit_window_ms, journal_section, pct, renice
 
 from edgehub.broker import MosquittoProcess
 from edgehub.config import load_config
@@ -119,7 +119,7 @@ async def main() -> dict[str, Any]:
     hub_latency: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         path = write_config(Path(tmp) / "box", store="bench", mode="external",
-                            extra=journal_section(args.commit_window_ms))
+                            extra=journal_section(args.commit_window_ms) + NO_QUOTA)
         config = load_config(path)
         port = config.broker.listen.port
         async with MosquittoProcess(config) as broker:

@@ -90,6 +90,10 @@ function drawHeader(s) {
   document.title = `edgehub — ${s.store_id}`;
   $("version").textContent = s.version;
   $("uptime").textContent = duration(s.uptime_s);
+  // The box's HTTPS certificate: the browser must show the same fingerprint (docs/security.md).
+  const fp = s.https && s.https.fingerprint;
+  $("https").hidden = !fp;
+  $("fingerprint").textContent = fp || "";
   const connected = s.broker && s.broker.connected;
   $("broker-state").textContent = connected ? "connected" : "NOT connected";
   $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;

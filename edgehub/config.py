@@ -11,7 +11,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,13 @@ class ApiConfig:
     # Optional digits-only PIN an installer types on the box's page instead of the long token.
     installer_pin: str = field(default="", repr=False)
     token_file: Path | None = None  # where the token was read from (api.token_file), if not inline
-    # HTTPS with the box's own certificate (edgehub provision makes it); without one, a listener
-    # off loopback is refused unless plain_http says plain HTTP on the LAN is meant.
+    # HTTPS with the box's own certificate (edgehub provision makes it). A listener off loopback
+    # with none named (a config from before HTTPS) uses ``{data_dir}/tls/``, where the hub makes
+    # one at its first start (``tls_made_by_hub``), unless plain_http says plain HTTP is meant.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     plain_http: bool = False
+    tls_made_by_hub: bool = False
 
     @property
     def tls(self) -> bool:
@@ -621,10 +623,11 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     if (cert is None) != (key is None):
         ck.problem("api.tls_key_file" if key is None else "api.tls_cert_file",
                    "give both tls_cert_file and tls_key_file (edgehub provision makes them)")
-    if api_listen and not api.tls and not api.plain_http and not api.listen.is_loopback:
-        ck.problem("api.listen", f"{api.listen} is reachable from the store LAN, where the token, PIN and session "
-                   "would cross in clear: give tls_cert_file and tls_key_file (edgehub provision makes them), "
-                   "or plain_http = true to serve plain HTTP there on purpose")
+    if cert is None and key is None and not api.plain_http and not api.listen.is_loopback:
+        # Off loopback the token, PIN and session must not cross the LAN in clear: a config without
+        # a certificate (written before HTTPS) gets one the hub makes in its data directory.
+        api = replace(api, tls_cert_file=data_dir / "tls" / "box.crt",
+                                  tls_key_file=data_dir / "tls" / "box.key", tls_made_by_hub=True)
     if api.installer_pin and not (api.installer_pin.isascii() and api.installer_pin.isdigit()
                                   and len(api.installer_pin) >= 6):
         ck.problem("api.installer_pin", "must be digits only, at least 6 of them (a TOML string, e.g. \"482913\")")

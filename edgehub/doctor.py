@@ -215,6 +215,9 @@ class Doctor:
         if api.tls_cert_file is not None:
             from edgehub.api.tls import fingerprint
 
+            if api.tls_made_by_hub and not api.tls_cert_file.exists():
+                return Check("https", "warn", f"the box's certificate {api.tls_cert_file} is not made yet: the hub "
+                                              "makes it at its next start", "start the hub: systemctl restart edgehub")
             try:
                 print_ = fingerprint(api.tls_cert_file)
             except (OSError, ValueError) as exc:

@@ -19,7 +19,7 @@ from typing import Any
 from edgehub import __version__
 from edgehub.api import ApiServer
 from edgehub.api.support import Support
-from edgehub.api.tls import fingerprint, server_context
+from edgehub.api.tls import ensure_certificate, fingerprint, server_context
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
@@ -130,6 +130,9 @@ class Hub:
 
     async def _start(self) -> None:
         cfg = self.config
+        if await asyncio.to_thread(ensure_certificate, cfg.api, cfg.store.id):
+            log.warning("made the box's HTTPS certificate %s (its fingerprint is on the page and in "
+                        "`edgehub doctor`)", cfg.api.tls_cert_file)
         if cfg.api.tls_cert_file is not None:
             self.api.ssl_context = await asyncio.to_thread(server_context, cfg.api)
             self.tls_fingerprint = await asyncio.to_thread(fingerprint, cfg.api.tls_cert_file)

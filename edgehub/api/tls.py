@@ -86,6 +86,18 @@ def fingerprint(cert_path: Path) -> str:
     return "SHA256 " + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
+def ensure_certificate(api: ApiConfig, store_id: str) -> bool:
+    """Make the box's certificate where the config expects the hub to keep its own
+    (``api.tls_made_by_hub``: a LAN listener in a config written before HTTPS) if it is not there
+    yet. True when one was made."""
+    if not api.tls_made_by_hub or api.tls_cert_file is None or api.tls_key_file is None:
+        return False
+    if api.tls_cert_file.exists() and api.tls_key_file.exists():
+        return False
+    make_certificate(api.tls_cert_file, api.tls_key_file, store_id, [])
+    return True
+
+
 def server_context(api: ApiConfig) -> ssl.SSLContext | None:
     """The listener's TLS context, or None for plain HTTP."""
     if api.tls_cert_file is None or api.tls_key_file is None:

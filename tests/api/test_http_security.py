@@ -79,18 +79,43 @@ async def test_the_page_and_api_are_https_with_the_boxs_certificate(tmp_path: Pa
         assert printed.startswith("SHA256 ") and len(printed) == len("SHA256 ") + 95
 
 
-def test_plain_http_off_loopback_needs_saying_so(tmp_path: Path) -> None:
-    from edgehub.errors import ConfigError
-
+async def test_a_lan_listener_without_a_certificate_gets_one_made_by_the_hub(tmp_path: Path) -> None:
+    """A config written before HTTPS (an upgraded box) names no certificate: it still loads, and
+    the hub makes the box's certificate in its data directory and serves HTTPS with it."""
     path = write_config(tmp_path)
     lan = path.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:').replace(
         'listen = "0.0.0.0:', 'listen = "127.0.0.1:', 1)  # the broker's stays on loopback
     path.write_text(lan)
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    assert "api.listen: 0.0.0.0:" in str(caught.value) and "tls_cert_file" in str(caught.value)
+    api = load_config(path).api
+    data_dir = load_config(path).paths.data_dir
+    assert api.tls_made_by_hub and api.tls_cert_file == data_dir / "tls" / "box.crt"
+    assert api.tls_key_file == data_dir / "tls" / "box.key" and not api.tls_cert_file.exists()
     path.write_text(lan.replace(f'token = "{API_TOKEN}"', f'token = "{API_TOKEN}"\nplain_http = true'))
-    assert load_config(path).api.plain_http
+    assert load_config(path).api.plain_http and not load_config(path).api.tls
+
+    # The same rule on a loopback listener, so the test never listens beyond loopback.
+    from dataclasses import replace
+
+    from edgehub.doctor import Doctor
+
+    config = load_config(write_config(tmp_path / "box"))
+    tls = config.paths.data_dir / "tls"
+    config = replace(config, api=replace(config.api, tls_cert_file=tls / "box.crt", tls_key_file=tls / "box.key",
+                                         tls_made_by_hub=True))
+    checks = {c.name: c for c in await Doctor(config).run()}
+    assert checks["https"].status == "warn" and "next start" in checks["https"].message
+    async with MosquittoProcess(config, die_with_parent=False), Hub(config) as hub:
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+        assert hub.api.url.startswith("https://") and (tls / "box.key").stat().st_mode & 0o777 == 0o600
+        connector = aiohttp.TCPConnector(ssl=client_context(config.api))
+        async with aiohttp.ClientSession(connector=connector) as http, http.get(f"{hub.api.url}healthz") as response:
+            assert response.status == 200
+    made = fingerprint(tls / "box.crt")
+    async with MosquittoProcess(config, die_with_parent=False), Hub(config) as hub:  # kept, not made again
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+    assert fingerprint(tls / "box.crt") == made
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any, Protocol
 
 from edgehub.errors import DeviceTimeout, DeviceUnavailable
@@ -79,6 +80,19 @@ class StreamTransport:
         """The other end closed or reset the connection (seen by the event loop, no read
         pending needed): nothing written now can reach the device on this connection."""
         return self._writer.is_closing() or self._reader.at_eof() or self._reader.exception() is not None
+
+    def keepalive(self, idle_s: int, interval_s: int, count: int) -> bool:
+        """TCP keepalive on this connection: the kernel probes a silent peer after ``idle_s``
+        and gives up after ``count`` unanswered probes ``interval_s`` apart, which closes the
+        connection (``dead``) without a byte of the device's protocol. False when not TCP."""
+        sock = self._writer.get_extra_info("socket")
+        if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s), ("TCP_KEEPCNT", count)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        return True
 
     async def write(self, data: bytes, timeout: float = 2.0) -> None:
         if self._writer.is_closing():

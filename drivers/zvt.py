@@ -1,52 +1,68 @@
 """ZVT (PA00P015) payment terminal driver: the ECR side, over TCP port 20007 or RS-232.
 
 A ZVT command is an APDU ``CLASS INSTR LEN DATA`` (``LEN`` 0xFF means two little-endian length
-bytes follow). The ECR sends a command, the terminal (PT) acknowledges it with ``80 00 00`` and
-then, for a transaction, sends intermediate status (``04 FF``), status information with the
-result (``04 0F``), maybe print lines (``06 D1``), and finally completion (``06 0F``) or abort
-(``06 1E``). The ECR acknowledges every one of those with ``80 00 00``.
+bytes follow). The ECR sends a command; the terminal (PT) accepts it with ``80 00 00`` (or the
+positive ``84 00 00`` / ``84 9C 00`` "please wait" some terminals send) or refuses it with
+``84 xx``; for a transaction it then sends intermediate status (``04 FF``), status information
+with the result (``04 0F``), maybe print lines (``06 D1``), and finally completion (``06 0F``) or
+abort (``06 1E``). The ECR acknowledges every one of those with ``80 00 00``, before it reads
+anything out of them: a field it cannot read is logged, never a reason to leave the terminal
+waiting (PA00P015 ch. 2.2 Authorisation, ch. 3 "Commands from PT to ECR").
 
 Money rule: once the command may have reached the terminal, a payment call never raises; it
 returns ``outcome="unknown"`` and the caller settles it with :meth:`ZvtPinpad.settle`, which
-asks the terminal for its last transaction (``06 20``). Paying again on a spare is only safe
-after ``settle`` says ``not_found``. Only the last four PAN digits ever leave this module.
+asks the terminal for its last transaction (``06 20``; real terminals may print a copy of the
+receipt, so it is asked only then). Paying again on a spare is only safe after ``settle`` says
+``not_found``. A refusal (``84 xx``) counts only when the terminal then stays silent: one that
+goes on after it is waited for like an accepted command. Only the last four PAN digits ever
+leave this module.
 
 Serial ZVT wraps each APDU as ``DLE STX data DLE ETX CRC`` (DLE doubled inside, CRC-16/KERMIT
 over data+ETX, low byte first) and each frame is answered ``ACK`` (06) or ``NAK`` (15); see
-:class:`SerialApduLink`.
+:class:`SerialApduLink`, whose one reader sorts the terminal's bytes into line answers and frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, Protocol
 
-from drivers.base import DeviceInfo, Driver, Health
+import iso4217
+
+from drivers.base import DeviceInfo, Driver, FieldCheck, FieldStep, Health
 from drivers.transport import StreamTransport
 from edgehub.errors import (
     DeviceError,
     DeviceTimeout,
+    DeviceUnavailable,
     PaymentError,
     ProtocolError,
 )
 
 __all__ = [
+    "PROBE_METHODS",
     "Apdu",
     "ApduLink",
+    "BmpRead",
     "Outcome",
     "PaymentResult",
     "SerialApduLink",
     "TcpApduLink",
+    "TerminalBusy",
     "TransactionKind",
     "ZvtPinpad",
     "crc_kermit",
+    "currency_of",
     "decode_serial_frame",
     "encode_serial_frame",
     "parse_bmps",
     "read_apdu",
+    "read_bmps",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,11 +76,24 @@ ACK_APDU = b"\x80\x00\x00"
 NAK_NOT_POSSIBLE = b"\x84\x83\x00"
 ABORT_BY_USER_OR_TIMEOUT = 0x6C
 # Codes a terminal answers 06 20 with when it has no transaction to repeat. Anything else
-# (busy, system error) proves nothing, so it never lets a caller pay again.
+# (busy, printer not ready, system error) proves nothing, so it never lets a caller pay again.
 NO_RECORD_CODES = frozenset({0x83})
-
-CURRENCIES = {"EUR": 978, "CHF": 756, "GBP": 826, "USD": 840, "PLN": 985, "CZK": 203, "DKK": 208, "SEK": 752}
-_CURRENCY_NAMES = {code: name for name, code in CURRENCIES.items()}
+# Answers that accept a command. 84 00 is the spec's alternative positive acknowledgement; 84 9C
+# ("please wait") is what real terminals send to 06 01 before they go on and approve
+# (Portalum.Zvt ZvtCommunication.cs treats both as positive completions).
+POSITIVE_ACKS = {(0x80, 0x00): "", (0x84, 0x00): "", (0x84, 0x9C): "please wait"}
+# What a terminal sends while it holds the master rights (PA00P015 ch. 3): each is acknowledged.
+PT_MESSAGES = frozenset({(0x04, 0x0F), (0x04, 0xFF), (0x06, 0x0F), (0x06, 0x1E), (0x06, 0xD1), (0x06, 0xD3)})
+ENDINGS = frozenset({(0x06, 0x0F), (0x06, 0x1E)})
+#: How the watchdog probes a terminal. ``link``: no ZVT command; the connection is kept open
+#: (TCP keepalive notices a silent terminal) and re-opened with a registration when it drops.
+#: ``status``: a status enquiry (05 01), which on some terminals starts due time-controlled tasks
+#: (end-of-day, updates): only for terminals whose maker asks for cyclic status enquiries.
+PROBE_METHODS = ("link", "status")
+STATUS_PROBE_INTERVAL_S = 30.0
+# TCP keepalive: a terminal switched off without closing the connection is noticed within
+# about idle + interval x count seconds.
+KEEPALIVE = (2, 1, 2)
 
 RESULT_TEXT = {
     0x00: "approved",
@@ -95,6 +124,33 @@ def result_text(code: int) -> str:
     if 0x01 <= code <= 0x63:
         return f"declined by the card network (code {code})"
     return RESULT_TEXT.get(code, f"result code 0x{code:02x}")
+
+
+class TerminalBusy(DeviceUnavailable):
+    """The terminal is in the middle of a command the box did not send: nothing was sent."""
+
+
+def currency_of(value: str | int) -> tuple[str, int]:
+    """(ISO 4217 alpha code, numeric code) of ``value``, given as ``"CNY"`` or ``156``.
+
+    Raises ValueError for an unknown code, and for a currency whose minor unit is not a
+    hundredth: amounts travel as ``amount_cents`` and ZVT's BMP 04 holds minor units.
+    """
+    text = str(value).strip().upper()
+    found = None
+    if text.isdigit():
+        found = next((c for c in iso4217.Currency if c.number == int(text)), None)
+    else:
+        with contextlib.suppress(ValueError):
+            found = iso4217.Currency(text)
+    if found is None:
+        raise ValueError(f"{value!r} is not an ISO 4217 currency (a code like \"CNY\" or its number, 156)")
+    if found.exponent != 2:
+        raise ValueError(
+            f"{found.code} has {found.exponent if found.exponent is not None else 'no'} minor-unit digits; "
+            "amounts are in hundredths (amount_cents)"
+        )
+    return found.code, found.number
 
 
 # -- BCD and APDU ---------------------------------------------------------------------------
@@ -140,6 +196,10 @@ class Apdu:
         return f"Apdu({self.cls:02X} {self.instr:02X}, {len(self.data)} bytes)"
 
 
+def _name(code: tuple[int, int]) -> str:
+    return f"{code[0]:02X} {code[1]:02X}"
+
+
 def decode_apdu(buf: bytes | bytearray) -> tuple[Apdu, int] | None:
     """One APDU from the start of ``buf`` and how many bytes it used; None when incomplete."""
     if len(buf) < 3:
@@ -156,17 +216,22 @@ def decode_apdu(buf: bytes | bytearray) -> tuple[Apdu, int] | None:
     return Apdu(buf[0], buf[1], bytes(buf[start : start + n])), start + n
 
 
-# Fixed-length BMPs (PA00P015 chapter "bitmaps"); LL/LLL variable ones are listed apart.
+# Every BMP PA00P015 defines ("Summary of utilised BMPs"), by how its length is known: fixed
+# length, LLVAR (two Fx length digits), LLLVAR (three), or BMP 06, a TLV container whose length
+# is BER-TLV encoded. 70-75 (display image) and FD (display device) are what real terminals send
+# that older tables lack (Portalum.Zvt BmpParser.cs lists them with these lengths).
 _BMP_FIXED = {
     0x01: 1, 0x02: 1, 0x03: 1, 0x04: 6, 0x05: 1, 0x0B: 3, 0x0C: 3, 0x0D: 2, 0x0E: 2,
     0x17: 2, 0x19: 1, 0x27: 1, 0x29: 4, 0x2A: 15, 0x37: 3, 0x3A: 2, 0x3B: 8, 0x3D: 3,
-    0x49: 2, 0x87: 2, 0x88: 3, 0x8A: 1, 0x8C: 1, 0xA0: 1, 0xAA: 3, 0xBA: 5, 0xD0: 1,
-    0xD2: 1, 0xD3: 1, 0xE0: 1, 0xE9: 1, 0xEA: 1, 0xEB: 8, 0xF0: 1, 0xF9: 1, 0xFA: 1,
-    0xFB: 1, 0xFC: 1,
+    0x49: 2, 0x70: 4, 0x71: 4, 0x72: 1, 0x73: 1, 0x74: 1, 0x75: 1, 0x87: 2, 0x88: 3,
+    0x8A: 1, 0x8C: 1, 0xA0: 1, 0xAA: 3, 0xBA: 5, 0xD0: 1, 0xD2: 1, 0xD3: 1, 0xE0: 1,
+    0xE9: 1, 0xEA: 1, 0xEB: 8, 0xF0: 1, 0xF9: 1, 0xFA: 1, 0xFB: 1, 0xFC: 1, 0xFD: 1,
 }  # fmt: skip
 _BMP_LLVAR = frozenset({0x22, 0x23, 0x2D, 0x8B, 0xA7, 0xD1, *range(0xE1, 0xE9), *range(0xF1, 0xF9)})
 _BMP_LLLVAR = frozenset({0x24, 0x2E, 0x3C, 0x60, 0x92, 0x9A, 0xAF})
 BMP_TLV = 0x06
+# The BMPs this driver reads; the others are skipped by their length.
+_BMP_USED = frozenset({0x04, 0x0B, 0x22, 0x27, 0x29, 0x49, 0x87})
 
 
 def _var_length(data: bytes, pos: int, digits: int, bmp: int) -> int:
@@ -193,30 +258,63 @@ def _tlv_length(data: bytes, pos: int) -> tuple[int, int]:
     return int.from_bytes(data[pos + 1 : pos + 1 + count], "big"), pos + 1 + count
 
 
-def parse_bmps(data: bytes) -> dict[int, bytes]:
-    """Split a run of BMP fields into {bmp: value}. Raises ProtocolError on anything unknown."""
-    fields: dict[int, bytes] = {}
+@dataclass
+class BmpRead:
+    """What :func:`read_bmps` got out of a run of BMPs.
+
+    ``skipped``: BMPs read past by their length, unused here; ``problem``: why reading stopped
+    before the end (a BMP the spec does not define, or one cut short), empty when it did not.
+    """
+
+    fields: dict[int, bytes] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)
+    problem: str = ""
+
+
+def read_bmps(data: bytes) -> BmpRead:
+    """Split a run of BMP fields by the spec's length rules. Never raises: the fields read before
+    a problem are kept, and the problem is described (by BMP number and offset, never content)."""
+    got = BmpRead()
     pos = 0
     while pos < len(data):
         bmp = data[pos]
         pos += 1
-        if bmp in _BMP_FIXED:
-            n = _BMP_FIXED[bmp]
-        elif bmp in _BMP_LLVAR:
-            n = _var_length(data, pos, 2, bmp)
-            pos += 2
-        elif bmp in _BMP_LLLVAR:
-            n = _var_length(data, pos, 3, bmp)
-            pos += 3
-        elif bmp == BMP_TLV:
-            n, pos = _tlv_length(data, pos)
-        else:
-            raise ProtocolError(f"ZVT field {bmp:02X} at offset {pos - 1} is not a known BMP")
+        try:
+            if bmp in _BMP_FIXED:
+                n = _BMP_FIXED[bmp]
+            elif bmp in _BMP_LLVAR:
+                n = _var_length(data, pos, 2, bmp)
+                pos += 2
+            elif bmp in _BMP_LLLVAR:
+                n = _var_length(data, pos, 3, bmp)
+                pos += 3
+            elif bmp == BMP_TLV:
+                n, pos = _tlv_length(data, pos)
+            else:
+                got.problem = (
+                    f"BMP {bmp:02X} at offset {pos - 1} is not defined by PA00P015; "
+                    f"the {len(data) - pos + 1} bytes from there were not read"
+                )
+                return got
+        except ProtocolError as exc:
+            got.problem = f"{exc} (offset {pos - 1})"
+            return got
         if pos + n > len(data):
-            raise ProtocolError(f"ZVT BMP {bmp:02X} is truncated: needs {n} bytes, has {len(data) - pos}")
-        fields[bmp] = data[pos : pos + n]
+            got.problem = f"BMP {bmp:02X} is truncated: needs {n} bytes, has {len(data) - pos}"
+            return got
+        got.fields[bmp] = data[pos : pos + n]
+        if bmp not in _BMP_USED:
+            got.skipped.append(bmp)
         pos += n
-    return fields
+    return got
+
+
+def parse_bmps(data: bytes) -> dict[int, bytes]:
+    """Split a run of BMP fields into {bmp: value}; ProtocolError when it cannot be read to the end."""
+    got = read_bmps(data)
+    if got.problem:
+        raise ProtocolError(f"ZVT {got.problem}")
+    return got.fields
 
 
 def llvar(value: bytes, digits: int = 2) -> bytes:
@@ -241,6 +339,7 @@ class ApduLink(Protocol):
 
     async def send(self, apdu: Apdu) -> None: ...
     async def recv(self, timeout: float) -> Apdu: ...
+    def pending(self) -> tuple[list[Apdu], bool]: ...
     async def close(self) -> None: ...
 
 
@@ -273,7 +372,9 @@ class TcpApduLink:
 
     @classmethod
     async def connect(cls, host: str, port: int = ZVT_TCP_PORT, timeout: float = 2.0) -> TcpApduLink:
-        return cls(await StreamTransport.tcp(host, port, timeout))
+        transport = await StreamTransport.tcp(host, port, timeout)
+        transport.keepalive(*KEEPALIVE)
+        return cls(transport)
 
     @property
     def dead(self) -> bool:
@@ -284,6 +385,15 @@ class TcpApduLink:
 
     async def recv(self, timeout: float) -> Apdu:
         return await read_apdu(self._transport, timeout, self._buf)
+
+    def pending(self) -> tuple[list[Apdu], bool]:
+        """The APDUs already received and not read, and whether a partial one follows them."""
+        self._buf += self._transport.drain_input()
+        out = []
+        while (got := decode_apdu(self._buf)) is not None:
+            out.append(got[0])
+            del self._buf[: got[1]]
+        return out, bool(self._buf)
 
     async def close(self) -> None:
         await self._transport.close()
@@ -347,15 +457,27 @@ def decode_serial_frame(buf: bytes | bytearray) -> tuple[bytes, int] | None:
 
 
 class SerialApduLink:
-    """ZVT over RS-232 (9600 8N2): DLE STX framing with CRC, each frame answered ACK or NAK."""
+    """ZVT over RS-232 (9600 8N2): DLE STX framing with CRC, each frame answered ACK or NAK.
+
+    One reader task owns the port's input. Between frames it takes the terminal's ACK/NAK line
+    answers (to what :meth:`send` wrote), and it answers each frame the terminal sends (ACK, or
+    NAK for a bad CRC) before handing its APDU to :meth:`recv`. So an abort (06 B0) sent while a
+    payment waits in :meth:`recv` gets its own ACK and never steals a byte of the payment's frames.
+    """
 
     RETRIES = 3
 
     def __init__(self, transport: StreamTransport, frame_timeout: float = 1.0) -> None:
         self._transport = transport
-        self._buf = bytearray()
         self._frame_timeout = frame_timeout
         self.label = transport.label
+        self._frames: collections.deque[Apdu] = collections.deque()
+        self._line: collections.deque[int] = collections.deque()
+        self._partial = bytearray()
+        self._arrived = asyncio.Event()
+        self._failure: DeviceError | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._sending = asyncio.Lock()
 
     @classmethod
     async def open(cls, port: str, baudrate: int = 9600) -> SerialApduLink:
@@ -363,58 +485,100 @@ class SerialApduLink:
 
     @property
     def dead(self) -> bool:
-        return self._transport.dead
+        return self._transport.dead or self._failure is not None
 
-    async def send(self, apdu: Apdu) -> None:
-        frame = encode_serial_frame(apdu.encode())
-        for _ in range(self.RETRIES):
-            await self._transport.write(frame)
-            reply = await self._next_byte(self._frame_timeout)
-            if reply == ACK:
-                return
-            if reply != NAK:
-                raise ProtocolError(
-                    f"{self.label}: terminal answered a frame with 0x{reply:02x}, not ACK/NAK"
-                )
-        raise ProtocolError(f"{self.label}: terminal refused the frame {self.RETRIES} times (NAK)")
+    def _start(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_loop(), name=f"zvt-serial-{self.label}")
 
-    async def _next_byte(self, timeout: float) -> int:
-        if not self._buf:
-            self._buf += await self._transport.read_some(timeout)
-        b = self._buf[0]
-        del self._buf[0]
-        return b
-
-    async def recv(self, timeout: float) -> Apdu:
+    async def _read_loop(self) -> None:
+        buf = self._partial
         bad_frames = 0
         try:
-            async with asyncio.timeout(timeout):
-                while True:
+            while True:
+                try:
+                    buf += await self._transport.read_some(3600.0)
+                except DeviceTimeout:
+                    continue
+                while buf:
+                    if buf[0] in (ACK, NAK):
+                        self._line.append(buf[0])
+                        del buf[0]
+                        continue
+                    if buf[0] != DLE:
+                        log.debug("%s: line noise 0x%02x between frames dropped", self.label, buf[0])
+                        del buf[0]
+                        continue
                     try:
-                        got = decode_serial_frame(self._buf)
-                    except ProtocolError:
+                        got = decode_serial_frame(buf)
+                    except ProtocolError as exc:
                         bad_frames += 1
-                        self._buf.clear()
+                        buf.clear()
                         await self._transport.write(bytes([NAK]))
                         if bad_frames >= self.RETRIES:
-                            raise
+                            raise ProtocolError(f"{self.label}: {exc} ({bad_frames} times)") from exc
                         continue
                     if got is None:
-                        self._buf += await self._transport.read_some(timeout)
-                        continue
+                        break
                     data, used = got
-                    del self._buf[:used]
+                    del buf[:used]
+                    bad_frames = 0
                     await self._transport.write(bytes([ACK]))
                     decoded = decode_apdu(data)
                     if decoded is None or decoded[1] != len(data):
                         raise ProtocolError(f"{self.label}: serial frame does not hold exactly one APDU")
-                    return decoded[0]
+                    self._frames.append(decoded[0])
+                self._arrived.set()
+        except DeviceError as exc:
+            self._failure = exc
+            self._arrived.set()
+
+    async def _wait(self, ready: Callable[[], bool], timeout: float) -> None:
+        self._start()
+        async with asyncio.timeout(timeout):
+            while not ready():
+                if self._failure is not None:
+                    raise self._failure
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def send(self, apdu: Apdu) -> None:
+        frame = encode_serial_frame(apdu.encode())
+        async with self._sending:
+            self._start()
+            self._line.clear()
+            for _ in range(self.RETRIES):
+                await self._transport.write(frame)
+                try:
+                    await self._wait(lambda: bool(self._line), self._frame_timeout)
+                except TimeoutError as exc:
+                    raise DeviceTimeout(
+                        f"{self.label}: terminal did not answer a frame within {self._frame_timeout:g}s"
+                    ) from exc
+                if self._line.popleft() == ACK:
+                    return
+        raise ProtocolError(f"{self.label}: terminal refused the frame {self.RETRIES} times (NAK)")
+
+    async def recv(self, timeout: float) -> Apdu:
+        try:
+            await self._wait(lambda: bool(self._frames), timeout)
         except TimeoutError as exc:
-            if self._buf:
+            if self._partial:
                 raise ProtocolError(f"{self.label}: truncated ZVT serial frame") from exc
             raise DeviceTimeout(f"{self.label}: terminal sent nothing within {timeout:.1f}s") from exc
+        return self._frames.popleft()
+
+    def pending(self) -> tuple[list[Apdu], bool]:
+        out = list(self._frames)
+        self._frames.clear()
+        return out, bool(self._partial)
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
         await self._transport.close()
 
 
@@ -461,22 +625,30 @@ class _Collected:
     masked_pan: str = ""
     status_seen: bool = False
     intermediate: int | None = None
+    problems: list[str] = field(default_factory=list)  # fields that could not be read
 
 
 def _absorb(fields: dict[int, bytes], got: _Collected) -> None:
+    def number(bmp: int, what: str) -> int | None:
+        try:
+            return from_bcd(fields[bmp], what)
+        except ProtocolError as exc:
+            got.problems.append(str(exc))
+            return None
+
     if 0x27 in fields:
         got.result_code = fields[0x27][0]
     if 0x04 in fields:
-        got.amount_cents = from_bcd(fields[0x04], "amount")
+        got.amount_cents = number(0x04, "amount")
     if 0x0B in fields:
-        got.trace_no = from_bcd(fields[0x0B], "trace number")
+        got.trace_no = number(0x0B, "trace number")
     if 0x87 in fields:
-        got.receipt_no = from_bcd(fields[0x87], "receipt number")
+        got.receipt_no = number(0x87, "receipt number")
     if 0x29 in fields:
         got.terminal_id = fields[0x29].hex()
-    if 0x49 in fields:
-        code = from_bcd(fields[0x49], "currency code")
-        got.currency = _CURRENCY_NAMES.get(code, str(code))
+    if 0x49 in fields and (code := number(0x49, "currency code")) is not None:
+        known = next((c.code for c in iso4217.Currency if c.number == code), None)
+        got.currency = known or str(code)
     if 0x22 in fields:
         got.masked_pan = last_four(fields[0x22])
 
@@ -490,20 +662,31 @@ class _Finished:
     result_code: int | None
 
 
-def _parse_status_completion(data: bytes) -> tuple[int, dict[int, bytes]]:
-    """Completion of a status enquiry: ``LLL software version``, status byte, then BMPs."""
-    n = _var_length(data, 0, 3, 0x0F)
-    pos = 3 + n
+def _split_status_completion(data: bytes) -> tuple[int | None, bytes]:
+    """Completion of a status enquiry: ``[LLL software version]`` status byte, then BMPs.
+
+    The version comes first unless the terminal leaves it out (a service-byte choice the ECR did
+    not make, but some terminals do): its length digits are ``Fx`` bytes, a status byte is not.
+    """
+    pos = 0
+    if len(data) >= 3 and all(b & 0xF0 == 0xF0 and b & 0x0F <= 9 for b in data[:3]):
+        pos = 3 + _var_length(data, 0, 3, 0x0F)
     if pos >= len(data):
-        raise ProtocolError("ZVT status enquiry completion has no terminal status byte")
-    return data[pos], parse_bmps(data[pos + 1 :])
+        return None, b""
+    return data[pos], data[pos + 1 :]
 
 
 # -- the driver -------------------------------------------------------------------------------
 
 
 class ZvtPinpad(Driver):
-    """A ZVT payment terminal. ``info.address`` is ``host[:port]`` (tcp) or a tty path (serial)."""
+    """A ZVT payment terminal. ``info.address`` is ``host[:port]`` (tcp) or a tty path (serial).
+
+    Per terminal (the ``[[device]]`` keys, in ``info.extra`` unless given here): ``password``
+    (six digits), ``currency`` (ISO 4217, e.g. ``CNY`` or ``156``), ``probe`` (one of
+    :data:`PROBE_METHODS`) and ``probe_interval_s`` (how often the watchdog probes it; None
+    leaves the watchdog's default for pinpads).
+    """
 
     name: ClassVar[str] = "zvt"
     kind = "pinpad"
@@ -513,32 +696,46 @@ class ZvtPinpad(Driver):
         self,
         info: DeviceInfo,
         *,
-        password: str = "000000",
-        currency: str = "EUR",
+        password: str | None = None,
+        currency: str | int | None = None,
         config_byte: int = 0x08,
         ack_timeout: float = 5.0,
         transaction_timeout: float = 180.0,
         connect_timeout: float = 2.0,
+        refusal_grace: float = 1.0,
+        probe: str | None = None,
+        probe_interval_s: float | None = None,
         link_factory: Callable[[], ApduLink] | None = None,
     ) -> None:
         super().__init__(info)
+        password = password if password is not None else info.extra.get("password", "000000")
         if len(password) != 6 or not password.isdigit():
             raise ValueError("ZVT password must be 6 digits")
-        if currency not in CURRENCIES:
-            raise ValueError(f"unsupported currency {currency!r}")
         self._password = bytes.fromhex(password)
-        self.currency = currency
+        self.currency, self.currency_number = currency_of(currency or info.extra.get("currency", "EUR"))
+        self.probe = probe or info.extra.get("probe", "link")
+        if self.probe not in PROBE_METHODS:
+            raise ValueError(f"ZVT probe must be one of {', '.join(PROBE_METHODS)}, got {self.probe!r}")
+        interval = probe_interval_s if probe_interval_s is not None else info.extra.get("probe_interval_s")
+        self.probe_interval_s: float | None = float(interval) if interval is not None else (
+            STATUS_PROBE_INTERVAL_S if self.probe == "status" else None
+        )
         # 0x08: the terminal sends intermediate status. Receipts stay on the terminal's printer,
         # so no receipt text (with card data) ever comes to the ECR.
         self.config_byte = config_byte
         self.ack_timeout = ack_timeout
         self.transaction_timeout = transaction_timeout
         self.connect_timeout = connect_timeout
+        self.refusal_grace = min(refusal_grace, ack_timeout)
         self._link_factory = link_factory
         self._link: ApduLink | None = None
+        # False from a command's start until its completion or abort was read: a link left so
+        # (an error, a cancelled call) may still carry the terminal's messages, and is replaced.
+        self._synced = True
         self._lock = asyncio.Lock()
         self._abort_requested = False
         self._in_transaction = False
+        self._seen_bmps: set[int] = set()
         self.terminal_id = ""
         #: Newest terminal trace number this driver has seen; the default baseline for pay().
         self.last_trace_no: int | None = None
@@ -572,19 +769,22 @@ class ZvtPinpad(Driver):
         command) is replaced first: a payment sent into it could not reach the terminal, but
         the failure would show only after the send, when its outcome must count as unknown.
         Reconnecting fails cleanly instead (DeviceUnavailable: nothing asked, safe for a spare).
+        So is a link whose last command did not end cleanly: messages of that command may still
+        be on their way, and must never be read as the answer to the next one.
         """
-        if self._link is not None and getattr(self._link, "dead", False):
+        if self._link is not None and (getattr(self._link, "dead", False) or not self._synced):
             await self._drop_link()
         if self._link is not None:
             return self._link
         link = await self._connect()
+        self._synced = True
         try:
-            data = self._password + bytes([self.config_byte]) + bcd(CURRENCIES[self.currency], 2)
+            data = self._password + bytes([self.config_byte]) + bcd(self.currency_number, 2)
             got = await self._command(link, Apdu(0x06, 0x00, data), self.ack_timeout * 2)
             if got.code != (0x06, 0x0F):
                 raise PaymentError(
                     f"terminal refused registration: {result_text(got.result_code or 0xFF)}; "
-                    "check the ZVT password",
+                    "check the ZVT password and currency",
                     self.info.device_id,
                 )
             if got.collected.terminal_id:
@@ -597,6 +797,7 @@ class ZvtPinpad(Driver):
 
     async def _drop_link(self) -> None:
         link, self._link = self._link, None
+        self._synced = True
         if link is not None:
             await link.close()
 
@@ -621,61 +822,149 @@ class ZvtPinpad(Driver):
                 await self._drop_link()
                 raise DeviceTimeout(too_late, self.info.device_id) from exc
 
+    async def _ack(self, link: ApduLink) -> None:
+        await link.send(Apdu(0x80, 0x00))
+
+    async def _clear_stale(self, link: ApduLink) -> None:
+        """Before a command: what the terminal sent since the last one ended is not an answer
+        to it. Each message is acknowledged (the terminal waits for that) and dropped; when they
+        show the terminal busy with a command of its own, nothing is sent (TerminalBusy)."""
+        stale, partial = link.pending()
+        if not stale and not partial:
+            return
+        busy = partial
+        for msg in stale:
+            if msg.code in PT_MESSAGES:
+                await self._ack(link)
+                busy = msg.code not in ENDINGS
+        codes = ", ".join(_name(m.code) for m in stale) + (" and a partial message" if partial else "")
+        log.warning("%s: %s left over from an earlier command: acknowledged and dropped", link.label, codes)
+        if busy:
+            self._synced = False
+            raise TerminalBusy(
+                f"terminal is in the middle of a command the box did not send ({codes}); nothing was sent",
+                self.info.device_id,
+            )
+
+    async def _accepted(self, link: ApduLink, command: Apdu) -> Apdu | None:
+        """Wait for the terminal to accept ``command``. Returns a message of the command that
+        came in place of the acknowledgement (handled by the caller), or None.
+
+        A negative acknowledgement (84 xx) is a refusal only when the terminal then stays silent
+        for ``refusal_grace``: a terminal that goes on after it is in the command all the same
+        (its 84 was a "please wait" by another code), and is waited for. Messages of an earlier
+        command are acknowledged and dropped.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ack_timeout
+        name = _name(command.code)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeviceTimeout(f"{link.label}: terminal did not acknowledge {name} within {self.ack_timeout:g}s")
+            reply = await link.recv(remaining)
+            if reply.code in POSITIVE_ACKS:
+                if POSITIVE_ACKS[reply.code]:
+                    log.info("%s: terminal answered %s (%s) to %s: waiting for it",
+                             link.label, _name(reply.code), POSITIVE_ACKS[reply.code], name)
+                return None
+            if reply.cls == 0x84:
+                try:
+                    following = await link.recv(self.refusal_grace)
+                except DeviceTimeout:
+                    self._synced = True
+                    raise PaymentError(
+                        f"terminal refused {name}: {result_text(reply.instr)}", self.info.device_id
+                    ) from None
+                log.warning("%s: terminal answered %s (%s) to %s and then went on (%s): waiting for its result",
+                            link.label, _name(reply.code), result_text(reply.instr), name, _name(following.code))
+                return following
+            if reply.code in PT_MESSAGES:
+                log.warning("%s: %s came before the acknowledgement of %s: left over from an earlier "
+                            "command, acknowledged and dropped", link.label, _name(reply.code), name)
+                await self._ack(link)
+                continue
+            raise ProtocolError(
+                f"{link.label}: expected ACK 80 00 to {name}, got {_name(reply.code)}", self.info.device_id
+            )
+
+    def _read_fields(self, data: bytes, got: _Collected, where: str, label: str) -> None:
+        """Take what this driver uses out of a message's BMPs (after it was acknowledged)."""
+        bmps = read_bmps(data)
+        _absorb(bmps.fields, got)
+        new = [b for b in bmps.skipped if b not in self._seen_bmps]
+        if new:
+            self._seen_bmps.update(new)
+            log.info("%s: %s carries BMPs %s, not used here: skipped by their length",
+                     label, where, " ".join(f"{b:02X}" for b in new))
+        if bmps.problem:
+            got.problems.append(f"{where}: {bmps.problem}")
+            log.warning("%s: %s could not be read to the end: %s", label, where, bmps.problem)
+
     async def _command(self, link: ApduLink, command: Apdu, timeout: float) -> _Finished:
         """Send ``command``; acknowledge every terminal message until completion or abort.
 
-        Raises PaymentError when the terminal refuses the command outright (negative ACK):
-        then it did nothing. Any other error may leave the terminal mid-command.
+        Raises PaymentError when the terminal refuses the command outright (negative ACK, then
+        silence): then it did nothing; TerminalBusy when it was busy and nothing was sent. Any
+        other error may leave the terminal mid-command.
         """
+        self._synced = False
+        await self._clear_stale(link)
         await link.send(command)
-        reply = await link.recv(self.ack_timeout)
-        if reply.cls == 0x84:
-            raise PaymentError(
-                f"terminal refused {command.cls:02X} {command.instr:02X}: {result_text(reply.instr)}",
-                self.info.device_id,
-            )
-        if reply.code != (0x80, 0x00):
-            raise ProtocolError(
-                f"{link.label}: expected ACK 80 00 to {command.cls:02X} {command.instr:02X}, "
-                f"got {reply.cls:02X} {reply.instr:02X}",
-                self.info.device_id,
-            )
+        first = await self._accepted(link, command)
         got = _Collected()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise DeviceTimeout(f"{link.label}: terminal did not finish within {timeout:g}s")
-            msg = await link.recv(remaining)
+            if first is not None:
+                msg, first = first, None
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise DeviceTimeout(self._too_late(link, timeout, got))
+                try:
+                    msg = await link.recv(remaining)
+                except DeviceTimeout as exc:
+                    raise DeviceTimeout(self._too_late(link, timeout, got)) from exc
             code = msg.code
-            if code in ((0x80, 0x00),) or msg.cls == 0x84:
+            if code in POSITIVE_ACKS or msg.cls == 0x84:
                 continue  # the terminal's answer to our abort (06 B0)
             if code == (0x04, 0xFF):
+                await self._ack(link)
                 got.intermediate = msg.data[0] if msg.data else None
-                await link.send(Apdu(0x80, 0x00))
             elif code == (0x04, 0x0F):
+                await self._ack(link)
                 got.status_seen = True
-                _absorb(parse_bmps(msg.data), got)
-                await link.send(Apdu(0x80, 0x00))
+                self._read_fields(msg.data, got, "status information 04 0F", link.label)
             elif code == (0x06, 0x0F):
-                await link.send(Apdu(0x80, 0x00))
+                await self._ack(link)
+                self._synced = True
                 if command.code == (0x05, 0x01):
-                    status, fields = _parse_status_completion(msg.data)
-                    _absorb(fields, got)
+                    try:
+                        status, rest = _split_status_completion(msg.data)
+                    except ProtocolError as exc:
+                        got.problems.append(str(exc))
+                        status, rest = None, b""
+                    self._read_fields(rest, got, "completion 06 0F", link.label)
                     return _Finished(code, got, status)
-                _absorb(parse_bmps(msg.data), got)
+                self._read_fields(msg.data, got, "completion 06 0F", link.label)
                 return _Finished(code, got, got.result_code)
             elif code == (0x06, 0x1E):
-                await link.send(Apdu(0x80, 0x00))
+                await self._ack(link)
+                self._synced = True
                 if not msg.data:
                     raise ProtocolError(f"{link.label}: abort 06 1E without a result code")
                 got.result_code = msg.data[0]
                 return _Finished(code, got, msg.data[0])
-            elif msg.cls == 0x06 and msg.instr in (0xD1, 0xD3):
-                await link.send(Apdu(0x80, 0x00))  # receipt text: stays on the terminal side
+            elif code in ((0x06, 0xD1), (0x06, 0xD3)):
+                await self._ack(link)  # receipt text: stays on the terminal side
             else:
                 await link.send(Apdu(0x84, 0x83))
+
+    @staticmethod
+    def _too_late(link: ApduLink, timeout: float, got: _Collected) -> str:
+        problems = f" (what it sent could not all be read: {'; '.join(got.problems)})" if got.problems else ""
+        return f"{link.label}: terminal did not finish within {timeout:g}s{problems}"
 
     async def _transaction(
         self, kind: TransactionKind, command: Apdu, amount_cents: int, after_trace_no: int | None
@@ -695,7 +984,7 @@ class ZvtPinpad(Driver):
             self._in_transaction = True
             try:
                 done = await self._command(link, command, self.transaction_timeout)
-            except PaymentError:
+            except (PaymentError, TerminalBusy):
                 raise
             except (DeviceError, TimeoutError) as exc:
                 await self._drop_link()
@@ -741,13 +1030,14 @@ class ZvtPinpad(Driver):
     def _amount_fields(self, amount_cents: int) -> bytes:
         if not 0 < amount_cents <= 999_999_999_999:
             raise ValueError(f"amount {amount_cents} cents is out of range")
-        return b"\x04" + bcd(amount_cents, 6) + b"\x49" + bcd(CURRENCIES[self.currency], 2)
+        return b"\x04" + bcd(amount_cents, 6) + b"\x49" + bcd(self.currency_number, 2)
 
     async def pay(self, amount_cents: int, *, after_trace_no: int | None = None) -> PaymentResult:
         """Authorise a card payment (06 01). Journal the intent *before* calling this.
 
-        Raises DeviceUnavailable/DeviceTimeout when the terminal could not be reached and
-        PaymentError when it refused the command: in both cases nothing was charged.
+        Raises DeviceUnavailable/DeviceTimeout when the terminal could not be reached (or was
+        busy: TerminalBusy) and PaymentError when it refused the command: in all these cases
+        nothing was charged.
         """
         data = self._amount_fields(amount_cents)
         return await self._transaction("payment", Apdu(0x06, 0x01, data), amount_cents, after_trace_no)
@@ -776,9 +1066,15 @@ class ZvtPinpad(Driver):
         return True
 
     async def last_transaction(self) -> PaymentResult | None:
-        """The terminal's last transaction, by repeat receipt (06 20); None if it has none."""
+        """The terminal's last transaction, by repeat receipt (06 20); None if it has none.
+
+        Real terminals may print a copy of the receipt for this: ask only when an outcome is
+        unknown. Raises PaymentError when the terminal answers with anything but "no
+        transaction" (0x83): busy or printer not ready proves nothing either way.
+        """
         done = await self._enquire(Apdu(0x06, 0x20, self._password), self.ack_timeout * 4,
                                    "terminal did not repeat its last receipt in time")
+        got = done.collected
         if done.code == (0x06, 0x1E):
             if done.result_code in NO_RECORD_CODES:
                 return None
@@ -786,16 +1082,17 @@ class ZvtPinpad(Driver):
                 f"terminal cannot repeat its last transaction: {result_text(done.result_code or 0xFF)}",
                 self.info.device_id,
             )
-        if not done.collected.status_seen or done.collected.amount_cents is None:
-            raise ProtocolError(
-                "terminal repeated its last receipt without amount or result", self.info.device_id
+        if not got.status_seen or got.amount_cents is None or got.result_code is None:
+            missing = "status information" if not got.status_seen else "amount" if got.amount_cents is None \
+                else "result code"
+            problems = f" ({'; '.join(got.problems)})" if got.problems else ""
+            raise PaymentError(
+                f"terminal repeated its last receipt without its {missing}{problems}", self.info.device_id
             )
-        base = PaymentResult("unknown", "payment", done.collected.amount_cents, self.currency)
-        finished = _Finished((0x06, 0x0F), done.collected, done.collected.result_code)
-        result = self._result(base, finished)
-        if result.outcome == "approved" and done.collected.result_code not in (None, 0x00):
-            result = replace(result, outcome="declined")
-        return result
+        # The completion ends the repeat, not the transaction: its result is BMP 27 alone.
+        base = PaymentResult("unknown", "payment", got.amount_cents, self.currency)
+        return self._result(base, _Finished((0x06, 0x0F) if got.result_code == 0 else (0x06, 0x1E), got,
+                                            got.result_code))
 
     async def settle(self, pending: PaymentResult) -> PaymentResult:
         """Turn an ``unknown`` result into what really happened, from the terminal's memory.
@@ -839,27 +1136,40 @@ class ZvtPinpad(Driver):
         )
 
     async def status(self) -> int:
-        """Status enquiry (05 01): the terminal status code, 0 when ready."""
+        """Status enquiry (05 01): the terminal status code, 0 when ready.
+
+        On some terminals this starts time-controlled tasks that are due (end-of-day, updates);
+        the watchdog sends it only to terminals configured with ``probe = "status"``.
+        """
         done = await self._enquire(Apdu(0x05, 0x01, self._password), self.ack_timeout * 2,
                                    "terminal did not answer the status enquiry")
         if done.collected.terminal_id:
             self.terminal_id = done.collected.terminal_id
         if done.code == (0x06, 0x1E):
             return done.result_code if done.result_code is not None else 0xFF
-        return done.result_code or 0
+        if done.result_code is None:
+            raise ProtocolError("status enquiry completion without a terminal status", self.info.device_id)
+        return done.result_code
 
     async def health(self) -> Health:
         if self._lock.locked():
             # A payment holds the terminal; asking now would disturb it. Report what we knew.
             return self._last_health
         try:
-            code = await self.status()
+            if self.probe == "status":
+                code = await self.status()
+            else:
+                async with self._lock:
+                    await self._ensure_link()
+                code = 0
+        except TerminalBusy as exc:
+            health = Health("degraded", str(exc).removeprefix(f"{self.info.device_id}: "))
         except PaymentError as exc:
-            health = Health("degraded", str(exc))
+            health = Health("degraded", str(exc).removeprefix(f"{self.info.device_id}: "))
         except DeviceTimeout:
             health = Health("failed", "no answer")
         except DeviceError as exc:
-            health = Health("failed", str(exc))
+            health = Health("failed", str(exc).removeprefix(f"{self.info.device_id}: "))
         else:
             if code == 0:
                 health = Health("ready")
@@ -869,3 +1179,30 @@ class ZvtPinpad(Driver):
                 health = Health("degraded", f"terminal reports: {result_text(code)}")
         self._last_health = health
         return health
+
+    async def field_check(self, wait_s: float) -> FieldCheck:
+        """The installer's check: connect and register (06 00: password and currency), then one
+        status enquiry (05 01), asked knowingly here; no payment and no repeat receipt (06 20),
+        which real terminals may print. The profile names what the box uses for this terminal."""
+        steps: list[FieldStep] = []
+        profile: dict[str, object] = {"currency": self.currency, "probe": self.probe}
+        try:
+            await self.open()
+        except PaymentError as exc:
+            steps.append(FieldStep("registration 06 00", False, f"{exc}: set the terminal's password and "
+                                   f"currency ({self.currency}) in its [[device]]"))
+            return FieldCheck(tuple(steps), profile)
+        except DeviceError as exc:
+            steps.append(FieldStep("registration 06 00", False, f"{exc}: check the address, cable and "
+                                   "that the terminal's ECR interface is ZVT"))
+            return FieldCheck(tuple(steps), profile)
+        steps.append(FieldStep("registration 06 00", True,
+                               f"terminal {self.terminal_id or '(id not sent)'} took password and {self.currency}"))
+        try:
+            code = await self.status()
+        except DeviceError as exc:
+            steps.append(FieldStep("status enquiry 05 01", False, str(exc)))
+        else:
+            steps.append(FieldStep("status enquiry 05 01", code == 0,
+                                   "ready" if code == 0 else f"terminal reports: {result_text(code)}"))
+        return FieldCheck(tuple(steps), profile)

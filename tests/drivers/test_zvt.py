@@ -106,7 +106,9 @@ async def test_abort_while_waiting_for_card(sim: ZvtPinpadSim, pinpad: ZvtPinpad
     assert (0x06, 0xB0) in sim.commands
 
 
-async def test_status_and_health(sim: ZvtPinpadSim, pinpad: ZvtPinpad) -> None:
+async def test_status_and_health(sim: ZvtPinpadSim) -> None:
+    pinpad = ZvtPinpad(_info(sim.port), ack_timeout=1.0, probe="status")
+    assert pinpad.probe_interval_s == 30.0  # asked at a status prober's pace, not the watchdog's 2 s
     assert await pinpad.status() == 0
     assert (await pinpad.health()).state == "ready"
     sim.terminal_status = 0xCC
@@ -114,12 +116,17 @@ async def test_status_and_health(sim: ZvtPinpadSim, pinpad: ZvtPinpad) -> None:
     assert health.state == "degraded" and "printer" in health.reason
     sim.terminal_status = 0xDF
     assert (await pinpad.health()).state == "failed"
+    await pinpad.close()
 
 
-async def test_health_when_terminal_gone() -> None:
+@pytest.mark.parametrize("probe", ["link", "status"])
+async def test_health_when_terminal_gone(probe: str) -> None:
     async with ZvtPinpadSim() as sim:
-        pinpad = ZvtPinpad(_info(sim.port), ack_timeout=0.5)
+        pinpad = ZvtPinpad(_info(sim.port), ack_timeout=0.5, probe=probe)
         await pinpad.open()
+    async with asyncio.timeout(2):
+        while pinpad.connected:  # the reset reaches the event loop
+            await asyncio.sleep(0.01)
     health = await pinpad.health()
     assert health.state == "failed" and health.reason
     await pinpad.close()

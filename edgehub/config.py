@@ -285,7 +285,12 @@ class DiscoveryConfig:
 
 DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
 # Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity, printer confirm).
-DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor")
+DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor",
+                     *("currency", "password", "password_file", "probe", "probe_interval_s"))
+# What only a ZVT terminal takes: its password (secret: inline or in a file), currency (ISO 4217)
+# and how the watchdog probes it (drivers.zvt.PROBE_METHODS; a test keeps them equal).
+ZVT_KEYS = ("currency", "password", "password_file", "probe", "probe_interval_s")
+ZVT_PROBES = ("link", "status")
 # How an escpos printer confirms a job (drivers.escpos.CONFIRM_MODES; a test keeps them equal).
 PRINTER_CONFIRM_MODES = ("auto", "process-id", "status")
 
@@ -685,7 +690,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     kitchen = _kitchen(ck, base, data, api.token)
     roles = _roles(ck, data)
     discovery = _discovery(ck, data)
-    devices = _static_devices(ck, data)
+    devices = _static_devices(ck, base, data)
     cloud = _cloud(ck, base, data, store.id)
 
     if ck.problems:
@@ -909,9 +914,34 @@ def _device_address_problem(transport: str, address: str) -> str | None:
     return None
 
 
-def _static_devices(ck: _Checker, data: Mapping[str, Any]) -> tuple[StaticDeviceConfig, ...]:
+def _zvt_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a ZVT terminal's ``key``, or None."""
+    if key == "password":
+        if not isinstance(value, str) or len(value) != 6 or not value.isdigit():
+            return 'must be the terminal\'s six-digit password in quotes, e.g. "000000"'
+    elif key == "currency":
+        from drivers.zvt import currency_of
+
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return 'must be an ISO 4217 code, e.g. "CNY" or 156'
+        try:
+            currency_of(value)
+        except ValueError as exc:
+            return str(exc)
+    elif key == "probe":
+        if value not in ZVT_PROBES:
+            return (f"must be one of {', '.join(map(repr, ZVT_PROBES))}, got {value!r} (\"status\" sends a status "
+                    "enquiry, which may start the terminal's due end-of-day or update)")
+    elif key == "probe_interval_s":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value <= 3600:
+            return "must be 0.5 to 3600 seconds"
+    return None
+
+
+def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[StaticDeviceConfig, ...]:
     """``[[device]]`` entries. Driver settings (baudrate, parity, mode…) go to the driver as
-    ``info.extra``; they must be plain strings, numbers or booleans."""
+    ``info.extra``; they must be plain strings, numbers or booleans. A ZVT terminal's
+    ``password_file`` is read here, so the driver gets ``password`` either way."""
     devices: list[StaticDeviceConfig] = []
     seen: set[str] = set()
     for prefix, entry in ck.entries(data, "device"):
@@ -943,6 +973,17 @@ def _static_devices(ck: _Checker, data: Mapping[str, Any]) -> tuple[StaticDevice
             elif key == "confirm" and value not in PRINTER_CONFIRM_MODES:
                 ck.problem(f"{prefix}.confirm", f"must be one of {', '.join(map(repr, PRINTER_CONFIRM_MODES))}, "
                            f'got {value!r} ("status" for printers that ignore GS ( H)')
+            elif key in ZVT_KEYS and driver and driver != "zvt":
+                ck.problem(f"{prefix}.{key}", f"only zvt pinpads take {key}, this is a {driver}")
+            elif key in ("password", "password_file"):
+                if key == "password_file" or "password_file" not in entry:
+                    password = _secret(ck, base, entry, f"{prefix}.password")
+                    if password and (problem := _zvt_problem("password", password)):
+                        ck.problem(f"{prefix}.password", problem)
+                    elif password:
+                        extra["password"] = password
+            elif key in ZVT_KEYS and (problem := _zvt_problem(key, value)):
+                ck.problem(f"{prefix}.{key}", problem)
             elif isinstance(value, bool):
                 extra[key] = "true" if value else "false"
             elif isinstance(value, (str, int, float)):

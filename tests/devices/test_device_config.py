@@ -78,6 +78,23 @@ mode = "continuous"
             '[[device]]\ndriver = "zvt"\ntransport = "tcp"\naddress = "10.0.0.5"\nconfirm = "status"',
             "device[0].confirm: only escpos printers take confirm",
         ),
+        *(
+            (f'[[device]]\ndriver = "zvt"\ntransport = "tcp"\naddress = "10.0.0.6"\n{line}', expected)
+            for line, expected in (
+                ('password = "12345"', 'device[0].password: must be the terminal\'s six-digit password in quotes'),
+                ("password = 123456", "device[0].password: must be a string"),
+                ('password = "123456"\npassword_file = "pw"', "give either password or password_file, not both"),
+                ('password_file = "missing.txt"', "device[0].password_file: cannot read"),
+                ('currency = "RMB"', "device[0].currency: 'RMB' is not an ISO 4217 currency"),
+                ('currency = "JPY"', "device[0].currency: JPY has 0 minor-unit digits"),
+                ('probe = "ping"', "device[0].probe: must be one of 'link', 'status', got 'ping'"),
+                ("probe_interval_s = 0.1", "device[0].probe_interval_s: must be 0.5 to 3600 seconds"),
+            )
+        ),
+        (
+            '[[device]]\ndriver = "escpos"\ntransport = "tcp"\naddress = "10.0.0.7"\ncurrency = "CNY"',
+            "device[0].currency: only zvt pinpads take currency, this is a escpos",
+        ),
     ],
 )
 def test_problems_name_file_line_and_key(tmp_path: Path, extra: str, expected: str) -> None:
@@ -115,3 +132,52 @@ address = "192.168.1.52:9100"
     drivers = [await DriverFactory()(static_device_info(device)) for device in (clone, epson)]
     assert all(isinstance(d, EscposPrinter) for d in drivers)
     assert [d.confirm for d in drivers if isinstance(d, EscposPrinter)] == ["status", "auto"]
+
+
+async def test_a_zvt_terminals_own_settings_reach_the_driver(tmp_path: Path) -> None:
+    from drivers.zvt import PROBE_METHODS, ZvtPinpad
+    from edgehub.config import ZVT_PROBES
+    from edgehub.devices.factory import DriverFactory
+    from edgehub.discovery import static_device_info
+
+    assert ZVT_PROBES == PROBE_METHODS
+    (tmp_path / "zvt-till-2.secret").write_text("271828\n")
+    path = write_config(
+        tmp_path,
+        extra="""
+[[device]]
+id = "zvt-till-1"
+driver = "zvt"
+transport = "tcp"
+address = "192.168.1.60:20007"
+password = "314159"
+currency = "CNY"
+
+[[device]]
+id = "zvt-till-2"
+driver = "zvt"
+transport = "serial"
+address = "/dev/serial/by-id/usb-FTDI-if00"
+password_file = "zvt-till-2.secret"
+currency = 156
+probe = "status"
+probe_interval_s = 120
+
+[[device]]
+id = "zvt-default"
+driver = "zvt"
+transport = "tcp"
+address = "192.168.1.61"
+""",
+    )
+    config = load_config(path)
+    one, two, default = config.devices
+    from edgehub.bundle import config_secrets
+
+    assert {"314159", "271828"} <= config_secrets(config)  # kept out of support bundles
+    assert one.extra == {"password": "314159", "currency": "CNY"}
+    assert two.extra == {"password": "271828", "currency": "156", "probe": "status", "probe_interval_s": "120"}
+    drivers = [await DriverFactory()(static_device_info(d)) for d in (one, two, default)]
+    assert all(isinstance(d, ZvtPinpad) for d in drivers)
+    got = [(d.currency, d._password.hex(), d.probe, d.probe_interval_s) for d in drivers if isinstance(d, ZvtPinpad)]
+    assert got == [("CNY", "314159", "link", None), ("CNY", "271828", "status", 120.0), ("EUR", "000000", "link", None)]

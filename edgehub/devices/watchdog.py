@@ -7,8 +7,10 @@ change, so a probe every 0.3 s costs the broker nothing while nothing changes.
 
 Printers are probed every ``printer_interval`` (0.3 s by default) so a dead or paper-out printer
 is seen within about a second (one interval plus one status round trip), which is what moving a
-kitchen role to a spare needs. The others are probed less often: a pinpad status enquiry is a
-real terminal command and a scale's serial line is shared with sales.
+kitchen role to a spare needs. The others are probed less often: a scale's serial line is shared
+with sales. A driver may name its own interval (``probe_interval_s``, from its ``[[device]]``):
+a ZVT terminal probed by status enquiry is asked at the pace its maker wants, since on some
+terminals every enquiry may start a due end-of-day or update.
 
 A probe that raised, or a failed health, makes the registry close a driver that cannot
 reconnect by itself (serial scanners and scales: their port is gone), so the next probe opens
@@ -128,8 +130,13 @@ class Watchdog:
                 self.probes[device_id] = self.probes.get(device_id, 0) + 1
                 self._probed.notify_all()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timing.interval(entry.info.kind)):
+                async with asyncio.timeout(self.interval(entry)):
                     await wakeup.wait()
+
+    def interval(self, entry: DeviceEntry) -> float:
+        """Seconds between two probes of ``entry``: its driver's own, else its kind's."""
+        own = getattr(entry.driver, "probe_interval_s", None)
+        return float(own) if isinstance(own, int | float) and own > 0 else self.timing.interval(entry.info.kind)
 
     async def probe(self, entry: DeviceEntry) -> Health:
         """One bounded health check of ``entry``. Never raises (except when cancelled)."""

@@ -2,7 +2,10 @@
 
 Kept free of I/O and clocks so the rule can be read and tested on its own:
 
-- the serving device keeps the role while it is usable (ready or degraded, present);
+- the serving device keeps the role while it is usable (ready or degraded, present) and not held;
+- a pinpad holding a payment whose outcome is unknown is *held*: it answers, but a new payment
+  on it would replace the last transaction its settling reads, so it serves no role until the
+  payment is settled (``held`` maps it to the reason);
 - when it stops being usable the role moves at once to the first usable device in binding
   order (primary first, then the spares);
 - a device earlier in the order takes the role back only after it stayed usable for
@@ -50,8 +53,10 @@ def unchecked(entry: DeviceEntry | None) -> bool:
     return entry is None or (entry.present and entry.health.state == "unknown")
 
 
-def why_not(device_id: str, entry: DeviceEntry | None, kind: str) -> str:
+def why_not(device_id: str, entry: DeviceEntry | None, kind: str, held: Mapping[str, str] | None = None) -> str:
     """One device's reason for not serving, in words for the person at the box."""
+    if held and device_id in held and usable(entry, kind):
+        return f"{device_id} {held[device_id]}"
     if entry is None:
         return f"{device_id} not found"
     if not entry.present:
@@ -62,10 +67,15 @@ def why_not(device_id: str, entry: DeviceEntry | None, kind: str) -> str:
 
 
 def choose_serving(
-    seat: RoleSeat, entries: Mapping[str, DeviceEntry | None], healthy_since: Mapping[str, float], now: float
+    seat: RoleSeat,
+    entries: Mapping[str, DeviceEntry | None],
+    healthy_since: Mapping[str, float],
+    now: float,
+    held: Mapping[str, str] | None = None,
 ) -> tuple[str | None, str]:
     """(device that should serve ``seat`` now or None, why). Pure: changes nothing."""
-    candidates = [d for d in seat.devices if usable(entries.get(d), seat.kind)]
+    held = held or {}
+    candidates = [d for d in seat.devices if usable(entries.get(d), seat.kind) and d not in held]
     current = seat.serving
     if current is not None and current in candidates:
         if seat.busy == 0:
@@ -84,8 +94,8 @@ def choose_serving(
             if waiting and now - seat.since < FIRST_CHECK_GRACE_S:
                 return None, f"{seat.name}: waiting for the first check of {waiting[0]} before taking {chosen}"
             return chosen, ""
-        return chosen, f"failover from {why_not(current, entries.get(current), seat.kind)}"
+        return chosen, f"failover from {why_not(current, entries.get(current), seat.kind, held)}"
     if not seat.devices:
         return None, f"{seat.name}: no {seat.kind} bound"
-    details = "; ".join(why_not(d, entries.get(d), seat.kind) for d in seat.devices)
+    details = "; ".join(why_not(d, entries.get(d), seat.kind, held) for d in seat.devices)
     return None, f"{seat.name}: no healthy {seat.kind} ({details})"

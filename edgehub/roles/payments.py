@@ -2,14 +2,21 @@
 
 ``pay/1`` on ``…/role/{role}/cmd/pay/{terminal}``: the intent (payment, sale, amount, pinpad, the
 pinpad's newest trace number as a baseline) is journaled *before* the pinpad is asked; the
-terminal hears ``processing`` at once and the result when the pinpad gives it.
+terminal hears ``processing`` at once and the result when the pinpad gives it. The baseline is
+what the box already knows (the trace numbers its pinpads reported, kept in the journal): the
+pinpad is asked for its last transaction only to settle an unknown outcome, since real
+terminals may print a receipt for that question.
 
 A pinpad that could not be reached at all took no money (the driver's contract), so the
 payment may go to the next healthy pinpad. A pinpad that dies *during* the transaction leaves
 the outcome ``unknown``: the payment is never sent to a spare. The sale is locked to that pinpad
 (new payments for it are refused) until the outcome is settled, either by the pinpad's
 last-transaction record once it answers again, or by an operator's ``settle/1`` decision from
-the terminal (approved, declined, void). Other sales go to a healthy spare meanwhile.
+the terminal (approved, declined, void). The pinpad itself is *held* meanwhile: it serves no
+role (a new payment on it would become the last transaction settling reads), and the role's
+state says why. Other sales go to a healthy spare. Settling asks again after 1, 2, 4 … up to
+60 s (``SETTLE_BACKOFF_S``) while the pinpad answers without settling it, on the pinpad's one
+open connection.
 
 Only amounts, results and masked references (last four PAN digits, receipt and trace numbers)
 leave the driver; that is all that is journaled, published and sent to the cloud.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import sqlite3
 import uuid
@@ -51,10 +59,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgehub.roles.pay")
 
-BASELINE_TIMEOUT_S = 15.0
 SETTLE_TIMEOUT_S = 30.0
+# Seconds between settle attempts while the pinpad answers but cannot settle (busy, printer not
+# ready, a reply it cannot read), one step further after each such attempt.
+SETTLE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 FINAL = ("approved", "declined", "aborted", "not_found", "void")
-CURRENCIES = ("EUR", "CHF", "GBP", "USD", "PLN", "CZK", "DKK", "SEK")
+CURRENCIES = ("EUR", "CHF", "GBP", "USD", "PLN", "CZK", "DKK", "SEK", "CNY", "HKD")
 
 
 @dataclass
@@ -71,9 +81,13 @@ class Payment:
     terminal: str | None = None  # who started it (None: before payments had owners)
     result: dict[str, Any] = field(default_factory=dict)
     needs_operator: bool = False  # the pinpad answered but could not tell: only a person can
-    # False while ``_unknown`` journals it, tells the terminal and marks the pinpad failed: the
-    # settler must not finish it meanwhile (the terminal would hear "unknown" after the result).
+    # False while ``_unknown`` journals it and tells the terminal: the settler must not finish
+    # it meanwhile (the terminal would hear "unknown" after the result).
     announced: bool = True
+    since: float = 0.0  # monotonic time it became unknown
+    settle_attempts: int = 0  # times the pinpad was asked and could not settle it
+    next_settle_at: float = 0.0  # monotonic; no attempt before this
+    settle_error: str = ""  # why the last attempt did not settle it
 
 
 @dataclass
@@ -93,9 +107,55 @@ class Payments:
         self.stats = PaymentStats()
         self._settle_wake = asyncio.Event()
         self._lock_by_sale: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        #: Newest trace number each pinpad reported in a final payment (from the journal): the
+        #: baseline of the next payment on it when its driver has seen none yet.
+        self.last_trace: dict[str, int] = {}
 
     def waiting(self, role: str) -> int:
         return sum(1 for p in self.open.values() if p.role == role)
+
+    def held(self) -> dict[str, str]:
+        """Pinpads holding a payment whose outcome is unknown, with why they serve no role."""
+        out: dict[str, str] = {}
+        now = self.roles.clock()
+        for p in sorted(self.open.values(), key=lambda p: p.since):
+            if p.state != "unknown" or p.device_id in out:
+                continue
+            if p.needs_operator:
+                how = "an operator's settle/1 decision"
+            elif p.settle_attempts:
+                wait = max(0.0, p.next_settle_at - now)
+                how = f"settling: asked {p.settle_attempts}x, next in {wait:.0f}s ({p.settle_error})"
+            else:
+                how = "settling from its last transaction"
+            out[p.device_id] = (
+                f"holds payment {p.payment_id} (sale {p.sale_id}) whose outcome is unknown; "
+                f"takes no payment until it is settled ({how})"
+            )
+        return out
+
+    def status(self) -> list[dict[str, Any]]:
+        """The payments whose outcome is not final, for ``/api/v1/status``."""
+        now = self.roles.clock()
+        return [
+            {
+                "payment_id": p.payment_id,
+                "role": p.role,
+                "sale_id": p.sale_id,
+                "device": p.device_id,
+                "amount_cents": p.amount_cents,
+                "currency": p.currency,
+                "state": p.state,
+                "needs_operator": p.needs_operator,
+                "for_s": round(now - p.since, 1) if p.state == "unknown" else None,
+                "settle_attempts": p.settle_attempts,
+                "next_settle_in_s": round(max(0.0, p.next_settle_at - now), 1)
+                if p.state == "unknown" and not p.needs_operator
+                else None,
+                "settle_error": p.settle_error,
+            }
+            for p in sorted(self.open.values(), key=lambda p: p.payment_id)
+        ]
 
     def device_changed(self, device_id: str) -> None:
         if any(p.device_id == device_id for p in self.open.values()):
@@ -105,17 +165,26 @@ class Payments:
         """Open payments from before: one that was on the pinpad when the hub stopped is unknown."""
         from edgehub.roles.roles import Reply
 
-        def load(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        def load(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             conn.execute("UPDATE payments SET state='unknown' WHERE state='sent'")
-            return conn.execute(
+            open_rows = conn.execute(
                 "SELECT payment_id, role, sale_id, amount_cents, currency, device_id, state, after_trace_no, "
                 "reply_topic, correlation, request_id, terminal FROM payments WHERE state='unknown'"
             ).fetchall()
+            traces = conn.execute(
+                "SELECT device_id, json_extract(result, '$.trace_no') FROM payments "
+                "WHERE json_extract(result, '$.trace_no') IS NOT NULL ORDER BY updated_at, rowid"
+            ).fetchall()
+            return open_rows, traces
 
-        for row in await self.roles.journal.write(load):
+        open_rows, traces = await self.roles.journal.write(load)
+        self.last_trace.update({device: int(trace) for device, trace in traces})
+        now = self.roles.clock()
+        for row in open_rows:
             pid, role, sale, amount, currency, device, state, after, topic, corr, request_id, terminal = row
             self.open[pid] = Payment(
-                pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id), terminal
+                pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id), terminal,
+                since=now,
             )
 
     # --- pay -----------------------------------------------------------------------------------
@@ -207,15 +276,22 @@ class Payments:
         """Pay on one pinpad. False when it could not be reached (nothing charged: try the next)."""
         try:
             driver: Any = await self.roles.open_driver(device)
-            baseline = getattr(driver, "last_trace_no", None)
-            if baseline is None:
-                # The settle rule needs to know which transaction came before this one.
-                async with asyncio.timeout(BASELINE_TIMEOUT_S):
-                    last = await driver.last_transaction()
-                baseline = last.trace_no if last is not None and last.trace_no is not None else 0
         except (DeviceError, TimeoutError) as exc:
             await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
             return False
+        charges_in = getattr(driver, "currency", request.currency)
+        if charges_in != request.currency:
+            await self._refuse(
+                role, request, reply,
+                f"pinpad {device} serving {role} charges {charges_in}, this payment is in {request.currency}: "
+                "nothing was sent (the [[device]] currency and the till must agree)",
+            )
+            return True
+        # The settle rule needs to know which transaction came before this one: the newest trace
+        # number this driver saw, else the newest the journal holds for this pinpad.
+        baseline = getattr(driver, "last_trace_no", None)
+        if baseline is None:
+            baseline = self.last_trace.get(device)
         payment = Payment(
             request.payment_id,
             role,
@@ -272,18 +348,19 @@ class Payments:
     async def _unknown(self, payment: Payment, reason: str) -> None:
         payment.state = "unknown"
         payment.announced = False
+        payment.since = self.roles.clock()
         payment.result = {
             "reason": f"{reason}; the sale is locked to pinpad {payment.device_id} until settled"
         }
         body = self._reply_body(payment, "unknown")
         self.stats.unknown += 1
+        self.roles.evaluate()  # the pinpad is held from now on: new sales go elsewhere
         try:
             await self._journal(payment)
             log.warning(
                 "payment %s on %s: outcome unknown (%s)", payment.payment_id, payment.device_id, reason
             )
             await self.roles.reply(payment.reply, body)
-            await self.roles.device_failed(payment.device_id, "payment outcome unknown")
         finally:
             payment.announced = True
         self.roles.mark_dirty(payment.role)
@@ -294,6 +371,9 @@ class Payments:
         payment.result = {**result, **({"settled_by": by} if by else {})}
         await self._journal(payment, final=True)
         self.open.pop(payment.payment_id, None)
+        if isinstance(trace := payment.result.get("trace_no"), int):
+            self.last_trace[payment.device_id] = trace
+        self.roles.evaluate()  # a pinpad held by this payment is free again
         if state == "approved":
             self.stats.approved += 1
         elif state in ("declined", "aborted"):
@@ -400,7 +480,8 @@ class Payments:
     # --- settling ------------------------------------------------------------------------------
 
     async def settler(self) -> None:
-        """Settle unknown payments from their pinpad's memory as soon as it answers again."""
+        """Settle unknown payments from their pinpad's memory as soon as it answers again; one
+        that answers without settling is asked again after a growing pause."""
         while True:
             try:
                 async with asyncio.timeout(max(1.0, self.roles.tick_s * 5)):
@@ -409,11 +490,27 @@ class Payments:
                 pass
             self._settle_wake.clear()
             for payment in list(self.open.values()):
-                if payment.state == "unknown" and payment.announced and not payment.needs_operator:
+                if (
+                    payment.state == "unknown"
+                    and payment.announced
+                    and not payment.needs_operator
+                    and self.roles.clock() >= payment.next_settle_at
+                ):
                     try:
                         await self._settle_from_pinpad(payment)
                     except EdgehubError as exc:
-                        log.info("payment %s not settled yet: %s", payment.payment_id, exc)
+                        self._settle_failed(payment, _text(exc))
+
+    def _settle_failed(self, payment: Payment, why: str) -> None:
+        payment.settle_attempts += 1
+        pause = SETTLE_BACKOFF_S[min(payment.settle_attempts, len(SETTLE_BACKOFF_S)) - 1]
+        payment.next_settle_at = self.roles.clock() + pause
+        payment.settle_error = why
+        log.info(
+            "payment %s: pinpad %s cannot settle it yet (attempt %d, again in %gs): %s",
+            payment.payment_id, payment.device_id, payment.settle_attempts, pause, why,
+        )
+        self.roles.evaluate()  # the role's reason names the attempt
 
     async def _settle_from_pinpad(self, payment: Payment) -> None:
         from drivers.zvt import PaymentResult
@@ -423,7 +520,7 @@ class Payments:
         registry = self.roles.registry
         entry = registry.get(payment.device_id) if registry is not None else None
         if entry is None or not entry.present or not entry.health.usable:
-            return
+            return  # not an attempt: the pinpad is asked as soon as it answers again
         driver: Any = await self.roles.open_driver(payment.device_id)
         pending = PaymentResult(
             "unknown",
@@ -436,14 +533,13 @@ class Payments:
             async with asyncio.timeout(SETTLE_TIMEOUT_S):
                 settled: PaymentResult = await driver.settle(pending)
         except (DeviceError, TimeoutError) as exc:
-            log.info(
-                "payment %s: pinpad %s cannot tell yet: %s", payment.payment_id, payment.device_id, _text(exc)
-            )
+            self._settle_failed(payment, _text(exc))
             return
         if settled.outcome == "unknown":
             payment.needs_operator = True
             payment.result = {"reason": settled.reason}
             await self._journal(payment)
+            self.roles.evaluate()
             log.warning("payment %s needs an operator's decision: %s", payment.payment_id, settled.reason)
             await self.roles.reply(payment.reply, self._reply_body(payment, "unknown"))
             return
@@ -529,8 +625,6 @@ def _owned_by(known: dict[str, Any], terminal: str) -> bool:
 
 
 def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
-    import json
-
     row = conn.execute(
         "SELECT state, sale_id, amount_cents, currency, device_id, result, terminal, role FROM payments "
         "WHERE payment_id=?",

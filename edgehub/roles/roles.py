@@ -224,6 +224,7 @@ class Roles:
         ``because``: what made a device serve, when it is not the rule (an installer's rebind is
         neither a failover nor a failback, and the audit must not call it one)."""
         now = self.clock()
+        held = self.payments.held()
         for seat in self.seats.values():
             if only is not None and seat.name != only:
                 continue
@@ -231,7 +232,7 @@ class Roles:
             if self.registry is None:
                 chosen, reason = None, f"{seat.name}: no device registry"
             else:
-                chosen, reason = choose_serving(seat, entries, self.healthy_since, now)
+                chosen, reason = choose_serving(seat, entries, self.healthy_since, now, held)
             if chosen == seat.serving:
                 if chosen is None and reason != seat.reason:
                     seat.reason = reason  # still down, for another reason: say so, no new alarm
@@ -580,7 +581,7 @@ class Roles:
         return {
             "roles": self.status_now(),
             "print": vars(self.printqueue.stats).copy(),
-            "payments": vars(self.payments.stats).copy(),
+            "payments": {**vars(self.payments.stats), "open": self.payments.status()},
         }
 
 

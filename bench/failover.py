@@ -1,15 +1,24 @@
-"""Failover benchmark: from a printer failing to the next job completing on the spare.
+"""Failover benchmark: a printer failing, and a pinpad dying in the middle of a payment.
 
-A kitchen role bound to two simulated LAN printers (real TCP, real ESC/POS bytes), the real
-device registry and watchdog at their *default* probe interval and the production printer
+Printers: a kitchen role bound to two simulated LAN printers (real TCP, real ESC/POS bytes), the
+real device registry and watchdog at their *default* probe interval and the production printer
 driver timings, the real journal (fsync) and Mosquitto. Each trial breaks the serving printer
 one way (plug pulled, paper out, cover open, silent hang), submits a ticket at once, and times
 until the spare has confirmed it; then the printer is mended and the role fails back.
+Ceiling measured in the same run: the same ticket on a healthy printer (no failover).
 
-Ceiling measured in the same run: the same ticket on a healthy printer (no failover). The last
-line is one JSON object with the figures.
+Pinpads: a pinpad role bound to two simulated ZVT terminals, production ZVT driver timings and
+the default watchdog, a till on MQTT. Each trial kills the serving terminal at one step of a
+payment (``PAYMENT_STEPS`` whose death closes the connection; the hanging ones last the
+configured transaction timeout by design); it reboots in 1 s. Each trial times, from the till's
+``pay/1``: the till hearing
+``unknown`` (or the final result), the next sale approved on the spare, and the dead payment
+settled from the terminal's last transaction once it answers again. Every card must be charged
+at most once (checked, not measured). Ceiling: a healthy payment's ``pay/1`` to ``approved``.
 
-    .venv/bin/python bench/failover.py [--trials 50]
+The last line is one JSON object with the figures.
+
+    .venv/bin/python bench/failover.py [--trials 50] [--part printer|pinpad|all]
 """
 
 from __future__ import annotations
@@ -29,10 +38,12 @@ sys.path.insert(0, str(REPO))
 
 from drivers.base import DeviceInfo, Driver  # noqa: E402
 from drivers.escpos import EscposPrinter  # noqa: E402
+from drivers.zvt import ZvtPinpad  # noqa: E402
 from edgehub.devices import WatchdogTiming  # noqa: E402
 from edgehub.roles.roles import Reply  # noqa: E402
+from edgehub.sim.pinpad import PAYMENT_STEPS, ZvtPinpadSim  # noqa: E402
 from edgehub.sim.printer import PrinterSim  # noqa: E402
-from tests.roles.conftest import Store, printer_info, running_store, ticket  # noqa: E402
+from tests.roles.conftest import Store, Till, pinpad_info, printer_info, running_store, ticket  # noqa: E402
 
 ROLE = "kitchen-printer.grill"
 ROLES_TOML = f"""
@@ -44,7 +55,23 @@ failback_after_s = 0.5
 FAULTS = ("kill", "paper_out", "cover_open", "silent")
 
 
+PINPAD_ROLE = "pinpad.till-1"
+PINPAD_TOML = f"""
+[[role]]
+name = "{PINPAD_ROLE}"
+devices = ["pad-1", "pad-2"]
+failback_after_s = 0.5
+"""
+# The steps at which a dying terminal closes the connection; "hang" and "hang_after_charge" keep
+# it open and silent, so the payment waits out the driver's transaction timeout (180 s).
+PINPAD_STEPS = tuple(step for step in PAYMENT_STEPS if not step.startswith("hang"))
+CHARGED = {"after_charge", "after_status"}
+REBOOT_S = 1.0  # the dead terminal answers again after this
+
+
 def production_driver(info: DeviceInfo) -> Driver:
+    if info.driver == "zvt":
+        return ZvtPinpad(info)  # default ZVT timings, as on a box
     return EscposPrinter(info)  # default PrinterTiming, as on a box
 
 
@@ -62,6 +89,70 @@ async def one_job(store: Store, number: int) -> float:
     while queue.stats.printed == before:  # noqa: ASYNC110 - polls the worker's counter at 1 ms
         await asyncio.sleep(0.001)
     return time.perf_counter() - started
+
+
+def _pay(payment_id: str, sale_id: str, cents: int) -> dict[str, object]:
+    return {"schema": "pay/1", "payment_id": payment_id, "sale_id": sale_id, "amount_cents": cents}
+
+
+async def run_pinpad(trials: int) -> dict[str, object]:
+    """The pinpad half: see the module doc."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with (
+            running_store(Path(tmp) / "box", PINPAD_TOML, WatchdogTiming(), production_driver) as store,
+            ZvtPinpadSim(reboot_s=REBOOT_S) as p1,
+            ZvtPinpadSim() as p2,
+            Till(store.config) as till,
+        ):
+            await store.add(pinpad_info("pad-1", p1))
+            await store.add(pinpad_info("pad-2", p2))
+            await store.wait_for(lambda: store.roles.serving(PINPAD_ROLE) == "pad-1", timeout=30)
+
+            healthy: list[float] = []
+            for n in range(trials):
+                started = time.perf_counter()
+                await till.request(PINPAD_ROLE, "pay", _pay(f"ok-{n}", f"sale-ok-{n}", 100 + n))
+                done = await till.reply("payment_id", f"ok-{n}", ("approved", "declined", "unknown", "refused"))
+                assert done["status"] == "approved", done
+                healthy.append(time.perf_counter() - started)
+
+            to_unknown: list[float] = []
+            to_spare: list[float] = []
+            to_settled: list[float] = []
+            for trial in range(trials):
+                step = PINPAD_STEPS[trial % len(PINPAD_STEPS)]
+                truth = "approved" if step in CHARGED else "not_found"
+                cents = 10_000 + trial
+                p1.fault = step  # type: ignore[assignment]
+                started = time.perf_counter()
+                await till.request(PINPAD_ROLE, "pay", _pay(f"dead-{trial}", f"sale-{trial}", cents))
+                first = await till.reply("payment_id", f"dead-{trial}", ("unknown", truth), timeout=60)
+                to_unknown.append(time.perf_counter() - started)
+                await till.request(PINPAD_ROLE, "pay", _pay(f"next-{trial}", f"next-{trial}", 300))
+                nxt = await till.reply("payment_id", f"next-{trial}", ("approved", "declined", "unknown", "refused"))
+                assert (nxt["status"], nxt["device"]) == ("approved", "pad-2"), (step, nxt)
+                to_spare.append(time.perf_counter() - started)
+                if first["status"] != truth:
+                    await till.reply("payment_id", f"dead-{trial}", truth, timeout=60)
+                to_settled.append(time.perf_counter() - started)
+                charged = [c.amount_cents for c in p1.charges + p2.charges].count(cents)
+                assert charged == (1 if truth == "approved" else 0), (step, charged)
+                await store.wait_for(lambda: store.roles.serving(PINPAD_ROLE) == "pad-1", timeout=30)
+
+    return {
+        "pinpad_ratio": round(pct(to_spare, 0.5) / max(pct(healthy, 0.5), 0.001), 1),
+        "pinpad_trials": trials,
+        "pinpad_steps": list(PINPAD_STEPS),
+        "pinpad_healthy_p50_ms": pct(healthy, 0.5),
+        "pinpad_healthy_p99_ms": pct(healthy, 0.99),
+        "pinpad_unknown_p50_ms": pct(to_unknown, 0.5),
+        "pinpad_unknown_p99_ms": pct(to_unknown, 0.99),
+        "pinpad_next_sale_on_spare_p50_ms": pct(to_spare, 0.5),
+        "pinpad_next_sale_on_spare_p99_ms": pct(to_spare, 0.99),
+        "pinpad_settled_p50_ms": pct(to_settled, 0.5),
+        "pinpad_settled_p99_ms": pct(to_settled, 0.99),
+        "pinpad_charged_twice": 0,
+    }
 
 
 async def run(trials: int) -> dict[str, object]:
@@ -130,17 +221,32 @@ async def run(trials: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
+    parser.add_argument("--part", choices=("printer", "pinpad", "all"), default="all")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    result = asyncio.run(run(args.trials))
-    print(f"healthy printer, one ticket:  p50 {result['healthy_job_p50_ms']} ms  "
-          f"p99 {result['healthy_job_p99_ms']} ms")
-    print(
-        f"failover to the spare:        p50 {result['failover_p50_ms']} ms  "
-        f"p99 {result['failover_p99_ms']} ms (target p99 < 1500 ms)"
-    )
-    for fault in FAULTS:
-        print(f"  {fault:<11} p50 {result[f'{fault}_p50_ms']} ms")
+    result: dict[str, object] = {}
+    if args.part in ("printer", "all"):
+        result.update(asyncio.run(run(args.trials)))
+        print(f"healthy printer, one ticket:  p50 {result['healthy_job_p50_ms']} ms  "
+              f"p99 {result['healthy_job_p99_ms']} ms")
+        print(
+            f"failover to the spare:        p50 {result['failover_p50_ms']} ms  "
+            f"p99 {result['failover_p99_ms']} ms (target p99 < 1500 ms)"
+        )
+        for fault in FAULTS:
+            print(f"  {fault:<11} p50 {result[f'{fault}_p50_ms']} ms")
+    if args.part in ("pinpad", "all"):
+        pinpad = asyncio.run(run_pinpad(args.trials))
+        result.update(pinpad)
+        if "ratio" not in result:
+            result = {"ratio": pinpad["pinpad_ratio"], "p99_ms": pinpad["pinpad_next_sale_on_spare_p99_ms"], **result}
+        print(f"healthy pinpad, one payment:  p50 {pinpad['pinpad_healthy_p50_ms']} ms  "
+              f"p99 {pinpad['pinpad_healthy_p99_ms']} ms")
+        print(f"pinpad dies mid-payment ({', '.join(PINPAD_STEPS)}), from pay/1:")
+        for what, key in (("till hears unknown", "unknown"), ("next sale approved on the spare", "next_sale_on_spare"),
+                          ("dead payment settled", "settled")):
+            print(f"  {what:<32} p50 {pinpad[f'pinpad_{key}_p50_ms']} ms  p99 {pinpad[f'pinpad_{key}_p99_ms']} ms")
+        print("  cards charged twice: 0 (checked on every trial)")
     print(json.dumps(result))
 
 

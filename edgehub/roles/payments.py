@@ -513,7 +513,7 @@ class Payments:
         self.roles.evaluate()  # the role's reason names the attempt
 
     async def _settle_from_pinpad(self, payment: Payment) -> None:
-        from drivers.zvt import PaymentResult
+        from drivers.zvt import PaymentResult, TerminalBusy
 
         if payment.state != "unknown" or not payment.announced or payment.needs_operator:
             return  # settled meanwhile, or still being recorded as unknown (see ``_unknown``)
@@ -532,6 +532,13 @@ class Payments:
         try:
             async with asyncio.timeout(SETTLE_TIMEOUT_S):
                 settled: PaymentResult = await driver.settle(pending)
+        except DeviceUnavailable as exc:
+            if not isinstance(exc, TerminalBusy):
+                # Not an attempt: nothing was asked. It is settled as soon as it answers again.
+                await self.roles.device_failed(payment.device_id, f"cannot reach pinpad: {_text(exc)}")
+                return
+            self._settle_failed(payment, _text(exc))
+            return
         except (DeviceError, TimeoutError) as exc:
             self._settle_failed(payment, _text(exc))
             return

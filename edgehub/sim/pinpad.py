@@ -197,6 +197,8 @@ class ZvtPinpadSim:
         self.card_delay = card_delay
         #: Die at this step of the next payment or refund (one-shot: the terminal reboots).
         self.fault: FaultStep | None = None
+        #: Seconds a reboot after dying takes: nothing answers on the port meanwhile (TCP).
+        self.reboot_s = 0.0
         #: Die on this many of the next "repeat last receipt" (06 20) questions: the ECR's
         #: settle query meets a terminal that crashes again.
         self.die_on_repeat = 0
@@ -240,6 +242,7 @@ class ZvtPinpadSim:
         self._receipt = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._rebooting: asyncio.Task[None] | None = None
 
     @property
     def last(self) -> SimTransaction | None:
@@ -251,6 +254,7 @@ class ZvtPinpadSim:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await cancel_and_wait(self._rebooting)
         self.drop_connections()
         if self._server is not None:
             self._server.close()
@@ -263,6 +267,29 @@ class ZvtPinpadSim:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+
+    def power_off(self) -> None:
+        """Switch the terminal off: connections reset, nothing listens on the port."""
+        self.drop_connections()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def power_on(self) -> None:
+        """Switch it on again, on the same port; the journal survived."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve_tcp, "127.0.0.1", self.port)
+
+    def _reboot(self) -> None:
+        if self.reboot_s <= 0 or self._server is None:
+            return
+
+        async def boot() -> None:
+            await asyncio.sleep(self.reboot_s)
+            await self.power_on()
+
+        self.power_off()
+        self._rebooting = asyncio.create_task(boot(), name="zvt-sim-reboot")
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -296,6 +323,8 @@ class ZvtPinpadSim:
     def _die(self, wire: _Wire) -> None:
         self.fault = None
         wire.crash()
+        if isinstance(wire, _TcpWire):
+            self._reboot()
         raise _Died
 
     async def _hang(self, wire: _Wire) -> None:

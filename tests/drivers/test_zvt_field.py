@@ -262,3 +262,21 @@ async def test_serial_please_wait(serial_terminal: tuple[ZvtPinpadSim, ZvtSerial
         assert [c.amount_cents for c in terminal.charges] == [1500]
     finally:
         await pinpad.close()
+
+
+# -- the installer's field check ----------------------------------------------------------------
+
+
+async def test_field_check_registers_and_asks_the_status_once() -> None:
+    async with ZvtPinpadSim(currency_code=156, password="123456") as sim:
+        pinpad = ZvtPinpad(_info(sim.port, password="123456", currency="CNY"), ack_timeout=1.0)
+        check = await pinpad.field_check(1.0)
+        await pinpad.close()
+        assert check.ok and [s.name for s in check.steps] == ["registration 06 00", "status enquiry 05 01"]
+        assert "terminal 52500001 took password and CNY" in check.steps[0].detail
+        assert check.profile == {"currency": "CNY", "probe": "link"}
+        assert (0x06, 0x20) not in sim.commands and (0x06, 0x01) not in sim.commands
+        euros = ZvtPinpad(_info(sim.port), ack_timeout=1.0, refusal_grace=0.2)
+        wrong = await euros.field_check(1.0)
+        await euros.close()
+        assert not wrong.ok and "password and currency (EUR)" in wrong.steps[0].detail

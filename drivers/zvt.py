@@ -735,6 +735,7 @@ class ZvtPinpad(Driver):
         self._lock = asyncio.Lock()
         self._abort_requested = False
         self._in_transaction = False
+        self._went_on_after_refusal = False
         self._seen_bmps: set[int] = set()
         self.terminal_id = ""
         #: Newest terminal trace number this driver has seen; the default baseline for pay().
@@ -878,6 +879,7 @@ class ZvtPinpad(Driver):
                     ) from None
                 log.warning("%s: terminal answered %s (%s) to %s and then went on (%s): waiting for its result",
                             link.label, _name(reply.code), result_text(reply.instr), name, _name(following.code))
+                self._went_on_after_refusal = True
                 return following
             if reply.code in PT_MESSAGES:
                 log.warning("%s: %s came before the acknowledgement of %s: left over from an earlier "
@@ -981,6 +983,7 @@ class ZvtPinpad(Driver):
             # Connection or registration failing means nothing was asked: safe for a spare.
             link = await self._ensure_link()
             self._abort_requested = False
+            self._went_on_after_refusal = False
             self._in_transaction = True
             try:
                 done = await self._command(link, command, self.transaction_timeout)
@@ -997,7 +1000,14 @@ class ZvtPinpad(Driver):
                 return replace(base, reason=f"outcome unknown: {reason}; settle before paying again")
             finally:
                 self._in_transaction = False
-        return self._result(base, done, aborted_by_us=self._abort_requested)
+        result = self._result(base, done, aborted_by_us=self._abort_requested)
+        if self._went_on_after_refusal and result.charged and result.amount_cents != amount_cents:
+            # After a refusal, an approval for another amount may be a transaction the box did
+            # not start (begun on the terminal's keypad): not this payment's result.
+            return replace(base, reason=(
+                f"outcome unknown: the terminal refused {_name(command.code)} and then approved "
+                f"{result.amount_cents} cents, not {amount_cents}; settle before paying again"))
+        return result
 
     def _result(self, base: PaymentResult, done: _Finished, aborted_by_us: bool = False) -> PaymentResult:
         got = done.collected

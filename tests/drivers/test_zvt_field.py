@@ -52,6 +52,36 @@ async def test_a_terminal_that_goes_on_after_a_negative_answer_is_waited_for() -
         await pinpad.close()
 
 
+async def test_after_a_refusal_an_approval_for_another_amount_is_not_taken_as_this_one() -> None:
+    # Refused ("receiver not ready"), then the result of a 9.99 sale begun on the keypad arrives.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readexactly(3)
+                await reader.readexactly(head[2])
+                if head[:2] == b"\x06\x00":
+                    writer.write(b"\x80\x00\x00\x06\x0f\x00")
+                elif head[:2] == b"\x06\x01":
+                    writer.write(b"\x84\xa0\x00\x04\xff\x01\x0a")
+                    writer.write(b"\x04\x0f\x0d\x27\x00\x04\x00\x00\x00\x00\x09\x99\x0b\x00\x00\x05")
+                    writer.write(b"\x06\x0f\x02\x27\x00")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    pinpad = ZvtPinpad(_info(server.sockets[0].getsockname()[1]), ack_timeout=0.5, transaction_timeout=1.0)
+    try:
+        result = await pinpad.pay(100)
+        assert result.outcome == "unknown" and "approved 999 cents, not 100" in result.reason
+    finally:
+        await pinpad.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_refusal_followed_by_silence_is_a_refusal() -> None:
     async with ZvtPinpadSim(auth_refusal=0x83) as sim:
         pinpad = ZvtPinpad(_info(sim.port), ack_timeout=1.0, refusal_grace=0.2)

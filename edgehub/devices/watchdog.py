@@ -1,9 +1,10 @@
 """The watchdog: probes every present device on its own schedule and records its health.
 
 Each device gets one task that calls ``driver.health()`` (printer: DLE EOT 1..4; scale: one
-weight request; pinpad: status enquiry; scanner: is the reader alive / does USB answer) inside
-a timeout, then ``registry.set_health``. The registry publishes, alerts and logs only on a
-change, so a probe every 0.3 s costs the broker nothing while nothing changes.
+weight request; pinpad: its link, or a status enquiry where configured; scanner: is the reader
+alive / does USB answer) inside a timeout, then ``registry.set_health``. The registry publishes,
+alerts and logs only on a change, so a probe every 0.3 s costs the broker nothing while nothing
+changes.
 
 Printers are probed every ``printer_interval`` (0.3 s by default) so a dead or paper-out printer
 is seen within about a second (one interval plus one status round trip), which is what moving a
@@ -49,7 +50,7 @@ class WatchdogTiming:
     printer_timeout: float = 1.5  # 4 status bytes take a few ms; 0.5 s is the driver's per-byte limit
     scanner_timeout: float = 1.0
     scale_timeout: float = 1.5
-    pinpad_timeout: float = 6.0  # a status enquiry waits for the terminal's own ack
+    pinpad_timeout: float = 6.0  # a status enquiry (or a re-registration) waits for the terminal's ack
 
     def interval(self, kind: str) -> float:
         return float(getattr(self, f"{kind}_interval", 1.0))

@@ -51,6 +51,7 @@ __all__ = [
     "BmpRead",
     "Outcome",
     "PaymentResult",
+    "RegistrationRefused",
     "SerialApduLink",
     "TcpApduLink",
     "TerminalBusy",
@@ -128,6 +129,10 @@ def result_text(code: int) -> str:
 
 class TerminalBusy(DeviceUnavailable):
     """The terminal is in the middle of a command the box did not send: nothing was sent."""
+
+
+class RegistrationRefused(PaymentError):
+    """The terminal refused the box's registration (06 00): wrong password or currency."""
 
 
 def currency_of(value: str | int) -> tuple[str, int]:
@@ -781,9 +786,15 @@ class ZvtPinpad(Driver):
         self._synced = True
         try:
             data = self._password + bytes([self.config_byte]) + bcd(self.currency_number, 2)
-            got = await self._command(link, Apdu(0x06, 0x00, data), self.ack_timeout * 2)
+            try:
+                got = await self._command(link, Apdu(0x06, 0x00, data), self.ack_timeout * 2)
+            except PaymentError as exc:
+                raise RegistrationRefused(
+                    f"{str(exc).removeprefix(f'{self.info.device_id}: ')}; check the ZVT password and currency",
+                    self.info.device_id,
+                ) from exc
             if got.code != (0x06, 0x0F):
-                raise PaymentError(
+                raise RegistrationRefused(
                     f"terminal refused registration: {result_text(got.result_code or 0xFF)}; "
                     "check the ZVT password and currency",
                     self.info.device_id,
@@ -1174,6 +1185,8 @@ class ZvtPinpad(Driver):
                 code = 0
         except TerminalBusy as exc:
             health = Health("degraded", str(exc).removeprefix(f"{self.info.device_id}: "))
+        except RegistrationRefused as exc:
+            health = Health("failed", str(exc).removeprefix(f"{self.info.device_id}: "))
         except PaymentError as exc:
             health = Health("degraded", str(exc).removeprefix(f"{self.info.device_id}: "))
         except DeviceTimeout:

@@ -317,6 +317,12 @@ class Payments:
             await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
             return False
         except PaymentError as exc:
+            from drivers.zvt import RegistrationRefused
+
+            if isinstance(exc, RegistrationRefused):  # the box's own setup, not this card: nothing sent
+                await self._forget(payment)
+                await self.roles.device_failed(device, _text(exc))
+                return False
             await self._finish(payment, "declined", {"reason": _text(exc)})
             return True
         except (DeviceError, TimeoutError) as exc:

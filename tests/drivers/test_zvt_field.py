@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.base import DeviceInfo
-from drivers.zvt import TerminalBusy, ZvtPinpad, currency_of, parse_bmps, read_bmps
+from drivers.zvt import RegistrationRefused, TerminalBusy, ZvtPinpad, currency_of, parse_bmps, read_bmps
 from edgehub.errors import PaymentError, ProtocolError
 from edgehub.sim.pinpad import ZvtPinpadSim, ZvtSerialPinpadSim
 
@@ -221,10 +221,13 @@ async def test_password_and_currency_per_terminal() -> None:
         result = await pinpad.pay(8800)
         assert (result.outcome, result.currency, result.amount_cents) == ("approved", "CNY", 8800)
         await pinpad.close()
-        # A box registering in euros is refused by a terminal set up for yuan: nothing paid.
+        # A box registering in euros is refused by a terminal set up for yuan: nothing paid, and
+        # the pinpad is failed with what to check.
         euros = ZvtPinpad(_info(sim.port, password="314159"), ack_timeout=1.0, refusal_grace=0.2)
-        with pytest.raises(PaymentError, match="wrong currency"):
-            await euros.open()
+        with pytest.raises(RegistrationRefused, match="wrong currency; check the ZVT password and currency"):
+            await euros.pay(100)
+        health = await euros.health()
+        assert health.state == "failed" and "wrong currency" in health.reason
         assert len(sim.charges) == 1
 
 

@@ -152,3 +152,27 @@ async def test_a_status_probed_pinpad_is_asked_at_its_own_interval(store: Store)
         elapsed = time.monotonic() - started
         assert 2 <= asked <= elapsed / 0.5 + 2, asked
         assert p1.due_tasks_run == ["end-of-day"]  # chosen for this terminal: it runs its due task
+
+
+async def test_a_pinpad_that_refuses_the_boxs_registration_sends_the_sale_to_the_spare(tmp_path: Path) -> None:
+    from edgehub.devices import WatchdogTiming
+
+    async with (
+        running_store(tmp_path / "box", watchdog=WatchdogTiming(pinpad_interval=60.0, pinpad_timeout=1.5)) as store,
+        ZvtPinpadSim() as p1,
+        ZvtPinpadSim() as p2,
+        Till(store.config) as till,
+    ):
+        await two_pinpads(store, p1, p2)
+        await till.request(TILL, "pay", pay("warm", "sale-0", 100))
+        await till.reply("payment_id", "warm", "approved")
+        # Someone set a new password on pad-1 and rebooted it, between two watchdog probes.
+        p1.password = bytes.fromhex("999999")
+        p1.drop_connections()
+        await till.request(TILL, "pay", pay("pay-5", "sale-5", 5500))
+        done = await till.reply("payment_id", "pay-5", FINAL_OR_NOT)
+        assert (done["status"], done["device"]) == ("approved", "pad-2")
+        entry = store.registry.get("pad-1")
+        assert entry is not None and entry.health.state == "failed"
+        assert "check the ZVT password and currency" in entry.health.reason
+        assert p1.commands.count((0x06, 0x01)) == 1 and [c.amount_cents for c in p2.charges] == [5500]

@@ -284,13 +284,14 @@ class DiscoveryConfig:
 
 
 DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
-# Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity, printer confirm).
-DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor",
-                     *("currency", "password", "password_file", "probe", "probe_interval_s"))
 # What only a ZVT terminal takes: its password (secret: inline or in a file), currency (ISO 4217)
 # and how the watchdog probes it (drivers.zvt.PROBE_METHODS; a test keeps them equal).
 ZVT_KEYS = ("currency", "password", "password_file", "probe", "probe_interval_s")
 ZVT_PROBES = ("link", "status")
+# Driver settings a [[device]] may carry (serial framing, CAS mode, USB identity, printer confirm,
+# a ZVT terminal's own).
+DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor",
+                     *ZVT_KEYS)
 # How an escpos printer confirms a job (drivers.escpos.CONFIRM_MODES; a test keeps them equal).
 PRINTER_CONFIRM_MODES = ("auto", "process-id", "status")
 

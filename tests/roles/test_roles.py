@@ -44,6 +44,20 @@ def test_rule_fails_over_at_once_and_fails_back_only_when_settled() -> None:
     assert choose_serving(seat, {"a": entry("a", kind="scale")}, {}, 0)[0] is None
 
 
+def test_rule_a_held_pinpad_serves_no_role_until_released() -> None:
+    seat = RoleSeat("pinpad.till-1", "pinpad", ("a", "b"), failback_after_s=10)
+    seat.serving, seat.busy = "a", 1  # even mid-payment: the held pinpad must take no new one
+    entries = {"a": entry("a", kind="pinpad"), "b": entry("b", kind="pinpad")}
+    held = {"a": "holds payment p-1 (sale s-1) whose outcome is unknown"}
+    device, why = choose_serving(seat, entries, {"a": 0.0, "b": 0.0}, now=100, held=held)
+    assert (device, why) == ("b", "failover from a holds payment p-1 (sale s-1) whose outcome is unknown")
+    seat.serving = None
+    device, why = choose_serving(seat, {"a": entries["a"]}, {}, now=100, held=held)
+    assert device is None and "a holds payment p-1" in why
+    seat.serving, seat.busy = "b", 0
+    assert choose_serving(seat, entries, {"a": 0.0, "b": 0.0}, now=100)[0] == "a"  # released: failback
+
+
 def test_rule_waits_briefly_at_start_for_a_primary_not_checked_yet() -> None:
     # At start the spare's probe may answer first: the role waits for the primary's first check
     # instead of putting receipts on the spare until failback.

@@ -1,10 +1,23 @@
 """USB HID barcode scanner in keyboard mode: boot reports in, scans out.
 
-A scanner in keyboard mode "types" its code as 8-byte boot reports ``[modifiers, 0, k1..k6]``.
-We take the device from the kernel (``detach_kernel_driver``) so a scan never lands as
+A scanner in keyboard mode "types" its code as 8-byte boot reports ``[modifiers, 0, k1..k6]``
+(HID 1.11 Appendix B.1; key usages from the Keyboard/Keypad page 0x07 of the HID Usage
+Tables). We take the device from the kernel (``detach_kernel_driver``) so a scan never lands as
 keystrokes in whatever window has focus, read its interrupt IN endpoint in a thread, and decode
 the reports with :class:`HidReportDecoder` (US layout; Enter ends a scan). The report source is
 an interface (:class:`ReportSource`), so an evdev reader or a test can feed synthetic reports.
+
+Composite scanners (keyboard plus consumer keys or a vendor channel on one interface) number
+their reports: HID 1.11 6.2.2.7 says that once a report descriptor uses a Report ID, every
+report starts with its one-byte id, so the keyboard's report arrives as 9 bytes
+``[id, modifiers, 0, k1..k6]`` while the device stays in report protocol (which the kernel,
+and we after it, leave it in). The interface's report descriptor (GET_DESCRIPTOR 0x22) says
+which id is the keyboard's; reports with other ids are another part of the device and are left
+alone. The descriptor is parsed with ``hid-parser``; Odoo's IoT box reads scanners through
+evdev instead, where the kernel does the same (``iot_drivers/.../keyboard_usb_driver_L.py``).
+
+Which devices are scanners: the makers' vendor ids below, and the ids an installer names
+(``[discovery] scanner_usb_ids``): generic scanners on chip makers' ids are the norm.
 """
 
 from __future__ import annotations
@@ -12,15 +25,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import threading
+import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from drivers.base import DeviceInfo, Health, UsbMatch
+from drivers.base import DeviceInfo, FieldStep, Health, UsbMatch
 from drivers.scanning import ScannerDriver
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["SCANNER_VENDOR_IDS", "HidReportDecoder", "HidScanner", "PyUsbReportSource", "ReportSource"]
+__all__ = [
+    "SCANNER_VENDOR_IDS",
+    "HidReportDecoder",
+    "HidScanner",
+    "KeyboardReport",
+    "PyUsbReportSource",
+    "ReportSource",
+    "keyboard_report",
+]
+
+log = logging.getLogger(__name__)
 
 SCANNER_VENDOR_IDS = {
     0x0C2E: "Honeywell",
@@ -65,6 +91,48 @@ _KEYS: dict[int, tuple[str, str]] = {
 }
 # Ctrl+key gives the control characters GS1 codes need (Ctrl+] is GS, the field separator).
 _CTRL_KEYS = {0x2F: "\x1b", 0x31: "\x1c", 0x30: "\x1d"}
+KEYBOARD_PAGE = 0x07
+HID_REPORT_DESCRIPTOR = 0x22
+_BOOT_REPORT_BITS = 64
+
+
+@dataclass(frozen=True)
+class KeyboardReport:
+    """Where a scanner's keyboard input report is: its report id (None: reports carry none)."""
+
+    report_id: int | None = None
+
+    def describe(self) -> str:
+        if self.report_id is None:
+            return "8-byte boot keyboard reports"
+        return f"9-byte reports: report id {self.report_id}, then the 8-byte boot keyboard layout (a composite device)"
+
+
+def keyboard_report(descriptor: bytes) -> KeyboardReport:
+    """The keyboard input report a HID report descriptor declares, in the boot layout
+    (modifier byte, reserved byte, six 8-bit key slots). ProtocolError when there is none."""
+    import hid_parser  # untyped to mypy: the package ships no py.typed marker
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # compliance warnings about usage types: not our concern
+            parsed = hid_parser.ReportDescriptor(list(descriptor))
+            reports = [(rid, parsed.get_input_items(rid), int(parsed.get_input_report_size(rid)))
+                       for rid in parsed.input_report_ids]
+    except Exception as exc:  # a broken descriptor fails in many ways inside the parser
+        raise ProtocolError(f"the HID report descriptor does not parse: {exc}") from exc
+    for report_id, items, bits in reports:
+        pages = {getattr(getattr(item, "usage", None), "page", None) for item in items}
+        pages |= {usage.page for item in items for usage in getattr(item, "usages", [])}
+        if KEYBOARD_PAGE not in pages:
+            continue
+        if bits != _BOOT_REPORT_BITS:
+            raise ProtocolError(
+                f"the keyboard report is {bits // 8} bytes, not the 8-byte boot layout: set the scanner to "
+                "plain USB keyboard (HID boot) or USB-COM mode"
+            )
+        return KeyboardReport(report_id)
+    raise ProtocolError("the HID report descriptor declares no keyboard input report")
 
 
 class HidReportDecoder:
@@ -72,22 +140,32 @@ class HidReportDecoder:
 
     A key counts when it newly appears in a report (n-key rollover: a scanner may send the next
     key before releasing the last). Bad reports raise ProtocolError and drop the scan in progress,
-    since a scan with a lost or wrong character must never reach a sale.
+    since a scan with a lost or wrong character must never reach a sale. With ``report_id``,
+    reports start with that id byte, and reports with another id are not the keyboard's.
     """
 
-    def __init__(self, max_len: int = 512) -> None:
+    def __init__(self, max_len: int = 512, report_id: int | None = None) -> None:
         self._held: set[int] = set()
         self._buf: list[str] = []
         self._max_len = max_len
+        self.report_id = report_id
 
     def reset(self) -> None:
         self._held.clear()
         self._buf.clear()
 
     def feed(self, report: bytes) -> list[str]:
+        if self.report_id is not None and report[:1] != bytes([self.report_id]):
+            if report:
+                return []  # another report of a composite device (consumer keys, a vendor channel)
+            raise ProtocolError("empty HID report")
+        if self.report_id is not None:
+            report = report[1:]
         if len(report) != 8:
             self._buf.clear()
-            raise ProtocolError(f"HID boot report has {len(report)} bytes, expected 8")
+            hint = (" (a composite scanner's report id first? its report descriptor did not say)"
+                    if len(report) == 9 and self.report_id is None else "")
+            raise ProtocolError(f"HID boot report has {len(report)} bytes, expected 8{hint}")
         modifiers, reserved, keys = report[0], report[1], report[2:]
         if reserved != 0:
             self._buf.clear()
@@ -158,12 +236,16 @@ class PyUsbReportSource:
         self._interface: int | None = None
         self._endpoint: int | None = None
         self._packet = 8
+        #: The keyboard report's layout, from the interface's report descriptor.
+        self.report = KeyboardReport()
 
     def _setup(self) -> None:
         import usb.util
 
-        cfg = self._dev.get_active_configuration()
-        for intf in cfg:
+        # Every HID interface with an interrupt IN endpoint; the one whose report descriptor
+        # declares a keyboard is the scanner's (a composite device has others).
+        candidates: list[tuple[Any, Any]] = []
+        for intf in self._dev.get_active_configuration():
             if intf.bInterfaceClass != HID_CLASS:
                 continue
             for ep in intf:
@@ -171,16 +253,53 @@ class PyUsbReportSource:
                     usb.util.endpoint_direction(ep.bEndpointAddress) == usb.util.ENDPOINT_IN
                     and usb.util.endpoint_type(ep.bmAttributes) == usb.util.ENDPOINT_TYPE_INTR
                 ):
-                    self._interface = intf.bInterfaceNumber
-                    self._endpoint = ep.bEndpointAddress
-                    self._packet = ep.wMaxPacketSize
+                    candidates.append((intf, ep))
                     break
-            if self._endpoint is not None:
-                break
-        if self._interface is None or self._endpoint is None:
+        if not candidates:
             raise DeviceUnavailable(f"{self.label}: no HID interface with an interrupt IN endpoint")
+        chosen, problem = candidates[0], ""
+        for intf, ep in candidates:
+            # Reading an interface's descriptor claims it (usbfs does so for any request to an
+            # interface), which the kernel's keyboard driver must let go of first.
+            number = intf.bInterfaceNumber
+            detached = bool(self._dev.is_kernel_driver_active(number))
+            if detached:
+                self._dev.detach_kernel_driver(number)
+            try:
+                self.report = keyboard_report(self._report_descriptor(intf))
+            except ProtocolError as exc:
+                problem = problem or str(exc)
+                with contextlib.suppress(Exception):  # not the keyboard: give it back as it was
+                    usb.util.release_interface(self._dev, number)
+                    if detached:
+                        self._dev.attach_kernel_driver(number)
+                continue
+            chosen, problem = (intf, ep), ""
+            break
+        if problem:
+            # No readable keyboard descriptor: read boot reports as before, and say why.
+            log.warning("%s: %s; reading 8-byte boot keyboard reports", self.label, problem)
+        intf, ep = chosen
+        self._interface = intf.bInterfaceNumber
+        self._endpoint = ep.bEndpointAddress
+        self._packet = max(int(ep.wMaxPacketSize), 8)
         if self._dev.is_kernel_driver_active(self._interface):
             self._dev.detach_kernel_driver(self._interface)
+
+    def _report_descriptor(self, intf: Any) -> bytes:
+        """The interface's report descriptor: its length from the HID class descriptor (0x21)
+        among the interface's extra descriptors, then GET_DESCRIPTOR(0x22) on endpoint 0."""
+        import usb.core
+
+        extra = bytes(getattr(intf, "extra_descriptors", None) or b"")
+        length = 1024
+        if len(extra) >= 9 and extra[1] == 0x21 and extra[6] == HID_REPORT_DESCRIPTOR:
+            length = extra[7] | extra[8] << 8
+        try:
+            data = self._dev.ctrl_transfer(0x81, 0x06, HID_REPORT_DESCRIPTOR << 8, intf.bInterfaceNumber, length, 1000)
+        except (usb.core.USBError, ValueError, NotImplementedError) as exc:
+            raise ProtocolError(f"the report descriptor cannot be read: {exc}") from exc
+        return bytes(data)
 
     async def start(self) -> None:
         import usb.core
@@ -235,9 +354,14 @@ class PyUsbReportSource:
         self._stop.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 1.0)
-        with contextlib.suppress(Exception):
-            if self._interface is not None:
-                # Hand the scanner back to the kernel so it works as a keyboard again.
+        if self._interface is not None:
+            import usb.util
+
+            # Hand the scanner back to the kernel so it works as a keyboard again (the kernel
+            # refuses an interface we still claim).
+            with contextlib.suppress(Exception):
+                usb.util.release_interface(self._dev, self._interface)
+            with contextlib.suppress(Exception):
                 self._dev.attach_kernel_driver(self._interface)
 
 
@@ -255,6 +379,7 @@ class HidScanner(ScannerDriver):
         super().__init__(info)
         self._source = source
         self._usb_device = usb_device
+        self.report = KeyboardReport()  # the source's, once open
         self._decoder = HidReportDecoder()
         self.bad_reports = 0
 
@@ -268,7 +393,8 @@ class HidScanner(ScannerDriver):
             await source.start()
             self._source = source
         self._failure = None
-        self._decoder.reset()
+        self.report = getattr(self._source, "report", None) or self.report
+        self._decoder = HidReportDecoder(report_id=self.report.report_id)
         self._reader = asyncio.create_task(
             self._read_loop(self._source), name=f"scanner-{self.info.device_id}"
         )
@@ -288,16 +414,21 @@ class HidScanner(ScannerDriver):
                 report = await source.read_report()
             except DeviceError as exc:
                 self._failure = exc
-                self._scans.put(exc)
+                self._deliver(exc)
                 return
+            self._received(report)
             try:
                 scans = self._decoder.feed(report)
             except ProtocolError as exc:
                 self.bad_reports += 1
-                self._scans.put(ProtocolError(str(exc), self.info.device_id))
+                self._deliver(ProtocolError(str(exc), self.info.device_id))
                 continue
             for scan in scans:
-                self._scans.put(scan)
+                self._deliver(scan)
+
+    def _check_result(self, item: str | DeviceError, raw: bytes) -> tuple[tuple[FieldStep, ...], dict[str, str]]:
+        steps, profile = super()._check_result(item, raw)
+        return (*steps, FieldStep("reports", True, self.report.describe())), profile
 
     async def health(self) -> Health:
         if self._failure is not None:

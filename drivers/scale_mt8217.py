@@ -1,11 +1,19 @@
 """Mettler Toledo 8217 serial scale driver (9600 baud, 7 data bits, even parity, 1 stop bit).
 
 The ECR sends one command letter: ``W`` asks for the weight, ``Z`` zeroes, ``T`` tares.
-``W`` is answered with ``STX ww.www CR`` (kilograms) when the weight is valid, or with
-``STX ? s CR`` where the bits of the status byte ``s`` say why not (bit0 motion, bit1 over
-capacity, bit2 under zero, bit3 outside zero range, bit4 centre of zero, bit5 net).
+``W`` is answered with ``STX weight CR`` when the weight is valid, or with ``STX ? s CR`` where
+the bits of the status byte ``s`` say why not (bit0 motion, bit1 over capacity, bit2 under
+zero, bit3 outside zero range, bit4 centre of zero, bit5 net; bit6 always 1, bit7 parity: the
+status byte table of the METTLER TOLEDO DIVA service manual, 6.1.4.3).
 ``E<text>CR`` is an echo: the scale answers ``STX E CR <text>``; discovery uses it as a harmless
 active probe and only calls a port an 8217 scale when the echo *and* a weight reply parse.
+
+The weight is the number the scale shows, in the unit it is set to, with no unit in the frame:
+``01.234`` on a scale set to kg, ``02.72`` on one set to lb. Which unit is the device's profile
+(``[[device]] unit``, kg unless told); the field check points at lb when the scale sends two
+decimals. Real scales pad the number with blanks instead of zeros and some end it with ``N``
+(``" 1.234"``, ``"01.234N"``); Odoo's 8217 driver reads both (``measureRegexp``
+``\\x02\\s*([0-9.]+)N?\\r`` in ``iot_drivers/.../serial_scale_driver.py``) and so does this one.
 
 This module also holds :class:`Weight`, the one result type of every scale driver.
 """
@@ -16,11 +24,11 @@ import asyncio
 import re
 import secrets
 import termios
-from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from drivers.base import DeviceInfo, Driver, Health
+from drivers.base import DeviceInfo, Driver, FieldCheck, FieldStep, Health
+from drivers.scale_units import WEIGHT_UNITS, WeightUnit, to_grams
 from drivers.transport import StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
@@ -44,9 +52,14 @@ OUTSIDE_ZERO_RANGE = 0x08
 CENTRE_OF_ZERO = 0x10
 NET = 0x20
 
-_WEIGHT_RE = re.compile(rb"^-?\d{1,3}\.\d{1,3}$")
-# A reply is STX + at most 7 weight characters + CR; anything longer is not this protocol.
-_MAX_FRAME = 12
+# Blanks may pad the number (where zeros would be), a trailing N may follow it.
+_WEIGHT_RE = re.compile(rb"^ *(?P<sign>-?) *(?P<number>\d{1,6}(?:\.\d{1,4})?|\.\d{1,4})N?$")
+_STATUS_RE = re.compile(rb"^ *\?(?P<status>.)$", re.DOTALL)
+# A reply is STX, at most a dozen weight characters (blanks, sign, number, N) and CR; anything
+# longer is not this protocol.
+_MAX_FRAME = 16
+# The 8217 units a profile may name: the frame has no unit of its own.
+MT8217_UNITS: tuple[WeightUnit, ...] = ("kg", "lb")
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,10 @@ class Weight:
     """One weighing as a scale reported it.
 
     ``grams`` is ``None`` when the scale gave no number (it answered with status bits only);
-    it is negative only for a scale that reports below-zero values (CAS).
+    it is negative only for a scale that reports below-zero values (CAS). ``unit`` is the unit
+    the scale weighs in and ``shown`` the number it sent, as text in that unit (``"2.20"``;
+    empty without a number): a weight is the same weight whatever its digits, so ``shown``
+    takes no part in comparisons.
     """
 
     state: WeightState
@@ -62,6 +78,8 @@ class Weight:
     net: bool = False
     centre_of_zero: bool = False
     outside_zero_range: bool = False
+    unit: WeightUnit = "kg"
+    shown: str = field(default="", compare=False)
 
     @property
     def sellable(self) -> bool:
@@ -71,22 +89,19 @@ class Weight:
 
 def kg_text_to_grams(text: bytes) -> int:
     """``b"01.234"`` → 1234. Raises ProtocolError on anything that is not a plain decimal."""
-    try:
-        kg = Decimal(text.decode("ascii"))
-    except (UnicodeDecodeError, InvalidOperation) as exc:
-        raise ProtocolError(f"weight field {text!r} is not a number") from exc
-    return int((kg * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return to_grams(text, "kg")
 
 
-def parse_mt8217_frame(frame: bytes) -> Weight:
-    """Parse one ``STX ... CR`` reply to ``W`` (STX and CR included)."""
+def parse_mt8217_frame(frame: bytes, unit: WeightUnit = "kg") -> Weight:
+    """Parse one ``STX ... CR`` reply to ``W`` (STX and CR included); the number is in ``unit``."""
     if len(frame) < 3 or frame[0] != STX or frame[-1] != CR:
         raise ProtocolError(f"8217 reply {frame!r} is not framed as STX ... CR")
     body = frame[1:-1]
-    if body[:1] == b"?":
-        if len(body) != 2:
+    if body.lstrip(b" ")[:1] == b"?":
+        status_match = _STATUS_RE.match(body)
+        if status_match is None:
             raise ProtocolError(f"8217 status reply {frame!r} must carry exactly one status byte")
-        status = body[1]
+        status = status_match.group("status")[0]
         # Bit 6 is always set so the byte stays printable; bit 7 does not exist on a 7-bit line.
         if status & 0xC0 != 0x40:
             raise ProtocolError(f"8217 status byte 0x{status:02x} has bit 6 clear or bit 7 set")
@@ -107,13 +122,23 @@ def parse_mt8217_frame(frame: bytes) -> Weight:
             net=bool(flags & NET),
             centre_of_zero=bool(flags & CENTRE_OF_ZERO),
             outside_zero_range=bool(flags & OUTSIDE_ZERO_RANGE),
+            unit=unit,
         )
-    if not _WEIGHT_RE.match(body):
-        raise ProtocolError(f"8217 weight reply {frame!r} is neither ww.www nor ? status")
-    grams = kg_text_to_grams(body)
+    m = _WEIGHT_RE.match(body)
+    if m is None:
+        raise ProtocolError(f"8217 weight reply {frame!r} is neither a number nor ? status")
+    shown = (m.group("sign") + m.group("number")).decode("ascii")
+    grams = to_grams(shown.encode(), unit)
     if grams < 0:
-        return Weight(state="negative", grams=grams)
-    return Weight(state="zero" if grams == 0 else "stable", grams=grams)
+        return Weight(state="negative", grams=grams, unit=unit, shown=shown)
+    return Weight(state="zero" if grams == 0 else "stable", grams=grams, unit=unit, shown=shown)
+
+
+def decimals_shown(weight: Weight) -> int | None:
+    """How many decimals the scale sent (``"02.72"`` → 2); None without a number."""
+    if not weight.shown:
+        return None
+    return len(weight.shown.partition(".")[2])
 
 
 def _even_parity_bit(byte: int) -> int:
@@ -246,6 +271,36 @@ def health_of_weight(weight: Weight) -> Health:
     return Health("ready")
 
 
+def describe_weight(weight: Weight) -> str:
+    """A weighing in words for the installer: number and unit as shown, grams, state."""
+    state = {"stable": "stable", "zero": "stable at zero", "unstable": "in motion (not stable)",
+             "overload": "over capacity", "negative": "under zero"}[weight.state]
+    flags = "".join(f", {name}" for name, on in (("net", weight.net), ("outside the zero range",
+                                                 weight.outside_zero_range)) if on)
+    if weight.grams is None:
+        return f"no number, status only: {state}{flags}"
+    return f"{weight.shown or weight.grams} {weight.unit} = {weight.grams} g, {state}{flags}"
+
+
+def weight_step(weight: Weight, raw: bytes) -> FieldStep:
+    """The field check's weighing step: passes when the scale answered with a usable state."""
+    detail = describe_weight(weight)
+    if weight.state == "overload":
+        return FieldStep("weight", False, f"{detail}: take the weight off the platter and run the check again", raw)
+    if weight.state == "negative":
+        return FieldStep("weight", False, f"{detail}: empty the platter, zero the scale, run the check again", raw)
+    return FieldStep("weight", True, detail, raw)
+
+
+def _no_weight(exc: DeviceError) -> str:
+    if isinstance(exc, DeviceTimeout):
+        return (f"no answer to the weight request ({exc}): check the cable, that the scale is on, and "
+                "that it is set to this protocol and 9600 baud")
+    if isinstance(exc, ProtocolError):
+        return f"the reply is garbled ({exc}): wrong protocol, baud rate or parity on the scale?"
+    return str(exc)
+
+
 def health_of_error(exc: DeviceError) -> Health:
     if isinstance(exc, DeviceTimeout):
         return Health("failed", "no answer")
@@ -255,13 +310,21 @@ def health_of_error(exc: DeviceError) -> Health:
 
 
 class MT8217Scale(Driver):
-    """A scale speaking the Mettler Toledo 8217 protocol on a serial port (``info.address``)."""
+    """A scale speaking the Mettler Toledo 8217 protocol on a serial port (``info.address``).
+
+    ``unit`` is what the scale is set to (``info.extra["unit"]``, the ``[[device]]`` key; kg
+    unless told): the frame does not say.
+    """
 
     name: ClassVar[str] = "mt8217"
     kind = "scale"
 
-    def __init__(self, info: DeviceInfo, *, reply_timeout: float = 0.5) -> None:
+    def __init__(self, info: DeviceInfo, *, reply_timeout: float = 0.5, unit: WeightUnit | None = None) -> None:
         super().__init__(info)
+        chosen = unit or info.extra.get("unit", "kg")
+        if chosen not in MT8217_UNITS:
+            raise ValueError(f"an 8217 scale weighs in {' or '.join(MT8217_UNITS)}, not {chosen!r}")
+        self.unit: WeightUnit = next(u for u in WEIGHT_UNITS if u == chosen)
         self.reply_timeout = reply_timeout
         self._line: _SevenBitLine | None = None
         # One request at a time: the watchdog's health() must not take the sale's reply.
@@ -276,19 +339,19 @@ class MT8217Scale(Driver):
         if line is not None:
             await line.close()
 
-    async def _request(self, command: bytes) -> Weight:
+    async def _exchange(self, command: bytes) -> bytes:
+        """Send ``command`` and return the ``STX ... CR`` frame that answers it."""
         if self._line is None:
             raise DeviceUnavailable("scale is not open", self.info.device_id)
         async with self._lock:
             line = self._line
             line.drain_input()  # a late reply to an earlier, timed-out request is not ours
             await line.write(command)
-            frame = await read_cr_frame(line, self.reply_timeout, f"{command.decode()} reply")
-            return parse_mt8217_frame(frame)
+            return await read_cr_frame(line, self.reply_timeout, f"{command.decode()} reply")
 
     async def read_weight(self) -> Weight:
         """Ask for the weight once (``W``)."""
-        return await self._request(b"W")
+        return parse_mt8217_frame(await self._exchange(b"W"), self.unit)
 
     async def zero(self) -> Weight:
         """Zero the scale (``Z``), then read back. Raises DeviceError when the scale refuses."""
@@ -313,6 +376,37 @@ class MT8217Scale(Driver):
             await self._line.write(command)
             # The 8217 gives no reply to Z/T; give it a moment before the next W.
             await asyncio.sleep(0.05)
+
+    async def field_check(self, wait_s: float) -> FieldCheck:
+        """Read the weight once (``W``) and show the frame; then say whether the unit the device
+        is read in fits the decimals the scale sends (kg: three, lb: two, as 8217 scales send
+        them), since the frame itself names no unit."""
+        try:
+            frame = await self._exchange(b"W")
+        except DeviceError as exc:
+            return FieldCheck((FieldStep("weight", False, _no_weight(exc)),), {"unit": self.unit})
+        try:
+            weight = parse_mt8217_frame(frame, self.unit)
+        except ProtocolError as exc:
+            step = FieldStep("weight", False, f"the reply is not an 8217 weight: {exc}", frame)
+            return FieldCheck((step,), {"unit": self.unit})
+        steps = [weight_step(weight, frame)]
+        profile: dict[str, str] = {"unit": self.unit}
+        decimals = decimals_shown(weight)
+        if decimals is not None:
+            fits = {"kg": 3, "lb": 2}[self.unit]
+            if decimals == fits:
+                steps.append(FieldStep("unit", True, f"read as {self.unit}: the scale sends {decimals} decimals, "
+                                                     f"as an 8217 scale set to {self.unit} does"))
+            else:
+                other = "lb" if self.unit == "kg" else "kg"
+                profile["unit"] = other
+                steps.append(FieldStep(
+                    "unit", False,
+                    f"the scale sent {decimals} decimals ({weight.shown!r}), as an 8217 scale set to {other} "
+                    f"does, but this device is read as {self.unit}: if the scale's display shows {other}, "
+                    f'set unit = "{other}" in its [[device]] entry'))
+        return FieldCheck(tuple(steps), profile)
 
     async def health(self) -> Health:
         if self._line is None:
@@ -344,7 +438,7 @@ class MT8217Scale(Driver):
             if bytes(reply) != expected:
                 return None
             await line.write(b"W")
-            parse_mt8217_frame(await read_cr_frame(line, timeout, "W"))
+            parse_mt8217_frame(await read_cr_frame(line, timeout, "W"), "kg")
         except (DeviceError, TimeoutError):
             return None
         finally:

@@ -281,6 +281,9 @@ class DiscoveryConfig:
     probe_interval_s: float = 0.3  # watchdog interval for printers (others are probed less often)
     scan_interval_s: float = 5.0  # USB/serial polling (when no hotplug events) and LAN sweeps
     advertise: bool = True  # announce the hub as _edgehub._tcp on the store LAN
+    # USB ids ("vvvv" or "vvvv:pppp", hex) taken as barcode scanners besides the known makers':
+    # HID ones are read as keyboards (hid_scanner), USB-COM ones as serial scanners.
+    scanner_usb_ids: tuple[str, ...] = ()
 
 
 DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
@@ -879,7 +882,7 @@ def _cidr_problem(values: list[Any]) -> str | None:
 
 def _discovery(ck: _Checker, data: Mapping[str, Any]) -> DiscoveryConfig:
     t = ck.table(data, "discovery", {"usb", "serial", "lan", "subnets", "serial_ports", "probe_interval_s",
-                                     "scan_interval_s", "advertise"})
+                                     "scan_interval_s", "advertise", "scanner_usb_ids"})
     ports = ck.get(t, "discovery.serial_ports", list, [],
                    check=lambda v: None if all(isinstance(p, str) and p.startswith("/") for p in v)
                    else "must be a list of absolute device paths, e.g. \"/dev/ttyUSB0\"")
@@ -896,7 +899,27 @@ def _discovery(ck: _Checker, data: Mapping[str, Any]) -> DiscoveryConfig:
                                      check=lambda v: None if 0.1 <= v <= 3600
                                      else "must be 0.1 to 3600 seconds")),
         advertise=ck.get(t, "discovery.advertise", bool, True),
+        scanner_usb_ids=tuple(ck.get(t, "discovery.scanner_usb_ids", list, [], check=_usb_ids_problem) or ()),
     )
+
+
+USB_ID_RE = re.compile(r"^[0-9a-fA-F]{4}(:[0-9a-fA-F]{4})?$")
+
+
+def parse_usb_id(text: str) -> tuple[int, int | None]:
+    """``"0416"`` → (0x0416, None); ``"0416:c141"`` → (0x0416, 0xC141). ValueError otherwise."""
+    if not USB_ID_RE.match(text):
+        raise ValueError(f"{text!r} is not a USB id: 4 hex digits of the vendor, optionally :4 of the product")
+    vendor, _, product = text.partition(":")
+    return int(vendor, 16), int(product, 16) if product else None
+
+
+def _usb_ids_problem(values: list[Any]) -> str | None:
+    for value in values:
+        if not isinstance(value, str) or not USB_ID_RE.match(value):
+            return (f"{value!r} is not a USB id: \"vvvv\" or \"vvvv:pppp\" in hex, as lsusb shows it "
+                    "(e.g. \"0416:c141\")")
+    return None
 
 
 def _device_address_problem(transport: str, address: str) -> str | None:
@@ -911,7 +934,8 @@ def _device_address_problem(transport: str, address: str) -> str | None:
             return f"{address!r} must be a device path like /dev/ttyUSB0 or /dev/serial/by-id/..."
     elif transport == "usb":
         if not re.fullmatch(r"\d{1,3}:\d{1,3}|[^\s]{1,126}", address):
-            return f"{address!r} must be the USB serial number or bus:address"
+            return (f"{address!r} must be the USB serial number, vendor:product in hex (\"0416:c141\", the "
+                    "first such device) or bus:address")
     return None
 
 
@@ -962,13 +986,13 @@ def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[
         if transport and address is not None and (problem := _device_address_problem(transport, address)):
             ck.problem(f"{prefix}.address", problem)
         model = ck.get(entry, f"{prefix}.model", str, "")
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = _input_device_settings(ck, prefix, driver, entry)
         for key, value in entry.items():
-            if key in {"id", "driver", "transport", "address", "model"}:
+            if key in {"id", "driver", "transport", "address", "model"} or key in INPUT_DEVICE_KEYS:
                 continue
             if key not in DEVICE_EXTRA_KEYS:
                 ck.problem(f"{prefix}.{key}", "unknown key (known: address, driver, id, model, transport, "
-                           f"{', '.join(DEVICE_EXTRA_KEYS)})")
+                           f"{', '.join(sorted((*DEVICE_EXTRA_KEYS, *INPUT_DEVICE_KEYS)))})")
             elif key == "confirm" and driver and driver != "escpos":
                 ck.problem(f"{prefix}.confirm", f"only escpos printers take confirm, this is a {driver}")
             elif key == "confirm" and value not in PRINTER_CONFIRM_MODES:
@@ -995,6 +1019,42 @@ def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[
             devices.append(StaticDeviceConfig(driver=driver, transport=transport, address=address,
                                               id=device_id or "", model=model or "", extra=extra))
     return tuple(devices)
+
+
+# Scanner and scale settings of a [[device]] (drivers/serial_scanner.py, drivers/scale_mt8217.py).
+INPUT_DEVICE_KEYS = ("idle_ms", "terminator", "unit")
+SCANNER_TERMINATORS = ("auto", "cr", "lf", "crlf", "tab", "none")
+MT8217_UNITS = ("kg", "lb")
+
+
+def _input_device_settings(ck: _Checker, prefix: str, driver: str | None,
+                           entry: Mapping[str, Any]) -> dict[str, str]:
+    """A scanner's or scale's own [[device]] keys, checked against the driver they belong to."""
+    found: dict[str, str] = {}
+    terminator = ck.get(entry, f"{prefix}.terminator", str, None,
+                        check=lambda v: None if v in SCANNER_TERMINATORS else
+                        f"must be one of {', '.join(map(repr, SCANNER_TERMINATORS))}: what the scanner sends "
+                        "after each code (\"none\": a pause of idle_ms ends it)")
+    idle_ms = ck.get(entry, f"{prefix}.idle_ms", int, None,
+                     check=lambda v: None if 20 <= v <= 2000 else "must be 20 to 2000 milliseconds")
+    unit = ck.get(entry, f"{prefix}.unit", str, None,
+                  check=lambda v: None if v in MT8217_UNITS else
+                  f"must be one of {', '.join(map(repr, MT8217_UNITS))}: what the 8217 scale is set to")
+    for key, value in (("terminator", terminator), ("idle_ms", idle_ms)):
+        if value is None:
+            continue
+        if driver and driver != "serial_scanner":
+            ck.problem(f"{prefix}.{key}", f"only serial_scanner devices take {key}, this is a {driver}")
+        else:
+            found[key] = str(value)
+    if unit is not None:
+        if driver == "cas":
+            ck.problem(f"{prefix}.unit", "a CAS scale names its unit in every frame: remove unit")
+        elif driver and driver != "mt8217":
+            ck.problem(f"{prefix}.unit", f"only mt8217 scales take unit, this is a {driver}")
+        else:
+            found["unit"] = unit
+    return found
 
 
 _CLOUD_KEYS = {

@@ -11,6 +11,13 @@ A pty carries neither parity nor a 7-bit character size, so the 8217 simulator w
 wire image of 7E1: even parity travels as bit 7 of each byte, and commands that arrive with
 wrong parity (an ECR talking 8N1 to it) are dropped as line noise, as a real scale does.
 
+Profiles (``SCALE_PROFILES``, ``ScaleSim.from_profile``) are the real units' habits, taken from
+their manuals and from what other drivers accept, not from our driver: an 8217 that pads its
+number with blanks and ends it with ``N`` (Odoo's 8217 pattern ``\\x02\\s*([0-9.]+)N?\\r``), an
+8217 set to pounds (two decimals, ``30 lb x 0.01 lb``, and no unit in the frame, as the DIVA
+service manual's capacities show), and CAS-type ECR scales weighing in g, lb or 斤 (the unit field
+``G``, ``LB``, ``SJ`` of the Gram ZFOC manual's weight package).
+
 Also here: :class:`PtyPort`, the base of every pty simulator, and :class:`EchoPortSim`, a port
 that echoes whatever it is sent (a loopback plug, a modem in echo mode) for probe tests.
 """
@@ -22,13 +29,36 @@ import contextlib
 import os
 import pty
 import tty
-from typing import Literal
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
 
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["EchoPortSim", "PtyPort", "ScaleProtocol", "ScaleSim"]
+__all__ = ["SCALE_PROFILES", "EchoPortSim", "PtyPort", "ScaleProtocol", "ScaleSim", "SimUnit"]
 
 ScaleProtocol = Literal["mt8217", "cas", "cas-continuous"]
+SimUnit = Literal["kg", "g", "lb", "jin"]
+
+# What one unit is in grams, and how many decimals the display shows in it.
+_UNIT_GRAMS: dict[str, Decimal] = {"kg": Decimal(1000), "g": Decimal(1), "lb": Decimal("453.59237"),
+                                   "jin": Decimal(500)}
+_UNIT_DECIMALS = {"kg": 3, "g": 0, "lb": 2, "jin": 3}
+# The unit field of a CAS-type ECR frame (2 bytes, left-aligned as the Gram manual lists them).
+_CAS_UNIT = {"kg": b"kg", "g": b"G ", "lb": b"LB", "jin": b"SJ"}
+_CAS_CONT_UNIT = {"kg": b" kg", "g": b"  g", "lb": b" lb", "jin": b" SJ"}
+
+#: Each simulated scale a store may meet: name -> ``ScaleSim`` arguments.
+SCALE_PROFILES: dict[str, dict[str, Any]] = {
+    "mt8217": {"protocol": "mt8217"},
+    "mt8217-padded-n": {"protocol": "mt8217", "pad": " ", "suffix": b"N"},
+    "mt8217-lb": {"protocol": "mt8217", "unit": "lb"},
+    "cas": {"protocol": "cas"},
+    "cas-g": {"protocol": "cas", "unit": "g"},
+    "cas-lb": {"protocol": "cas", "unit": "lb"},
+    "cas-jin": {"protocol": "cas", "unit": "jin"},
+    "cas-continuous": {"protocol": "cas-continuous"},
+    "cas-continuous-jin": {"protocol": "cas-continuous", "unit": "jin"},
+}
 
 SOH, STX, ETX, EOT, ENQ, ACK, DC1, CR, LF = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x11, 0x0D, 0x0A
 
@@ -127,9 +157,18 @@ class ScaleSim(PtyPort):
         weight_g: int = 0,
         capacity_g: int = 15_000,
         interval: float = 0.05,
+        unit: SimUnit = "kg",
+        pad: str = "0",
+        suffix: bytes = b"",
     ) -> None:
         super().__init__()
         self.protocol: ScaleProtocol = protocol
+        #: The unit the scale is set to: its display and its frames show weights in it.
+        self.unit: SimUnit = unit
+        #: 8217: what fills the number's leading places ("0", or " " on scales that blank them),
+        #: and what follows the number ("N" on some units).
+        self.pad = pad
+        self.suffix = suffix
         self.weight_g = weight_g
         self.capacity_g = capacity_g
         self.interval = interval
@@ -149,9 +188,22 @@ class ScaleSim(PtyPort):
         self._rx = bytearray()
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_profile(cls, name: str, **overrides: Any) -> ScaleSim:
+        """The scale of profile ``name`` (``SCALE_PROFILES``); ValueError for an unknown one."""
+        if name not in SCALE_PROFILES:
+            raise ValueError(f"no scale profile {name!r} (known: {', '.join(SCALE_PROFILES)})")
+        return cls(**{**SCALE_PROFILES[name], **overrides})
+
     async def __aenter__(self) -> ScaleSim:
         await super().__aenter__()
         return self
+
+    def shown(self, grams: int) -> str:
+        """``grams`` as the display shows it in the scale's unit (rounded to its resolution)."""
+        value = (Decimal(abs(grams)) / _UNIT_GRAMS[self.unit]).quantize(
+            Decimal(1).scaleb(-_UNIT_DECIMALS[self.unit]), rounding=ROUND_HALF_UP)
+        return f"{value:f}"
 
     async def _started(self) -> None:
         if self.protocol == "cas-continuous":
@@ -265,7 +317,14 @@ class ScaleSim(PtyPort):
         flags = self.mt8217_status()
         if flags & 0x0F:
             return b"\x02?" + bytes([0x40 | flags]) + b"\r"
-        return b"\x02" + f"{self.net_g / 1000:06.3f}".encode() + b"\r"
+        # Two places before the point, leading ones zero- or blank-filled: "01.234", " 1.234",
+        # "02.72" in lb.
+        whole, _, decimals = self.shown(self.net_g).partition(".")
+        number = whole.rjust(2, "0")
+        if self.pad != "0":
+            digits = number.lstrip("0") or "0"
+            number = digits.rjust(len(number), self.pad)
+        return b"\x02" + f"{number}.{decimals}".encode() + self.suffix + b"\r"
 
     # -- CAS ----------------------------------------------------------------------------------
 
@@ -277,8 +336,8 @@ class ScaleSim(PtyPort):
         if self._over():
             body += b"   OL  "  # sign + 6-character field
         else:
-            body += (b"-" if value < 0 else b" ") + f"{abs(value) / 1000:6.3f}".encode()[-6:]
-        body += b"kg"
+            body += (b"-" if value < 0 else b" ") + self.shown(value).rjust(6).encode()[-6:]
+        body += _CAS_UNIT[self.unit].rstrip()
         bcc = 0
         for b in body:
             bcc ^= b
@@ -291,8 +350,8 @@ class ScaleSim(PtyPort):
         head = b"OL" if self._over() else b"US" if self.motion else b"ST"
         kind = b"NT" if self.tare_g else b"GS"
         sign = b"-" if value < 0 else b"+"
-        weight = sign + f"{abs(value) / 1000:07.3f}".encode()[-7:]
-        return head + b"," + kind + b"," + b"1" + b"0" + b"," + weight + b" kg\r\n"
+        weight = sign + self.shown(value).rjust(7, "0").encode()[-7:]
+        return head + b"," + kind + b"," + b"1" + b"0" + b"," + weight + _CAS_CONT_UNIT[self.unit] + b"\r\n"
 
     async def _stream(self) -> None:
         while True:

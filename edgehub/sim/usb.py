@@ -6,8 +6,12 @@ simulated one level up, where pyusb meets libusb: ``SimUsbBackend`` implements p
 
 - ``SimUsbPrinter``: a printer-class device (interface class 7/1/2, bulk OUT 0x01, bulk IN 0x82)
   that answers GET_DEVICE_ID and runs the same ``PrinterCore`` as the TCP and pty printers.
-- ``SimHidScanner``: a barcode scanner in HID boot-keyboard mode (interface 3/1/1, interrupt IN
-  0x81) that delivers 8-byte boot reports; ``type_text()`` queues a scan.
+- ``SimHidScanner``: a barcode scanner in HID keyboard mode (interrupt IN 0x81) that answers
+  GET_DESCRIPTOR for its report descriptor and delivers keyboard reports; ``type_text()``
+  queues a scan. Profiles (``HID_SCANNER_PROFILES``): a boot keyboard on a scanner maker's id
+  (interface 3/1/1, 8-byte reports); a composite scanner whose keyboard report carries report
+  id 1 beside a consumer-control report 2 (interface 3/0/0, 9-byte reports: HID 1.11 6.2.2.7);
+  a generic scanner on a chip maker's vendor id (Nuvoton 0x0416) that no maker table knows.
 
 After ``unplug()`` every transfer on an old handle fails with ENODEV, as libusb reports it, and a
 replugged device gets a new address, as on a real bus.
@@ -23,13 +27,22 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import usb.backend
 import usb.core
 
 from edgehub.sim.printer import PrinterCore, PrinterSession
 
-__all__ = ["SimHidScanner", "SimUsbBackend", "SimUsbDevice", "SimUsbPrinter", "hid_reports_for"]
+__all__ = [
+    "HID_SCANNER_PROFILES",
+    "SimHidScanner",
+    "SimUsbBackend",
+    "SimUsbDevice",
+    "SimUsbPrinter",
+    "hid_reports_for",
+    "keyboard_report_descriptor",
+]
 
 
 def _no_device() -> usb.core.USBError:
@@ -282,20 +295,56 @@ _HID_KEYS: dict[str, tuple[int, bool]] = {
 LEFT_SHIFT = 0x02
 
 
-def hid_reports_for(text: str, *, enter: bool = True) -> list[bytes]:
-    """Boot keyboard reports for typing ``text`` (key down, key up per character) plus Enter."""
+def hid_reports_for(text: str, *, enter: bool = True, report_id: int | None = None) -> list[bytes]:
+    """Boot keyboard reports for typing ``text`` (key down, key up per character) plus Enter,
+    each after its ``report_id`` byte when the device numbers its reports."""
+    prefix = bytes([report_id]) if report_id is not None else b""
     reports: list[bytes] = []
     for ch in text + ("\n" if enter else ""):
         if ch not in _HID_KEYS:
             raise ValueError(f"a US-layout HID keyboard cannot type {ch!r}")
         usage, shift = _HID_KEYS[ch]
-        reports.append(bytes((LEFT_SHIFT if shift else 0, 0, usage, 0, 0, 0, 0, 0)))
-        reports.append(bytes(8))
+        reports.append(prefix + bytes((LEFT_SHIFT if shift else 0, 0, usage, 0, 0, 0, 0, 0)))
+        reports.append(prefix + bytes(8))
     return reports
 
 
+def keyboard_report_descriptor(report_id: int | None = None) -> bytes:
+    """A keyboard's report descriptor, in the boot layout (HID 1.11 Appendix B.1): modifiers,
+    a reserved byte, six key slots, five LED outputs. With ``report_id`` it is numbered, and a
+    consumer-control report (id + 1, one 16-bit usage) follows, as on composite scanners."""
+    numbered = bytes((0x85, report_id)) if report_id is not None else b""
+    keyboard = (
+        b"\x05\x01\x09\x06\xa1\x01" + numbered  # Generic Desktop / Keyboard, Application
+        + b"\x05\x07\x19\xe0\x29\xe7\x15\x00\x25\x01\x75\x01\x95\x08\x81\x02"  # 8 modifier bits
+        + b"\x95\x01\x75\x08\x81\x01"  # reserved byte (constant)
+        + b"\x95\x05\x75\x01\x05\x08\x19\x01\x29\x05\x91\x02"  # 5 LEDs (output)
+        + b"\x95\x01\x75\x03\x91\x01"  # LED padding
+        + b"\x95\x06\x75\x08\x15\x00\x25\x65\x05\x07\x19\x00\x29\x65\x81\x00"  # 6 key slots
+        + b"\xc0"
+    )
+    if report_id is None:
+        return keyboard
+    consumer = (
+        b"\x05\x0c\x09\x01\xa1\x01" + bytes((0x85, report_id + 1))  # Consumer Control
+        + b"\x15\x00\x26\x3c\x02\x19\x00\x2a\x3c\x02\x75\x10\x95\x01\x81\x00\xc0"
+    )
+    return keyboard + consumer
+
+
+#: The HID scanners a store may meet: name -> ``SimHidScanner`` arguments.
+HID_SCANNER_PROFILES: dict[str, dict[str, Any]] = {
+    "hid-boot": {},
+    "hid-report-id": {"report_id": 1, "vendor_id": 0x1EAB, "product_id": 0x1D06, "serial_number": "SIM-SCN-RID",
+                      "manufacturer": "Newland", "product": "HR22 composite"},
+    "hid-unknown-vendor": {"vendor_id": 0x0416, "product_id": 0xC141, "serial_number": "",
+                           "manufacturer": "", "product": "USB Barcode Scanner"},
+}
+
+
 class SimHidScanner(SimUsbDevice):
-    """A barcode scanner in HID boot-keyboard mode (e.g. a Honeywell on 0c2e:0b61)."""
+    """A barcode scanner in HID keyboard mode (by default a Honeywell on 0c2e:0b61, boot
+    reports); ``report_id`` makes it a composite device that numbers its reports."""
 
     def __init__(
         self,
@@ -306,9 +355,18 @@ class SimHidScanner(SimUsbDevice):
         manufacturer: str = "Honeywell",
         product: str = "Voyager 1200g",
         kernel_driver_active: bool = True,  # usbhid binds it as a keyboard
+        report_id: int | None = None,
     ) -> None:
+        self.report_id = report_id
+        self.report_descriptor = keyboard_report_descriptor(report_id)
+        length = len(self.report_descriptor)
+        hid_descriptor = [9, 0x21, 0x11, 0x01, 0, 1, 0x22, length & 0xFF, length >> 8]
+        # A composite keyboard interface is no boot device (subclass 0): it keeps report protocol.
+        subclass, protocol = (1, 1) if report_id is None else (0, 0)
         interface = _InterfaceDescriptor(
-            0, 3, 1, 1, [_EndpointDescriptor(0x81, 3, wMaxPacketSize=8, bInterval=1)]
+            0, 3, subclass, protocol,
+            [_EndpointDescriptor(0x81, 3, wMaxPacketSize=8 if report_id is None else 16, bInterval=1)],
+            extra_descriptors=hid_descriptor,
         )
         super().__init__(
             vendor_id,
@@ -321,21 +379,45 @@ class SimHidScanner(SimUsbDevice):
         )
         self.reports: queue.Queue[bytes] = queue.Queue()
 
+    @classmethod
+    def from_profile(cls, name: str, **overrides: Any) -> SimHidScanner:
+        """The scanner of profile ``name`` (``HID_SCANNER_PROFILES``); ValueError for an unknown one."""
+        if name not in HID_SCANNER_PROFILES:
+            raise ValueError(f"no HID scanner profile {name!r} (known: {', '.join(HID_SCANNER_PROFILES)})")
+        return cls(**{**HID_SCANNER_PROFILES[name], **overrides})
+
     def type_text(self, text: str) -> None:
         """Queue the reports of one scan: ``text`` then Enter, shift held for capitals."""
-        for report in hid_reports_for(text):
+        for report in hid_reports_for(text, report_id=self.report_id):
             self.reports.put(report)
+
+    def send_report(self, report: bytes) -> None:
+        """Queue one report as it is (a consumer key of a composite device, a broken report)."""
+        self.reports.put(report)
+
+    def string(self, index: int) -> str | None:
+        if index == 3 and not self.serial_number:
+            return None  # no serial number string: generic scanners often have none
+        return super().string(index)
+
+    def descriptor(self) -> _DeviceDescriptor:
+        desc = super().descriptor()
+        if not self.serial_number:
+            desc.iSerialNumber = 0
+        return desc
 
     def control_out(
         self, bm_request_type: int, b_request: int, w_value: int, w_index: int, data: bytes
     ) -> int:
-        return len(data)  # SET_IDLE, SET_PROTOCOL(boot), SET_REPORT(LEDs): accepted
+        return len(data)  # SET_IDLE, SET_PROTOCOL, SET_REPORT(LEDs): accepted
 
     def control_in(
         self, bm_request_type: int, b_request: int, w_value: int, w_index: int, length: int
     ) -> bytes:
-        if bm_request_type == 0xA1 and b_request == 0x03:  # GET_PROTOCOL: boot
-            return b"\x00"
+        if bm_request_type == 0xA1 and b_request == 0x03:  # GET_PROTOCOL: 0 boot, 1 report
+            return b"\x00" if self.report_id is None else b"\x01"
+        if bm_request_type == 0x81 and b_request == 6 and w_value == 0x2200 and w_index == 0:
+            return self.report_descriptor[:length]  # GET_DESCRIPTOR(report) on the interface
         return super().control_in(bm_request_type, b_request, w_value, w_index, length)
 
     def read_in(self, handle: _Handle, ep: int, size: int, timeout_ms: int) -> bytes:

@@ -1,6 +1,6 @@
 """The ESC/POS receipt and kitchen printer driver (Epson and the many printers that copy it).
 
-What it matches: USB printer-class interfaces and the known ESC/POS vendor ids, the LAN printer
+What it matches: USB printer-class interfaces (and vendor-class ones of printer makers), the LAN printer
 DNS-SD types and raw port 9100. How it talks: any ``ByteTransport`` (TCP, serial, USB).
 
 How it reports health: the real-time status requests ``DLE EOT 1..4``, one byte each, validated
@@ -50,6 +50,7 @@ from drivers.transport import ByteTransport, StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
 __all__ = [
+    "CHIP_VENDOR_IDS",
     "CONFIRM_MODES",
     "ESCPOS_VENDOR_IDS",
     "ConfirmMode",
@@ -85,6 +86,9 @@ ESCPOS_VENDOR_IDS: tuple[int, ...] = (
     0x0483,
     0x1FC9,
 )
+
+# Winbond/Nuvoton, STMicro, NXP: chips inside clone printers, scanners, STM32 virtual COM ports alike.
+CHIP_VENDOR_IDS: frozenset[int] = frozenset({0x0416, 0x0483, 0x1FC9})
 
 _STATUS_MASK, _STATUS_BITS = 0x93, 0x12  # a DLE EOT reply: 0xx1xx10
 _ASB_BITS = 0x10  # first byte of an automatic status back frame: 0xx1xx00
@@ -297,7 +301,13 @@ class EscposPrinter(Driver):
 
     name: ClassVar[str] = "escpos"
     kind = "printer"
-    usb_matches = (UsbMatch(interface_class=7), *(UsbMatch(vendor_id=vid) for vid in ESCPOS_VENDOR_IDS))
+    # Any printer-class interface (7), whoever made it; on a printer maker's vendor id also a
+    # vendor-specific one (Epson's and Star's "vendor-defined class" USB mode). The chip makers'
+    # ids clones ship with are on scanners and virtual COM ports too: by class only.
+    usb_matches = (
+        UsbMatch(interface_class=7),
+        *(UsbMatch(vendor_id=vid, interface_class=0xFF) for vid in ESCPOS_VENDOR_IDS if vid not in CHIP_VENDOR_IDS),
+    )
     zeroconf_types = ("_pdl-datastream._tcp.local.", "_printer._tcp.local.", "_ipp._tcp.local.")
     tcp_ports = (9100,)
 
@@ -384,20 +394,11 @@ class EscposPrinter(Driver):
 
     async def _connect_usb(self) -> ByteTransport:
         import usb.core
-        import usb.util
 
-        from drivers.usb_transport import UsbTransport
+        from drivers.usb_transport import UsbTransport, device_matcher
 
         serial_number, address = self.info.serial_number, self.info.address
-
-        def match(dev: usb.core.Device) -> bool:
-            if serial_number:
-                try:
-                    return bool(usb.util.get_string(dev, dev.iSerialNumber) == serial_number)
-                except (usb.core.USBError, ValueError, NotImplementedError):
-                    return False
-            return f"{dev.bus}:{dev.address}" == address
-
+        match = device_matcher(serial_number, address)
         try:
             device = await asyncio.to_thread(usb.core.find, backend=self._usb_backend, custom_match=match)
         except usb.core.NoBackendError as exc:

@@ -8,7 +8,8 @@ timeout never loses a reply. ``usb.core.USBError`` becomes ``DeviceUnavailable``
 stalled, no permission) or ``DeviceTimeout``.
 
 Also here: ``parse_device_id`` / ``UsbTransport.device_id()`` for the IEEE-1284 id a printer-class
-device returns to ``GET_DEVICE_ID``, and ``find_printers`` for interface class 7 devices.
+device returns to ``GET_DEVICE_ID``, ``find_printers`` for interface class 7 devices, and
+``device_matcher``: which plugged-in device a ``DeviceInfo`` means.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ import usb.util
 
 from edgehub.errors import DeviceTimeout, DeviceUnavailable
 
-__all__ = ["PRINTER_CLASS", "UsbTransport", "find_printers", "parse_device_id"]
+__all__ = ["PRINTER_CLASS", "UsbTransport", "device_matcher", "find_printers", "parse_device_id"]
 
 PRINTER_CLASS = 7
 GET_DEVICE_ID = 0
@@ -65,6 +67,35 @@ def parse_device_id(raw: bytes) -> dict[str, str]:
             continue
         result[_KEY_ALIASES.get(key, key)] = value.strip()
     return result
+
+
+def device_matcher(serial_number: str, address: str) -> Callable[[Any], bool]:
+    """Which plugged-in device ``address`` means (a ``custom_match`` for ``usb.core.find``):
+
+    - ``bus:address`` (what discovery saw): the device there, and with ``serial_number`` when
+      one is known (an address is reused after an unplug);
+    - ``vvvv:pppp`` (a configured vendor:product): the first device with those ids;
+    - anything else is a configured serial number: the device whose serial string it is.
+    """
+    bus_address = re.fullmatch(r"(\d{1,3}):(\d{1,3})", address)
+    ids = re.fullmatch(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{4})", address)
+    wanted_serial = serial_number or ("" if bus_address or ids else address)
+
+    def serial_of(dev: Any) -> str:
+        try:
+            return str(usb.util.get_string(dev, dev.iSerialNumber) or "") if dev.iSerialNumber else ""
+        except (usb.core.USBError, ValueError, NotImplementedError):
+            return ""
+
+    def match(dev: Any) -> bool:
+        if bus_address is not None:
+            if (int(dev.bus), int(dev.address)) != (int(bus_address[1]), int(bus_address[2])):
+                return False
+        elif ids is not None:
+            return bool((dev.idVendor, dev.idProduct) == (int(ids[1], 16), int(ids[2], 16)))
+        return not wanted_serial or serial_of(dev) == wanted_serial
+
+    return match
 
 
 def find_printers(backend: object | None = None) -> list[usb.core.Device]:

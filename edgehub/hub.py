@@ -85,7 +85,8 @@ class Hub:
                                        driver_factory=DriverFactory(usb_backend),
                                        alert_sink=self._keep_device_alert)
         self.discovery = Discovery(self.registry, config.discovery, config.devices, usb_backend=usb_backend,
-                                   advertise=(config.store.id, config.api.listen.port, __version__))
+                                   advertise=(config.store.id, config.api.listen.port, __version__),
+                                   state_dir=config.paths.data_dir)
         self.watchdog = Watchdog(self.registry,
                                  WatchdogTiming(printer_interval=config.discovery.probe_interval_s))
         self.feeds = DeviceFeeds(self.registry, self._publish_device)

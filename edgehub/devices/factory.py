@@ -44,16 +44,10 @@ class DriverFactory:
 
     async def _find_usb(self, info: DeviceInfo) -> object:
         import usb.core
-        import usb.util
 
-        def match(dev: usb.core.Device) -> bool:
-            if info.serial_number:
-                try:
-                    return bool(usb.util.get_string(dev, dev.iSerialNumber) == info.serial_number)
-                except (usb.core.USBError, ValueError, NotImplementedError):
-                    return False
-            return f"{dev.bus}:{dev.address}" == info.address
+        from drivers.usb_transport import device_matcher
 
+        match = device_matcher(info.serial_number, info.address)
         try:
             async with asyncio.timeout(5.0):
                 dev = await asyncio.to_thread(usb.core.find, backend=self.usb_backend, custom_match=match)

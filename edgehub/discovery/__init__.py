@@ -8,13 +8,19 @@ the watchdog reports an unreachable printer as ``failed`` and a printer with a n
 same device (same MAC) at a new address.
 
 ``[[device]]`` entries from the config are put in the registry first, as they are (static).
+
+What discovery must remember across restarts is one small file in the data directory:
+``usb-shared-serials.json``, the USB (vendor, product, serial) triples seen on two devices at
+once (see ``discovery/usb.py``); it is written only when a new one is seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +29,8 @@ from typing import Any
 
 from drivers import ALL_DRIVERS
 from drivers.base import DeviceInfo, Driver, UsbMatch
-from edgehub.config import DiscoveryConfig, StaticDeviceConfig
+from drivers.hid_scanner import HID_CLASS, HidScanner
+from edgehub.config import DiscoveryConfig, StaticDeviceConfig, parse_usb_id
 from edgehub.devices.registry import DeviceRegistry
 from edgehub.discovery.lan import (
     LanDiscovery,
@@ -33,28 +40,32 @@ from edgehub.discovery.lan import (
     neighbour_macs,
 )
 from edgehub.discovery.serial import SerialDiscovery, SerialProbe
-from edgehub.discovery.usb import UsbDiscovery, UsbUnavailable
+from edgehub.discovery.usb import SharedSerial, UsbDiscovery, UsbUnavailable
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["Discovery", "MatchTable", "static_device_info"]
+__all__ = ["SHARED_SERIALS_FILE", "Discovery", "MatchTable", "static_device_info"]
 
 log = logging.getLogger("edgehub.discovery")
+
+SHARED_SERIALS_FILE = "usb-shared-serials.json"
 
 
 @dataclass(frozen=True)
 class MatchTable:
-    """Every driver's declarations in one place."""
+    """Every driver's declarations in one place, plus the scanner ids the installer named."""
 
     usb: list[tuple[UsbMatch, type[Driver]]] = field(default_factory=list)
     zeroconf: dict[str, list[type[Driver]]] = field(default_factory=dict)
     tcp_ports: dict[int, list[type[Driver]]] = field(default_factory=dict)
     serial_probes: list[SerialProbe] = field(default_factory=list)
-    scanner_vendor_ids: frozenset[int] = frozenset()
+    # (vendor, product or None for any) of barcode scanners, for USB-COM ports.
+    scanner_usb_ids: frozenset[tuple[int, int | None]] = frozenset()
 
     @classmethod
-    def build(cls, drivers: Iterable[type[Driver]] = ALL_DRIVERS) -> MatchTable:
+    def build(cls, drivers: Iterable[type[Driver]] = ALL_DRIVERS, scanner_usb_ids: Iterable[str] = ()) -> MatchTable:
+        """``scanner_usb_ids``: ``[discovery] scanner_usb_ids`` ("vvvv" or "vvvv:pppp")."""
         table = cls()
-        scanner_vids: set[int] = set()
+        scanners: set[tuple[int, int | None]] = set()
         for driver in drivers:
             table.usb.extend((m, driver) for m in driver.usb_matches)
             for t in driver.zeroconf_types:
@@ -65,10 +76,14 @@ class MatchTable:
             if probe is not None:
                 table.serial_probes.append(probe)
             if driver.kind == "scanner":
-                scanner_vids.update(m.vendor_id for m in driver.usb_matches if m.vendor_id is not None)
-        return MatchTable(
-            table.usb, table.zeroconf, table.tcp_ports, table.serial_probes, frozenset(scanner_vids)
-        )
+                scanners.update((m.vendor_id, m.product_id) for m in driver.usb_matches if m.vendor_id is not None)
+        for text in scanner_usb_ids:
+            vendor, product = parse_usb_id(text)
+            # A named HID device is a scanner before anything else matches it (its chip maker's
+            # id may be a printer clone's too): vendor, product and class score highest.
+            table.usb.append((UsbMatch(vendor, product, HID_CLASS), HidScanner))
+            scanners.add((vendor, product))
+        return MatchTable(table.usb, table.zeroconf, table.tcp_ports, table.serial_probes, frozenset(scanners))
 
 
 def _id_part(text: str) -> str:
@@ -102,8 +117,20 @@ def static_device_info(device: StaticDeviceConfig, macs: dict[str, str] | None =
                 Path(device.address).name if "/by-id/" in device.address else device.address
             )
         else:
-            device_id = "usb-" + _id_part(device.extra.get("serial_number") or device.address)
+            device_id = "usb-" + _id_part(
+                device.extra.get("serial_number") or device.address.replace(":", "-")
+            )
     extra = dict(device.extra)
+    serial_number = extra.pop("serial_number", "")
+    if device.transport == "usb":
+        # The address is a serial number (what config/edgehub.toml documents), vendor:product,
+        # or bus:address; the drivers find the device by serial number first.
+        if re.fullmatch(r"[0-9a-fA-F]{4}:[0-9a-fA-F]{4}", device.address):
+            vid, pid = device.address.lower().split(":")
+            extra.setdefault("vid", vid)
+            extra.setdefault("pid", pid)
+        elif not re.fullmatch(r"\d{1,3}:\d{1,3}", device.address):
+            serial_number = serial_number or device.address
     return DeviceInfo(
         device_id=device_id,
         kind=_KINDS.get(device.driver, "printer"),  # type: ignore[arg-type]
@@ -112,7 +139,7 @@ def static_device_info(device: StaticDeviceConfig, macs: dict[str, str] | None =
         driver=device.driver,
         model=device.model or "configured",
         vendor=extra.pop("vendor", ""),
-        serial_number=extra.pop("serial_number", ""),
+        serial_number=serial_number,
         extra=extra,
     )
 
@@ -131,23 +158,32 @@ class Discovery:
         usb_backend: object | None = None,
         zeroconf: Any = None,
         by_id_dir: str | Path = "/dev/serial/by-id",
+        by_path_dir: str | Path = "/dev/serial/by-path",
         list_ports: Callable[[], list[Any]] | None = None,
         neighbours: NeighbourLookup = neighbour_macs,
         advertise: tuple[str, int, str] | None = None,  # (store id, API port, version)
+        state_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
         self.static = tuple(devices)
-        self.table = table or MatchTable.build()
+        self.table = table or MatchTable.build(scanner_usb_ids=config.scanner_usb_ids)
+        # Where the shared-serial memory is kept (the data directory); None: in memory only.
+        self._shared_file = state_dir / SHARED_SERIALS_FILE if state_dir is not None else None
+        shared = _read_shared(self._shared_file)
         self.usb = UsbDiscovery(
-            self.table.usb, backend=usb_backend, poll_interval=min(2.0, config.scan_interval_s)
+            self.table.usb, backend=usb_backend, poll_interval=min(2.0, config.scan_interval_s),
+            shared=shared, on_shared=self._remember_shared,
         )
         self.serial = SerialDiscovery(
             self.table.serial_probes,
-            scanner_vendor_ids=self.table.scanner_vendor_ids,
+            scanner_usb_ids=self.table.scanner_usb_ids,
             ports=config.serial_ports,
             by_id_dir=by_id_dir,
+            by_path_dir=by_path_dir,
             list_ports=list_ports,
+            shared=shared,
+            on_shared=self._remember_shared,
         )
         self.lan = LanDiscovery(
             config.subnets, zeroconf_types=tuple(self.table.zeroconf), neighbours=neighbours
@@ -237,6 +273,19 @@ class Discovery:
         self._advertised = info
         log.info("announced as %s on %s", info.name, ", ".join(addresses))
 
+    def _remember_shared(self, key: SharedSerial) -> None:
+        """A serial string seen on two devices: kept on disk, so ids stay put after a restart."""
+        self.usb.shared.add(key)
+        self.serial.shared.add(key)
+        if self._shared_file is None:
+            return
+        known = sorted(self.usb.shared | self.serial.shared)
+        doc = [{"vid": f"{v:04x}", "pid": f"{p:04x}", "serial": s} for v, p, s in known]
+        try:
+            _write_atomically(self._shared_file, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            log.warning("cannot keep the shared USB serials in %s: %s", self._shared_file, exc)
+
     # -- finders ---------------------------------------------------------------------------
     async def _apply(self, source: str, found: list[DeviceInfo]) -> None:
         """Make the registry match what ``source`` lists now."""
@@ -257,12 +306,13 @@ class Discovery:
             log.warning("USB discovery off: %s", exc)
 
     def _busy_serial(self) -> set[str]:
-        # Ports one of our drivers holds (or a configured device owns) must never be probed.
-        return {
+        # Ports one of our drivers holds (or a configured device owns) must never be probed; a
+        # configured /dev/serial/by-id/… name is compared as the tty it points to.
+        return _real_ttys(
             e.info.address
             for e in self.registry.all()
             if e.info.transport == "serial" and (e.driver is not None or e.static or e.present)
-        }
+        )
 
     async def _serial_loop(self) -> None:
         while True:
@@ -304,6 +354,7 @@ class Discovery:
             try:
                 for info in await self.usb.scan():
                     found.setdefault(info.device_id, info)
+                self.notes += [f"USB {ids}: {note}" for ids, note in sorted(self.usb.notes.items())]
             except (UsbUnavailable, TimeoutError) as exc:
                 say(f"USB skipped: {exc}")
                 self.notes.append(f"USB: not scanned ({exc})")
@@ -311,7 +362,7 @@ class Discovery:
             self.notes.append("USB: not scanned (turned off)")
         if cfg.serial:
             say("probing serial ports")
-            busy = {d.address for d in self.static if d.transport == "serial"}
+            busy = _real_ttys(d.address for d in self.static if d.transport == "serial")
             for info in await self.serial.scan(busy):
                 found.setdefault(info.device_id, info)
             self.notes += [f"serial {path}: {note}" for path, note in sorted(self.serial.notes.items())]
@@ -342,3 +393,31 @@ class Discovery:
         else:
             self.notes.append("LAN: not searched (turned off)")
         return sorted(found.values(), key=lambda i: (i.kind, i.device_id))
+
+
+def _real_ttys(addresses: Iterable[str]) -> set[str]:
+    """The ttys serial addresses name, links (``/dev/serial/by-id/…``) resolved, as the serial
+    finder lists ports (a few lstat calls on /dev: quick enough for the event loop)."""
+    return {os.path.realpath(address) for address in addresses}
+
+
+def _read_shared(path: Path | None) -> set[SharedSerial]:
+    """The shared-serial memory; a missing or broken file is an empty memory (said once)."""
+    if path is None or not path.exists():
+        return set()
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {(int(d["vid"], 16), int(d["pid"], 16), str(d["serial"])) for d in doc}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring %s: %s (devices sharing a serial number may get new ids)", path, exc)
+        return set()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

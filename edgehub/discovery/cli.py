@@ -40,9 +40,11 @@ def command(args: argparse.Namespace) -> int:
     from edgehub.devices.registry import DeviceRegistry
     from edgehub.discovery import Discovery
 
+    state_dir = None
     if args.config:
         config = load_config(args.config)
         disc, devices, store = config.discovery, config.devices, config.store.id
+        state_dir = config.paths.data_dir  # the hub's memory of USB serials that devices share
     else:
         disc, devices, store = DiscoveryConfig(), (), "discover"
     for cidr in args.subnet:
@@ -71,7 +73,7 @@ def command(args: argparse.Namespace) -> int:
 
     async def run() -> list[dict[str, str]]:
         registry = DeviceRegistry(Topics(store), None)
-        discovery = Discovery(registry, disc, devices)
+        discovery = Discovery(registry, disc, devices, state_dir=state_dir)
         found = await discovery.scan_once(args.browse_seconds, progress)
         notes.extend(discovery.notes)
         return [

@@ -4,7 +4,15 @@
 driver declares into a ``DeviceInfo``. The id is the USB serial number (``usb-04b8-0e28-SN``),
 so a printer replugged into another port keeps its id; a device without a serial number gets
 its physical port path instead (``usb-04b8-0e28-port-1-1.2``), stable as long as it stays in
-that port. ``address`` is ``bus:address`` (it changes on every replug, which is fine).
+that port (and across reboots: the path is the hub port it is plugged into). Cheap devices of
+one model often all carry the same serial string: when two plugged-in devices share vendor,
+product and serial, both are told apart by their port path (``usb-0416-5011-SN-port-1-1.3``),
+and that serial is remembered (``shared``, kept on disk by the caller) so each keeps that id
+when the other is unplugged or the box restarts with one of them. ``address`` is
+``bus:address`` (it changes on every replug, which is fine).
+
+A HID keyboard that no driver takes may be a generic barcode scanner: ``notes`` names it with
+its ids, for ``edgehub discover`` to tell the installer about ``[discovery] scanner_usb_ids``.
 
 ``watch()`` calls back on every change: pyudev netlink events (``usb`` subsystem) on a real
 box wake a rescan; without udev (containers, tests with ``SimUsbBackend``) it polls.
@@ -15,12 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from drivers.base import DeviceInfo, Driver, UsbMatch
 
-__all__ = ["UsbDiscovery", "UsbUnavailable", "usb_matches"]
+__all__ = ["SharedSerial", "UsbDiscovery", "UsbUnavailable", "usb_matches"]
+
+#: (vendor id, product id, serial string) that more than one device has carried.
+SharedSerial = tuple[int, int, str]
 
 log = logging.getLogger("edgehub.discovery.usb")
 
@@ -53,11 +65,18 @@ class UsbDiscovery:
         poll_interval: float = 2.0,
         timeout: float = 10.0,
         hotplug: Callable[[], Any] | None = None,
+        shared: Iterable[SharedSerial] = (),
+        on_shared: Callable[[SharedSerial], None] | None = None,
     ) -> None:
         self.table = table
         self.backend = backend
         self.poll_interval = poll_interval
         self.timeout = timeout
+        # Serial strings seen on two devices at once: those devices are told apart by port path.
+        self.shared: set[SharedSerial] = set(shared)
+        self._on_shared = on_shared
+        # HID keyboards no driver took in the last scan, by "vvvv:pppp": for a person.
+        self.notes: dict[str, str] = {}
         # Where hotplug events come from: a started pyudev-like monitor (``fileno()``,
         # ``poll(timeout=0)`` → device with ``.action`` or None). Default: udev netlink on a real
         # bus; none for a test backend, which is polled.
@@ -82,6 +101,7 @@ class UsbDiscovery:
         except usb.core.NoBackendError as exc:
             raise UsbUnavailable("libusb is not installed") from exc
         found: list[DeviceInfo] = []
+        self.notes = {}
         for dev in devices:
             try:
                 info = self._describe(dev)
@@ -91,7 +111,29 @@ class UsbDiscovery:
                 continue
             if info is not None:
                 found.append(info)
-        return found
+        return self._tell_apart(found)
+
+    def _tell_apart(self, found: list[DeviceInfo]) -> list[DeviceInfo]:
+        """Devices sharing vendor, product and serial get their port path in the id."""
+        counts: dict[SharedSerial, int] = {}
+        for info in found:
+            if info.serial_number:
+                key = (int(info.extra["vid"], 16), int(info.extra["pid"], 16), info.serial_number)
+                counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            if n > 1 and key not in self.shared:
+                self.shared.add(key)
+                log.warning("USB devices %04x:%04x share the serial number %r: each is known by its port "
+                            "from now on (keep each in its port)", *key)
+                if self._on_shared is not None:
+                    self._on_shared(key)
+        out = []
+        for info in found:
+            key = (int(info.extra["vid"], 16), int(info.extra["pid"], 16), info.serial_number)
+            if info.serial_number and key in self.shared:
+                info = replace(info, device_id=f"{info.device_id}-port-{info.extra['port']}")
+            out.append(info)
+        return out
 
     def _describe(self, dev: Any) -> DeviceInfo | None:
         import usb.core
@@ -104,6 +146,17 @@ class UsbDiscovery:
                 classes.add(int(intf.bInterfaceClass))
         cls = self._driver_for(vid, pid, classes)
         if cls is None:
+            keyboards = [intf for cfg in dev for intf in cfg
+                         if int(intf.bInterfaceClass) == 3 and int(intf.bInterfaceProtocol) != 2]  # 2: mouse
+            if keyboards:
+                try:
+                    product = str(usb.util.get_string(dev, dev.iProduct) or "") if dev.iProduct else ""
+                except (usb.core.USBError, ValueError, NotImplementedError):
+                    product = ""
+                self.notes[f"{vid:04x}:{pid:04x}"] = (
+                    f"a HID keyboard{f' ({product!r})' if product else ''} no driver takes: if it is a barcode "
+                    f'scanner, add "{vid:04x}:{pid:04x}" to [discovery] scanner_usb_ids'
+                )
             return None
 
         def string(index: int) -> str:

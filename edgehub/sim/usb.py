@@ -154,12 +154,14 @@ class SimUsbDevice:
         self.kernel_driver = {i.bInterfaceNumber: kernel_driver_active for i in interfaces}
         self.bus = 1
         self.address = 0
+        self.port = 0  # the root hub port it is plugged into
         self.plugged = False
         self.generation = 0  # bumped on every plug and unplug, so stale handles fail
 
     def descriptor(self) -> _DeviceDescriptor:
         return _DeviceDescriptor(
-            self.vendor_id, self.product_id, 0, self.bus, self.address, port_number=self.address
+            self.vendor_id, self.product_id, 0, self.bus, self.address,
+            port_number=self.port, port_numbers=(self.port,),
         )
 
     def string(self, index: int) -> str | None:
@@ -466,11 +468,14 @@ class SimUsbBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb ships 
         with self._lock:
             return list(self._devices)
 
-    def plug(self, device: SimUsbDevice) -> SimUsbDevice:
-        """Plug a device in; it gets the next free address, like on a real bus."""
+    def plug(self, device: SimUsbDevice, port: int | None = None) -> SimUsbDevice:
+        """Plug a device into ``port`` (by default a free one); it gets the next free address,
+        like on a real bus (a device plugged into the same port again keeps its port path)."""
         with self._lock:
             if device.plugged:
                 return device
+            taken = {d.port for d in self._devices}
+            device.port = port if port is not None else next(p for p in itertools.count(1) if p not in taken)
             device.address = next(self._addresses)
             device.plugged = True
             device.generation += 1

@@ -57,10 +57,7 @@ KNOWN_VENDORS = {
     "1d90",
     "2730",
     "154f",
-    "0dd4",
-    "0416",
-    "0483",
-    "1fc9",  # printers
+    "0dd4",  # printers (chip makers' ids are printers by class 07 only)
     "0c2e",
     "0536",
     "05e0",
@@ -151,3 +148,39 @@ def test_gotos_have_labels_and_removal_is_skipped() -> None:
 
 def test_serial_devices_are_kept_from_modemmanager() -> None:
     assert 'ENV{ID_MM_DEVICE_IGNORE}="1"' in RULES.read_text()
+
+
+def test_chip_makers_ids_are_no_printers_by_themselves() -> None:
+    # 0416/0483/1fc9 are on scanners and STM32 virtual COM ports too: class 07 decides.
+    text = RULES.read_text()
+    assert 'ENV{ID_USB_INTERFACES}=="*:0701*", ENV{EDGEHUB_KIND}="printer"' in text
+    for vendor in ("0416", "0483", "1fc9"):
+        assert f'"{vendor}"' not in text
+
+
+def test_built_in_uarts_and_hats_are_given_to_the_serial_group() -> None:
+    kernel = next(m["value"] for _, pairs in rules() for m in pairs
+                  if m["key"] == "KERNEL" and m["op"] == "!=" and "ttyUSB" in m["value"])
+    assert set(kernel.split("|")) == {"ttyUSB[0-9]*", "ttyACM[0-9]*", "ttyS[0-9]*", "ttyAMA[0-9]*", "ttySC[0-9]*"}
+
+
+def test_generic_scanners_are_asked_of_edgehub(tmp_path: Path) -> None:
+    from edgehub.udevmatch import kind, main
+
+    programs = [m["value"] for _, pairs in rules() for m in pairs if m["key"] == "IMPORT" and m["attr"] == "program"]
+    assert len(programs) == 2  # the raw USB node and the hidraw node
+    assert all(p == "/opt/edgehub/venv/bin/python3 -m edgehub.udevmatch $attr{idVendor} $attr{idProduct}"
+               for p in programs)
+    config = tmp_path / "edgehub.toml"
+    config.write_text('[discovery]\nscanner_usb_ids = ["0416:c141", "28e9"]\n\n[[device]]\ndriver = "hid_scanner"\n'
+                      'transport = "usb"\naddress = "1a86:e026"\n\n[[device]]\ndriver = "escpos"\n'
+                      'transport = "usb"\naddress = "04b8:0e28"\n')
+    assert kind("0416", "c141", config) == "scanner"
+    assert kind("28e9", "0001", config) == "scanner"  # a vendor named alone: any of its products
+    assert kind("1a86", "e026", config) == "scanner"
+    assert kind("0416", "5011", config) is None  # the printer clone on the same chip maker's id
+    assert kind("04b8", "0e28", config) is None  # a printer [[device]] is no scanner
+    assert kind("0416", "c141", tmp_path / "missing.toml") is None
+    config.write_text("not [ toml")
+    assert kind("0416", "c141", config) is None
+    assert main(["zz", "c141", str(config)]) == 0 and main([]) == 2

@@ -127,6 +127,8 @@ def test_edgehub_service_keys() -> None:
     assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     allowed = {v.split()[0] for v in all_values("edgehub.service", "DeviceAllow")}
     assert allowed >= {"char-ttyUSB", "char-ttyACM", "char-usb", "char-usb_device", "char-hidraw"}
+    # A scale on the Pi's own UART or an RS-232 HAT (config/edgehub.toml suggests /dev/ttyS0).
+    assert allowed >= {"char-ttyS", "char-ttyAMA", "char-ttySC"}
     assert "@system-service" in all_values("edgehub.service", "SystemCallFilter")
     # The StartLimit decision is written down next to the key.
     text = (SYSTEMD / "edgehub.service").read_text()

@@ -52,7 +52,7 @@ def test_one_match_table_from_every_driver() -> None:
     assert set(table.zeroconf) == {"_pdl-datastream._tcp.local.", "_printer._tcp.local.", "_ipp._tcp.local."}
     assert {cls.name for cls in table.tcp_ports[9100]} == {"escpos"}
     assert len(table.serial_probes) == 2  # mt8217 and CAS answer a probe; scanners are passive
-    assert 0x0C2E in table.scanner_vendor_ids
+    assert (0x0C2E, None) in table.scanner_usb_ids
 
 
 async def test_usb_printer_and_scanner_replug_keep_their_ids() -> None:

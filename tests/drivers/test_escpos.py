@@ -74,8 +74,11 @@ def test_declares_what_it_matches() -> None:
     assert EscposPrinter.kind == "printer"
     assert UsbMatch(interface_class=7) in EscposPrinter.usb_matches
     vids = {m.vendor_id for m in EscposPrinter.usb_matches}
-    for vid in (0x04B8, 0x0519, 0x1504, 0x0419, 0x1D90, 0x2730, 0x154F, 0x0DD4, 0x0416, 0x0483, 0x1FC9):
+    for vid in (0x04B8, 0x0519, 0x1504, 0x0419, 0x1D90, 0x2730, 0x154F, 0x0DD4):
         assert vid in vids and vid in ESCPOS_VENDOR_IDS
+    # A chip maker's id alone makes nothing a printer (STM32 virtual COM ports, Nuvoton scanners).
+    assert not vids & {0x0416, 0x0483, 0x1FC9}
+    assert all(m.interface_class in (7, 0xFF) for m in EscposPrinter.usb_matches)
     assert "_pdl-datastream._tcp.local." in EscposPrinter.zeroconf_types
     assert "_printer._tcp.local." in EscposPrinter.zeroconf_types
     assert "_ipp._tcp.local." in EscposPrinter.zeroconf_types

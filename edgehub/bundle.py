@@ -1,9 +1,10 @@
 """Support bundles: one tar.gz with what support needs to understand a box, and no secret in it.
 
 Inside: recent logs (journald when it has them, else the hub's in-memory ring of recent lines),
-the config, devices, roles with their history, the outbox summary, the full status and the
-self-check. Secrets are removed twice: by key name (``token``, ``password``, ``pin``, ``key``,
-``secret``, ``credential`` ...) in the config text, and then by value — every file in the
+the config, devices, roles with their history, the outbox summary, the full status, the
+self-check, and each device's last field check with the bytes it saw (``field_checks.json``).
+Secrets are removed twice: by key name (``token``, ``password``, ``pin``, ``key``, ``secret``,
+``credential`` ...) in the config text, and then by value — every file in the
 bundle is scanned for every secret the config holds (also JSON-escaped and URL-encoded), so a
 password that leaked into a log line or an error message is caught too.
 """
@@ -123,7 +124,7 @@ def _json(doc: Any) -> bytes:
 def collect(config: Config, *, status: Mapping[str, Any] | None, doctor: Mapping[str, Any] | None,
             outbox: Mapping[str, Any] | None, recent_log: str | None, broker_log: Iterable[str] = (),
             role_history: Mapping[str, Any] | None = None, clock: float | None = None,
-            daemon_note: str | None = None) -> dict[str, bytes]:
+            daemon_note: str | None = None, field_checks: list[Any] | None = None) -> dict[str, bytes]:
     """The bundle's files (before redaction). Blocking: reads the config and journald.
 
     ``daemon_note`` says why there is no status when it was not read from the hub (not running,
@@ -144,6 +145,8 @@ def collect(config: Config, *, status: Mapping[str, Any] | None, doctor: Mapping
     files["roles.json"] = _json({"roles": roles if roles is not None else "not configured",
                                  "history": role_history})
     files["outbox.json"] = _json({"outbox": outbox, "uplink": status.get("uplink")})
+    files["field_checks.json"] = _json(field_checks if field_checks is not None
+                                       else {"note": "the journal holds no field checks, or cannot be read"})
     if doctor is not None:
         files["doctor.json"] = _json(doctor)
     journal = journal_logs()
@@ -209,6 +212,30 @@ def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
     return {"streams": streams, "total": sum(s["depth"] for s in streams)}
 
 
+def _field_checks(config: Config) -> list[Any] | None:
+    """Every device's last field check, read from the journal (the hub is not running)."""
+    import sqlite3
+
+    path = config.journal.path
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = conn.execute("SELECT result FROM field_checks ORDER BY device_id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # an older journal without the table, or unreadable
+    checks = []
+    for (text,) in rows:
+        try:
+            checks.append(json.loads(text))
+        except ValueError:
+            continue
+    return checks
+
+
 async def _from_daemon(config: Config) -> tuple[str, bytes] | DaemonUnreadable:
     """The running daemon's own bundle (it has the devices, roles and recent log lines), or why
     it could not be had: nothing answers, or the daemon refused (401 wrong token, 429 ...)."""
@@ -260,7 +287,8 @@ def command(config_path: str, output: str | None = None) -> int:
         doctor = Doctor(config, read_status=reader, daemon_expected=True)
         checks = asyncio.run(doctor.run())
         files = collect(config, status=None, doctor=as_json(checks),
-                        outbox=_outbox_summary(config, time.time()), recent_log=None, daemon_note=note)
+                        outbox=_outbox_summary(config, time.time()), recent_log=None, daemon_note=note,
+                        field_checks=_field_checks(config))
         name, data = build(config, files)
     else:
         name, data = made

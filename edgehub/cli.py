@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
 
     __import__("edgehub.discovery.cli", fromlist=["x"]).add_parser(sub)
+    __import__("edgehub.devices.testcli", fromlist=["x"]).add_parser(sub)  # device test: the field check
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
 
     p = sub.add_parser("doctor", help="run the installer's self-checks; exit 1 when one fails")

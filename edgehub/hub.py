@@ -28,6 +28,7 @@ from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
 from edgehub.devices.api import devices_routes
 from edgehub.devices.factory import DriverFactory
 from edgehub.devices.feeds import DeviceFeeds
+from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, ScreenServer
@@ -90,9 +91,12 @@ class Hub:
         self.watchdog = Watchdog(self.registry,
                                  WatchdogTiming(printer_interval=config.discovery.probe_interval_s))
         self.feeds = DeviceFeeds(self.registry, self._publish_device)
-        self.components += [self.registry, self.discovery, self.watchdog, self.feeds]
+        # The installer's field checks (edgehub device test), kept with each device.
+        self.field_checks = FieldChecks(self.registry, self.journal)
+        self.components += [self.registry, self.discovery, self.watchdog, self.feeds, self.field_checks]
         self.status_sections["devices"] = self.registry.status
         self.api.route_setups.append(devices_routes(self.registry))
+        self.api.route_setups.append(self.field_checks.route_setup)
         # The box's page, /metrics, self-check and support bundles.
         self.support = Support(self)
         self.components.append(self.support)

@@ -261,9 +261,13 @@ class Support:
         history = await self.role_history()
         broker_log = list(hub.broker.log_tail) if hub.broker is not None else []
 
+        field_checks = getattr(hub, "field_checks", None)
+        checks = field_checks.all() if field_checks is not None else None
+
         def make() -> tuple[str, bytes]:
             files = bundle.collect(hub.config, status=status, doctor=doctor, outbox=outbox,
-                                   recent_log=self.recent.text(), broker_log=broker_log, role_history=history)
+                                   recent_log=self.recent.text(), broker_log=broker_log, role_history=history,
+                                   field_checks=checks)
             return bundle.build(hub.config, files)
 
         name, data = await asyncio.to_thread(make)

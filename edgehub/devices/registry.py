@@ -60,6 +60,8 @@ class DeviceEntry:
     present: bool
     since: float = 0.0  # wall clock of the last health change, for people
     static: bool = False  # configured in [[device]]: never forgotten, only marked failed
+    # The installer's last field check of it ({"ok", "at"}; the whole result: FieldChecks).
+    field_check: dict[str, Any] | None = None
 
     @property
     def device_id(self) -> str:
@@ -82,6 +84,7 @@ class DeviceEntry:
             "reason": self.health.reason,
             "since": round(self.since, 3),
             "static": self.static,
+            "field_check": dict(self.field_check) if self.field_check is not None else None,
         }
 
 

@@ -231,6 +231,16 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE payments ADD COLUMN terminal TEXT;
     """,
+    # 9 (devices): the installer's last field check of each device (`edgehub device test`),
+    # kept with the device across restarts and put in support bundles; one row per device.
+    """
+    CREATE TABLE field_checks (
+        device_id TEXT PRIMARY KEY,
+        checked_at REAL NOT NULL,
+        ok INTEGER NOT NULL,
+        result TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -116,17 +116,18 @@ async def test_serial_adapters_without_a_serial_number_keep_their_port_across_a_
     ports = ("platform-xhci-hcd.0-usb-0:1.1:1.0-port0", "platform-xhci-hcd.0-usb-0:1.2:1.0-port0")
     cfg = DiscoveryConfig(usb=False, serial=True, lan=False, scan_interval_s=0.1)
 
-    async def boot(scales: list[ScaleSim]) -> dict[str, int]:
-        """A boot: udev's links as a kernel that enumerated the adapters in this order makes them."""
+    async def boot(in_ports: list[ScaleSim], enumerated: list[ScaleSim]) -> dict[str, int]:
+        """One boot: the scales sit in the same USB ports, the kernel finds them in ``enumerated``
+        order (which is what ttyUSB numbers follow, and whose by-id link udev keeps)."""
         for d in (by_id, by_path):
             for link in d.iterdir():
                 link.unlink()
-        for port, scale in zip(ports, scales, strict=True):
+        for port, scale in zip(ports, in_ports, strict=True):
             (by_path / port).symlink_to(scale.port)
         # Both CH340s are "usb-1a86_USB_Serial-if00-port0": udev keeps the link of the last one.
-        (by_id / "usb-1a86_USB_Serial-if00-port0").symlink_to(scales[-1].port)
+        (by_id / "usb-1a86_USB_Serial-if00-port0").symlink_to(enumerated[-1].port)
         listed = [FakePort(device=s.port, vid=0x1A86, pid=0x7523, serial_number=None, description="USB Serial")
-                  for s in scales]
+                  for s in enumerated]
         registry = DeviceRegistry(Topics("s1"), None)
         discovery = Discovery(registry, cfg, by_id_dir=by_id, by_path_dir=by_path, list_ports=lambda: listed)
         async with registry, discovery:
@@ -138,12 +139,10 @@ async def test_serial_adapters_without_a_serial_number_keep_their_port_across_a_
             return weights
 
     async with ScaleSim("mt8217", weight_g=1000) as left, ScaleSim("mt8217", weight_g=2000) as right:
-        first = await boot([left, right])
-        assert sorted(first) == [f"serial-path-platform-xhci-hcd.0-usb-0_1.{n}_1.0-port0" for n in (1, 2)]
-        # Next boot the ttys come up the other way round; each port path still holds its scale.
-        second = await boot([left, right][::-1])
-    assert first[sorted(first)[0]] == 1000 and second[sorted(second)[0]] == 2000  # port 1.1 holds what is in it
-    assert sorted(first) == sorted(second)
+        first = await boot([left, right], [left, right])
+        second = await boot([left, right], [right, left])  # the next boot enumerates them the other way
+    port_1, port_2 = (f"serial-path-platform-xhci-hcd.0-usb-0_1.{n}_1.0-port0" for n in (1, 2))
+    assert first == second == {port_1: 1000, port_2: 2000}
 
 
 async def test_a_usb_printer_configured_by_its_serial_number_prints() -> None:

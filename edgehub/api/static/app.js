@@ -126,6 +126,7 @@ function drawDevices(section) {
       button.addEventListener("click", () => testPrint(id, button));
       cell.append(button);
     }
+    if (typeof FieldCheck !== "undefined") cell.append(FieldCheck.cell(d));  // fieldcheck.js
     tr.append(cell);
     body.append(tr);
   }

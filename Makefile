@@ -31,9 +31,11 @@ $(STAMP): pyproject.toml | system-deps
 
 deps: system-deps $(STAMP)
 
+# SIM picks real units' habits for the simulated devices, e.g.
+#   make run SIM="scale=cas-jin scanner=hid-report-id"   (slots and profiles: docs/devices.md)
 run: deps
 	@mkdir -p .run
-	$(PY) -m edgehub run --config $(CONFIG) --simulate
+	$(PY) -m edgehub run --config $(CONFIG) --simulate $(foreach p,$(SIM),--sim-profile $(p))
 
 # The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
 test: WITH_BROWSER = 1

@@ -113,12 +113,14 @@ def keyboard_report(descriptor: bytes) -> KeyboardReport:
     (modifier byte, reserved byte, six 8-bit key slots). ProtocolError when there is none."""
     import hid_parser  # untyped to mypy: the package ships no py.typed marker
 
+    # The parser warns about usage types it finds odd (consumer pages of composite scanners);
+    # only the structure matters here. A filter for its own warning class, not catch_warnings,
+    # which is not thread-safe and scanners open in worker threads.
+    warnings.filterwarnings("ignore", category=hid_parser.HIDWarning)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # compliance warnings about usage types: not our concern
-            parsed = hid_parser.ReportDescriptor(list(descriptor))
-            reports = [(rid, parsed.get_input_items(rid), int(parsed.get_input_report_size(rid)))
-                       for rid in parsed.input_report_ids]
+        parsed = hid_parser.ReportDescriptor(list(descriptor))
+        reports = [(rid, parsed.get_input_items(rid), int(parsed.get_input_report_size(rid)))
+                   for rid in parsed.input_report_ids]
     except Exception as exc:  # a broken descriptor fails in many ways inside the parser
         raise ProtocolError(f"the HID report descriptor does not parse: {exc}") from exc
     for report_id, items, bits in reports:

@@ -28,6 +28,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub.sdnotify import Notifier
 
     config = load_config(args.config)
+    profiles: dict[str, str] = {}
+    if args.sim_profile:
+        from edgehub.sim.store import parse_profiles
+
+        if not args.simulate:
+            print("--sim-profile goes with --simulate", file=sys.stderr)
+            return 2
+        try:
+            profiles = parse_profiles(args.sim_profile)
+        except ValueError as exc:
+            print(f"--sim-profile {exc}", file=sys.stderr)
+            return 2
     logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
     FreezeSurvivors().install()  # full collections skip what survived the last one (gctuning.py)
     Trimmer().install()  # freed heap handed back to the system after a rush (gctuning.py)
@@ -60,8 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         elif args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
             from edgehub.sim.store import SimStore, with_sim_devices
 
-            async with SimStore() as sim:
-                await run(Hub(with_sim_devices(config, sim), Notifier()))
+            async with SimStore(profiles=profiles) as sim:
+                await run(Hub(with_sim_devices(config, sim), Notifier(), usb_backend=sim.usb_backend))
             return
         await run(Hub(config, Notifier()))
 
@@ -155,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="path to edgehub.toml")
     p.add_argument("--simulate", action="store_true",
                    help="run with a simulated store's devices (no hardware)")
+    p.add_argument("--sim-profile", action="append", default=[], metavar="SLOT=PROFILE",
+                   help="with --simulate: a real unit's habits for a device slot, e.g. scale=mt8217-lb, "
+                        "scanner=hid-report-id (repeat; the profiles: docs/devices.md)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("config", help="configuration tools")

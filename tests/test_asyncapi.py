@@ -31,3 +31,11 @@ def test_ticket_states_and_events_are_the_kitchens() -> None:
 
 def test_device_states_are_the_drivers() -> None:
     assert enum("messages", "DeviceState", "payload", "properties", "state") == set(get_args(HealthState))
+
+
+def test_weight_units_and_states_are_the_drivers() -> None:
+    from drivers.scale_mt8217 import WeightState
+    from drivers.scale_units import WEIGHT_UNITS
+
+    assert enum("messages", "RoleEvent", "payload", "properties", "unit") == set(WEIGHT_UNITS)
+    assert enum("messages", "RoleEvent", "payload", "properties", "state") == set(get_args(WeightState))

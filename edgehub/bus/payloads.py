@@ -225,13 +225,16 @@ def scan(device_id: str, code: str, at: float) -> bytes:
     return dumps({"schema": SCAN_SCHEMA, "device_id": device_id, "code": code, "at": round(at, 3)})
 
 
-def weight(device_id: str, grams: int | None, state: str, net: bool, at: float) -> bytes:
+def weight(device_id: str, grams: int | None, state: str, net: bool, at: float,
+           unit: str = "kg", value: str = "") -> bytes:
     """QoS 1 on ``…/dev/{id}/evt/weight`` when the weight changes: ``state`` is the scale's
-    (stable, zero, motion, overload, under zero…); ``grams`` is None when it shows no number;
-    ``sellable`` is true only for a stable reading with a number (legal-for-trade)."""
+    (stable, zero, unstable, overload, negative); ``grams`` is None when it shows no number;
+    ``sellable`` is true only for a stable reading with a number (legal-for-trade). ``unit`` is
+    what the scale weighs in (kg, g, lb, jin) and ``value`` the number it showed, as text in that
+    unit with its decimals (``"2.72"``; ``""`` without a number): grams are converted from it."""
     sellable = state in ("stable", "zero") and grams is not None
     return dumps({"schema": WEIGHT_SCHEMA, "device_id": device_id, "grams": grams, "state": state,
-                  "net": net, "sellable": sellable, "at": round(at, 3)})
+                  "net": net, "sellable": sellable, "unit": unit, "value": value, "at": round(at, 3)})
 
 
 # --- kitchen: POS amend / cancel, station screens (kds) and the cloud's kitchen stream -----------

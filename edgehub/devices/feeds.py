@@ -109,11 +109,12 @@ class DeviceFeeds:
                 last = None
                 await asyncio.sleep(self.retry_interval)
                 continue
-            now = (weight.grams, weight.state, weight.net)
+            now = (weight.grams, weight.state, weight.net, weight.unit)
             if now != last:
                 last = now
                 await self._send(
                     topics.device_event(device_id, "weight"),
-                    payloads.weight(device_id, weight.grams, weight.state, weight.net, self._wall()),
+                    payloads.weight(device_id, weight.grams, weight.state, weight.net, self._wall(),
+                                    weight.unit, weight.shown),
                 )
             await asyncio.sleep(self.weight_interval)

@@ -68,7 +68,7 @@ def format_check(record: dict[str, Any]) -> list[str]:
     """A check as lines for a person: the verdict, each step with its raw bytes, the profile."""
     verdict = "PASS" if record.get("ok") else "FAIL"
     lines = [f"{record.get('kind', 'device')} {record['device_id']} ({record.get('driver')} at "
-             f"{record.get('address')}): {verdict} in {record.get('seconds', 0):g} s"]
+             f"{record.get('address')}): {verdict} in {record.get('seconds', 0):.2f} s"]
     for step in record.get("steps", []):
         mark = "ok  " if step.get("ok") else "FAIL"
         lines.append(f"  {mark}  {step.get('name', '?'):<9} {step.get('detail', '')}")

@@ -2,7 +2,11 @@
 
 ``SimStore`` starts two kitchen printers and a receipt printer (``PrinterSim`` on loopback TCP),
 a Mettler Toledo 8217 scale and a serial barcode scanner on pseudo-terminals, and a ZVT pinpad
-on loopback TCP, and gives the ``[[device]]`` entries that point the hub at them. The ids are
+on loopback TCP, and gives the ``[[device]]`` entries that point the hub at them. ``profiles``
+picks another real unit's habits for a slot (``SIM_SLOTS``): ``{"scale": "cas-jin", "scanner":
+"hid-report-id"}`` (``edgehub run --simulate --sim-profile scale=cas-jin``; ``make run
+SIM="scale=cas-jin scanner=hid-report-id"``). A HID scanner lives on a simulated USB bus
+(``usb_backend``, for the hub). The ids are
 fixed, so role bindings in a dev config (``kitchen-printer.grill = ["sim-kitchen-1", …]``)
 keep working across runs although the ports and ptys change; roles the config does not bind
 get the simulated devices (``SIM_ROLES``). ``edgehub run --simulate`` uses it only when the
@@ -23,10 +27,39 @@ from typing import Any
 from edgehub.config import Config, RoleConfig, StaticDeviceConfig
 from edgehub.sim.pinpad import ZvtPinpadSim
 from edgehub.sim.printer import PrinterCore, PrinterSim
-from edgehub.sim.scale import ScaleSim
-from edgehub.sim.scanner import SerialScannerSim
+from edgehub.sim.scale import SCALE_PROFILES, ScaleSim
+from edgehub.sim.scanner import SERIAL_SCANNER_PROFILES, SerialScannerSim
+from edgehub.sim.usb import HID_SCANNER_PROFILES, SimHidScanner, SimUsbBackend
 
-__all__ = ["SIM_ROLES", "SimStore", "add_parser", "with_sim_devices"]
+__all__ = ["SIM_ROLES", "SIM_SLOTS", "SimStore", "add_parser", "parse_profiles", "with_sim_devices"]
+
+#: The store's device slots a profile can be chosen for, and the profiles of each.
+SIM_SLOTS: dict[str, tuple[str, ...]] = {
+    "scale": tuple(SCALE_PROFILES),
+    "scanner": (*SERIAL_SCANNER_PROFILES, *HID_SCANNER_PROFILES),
+}
+
+
+def parse_profiles(items: list[str]) -> dict[str, str]:
+    """``["scale=cas-jin", …]`` → {"scale": "cas-jin"}; ValueError saying what is known."""
+    profiles: dict[str, str] = {}
+    for item in items:
+        slot, sep, name = item.partition("=")
+        if not sep or slot not in SIM_SLOTS:
+            raise ValueError(f"{item!r}: give SLOT=PROFILE with SLOT one of {', '.join(SIM_SLOTS)}")
+        if name not in SIM_SLOTS[slot]:
+            raise ValueError(f"{item!r}: the {slot} profiles are {', '.join(SIM_SLOTS[slot])}")
+        profiles[slot] = name
+    return profiles
+
+
+def _scale_settings(profile: str) -> dict[str, str]:
+    """The [[device]] keys a store sets for this kind of scale (its profile, as an installer
+    would after the field check)."""
+    spec = SCALE_PROFILES[profile]
+    if spec["protocol"] == "mt8217":
+        return {"unit": spec.get("unit", "kg")}
+    return {"mode": "continuous"} if spec["protocol"] == "cas-continuous" else {}
 
 
 @dataclass
@@ -40,9 +73,13 @@ class SimStore:
     kitchen: list[PrinterSim] = field(default_factory=list)
     receipt: PrinterSim | None = None
     scale: ScaleSim | None = None
-    scanner: SerialScannerSim | None = None
+    scanner: SerialScannerSim | SimHidScanner | None = None
     pinpad: ZvtPinpadSim | None = None
     devices: tuple[StaticDeviceConfig, ...] = ()
+    #: A real unit's habits per slot (``SIM_SLOTS``): {"scale": "mt8217-lb", "scanner": "serial-lf"}.
+    profiles: dict[str, str] = field(default_factory=dict)
+    #: The simulated USB bus of a HID scanner, for ``Hub(usb_backend=…)``; None without one.
+    usb_backend: SimUsbBackend | None = None
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def __aenter__(self) -> SimStore:
@@ -62,8 +99,24 @@ class SimStore:
             self.receipt = await stack.enter_async_context(
                 PrinterSim(PrinterCore(model="TM-m30III", serial_number="SIM-RECEIPT-1"), **where(2))
             )
-            self.scale = await stack.enter_async_context(ScaleSim("mt8217", weight_g=0))
-            self.scanner = await stack.enter_async_context(SerialScannerSim())
+            parse_profiles([f"{slot}={name}" for slot, name in self.profiles.items()])  # says what is wrong
+            scale_profile = self.profiles.get("scale", "mt8217")
+            scanner_profile = self.profiles.get("scanner", "serial-cr")
+            self.scale = await stack.enter_async_context(ScaleSim.from_profile(scale_profile, weight_g=0))
+            scanner_entry: StaticDeviceConfig
+            if scanner_profile in HID_SCANNER_PROFILES:
+                hid = SimHidScanner.from_profile(scanner_profile)
+                self.usb_backend, self.scanner = SimUsbBackend([hid]), hid
+                scanner_entry = StaticDeviceConfig(
+                    driver="hid_scanner", transport="usb",
+                    address=hid.serial_number or f"{hid.vendor_id:04x}:{hid.product_id:04x}",
+                    id="sim-scanner-1", model=f"simulated HID scanner ({scanner_profile})")
+            else:
+                serial_scanner = await stack.enter_async_context(SerialScannerSim.from_profile(scanner_profile))
+                self.scanner = serial_scanner
+                scanner_entry = StaticDeviceConfig(
+                    driver="serial_scanner", transport="serial", address=serial_scanner.port,
+                    id="sim-scanner-1", model=f"simulated USB-COM scanner ({scanner_profile})")
             self.pinpad = await stack.enter_async_context(ZvtPinpadSim())
         except BaseException:
             await stack.aclose()
@@ -87,19 +140,14 @@ class SimStore:
                 model="simulated TM-m30III",
             ),
             StaticDeviceConfig(
-                driver="mt8217",
+                driver="mt8217" if self.scale.protocol == "mt8217" else "cas",
                 transport="serial",
                 address=self.scale.port,
                 id="sim-scale-1",
-                model="simulated 8217 scale",
+                model=f"simulated scale ({scale_profile})",
+                extra=_scale_settings(scale_profile),
             ),
-            StaticDeviceConfig(
-                driver="serial_scanner",
-                transport="serial",
-                address=self.scanner.port,
-                id="sim-scanner-1",
-                model="simulated USB-COM scanner",
-            ),
+            scanner_entry,
             StaticDeviceConfig(
                 driver="zvt",
                 transport="tcp",
@@ -139,6 +187,9 @@ def with_sim_devices(config: Config, sim: SimStore) -> Config:
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private type
     """``edgehub sim store``: the simulated devices on their own, to point ``discover`` or a hub at."""
     p = sub.add_parser("store", help="run a simulated store's devices (printers, scale, scanner, pinpad)")
+    p.add_argument("--profile", action="append", default=[], metavar="SLOT=PROFILE",
+                   help="a real unit's habits for a device slot, e.g. scale=cas-jin or scanner=serial-lf "
+                        f"(slots: {', '.join(SIM_SLOTS)}; profiles: docs/devices.md)")
     p.add_argument(
         "--lan",
         metavar="A,B,C",
@@ -157,16 +208,26 @@ def command(args: argparse.Namespace) -> int:
             print(f"--lan {args.lan}: give three loopback addresses (127.x.y.z), comma-separated", file=sys.stderr)
             return 2
 
+    try:
+        profiles = parse_profiles(args.profile)
+    except ValueError as exc:
+        print(f"--profile {exc}", file=sys.stderr)
+        return 2
+    if any(name in HID_SCANNER_PROFILES for name in profiles.values()):
+        print("--profile: a HID scanner lives on a simulated USB bus inside one process: use it with "
+              "`edgehub run --simulate --sim-profile …`", file=sys.stderr)
+        return 2
+
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with SimStore(lan_hosts=hosts) as sim:
+        async with SimStore(lan_hosts=hosts, profiles=profiles) as sim:
             print("# simulated devices, as [[device]] entries for edgehub.toml:")
             for d in sim.devices:
                 print(f'[[device]]\nid = "{d.id}"\ndriver = "{d.driver}"\ntransport = "{d.transport}"\n'
-                      f'address = "{d.address}"\n')
+                      f'address = "{d.address}"\n' + "".join(f'{k} = "{v}"\n' for k, v in d.extra.items()))
             serial = " ".join(f"--serial-port {d.address}" for d in sim.devices if d.transport == "serial")
             subnet = " ".join(f"--subnet {h}/32" for h in hosts) or "(start with --lan to sweep the printers)"
             print(f"# find them: edgehub discover --no-usb {serial} {subnet}", flush=True)

@@ -181,3 +181,68 @@ address = "192.168.1.61"
     assert all(isinstance(d, ZvtPinpad) for d in drivers)
     got = [(d.currency, d._password.hex(), d.probe, d.probe_interval_s) for d in drivers if isinstance(d, ZvtPinpad)]
     assert got == [("CNY", "314159", "link", None), ("CNY", "271828", "status", 120.0), ("EUR", "000000", "link", None)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('[discovery]\nscanner_usb_ids = ["0416-c141"]', "discovery.scanner_usb_ids: '0416-c141' is not a USB id"),
+        ('[discovery]\nscanner_usb_ids = [1046]', "is not a USB id"),
+        ('[[device]]\ndriver = "serial_scanner"\ntransport = "serial"\naddress = "/dev/ttyACM0"\n'
+         'terminator = "semicolon"',
+         "device[0].terminator: must be one of 'auto', 'cr', 'lf', 'crlf', 'tab', 'none'"),
+        ('[[device]]\ndriver = "mt8217"\ntransport = "serial"\naddress = "/dev/ttyS0"\nterminator = "cr"',
+         "device[0].terminator: only serial_scanner devices take terminator, this is a mt8217"),
+        ('[[device]]\ndriver = "serial_scanner"\ntransport = "serial"\naddress = "/dev/ttyACM0"\nidle_ms = 5',
+         "device[0].idle_ms: must be 20 to 2000 milliseconds"),
+        ('[[device]]\ndriver = "mt8217"\ntransport = "serial"\naddress = "/dev/ttyS0"\nunit = "jin"',
+         "device[0].unit: must be one of 'kg', 'lb'"),
+        ('[[device]]\ndriver = "cas"\ntransport = "serial"\naddress = "/dev/ttyS0"\nunit = "kg"',
+         "device[0].unit: a CAS scale names its unit in every frame"),
+        ('[[device]]\ndriver = "escpos"\ntransport = "usb"\naddress = "has space"',
+         "must be the USB serial number, vendor:product in hex"),
+    ],
+)
+def test_input_device_problems(tmp_path: Path, extra: str, expected: str) -> None:
+    path = write_config(tmp_path, extra=extra)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    [problem] = [p for p in err.value.problems if expected in p]
+    assert problem.startswith(f"{path}:") and problem.split(":")[1].isdigit()
+
+
+def test_input_device_settings_reach_the_devices(tmp_path: Path) -> None:
+    from edgehub.discovery import static_device_info
+
+    path = write_config(tmp_path, extra="""
+[discovery]
+serial_ports = ["/dev/ttyAMA0"]
+scanner_usb_ids = ["0416:c141", "28e9"]
+
+[[device]]
+id = "counter-scale"
+driver = "mt8217"
+transport = "serial"
+address = "/dev/ttyS0"
+unit = "lb"
+
+[[device]]
+id = "till-scanner"
+driver = "serial_scanner"
+transport = "serial"
+address = "/dev/ttyACM0"
+terminator = "none"
+idle_ms = 80
+
+[[device]]
+id = "generic-scanner"
+driver = "hid_scanner"
+transport = "usb"
+address = "0416:C141"
+""")
+    config = load_config(path)
+    assert config.discovery.scanner_usb_ids == ("0416:c141", "28e9")
+    scale, scanner, hid = config.devices
+    assert scale.extra == {"unit": "lb"} and scanner.extra == {"terminator": "none", "idle_ms": "80"}
+    info = static_device_info(hid)
+    assert (info.extra["vid"], info.extra["pid"], info.serial_number) == ("0416", "c141", "")

@@ -105,3 +105,29 @@ def test_unit_conversions() -> None:
     for bad in (b"NaN", b"inf", b"1e3x", b""):
         with pytest.raises(ProtocolError):
             to_grams(bad, "kg")
+
+
+async def test_scale_field_checks() -> None:
+    async with ScaleSim.from_profile("mt8217-padded-n", weight_g=1234) as sim, MT8217Scale(
+        _info(sim.port, "mt8217", {}), reply_timeout=0.2
+    ) as scale:
+        check = await scale.field_check(1.0)
+        assert check.ok and check.profile == {"unit": "kg"}
+        assert check.steps[0].raw == b"\x02 1.234N\r" and "1.234 kg = 1234 g, stable" in check.steps[0].detail
+        sim.overload = True
+        check = await scale.field_check(1.0)
+        assert not check.ok and "take the weight off" in check.steps[0].detail and len(check.steps) == 1
+        sim.overload, sim.silent = False, True
+        check = await scale.field_check(1.0)
+        assert not check.ok and "no answer" in check.steps[0].detail and "9600 baud" in check.steps[0].detail
+        sim.silent, sim.reply_override = False, b"\x02garbage\r"
+        check = await scale.field_check(1.0)
+        assert not check.ok and check.steps[0].raw == b"\x02garbage\r"
+    async with ScaleSim.from_profile("cas-continuous-jin", weight_g=500) as sim, CasScale(
+        _info(sim.port, "cas", {"mode": "continuous"})
+    ) as cas:
+        check = await cas.field_check(1.0)  # type: ignore[attr-defined]
+        assert check.ok and check.profile == {"mode": "continuous", "unit": "jin"}
+        assert check.steps[0].raw.endswith(b" SJ\r\n") and "1.000 jin = 500 g" in check.steps[0].detail
+    with pytest.raises(ValueError, match="kg or lb"):
+        MT8217Scale(_info("/dev/null", "mt8217", {"unit": "jin"}))

@@ -5,9 +5,10 @@ The driver owns one reader task that turns the byte stream into scans; the hub t
 with :meth:`SerialScanner.read_scan` or ``async for code in scanner.scans()``. A scanner is
 never asked anything, so health is "port open and the reader alive".
 
-What ends a scan is set on the scanner itself (its "suffix": CR, LF, CR LF, TAB or nothing, as
-the Honeywell, Zebra and Newland programming guides list them), so it is the device's
-``terminator`` (``[[device]] terminator``):
+What ends a scan is set on the scanner itself (its "suffix" or "postamble": PSC's programming
+guide offers none, ETX, CR, LF and HT; Champtek's none, CR LF, CR, LF and ETX), so it is the
+device's ``terminator`` (``[[device]] terminator``). An ETX suffix is not read: set such a
+scanner to CR or to none.
 
 - ``"auto"`` (default): CR, LF or CR LF ends a scan, and so does a pause of ``idle_ms`` after
   the last byte (a scanner set to send no suffix). A scanner sends a code in one burst (a few

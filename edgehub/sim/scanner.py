@@ -1,8 +1,9 @@
 """A serial (USB-COM / CDC-ACM) barcode scanner on a pseudo-terminal: ``scan(code)`` sends code + suffix.
 
 The suffix is what the scanner is programmed to send after each code. Scanner programming
-guides (Honeywell, Zebra, Newland) offer CR, CR LF, LF, TAB or nothing, and units leave the
-factory with different ones, so each is a profile (``SERIAL_SCANNER_PROFILES``).
+guides offer several (PSC's: none, ETX, CR, LF, HT; Champtek's postamble: none, CR LF, CR, LF,
+ETX) and units leave the factory with different ones, so each is a profile
+(``SERIAL_SCANNER_PROFILES``).
 """
 
 from __future__ import annotations

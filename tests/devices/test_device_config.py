@@ -246,3 +246,20 @@ address = "0416:C141"
     assert scale.extra == {"unit": "lb"} and scanner.extra == {"terminator": "none", "idle_ms": "80"}
     info = static_device_info(hid)
     assert (info.extra["vid"], info.extra["pid"], info.serial_number) == ("0416", "c141", "")
+
+
+def test_the_commented_device_examples_of_the_annotated_config_are_valid(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    lines = (REPO / "config" / "edgehub.toml").read_text().splitlines()
+    start = lines.index("# [[device]]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line.removeprefix("#").removeprefix(" ") if not line.startswith("#  ") else "")
+    config = load_config(write_config(tmp_path, extra="\n".join(block)))
+    by_id = {d.id: d for d in config.devices}
+    assert by_id["counter-scale"].extra == {"unit": "kg"}
+    assert by_id["till-scanner"].extra == {"terminator": "auto", "idle_ms": "100"}
+    assert by_id["receipt-usb"].address == "X5FA012345" and by_id["front-scanner"].address == "0416:c141"

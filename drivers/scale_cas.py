@@ -27,9 +27,9 @@ from drivers.base import DeviceInfo, Driver, FieldCheck, FieldStep, Health
 from drivers.scale_mt8217 import (
     Weight,
     WeightState,
-    _no_weight,
     health_of_error,
     health_of_weight,
+    no_weight_detail,
     weight_step,
 )
 from drivers.scale_units import WeightUnit, to_grams, unit_from_token
@@ -162,7 +162,7 @@ class CasScale(Driver):
         try:
             frame = await self._frame()
         except DeviceError as exc:
-            return FieldCheck((FieldStep("weight", False, _no_weight(exc)),), profile)
+            return FieldCheck((FieldStep("weight", False, no_weight_detail(exc)),), profile)
         try:
             weight = self._parse(frame)
         except ProtocolError as exc:

@@ -33,10 +33,15 @@ from drivers.transport import StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
 __all__ = [
+    "MT8217_UNITS",
     "MT8217Scale",
     "Weight",
     "WeightState",
+    "decimals_shown",
+    "describe_weight",
+    "no_weight_detail",
     "parse_mt8217_frame",
+    "weight_step",
 ]
 
 WeightState = Literal["stable", "unstable", "overload", "negative", "zero"]
@@ -85,11 +90,6 @@ class Weight:
     def sellable(self) -> bool:
         """True when the number may be used to sell by weight (legal-for-trade needs stability)."""
         return self.state in ("stable", "zero") and self.grams is not None
-
-
-def kg_text_to_grams(text: bytes) -> int:
-    """``b"01.234"`` → 1234. Raises ProtocolError on anything that is not a plain decimal."""
-    return to_grams(text, "kg")
 
 
 def parse_mt8217_frame(frame: bytes, unit: WeightUnit = "kg") -> Weight:
@@ -292,7 +292,8 @@ def weight_step(weight: Weight, raw: bytes) -> FieldStep:
     return FieldStep("weight", True, detail, raw)
 
 
-def _no_weight(exc: DeviceError) -> str:
+def no_weight_detail(exc: DeviceError) -> str:
+    """Why a field check got no weight, with what to look at."""
     if isinstance(exc, DeviceTimeout):
         return (f"no answer to the weight request ({exc}): check the cable, that the scale is on, and "
                 "that it is set to this protocol and 9600 baud")
@@ -384,7 +385,7 @@ class MT8217Scale(Driver):
         try:
             frame = await self._exchange(b"W")
         except DeviceError as exc:
-            return FieldCheck((FieldStep("weight", False, _no_weight(exc)),), {"unit": self.unit})
+            return FieldCheck((FieldStep("weight", False, no_weight_detail(exc)),), {"unit": self.unit})
         try:
             weight = parse_mt8217_frame(frame, self.unit)
         except ProtocolError as exc:

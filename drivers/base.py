@@ -52,6 +52,11 @@ class Health:
         return self.state in ("ready", "degraded")
 
 
+# How long a field check waits for a person (the scan of a scanner's check) unless told, and at most.
+FIELD_CHECK_WAIT_S = 30.0
+FIELD_CHECK_MAX_WAIT_S = 120.0
+
+
 @dataclass(frozen=True)
 class FieldStep:
     """One thing the installer's field check did with the device, and what came back."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from drivers.base import FieldCheck, FieldStep
+from drivers.base import FIELD_CHECK_MAX_WAIT_S, FIELD_CHECK_WAIT_S, FieldCheck, FieldStep
 from edgehub.devices.registry import DeviceEvent, DeviceRegistry
 from edgehub.errors import DeviceError, EdgehubError
 from edgehub.store import Journal
@@ -32,8 +32,8 @@ __all__ = ["DEFAULT_WAIT_S", "MAX_WAIT_S", "CheckRunning", "FieldChecks", "NoSuc
 
 log = logging.getLogger("edgehub.devices.fieldcheck")
 
-DEFAULT_WAIT_S = 30.0  # how long a scanner's check waits for the installer's scan
-MAX_WAIT_S = 120.0
+DEFAULT_WAIT_S = FIELD_CHECK_WAIT_S  # how long a scanner's check waits for the installer's scan
+MAX_WAIT_S = FIELD_CHECK_MAX_WAIT_S
 # Beyond the wait for a person: what the device's own steps may take (a printer's test page is
 # confirmed within the driver's 30 s confirmation limit; a scale answers in well under a second).
 _STEPS_BUDGET_S = 45.0

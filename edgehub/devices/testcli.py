@@ -19,7 +19,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
-from edgehub.devices.fieldcheck import DEFAULT_WAIT_S, MAX_WAIT_S
+from drivers.base import FIELD_CHECK_MAX_WAIT_S as MAX_WAIT_S
+from drivers.base import FIELD_CHECK_WAIT_S as DEFAULT_WAIT_S
 
 __all__ = ["add_parser", "command", "format_check"]
 

@@ -1021,7 +1021,8 @@ def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[
     return tuple(devices)
 
 
-# Scanner and scale settings of a [[device]] (drivers/serial_scanner.py, drivers/scale_mt8217.py).
+# Scanner and scale settings of a [[device]] (drivers/serial_scanner.py, drivers/scale_mt8217.py;
+# a test keeps the terminators and units equal to the drivers').
 INPUT_DEVICE_KEYS = ("idle_ms", "terminator", "unit")
 SCANNER_TERMINATORS = ("auto", "cr", "lf", "crlf", "tab", "none")
 MT8217_UNITS = ("kg", "lb")

@@ -263,3 +263,12 @@ def test_the_commented_device_examples_of_the_annotated_config_are_valid(tmp_pat
     assert by_id["counter-scale"].extra == {"unit": "kg"}
     assert by_id["till-scanner"].extra == {"terminator": "auto", "idle_ms": "100"}
     assert by_id["receipt-usb"].address == "X5FA012345" and by_id["front-scanner"].address == "0416:c141"
+
+
+def test_the_config_knows_the_drivers_terminators_and_units() -> None:
+    from drivers.scale_mt8217 import MT8217_UNITS
+    from drivers.serial_scanner import TERMINATORS
+    from edgehub import config
+
+    assert config.SCANNER_TERMINATORS == TERMINATORS
+    assert config.MT8217_UNITS == MT8217_UNITS

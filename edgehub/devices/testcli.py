@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -37,12 +38,13 @@ class HubUnreachable(Exception):
         self.status = status
 
 
-def _call(base: str, token: str, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+def _call(base: str, token: str, method: str, path: str, body: Any = None, timeout: float = 10.0,
+          context: ssl.SSLContext | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{base}{path}", data=data, method=method,
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
         try:
@@ -83,15 +85,18 @@ def format_check(record: dict[str, Any]) -> list[str]:
 
 
 def run_test(base: str, token: str, device_id: str, wait_s: float, out: TextIO, err: TextIO,
-             as_json: bool = False) -> int:
+             as_json: bool = False, context: ssl.SSLContext | None = None) -> int:
+    """``context``: the box's own certificate, when its API is HTTPS."""
     try:
-        device = _call(base, token, "GET", f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}")
+        device = _call(base, token, "GET", f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}",
+                       context=context)
     except HubUnreachable as exc:
         if exc.status != 404:
             print(f"edgehub device test: {exc}", file=err)
             return 1
         try:
-            known = [d["device_id"] for d in _call(base, token, "GET", "/api/v1/devices").get("devices", [])]
+            listed = _call(base, token, "GET", "/api/v1/devices", context=context)
+            known = [d["device_id"] for d in listed.get("devices", [])]
         except HubUnreachable:
             known = []
         print(f"edgehub device test: the hub has no device {device_id!r}"
@@ -101,7 +106,7 @@ def run_test(base: str, token: str, device_id: str, wait_s: float, out: TextIO, 
         print(f"scan a barcode with {device_id} now (waiting up to {wait_s:g} s) …", file=err, flush=True)
     try:
         record = _call(base, token, "POST", f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/field-check",
-                       {"wait_s": wait_s}, timeout=wait_s + _HTTP_SLACK_S)
+                       {"wait_s": wait_s}, timeout=wait_s + _HTTP_SLACK_S, context=context)
     except HubUnreachable as exc:
         print(f"edgehub device test: {exc}", file=err)
         return 1
@@ -119,9 +124,12 @@ def command(args: argparse.Namespace) -> int:
     if not 0 < args.wait <= MAX_WAIT_S:
         print(f"--wait must be above 0 and at most {MAX_WAIT_S:g} seconds", file=sys.stderr)
         return 2
+    from edgehub.api.tls import client_context
+
     config = load_config(args.config)
-    base = config.api.listen.local_url("").rstrip("/")
-    return run_test(base, config.api.token, args.device_id, args.wait, sys.stdout, sys.stderr, args.json)
+    base = config.api.local_url("").rstrip("/")
+    return run_test(base, config.api.token, args.device_id, args.wait, sys.stdout, sys.stderr, args.json,
+                    client_context(config.api))
 
 
 def add_parser(sub: Any) -> None:

@@ -224,3 +224,36 @@ async def test_edgehub_device_test_on_the_running_hub(store: Store) -> None:
         assert code == 0 and json.loads(out)["profile"]["unit"] == "jin"
     finally:
         await hub.__aexit__(None, None, None)
+
+
+async def test_edgehub_device_test_on_a_box_whose_api_is_https(tmp_path: Path) -> None:
+    from edgehub.api.tls import make_certificate
+
+    async with ScaleSim.from_profile("cas-lb", weight_g=1000) as scale:
+        tls = tmp_path / "box" / "tls"
+        make_certificate(tls / "box.crt", tls / "box.key", "s1", [])
+        path = write_config(tmp_path / "box", extra=f"""
+[discovery]
+usb = false
+serial = false
+lan = false
+advertise = false
+
+[[device]]
+id = "deli-scale"
+driver = "cas"
+transport = "serial"
+address = "{scale.port}"
+""")
+        tls_keys = 'tls_cert_file = "tls/box.crt"\ntls_key_file = "tls/box.key"'
+        path.write_text(path.read_text().replace(f'token = "{API_TOKEN}"', f'token = "{API_TOKEN}"\n{tls_keys}', 1))
+        config = load_config(path)
+        async with MosquittoProcess(config, die_with_parent=False):
+            hub = await running(config)
+            try:
+                assert hub.api.url.startswith("https://")
+                code, out, err = await cli(config, "deli-scale")
+                assert code == 0, out + err
+                assert "2.20 lb = 998 g" in out  # 1000 g shown as 2.20 lb, read back as 998 g
+            finally:
+                await hub.__aexit__(None, None, None)

@@ -11,8 +11,9 @@ and that serial is remembered (``shared``, kept on disk by the caller) so each k
 when the other is unplugged or the box restarts with one of them. ``address`` is
 ``bus:address`` (it changes on every replug, which is fine).
 
-A HID keyboard that no driver takes may be a generic barcode scanner: ``notes`` names it with
-its ids, for ``edgehub discover`` to tell the installer about ``[discovery] scanner_usb_ids``.
+A HID keyboard (or keyboard-like HID device) that no driver takes may be a generic barcode
+scanner: ``notes`` names it with its ids, for ``edgehub discover`` to tell the installer about
+``[discovery] scanner_usb_ids``.
 
 ``watch()`` calls back on every change: pyudev netlink events (``usb`` subsystem) on a real
 box wake a rescan; without udev (containers, tests with ``SimUsbBackend``) it polls.
@@ -146,15 +147,15 @@ class UsbDiscovery:
                 classes.add(int(intf.bInterfaceClass))
         cls = self._driver_for(vid, pid, classes)
         if cls is None:
-            keyboards = [intf for cfg in dev for intf in cfg
-                         if int(intf.bInterfaceClass) == 3 and int(intf.bInterfaceProtocol) != 2]  # 2: mouse
-            if keyboards:
+            protocols = {int(intf.bInterfaceProtocol) for cfg in dev for intf in cfg if int(intf.bInterfaceClass) == 3}
+            if protocols - {2}:  # a HID interface that is not a mouse: a keyboard, or keyboard-like
                 try:
                     product = str(usb.util.get_string(dev, dev.iProduct) or "") if dev.iProduct else ""
                 except (usb.core.USBError, ValueError, NotImplementedError):
                     product = ""
+                what = "a HID keyboard" if 1 in protocols else "a HID device"
                 self.notes[f"{vid:04x}:{pid:04x}"] = (
-                    f"a HID keyboard{f' ({product!r})' if product else ''} no driver takes: if it is a barcode "
+                    f"{what}{f' ({product!r})' if product else ''} no driver takes: if it is a barcode "
                     f'scanner, add "{vid:04x}:{pid:04x}" to [discovery] scanner_usb_ids'
                 )
             return None

@@ -116,6 +116,9 @@ class PrinterStatus:
     autocutter_error: bool = False
     unrecoverable_error: bool = False
     recoverable_error: bool = False
+    # Level of the drawer kick-out connector's pin 3 (DLE EOT 1 bit 2, ASB byte 1 bit 2): the
+    # drawer's open/closed switch. Which level means "open" depends on the drawer (payments.md).
+    drawer_pin3_high: bool = False
     raw: bytes = b""
 
     @classmethod
@@ -123,6 +126,7 @@ class PrinterStatus:
         """From the replies to DLE EOT 1, 2, 3 and 4 (each already validated)."""
         return cls(
             offline=bool(printer & 0x08),
+            drawer_pin3_high=bool(printer & 0x04),
             cover_open=bool(offline_cause & 0x04),
             feed_button=bool(offline_cause & 0x08),
             paper_end=bool(offline_cause & 0x20 or paper & 0x60),
@@ -141,6 +145,7 @@ class PrinterStatus:
         b1, b2, b3 = frame[0], frame[1], frame[2]
         return cls(
             offline=bool(b1 & 0x08),
+            drawer_pin3_high=bool(b1 & 0x04),
             cover_open=bool(b1 & 0x20),
             feed_button=bool(b1 & 0x40),
             mechanical_error=bool(b2 & 0x04),

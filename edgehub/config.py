@@ -349,6 +349,56 @@ class CloudConfig:
 
 
 @dataclass(frozen=True)
+class QrConfig:
+    """``[payments.qr]``: scan-to-pay (付款码) through the chain's payment gateway (docs/payments.md).
+    Keys are read from files at start and never logged; ``acquirer = ""`` turns QR pay off."""
+
+    acquirer: str = ""
+    gateway_url: str = ""
+    app_id: str = ""
+    private_key_file: Path | None = None  # the merchant application's RSA private key (PEM)
+    gateway_public_key_file: Path | None = None  # the gateway's RSA public key (PEM), checks its answers
+    ca_file: Path | None = None  # CA bundle for the gateway's TLS certificate; none: the system's
+    subject: str = ""  # what the guest's wallet shows for the order; empty: the store's name
+    connect_timeout_s: float = 3.0
+    answer_timeout_s: float = 10.0
+    poll_interval_s: float = 3.0
+    pay_deadline_s: float = 60.0
+    scan_wait_s: float = 60.0
+    not_found_after_s: float = 300.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.acquirer)
+
+
+@dataclass(frozen=True)
+class PaymentsConfig:
+    """``[payments]``: tenders besides cards (cash with its drawer, QR codes) and the store's currency."""
+
+    currency: str = "CNY"
+    drawer_role: str = "receipt-printer"  # the printer role whose drawer a cash payment opens; "": none
+    drawer_open_level: str = "high"  # the level of kick-connector pin 3 (DLE EOT 1 bit 2) that means open
+    qr: QrConfig = field(default_factory=QrConfig)
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """``[reports]``: the day's close. A business day starts at ``day_starts_at`` local time (a
+    restaurant that closes at 02:00 counts those hours to the evening before)."""
+
+    day_starts_at: str = "05:00"
+    timezone: str = ""  # an IANA name such as Asia/Shanghai; empty: the box's local time
+    print_role: str = "receipt-printer"  # where the close prints; "": not printed
+    print_at_close: bool = True
+
+    @property
+    def day_start_minutes(self) -> int:
+        hours, _, minutes = self.day_starts_at.partition(":")
+        return int(hours) * 60 + int(minutes)
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     store: StoreConfig
@@ -364,6 +414,8 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     devices: tuple[StaticDeviceConfig, ...] = ()
     cloud: CloudConfig = field(default_factory=CloudConfig)
+    payments: PaymentsConfig = field(default_factory=PaymentsConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     def terminal(self, terminal_id: str) -> TerminalConfig | None:
         return next((t for t in self.terminals if t.id == terminal_id), None)
@@ -577,7 +629,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     ck = _Checker(source, text)
     base = source.resolve().parent
     known_tables = {"store", "paths", "broker", "api", "journal", "limits", "log", "terminal", "kitchen",
-                    "role", "discovery", "device", "cloud"}
+                    "role", "discovery", "device", "cloud", "payments", "reports"}
     for key in data:
         if key not in known_tables:
             ck.problem(key, f"unknown table (known: {', '.join(sorted(known_tables))})")
@@ -696,12 +748,14 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     discovery = _discovery(ck, data)
     devices = _static_devices(ck, base, data)
     cloud = _cloud(ck, base, data, store.id)
+    payments = _payments(ck, base, data)
+    reports = _reports(ck, data)
 
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(source=source, store=store, paths=paths, broker=broker, api=api, journal=journal,
                   limits=limits, log=log, terminals=tuple(terminals), kitchen=kitchen, roles=roles,
-                  discovery=discovery, devices=devices, cloud=cloud)
+                  discovery=discovery, devices=devices, cloud=cloud, payments=payments, reports=reports)
 
 
 TERMINAL_KEYS = ("id", "kind", "password", "password_file", "stations", "pinpad_roles", "screen_token",
@@ -1163,3 +1217,101 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
     if cfg.ping_timeout_s > cfg.keepalive_s * 1.5:
         ck.problem("cloud.ping_timeout_s", f"must not exceed 1.5 x keepalive_s ({cfg.keepalive_s * 1.5:g})")
     return cfg
+
+
+QR_ACQUIRERS = ("alipay",)
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+_QR_KEYS = {"acquirer", "gateway_url", "app_id", "private_key_file", "gateway_public_key_file", "ca_file",
+            "subject", "connect_timeout_s", "answer_timeout_s", "poll_interval_s", "pay_deadline_s",
+            "scan_wait_s", "not_found_after_s"}
+
+
+def _payments(ck: _Checker, base: Path, data: Mapping[str, Any]) -> PaymentsConfig:
+    t = ck.table(data, "payments", {"currency", "drawer_role", "drawer_open_level", "qr"})
+    currency = ck.get(t, "payments.currency", str, "CNY",
+                      check=lambda v: None if CURRENCY_RE.match(v) else f"{v!r} is not an ISO 4217 code like CNY")
+    drawer_role = ck.get(t, "payments.drawer_role", str, "receipt-printer",
+                         check=lambda v: None if v == "" or (ROLE_RE.match(v) and role_kind(v) == "printer")
+                         else f"{v!r} must be a printer role (receipt-printer, receipt-printer.till-1 …) or \"\"")
+    level = ck.get(t, "payments.drawer_open_level", str, "high",
+                   check=lambda v: None if v in ("low", "high") else "must be \"low\" or \"high\"")
+    path = "payments.qr"
+    q = t.get("qr", {})
+    if not isinstance(q, dict):
+        ck.problem(path, f"must be a table, got {_kind(q)}")
+        q = {}
+    for key in q:
+        if key not in _QR_KEYS:
+            ck.problem(f"{path}.{key}", f"unknown key (known: {', '.join(sorted(_QR_KEYS))})")
+    acquirer = ck.get(q, f"{path}.acquirer", str, "", check=lambda v: None if v in ("", *QR_ACQUIRERS)
+                      else f"must be one of {', '.join(QR_ACQUIRERS)} (or \"\" for no QR pay)")
+    url = ck.get(q, f"{path}.gateway_url", str, "https://openapi.alipay.com/gateway.do" if acquirer else "",
+                 check=lambda v: None if v == "" or v.startswith("https://")
+                 else f"{v!r} must be an https:// address (money never goes over plain HTTP)")
+
+    def key_file(key: str, required: bool) -> Path | None:
+        value: str | None = ck.get(q, f"{path}.{key}", str, None)
+        if value is None:
+            if required and acquirer:
+                ck.problem(f"{path}.{key}", f"missing: QR pay through {acquirer} needs it")
+            return None
+        file_ = base / value
+        if acquirer and not file_.is_file():
+            ck.problem(f"{path}.{key}", f"{file_} does not exist or is not a file")
+        return file_
+
+    def seconds(key: str, default: float, low: float, high: float) -> float:
+        return float(ck.get(q, f"{path}.{key}", (int, float), default,
+                            check=lambda v: None if low <= v <= high else f"must be {low:g} to {high:g} seconds"))
+
+    app_id = ck.get(q, f"{path}.app_id", str, "")
+    if acquirer and not app_id:
+        ck.problem(f"{path}.app_id", f"missing: the application id {acquirer} gave the chain")
+    qr = QrConfig(
+        acquirer=acquirer or "",
+        gateway_url=url or "",
+        app_id=app_id or "",
+        private_key_file=key_file("private_key_file", True),
+        gateway_public_key_file=key_file("gateway_public_key_file", True),
+        ca_file=key_file("ca_file", False),
+        subject=ck.get(q, f"{path}.subject", str, "", check=lambda v: None if len(v) <= 256
+                       else "must be at most 256 characters") or "",
+        connect_timeout_s=seconds("connect_timeout_s", 3.0, 0.1, 30),
+        answer_timeout_s=seconds("answer_timeout_s", 10.0, 0.2, 120),
+        poll_interval_s=seconds("poll_interval_s", 3.0, 0.05, 30),
+        pay_deadline_s=seconds("pay_deadline_s", 60.0, 0.5, 600),
+        scan_wait_s=seconds("scan_wait_s", 60.0, 1, 600),
+        not_found_after_s=seconds("not_found_after_s", 300.0, 1, 86_400),
+    )
+    if acquirer and currency != "CNY":
+        ck.problem("payments.currency", f"QR pay through {acquirer} takes CNY only, got {currency}")
+    return PaymentsConfig(currency=currency or "CNY", drawer_role=drawer_role if drawer_role is not None
+                          else "receipt-printer", drawer_open_level=level or "high", qr=qr)
+
+
+TIME_OF_DAY_RE = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _reports(ck: _Checker, data: Mapping[str, Any]) -> ReportsConfig:
+    t = ck.table(data, "reports", {"day_starts_at", "timezone", "print_role", "print_at_close"})
+    starts = ck.get(t, "reports.day_starts_at", str, "05:00",
+                    check=lambda v: None if TIME_OF_DAY_RE.match(v) else f"{v!r} must be HH:MM, e.g. \"05:00\"")
+
+    def zone_check(value: str) -> str | None:
+        if value == "":
+            return None
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return f"{value!r} is not a time zone this box knows (e.g. \"Asia/Shanghai\")"
+        return None
+
+    zone = ck.get(t, "reports.timezone", str, "", check=zone_check)
+    role = ck.get(t, "reports.print_role", str, "receipt-printer",
+                  check=lambda v: None if v == "" or (ROLE_RE.match(v) and role_kind(v) == "printer")
+                  else f"{v!r} must be a printer role or \"\"")
+    return ReportsConfig(day_starts_at=starts or "05:00", timezone=zone or "",
+                         print_role=role if role is not None else "receipt-printer",
+                         print_at_close=bool(ck.get(t, "reports.print_at_close", bool, True)))

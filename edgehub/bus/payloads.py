@@ -141,7 +141,66 @@ def validate_order(doc: dict[str, Any], order_id: str, terminal: str, size: int,
     _positive_int(doc.get("covers"), "covers", limits.max_qty, required=False)
     if "rush" in doc and not isinstance(doc["rush"], bool):
         raise PayloadError("rush", "must be true or false")
+    check_prices(doc, limits)
     return Order(order_id=order_id, terminal=terminal, doc=doc)
+
+
+def _amount(value: Any, path: str, allow_zero: bool = True) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_AMOUNT_CENTS:
+        raise PayloadError(path, f"must be an integer of minor units (fen, cents) from {low} to "
+                           f"{MAX_AMOUNT_CENTS}, got {json.dumps(value)}")
+    return value
+
+
+def check_prices(doc: dict[str, Any], limits: LimitsConfig) -> int | None:
+    """The optional money of an ``order/1`` (all in integer minor units): ``lines[].price_cents``
+    (unit price) and ``lines[].discount_cents``, ``discounts`` (``[{name, amount_cents}]``),
+    ``total_cents`` and ``currency``. Lines are priced all or none; a total given with priced
+    lines must add up. Returns the order's total (given or added up), or None when it has none."""
+    lines = doc.get("lines") or []
+    priced = [isinstance(line, dict) and "price_cents" in line for line in lines]
+    if any(priced) and not all(priced):
+        raise PayloadError(f"lines[{priced.index(False)}].price_cents",
+                           "missing: an order's lines are priced all or none")
+    subtotal = 0
+    for i, line in enumerate(lines):
+        if not isinstance(line, dict):
+            continue
+        if "discount_cents" in line and "price_cents" not in line:
+            raise PayloadError(f"lines[{i}].discount_cents", "needs the line's price_cents")
+        if "price_cents" in line:
+            gross = _amount(line["price_cents"], f"lines[{i}].price_cents") * int(line.get("qty") or 1)
+            off = _amount(line.get("discount_cents", 0), f"lines[{i}].discount_cents")
+            if off > gross:
+                raise PayloadError(f"lines[{i}].discount_cents", f"is {off}, more than the line's {gross}")
+            subtotal += gross - off
+    discounts = doc.get("discounts")
+    off_total = 0
+    if discounts is not None:
+        if not isinstance(discounts, list) or len(discounts) > limits.max_lines:
+            raise PayloadError("discounts", f"must be a list of at most {limits.max_lines} {{name, amount_cents}}")
+        for i, entry in enumerate(discounts):
+            if not isinstance(entry, dict):
+                raise PayloadError(f"discounts[{i}]", "must be an object with name and amount_cents")
+            _text(entry.get("name"), f"discounts[{i}].name", limits, required=True)
+            off_total += _amount(entry.get("amount_cents"), f"discounts[{i}].amount_cents", allow_zero=False)
+    currency = doc.get("currency")
+    if currency is not None and (not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency)):
+        raise PayloadError("currency", f"must be an ISO 4217 code like CNY, got {json.dumps(currency)}")
+    total = doc.get("total_cents")
+    if total is not None:
+        _amount(total, "total_cents")
+    if all(priced) and lines:
+        if off_total > subtotal:
+            raise PayloadError("discounts", f"take off {off_total}, more than the lines' {subtotal}")
+        if total is not None and total != subtotal - off_total:
+            raise PayloadError("total_cents", f"is {total}, but the lines come to {subtotal} and the "
+                               f"discounts to {off_total}: {subtotal - off_total}")
+        return subtotal - off_total
+    if discounts is not None and total is None:
+        raise PayloadError("discounts", "need priced lines or a total_cents")
+    return int(total) if total is not None else None
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
@@ -252,7 +311,7 @@ CLOUD_KITCHEN_SCHEMA = "cloud-kitchen/1"
 
 KDS_ACTIONS = ("start", "bump", "serve", "recall", "priority")
 PRIORITY_MIN, PRIORITY_MAX = -9, 9
-_AMEND_HEADER = ("table", "note", "course", "covers", "rush")
+_AMEND_HEADER = ("table", "note", "course", "covers", "rush", "total_cents", "discounts", "currency")
 
 
 @dataclass(frozen=True)
@@ -454,6 +513,7 @@ SETTLE_SCHEMA = "settle/1"
 PAY_REPLY_SCHEMA = "pay-reply/1"
 
 REQUEST_ID_RE = ORDER_ID_RE  # job, payment, sale and request ids follow the order id rule
+ROLE_NAME_RE = re.compile(r"^[a-z-]+(\.[a-z0-9][a-z0-9_-]{0,31})?$")
 TICKET_BLOCKS = ("text", "rule", "feed", "barcode", "qr", "cut", "drawer")
 TEXT_STYLES = ("bold", "underline", "double_width", "double_height")
 SETTLE_DECISIONS = ("approved", "declined", "void")
@@ -481,6 +541,9 @@ class PrintRequest:
     ticket: dict[str, Any]
 
 
+TENDERS = ("card", "qr", "cash")
+
+
 @dataclass(frozen=True)
 class PayRequest:
     request: Request
@@ -488,6 +551,12 @@ class PayRequest:
     sale_id: str
     amount_cents: int
     currency: str
+    tender: str = "card"
+    auth_code: str | None = None  # qr: the guest's payment code as scanned (never journaled whole)
+    scanner: str | None = None  # qr: a scanner role whose next scan is the code
+    sale_total_cents: int | None = None  # the bill this payment is part of (split bills)
+    tendered_cents: int | None = None  # cash: what the guest handed over (change = tendered - amount)
+    drawer: str | None = None  # cash: the printer role whose drawer opens (default: payments.drawer_role)
 
 
 @dataclass(frozen=True)
@@ -621,18 +690,73 @@ def parse_print(raw: bytes, limits: LimitsConfig, reply_prefix: str) -> PrintReq
     return PrintRequest(request, _id(doc, "job_id", required=False), _ticket(doc.get("ticket"), limits))
 
 
-def parse_pay(raw: bytes, reply_prefix: str, currencies: tuple[str, ...]) -> PayRequest:
-    """A ``pay/1`` request: ``payment_id`` (idempotent), ``sale_id``, ``amount_cents``, ``currency``."""
+def parse_pay(raw: bytes, reply_prefix: str, currencies: tuple[str, ...],
+              tender_currency: str | None = None) -> PayRequest:
+    """A ``pay/1`` request: ``payment_id`` (idempotent), ``sale_id``, ``amount_cents``, ``currency``,
+    and the tender's own fields (``_tender_fields``). A card payment's currency is one of
+    ``currencies``; cash and QR are in the store's currency (``tender_currency``)."""
     request = _request(raw, PAY_SCHEMA, reply_prefix)
     doc = request.doc
     payment_id = _id(doc, "payment_id", required=True)
     sale_id = _id(doc, "sale_id", required=True)
     _positive_int(doc.get("amount_cents"), "amount_cents", MAX_AMOUNT_CENTS)
-    currency = doc.get("currency", currencies[0] if currencies else "EUR")
-    if currency not in currencies:
-        raise PayloadError("currency", f"must be one of {', '.join(currencies)}, got {json.dumps(currency)}")
+    tender = doc.get("tender", "card")
+    if tender not in TENDERS:
+        raise PayloadError("tender", f"must be one of {', '.join(TENDERS)}, got {json.dumps(tender)}")
+    allowed = currencies if tender == "card" or tender_currency is None else (tender_currency,)
+    currency = doc.get("currency", allowed[0] if allowed else "EUR")
+    if currency not in allowed:
+        raise PayloadError("currency", f"must be one of {', '.join(allowed)} for tender {tender}, "
+                           f"got {json.dumps(currency)}")
     assert payment_id is not None and sale_id is not None
-    return PayRequest(request, payment_id, sale_id, int(doc["amount_cents"]), str(currency))
+    amount = int(doc["amount_cents"])
+    return PayRequest(request, payment_id, sale_id, amount, str(currency), tender,
+                      **_tender_fields(doc, tender, amount))
+
+
+AUTH_CODE_RE = re.compile(r"^[0-9]{10,32}$")
+
+
+def _tender_fields(doc: dict[str, Any], tender: str, amount: int) -> dict[str, Any]:
+    """The fields of ``pay/1`` beyond a card payment's, checked in one place: ``auth_code`` or
+    ``scanner`` (qr), ``tendered_cents`` and ``drawer`` (cash), ``sale_total_cents`` (any)."""
+    fields: dict[str, Any] = {}
+    total = doc.get("sale_total_cents")
+    if total is not None:
+        _positive_int(total, "sale_total_cents", MAX_AMOUNT_CENTS)
+        if total < amount:
+            raise PayloadError("sale_total_cents", f"is {total}, less than this payment's amount_cents {amount}")
+        fields["sale_total_cents"] = int(total)
+    code, scanner = doc.get("auth_code"), doc.get("scanner")
+    if tender != "qr" and (code is not None or scanner is not None):
+        raise PayloadError("auth_code" if code is not None else "scanner", "only a qr payment takes it")
+    if tender == "qr":
+        if (code is None) == (scanner is None):
+            raise PayloadError("auth_code", "give the scanned payment code, or scanner (a scanner role "
+                               "whose next scan is the code), not both")
+        if code is not None:
+            if not isinstance(code, str) or not AUTH_CODE_RE.match(code.strip()):
+                raise PayloadError("auth_code", "must be the payment code's 10-32 digits as scanned")
+            fields["auth_code"] = code.strip()
+        else:
+            if not isinstance(scanner, str) or not scanner.startswith("scanner") or not ROLE_NAME_RE.match(scanner):
+                raise PayloadError("scanner", "must be a scanner role, e.g. scanner or scanner.till-1")
+            fields["scanner"] = scanner
+    tendered, drawer = doc.get("tendered_cents"), doc.get("drawer")
+    if tender != "cash" and (tendered is not None or drawer is not None):
+        raise PayloadError("tendered_cents" if tendered is not None else "drawer", "only a cash payment takes it")
+    if tendered is not None:
+        _positive_int(tendered, "tendered_cents", MAX_AMOUNT_CENTS)
+        if tendered < amount:
+            raise PayloadError("tendered_cents", f"is {tendered}, less than amount_cents {amount}: take the "
+                               "cash handed over as amount_cents and the rest with another tender")
+        fields["tendered_cents"] = int(tendered)
+    if drawer is not None:
+        if not isinstance(drawer, str) or not (drawer == "" or (drawer.startswith("receipt-printer")
+                                                               and ROLE_NAME_RE.match(drawer))):
+            raise PayloadError("drawer", "must be a receipt-printer role (receipt-printer.till-1) or \"\" for none")
+        fields["drawer"] = drawer
+    return fields
 
 
 def parse_settle(raw: bytes, reply_prefix: str, limits: LimitsConfig) -> SettleRequest:

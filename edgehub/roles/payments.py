@@ -88,6 +88,9 @@ class Payment:
     settle_attempts: int = 0  # times the pinpad was asked and could not settle it
     next_settle_at: float = 0.0  # monotonic; no attempt before this
     settle_error: str = ""  # why the last attempt did not settle it
+    tender: str = "card"  # card (on the pinpad ``device_id``), qr (through the gateway), cash
+    reference: str | None = None  # qr: the merchant order id at the gateway, journaled first
+    created_at: float = 0.0
 
 
 @dataclass
@@ -102,6 +105,8 @@ class PaymentStats:
 
 class Payments:
     def __init__(self, roles: Roles) -> None:
+        from edgehub.roles.tenders import Tenders
+
         self.roles = roles
         self.open: dict[str, Payment] = {}  # payment id -> payment whose outcome is not final
         self.stats = PaymentStats()
@@ -110,6 +115,7 @@ class Payments:
         #: Newest trace number each pinpad reported in a final payment (from the journal): the
         #: baseline of the next payment on it when its driver has seen none yet.
         self.last_trace: dict[str, int] = {}
+        self.tenders = Tenders(self)  # cash, QR codes and split bills (edgehub/roles/tenders.py)
 
     def waiting(self, role: str) -> int:
         return sum(1 for p in self.open.values() if p.role == role)
@@ -119,8 +125,8 @@ class Payments:
         out: dict[str, str] = {}
         now = self.roles.clock()
         for p in sorted(self.open.values(), key=lambda p: p.since):
-            if p.state != "unknown" or p.device_id in out:
-                continue
+            if p.state != "unknown" or p.tender != "card" or p.device_id in out:
+                continue  # a QR payment holds its sale, not a pinpad
             if p.needs_operator:
                 how = "an operator's settle/1 decision"
             elif p.settle_attempts:
@@ -169,7 +175,8 @@ class Payments:
             conn.execute("UPDATE payments SET state='unknown' WHERE state='sent'")
             open_rows = conn.execute(
                 "SELECT payment_id, role, sale_id, amount_cents, currency, device_id, state, after_trace_no, "
-                "reply_topic, correlation, request_id, terminal FROM payments WHERE state='unknown'"
+                "reply_topic, correlation, request_id, terminal, tender, reference, created_at "
+                "FROM payments WHERE state='unknown'"
             ).fetchall()
             traces = conn.execute(
                 "SELECT device_id, json_extract(result, '$.trace_no') FROM payments "
@@ -181,17 +188,17 @@ class Payments:
         self.last_trace.update({device: int(trace) for device, trace in traces})
         now = self.roles.clock()
         for row in open_rows:
-            pid, role, sale, amount, currency, device, state, after, topic, corr, request_id, terminal = row
+            pid, role, sale, amount, currency, device, state, after, topic, corr, request_id, terminal = row[:12]
             self.open[pid] = Payment(
                 pid, role, sale, amount, currency, device, state, after, Reply(topic, corr, request_id), terminal,
-                since=now,
+                since=now, tender=row[12], reference=row[13], created_at=row[14],
             )
 
     # --- pay -----------------------------------------------------------------------------------
 
     async def handle_pay(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES)
+            request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES, self.roles.config.payments.currency)
         except PayloadError as exc:
             await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
             refusal = requester.refusal(raw)
@@ -218,8 +225,8 @@ class Payments:
             return
         if known is not None:
             was = known["fields"]
-            if (was["sale_id"], was["amount_cents"], was["currency"]) != (
-                request.sale_id, request.amount_cents, request.currency
+            if (was["sale_id"], was["amount_cents"], was["currency"], was.get("tender", "card")) != (
+                request.sale_id, request.amount_cents, request.currency, request.tender
             ):
                 # A re-send is the same payment again. Answered "approved, duplicate", another
                 # one under a used id would read to the till as paid without a card being asked.
@@ -244,13 +251,23 @@ class Payments:
             return
         locked = next((p for p in self.open.values() if p.sale_id == request.sale_id), None)
         if locked is not None:
+            where = f"pinpad {locked.device_id}" if locked.tender == "card" else f"the {locked.device_id} gateway"
             await self._refuse(
                 role,
                 request,
                 reply,
-                f"sale {request.sale_id} is locked to pinpad {locked.device_id} until payment "
+                f"sale {request.sale_id} is locked to {where} until payment "
                 f"{locked.payment_id} is settled (its outcome is unknown)",
             )
+            return
+        if problem := await self.tenders.sale_problem(request):
+            await self._refuse(role, request, reply, problem)
+            return
+        if request.tender != "card":
+            await self.tenders.pay(role, request, reply, terminal)
+            return
+        if role not in self.roles.seats:
+            await self._refuse(role, request, reply, f"no role {role!r} is bound: card payments need a pinpad")
             return
         tried: list[str] = []
         while True:
@@ -303,6 +320,7 @@ class Payments:
             baseline,
             reply,
             terminal,
+            created_at=self.roles.wall(),
         )
         await self._journal(payment, new=True)
         self.open[payment.payment_id] = payment
@@ -372,7 +390,8 @@ class Payments:
         self.roles.mark_dirty(payment.role)
         self._settle_wake.set()
 
-    async def _finish(self, payment: Payment, state: str, result: dict[str, Any], by: str = "") -> None:
+    async def _finish(self, payment: Payment, state: str, result: dict[str, Any], by: str = "",
+                      **extra: Any) -> None:
         payment.state = state
         payment.result = {**result, **({"settled_by": by} if by else {})}
         await self._journal(payment, final=True)
@@ -385,9 +404,10 @@ class Payments:
         elif state in ("declined", "aborted"):
             self.stats.declined += 1
         self.roles.mark_dirty(payment.role)
-        await self.roles.reply(payment.reply, self._reply_body(payment, state))
+        sale = await self.tenders.sale_summary(payment.sale_id)
+        await self.roles.reply(payment.reply, self._reply_body(payment, state, sale=sale, **extra))
 
-    def _reply_body(self, payment: Payment, status: str) -> bytes:
+    def _reply_body(self, payment: Payment, status: str, **extra: Any) -> bytes:
         return payloads.pay_reply(
             payment.role,
             payment.payment_id,
@@ -397,7 +417,9 @@ class Payments:
             amount_cents=payment.amount_cents,
             currency=payment.currency,
             device=payment.device_id,
+            tender=payment.tender if payment.tender != "card" else None,
             **payment.result,
+            **extra,
         )
 
     # --- journal -------------------------------------------------------------------------------
@@ -420,8 +442,8 @@ class Payments:
                 conn.execute(
                     "INSERT INTO payments(payment_id, role, sale_id, amount_cents, currency, device_id, "
                     "state, after_trace_no, created_at, updated_at, reply_topic, correlation, request_id, "
-                    "result, terminal) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "result, terminal, tender, reference) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         p.payment_id,
                         p.role,
@@ -438,6 +460,8 @@ class Payments:
                         p.reply.request_id,
                         result,
                         p.terminal,
+                        p.tender,
+                        p.reference,
                     ),
                 )
             else:
@@ -462,6 +486,8 @@ class Payments:
             "state": p.state,
             "amount_cents": p.amount_cents,
             "currency": p.currency,
+            "tender": p.tender,
+            **({"reference": p.reference} if p.reference else {}),
             "at": at,
             **p.result,
         }
@@ -503,6 +529,9 @@ class Payments:
                     and self.roles.clock() >= payment.next_settle_at
                 ):
                     try:
+                        if payment.tender == "qr":
+                            await self.tenders.settle_qr(payment)
+                            continue
                         await self._settle_from_pinpad(payment)
                     except EdgehubError as exc:
                         self._settle_failed(payment, _text(exc))
@@ -639,13 +668,13 @@ def _owned_by(known: dict[str, Any], terminal: str) -> bool:
 
 def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
     row = conn.execute(
-        "SELECT state, sale_id, amount_cents, currency, device_id, result, terminal, role FROM payments "
+        "SELECT state, sale_id, amount_cents, currency, device_id, result, terminal, role, tender FROM payments "
         "WHERE payment_id=?",
         (payment_id,),
     ).fetchone()
     if row is None:
         return None
-    state, sale, amount, currency, device, result, terminal, role = row
+    state, sale, amount, currency, device, result, terminal, role, tender = row
     return {
         "terminal": terminal,
         "role": role,
@@ -655,6 +684,7 @@ def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
             "amount_cents": amount,
             "currency": currency,
             "device": device,
+            **({"tender": tender} if tender != "card" else {}),
             **json.loads(result),
         },
     }

@@ -132,6 +132,7 @@ class Roles:
         self._tg: asyncio.TaskGroup | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}  # print worker per printer role
         self._started = asyncio.Event()
+        self._scan_waiters: dict[str, list[asyncio.Future[str]]] = {}  # scanner role -> who wants its next scan
         bus.route(topics.all_role_commands, self.handle_command)
         bus.route(topics.unsigned_role_commands, self.handle_command)
         bus.route(topics.all_device_events, self.handle_device_event)
@@ -146,6 +147,7 @@ class Roles:
             self._seat(name, devices, failback, source)
         await self.printqueue.load()
         await self.payments.load()
+        await self.payments.tenders.__aenter__()
         for role in [r for r, q in self.printqueue.queues.items() if q]:
             self.ensure_role(role)  # jobs for a role no longer bound still wait, visibly
         if self.registry is not None:
@@ -164,6 +166,7 @@ class Roles:
         if self.registry is not None:
             self.registry.unsubscribe(self._on_device_event)
         await cancel_and_wait(self._main)
+        await self.payments.tenders.__aexit__(None, None, None)
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -406,11 +409,13 @@ class Roles:
             "settle": ("pinpad", self.payments.handle_settle),
         }
         kind, handler = handlers.get(command, (None, None))
+        # A till's payment point needs no pinpad bound for cash and QR codes.
+        unbound_ok = seat is None and kind == "pinpad" and handler is not None and self._unbound_ok(role, command, raw)
         what: str | None = (
             f"unknown command {command!r}" if handler is None
             else requester.problem if requester.problem
-            else f"no role {role!r} is bound" if seat is None
-            else f"{role} is a {seat.kind} role" if seat.kind != kind
+            else f"no role {role!r} is bound" if seat is None and not unbound_ok
+            else f"{role} is a {seat.kind} role" if seat is not None and seat.kind != kind
             else f"terminal {terminal.id} may not {command} on {role}"
             if command != "print" and not terminal.may_pay_on(role) else None
         )
@@ -424,6 +429,18 @@ class Roles:
             await self.reply(reply, payloads.dumps(error))
             return
         await handler(role, requester, message, raw)
+
+    def _unbound_ok(self, role: str, command: str, raw: bytes | bytearray) -> bool:
+        """A pay in cash or by QR code, or the settle of one, on a pinpad role with nothing bound."""
+        if role_name_problem(role) is not None or role_kind(role) != "pinpad":
+            return False
+        if command == "settle":
+            return any(p.role == role for p in self.payments.open.values())
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return False
+        return isinstance(doc, dict) and doc.get("tender") in ("qr", "cash")
 
     async def handle_device_event(self, message: aiomqtt.Message) -> None:
         """A scan or weight from a device: republished on the role it serves (if any)."""
@@ -439,10 +456,29 @@ class Roles:
         device = doc.get("device_id") if isinstance(doc, dict) else None
         for seat in self.seats.values():
             if seat.kind == kind and seat.serving is not None and seat.serving == device:
+                code = doc.get("code")
+                if event == "scan" and isinstance(code, str):
+                    for waiter in self._scan_waiters.pop(seat.name, []):
+                        if not waiter.done():
+                            waiter.set_result(code)
                 with contextlib.suppress(BrokerError, TimeoutError):
                     await self.bus.publish(
                         self.topics.role_event(seat.name, event), payloads.role_event(seat.name, doc)
                     )
+
+    async def next_scan(self, role: str, timeout: float) -> str | None:
+        """The next code the device serving scanner ``role`` scans, or None within ``timeout``."""
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._scan_waiters.setdefault(role, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._scan_waiters.get(role, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
 
     # --- API -----------------------------------------------------------------------------------
 
@@ -581,7 +617,8 @@ class Roles:
         return {
             "roles": self.status_now(),
             "print": vars(self.printqueue.stats).copy(),
-            "payments": {**vars(self.payments.stats), "open": self.payments.status()},
+            "payments": {**vars(self.payments.stats), "open": self.payments.status(),
+                         **await self.payments.tenders.status()},
         }
 
 

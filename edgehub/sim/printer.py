@@ -240,6 +240,11 @@ class PrinterCore:
         self.slow = 0.0
         self.clone = clone
         self.process_id_requests = 0  # GS ( H fn48 received, answered or (clone) not
+        # A cash drawer on the kick connector: a kick (ESC p, DLE DC4 1) opens it, staff push it
+        # shut (a test sets drawer_open = False). Its switch pulls pin 3 to drawer_open_level
+        # while open; drawers are wired either way.
+        self.drawer_open = False
+        self.drawer_open_level = "high"
 
     # -- knobs (each change is a state change: ASB frames go out, held tickets may print) -----
     paper_near_end = _Flag()
@@ -317,6 +322,7 @@ class PrinterCore:
         b = 0x12
         if n == 1:
             b |= 0x08 if self.stopped else 0
+            b |= 0x04 if self.drawer_open == (self.drawer_open_level == "high") else 0
         elif n == 2:
             b |= 0x04 if f["cover_open"] else 0
             b |= 0x08 if f["feed_button"] else 0
@@ -336,6 +342,7 @@ class PrinterCore:
         """The 4-byte automatic status back frame (first byte matches ``0xx1xx00``)."""
         f = self._flags
         b1 = 0x10 | (0x08 if self.stopped else 0) | (0x20 if f["cover_open"] else 0)
+        b1 |= 0x04 if self.drawer_open == (self.drawer_open_level == "high") else 0
         b1 |= 0x40 if f["feed_button"] else 0
         b2 = (
             (0x04 if f["mechanical_error"] else 0)
@@ -615,6 +622,7 @@ class PrinterSession:
                 return 0
             if buf[pos + 2] == 1:
                 self._ticket.drawer_kicks += 1
+                self._core.drawer_open = True
             return size
         return 1  # a lone DLE is just a byte
 
@@ -641,6 +649,7 @@ class PrinterSession:
                     self._end_line(force=True)
             elif c == "p":
                 self._ticket.drawer_kicks += 1
+                self._core.drawer_open = True
         elif prefix == GS:
             if c == "!":
                 self._width = (n >> 4) + 1

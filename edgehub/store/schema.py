@@ -241,6 +241,27 @@ MIGRATIONS: tuple[str, ...] = (
         result TEXT NOT NULL
     );
     """,
+    # 10 (money): a payment's tender (card, qr, cash) and its reference at the gateway (the
+    # merchant order id a QR payment is queried and cancelled by, journaled before the gateway
+    # is called); the sales a till split over several payments, with the total they must reach;
+    # the business days closed, each with the report sent to the cloud.
+    """
+    ALTER TABLE payments ADD COLUMN tender TEXT NOT NULL DEFAULT 'card';
+    ALTER TABLE payments ADD COLUMN reference TEXT;
+    CREATE TABLE sales (
+        sale_id TEXT PRIMARY KEY,
+        total_cents INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE day_closes (
+        day TEXT PRIMARY KEY,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        closed_at REAL NOT NULL,
+        report TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

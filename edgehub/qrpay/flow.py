@@ -140,7 +140,7 @@ class QrTender:
         return code
 
     async def _conclude(self, payment: Payment, answer: GatewayAnswer, deadline: float) -> None:
-        told_waiting = False
+        told_waiting = queried = False  # asked at least once before a cancel, whatever the deadline
         seen = answer.state in ("waiting", "paid", "closed")  # the gateway has the order
         while True:
             if await self._final(payment, answer, by=""):
@@ -149,10 +149,11 @@ class QrTender:
                 told_waiting = True
                 await self.roles.reply(payment.reply, self.payments._reply_body(
                     payment, "processing", reason="the guest is confirming the payment on the phone"))
-            if time.monotonic() + self.cfg.poll_interval_s > deadline:
+            if queried and time.monotonic() + self.cfg.poll_interval_s > deadline:
                 break
             await asyncio.sleep(self.cfg.poll_interval_s)
             answer = await self._query(payment)
+            queried = True
             seen = seen or answer.state in ("waiting", "paid", "closed")
         # The deadline: cancel at once after the last query (the gateway's rule), so a guest who
         # confirms only now gets the money back rather than a sale the till thinks unpaid.

@@ -347,7 +347,9 @@ class Roles:
             log.error("role changes not kept for the cloud: %s", exc)
 
     async def _publish_role(self, role: str) -> bool:
-        seat = self.seats[role]
+        seat = self.seats.get(role)
+        if seat is None:
+            return True  # a till's payment point with nothing bound (cash, QR): no role state
         at = self.wall()
         try:
             await self.bus.publish(

@@ -33,6 +33,7 @@ from edgehub.discovery import Discovery
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, ScreenServer
 from edgehub.kitchen.screens import screen_secrets
+from edgehub.reports import Reports
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
 from edgehub.store import Journal
@@ -122,6 +123,13 @@ class Hub:
         self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
         # Routing rules the cloud pushes (downlink "routing") route new tickets; cached across restarts.
         follow_cloud_routing(self.downlink, self.kitchen)
+        # QR pay asks whether the cloud link thinks the WAN is down (it then probes the gateway).
+        self.roles.payments.tenders.wan_down = self._wan_down
+        # The day's close: computed from the journal, printed, sent to the cloud as one message.
+        self.reports = Reports(config, self.journal, self.roles.printqueue)
+        self.components.append(self.reports)
+        self.api.route_setups.append(self.reports.route_setup)
+        self.status_sections["reports"] = self.reports.status_section
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +212,12 @@ class Hub:
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.add_now("devices", f"dev-alert-{uuid.uuid4().hex}", payload)
+
+    def _wan_down(self) -> str | None:
+        uplink = self.uplink
+        if uplink is None or uplink.state == "online" or not uplink.last_error:
+            return None
+        return f"the cloud link is {uplink.state}: {uplink.last_error}"
 
     # --- what the API reads ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ uplink sends is byte for byte what the component wrote. A stored payload that st
 (or JSON whitespace) is plain JSON; anything else is a zlib stream whose header names its
 dictionary, so rows written before (or by another version) stay readable.
 
-Classes of streams: ``orders`` and ``payments`` (and ``kitchen``, ``devices``, ``audit``) are
+Classes of streams: ``orders`` and ``payments`` (and ``kitchen``, ``devices``, ``audit``, ``reports``) are
 durable: no quota, no TTL, never dropped. ``telemetry`` has a TTL and a byte quota, evicted
 oldest first, and is the one thing refused when the data disk is nearly full.
 """
@@ -47,7 +47,7 @@ from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.outbox")
 
-DURABLE_STREAMS = ("orders", "payments", "kitchen", "devices", "audit")
+DURABLE_STREAMS = ("orders", "payments", "kitchen", "devices", "audit", "reports")
 TELEMETRY = "telemetry"
 STREAMS = (*DURABLE_STREAMS, TELEMETRY)
 

@@ -54,6 +54,8 @@ class Reports:
         self.closed: list[str] = []  # days closed since the hub started
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._closing = asyncio.Lock()
+        self.caught_up = asyncio.Event()  # the pass at start (days that ended while the box was off) is done
 
     async def __aenter__(self) -> Reports:
         self._task = asyncio.create_task(self._closer(), name="reports-close")
@@ -70,6 +72,7 @@ class Reports:
                 await self.close_due()
             except EdgehubError as exc:
                 log.error("the day's close failed, trying again: %s", exc)
+            self.caught_up.set()
             ends = self.calendar.day_of(self.clock()).ends_at
             wait = min(CHECK_EVERY_S, max(0.05, ends - self.clock() + 0.01))
             try:
@@ -81,13 +84,14 @@ class Reports:
 
     async def close_due(self) -> list[str]:
         """Close every business day that has ended and is not closed yet (with activity)."""
-        today = self.calendar.day_of(self.clock())
-        candidates = [self.calendar.day(today.day - dt.timedelta(days=n)) for n in range(CATCH_UP_DAYS, 0, -1)]
-        closed = []
-        for day in candidates:
-            if await self.close(day) is not None:
-                closed.append(day.name)
-        return closed
+        async with self._closing:
+            today = self.calendar.day_of(self.clock())
+            candidates = [self.calendar.day(today.day - dt.timedelta(days=n)) for n in range(CATCH_UP_DAYS, 0, -1)]
+            closed = []
+            for day in candidates:
+                if await self.close(day) is not None:
+                    closed.append(day.name)
+            return closed
 
     async def close(self, day: BusinessDay) -> dict[str, Any] | None:
         """Close ``day``: its report kept and queued for the cloud in one commit, then printed.

@@ -30,8 +30,9 @@ from edgehub.doctor import DaemonUnreadable, answer_problem, api_address, connec
 
 REDACTED = "[REDACTED]"
 # Whole words only for the short ones: "pin" must not catch "pinpad" nor "key" "keepalive".
-SECRET_NAME = re.compile(r"(token|passw|secret|credential|apikey|(^|_)pin($|_)|(^|_)psk($|_)|(^|_)key($|_))",
-                         re.IGNORECASE)
+# A payment gateway's merchant application id (payments.qr.app_id) is kept out of bundles too.
+SECRET_NAME = re.compile(r"(token|passw|secret|credential|apikey|(^|_)pin($|_)|(^|_)psk($|_)|(^|_)key($|_)"
+                         r"|^app_id$)", re.IGNORECASE)
 _TOML_SECRET_LINE = re.compile(
     r"""^(?P<head>\s*(?P<key>[A-Za-z0-9_-]+)\s*=\s*)(?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|[^#\s]+)(?P<tail>.*)$"""
 )

@@ -39,3 +39,12 @@ def test_weight_units_and_states_are_the_drivers() -> None:
 
     assert enum("messages", "RoleEvent", "payload", "properties", "unit") == set(WEIGHT_UNITS)
     assert enum("messages", "RoleEvent", "payload", "properties", "state") == set(get_args(WeightState))
+
+
+def test_payment_statuses_and_tenders_are_the_codes() -> None:
+    from edgehub.bus.payloads import PAY_STATUSES, TENDERS
+    from edgehub.roles.payments import FINAL
+
+    assert enum("schemas", "PayReply", "properties", "status") == set(PAY_STATUSES)
+    assert set(FINAL) <= set(PAY_STATUSES)
+    assert enum("schemas", "PayRequest", "properties", "tender") == set(TENDERS)

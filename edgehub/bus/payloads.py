@@ -809,12 +809,18 @@ def print_reply(role: str, job_id: str, status: str, request_id: str | None = No
     return dumps(doc)
 
 
+PAY_STATUSES = ("scanning", "processing", "approved", "declined", "aborted", "unknown", "not_found", "void",
+                "refused")
+
+
 def pay_reply(role: str, payment_id: str, status: str, request_id: str | None = None, **fields: Any) -> bytes:
-    """``status``: ``processing`` (journaled, at once), then ``approved``, ``declined``,
-    ``aborted``, ``unknown`` (settle pending: the sale is locked to its pinpad), ``not_found``
-    (the pinpad never charged it), ``void``; or ``refused`` (nothing was sent, see ``error``).
-    ``fields``: sale_id, amount_cents, currency, device, receipt_no, trace_no, masked_pan,
-    reason, error, duplicate, settled_by. Card data never appears beyond the masked PAN."""
+    """``status`` (one of ``PAY_STATUSES``): ``scanning`` (qr: waiting for the code on a scanner),
+    ``processing`` (journaled, at once), then ``approved``, ``declined``, ``aborted``, ``unknown``
+    (settle pending: the sale is locked), ``not_found`` (never charged), ``void``; or ``refused``
+    (nothing was sent, see ``error``). ``fields``: sale_id, amount_cents, currency, device, tender,
+    receipt_no, trace_no, masked_pan, reference, trade_no, buyer, tendered_cents, change_cents,
+    drawer, sale, reason, error, duplicate, settled_by. Card data never appears beyond the masked
+    PAN, a QR code never beyond its first two and last four digits."""
     doc: dict[str, Any] = {"schema": PAY_REPLY_SCHEMA, "role": role, "payment_id": payment_id,
                            "status": status}
     if request_id is not None:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -186,6 +187,9 @@ class Till:
             password=f"pw-{terminal}",
             protocol=protocol,
             identifier=f"till-{terminal}-{os.getpid()}-{time.monotonic_ns()}",
+            # Like the simulated terminal and real tills: without it each small request waits on
+            # Nagle and the broker's delayed ACK (~40 ms, bench/qrpay.py).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         self.replies: list[tuple[bytes | None, dict[str, Any]]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []

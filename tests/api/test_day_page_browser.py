@@ -42,7 +42,8 @@ async def test_the_day_on_the_page_with_its_chart(box: Box) -> None:
             await page.wait_for_selector("#dashboard:not([hidden])")
             await page.wait_for_selector(f"#day-chart rect.bar[data-hour='{hour}'][data-orders='2']")
             assert await page.locator("#day-chart rect").count() == 24
-            cells = [c.strip() for c in await page.locator("#day-tenders tr[data-tender='cash'] td").all_text_contents()]
+            cash_row = page.locator("#day-tenders tr[data-tender='cash'] td")
+            cells = [c.strip() for c in await cash_row.all_text_contents()]
             assert cells == ["Cash 现金", "1", "¥42.00"], cells
             figures = await page.text_content("#day-figures") or ""
             assert "2 (6 covers)" in figures and "none" in figures

@@ -15,7 +15,8 @@ Never deleted, whatever their age:
 - the outbox itself (the uplink deletes a row when the cloud acknowledged it);
 - an order with a ticket still on a station screen (new, in progress, recalled), with its
   tickets and changes;
-- a print job still to print (not printed, not failed), a payment not final (sent, unknown);
+- a print job still to print (not printed, not failed), a payment not final (sent, unknown),
+  and the total of a sale that still has a payment;
 - role bindings, downlink documents, counters (``outbox_streams``, ``kitchen_seqs``).
 
 An order_id deleted here is an order_id the hub no longer knows: sent again (months later) it
@@ -143,6 +144,23 @@ def prune_payments(conn: sqlite3.Connection, before: float, after: int = 0,
     return cur.rowcount, 0, cur.rowcount < limit
 
 
+def prune_sales(conn: sqlite3.Connection, before: float, after: int = 0,
+                limit: int = BATCH) -> tuple[int, int, bool]:
+    """Split-bill totals of sales whose payments are all gone (pruned above, or never made)."""
+    cur = conn.execute(
+        "DELETE FROM sales WHERE rowid IN (SELECT rowid FROM sales s WHERE created_at < ? AND NOT EXISTS "
+        "(SELECT 1 FROM payments p WHERE p.sale_id = s.sale_id) LIMIT ?)", (before, limit))
+    return cur.rowcount, 0, cur.rowcount < limit
+
+
+def prune_day_closes(conn: sqlite3.Connection, before: float, after: int = 0,
+                     limit: int = BATCH) -> tuple[int, int, bool]:
+    """Closed business days (their report went to the cloud in the same commit)."""
+    cur = conn.execute("DELETE FROM day_closes WHERE rowid IN (SELECT rowid FROM day_closes WHERE closed_at < ? "
+                       "LIMIT ?)", (before, limit))
+    return cur.rowcount, 0, cur.rowcount < limit
+
+
 # table -> its batch: (conn, cutoff, position walked from) -> (deleted, position reached, done)
 _PRUNERS: tuple[tuple[str, Callable[..., tuple[int, int, bool]]], ...] = (
     ("orders", prune_orders),
@@ -150,6 +168,8 @@ _PRUNERS: tuple[tuple[str, Callable[..., tuple[int, int, bool]]], ...] = (
     ("deadletters", prune_deadletters),
     ("print_jobs", prune_print_jobs),
     ("payments", prune_payments),
+    ("sales", prune_sales),
+    ("day_closes", prune_day_closes),
 )
 
 

@@ -180,3 +180,26 @@ async def test_a_failed_pass_is_tried_again_later() -> None:
             await asyncio.sleep(0.01)
         assert retention._task is not None and not retention._task.done()
     assert Broken.calls >= 2 and retention.status()["last_error"] == "disk I/O error"
+
+
+async def test_old_sales_and_closed_days_go_once_their_payments_are_gone(journal: Journal) -> None:
+    def seed(conn: sqlite3.Connection) -> None:
+        add_order(conn, "recent", NEW)
+        sales = (("old-paid", OLD, "approved"), ("old-unknown", OLD, "unknown"), ("new", NEW, "approved"))
+        for sale, at, state in sales:
+            conn.execute("INSERT INTO sales(sale_id, total_cents, currency, created_at) VALUES (?, 100, 'CNY', ?)",
+                         (sale, at))
+            conn.execute("INSERT INTO payments(payment_id, role, sale_id, amount_cents, currency, device_id, state, "
+                         "created_at, updated_at, result, tender) VALUES (?, 'pinpad', ?, 100, 'CNY', 'cash', ?, "
+                         "?, ?, '{}', 'cash')", (f"p-{sale}", sale, state, at, at))
+        for day, at in (("2026-01-01", OLD), ("2026-12-01", NEW)):
+            conn.execute("INSERT INTO day_closes(day, starts_at, ends_at, closed_at, report) VALUES (?, ?, ?, ?, '{}')",
+                         (day, at - DAY_S, at, at))
+
+    await journal.write(seed)
+    deleted = await Retention(journal, keep_days=90, clock=lambda: NOW).run_once()
+    assert deleted["payments"] == 1 and deleted["sales"] == 1 and deleted["day_closes"] == 1
+    kept = await journal.read(lambda conn: (
+        {r[0] for r in conn.execute("SELECT sale_id FROM sales")},
+        {r[0] for r in conn.execute("SELECT day FROM day_closes")}))
+    assert kept == ({"old-unknown", "new"}, {"2026-12-01"})  # a sale whose payment is not final stays

@@ -164,17 +164,42 @@ class Doctor:
         checks: list[Check] = []
         if self.daemon_expected:
             checks.append(daemon_check(self.config, status, problem))
+        qr_gateway = asyncio.ensure_future(self._qr_gateway())  # alongside the others
         gathered = await asyncio.gather(
             self._broker(), asyncio.to_thread(self._journal), asyncio.to_thread(self._disk_space),
             asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(status),
         )
         checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
+        checks.extend(await qr_gateway)
         checks.append(self._https())
         checks.extend(await self._devices(status, problem))
         checks.extend(self._roles(status))
         return checks
 
     # --- the checks ------------------------------------------------------------------------
+
+    async def _qr_gateway(self) -> list[Check]:
+        """QR pay (docs/payments.md): the keys load and a TLS connection to the gateway can be made."""
+        qr = self.config.payments.qr
+        if not qr.enabled:
+            return []
+        from edgehub.errors import ConfigError
+        from edgehub.qrpay import make_acquirer
+
+        acquirer = make_acquirer(qr)
+        try:
+            async with asyncio.timeout(self.timeout_s + qr.connect_timeout_s), acquirer:
+                why = await acquirer.reachable()
+        except ConfigError as exc:
+            return [Check("qr-gateway", "fail", f"QR pay cannot start: {'; '.join(exc.problems)}",
+                          "give the application's RSA2 private key and the gateway's public key ([payments.qr])")]
+        except (OSError, TimeoutError, ValueError) as exc:
+            why = _reason(exc)
+        if why is not None:
+            return [Check("qr-gateway", "warn", f"the {qr.acquirer} gateway {qr.gateway_url} cannot be reached: "
+                          f"{why}; QR payments are refused (take cash or card)",
+                          "check the WAN, DNS and the firewall towards the gateway")]
+        return [Check("qr-gateway", "ok", f"{qr.acquirer} keys loaded; {qr.gateway_url} answers over TLS")]
 
     async def _broker(self) -> Check:
         address = self.broker_address

@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -64,7 +64,10 @@ REFUSED_CODES = ("40001", "40002", "40006", "20001")
 def load_private_key(path: Path) -> rsa.RSAPrivateKey:
     """The application's RSA private key: PEM (PKCS#8 or PKCS#1), or the bare base64 of PKCS#8 that
     Alipay's key tool writes."""
-    key = serialization.load_pem_private_key(_pem(path, "PRIVATE KEY"), password=None)
+    try:
+        key = serialization.load_pem_private_key(_pem(path, "PRIVATE KEY"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError([f"{path}: not a usable private key ({exc})"]) from None
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
         raise ConfigError([f"{path}: must be an RSA private key of at least 2048 bits (RSA2)"])
     return key
@@ -72,7 +75,10 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
 
 def load_public_key(path: Path) -> rsa.RSAPublicKey:
     """Alipay's RSA public key: PEM, or the bare base64 the open platform shows."""
-    key = serialization.load_pem_public_key(_pem(path, "PUBLIC KEY"))
+    try:
+        key = serialization.load_pem_public_key(_pem(path, "PUBLIC KEY"))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError([f"{path}: not a usable public key ({exc})"]) from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ConfigError([f"{path}: must be an RSA public key"])
     return key

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgehub.roles.tenders")
 
 DRAWER_OPEN_WAIT_S = 1.0  # a kicked drawer's switch changes within this once the printer pulsed
+DRAWER_KICK_TIMEOUT_S = 5.0  # the till's cash answer waits at most this for the drawer
 
 
 class Tenders:
@@ -151,10 +152,11 @@ class Tenders:
             return self._drawer(role, {"role": role, "kicked": False,
                                        "reason": f"{reason}; open the drawer with its key"})
         try:
-            driver: Any = await self.roles.open_driver(device)
-            await driver.print_job(f"drawer:{why}", render(Ticket().kick_drawer()))
-            self.drawer_kicks += 1
-            opened = await self._drawer_open(driver, wait=True)
+            async with asyncio.timeout(DRAWER_KICK_TIMEOUT_S):
+                driver: Any = await self.roles.open_driver(device)
+                await driver.print_job(f"drawer:{why}", render(Ticket().kick_drawer()))
+                self.drawer_kicks += 1
+                opened = await self._drawer_open(driver, wait=True)
         except (DeviceError, TimeoutError) as exc:
             log.warning("drawer on %s (%s) not opened: %s", role, device, exc)
             return self._drawer(role, {"role": role, "device": device, "kicked": False,

@@ -55,7 +55,6 @@ class QrTender:
         # Why the cloud link says the WAN is down, or None: a reason to probe the gateway now.
         self.wan_down = wan_down
         self.gateway_down: str | None = None  # the last connection to the gateway failed
-        self._next_settle: dict[str, tuple[float, float]] = {}  # payment id -> (when, backoff)
         self._watch: asyncio.Task[None] | None = None
         self._probe_now = asyncio.Event()
         self.stats = {"paid": 0, "declined": 0, "unknown": 0, "refused_offline": 0, "queries": 0, "cancels": 0}
@@ -183,7 +182,6 @@ class QrTender:
 
     async def _finish(self, payment: Payment, state: str, reason: str, answer: GatewayAnswer, by: str = "") -> None:
         self.stats["paid" if state == "approved" else "declined"] += 1
-        self._next_settle.pop(payment.payment_id, None)
         result = {**payment.result, "reference": payment.reference, "trade_no": answer.trade_no or None,
                   "buyer": answer.buyer or None, "gateway_code": answer.code or None, "reason": reason or None}
         log.info("payment %s (qr %s): %s%s", payment.payment_id, payment.reference, state,
@@ -193,6 +191,7 @@ class QrTender:
     async def _unknown(self, payment: Payment, reason: str) -> None:
         self.stats["unknown"] += 1
         payment.state = "unknown"
+        payment.since = self.roles.clock()
         payment.announced = False
         payment.result = {**payment.result, "reference": payment.reference,
                           "reason": f"{reason}; the sale is locked until the gateway settles it"}
@@ -228,13 +227,13 @@ class QrTender:
 
     async def settle(self, payment: Payment) -> None:
         """Ask the gateway what became of an unknown QR payment; never pay it again."""
-        now = time.monotonic()
-        when, backoff = self._next_settle.get(payment.payment_id, (0.0, 1.0))
-        if now < when:
-            return
-        self._next_settle[payment.payment_id] = (now + backoff, min(backoff * 2, SETTLE_BACKOFF_MAX_S))
+        # The settler asks again no sooner than next_settle_at: 1 s, then doubling to a minute.
+        payment.settle_attempts += 1
+        payment.next_settle_at = self.roles.clock() + min(2.0 ** (payment.settle_attempts - 1),
+                                                          SETTLE_BACKOFF_MAX_S)
         age = self.roles.wall() - payment.created_at
         answer = await self._query(payment)
+        payment.settle_error = answer.reason
         if payment.state != "unknown":
             return  # settled by an operator meanwhile
         if await self._final(payment, answer, by="gateway"):

@@ -181,6 +181,8 @@ class QrTender:
         return True
 
     async def _finish(self, payment: Payment, state: str, reason: str, answer: GatewayAnswer, by: str = "") -> None:
+        if payment.state not in ("sent", "unknown"):
+            return  # an operator decided while the gateway was being asked: the decision stands
         self.stats["paid" if state == "approved" else "declined"] += 1
         result = {**payment.result, "reference": payment.reference, "trade_no": answer.trade_no or None,
                   "buyer": answer.buyer or None, "gateway_code": answer.code or None, "reason": reason or None}

@@ -10,7 +10,12 @@ The same core sits behind three front ends: ``PrinterSim`` (raw TCP, like port 9
 printer), ``PtyPrinterSim`` (a serial printer on a pseudo-terminal) and the USB printer of
 ``edgehub.sim.usb``. Knobs (``paper_out``, ``cover_open``, ``silent``, ``slow``, ...) change the
 state at runtime so tests and ``make run`` can break the printer the way real ones break.
-``clone`` makes it one of the many copies (Xprinter/Zjiang...) that ignore ``GS ( H``.
+``profile`` makes it one of the kinds of unit found in stores (``SIM_PROFILES``), each written
+from the manufacturers' references and from how real units are known to misbehave, never from
+our driver: a genuine Epson, one that answers only ``DLE EOT 1``–``3``, one that reports only
+through automatic status back, one that never answers at all, one whose status replies wait
+behind its print buffer, a 58 mm GBK-only clone, a clone that prints ``GS ( H`` as text, and a
+Western printer without a Chinese font.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 __all__ = [
+    "SIM_PROFILES",
     "PrintedImage",
     "PrintedLine",
     "PrintedTicket",
@@ -37,6 +43,7 @@ __all__ = [
     "PrinterSession",
     "PrinterSim",
     "PtyPrinterSim",
+    "SimProfile",
 ]
 
 T = TypeVar("T")
@@ -44,6 +51,66 @@ PAPER_KEPT = 1000  # printed tickets a simulated printer remembers (``PrinterCor
 Align = Literal["left", "center", "right"]
 
 ESC, GS, FS, DLE = 0x1B, 0x1D, 0x1C, 0x10
+
+@dataclass(frozen=True)
+class SimProfile:
+    """How one kind of real unit behaves (sources: docs/devices.md, "Printer simulator profiles").
+
+    ``status_queries``: the ``DLE EOT n`` it answers (Epson: 1–4; Citizen CBM-820 lists 1–3);
+    ``asb``: it sends automatic status back after ``GS a``; ``status_behind_buffer``: real-time
+    replies wait until the print data received before them is processed (Epson guarantees the
+    real-time answer with a full buffer only on serial models); ``process_id``: it answers
+    ``GS ( H`` fn48; ``prints_unknown``: a command it does not know is skipped by its first two
+    bytes and the rest printed as text (clones); ``kanji``: the multi-byte set its Chinese font
+    reads in ``FS &`` mode (None: no Chinese font, ``FS &`` ignored); ``columns``/``dots``: font A
+    characters and dots per line (80 mm: 48 / 576, 58 mm: 32 / 384); ``seconds_per_line`` and
+    ``seconds_per_ticket``: how long printing takes (feed, cut), which only matters where replies
+    wait behind the buffer.
+    """
+
+    name: str
+    maker: str = "EPSON"
+    model: str = "TM-T88VI"
+    status_queries: frozenset[int] = frozenset((1, 2, 3, 4))
+    asb: bool = True
+    status_behind_buffer: bool = False
+    process_id: bool = True
+    prints_unknown: bool = False
+    kanji: Literal["gb18030", "gbk", "big5"] | None = "gb18030"
+    columns: int = 48
+    dots: int = 576
+    gs_i: bool = True  # answers GS I (printer id / maker / model)
+    seconds_per_line: float = 0.0
+    seconds_per_ticket: float = 0.0
+
+
+#: The simulator's profiles by name (``PrinterCore(profile=...)``, ``make run`` with SIM_PRINTERS).
+SIM_PROFILES: dict[str, SimProfile] = {
+    p.name: p
+    for p in (
+        # A genuine Epson with a Chinese (GB18030) font: everything works as the reference says.
+        SimProfile("epson"),
+        # Citizen CBM-820 class: DLE EOT n = 1–3 only; no GS ( H.
+        SimProfile("basic", maker="CITIZEN", model="CBM-820", status_queries=frozenset((1, 2, 3)),
+                   process_id=False),
+        # Reports only through automatic status back (GS a): no DLE EOT reply at all.
+        SimProfile("asb-only", maker="BIXOLON", model="SRP-350", status_queries=frozenset(), process_id=False),
+        # A USB printer without a bulk-IN endpoint, or a LAN board that never answers: takes
+        # bytes and prints, says nothing, not even to GS I.
+        SimProfile("silent", maker="", model="POS-80", status_queries=frozenset(), asb=False, process_id=False,
+                   gs_i=False),
+        # An Epson on the LAN whose replies wait behind the print data before them: 1.3–3.3 s
+        # behind a ticket of 4–20 lines.
+        SimProfile("slow-status", status_behind_buffer=True, seconds_per_line=0.125, seconds_per_ticket=0.8),
+        # A 58 mm clone with a GBK-only font (4-byte GB18030 sequences print as garbage).
+        SimProfile("gbk-58", maker="Xprinter", model="XP-58IIH", process_id=False, prints_unknown=True,
+                   kanji="gbk", columns=32, dots=384),
+        # An 80 mm clone that does not know GS ( H: it prints the command's bytes as text.
+        SimProfile("clone", maker="Xprinter", model="XP-80C", process_id=False, prints_unknown=True),
+        # A Western printer without a Chinese font: FS & is ignored, bytes print in its code page.
+        SimProfile("no-cjk", model="TM-T20III", kanji=None),
+    )
+}
 
 # ESC t n -> Python codec. Printers know many more; these are the ones our renderer uses and
 # the common Western defaults.
@@ -221,11 +288,18 @@ class PrinterCore:
         serial_number: str = "SIM-PRN-0001",
         clock: Callable[[], float] = time.monotonic,
         clone: bool = False,
+        profile: str | SimProfile = "epson",
     ) -> None:
-        """``clone``: behave like the clones that ignore ``GS ( H`` (no job confirmation, ever);
-        it is what the printer *is*, so ``reset()`` keeps it."""
-        self.manufacturer = manufacturer
-        self.model = model
+        """``profile``: which kind of unit this is (``SIM_PROFILES``); ``clone``: besides, never
+        answer ``GS ( H`` (no job confirmation, ever). Both are what the printer *is*, so
+        ``reset()`` keeps them. ``manufacturer``/``model`` default to the profile's."""
+        if isinstance(profile, str):
+            if profile not in SIM_PROFILES:
+                raise ValueError(f"no simulated printer profile {profile!r} (known: {', '.join(SIM_PROFILES)})")
+            profile = SIM_PROFILES[profile]
+        self.profile = profile
+        self.manufacturer = manufacturer if manufacturer != "EPSON" or profile.name == "epson" else profile.maker
+        self.model = model if model != "TM-T20III" or profile.name == "epson" else profile.model
         self.serial_number = serial_number
         self._clock = clock
         self._lock = threading.RLock()
@@ -238,7 +312,7 @@ class PrinterCore:
         self._flags: dict[str, bool] = dict.fromkeys(_FLAG_NAMES, False)
         self.silent = False
         self.slow = 0.0
-        self.clone = clone
+        self.clone = clone or not profile.process_id
         self.process_id_requests = 0  # GS ( H fn48 received, answered or (clone) not
         # A cash drawer on the kick connector: a kick (ESC p, DLE DC4 1) opens it, staff push it
         # shut (a test sets drawer_open = False). Its switch pulls pin 3 to drawer_open_level
@@ -353,6 +427,33 @@ class PrinterCore:
         b3 = (0x03 if f["paper_near_end"] else 0) | (0x0C if f["paper_out"] else 0)
         return bytes((b1, b2, b3, 0x00))
 
+    def printer_id(self, n: int) -> bytes:
+        """The reply to ``GS I n`` (Epson ESC/POS reference, GS I; Bixolon SRP-350 manual): one
+        byte for n = 1–3 / 49–51 (bits 4 and 7 off), ``_ text NUL`` for 65–69; b"" when unknown."""
+        p = self.profile
+        if not p.gs_i:
+            return b""
+        if n in (1, 49):
+            return b"\x20"  # model id
+        if n in (2, 50):
+            return bytes((0x02 | (0x01 if p.kanji else 0),))  # bit0 multi-byte font, bit1 autocutter
+        if n in (3, 51):
+            return b"\x40"  # version id
+        text = {65: "1.00", 66: self.manufacturer, 67: self.model, 68: self.serial_number,
+                69: {"gb18030": "SIMPLIFIED CHINESE GB18030", "gbk": "SIMPLIFIED CHINESE GBK",
+                     "big5": "TRADITIONAL CHINESE BIG5", None: ""}[p.kanji]}.get(n)
+        if text is None:
+            return b""
+        return b"_" + text.encode("ascii", "replace")[:80] + b"\x00"
+
+    def reply_at(self) -> float:
+        """When a reply to a request received now leaves: at once, or (``status_behind_buffer``)
+        once the print data received before it is processed."""
+        now = self._clock()
+        if self.profile.status_behind_buffer and not self.stopped:
+            return max(now, self._busy_until)
+        return now
+
     def session(self, wakeup: Callable[[], None] | None = None) -> PrinterSession:
         """A new connection to the printer. ``wakeup`` is called (from any thread) on output."""
         session = PrinterSession(self, wakeup)
@@ -388,7 +489,9 @@ class PrinterCore:
     def _schedule(self, session: PrinterSession, entry: PrintedTicket | _Confirm) -> None:
         now = self._clock()
         if isinstance(entry, PrintedTicket):
-            self._busy_until = max(now, self._busy_until) + self.slow
+            p = self.profile
+            took = self.slow + p.seconds_per_ticket + p.seconds_per_line * len(entry.lines)
+            self._busy_until = max(now, self._busy_until) + took
             self._finished.append((self._busy_until, entry))
         else:
             # The confirmation leaves only when everything received before it has printed.
@@ -538,7 +641,13 @@ class PrinterSession:
             size = 5 + length16(1)
             if avail < size:
                 return 0
-            self._gs_paren(chr(arg(0)), bytes(buf[pos + 5 : pos + size]))
+            fn = chr(arg(0))
+            if fn == "H" and self._core.profile.prints_unknown and not self._core.profile.process_id:
+                # A clone that does not know GS ( H skips GS ( and prints the rest ("H", the
+                # length, "00" and the token) as text: what the issue saw on paper.
+                self._core.process_id_requests += 1
+                return 2
+            self._gs_paren(fn, bytes(buf[pos + 5 : pos + size]))
             return size
         if prefix in (FS, ESC) and cmd == ord("("):
             if avail < 5:
@@ -609,8 +718,8 @@ class PrinterSession:
             if avail < 3:
                 return 0
             n = buf[pos + 2]
-            if n in (1, 2, 3, 4):
-                self._queue(bytes((self._core.status_byte(n),)), self._core._clock())
+            if n in self._core.profile.status_queries:
+                self._queue(bytes((self._core.status_byte(n),)), self._core.reply_at())
             return 3
         if cmd == 0x05:  # DLE ENQ n
             return 3 if avail >= 3 else 0
@@ -654,10 +763,15 @@ class PrinterSession:
             if c == "!":
                 self._width = (n >> 4) + 1
                 self._height = (n & 0x0F) + 1
-            elif c == "a":
+            elif c == "a" and self._core.profile.asb:
+                # Sent when the command is executed, i.e. after the data before it (Citizen, Epson).
                 self.asb_enabled = n != 0
                 if self.asb_enabled:
-                    self._queue(self._core.asb_frame(), self._core._clock())
+                    self._queue(self._core.asb_frame(), max(self._core._clock(), self._core._busy_until))
+            elif c == "I":
+                reply = self._core.printer_id(n)
+                if reply:
+                    self._queue(reply, max(self._core._clock(), self._core._busy_until))
         elif prefix == FS:
             if c == "&":
                 self._flush_raw()
@@ -722,8 +836,9 @@ class PrinterSession:
 
     def _flush_raw(self) -> None:
         if self._raw:
-            codec = "gb18030" if self._kanji else self._codepage
-            self._segments.append(bytes(self._raw).decode(codec, "replace"))
+            kanji = self._core.profile.kanji if self._kanji else None
+            raw = bytes(self._raw)
+            self._segments.append(_decode_kanji(raw, kanji) if kanji else raw.decode(self._codepage, "replace"))
             self._raw.clear()
 
     def _end_line(self, *, force: bool) -> None:
@@ -747,6 +862,27 @@ class PrinterSession:
         if ticket.has_content():
             self._last_ticket = ticket
             self._core._submit(self, ticket)
+
+
+def _decode_kanji(raw: bytes, kanji: str) -> str:
+    """Text in ``FS &`` mode as the printer's font reads it. A GBK-only font reads two bytes at a
+    time, so a 4-byte GB18030 sequence (emoji: ``94 39 b5 32``) comes out as two wrong
+    characters; a GB18030 font reads it, but has no glyph outside the Basic Multilingual Plane
+    (printed as a box)."""
+    if kanji == "gb18030":
+        text = raw.decode("gb18030", "replace")
+        return "".join("\u25a1" if ord(ch) > 0xFFFF else ch for ch in text)
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        if raw[i] < 0x80:
+            out.append(chr(raw[i]))
+            i += 1
+            continue
+        pair = raw[i : i + 2]
+        out.append(pair.decode(kanji, "replace")[:1] or "\ufffd")
+        i += 2
+    return "".join(out)
 
 
 def _barcode_text(kind: str, data: bytes) -> str:
@@ -811,8 +947,10 @@ class PrinterSim(_KnobsMixin):
     and ``await reset()`` for a healthy empty one. ``printed`` lists the tickets that came out.
     """
 
-    def __init__(self, core: PrinterCore | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.core = core or PrinterCore()
+    def __init__(
+        self, core: PrinterCore | None = None, *, host: str = "127.0.0.1", port: int = 0, profile: str = "epson"
+    ) -> None:
+        self.core = core or PrinterCore(profile=profile)
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -898,15 +1036,37 @@ class PtyPrinterSim(_KnobsMixin):
     """A serial printer on a pseudo-terminal: open ``path`` with pyserial like a /dev/ttyUSB0.
 
     ``unplug()`` closes the master end, which the host sees as the cable being pulled.
+
+    ``xonxoff``: the printer's receive buffer holds ``buffer_size`` bytes and takes them in at
+    ``bytes_per_second`` (the print mechanism's pace); above ``buffer_size - 128`` it sends XOFF
+    (``13``), and XON (``11``) once below a quarter (Epson and Citizen serial interface specs:
+    XOFF when the buffer is nearly full, XON when it has room again). A host that keeps sending
+    after XOFF overflows the buffer: those bytes are lost (``overflowed`` counts them).
     """
 
-    def __init__(self, core: PrinterCore | None = None) -> None:
+    def __init__(
+        self,
+        core: PrinterCore | None = None,
+        *,
+        xonxoff: bool = False,
+        buffer_size: int = 1024,
+        bytes_per_second: float = 8000.0,
+    ) -> None:
         self.core = core or PrinterCore()
         self.path = ""
         self._master = -1
         self._slave = -1
         self._pump: _Pump | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self.xonxoff = xonxoff
+        self.buffer_size = buffer_size
+        self.bytes_per_second = bytes_per_second
+        self._rx = bytearray()
+        self._stopped_host = False  # XOFF sent, XON not yet
+        self._drain_task: asyncio.Task[None] | None = None
+        self._rx_wakeup = asyncio.Event()
+        self.overflowed = 0
+        self.xoffs_sent = 0
 
     async def __aenter__(self) -> PtyPrinterSim:
         self._master, self._slave = pty.openpty()
@@ -917,7 +1077,29 @@ class PtyPrinterSim(_KnobsMixin):
         self._pump = _Pump(self.core.session)
         asyncio.get_running_loop().add_reader(self._master, self._on_readable)
         self._pump_task = asyncio.create_task(self._pump.run(self._write))
+        if self.xonxoff:
+            self._drain_task = asyncio.create_task(self._drain())
         return self
+
+    async def _drain(self) -> None:
+        """Take buffered bytes in at the mechanism's pace; XON once there is room again."""
+        chunk = max(1, int(self.bytes_per_second / 50))
+        while True:
+            if not self._rx:
+                self._rx_wakeup.clear()
+                await self._rx_wakeup.wait()
+                continue
+            data, self._rx[:chunk] = bytes(self._rx[:chunk]), b""
+            if self._pump is not None:
+                self._pump.session.feed(data)
+            if self._stopped_host and len(self._rx) < self.buffer_size // 4:
+                self._stopped_host = False
+                self._send_control(b"\x11")
+            await asyncio.sleep(len(data) / self.bytes_per_second)
+
+    def _send_control(self, byte: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._master, byte)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.unplug()
@@ -933,8 +1115,20 @@ class PtyPrinterSim(_KnobsMixin):
         except OSError:
             asyncio.get_running_loop().remove_reader(self._master)
             return
-        if self._pump is not None:
-            self._pump.session.feed(data)
+        if not self.xonxoff:
+            if self._pump is not None:
+                self._pump.session.feed(data)
+            return
+        room = self.buffer_size - len(self._rx)
+        if len(data) > room:
+            self.overflowed += len(data) - room
+            data = data[:room]
+        self._rx += data
+        self._rx_wakeup.set()
+        if not self._stopped_host and len(self._rx) > self.buffer_size - 128:
+            self._stopped_host = True
+            self.xoffs_sent += 1
+            self._send_control(b"\x13")
 
     async def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -947,6 +1141,11 @@ class PtyPrinterSim(_KnobsMixin):
             view = view[sent:]
 
     async def unplug(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drain_task
+            self._drain_task = None
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(BaseException):

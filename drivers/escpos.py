@@ -1,36 +1,56 @@
 """The ESC/POS receipt and kitchen printer driver (Epson and the many printers that copy it).
 
 What it matches: USB printer-class interfaces (and vendor-class ones of printer makers), the LAN printer
-DNS-SD types and raw port 9100. How it talks: any ``ByteTransport`` (TCP, serial, USB).
+DNS-SD types and raw port 9100. How it talks: any ``ByteTransport`` (TCP, serial with its flow
+control, USB).
 
-How it reports health: the real-time status requests ``DLE EOT 1..4``, one byte each, validated
-(``byte & 0x93 == 0x12``) and parsed into a ``PrinterStatus``. Silence is *unknown*, never
-"offline": the watchdog sees ``failed / no answer``, but nothing is read into the bits.
+How it reports health depends on the printer's status mode (``[[device]] status``, see
+drivers/escpos_profile.py): ``full`` asks ``DLE EOT 1..4``, ``basic`` ``DLE EOT 1..3`` (models
+without n=4), ``asb`` re-arms automatic status back (``GS a``) and reads the 4-byte frame,
+``none`` reads nothing (the connection is all it knows), and ``auto`` (the default) learns which
+of these the printer does at first contact: a reply to ``DLE EOT 1`` then 2-4, else an ASB
+frame, else (a USB interface without a bulk-IN endpoint) none. Each reply is validated
+(``byte & 0x93 == 0x12``). Silence is *unknown*, never "offline": ``health()`` reports a probe
+without an answer as ``unknown`` (a *missed* probe) and the watchdog fails the printer only
+after several in a row (edgehub/devices/watchdog.py). A printer busy with our data is not probed
+as dead: while a job holds the connection ``health()`` reports what the job last saw, and a
+request that goes unanswered while the printer may still be working through data we sent
+(``busy_until``) is no miss.
+
+The status read is not a precondition for printing: printers are asked only what their mode
+says they answer, and before a job the printer is asked until it answers or misses
+``PrinterTiming.missed_limit`` requests in a row (counting the watchdog's), in which case
+nothing is sent (``PrinterNoAnswer.job_sent`` False) and the job goes to a spare as it is.
 
 How it knows a job printed depends on ``confirm`` (``[[device]] confirm = ...``):
 
 - ``"process-id"``: after the job it sends Epson's ``GS ( H`` fn48 with a 4-byte token that is
   new for every job; the printer echoes ``37 22 token 00`` once everything before it has printed.
-  A job counts as printed only when that echo came *and* the status after it shows no error.
-- ``"status"``, for the many clones (Xprinter/Zjiang, some Citizen/Bixolon) that ignore
-  ``GS ( H``: DLE EOT is a *real-time* command, answered at once even while the printer still
-  works through its buffer, so "no error" right after sending proves nothing. The driver waits
-  for as long as the job takes at a conservative line rate (``PrinterTiming.print_time``), and the
-  job counts as printed only when a status read after that reports online, no error, paper in,
-  cover closed. Error, paper end or cover open at any point fails it; "offline" with no cause is
-  waited out for at most another ``print_time``.
-- ``"auto"`` (the default): ``GS ( H`` on the first job; a printer that leaves it unanswered for
-  ``PrinterTiming.confirm`` while DLE EOT says it is fine does not do process ids: that job is
-  confirmed by status, and every later one too (logged once). A printer that answered it once is
-  never demoted: a later missing echo is a timeout as in ``"process-id"``.
+  A job counts as printed only when that echo came and no status read while waiting showed an error.
+- ``"status"``, for the many clones (Xprinter/Zjiang, some Citizen/Bixolon) that do not know
+  ``GS ( H`` (and print its bytes as text): DLE EOT is a *real-time* command, answered at once
+  even while the printer still works through its buffer, so "no error" right after sending proves
+  nothing. The driver waits for as long as the job takes at a conservative line rate
+  (``PrinterTiming.print_time``), and the job counts as printed only when a status read asked
+  after that reports online, no error, paper in, cover closed. Error, paper end or cover open
+  at any point fails it; "offline" with no cause is waited out for at most another ``print_time``.
+- ``"auto"`` (the default): ``GS ( H`` only for a printer that says it is an Epson (its
+  ``vendor``, or its answer to ``GS I 66``, the maker name); every other printer is confirmed by
+  status, so a clone never gets a ``GS ( H`` to print as text nor holds a job for ``confirm``.
 
-While waiting it polls status, so paper running out mid-job fails the job within about
-``poll_interval`` instead of at the end of the wait.
+A printer in status mode ``none`` cannot confirm anything: a job is done once all its bytes
+went out (``PrintResult.confirmed_by == "none"``: sent, unconfirmed).
+
+While waiting it polls status without ever piling requests up: a reply that comes late (a LAN
+printer that answers only once the print data before the request is processed) is taken when
+it comes; only a printer that says nothing at all for longer than the job could take, plus
+``missed_limit`` status requests, has stopped answering.
 
 The bytes coming back are a stream of frames, and not all of them answer us: automatic status
-back (4 bytes, first matches ``0xx1xx00``), late answers to a request that timed out, and echoes
-of earlier jobs' tokens. Every read goes through one frame parser so none of them is misread as
-the reply we wait for.
+back (4 bytes, first matches ``0xx1xx00``), late answers to a request that timed out (counted,
+so they are never taken for the answer to a later one), echoes of earlier jobs' tokens, ``GS I``
+text (``_ … NUL``), and XON/XOFF (``11``/``13``), which are flow control and never status. Every
+read goes through one frame parser so none of them is misread as the reply we wait for.
 """
 
 from __future__ import annotations
@@ -42,10 +62,11 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, get_args
 
 from drivers.base import DeviceInfo, Driver, Health, UsbMatch
+from drivers.escpos_profile import STATUS_MODES, PrinterProfile, StatusMode, profile_from_settings
 from drivers.transport import ByteTransport, StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
 
@@ -57,6 +78,7 @@ __all__ = [
     "Connector",
     "EscposPrinter",
     "PrintResult",
+    "PrinterNoAnswer",
     "PrinterNotReady",
     "PrinterStatus",
     "PrinterTiming",
@@ -93,6 +115,13 @@ CHIP_VENDOR_IDS: frozenset[int] = frozenset({0x0416, 0x0483, 0x1FC9})
 _STATUS_MASK, _STATUS_BITS = 0x93, 0x12  # a DLE EOT reply: 0xx1xx10
 _ASB_BITS = 0x10  # first byte of an automatic status back frame: 0xx1xx00
 _CONFIRM_HEADER, _CONFIRM_ID = 0x37, 0x22
+_INFO_HEADER = 0x5F  # GS I 65-69 reply: "_" text NUL
+_XON, _XOFF = 0x11, 0x13  # software flow control; never a status (bit 4 set where it must be 0)
+_ASB_REQUEST = b"\x1da\x0f"  # GS a: drawer, online, error and paper items; sends the status once
+_MAKER_REQUEST = b"\x1dIB"  # GS I 66: the maker's name
+#: Printer makers whose ESC/POS implements GS ( H fn48 (process id response).
+PROCESS_ID_MAKERS = ("EPSON",)
+_QUERIES: dict[str, tuple[int, ...]] = {"full": (1, 2, 3, 4), "basic": (1, 2, 3)}
 
 
 def confirm_request(token: bytes) -> bytes:
@@ -122,21 +151,24 @@ class PrinterStatus:
     raw: bytes = b""
 
     @classmethod
-    def from_dle_eot(cls, printer: int, offline_cause: int, error_cause: int, paper: int) -> PrinterStatus:
-        """From the replies to DLE EOT 1, 2, 3 and 4 (each already validated)."""
+    def from_dle_eot(
+        cls, printer: int, offline_cause: int, error_cause: int, paper: int | None = None
+    ) -> PrinterStatus:
+        """From the replies to DLE EOT 1, 2, 3 and 4 (each already validated; ``paper`` None
+        for a printer without DLE EOT 4: paper end still shows in DLE EOT 2, near end is unknown)."""
         return cls(
             offline=bool(printer & 0x08),
             drawer_pin3_high=bool(printer & 0x04),
             cover_open=bool(offline_cause & 0x04),
             feed_button=bool(offline_cause & 0x08),
-            paper_end=bool(offline_cause & 0x20 or paper & 0x60),
+            paper_end=bool(offline_cause & 0x20 or (paper or 0) & 0x60),
             error=bool(offline_cause & 0x40),
             mechanical_error=bool(error_cause & 0x04),
             autocutter_error=bool(error_cause & 0x08),
             unrecoverable_error=bool(error_cause & 0x20),
             recoverable_error=bool(error_cause & 0x40),
-            paper_near_end=bool(paper & 0x0C),
-            raw=bytes((printer, offline_cause, error_cause, paper)),
+            paper_near_end=bool((paper or 0) & 0x0C),
+            raw=bytes((printer, offline_cause, error_cause) + (() if paper is None else (paper,))),
         )
 
     @classmethod
@@ -192,16 +224,20 @@ class PrinterStatus:
 class PrintResult:
     """A job the printer confirmed and reported no error after.
 
-    ``confirmed_by`` is ``"process-id"`` (the ``GS ( H`` echo came) or ``"status"`` (no echo
-    asked for, or none came from a printer that does not do process ids: DLE EOT after the job's
-    print time).
+    ``confirmed_by`` is ``"process-id"`` (the ``GS ( H`` echo came), ``"status"`` (a clean
+    status read asked after the job's print time) or ``"none"`` (a printer that reports nothing:
+    every byte was sent, nothing more is known).
     """
 
     job_id: str
     bytes_sent: int
-    status: PrinterStatus  # read after the confirmation
+    status: PrinterStatus  # read after the confirmation (empty for "none")
     seconds: float
-    confirmed_by: Literal["process-id", "status"] = "process-id"
+    confirmed_by: Literal["process-id", "status", "none"] = "process-id"
+
+    @property
+    def confirmed(self) -> bool:
+        return self.confirmed_by != "none"
 
     @property
     def warning(self) -> str:
@@ -220,6 +256,13 @@ class PrinterNotReady(DeviceError):
         super().__init__(message, device_id)
         self.status = status
         self.job_sent = job_sent
+
+
+class PrinterNoAnswer(DeviceTimeout):
+    """The printer answered none of ``missed_limit`` status requests in a row before a job:
+    nothing was sent (``job_sent`` False), the job can go to a spare as it is."""
+
+    job_sent = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +284,9 @@ class PrinterTiming:
     # count a job as printed while paper can still run out under it.
     lines_per_second: float = 6.0
     feed_and_cut: float = 1.5
+    # Status requests in a row a printer may leave unanswered before it counts as not answering
+    # (the watchdog's printer_missed_probes; see docs/devices.md for the default).
+    missed_limit: int = 2
 
     @property
     def health_budget(self) -> float:
@@ -295,13 +341,15 @@ class EscposPrinter(Driver):
 
     ``connect`` makes the transport (a test gives any ``ByteTransport``); by default it comes
     from ``info``: ``tcp`` address ``host[:port]``, ``serial`` device path (``info.extra``
-    ``baudrate``, ``bytesize``, ``parity``, ``stopbits``), ``usb`` by ``info.serial_number`` or
-    address ``bus:address`` through pyusb (``usb_backend`` is handed to ``usb.core.find``).
+    ``baudrate``, ``bytesize``, ``parity``, ``stopbits``, ``flow_control``), ``usb`` by
+    ``info.serial_number`` or address ``bus:address`` through pyusb (``usb_backend`` is handed
+    to ``usb.core.find``).
 
-    ``confirm`` is how jobs are confirmed (``"auto"``, ``"process-id"``, ``"status"``, see the
-    module doc); by default ``info.extra["confirm"]`` (the ``[[device]]`` key), else ``"auto"``.
-    What ``"auto"`` learned lasts as long as this driver object: the registry keeps one per
-    device across reconnects, and a new one (the device failed or moved) tries ``GS ( H`` again.
+    ``profile`` is the printer's profile (drivers/escpos_profile.py); by default it is made from
+    ``info.extra`` and ``info.model``. ``confirm`` is how jobs are confirmed (``"auto"``,
+    ``"process-id"``, ``"status"``, see the module doc); by default ``info.extra["confirm"]``.
+    What ``"auto"`` learned (status mode, process ids) lasts as long as this driver object: the
+    registry keeps one per device across reconnects, and a new one learns again.
     """
 
     name: ClassVar[str] = "escpos"
@@ -324,13 +372,19 @@ class EscposPrinter(Driver):
         timing: PrinterTiming | None = None,
         usb_backend: object | None = None,
         confirm: ConfirmMode | None = None,
+        profile: PrinterProfile | None = None,
     ) -> None:
         super().__init__(info)
         mode = confirm or info.extra.get("confirm", "auto")
         if mode not in CONFIRM_MODES:
             raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, got {mode!r}")
         self.confirm: ConfirmMode = mode
-        # Whether the printer answers GS ( H: None until "auto" has seen it answer or not.
+        self.profile = profile or profile_from_settings(info.extra, info.model)
+        if self.profile.status not in STATUS_MODES:  # pragma: no cover - the profile checks it
+            raise ValueError(f"status must be one of {', '.join(STATUS_MODES)}")
+        # The status mode in use: the profile's, or (auto) what the printer showed; None until learned.
+        self._status: StatusMode | None = None if self.profile.status == "auto" else self.profile.status
+        # Whether the printer answers GS ( H: None until "auto" has asked the maker.
         self._process_ids: bool | None = {"process-id": True, "status": False}.get(mode)
         self._connect = connect
         self.timing = timing or PrinterTiming()
@@ -338,18 +392,31 @@ class EscposPrinter(Driver):
         self._transport: ByteTransport | None = None
         self._lock = asyncio.Lock()
         self._rx = bytearray()  # bytes read but not yet parsed into frames
-        self._desynced = False  # a reply may still be on its way: settle before the next request
+        # The status request whose replies are still due: a late reply completes it rather
+        # than answer a newer request, and no new request goes out while one is due.
+        self._pending: _Pending | None = None
         self._confirmed: set[bytes] = set()  # tokens echoed outside a wait (stale or early)
+        self._info: list[bytes] = []  # GS I text replies not yet taken
         # Tokens start at a random point so a new process never takes an old job's late echo.
         self._token_seq = random.randrange(95**4)
+        self.missed = 0  # status requests in a row without an answer (by a job or the watchdog)
+        self.busy_until = 0.0  # the printer may still work through data we sent until then
         self.last_status: PrinterStatus | None = None
         self.last_status_at = 0.0
         self.last_asb: PrinterStatus | None = None
+        self.last_heard = 0.0  # when the printer last sent anything
         self._last_health: Health | None = None
 
     @property
-    def confirmed_by(self) -> Literal["process-id", "status"] | None:
-        """How jobs are confirmed now; None while ``"auto"`` has not tried ``GS ( H`` yet."""
+    def status_mode(self) -> StatusMode | None:
+        """The status mode in use; None while ``auto`` has not seen the printer answer yet."""
+        return self._status
+
+    @property
+    def confirmed_by(self) -> Literal["process-id", "status", "none"] | None:
+        """How jobs are confirmed now; None while ``"auto"`` has not asked the printer yet."""
+        if self._status == "none":
+            return "none"
         if self._process_ids is None:
             return None
         return "process-id" if self._process_ids else "status"
@@ -372,7 +439,9 @@ class EscposPrinter(Driver):
             ) from exc
         self._transport = transport
         self._rx.clear()
-        self._desynced = True  # whatever a previous connection left behind is not for us
+        self._pending = None  # a new connection owes us nothing
+        if self.profile.status == "auto" and not getattr(transport, "can_read", True):
+            self._learned("none", "its USB interface has no IN endpoint: it can never answer")
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -387,6 +456,7 @@ class EscposPrinter(Driver):
             return await StreamTransport.tcp(host, port, timeout=self.timing.connect)
         if info.transport == "serial":
             extra = info.extra
+            flow = self.profile.flow_control
             return await StreamTransport.serial(
                 info.address,
                 baudrate=int(extra.get("baudrate", 9600)),
@@ -394,6 +464,9 @@ class EscposPrinter(Driver):
                 parity=extra.get("parity", "N"),
                 stopbits=float(extra.get("stopbits", 1)),
                 timeout=self.timing.connect,
+                rtscts=flow == "rtscts",
+                dsrdtr=flow == "dsrdtr",
+                xonxoff=flow == "xonxoff",
             )
         return await self._connect_usb()
 
@@ -427,34 +500,57 @@ class EscposPrinter(Driver):
             except DeviceUnavailable:
                 await self.close()  # gone: the next call reconnects
                 raise
-            except (DeviceTimeout, ProtocolError):
-                self._desynced = True
-                raise
-            except BaseException:  # cancelled mid-request: a reply may still come
-                self._desynced = True
+            except ProtocolError:
+                self._rx.clear()  # garbage: whatever is buffered is not a frame start
                 raise
 
     # -- frames ------------------------------------------------------------------------------
-    async def _read_frame(self, t: ByteTransport, timeout: float) -> tuple[str, bytes]:
-        """The next frame: ("status", 1 byte), ("asb", 4 bytes) or ("confirm", token)."""
+    def _frame_size(self) -> tuple[str, int] | None:
+        """The kind and size of the frame starting ``_rx`` (after flow-control bytes are
+        dropped); None when ``_rx`` is empty."""
+        while self._rx and self._rx[0] in (_XON, _XOFF):
+            del self._rx[:1]
         if not self._rx:
-            self._rx += await t.read_some(max(0.001, timeout))
+            return None
         first = self._rx[0]
         if first & _STATUS_MASK == _STATUS_BITS:
-            size, kind = 1, "status"
-        elif first & _STATUS_MASK == _ASB_BITS:
-            size, kind = 4, "asb"
-        elif first == _CONFIRM_HEADER:
-            size, kind = 7, "confirm"
-        else:
+            return "status", 1
+        if first & _STATUS_MASK == _ASB_BITS:
+            return "asb", 4
+        if first == _CONFIRM_HEADER:
+            return "confirm", 7
+        if first == _INFO_HEADER:
+            end = self._rx.find(0)
+            return "info", (end + 1 if end >= 0 else 0)
+        return "garbage", 1
+
+    async def _read_frame(self, t: ByteTransport, timeout: float) -> tuple[str, bytes]:
+        """The next frame: ("status", 1 byte), ("asb", 4 bytes), ("confirm", token) or
+        ("info", GS I text). Raises DeviceTimeout when nothing comes within ``timeout``."""
+        deadline = time.monotonic() + max(0.001, timeout)
+        while (found := self._frame_size()) is None:
+            self._rx += await t.read_some(max(0.001, deadline - time.monotonic()))
+            self.last_heard = time.monotonic()
+        kind, size = found
+        if kind == "garbage":
+            first = self._rx[0]
             self._rx.clear()
             raise ProtocolError(
                 f"printer at {self.label} sent byte 0x{first:02x}, which is no status reply or known frame",
                 self.info.device_id,
             )
-        while len(self._rx) < size:
+        while True:
+            data = bytes(b for b in self._rx if b not in (_XON, _XOFF))  # XOFF may sit inside a frame
+            if kind == "info":
+                end = data.find(0)
+                if end >= 0 or len(data) > 81:
+                    size = end + 1 if end >= 0 else 81
+                    break
+            elif len(data) >= size:
+                break
             try:
                 self._rx += await t.read_some(self.timing.frame_rest)
+                self.last_heard = time.monotonic()
             except DeviceTimeout as exc:
                 got = bytes(self._rx)
                 self._rx.clear()
@@ -462,8 +558,8 @@ class EscposPrinter(Driver):
                     f"printer at {self.label} sent a truncated {kind} frame ({got.hex(' ')})",
                     self.info.device_id,
                 ) from exc
-        frame = bytes(self._rx[:size])
-        del self._rx[:size]
+        frame = data[:size]
+        self._rx[:] = data[size:]
         if kind == "confirm":
             if frame[1] != _CONFIRM_ID or frame[6] != 0:
                 raise ProtocolError(
@@ -475,106 +571,209 @@ class EscposPrinter(Driver):
             self.last_asb = PrinterStatus.from_asb(frame)
         return kind, frame
 
-    def _absorb_stale(self) -> None:
-        """Take frames already buffered (nobody asked for them): keep echoes, drop the rest."""
-        while self._rx:
-            first = self._rx[0]
-            if first & _STATUS_MASK == _STATUS_BITS:
-                del self._rx[:1]  # a late answer to a request that timed out
-            elif first & _STATUS_MASK == _ASB_BITS and len(self._rx) >= 4:
-                self.last_asb = PrinterStatus.from_asb(bytes(self._rx[:4]))
-                del self._rx[:4]
-            elif first == _CONFIRM_HEADER and len(self._rx) >= 7:
-                if self._rx[1] == _CONFIRM_ID and self._rx[6] == 0:
-                    self._confirmed.add(bytes(self._rx[2:6]))
-                del self._rx[:7]
-            elif first in (_CONFIRM_HEADER,) or first & _STATUS_MASK == _ASB_BITS:
-                return  # a frame still arriving: the next read completes it
+    def _dispatch(self, kind: str, frame: bytes) -> None:
+        """Route one frame: status replies and ASB frames to the request that is due, echoes to
+        ``_confirmed``, GS I text to ``_info``; a status byte nobody asked for is dropped."""
+        p = self._pending
+        if kind == "status":
+            if p is not None and len(p.replies) < p.want_status:
+                p.replies.append(frame[0])
             else:
-                log.debug("%s: dropping stale byte 0x%02x", self.label, first)
-                del self._rx[:1]
+                log.debug("%s: dropping unrequested status byte 0x%02x", self.label, frame[0])
+        elif kind == "asb":
+            if p is not None and p.want_asb:
+                p.asb += 1
+        elif kind == "confirm":
+            self._confirmed.add(frame)
+        elif kind == "info":
+            self._info.append(frame)
 
-    async def _settle(self, t: ByteTransport) -> None:
-        """Before a request: make sure no old reply can be taken for the new one."""
+    def _take_buffered(self, t: ByteTransport) -> None:
+        """Take the frames already received (late replies, echoes, ASB frames)."""
         self._rx += t.drain_input()
-        if self._desynced:
-            for _ in range(8):  # a device that never stops talking must not hold us forever
-                try:
-                    self._rx += await t.read_some(self.timing.settle)
-                except DeviceTimeout:
-                    break
-            self._absorb_stale()
-            self._rx.clear()  # a partial frame left after a timeout can only be stale
-            self._desynced = False
+        while (found := self._frame_size()) is not None:
+            kind, size = found
+            if kind == "garbage":
+                log.debug("%s: dropping stray byte 0x%02x", self.label, self._rx[0])
+                del self._rx[:1]
+                continue
+            if size == 0 or len(self._rx) < size:
+                return  # a frame still arriving: the next read completes it
+            frame = bytes(self._rx[:size])
+            del self._rx[:size]
+            if kind == "asb":
+                self.last_asb = PrinterStatus.from_asb(frame)
+            elif kind == "confirm":
+                if frame[1] != _CONFIRM_ID or frame[6] != 0:
+                    continue
+                frame = frame[2:6]
+            self._dispatch(kind, frame)
+
+    def _expired(self, p: _Pending) -> bool:
+        """A request whose replies are so late they are not coming (lost with a dead spell)."""
+        grace = 4 * self.timing.status_reply + 1.0
+        return time.monotonic() > max(p.asked_at + grace, self.busy_until + grace)
+
+    async def _ask(self, t: ByteTransport, mode: str, discard: bool = False) -> _Pending:
+        """The request that is due, or a new one in ``mode`` when none is (or it expired)."""
+        p = self._pending
+        if p is not None and not p.complete and not self._expired(p):
+            return p
+        if mode == "asb":
+            await t.write(_ASB_REQUEST, timeout=self.timing.status_reply + 1.0)
+            p = _Pending(time.monotonic(), mode, 0, 1, discard=discard)
         else:
-            self._absorb_stale()
+            queries = _QUERIES.get(mode, (1,))
+            await t.write(b"".join(bytes((0x10, 0x04, n)) for n in queries), timeout=self.timing.status_reply + 1.0)
+            p = _Pending(time.monotonic(), mode, len(queries), 0, discard=discard)
+        self._pending = p
+        return p
 
-    # -- status ------------------------------------------------------------------------------
-    async def _query_status(self, t: ByteTransport) -> PrinterStatus:
-        await self._settle(t)
-        replies: list[int] = []
-        for n in (1, 2, 3, 4):
-            await t.write(bytes((0x10, 0x04, n)), timeout=self.timing.status_reply + 1.0)
-            replies.append(await self._status_reply(t, n))
-        status = PrinterStatus.from_dle_eot(*replies)
-        self.last_status, self.last_status_at = status, time.monotonic()
-        return status
-
-    async def _status_reply(self, t: ByteTransport, n: int) -> int:
-        deadline = time.monotonic() + self.timing.status_reply
-        for _ in range(32):  # frames in between (ASB, echoes) are fine, an endless stream is not
-            left = deadline - time.monotonic()
-            if left <= 0:
+    async def _wait_for(self, t: ByteTransport, p: _Pending, until: float) -> bool:
+        """Read frames until ``p`` is complete (True) or ``until`` (False: it stays due)."""
+        for _ in range(64):  # frames in between (ASB, echoes) are fine, an endless stream is not
+            if p.complete:
                 break
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
             try:
                 kind, frame = await self._read_frame(t, left)
             except DeviceTimeout:
-                break
-            if kind == "status":
-                return frame[0]
-            if kind == "confirm":
-                self._confirmed.add(frame)
+                return False
+            self._dispatch(kind, frame)
+        if not p.complete:
+            return False
+        if self._pending is p:
+            self._pending = None
+        return True
+
+    def _reading(self, p: _Pending) -> PrinterStatus:
+        if p.mode == "asb":
+            assert self.last_asb is not None
+            return self._got_status(self.last_asb)
+        return self._got_status(PrinterStatus.from_dle_eot(*p.replies[:4]))
+
+    def _got_status(self, status: PrinterStatus) -> PrinterStatus:
+        self.missed = 0
+        self.last_status, self.last_status_at = status, time.monotonic()
+        return status
+
+    # -- status ------------------------------------------------------------------------------
+    def _learned(self, mode: StatusMode, why: str) -> None:
+        self._status = mode
+        log.log(
+            logging.INFO if mode == "full" else logging.WARNING,
+            "printer %s (%s) reports status as %r (%s); set status = %r in its [[device]] to skip this check",
+            self.info.device_id, self.label, mode, why, mode,
+        )
+
+    async def _read_status(self, t: ByteTransport) -> PrinterStatus:
+        """One status reading in the printer's mode (learning it first under ``auto``); the
+        replies to a request still due count as the reading. Raises DeviceTimeout when the
+        printer does not answer (a *missed* request)."""
+        self._take_buffered(t)
+        mode = self._status or await self._learn_status(t)
+        if mode == "none":
+            raise DeviceUnavailable("printer does not report status (status = none)", self.info.device_id)
+        while True:
+            p = await self._ask(t, mode)
+            if not await self._wait_for(t, p, time.monotonic() + self.timing.status_reply):
+                what = ("automatic status back (GS a)" if p.mode == "asb"
+                        else f"status request DLE EOT {len(p.replies) + 1}")
+                raise DeviceTimeout(
+                    f"printer at {self.label} gave no answer to {what} within "
+                    f"{self.timing.status_reply:.2f}s (status unknown)",
+                    self.info.device_id,
+                )
+            if not p.discard and p.mode == mode:
+                return self._reading(p)
+
+    async def _learn_status(self, t: ByteTransport) -> StatusMode:
+        """``auto``: which status the printer gives. DLE EOT 1 answered: 2 and 3 then 4 decide
+        full or basic; unanswered: an ASB frame after GS a means asb. Nothing: DeviceTimeout
+        (a miss; a dead printer and a mute one look alike, so ``none`` is never guessed here)."""
+        reply = self.timing.status_reply
+        p = await self._ask(t, "learn", discard=True)  # DLE EOT 1 (or what an earlier try left due)
+        answered = await self._wait_for(t, p, time.monotonic() + reply)
+        if answered and p.mode == "asb":
+            self._learned("asb", "it answers no DLE EOT but sends automatic status back")
+            return "asb"
+        if answered:
+            rest = await self._ask(t, "basic", discard=True)
+            if not await self._wait_for(t, rest, time.monotonic() + reply):
+                raise DeviceTimeout(
+                    f"printer at {self.label} answered DLE EOT 1 but not 2 and 3 within {reply:.2f}s "
+                    "(status unknown)", self.info.device_id,
+                )
+            self._pending = fourth = _Pending(time.monotonic(), "learn", 1, 0, discard=True)
+            await t.write(b"\x10\x04\x04", timeout=reply + 1.0)
+            if await self._wait_for(t, fourth, time.monotonic() + reply):
+                self._learned("full", "it answers DLE EOT 1-4")
+                first, second, third = rest.replies[:3]
+                self._got_status(PrinterStatus.from_dle_eot(first, second, third, fourth.replies[0]))
+            else:
+                self._pending = None  # n=4 is not a request it knows: no reply is coming
+                self._learned("basic", "it answers DLE EOT 1-3 but not 4")
+                self._got_status(PrinterStatus.from_dle_eot(*rest.replies[:3]))
+            return self._status or "full"
+        if p.mode == "learn":
+            self._pending = None  # DLE EOT 1 went unanswered: ask for automatic status back
+            asb = await self._ask(t, "asb", discard=True)
+            if await self._wait_for(t, asb, time.monotonic() + reply):
+                self._learned("asb", "it answers no DLE EOT but sends automatic status back")
+                if self.last_asb is not None:
+                    self._got_status(self.last_asb)
+                return "asb"
         raise DeviceTimeout(
-            f"printer at {self.label} gave no answer to status request DLE EOT {n} "
-            f"within {self.timing.status_reply:.2f}s (status unknown)",
+            f"printer at {self.label} answered neither DLE EOT 1 nor GS a within {reply:.2f}s "
+            '(status unknown; a printer that never answers needs status = "none" in its [[device]])',
             self.info.device_id,
         )
 
     async def status(self) -> PrinterStatus:
-        """Ask the printer (DLE EOT 1..4). Raises DeviceTimeout (no answer: unknown),
-        ProtocolError (garbled answer) or DeviceUnavailable (connection gone)."""
+        """Ask the printer. Raises DeviceTimeout (no answer: unknown), ProtocolError (garbled
+        answer) or DeviceUnavailable (connection gone, or a printer in status mode none)."""
         if self._lock.locked() and self.last_status is not None:
-            # A job holds the connection: it reads status before sending, polls it while waiting
-            # for the confirmation and fails itself on a problem, so its latest reading is the
-            # answer (asking again would only queue behind the job).
+            # A job holds the connection: it polls status while it waits and fails itself on a
+            # problem, so its latest reading is the answer (asking again would queue behind it).
             return self.last_status
         async with asyncio.timeout(self.timing.health_budget + self.timing.confirm):
             async with self._conversation() as t:
-                _, status = await self._query_status_reconnecting(t)
+                _, status = await self._status_reconnecting(t)
                 return status
 
-    async def _query_status_reconnecting(self, t: ByteTransport) -> tuple[ByteTransport, PrinterStatus]:
+    async def _status_reconnecting(self, t: ByteTransport) -> tuple[ByteTransport, PrinterStatus]:
         """Status on the open connection; if that connection died since last use (the printer
         rebooted, a NAT forgot us), once more on a new one. Nothing has been sent for a job yet."""
         try:
-            return t, await self._query_status(t)
+            return t, await self._read_status(t)
         except DeviceUnavailable:
+            if self._status == "none":
+                raise
             await self.close()
             await self.open()
             assert self._transport is not None
-            return self._transport, await self._query_status(self._transport)
+            return self._transport, await self._read_status(self._transport)
 
     async def health(self) -> Health:
-        """One bounded status round trip mapped to ready / degraded / failed. Never raises."""
+        """One bounded probe mapped to ready / degraded / failed, or ``unknown`` when the printer
+        did not answer (a missed probe: the watchdog decides when misses mean failed). Never raises."""
         try:
             async with asyncio.timeout(self.timing.health_budget):
-                health = (await self.status()).health()
-        except (DeviceTimeout, TimeoutError):
-            health = Health("failed", "no answer")
+                health = await self._probe()
+        except (DeviceTimeout, TimeoutError) as exc:
+            if time.monotonic() < self.busy_until:
+                # Still working through data we sent: replies wait behind it on many LAN models.
+                health = self.last_status.health() if self.last_status else Health("ready")
+            else:
+                self.missed += 1
+                log.debug("%s: missed probe %d: %s", self.label, self.missed, exc)
+                health = Health("unknown", "no answer")
         except ProtocolError:
             health = Health("failed", "garbled status reply")
-        except DeviceUnavailable:
-            health = Health("failed", "not reachable")
+        except DeviceUnavailable as exc:
+            health = Health("failed", "not reachable" if self._status != "none" else str(exc))
         except DeviceError as exc:
             health = Health("failed", str(exc))
         except Exception as exc:  # the watchdog must always get an answer
@@ -586,6 +785,18 @@ class EscposPrinter(Driver):
                       f" ({health.reason})" if health.reason else "")
             self._last_health = health
         return health
+
+    async def _probe(self) -> Health:
+        if self._lock.locked():
+            # A job holds the connection: a busy printer is not probed (the job watches it).
+            return self.last_status.health() if self.last_status else Health("ready")
+        async with self._conversation() as t:
+            if self._status == "none":
+                if getattr(t, "dead", False):
+                    raise DeviceUnavailable("connection closed by the printer", self.info.device_id)
+                return Health("ready")
+            _, status = await self._status_reconnecting(t)
+            return status.health()
 
     # -- printing ----------------------------------------------------------------------------
     def _next_token(self) -> bytes:
@@ -599,18 +810,17 @@ class EscposPrinter(Driver):
     async def print_job(self, job_id: str, data: bytes) -> PrintResult:
         """Print ``data`` (ESC/POS bytes of one ticket) and wait until the printer confirms it.
 
-        Returns only when the job printed. Raises ``PrinterNotReady`` (see ``job_sent``) when the
-        printer reports a problem, or DeviceTimeout / DeviceUnavailable / ProtocolError when
-        it stops answering: then the job was (partly) sent and may or may not have printed.
+        Returns only when the job printed (or, for a printer in status mode none, was sent in
+        full). Raises ``PrinterNotReady`` (see ``job_sent``) when the printer reports a problem,
+        ``PrinterNoAnswer`` when it answered nothing before the job (nothing sent), or
+        DeviceTimeout / DeviceUnavailable / ProtocolError when it stops answering: then the job
+        was (partly) sent and may or may not have printed.
         """
         started = time.monotonic()
         write_timeout = self.timing.write_base + len(data) / 1024 * self.timing.write_per_kb
         # Each step below has its own limit; this one only guards the sum of them.
-        budget = 3 * self.timing.health_budget + write_timeout
-        if self._process_ids is not False:
-            budget += self.timing.confirm
-        if self._process_ids is not True:  # the status wait: print time, then as long for "offline"
-            budget += 2 * self.timing.print_time(data) + self.timing.health_budget
+        budget = (self.timing.missed_limit + 3) * self.timing.health_budget + write_timeout
+        budget += self.timing.confirm + 2 * self.timing.print_time(data) + self.timing.health_budget
         try:
             async with asyncio.timeout(budget):
                 return await self._print_job(job_id, data, started, write_timeout)
@@ -620,34 +830,53 @@ class EscposPrinter(Driver):
                 self.info.device_id,
             ) from exc
 
-    async def _print_job(self, job_id: str, data: bytes, started: float, write_timeout: float) -> PrintResult:
-        async with self._conversation() as t:
-            t, before = await self._query_status_reconnecting(t)
+    async def _ready_before_job(self, t: ByteTransport, job_id: str) -> tuple[ByteTransport, PrinterStatus | None]:
+        """Status before sending: a problem refuses the job (nothing sent); no answer is asked
+        again until ``missed_limit`` requests in a row went unanswered (then nothing is sent)."""
+        if self._status == "none":
+            if getattr(t, "dead", False):
+                await self.close()
+                await self.open()
+                assert self._transport is not None
+                t = self._transport
+            return t, None
+        while True:
+            try:
+                t, before = await self._status_reconnecting(t)
+            except DeviceTimeout as exc:
+                self.missed += 1
+                if self.missed >= self.timing.missed_limit:
+                    raise PrinterNoAnswer(
+                        f"printer did not answer {self.missed} status requests in a row before job {job_id}; "
+                        f"nothing was sent ({str(exc).removeprefix(f'{self.info.device_id}: ')})",
+                        self.info.device_id,
+                    ) from exc
+                await asyncio.sleep(self.timing.poll_interval)
+                continue
             problems = before.problems()
             if problems:
                 raise PrinterNotReady(
                     f"printer refused job {job_id}: {', '.join(problems)}", self.info.device_id, before, False
                 )
-            token = self._next_token() if self._process_ids is not False else None
+            return t, before
+
+    async def _print_job(self, job_id: str, data: bytes, started: float, write_timeout: float) -> PrintResult:
+        async with self._conversation() as t:
+            t, before = await self._ready_before_job(t, job_id)
+            if self._status == "none":
+                await t.write(data, timeout=write_timeout)
+                self.busy_until = time.monotonic() + self.timing.print_time(data)
+                return PrintResult(job_id, len(data), PrinterStatus(), time.monotonic() - started, "none")
+            if self._process_ids is None:
+                await self._decide_process_ids(t)
+            token = self._next_token() if self._process_ids else None
             self._confirmed.clear()  # echoes seen so far belong to earlier jobs
+            print_time = self.timing.print_time(data)
             try:
                 await t.write(data + (confirm_request(token) if token else b""), timeout=write_timeout)
                 sent_at = time.monotonic()
-                if token is not None:
-                    try:
-                        await self._await_confirmation(t, token, job_id)
-                    except _NotConfirmed:
-                        if self._process_ids is not None:
-                            raise  # "process-id", or a printer that has answered GS ( H before
-                        await self._learn_no_process_ids(t, job_id)
-                    else:
-                        self._process_ids = True
-                confirmed_by: Literal["process-id", "status"]
-                if self._process_ids:
-                    after, confirmed_by = await self._query_status(t), "process-id"
-                else:
-                    print_time = self.timing.print_time(data)
-                    after, confirmed_by = await self._await_printed_by_status(t, job_id, sent_at, print_time), "status"
+                self.busy_until = sent_at + print_time
+                after = await self._await_job(t, job_id, token, sent_at, print_time)
             except PrinterNotReady:
                 raise
             except DeviceError as exc:
@@ -656,108 +885,128 @@ class EscposPrinter(Driver):
                     f"job {job_id} was sent but not confirmed, it may or may not have printed: {detail}",
                     self.info.device_id,
                 ) from exc
-            problems = after.problems()
-            if problems:
-                raise PrinterNotReady(
-                    f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
-                    self.info.device_id,
-                    after,
-                    True,
-                )
-        return PrintResult(job_id, len(data), after, time.monotonic() - started, confirmed_by)
+            self.busy_until = time.monotonic() if token else self.busy_until
+        confirmed_by: Literal["process-id", "status"] = "process-id" if token else "status"
+        return PrintResult(job_id, len(data), after or before or PrinterStatus(), time.monotonic() - started,
+                           confirmed_by)
 
-    async def _await_confirmation(self, t: ByteTransport, token: bytes, job_id: str) -> None:
-        deadline = time.monotonic() + self.timing.confirm
-        next_poll = time.monotonic() + self.timing.poll_interval
-        while token not in self._confirmed:
-            now = time.monotonic()
-            if now >= deadline:
-                hint = (
-                    ' (a printer that ignores GS ( H, as many clones do, needs confirm = "status" or "auto")'
-                    if self.confirm == "process-id"
-                    else ""
-                )
-                raise _NotConfirmed(
-                    f"printer at {self.label} did not confirm job {job_id} (GS ( H process id) "
-                    f"within {self.timing.confirm:.1f}s{hint}",
-                    self.info.device_id,
-                )
-            if now >= next_poll:
-                status = await self._query_status(t)
-                problems = status.problems()
-                if problems:
-                    raise PrinterNotReady(
-                        f"job {job_id} stopped: {', '.join(problems)}", self.info.device_id, status, True
-                    )
-                next_poll = time.monotonic() + self.timing.poll_interval
-                continue
-            try:
-                kind, frame = await self._read_frame(t, min(deadline, next_poll) - now)
-            except DeviceTimeout:
-                continue
-            if kind == "confirm":
-                self._confirmed.add(frame)  # ours ends the loop; another job's echo is stale
-            elif kind == "asb" and self.last_asb is not None and self.last_asb.problems():
-                next_poll = time.monotonic()  # the printer says it stopped: confirm with DLE EOT now
-        self._confirmed.discard(token)
-
-    async def _learn_no_process_ids(self, t: ByteTransport, job_id: str) -> None:
-        """``"auto"``: GS ( H went unanswered. If the printer says it is fine, it simply does not
-        do process ids: confirm by status from now on. Anything else fails the job as it is."""
-        status = await self._query_status(t)
-        problems = status.problems()
-        if problems:
-            raise PrinterNotReady(
-                f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
-                self.info.device_id,
-                status,
-                True,
-            )
-        self._process_ids = False
-        log.warning(
-            "printer %s (%s) left GS ( H (process id) unanswered for %gs while reporting no error: "
-            "it does not confirm jobs by process id; its jobs are confirmed by status (DLE EOT after "
-            'the print time) from now on. Set confirm = "status" in its [[device]] to skip this first wait.',
-            self.info.device_id,
-            self.label,
-            self.timing.confirm,
+    async def _decide_process_ids(self, t: ByteTransport) -> None:
+        """``"auto"``: GS ( H only for a maker known to answer it (module doc)."""
+        maker = self.info.vendor
+        how = "its vendor"
+        if not maker:
+            self._take_buffered(t)
+            self._info.clear()
+            await t.write(_MAKER_REQUEST, timeout=self.timing.status_reply + 1.0)
+            deadline = time.monotonic() + self.timing.status_reply
+            while not self._info and time.monotonic() < deadline:
+                try:
+                    kind, frame = await self._read_frame(t, deadline - time.monotonic())
+                except DeviceTimeout:
+                    break
+                self._dispatch(kind, frame)
+            maker = self._info.pop(0)[1:-1].decode("ascii", "replace") if self._info else ""
+            how = f"GS I 66 answered {maker!r}" if maker else "no answer to GS I 66 (maker name)"
+        self._process_ids = any(m in maker.upper() for m in PROCESS_ID_MAKERS)
+        log.log(
+            logging.INFO if self._process_ids else logging.WARNING,
+            "printer %s (%s): %s: jobs are confirmed by %s%s",
+            self.info.device_id, self.label, how,
+            "process id (GS ( H)" if self._process_ids else "status after their print time",
+            "" if self._process_ids else ' (set confirm = "status" in its [[device]] to skip this check)',
         )
 
-    async def _await_printed_by_status(
-        self, t: ByteTransport, job_id: str, sent_at: float, print_time: float
-    ) -> PrinterStatus:
-        """The status confirmation: the printer answers DLE EOT at once even with the job still in
-        its buffer, so only a reading taken once ``print_time`` has passed since sending says
-        anything about the job. Polls all along so a problem fails the job at once; "offline" with
-        no cause (e.g. while someone holds the feed button) is waited out for another ``print_time``."""
+    async def _await_job(
+        self, t: ByteTransport, job_id: str, token: bytes | None, sent_at: float, print_time: float
+    ) -> PrinterStatus | None:
+        """Wait until the job is confirmed: its ``GS ( H`` echo (``token``), or a clean status
+        reading asked once ``print_time`` has passed. Polls all along without piling requests
+        up: a problem fails the job at once; a late reply is taken when it comes; only a printer
+        that says nothing for longer than the job can take plus ``missed_limit`` requests has
+        stopped answering. Returns the last reading (None if none came)."""
+        mode = self._status or "full"
+        timing = self.timing
         done_at = sent_at + print_time
-        give_up = done_at + print_time
+        deadline = sent_at + timing.confirm if token else done_at + print_time  # "offline" waited out
+        silence = print_time + timing.missed_limit * (timing.status_reply + timing.poll_interval)
+        next_poll = time.monotonic() + timing.poll_interval
+        echoed_at: float | None = None
+        latest: PrinterStatus | None = None
         while True:
-            asked_at = time.monotonic()
-            status = await self._query_status(t)
-            problems = status.problems()
-            if problems and problems != ["offline"]:
-                raise PrinterNotReady(
-                    f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
-                    self.info.device_id,
-                    status,
-                    True,
-                )
-            if not problems and asked_at >= done_at:
-                return status
             now = time.monotonic()
-            if now >= give_up:
+            if token is not None and echoed_at is None and token in self._confirmed:
+                self._confirmed.discard(token)
+                echoed_at = next_poll = now  # one reading after the echo: paper may have run out at the end
+            if echoed_at is not None and now - echoed_at > timing.status_reply:
+                return latest  # printed for sure (echo); a final reading that is late changes nothing
+            if now >= deadline:
+                if token is not None and echoed_at is None:
+                    hint = (' (a printer that does not answer GS ( H, as clones do, needs confirm = "status" '
+                            'or "auto")' if self.confirm == "process-id" else "")
+                    raise _NotConfirmed(
+                        f"printer at {self.label} did not confirm job {job_id} (GS ( H process id) "
+                        f"within {timing.confirm:.1f}s{hint}",
+                        self.info.device_id,
+                    )
                 raise PrinterNotReady(
                     f"job {job_id} not counted as printed: the printer was still offline "
-                    f"{now - sent_at:.1f}s after it was sent",
-                    self.info.device_id,
-                    status,
-                    True,
+                    f"{now - sent_at:.1f}s after it was sent", self.info.device_id, latest or PrinterStatus(), True,
                 )
-            next_poll = now + self.timing.poll_interval
-            if now < done_at:
-                next_poll = min(next_poll, done_at)
-            await asyncio.sleep(next_poll - now)
+            quiet = now - max(self.last_heard, sent_at)
+            if quiet > silence:
+                raise DeviceTimeout(
+                    f"printer at {self.label} said nothing for {quiet:.1f}s while printing job {job_id}",
+                    self.info.device_id,
+                )
+            p = self._pending
+            if (p is None or p.complete or self._expired(p)) and now >= next_poll:
+                p = await self._ask(t, mode)
+            wait_until = min(deadline, next_poll if p is None else now + timing.poll_interval)
+            try:
+                kind, frame = await self._read_frame(t, max(0.001, wait_until - now))
+            except DeviceTimeout:
+                continue
+            self._dispatch(kind, frame)
+            if kind == "asb" and mode != "asb" and self.last_asb is not None and self.last_asb.problems():
+                next_poll = time.monotonic()  # the printer says it stopped: confirm with DLE EOT now
+            if p is None or not p.complete or self._pending is not p:
+                continue
+            self._pending = None
+            if p.discard or p.mode != mode:
+                continue
+            latest = self._reading(p)
+            next_poll = time.monotonic() + timing.poll_interval
+            problems = latest.problems()
+            if problems and (problems != ["offline"] or echoed_at is not None):
+                raise PrinterNotReady(
+                    f"job {job_id} not counted as printed: the printer reports {', '.join(problems)}",
+                    self.info.device_id, latest, True,
+                )
+            if problems:
+                continue  # "offline" with no cause (feed button held, cover just shut): wait it out
+            if echoed_at is not None and p.asked_at >= echoed_at:
+                return latest
+            if token is None and p.asked_at >= done_at:
+                return latest
+            if token is None:
+                next_poll = min(next_poll, max(done_at, time.monotonic()))
+
+
+@dataclass
+class _Pending:
+    """A status request sent, and the replies to it so far."""
+
+    asked_at: float
+    mode: str  # full / basic / asb / learn
+    want_status: int
+    want_asb: int
+    replies: list[int] = field(default_factory=list)
+    asb: int = 0
+    discard: bool = False  # a learning request: its replies are not a reading
+
+    @property
+    def complete(self) -> bool:
+        return len(self.replies) >= self.want_status and self.asb >= self.want_asb
 
 
 class _NotConfirmed(DeviceTimeout):

@@ -2,24 +2,31 @@
 
 A ticket is a small list of blocks (text lines with bold / double size / alignment, barcodes,
 QR codes, paper feed, cuts, cash-drawer kicks) rendered by ``render()`` for one
-``PrinterProfile`` (paper width, code page, how the printer prints Chinese).
+``PrinterProfile`` (drivers/escpos_profile.py: paper width, code page, how the printer prints
+Chinese). Rendering happens when a job is sent, for the printer that serves the role then, so
+a job that moves from an 80 mm to a 58 mm printer is laid out again for 58 mm.
 
-Chinese (and any other text the printer's code page cannot hold) prints one of two ways:
-``cjk="gb18030"`` for printers with a Chinese font (text sent in GB18030 inside ``FS &`` Kanji
-mode), or ``cjk="raster"`` for printers without one: the line is drawn with a CJK font through
-Pillow and sent as a ``GS v 0`` raster image. Kitchen tickets use ``Ticket(large_type=True)``:
-every line doubled in width and height, readable from across the pass.
+Each line goes out the best way the printer can print it: in its code page; in its Chinese
+font (``cjk`` ``gb18030`` / ``gbk`` / ``big5``: the line's Chinese runs sent in that encoding
+inside ``FS &`` Kanji mode); or, when any character of the line is in neither (Chinese on a
+printer without a Chinese font, ``cjk="raster"``; an emoji in a delivery note on any printer:
+no printer font has emoji), the whole line is drawn on the box with a CJK font and an emoji
+font (Debian's fonts-wqy-microhei and fonts-symbola) and sent as a ``GS v 0`` raster image.
+Kitchen tickets use ``Ticket(large_type=True)``: every line doubled in width and height,
+readable from across the pass.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import textwrap
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from drivers.escpos_profile import PrinterProfile
 from edgehub.errors import EdgehubError
 
 __all__ = [
@@ -38,30 +45,33 @@ __all__ = [
     "columns",
     "display_width",
     "find_cjk_font",
+    "find_symbol_font",
     "render",
 ]
 
 Align = Literal["left", "center", "right"]
-CjkMode = Literal["gb18030", "raster"]
 
 ESC = b"\x1b"
 GS = b"\x1d"
 FS = b"\x1c"
 
-# Where Debian packages put fonts that have CJK glyphs (fonts-wqy-zenhei, fonts-wqy-microhei,
-# fonts-noto-cjk, fonts-droid-fallback, fonts-arphic-uming), in the order we prefer them.
+# Where Debian packages put fonts with CJK glyphs, in the order we prefer them; the image and
+# ``make system-deps`` install fonts-wqy-microhei (the first).
 CJK_FONT_CANDIDATES: tuple[str, ...] = (
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJKsc-Regular.otf",
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
     "/usr/share/fonts/truetype/arphic/uming.ttc",
 )
-
-# ESC t n for the code pages we render Western text in.
-_CODEPAGE_NUMBER: dict[str, int] = {"cp437": 0, "cp850": 2, "cp1252": 16, "cp866": 17, "cp858": 19}
-
+# Emoji and symbols no CJK font has (🌶, ☕, ✓ ...): Symbola (fonts-symbola) is monochrome,
+# which is what a thermal printer prints; colour emoji fonts draw nothing in 1-bit.
+SYMBOL_FONT_CANDIDATES: tuple[str, ...] = (
+    "/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf",
+    "/usr/share/fonts/truetype/ancient-scripts/Symbola.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)
+_ZERO_WIDTH = {"\u200d", "\ufe0e", "\ufe0f", "\u200b"}  # ZWJ, variation selectors: nothing to draw
 
 class TicketRenderError(EdgehubError):
     """A ticket cannot be turned into printer bytes (bad barcode data, no CJK font, ...)."""
@@ -69,7 +79,9 @@ class TicketRenderError(EdgehubError):
 
 @dataclass(frozen=True)
 class Text:
-    """One line of text (wrapped to the paper width when longer)."""
+    """One line of text (wrapped to the paper width when longer). With ``right`` (a price, a
+    time), ``text`` goes left and ``right`` flush right on the same line, padded to the width
+    of the printer it is rendered for; a ``text`` too long for both is shortened."""
 
     text: str
     bold: bool = False
@@ -77,6 +89,7 @@ class Text:
     double_width: bool = False
     double_height: bool = False
     align: Align = "left"
+    right: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,28 +188,6 @@ class Ticket:
         return self.add(DrawerKick(pin))
 
 
-@dataclass(frozen=True)
-class PrinterProfile:
-    """What the renderer must know about one printer model.
-
-    ``columns`` counts font-A characters per line (48 on 80 mm paper, 32 on 58 mm) and
-    ``dots`` the printable width in dots (576 / 384). ``cjk`` says how text outside
-    ``codepage`` prints; ``cjk_font`` is the font for the raster way (found on the system when
-    not given).
-    """
-
-    columns: int = 48
-    dots: int = 576
-    codepage: str = "cp1252"
-    cjk: CjkMode = "gb18030"
-    cjk_font: str | None = None
-    raster_font_px: int = 24  # font-A glyphs are 12x24 dots; CJK ones 24x24
-
-    @classmethod
-    def paper_58mm(cls, **overrides: object) -> PrinterProfile:
-        return cls(columns=32, dots=384, **overrides)  # type: ignore[arg-type]  # dataclass kwargs
-
-
 def find_cjk_font(candidates: Iterable[str] = CJK_FONT_CANDIDATES) -> str | None:
     """The first installed font with CJK glyphs, or None."""
     for path in candidates:
@@ -205,9 +196,22 @@ def find_cjk_font(candidates: Iterable[str] = CJK_FONT_CANDIDATES) -> str | None
     return None
 
 
+def find_symbol_font(candidates: Iterable[str] = SYMBOL_FONT_CANDIDATES) -> str | None:
+    """The first installed font for emoji and symbols, or None."""
+    return find_cjk_font(candidates)
+
+
+def _char_width(ch: str) -> int:
+    if ch in _ZERO_WIDTH:
+        return 0
+    if unicodedata.east_asian_width(ch) in ("W", "F") or ord(ch) >= 0x1F000:
+        return 2  # CJK, fullwidth, and emoji (drawn as wide as a Chinese character)
+    return 1
+
+
 def display_width(text: str) -> int:
-    """Columns ``text`` takes on the printer: CJK (wide / fullwidth) characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+    """Columns ``text`` takes on the printer: CJK (wide / fullwidth) characters and emoji take two."""
+    return sum(_char_width(ch) for ch in text)
 
 
 def columns(left: str, right: str, width: int) -> str:
@@ -222,7 +226,7 @@ def columns(left: str, right: str, width: int) -> str:
 def _truncate(text: str, width: int) -> str:
     out, used = [], 0
     for ch in text:
-        w = display_width(ch)
+        w = _char_width(ch)
         if used + w > width:
             break
         out.append(ch)
@@ -263,9 +267,10 @@ def render(ticket: Ticket | Sequence[Block], profile: PrinterProfile | None = No
 
 class _Renderer:
     def __init__(self, profile: PrinterProfile, large_type: bool) -> None:
-        if profile.codepage not in _CODEPAGE_NUMBER:
+        if profile.codepage_number is None:
             raise TicketRenderError(
-                f"code page {profile.codepage!r} is not supported; use one of {sorted(_CODEPAGE_NUMBER)}"
+                f"code page {profile.codepage!r} is not one this printer has; use one of "
+                f"{', '.join(sorted(profile.codepages))}"
             )
         self.p = profile
         self.large = large_type
@@ -274,7 +279,7 @@ class _Renderer:
     def render(self, ticket: Ticket) -> bytes:
         # ESC @ resets styles; FS . because Chinese-model printers often start in Kanji mode,
         # which would swallow our code-page bytes as halves of Chinese characters.
-        self.out += ESC + b"@" + FS + b"." + ESC + b"t" + bytes((_CODEPAGE_NUMBER[self.p.codepage],))
+        self.out += ESC + b"@" + FS + b"." + ESC + b"t" + bytes((self.p.codepage_number or 0,))
         for block in ticket.blocks:
             self.block(block)
         if ticket.cut_at_end and not (ticket.blocks and isinstance(ticket.blocks[-1], Cut)):
@@ -286,7 +291,7 @@ class _Renderer:
             self.text(block)
         elif isinstance(block, Rule):
             width = self._columns(self.large, self.large)
-            self.text(Text(block.char * (width // max(1, len(block.char)))))
+            self.text(Text(block.char * (width // max(1, display_width(block.char)))))
         elif isinstance(block, Feed):
             self.out += ESC + b"d" + bytes((max(0, min(255, block.lines)),))
         elif isinstance(block, Cut):
@@ -306,84 +311,112 @@ class _Renderer:
     def _columns(self, double_width: bool, large: bool) -> int:
         return self.p.columns // 2 if (double_width or large) else self.p.columns
 
-    def _encodable(self, text: str) -> bool:
-        try:
-            text.encode(self.p.codepage)
-        except UnicodeEncodeError:
-            return False
-        return True
-
     def text(self, t: Text) -> None:
         dw = t.double_width or self.large
         dh = t.double_height or self.large
         bold = t.bold or self.large
-        lines = _wrap(t.text, self._columns(dw, False))
-        raster = self.p.cjk == "raster" and not self._encodable(t.text)
+        width = self._columns(dw, False)
+        lines = [columns(t.text, t.right, width)] if t.right else _wrap(t.text, width)
         self.out += ESC + b"a" + bytes((("left", "center", "right").index(t.align),))
-        if raster:
-            for line in lines:
-                self.raster_line(line, t.align, bold, dw, dh)
-            self.out += ESC + b"a\x00"
-            return
         self.out += ESC + b"E" + (b"\x01" if bold else b"\x00")
         self.out += ESC + b"-" + (b"\x01" if t.underline else b"\x00")
         self.out += GS + b"!" + bytes((((1 if dw else 0) << 4) | (1 if dh else 0),))
         for line in lines:
-            self.out += self.encode(line) + b"\n"
+            encoded = self.encode(line)
+            if encoded is None:
+                self.raster_line(line, t.align, bold, dw, dh)
+            else:
+                self.out += encoded + b"\n"
         self.out += ESC + b"E\x00" + ESC + b"-\x00" + GS + b"!\x00" + ESC + b"a\x00"
 
-    def encode(self, line: str) -> bytes:
-        """Code-page bytes, with runs the code page cannot hold sent as GB18030 in Kanji mode."""
+    def _in_codepage(self, ch: str) -> bool:
+        try:
+            ch.encode(self.p.codepage)
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    def _kanji(self, ch: str) -> bytes | None:
+        """``ch`` in the printer's Chinese font's encoding, or None when its font has no glyph."""
+        cjk = self.p.cjk
+        if cjk == "raster":
+            return None
+        try:
+            data = ch.encode(cjk)
+        except UnicodeEncodeError:
+            return None
+        if len(data) == 2:
+            return data
+        # GB18030's 4-byte sequences: printer fonts hold the mandatory BMP set (CJK Extension A),
+        # never emoji or other planes.
+        if cjk == "gb18030" and 0x3400 <= ord(ch) <= 0x4DBF:
+            return data
+        return None
+
+    def encode(self, line: str) -> bytes | None:
+        """Code-page bytes, with the runs the code page cannot hold sent in Kanji mode; None when
+        some character is in neither (the line is then drawn)."""
         out = bytearray()
-        run: list[str] = []
-        run_cjk = False
-
-        def flush() -> None:
-            if not run:
-                return
-            s = "".join(run)
-            if run_cjk:
-                out.extend(FS + b"&" + s.encode("gb18030", "replace") + FS + b".")
-            else:
-                out.extend(s.encode(self.p.codepage, "replace"))
-            run.clear()
-
+        kanji_run = False
         for ch in line:
-            cjk = not self._encodable(ch)
-            if cjk != run_cjk:
-                flush()
-                run_cjk = cjk
-            run.append(ch)
-        flush()
+            if ch in _ZERO_WIDTH:
+                continue
+            if self._in_codepage(ch):
+                if kanji_run:
+                    out += FS + b"."
+                    kanji_run = False
+                out += ch.encode(self.p.codepage)
+                continue
+            data = self._kanji(ch)
+            if data is None:
+                return None
+            if not kanji_run:
+                out += FS + b"&"
+                kanji_run = True
+            out += data
+        if kanji_run:
+            out += FS + b"."
         return bytes(out)
 
     def raster_line(self, line: str, align: Align, bold: bool, dw: bool, dh: bool) -> None:
-        """Draw one line with a CJK font and send it as a ``GS v 0`` raster image."""
+        """Draw one line with the CJK font (and the symbol font for what it lacks) and send it
+        as a ``GS v 0`` raster image."""
         try:
-            from PIL import Image, ImageDraw, ImageFont
+            from PIL import Image, ImageDraw
         except ImportError as exc:  # pragma: no cover - Pillow is a dependency
             raise TicketRenderError("printing Chinese as an image needs Pillow (pip install pillow)") from exc
-        font_path = self.p.cjk_font or find_cjk_font()
-        if font_path is None:
+        cjk_path = self.p.cjk_font or find_cjk_font()
+        if cjk_path is None:
             raise TicketRenderError(
-                "this printer has no Chinese font and no CJK font is installed to draw one: "
-                "install fonts-wqy-zenhei (or fonts-noto-cjk) or set the printer's cjk_font"
+                "this printer cannot print some text of the line and no CJK font is installed to draw "
+                "it: install fonts-wqy-microhei and fonts-symbola (Debian) or set the printer's cjk_font"
             )
         px = self.p.raster_font_px
-        try:
-            font = ImageFont.truetype(font_path, px)
-        except OSError as exc:
-            raise TicketRenderError(f"cannot load font {font_path}: {exc}") from exc
-        left, _top, right, bottom = font.getbbox(line or " ")
-        width = max(1, min(self.p.dots, right - min(0, left) + (1 if bold else 0)))
-        height = max(px, bottom) + 2
-        img = Image.new("1", (int(width), int(height)), 1)  # getbbox gives floats for some fonts
+        cjk = _font(cjk_path, px)
+        symbol_path = find_symbol_font()
+        runs: list[tuple[str, Any]] = []
+        for ch in line:
+            if ch in _ZERO_WIDTH:
+                continue
+            font = cjk
+            if symbol_path is not None and ord(ch) not in _cmap(cjk_path) and ord(ch) in _cmap(symbol_path):
+                font = _font(symbol_path, px)
+            if runs and runs[-1][1] is font:
+                runs[-1] = (runs[-1][0] + ch, font)
+            else:
+                runs.append((ch, font))
+        ascent, descent = cjk.getmetrics()
+        height = max(px, ascent + descent) + 2
+        width = max(1, int(sum(font.getlength(text) for text, font in runs)) + (1 if bold else 0))
+        img = Image.new("1", (min(self.p.dots, width), height), 1)
         draw = ImageDraw.Draw(img)
-        draw.text((-min(0, left), 0), line, font=font, fill=0)
-        if bold:  # faux bold: draw again one dot to the right
-            draw.text((-min(0, left) + 1, 0), line, font=font, fill=0)
+        for offset in (0, 1) if bold else (0,):  # faux bold: drawn again one dot to the right
+            x = float(offset)
+            for text, font in runs:
+                draw.text((x, ascent + 1), text, font=font, fill=0, anchor="ls")
+                x += font.getlength(text)
         if dw or dh:
-            img = img.resize((min(self.p.dots, width * (2 if dw else 1)), height * (2 if dh else 1)))
+            img = img.resize((min(self.p.dots, img.width * (2 if dw else 1)), img.height * (2 if dh else 1)))
         # Align by placing the drawing on a full-width canvas: ESC a does not move raster images
         # on every model.
         canvas = Image.new("1", (self.p.dots, img.height), 1)
@@ -418,12 +451,56 @@ class _Renderer:
         data = _qr_data(q)
         store = len(data) + 3
         ecc = {"L": 48, "M": 49, "Q": 50, "H": 51}[q.error_correction]
+        # The symbol must fit the paper: a 58 mm printer has 384 dots, so a long URL at the
+        # module size an 80 mm ticket uses would be cut off; shrink the modules to fit.
+        size = max(1, min(16, q.module_size))
+        modules = _qr_modules(data, q.error_correction)
+        while size > 1 and modules * size > self.p.dots:
+            size -= 1
         self.out += ESC + b"a" + bytes((("left", "center", "right").index(q.align),))
         self.out += GS + b"(k\x04\x00\x31\x41\x32\x00"  # model 2
-        self.out += GS + b"(k\x03\x00\x31\x43" + bytes((max(1, min(16, q.module_size)),))
+        self.out += GS + b"(k\x03\x00\x31\x43" + bytes((size,))
         self.out += GS + b"(k\x03\x00\x31\x45" + bytes((ecc,))
         self.out += GS + b"(k" + store.to_bytes(2, "little") + b"\x31\x50\x30" + data
         self.out += GS + b"(k\x03\x00\x31\x51\x30" + b"\n" + ESC + b"a\x00"
+
+
+@functools.cache
+def _font(path: str, px: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(path, px)
+    except OSError as exc:
+        raise TicketRenderError(f"cannot load font {path}: {exc}") from exc
+
+
+@functools.cache
+def _cmap(path: str) -> frozenset[int]:
+    """The code points ``path`` has glyphs for (its first face, for a .ttc collection)."""
+    from fontTools.ttLib import TTFont
+
+    try:
+        with TTFont(path, fontNumber=0, lazy=True) as font:
+            return frozenset(font.getBestCmap() or ())
+    except Exception as exc:  # fontTools raises many kinds for a broken file
+        raise TicketRenderError(f"cannot read the glyph table of font {path}: {exc}") from exc
+
+
+def _qr_modules(data: bytes, ecc: str) -> int:
+    """Modules across the QR symbol the printer makes for ``data`` (the smallest version that
+    holds it in byte mode, as printers choose)."""
+    try:
+        import qrcode
+        import qrcode.constants as levels
+    except ImportError:  # qrcode comes with python-escpos; without it assume the largest symbol
+        return 177
+    level = {"L": levels.ERROR_CORRECT_L, "M": levels.ERROR_CORRECT_M, "Q": levels.ERROR_CORRECT_Q,
+             "H": levels.ERROR_CORRECT_H}[ecc]
+    code = qrcode.QRCode(error_correction=level, border=0)
+    code.add_data(data, optimize=0)
+    code.make(fit=True)
+    return 17 + 4 * int(code.version)
 
 
 def _barcode_data(b: Barcode) -> bytes:

@@ -55,19 +55,28 @@ class StreamTransport:
         parity: str = "N",
         stopbits: float = 1,
         timeout: float = 2.0,
+        *,
+        rtscts: bool = False,
+        dsrdtr: bool = False,
+        xonxoff: bool = False,
     ) -> StreamTransport:
+        """``rtscts`` / ``dsrdtr`` / ``xonxoff``: the flow control the device uses. With XON/XOFF
+        the kernel's line discipline stops our output on XOFF and takes both bytes out of the
+        input, so a reader never sees them."""
         import termios
 
         import serial
         import serial_asyncio_fast
 
-        label = f"serial://{port}@{baudrate}/{bytesize}{parity}{stopbits:g}"
+        flow = "/rtscts" if rtscts else "/dsrdtr" if dsrdtr else "/xonxoff" if xonxoff else ""
+        label = f"serial://{port}@{baudrate}/{bytesize}{parity}{stopbits:g}{flow}"
         try:
             async with asyncio.timeout(timeout):
                 # Exclusive (an flock): a second opener (``edgehub discover`` beside the running
                 # hub) is refused instead of sending its probes into a device in service.
                 reader, writer = await serial_asyncio_fast.open_serial_connection(
-                    url=port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits, exclusive=True
+                    url=port, baudrate=baudrate, bytesize=bytesize, parity=parity, stopbits=stopbits, exclusive=True,
+                    rtscts=rtscts, dsrdtr=dsrdtr, xonxoff=xonxoff,
                 )
         except TimeoutError as exc:
             raise DeviceTimeout(f"cannot open {label} within {timeout:.1f}s") from exc

@@ -284,6 +284,11 @@ class UsbTransport:
         await self._fill_until(lambda: len(self._buf) > 0, timeout, "data")
         return self._take(limit)
 
+    @property
+    def can_read(self) -> bool:
+        """False for a printer interface without a bulk-IN endpoint: it can never answer."""
+        return self._ep_in is not None
+
     def drain_input(self) -> bytes:
         """Drop (and return) bytes already read but not consumed, e.g. a stale status byte."""
         return self._take(len(self._buf))

@@ -12,7 +12,7 @@ printer), ``PtyPrinterSim`` (a serial printer on a pseudo-terminal) and the USB 
 state at runtime so tests and ``make run`` can break the printer the way real ones break.
 ``profile`` makes it one of the kinds of unit found in stores (``SIM_PROFILES``), each written
 from the manufacturers' references and from how real units are known to misbehave, never from
-our driver: a genuine Epson, one that answers only ``DLE EOT 1``–``3``, one that reports only
+our driver: a genuine Epson, one that answers only ``DLE EOT 1``-``3``, one that reports only
 through automatic status back, one that never answers at all, one whose status replies wait
 behind its print buffer, a 58 mm GBK-only clone, a clone that prints ``GS ( H`` as text, and a
 Western printer without a Chinese font.
@@ -56,7 +56,7 @@ ESC, GS, FS, DLE = 0x1B, 0x1D, 0x1C, 0x10
 class SimProfile:
     """How one kind of real unit behaves (sources: docs/devices.md, "Printer simulator profiles").
 
-    ``status_queries``: the ``DLE EOT n`` it answers (Epson: 1–4; Citizen CBM-820 lists 1–3);
+    ``status_queries``: the ``DLE EOT n`` it answers (Epson: 1-4; Citizen CBM-820 lists 1-3);
     ``asb``: it sends automatic status back after ``GS a``; ``status_behind_buffer``: real-time
     replies wait until the print data received before them is processed (Epson guarantees the
     real-time answer with a full buffer only on serial models); ``process_id``: it answers
@@ -90,7 +90,7 @@ SIM_PROFILES: dict[str, SimProfile] = {
     for p in (
         # A genuine Epson with a Chinese (GB18030) font: everything works as the reference says.
         SimProfile("epson"),
-        # Citizen CBM-820 class: DLE EOT n = 1–3 only; no GS ( H.
+        # Citizen CBM-820 class: DLE EOT n = 1-3 only; no GS ( H.
         SimProfile("basic", maker="CITIZEN", model="CBM-820", status_queries=frozenset((1, 2, 3)),
                    process_id=False),
         # Reports only through automatic status back (GS a): no DLE EOT reply at all.
@@ -99,8 +99,8 @@ SIM_PROFILES: dict[str, SimProfile] = {
         # bytes and prints, says nothing, not even to GS I.
         SimProfile("silent", maker="", model="POS-80", status_queries=frozenset(), asb=False, process_id=False,
                    gs_i=False),
-        # An Epson on the LAN whose replies wait behind the print data before them: 1.3–3.3 s
-        # behind a ticket of 4–20 lines.
+        # An Epson on the LAN whose replies wait behind the print data before them: 1.3-3.3 s
+        # behind a ticket of 4-20 lines.
         SimProfile("slow-status", status_behind_buffer=True, seconds_per_line=0.125, seconds_per_ticket=0.8),
         # A 58 mm clone with a GBK-only font (4-byte GB18030 sequences print as garbage).
         SimProfile("gbk-58", maker="Xprinter", model="XP-58IIH", process_id=False, prints_unknown=True,
@@ -429,7 +429,7 @@ class PrinterCore:
 
     def printer_id(self, n: int) -> bytes:
         """The reply to ``GS I n`` (Epson ESC/POS reference, GS I; Bixolon SRP-350 manual): one
-        byte for n = 1–3 / 49–51 (bits 4 and 7 off), ``_ text NUL`` for 65–69; b"" when unknown."""
+        byte for n = 1-3 / 49-51 (bits 4 and 7 off), ``_ text NUL`` for 65-69; b"" when unknown."""
         p = self.profile
         if not p.gs_i:
             return b""

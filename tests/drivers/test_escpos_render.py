@@ -118,7 +118,7 @@ def test_chinese_as_an_image_needs_a_cjk_font() -> None:
     profile = PrinterProfile(cjk="raster")
     font = find_cjk_font()
     if font is None:
-        with pytest.raises(TicketRenderError, match="fonts-wqy-zenhei"):
+        with pytest.raises(TicketRenderError, match="fonts-wqy-microhei"):
             render(Ticket().text("宫保鸡丁"), profile)
     else:
         (out,) = print_out(render(Ticket().text("宫保鸡丁"), profile))

@@ -611,7 +611,7 @@ class EscposPrinter(Driver):
 
     def _expired(self, p: _Pending) -> bool:
         """A request whose replies are so late they are not coming (lost with a dead spell)."""
-        grace = 4 * self.timing.status_reply + 1.0
+        grace = 2 * self.timing.status_reply + 0.5
         return time.monotonic() > max(p.asked_at + grace, self.busy_until + grace)
 
     async def _ask(self, t: ByteTransport, mode: str, discard: bool = False) -> _Pending:

@@ -22,7 +22,7 @@ import functools
 import os
 import textwrap
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "find_cjk_font",
     "find_symbol_font",
     "render",
+    "ticket_from_doc",
 ]
 
 Align = Literal["left", "center", "right"]
@@ -246,6 +247,33 @@ def _wrap(text: str, width: int) -> list[str]:
             piece = piece[len(head) :]
         lines.append(piece)
     return lines
+
+
+def ticket_from_doc(doc: Mapping[str, Any], ticket: Ticket | None = None) -> Ticket:
+    """A ``print/1`` ticket (``{"lines": [...], "large_type": bool}``, validated by
+    edgehub/bus/payloads.py) as blocks, appended to ``ticket`` when given."""
+    ticket = ticket or Ticket()
+    ticket.large_type = ticket.large_type or bool(doc.get("large_type", False))
+    for line in doc["lines"]:
+        if isinstance(line, str):
+            ticket.add(Text(line))
+        elif "text" in line:
+            ticket.add(Text(line["text"] or "", line.get("bold", False), line.get("underline", False),
+                            line.get("double_width", False), line.get("double_height", False),
+                            line.get("align", "left"), line.get("right", "") or ""))
+        elif "rule" in line:
+            ticket.add(Rule(line["rule"]))
+        elif "feed" in line:
+            ticket.add(Feed(line["feed"]))
+        elif "barcode" in line:
+            ticket.add(Barcode(line["barcode"], line.get("symbology", "CODE128")))
+        elif "qr" in line:
+            ticket.add(QrCode(line["qr"]))
+        elif line.get("cut"):
+            ticket.add(Cut())
+        elif line.get("drawer"):
+            ticket.add(DrawerKick())
+    return ticket
 
 
 def check(block: Block) -> None:

@@ -279,6 +279,7 @@ class DiscoveryConfig:
     subnets: tuple[str, ...] = ()  # CIDRs swept for raw-9100 printers (mDNS finds the rest)
     serial_ports: tuple[str, ...] = ()  # ports probed besides the ones the kernel lists
     probe_interval_s: float = 0.3  # watchdog interval for printers (others are probed less often)
+    printer_missed_probes: int = 2  # probes in a row a printer leaves unanswered before it is failed
     scan_interval_s: float = 5.0  # USB/serial polling (when no hotplug events) and LAN sweeps
     advertise: bool = True  # announce the hub as _edgehub._tcp on the store LAN
     # USB ids ("vvvv" or "vvvv:pppp", hex) taken as barcode scanners besides the known makers':
@@ -936,7 +937,8 @@ def _cidr_problem(values: list[Any]) -> str | None:
 
 def _discovery(ck: _Checker, data: Mapping[str, Any]) -> DiscoveryConfig:
     t = ck.table(data, "discovery", {"usb", "serial", "lan", "subnets", "serial_ports", "probe_interval_s",
-                                     "scan_interval_s", "advertise", "scanner_usb_ids"})
+                                     "printer_missed_probes", "scan_interval_s", "advertise",
+                                     "scanner_usb_ids"})
     ports = ck.get(t, "discovery.serial_ports", list, [],
                    check=lambda v: None if all(isinstance(p, str) and p.startswith("/") for p in v)
                    else "must be a list of absolute device paths, e.g. \"/dev/ttyUSB0\"")
@@ -949,6 +951,8 @@ def _discovery(ck: _Checker, data: Mapping[str, Any]) -> DiscoveryConfig:
         probe_interval_s=float(ck.get(t, "discovery.probe_interval_s", (int, float), 0.3,
                                       check=lambda v: None if 0.05 <= v <= 60
                                       else "must be 0.05 to 60 seconds")),
+        printer_missed_probes=int(ck.get(t, "discovery.printer_missed_probes", int, 2,
+                                         check=lambda v: None if 1 <= v <= 20 else "must be 1 to 20 probes")),
         scan_interval_s=float(ck.get(t, "discovery.scan_interval_s", (int, float), 5.0,
                                      check=lambda v: None if 0.1 <= v <= 3600
                                      else "must be 0.1 to 3600 seconds")),

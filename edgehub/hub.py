@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from drivers.escpos import PrinterTiming
 from edgehub import __version__
 from edgehub.api import ApiServer
 from edgehub.api.support import Support
@@ -84,13 +85,15 @@ class Hub:
         # Devices: the registry first (roles read it), then discovery fills it, the
         # watchdog probes what is in it and the feeds publish scans and weights.
         self.registry = DeviceRegistry(self.topics, self._publish_device,
-                                       driver_factory=DriverFactory(usb_backend),
+                                       driver_factory=DriverFactory(usb_backend, PrinterTiming(
+                                           missed_limit=config.discovery.printer_missed_probes)),
                                        alert_sink=self._keep_device_alert)
         self.discovery = Discovery(self.registry, config.discovery, config.devices, usb_backend=usb_backend,
                                    advertise=(config.store.id, config.api.listen.port, __version__),
                                    state_dir=config.paths.data_dir)
         self.watchdog = Watchdog(self.registry,
-                                 WatchdogTiming(printer_interval=config.discovery.probe_interval_s))
+                                 WatchdogTiming(printer_interval=config.discovery.probe_interval_s,
+                                                printer_missed=config.discovery.printer_missed_probes))
         self.feeds = DeviceFeeds(self.registry, self._publish_device)
         # The installer's field checks (edgehub device test), kept with each device.
         self.field_checks = FieldChecks(self.registry, self.journal)

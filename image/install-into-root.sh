@@ -27,12 +27,15 @@ DO_APT=${EDGEHUB_APT:-1}
 
 # What the box needs from Debian. libusb for pyusb; kmod for the modprobe@ units; ca-certificates
 # for the uplink's TLS; systemd-sysv so the root boots with systemd as init; procps for /bin/kill,
-# which Debian's mosquitto.service uses to reload without depending on it.
+# which Debian's mosquitto.service uses to reload without depending on it; fonts-wqy-microhei
+# (CJK, 5.0 MiB installed) and fonts-symbola (emoji and symbols, 3.0 MiB) for tickets drawn on
+# the box for printers without a Chinese font, and for emoji no printer font has.
 PACKAGES=(
     systemd systemd-sysv udev kmod dbus procps
     mosquitto mosquitto-clients
     python3 python3-venv
     libusb-1.0-0 ca-certificates
+    fonts-wqy-microhei fonts-symbola
 )
 
 log() { printf 'install-into-root: %s\n' "$*" >&2; }

@@ -663,6 +663,10 @@ def _ticket(ticket: Any, limits: LimitsConfig) -> dict[str, Any]:
             _positive_int(value, f"{path}.feed", 20)
         elif kind in ("cut", "drawer") and not isinstance(value, bool):
             raise PayloadError(f"{path}.{kind}", "must be true or false")
+        if "right" in line:  # a price or a time, flush right on the printer it is rendered for
+            if kind != "text":
+                raise PayloadError(f"{path}.right", "only a text line has a right part")
+            _text(line["right"], f"{path}.right", limits, required=False)
         for style in TEXT_STYLES:
             if style in line and not isinstance(line[style], bool):
                 raise PayloadError(f"{path}.{style}", "must be true or false")
@@ -792,15 +796,16 @@ def role_state(role: str, kind: str, device: str | None, reason: str, waiting: i
 def print_reply(role: str, job_id: str, status: str, request_id: str | None = None, *,
                 duplicate: bool = False, device: str | None = None, reprint: bool = False,
                 warning: str = "", error: str = "") -> bytes:
-    """``status``: ``queued`` (journaled, at once), then ``printed`` or ``failed`` (the ticket
-    cannot print: dropped, see ``error``); or ``rejected`` (nothing was queued, see ``error``)."""
+    """``status``: ``queued`` (journaled, at once), then ``printed`` (confirmed), ``sent`` (sent in
+    full to a printer that reports no status: unconfirmed) or ``failed`` (the ticket cannot
+    print: dropped, see ``error``); or ``rejected`` (nothing was queued, see ``error``)."""
     doc: dict[str, Any] = {"schema": PRINT_REPLY_SCHEMA, "role": role, "job_id": job_id, "status": status,
                            "duplicate": duplicate}
     if request_id is not None:
         doc["request_id"] = request_id
     if device is not None:
         doc["device"] = device
-    if status == "printed":
+    if status in ("printed", "sent"):
         doc["reprint"] = reprint
     if warning:
         doc["warning"] = warning

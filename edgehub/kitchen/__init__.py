@@ -1,7 +1,7 @@
 """The kitchen: accepted orders routed to stations as tickets, screens, slips and red alerts."""
 
 from edgehub.kitchen.kitchen import Kitchen, ScreenFeed
-from edgehub.kitchen.printing import KitchenPrinter, render_slip
+from edgehub.kitchen.printing import KitchenPrinter, render_slip, slip_ticket
 from edgehub.kitchen.routing import Router
 from edgehub.kitchen.screens import ScreenServer
 from edgehub.kitchen.tickets import TRANSITIONS, Ticket, next_state
@@ -16,4 +16,5 @@ __all__ = [
     "Ticket",
     "next_state",
     "render_slip",
+    "slip_ticket",
 ]

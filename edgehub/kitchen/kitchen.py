@@ -38,7 +38,7 @@ from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order, Unaddressable
 from edgehub.bus.topics import Topics
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
-from edgehub.kitchen.printing import KitchenPrinter, job_id, render_slip
+from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
 from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tickets import (
     BUMPED,
@@ -490,7 +490,7 @@ class Kitchen:
     async def _print(self, role: str, ev: Event) -> None:
         assert self.printer is not None
         try:
-            await self.printer.submit(role, job_id(ev.ticket), render_slip(ev.ticket, ev.event))
+            await self.printer.submit(role, job_id(ev.ticket), slip_ticket(ev.ticket, ev.event))
         except Exception as exc:  # the print queue's own failure must not stop the kitchen
             self.stats.print_failures += 1
             log.error("kitchen slip %s for role %s not queued: %s", job_id(ev.ticket), role, exc)

@@ -1,9 +1,10 @@
 """Kitchen slips: a station's ticket printed in large type on the station's printer role.
 
-``KitchenPrinter`` is all the kitchen needs from the durable print queue (edgehub/devices/…,
-which owns roles, spares and failover): ``submit(role, job_id, ticket_bytes)``. Job ids are
-stable (``kitchen/{ticket_id}/{version}``), so a queue that keeps job ids prints a slip once
-however often it is submitted. Slips are rendered with drivers/escpos_render.py.
+``KitchenPrinter`` is all the kitchen needs from the durable print queue (edgehub/roles/…,
+which owns roles, spares and failover): ``submit(role, job_id, slip)``, the slip a ticket in the
+``print/1`` shape, rendered when it is sent for the printer that serves the role then (a 58 mm
+spare gets a slip laid out for 58 mm). Job ids are stable (``kitchen/{ticket_id}/{version}``),
+so a queue that keeps job ids prints a slip once however often it is submitted.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from drivers.escpos_render import PrinterProfile, Ticket, columns, render
+from drivers.escpos_profile import PrinterProfile
+from drivers.escpos_render import render, ticket_from_doc
 
-__all__ = ["KitchenPrinter", "job_id", "render_slip"]
+__all__ = ["KitchenPrinter", "job_id", "render_slip", "slip_ticket"]
 
 
 class KitchenPrinter(Protocol):
-    async def submit(self, role: str, job_id: str, ticket_bytes: bytes) -> None: ...
+    async def submit(self, role: str, job_id: str, slip: dict[str, Any]) -> None: ...
 
 
 def job_id(ticket: dict[str, Any]) -> str:
@@ -28,47 +30,53 @@ def job_id(ticket: dict[str, Any]) -> str:
 _TITLES = {"created": "", "amended": "** CHANGED **", "voided": "*** VOID ***", "recalled": "** RECALL **"}
 
 
-def render_slip(
-    ticket: dict[str, Any], event: str = "created", profile: PrinterProfile | None = None
-) -> bytes:
-    """The ESC/POS bytes of a station slip: large type (readable across the pass), the station,
+def slip_ticket(ticket: dict[str, Any], event: str = "created") -> dict[str, Any]:
+    """A station slip as a ``print/1`` ticket: large type (readable across the pass), the station,
     table, order and time, each line with qty, modifiers and note; a VOID slip says so first
     and last, so a cook holding half of it still knows."""
-    profile = profile or PrinterProfile()
-    width = profile.columns // 2  # large type is double width
-    slip = Ticket(large_type=True)
+    lines: list[Any] = []
+
+    def title(text: str) -> None:
+        lines.append({"text": text, "bold": True, "double_width": True, "double_height": True, "align": "center"})
+
     banner = _TITLES.get(event, "")
     if banner:
-        slip.title(banner)
-    slip.title(ticket["station"].upper())
+        title(banner)
+    title(ticket["station"].upper())
     where = f"Table {ticket['table']}" if ticket.get("table") else "No table"
-    stamp = time.strftime("%H:%M", time.localtime(ticket["created_at"]))
-    slip.text(columns(where, stamp, width))
-    slip.text(f"Order {ticket['order_id']}")
+    lines.append({"text": where, "right": time.strftime("%H:%M", time.localtime(ticket["created_at"]))})
+    lines.append(f"Order {ticket['order_id']}")
     extras = [f"{ticket['covers']} covers" if ticket.get("covers") else "", str(ticket.get("course") or "")]
     if any(extras):
-        slip.text("  ".join(e for e in extras if e))
+        lines.append("  ".join(e for e in extras if e))
     if ticket.get("rush"):
-        slip.text("RUSH", align="center")
-    slip.rule()
+        lines.append({"text": "RUSH", "align": "center"})
+    lines.append({"rule": "-"})
     for line in ticket["lines"]:
         change = line.get("change")
         if change == "removed":
-            slip.text(f"-- {line['name']}")  # struck out on the slip: the dish is off
+            lines.append(f"-- {line['name']}")  # struck out on the slip: the dish is off
             continue
         mark = {"added": "+ ", "changed": "* "}.get(change or "", "")
-        slip.text(f"{mark}{line['qty']} x {line['name']}")
+        lines.append(f"{mark}{line['qty']} x {line['name']}")
         for modifier in line.get("modifiers", ()):
-            slip.text(f"   {modifier}")
+            lines.append(f"   {modifier}")
         if line.get("note"):
-            slip.text(f"   ! {line['note']}")
+            lines.append(f"   ! {line['note']}")
     if ticket.get("note"):
-        slip.rule()
-        slip.text(f"! {ticket['note']}")
+        lines.append({"rule": "-"})
+        lines.append(f"! {ticket['note']}")
     if event == "voided":
-        slip.rule()
-        slip.title("*** VOID ***")
+        lines.append({"rule": "-"})
+        title("*** VOID ***")
         if ticket.get("void_reason"):
-            slip.text(str(ticket["void_reason"]))
-    slip.cut()
-    return render(slip, profile)
+            lines.append(str(ticket["void_reason"]))
+    lines.append({"cut": True})
+    return {"large_type": True, "lines": lines}
+
+
+def render_slip(
+    ticket: dict[str, Any], event: str = "created", profile: PrinterProfile | None = None
+) -> bytes:
+    """The ESC/POS bytes of a station slip for a printer described by ``profile``."""
+    return render(ticket_from_doc(slip_ticket(ticket, event)), profile)

@@ -1,12 +1,18 @@
 """Durable print jobs: one FIFO per printer role, each job journaled before it is sent.
 
 A terminal publishes ``print/1`` to ``…/role/{role}/cmd/print/{terminal}`` and gets ``queued``
-with the job id once the job is durable; ``printed`` follows when the printer confirmed it (``GS ( H``).
+with the job id once the job is durable; ``printed`` follows when the printer confirmed it
+(``GS ( H`` or status), or ``sent`` (unconfirmed) from a printer that reports no status
+(``status = "none"``).
 One job at a time per role, in order. A job stays in the journal until a printer confirms it.
 
+A job is kept as its ticket and rendered when it is sent, for the profile of the printer that
+serves the role then (paper width, code page, Chinese font or none): a job that fails over from
+an 80 mm printer to a 58 mm one is laid out again for 58 mm. Kitchen slips go the same way.
+
 When the device fails under a job, what happens next is decided by what the driver knows:
-``PrinterNotReady(job_sent=False)`` means nothing went out, so the job runs again as it is on
-the device that serves the role next; anything else (sent but not confirmed, connection lost,
+``PrinterNotReady(job_sent=False)`` or ``PrinterNoAnswer`` means nothing went out, so the job
+runs again as it is on the device that serves the role next; anything else (sent but not confirmed, connection lost,
 no answer) means the first copy may have come out, so the job runs again marked ``REPRINT``.
 Either way the device is reported failed and the job never runs again on it blindly: it goes to
 whichever device the failover rule picks. A job that was being sent when the hub itself died
@@ -31,17 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
+from drivers.escpos_profile import PrinterProfile
 from drivers.escpos_render import (
-    Barcode,
-    Cut,
-    DrawerKick,
-    Feed,
-    QrCode,
-    Rule,
     Text,
     Ticket,
     TicketRenderError,
     render,
+    ticket_from_doc,
 )
 from edgehub.bus import payloads
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
@@ -73,7 +75,8 @@ class PrintJob:
 @dataclass
 class PrintStats:
     queued: int = 0
-    printed: int = 0
+    printed: int = 0  # done: confirmed, or sent to a printer that reports no status
+    unconfirmed: int = 0  # of those, sent to a printer that reports no status
     reprints: int = 0
     rejected: int = 0
     failed: int = 0
@@ -86,61 +89,35 @@ def to_ticket(doc: dict[str, Any], reprint_note: str | None) -> Ticket:
     if reprint_note is not None:
         ticket.add(Text(REPRINT_BANNER, bold=True, align="center"))
         ticket.add(Text(reprint_note, align="center"))
-    for line in doc["lines"]:
-        if isinstance(line, str):
-            ticket.add(Text(line))
-        elif "text" in line:
-            ticket.add(
-                Text(
-                    line["text"] or "",
-                    line.get("bold", False),
-                    line.get("underline", False),
-                    line.get("double_width", False),
-                    line.get("double_height", False),
-                    line.get("align", "left"),
-                )
-            )
-        elif "rule" in line:
-            ticket.add(Rule(line["rule"]))
-        elif "feed" in line:
-            ticket.add(Feed(line["feed"]))
-        elif "barcode" in line:
-            ticket.add(Barcode(line["barcode"], line.get("symbology", "CODE128")))
-        elif "qr" in line:
-            ticket.add(QrCode(line["qr"]))
-        elif line.get("cut"):
-            ticket.add(Cut())
-        elif line.get("drawer"):
-            ticket.add(DrawerKick())
-    return ticket
+    return ticket_from_doc(doc, ticket)
 
 
-def to_bytes(doc: dict[str, Any], reprint_note: str | None) -> bytes:
-    """The printer bytes of a job: rendered from its ticket, or given ready (``escpos``, base64,
-    from the kitchen), with the reprint banner printed in front when it is a reprint."""
+def to_bytes(doc: dict[str, Any], reprint_note: str | None, profile: PrinterProfile | None = None) -> bytes:
+    """The printer bytes of a job for the printer described by ``profile``: rendered from its
+    ticket, or given ready (``escpos``, base64, journaled by an older hub), with the reprint
+    banner printed in front when it is a reprint."""
     if "escpos" not in doc:
-        return render(to_ticket(doc, reprint_note))
+        return render(to_ticket(doc, reprint_note), profile)
     data = base64.b64decode(doc["escpos"])
     if reprint_note is None:
         return data
     banner = Ticket(cut_at_end=False)
     banner.add(Text(REPRINT_BANNER, bold=True, align="center")).add(Text(reprint_note, align="center"))
-    return render(banner) + data
+    return render(banner, profile) + data
 
 
 class KitchenSlips:
-    """The kitchen's printer (``edgehub.kitchen.printing.KitchenPrinter``): station slips, already
-    rendered, go through the role's durable queue like any other job."""
+    """The kitchen's printer (``edgehub.kitchen.printing.KitchenPrinter``): station slips, as
+    tickets, go through the role's durable queue like any other job (rendered when sent)."""
 
     def __init__(self, queue: PrintQueue) -> None:
         self.queue = queue
 
-    async def submit(self, role: str, job_id: str, ticket_bytes: bytes) -> None:
+    async def submit(self, role: str, job_id: str, slip: dict[str, Any]) -> None:
         from edgehub.roles.roles import Reply
 
         self.queue.roles.ensure_role(role)
-        doc = {"escpos": base64.b64encode(ticket_bytes).decode()}
-        await self.queue.submit(role, doc, job_id, Reply(None, None, None))
+        await self.queue.submit(role, slip, job_id, Reply(None, None, None))
 
 
 class PrintQueue:
@@ -256,13 +233,13 @@ class PrintQueue:
             return int(cur.lastrowid or 0), False, "queued", None
 
         seq, duplicate, state, device = await self.roles.journal.write(insert)
-        job = PrintJob(seq, job_id, role, ticket, reply, printed_on=device if state == "printed" else None)
+        job = PrintJob(seq, job_id, role, ticket, reply, printed_on=device if state in ("printed", "sent") else None)
         if not duplicate:
             self.stats.queued += 1
             self.queues[role].append(job)
             self._wake[role].set()
             self.roles.mark_dirty(role)
-        return job, duplicate, state if state in ("printed", "failed") else "queued"
+        return job, duplicate, state if state in ("printed", "sent", "failed") else "queued"
 
     # --- the worker ------------------------------------------------------------------------------
 
@@ -300,12 +277,6 @@ class PrintQueue:
         False to try again elsewhere."""
         from drivers.escpos import PrinterNotReady
 
-        note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
-        try:
-            data = to_bytes(job.ticket, note)
-        except Exception as exc:  # rendering depends on the ticket alone: it would fail every time
-            await self._fail(job, exc)
-            return True
         try:
             driver = await self.roles.open_driver(device)
         except (DeviceError, TimeoutError) as exc:
@@ -315,6 +286,13 @@ class PrintQueue:
         if print_job is None:
             await self.roles.device_failed(device, f"driver {driver.name} cannot print tickets")
             return False
+        note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
+        profile = getattr(driver, "profile", None)
+        try:
+            data = to_bytes(job.ticket, note, profile if isinstance(profile, PrinterProfile) else None)
+        except Exception as exc:  # rendering depends on the ticket and the profile: it fails every time
+            await self._fail(job, exc)
+            return True
         await self._mark(job, "sending", device)
         try:
             async with asyncio.timeout(JOB_GUARD_S):
@@ -326,29 +304,36 @@ class PrintQueue:
             await self.roles.device_failed(device, ", ".join(exc.status.problems()) or str(exc))
             return False
         except (DeviceError, TimeoutError) as exc:
-            # Sent (maybe partly) and not confirmed: the first copy may have come out.
-            job.reprint, job.maybe_on = True, device
+            # Sent (maybe partly) and not confirmed: the first copy may have come out. Unless the
+            # driver knows nothing went out (no answer before the job: PrinterNoAnswer).
+            if getattr(exc, "job_sent", True):
+                job.reprint, job.maybe_on = True, device
             await self._mark(job, "queued", None)
             await self.roles.device_failed(device, _short(exc))
             return False
+        confirmed = getattr(result, "confirmed", True)
+        status = "printed" if confirmed else "sent"
         try:
-            await self._mark(job, "printed", device)
+            await self._mark(job, status, device)
         except BaseException:
             # It did print: if it has to run again, that copy says so.
             job.reprint, job.maybe_on = True, device
             raise
         self.stats.printed += 1
+        self.stats.unconfirmed += not confirmed
         self.stats.reprints += job.reprint
+        warning = getattr(result, "warning", "") if confirmed else (
+            "sent in full to a printer that reports no status (status = none): not confirmed")
         await self.roles.reply(
             job.reply,
             payloads.print_reply(
                 job.role,
                 job.job_id,
-                "printed",
+                status,
                 job.reply.request_id,
                 device=device,
                 reprint=job.reprint,
-                warning=getattr(result, "warning", ""),
+                warning=warning,
             ),
         )
         return True
@@ -373,7 +358,8 @@ class PrintQueue:
             conn.execute(
                 "UPDATE print_jobs SET state=?, device_id=COALESCE(?, device_id), reprint=?, "
                 "attempts=?, done_at=? WHERE seq=?",
-                (state, device, int(job.reprint), job.attempts, at if state in ("printed", "failed") else None,
+                (state, device, int(job.reprint), job.attempts,
+                 at if state in ("printed", "sent", "failed") else None,
                  job.seq),
             )
 

@@ -130,7 +130,7 @@ def prune_deadletters(conn: sqlite3.Connection, before: float, after: int, limit
 
 def prune_print_jobs(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
     # Kept: a job still to print (queued, sending, reprint).
-    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state NOT IN ('printed', 'failed')", before,
+    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state NOT IN ('printed', 'sent', 'failed')", before,
                          after, limit)
 
 

@@ -110,10 +110,11 @@ async def test_printer_states_follow_the_printer(rig: Rig, config: Config, broke
     rig.sim.paper_near_end = False
     await state_within(rig, Health("ready"))
 
-    rig.sim.silent = True  # takes bytes, never answers: unknown status, so not usable
-    await state_within(rig, Health("failed", "no answer"))
+    rig.sim.silent = True  # takes bytes, never answers: unknown status, failed after 2 missed probes
+    await state_within(rig, Health("failed", "no answer to 2 probes in a row"))
     rig.sim.silent = False
-    await state_within(rig, Health("ready"), probes=MAX_PROBES + 2)  # late replies are drained first
+    # The requests it dropped are given up 2 reply times + 0.5 s after they were sent.
+    await state_within(rig, Health("ready"), probes=MAX_PROBES + 20)
 
     await rig.sim.kill()  # dead: connection reset, new ones refused
     await state_within(rig, Health("failed", "not reachable"))

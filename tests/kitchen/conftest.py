@@ -11,6 +11,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from drivers.escpos_render import render, ticket_from_doc
 from edgehub.bus.topics import Topics
 from edgehub.config import Config
 from edgehub.kitchen import Kitchen
@@ -55,11 +56,11 @@ class SlipCollector:
     """A KitchenPrinter that keeps what it was given (the real queue prints it)."""
 
     def __init__(self) -> None:
-        self.jobs: list[tuple[str, str, bytes]] = []
+        self.jobs: list[tuple[str, str, bytes]] = []  # rendered for an 80 mm printer, as staff would see
         self.arrived = asyncio.Event()
 
-    async def submit(self, role: str, job_id: str, ticket_bytes: bytes) -> None:
-        self.jobs.append((role, job_id, ticket_bytes))
+    async def submit(self, role: str, job_id: str, slip: dict[str, Any]) -> None:
+        self.jobs.append((role, job_id, render(ticket_from_doc(slip))))
         self.arrived.set()
 
 

@@ -311,7 +311,7 @@ async def test_slip_collector_is_a_kitchen_printer() -> None:
     from edgehub.kitchen import KitchenPrinter
 
     printer: KitchenPrinter = SlipCollector()
-    await printer.submit("kitchen-printer", "job", b"x")
+    await printer.submit("kitchen-printer", "job", {"lines": ["x"]})
 
 
 async def test_a_new_order_shows_at_once_but_never_ahead_of_an_earlier_tap(

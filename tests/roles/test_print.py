@@ -302,7 +302,6 @@ async def test_jobs_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_kitchen_slips_use_the_role_queue_and_reprint_marks(tmp_path: Path) -> None:
-    from drivers.escpos_render import Ticket, render
     from edgehub.roles import KitchenSlips
 
     async with running_store(tmp_path / "box") as store, PrinterSim() as a, PrinterSim() as b:
@@ -311,13 +310,13 @@ async def test_kitchen_slips_use_the_role_queue_and_reprint_marks(tmp_path: Path
         await store.add(printer_info("prn-b", b))
         await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-a")
         a.slow = 0.5  # the slip is still printing when the printer dies
-        await slips.submit(GRILL, "kitchen/t-1/1", render(Ticket().text("JOB 0007")))
+        await slips.submit(GRILL, "kitchen/t-1/1", {"lines": ["JOB 0007"]})
         await store.wait_for(lambda: bool(a.core._finished), what="slip sent to prn-a")
         await a.kill()
         await store.wait_for(lambda: len(copies(b)) == 1, what="slip on the spare")
         assert copies(b) == [(7, True)]
         # A role nobody bound yet keeps its slips until one is bound.
-        await slips.submit("kitchen-printer.wok", "kitchen/t-2/1", render(Ticket().text("JOB 0008")))
+        await slips.submit("kitchen-printer.wok", "kitchen/t-2/1", {"lines": ["JOB 0008"]})
         assert store.roles.seats["kitchen-printer.wok"].serving is None
         assert store.roles.printqueue.waiting("kitchen-printer.wok") == 1
         await store.roles.rebind("kitchen-printer.wok", ("prn-b",), 30.0, who="test")

@@ -82,6 +82,7 @@ __all__ = [
     "PrinterNotReady",
     "PrinterStatus",
     "PrinterTiming",
+    "PrinterUnreachable",
     "confirm_request",
 ]
 
@@ -265,6 +266,12 @@ class PrinterNoAnswer(DeviceTimeout):
     job_sent = False
 
 
+class PrinterUnreachable(DeviceUnavailable):
+    """The printer could not be reached before a job: nothing was sent (``job_sent`` False)."""
+
+    job_sent = False
+
+
 @dataclass(frozen=True)
 class PrinterTiming:
     """Every time limit the driver uses, in seconds (tests pass short ones)."""
@@ -405,6 +412,7 @@ class EscposPrinter(Driver):
         self.last_status_at = 0.0
         self.last_asb: PrinterStatus | None = None
         self.last_heard = 0.0  # when the printer last sent anything
+        self._writing = False  # the job being printed has started to go out
         self._last_health: Health | None = None
 
     @property
@@ -861,8 +869,20 @@ class EscposPrinter(Driver):
             return t, before
 
     async def _print_job(self, job_id: str, data: bytes, started: float, write_timeout: float) -> PrintResult:
+        self._writing = False
+        try:
+            return await self._print_job_on(job_id, data, started, write_timeout)
+        except DeviceUnavailable as exc:
+            if self._writing or isinstance(exc, PrinterUnreachable):
+                raise
+            raise PrinterUnreachable(
+                f"job {job_id} not sent: {str(exc).removeprefix(f'{self.info.device_id}: ')}", self.info.device_id
+            ) from exc
+
+    async def _print_job_on(self, job_id: str, data: bytes, started: float, write_timeout: float) -> PrintResult:
         async with self._conversation() as t:
             t, before = await self._ready_before_job(t, job_id)
+            self._writing = True  # from here on, some of the job may reach the printer
             if self._status == "none":
                 await t.write(data, timeout=write_timeout)
                 self.busy_until = time.monotonic() + self.timing.print_time(data)

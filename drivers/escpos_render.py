@@ -422,27 +422,26 @@ class _Renderer:
         px = self.p.raster_font_px
         cjk = _font(cjk_path, px)
         symbol_path = find_symbol_font()
-        runs: list[tuple[str, Any]] = []
+        # Laid out on the printer's own font-A grid (12 dots a column, 24 for a wide character),
+        # so a drawn line lines up with the printed ones above and below it.
+        cell = max(1, self.p.dots // max(1, self.p.columns))
+        ascent, descent = cjk.getmetrics()
+        height = max(px, ascent + descent) + 2
+        width = max(1, min(self.p.dots, display_width(line) * cell + (1 if bold else 0)))
+        img = Image.new("1", (width, height), 1)
+        draw = ImageDraw.Draw(img)
+        x = 0
         for ch in line:
-            if ch in _ZERO_WIDTH:
+            span = _char_width(ch) * cell
+            if not span:
                 continue
             font = cjk
             if symbol_path is not None and ord(ch) not in _cmap(cjk_path) and ord(ch) in _cmap(symbol_path):
                 font = _font(symbol_path, px)
-            if runs and runs[-1][1] is font:
-                runs[-1] = (runs[-1][0] + ch, font)
-            else:
-                runs.append((ch, font))
-        ascent, descent = cjk.getmetrics()
-        height = max(px, ascent + descent) + 2
-        width = max(1, int(sum(font.getlength(text) for text, font in runs)) + (1 if bold else 0))
-        img = Image.new("1", (min(self.p.dots, width), height), 1)
-        draw = ImageDraw.Draw(img)
-        for offset in (0, 1) if bold else (0,):  # faux bold: drawn again one dot to the right
-            x = float(offset)
-            for text, font in runs:
-                draw.text((x, ascent + 1), text, font=font, fill=0, anchor="ls")
-                x += font.getlength(text)
+            left = x + max(0.0, (span - font.getlength(ch)) / 2)
+            for offset in (0, 1) if bold else (0,):  # faux bold: drawn again one dot to the right
+                draw.text((left + offset, ascent + 1), ch, font=font, fill=0, anchor="ls")
+            x += span
         if dw or dh:
             img = img.resize((min(self.p.dots, img.width * (2 if dw else 1)), img.height * (2 if dh else 1)))
         # Align by placing the drawing on a full-width canvas: ESC a does not move raster images

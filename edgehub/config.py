@@ -296,6 +296,8 @@ ZVT_PROBES = ("link", "status")
 # a ZVT terminal's own).
 DEVICE_EXTRA_KEYS = ("baudrate", "bytesize", "confirm", "mode", "parity", "serial_number", "stopbits", "vendor",
                      *ZVT_KEYS)
+# A printer's profile keys (drivers.escpos_profile.PROFILE_KEYS; a test keeps them equal).
+PRINTER_PROFILE_KEYS = ("profile", "paper_mm", "columns", "dots", "codepage", "cjk", "status", "flow_control")
 # How an escpos printer confirms a job (drivers.escpos.CONFIRM_MODES; a test keeps them equal).
 PRINTER_CONFIRM_MODES = ("auto", "process-id", "status")
 
@@ -1048,9 +1050,11 @@ def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[
         for key, value in entry.items():
             if key in {"id", "driver", "transport", "address", "model"} or key in INPUT_DEVICE_KEYS:
                 continue
+            if key in PRINTER_PROFILE_KEYS:
+                continue  # _printer_profile's
             if key not in DEVICE_EXTRA_KEYS:
                 ck.problem(f"{prefix}.{key}", "unknown key (known: address, driver, id, model, transport, "
-                           f"{', '.join(sorted((*DEVICE_EXTRA_KEYS, *INPUT_DEVICE_KEYS)))})")
+                           f"{', '.join(sorted((*DEVICE_EXTRA_KEYS, *INPUT_DEVICE_KEYS, *PRINTER_PROFILE_KEYS)))})")
             elif key == "confirm" and driver and driver != "escpos":
                 ck.problem(f"{prefix}.confirm", f"only escpos printers take confirm, this is a {driver}")
             elif key == "confirm" and value not in PRINTER_CONFIRM_MODES:
@@ -1073,6 +1077,7 @@ def _static_devices(ck: _Checker, base: Path, data: Mapping[str, Any]) -> tuple[
                 extra[key] = str(value)
             else:
                 ck.problem(f"{prefix}.{key}", f"must be a string, number or boolean, got {_kind(value)}")
+        extra.update(_printer_profile(ck, prefix, entry, driver, transport))
         if driver and transport and address:
             devices.append(StaticDeviceConfig(driver=driver, transport=transport, address=address,
                                               id=device_id or "", model=model or "", extra=extra))
@@ -1114,6 +1119,28 @@ def _input_device_settings(ck: _Checker, prefix: str, driver: str | None,
         else:
             found["unit"] = unit
     return found
+
+
+def _printer_profile(
+    ck: _Checker, prefix: str, entry: Mapping[str, Any], driver: str | None, transport: str | None
+) -> dict[str, str]:
+    """A printer's profile keys (drivers/escpos_profile.py): paper, code page, how Chinese
+    prints, status mode, flow control. Checked here, handed to the driver as strings."""
+    from drivers.escpos_profile import profile_problems
+
+    given = {key: entry[key] for key in PRINTER_PROFILE_KEYS if key in entry}
+    if not given:
+        return {}
+    if driver and driver != "escpos":
+        for key in given:
+            ck.problem(f"{prefix}.{key}", f"only escpos printers take {key}, this is a {driver}")
+        return {}
+    bad = dict(profile_problems(given))
+    for key, message in bad.items():
+        ck.problem(f"{prefix}.{key}", message)
+    if "flow_control" not in bad and given.get("flow_control", "none") != "none" and transport != "serial":
+        ck.problem(f"{prefix}.flow_control", f"only serial printers have flow control, this one is {transport}")
+    return {key: str(value) for key, value in given.items() if key not in bad}
 
 
 _CLOUD_KEYS = {

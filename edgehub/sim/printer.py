@@ -199,6 +199,9 @@ class PrintedTicket:
     drawer_kicks: int = 0
     cut: bool = False
     job_token: bytes = b""
+    # What came out, top to bottom: ("line" | "image" | "qr" | "barcode", index in its list).
+    order: list[tuple[str, int]] = field(default_factory=list)
+    qr_module_sizes: list[int] = field(default_factory=list)  # dots per QR module, per QR code
 
     @property
     def text(self) -> str:
@@ -548,6 +551,7 @@ class PrinterSession:
         self._segments: list[str] = []
         self._line: PrintedLine | None = None
         self._qr_data = ""
+        self._qr_module = 3  # Epson's default module size
 
     # -- byte interface ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -679,6 +683,7 @@ class PrinterSession:
             data = bytes(buf[pos + 8 : pos + size])
             rows = [data[r * width_bytes : (r + 1) * width_bytes] for r in range(height)]
             self._end_line(force=False)
+            self._ticket.order.append(("image", len(self._ticket.images)))
             self._ticket.images.append(PrintedImage(width_bytes * 8, height, rows))
             return size
         if prefix == GS and cmd == ord("*"):
@@ -794,11 +799,15 @@ class PrinterSession:
                 self._last_ticket.job_token = token
             self._core._submit(self, _Confirm(token))
         elif fn == "k" and len(payload) >= 2 and payload[0] == 49:  # QR code (cn 49)
-            if payload[1] == 80 and len(payload) >= 3:  # store the data
+            if payload[1] == 67 and len(payload) >= 3:  # module size in dots
+                self._qr_module = payload[2]
+            elif payload[1] == 80 and len(payload) >= 3:  # store the data
                 self._qr_data = payload[3:].decode("utf-8", "replace")
             elif payload[1] == 81:  # print the stored symbol
                 self._end_line(force=False)
+                self._ticket.order.append(("qr", len(self._ticket.qr_codes)))
                 self._ticket.qr_codes.append(self._qr_data)
+                self._ticket.qr_module_sizes.append(self._qr_module)
 
     def _barcode(self, pos: int, avail: int) -> int:
         buf = self._buf
@@ -820,6 +829,7 @@ class PrinterSession:
         else:
             return 3
         self._end_line(force=False)
+        self._ticket.order.append(("barcode", len(self._ticket.barcodes)))
         self._ticket.barcodes.append((kind, _barcode_text(kind, data)))
         return size
 
@@ -850,6 +860,7 @@ class PrinterSession:
         line.text = "".join(self._segments)
         self._segments.clear()
         self._line = None
+        self._ticket.order.append(("line", len(self._ticket.lines)))
         self._ticket.lines.append(line)
 
     def _cut(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from typing import Any, Protocol
 
@@ -29,10 +30,14 @@ class ByteTransport(Protocol):
 class StreamTransport:
     """An asyncio stream pair: a TCP socket or a serial port opened through pyserial-asyncio-fast."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str, fd: int | None = None
+    ) -> None:
         self._reader = reader
         self._writer = writer
         self.label = label
+        # A serial port's file descriptor: written here, not through the transport (see write).
+        self._fd = fd
 
     @classmethod
     async def tcp(cls, host: str, port: int, timeout: float = 2.0) -> StreamTransport:
@@ -82,7 +87,9 @@ class StreamTransport:
             raise DeviceTimeout(f"cannot open {label} within {timeout:.1f}s") from exc
         except (OSError, serial.SerialException, ValueError, termios.error) as exc:
             raise DeviceUnavailable(f"cannot open {label}: {exc}") from exc
-        return cls(reader, writer, label)
+        port_object = getattr(writer.transport, "serial", None)
+        fd = getattr(port_object, "fd", None)
+        return cls(reader, writer, label, fd if isinstance(fd, int) else None)
 
     @property
     def dead(self) -> bool:
@@ -106,6 +113,9 @@ class StreamTransport:
     async def write(self, data: bytes, timeout: float = 2.0) -> None:
         if self._writer.is_closing():
             raise DeviceUnavailable(f"{self.label} is closed")
+        if self._fd is not None:
+            await self._write_fd(self._fd, data, timeout)
+            return
         try:
             self._writer.write(data)
             async with asyncio.timeout(timeout):
@@ -113,6 +123,39 @@ class StreamTransport:
         except TimeoutError as exc:
             raise DeviceTimeout(f"{self.label} did not take {len(data)} bytes within {timeout:.1f}s") from exc
         except (OSError, RuntimeError) as exc:
+            raise DeviceUnavailable(f"write to {self.label} failed: {exc}") from exc
+
+    async def _write_fd(self, fd: int, data: bytes, timeout: float) -> None:
+        """Serial writes straight to the port: pyserial's non-blocking write spins on EAGAIN
+        (it loops without waiting) when the line discipline has stopped output, which is what
+        XOFF from the printer does; here an EAGAIN waits for the port to be writable again."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        try:
+            async with asyncio.timeout(timeout):
+                while view:
+                    try:
+                        sent = os.write(fd, view)
+                    except BlockingIOError:
+                        ready: asyncio.Future[None] = loop.create_future()
+
+                        def writable(ready: asyncio.Future[None] = ready) -> None:
+                            if not ready.done():
+                                ready.set_result(None)
+
+                        loop.add_writer(fd, writable)
+                        try:
+                            await ready
+                        finally:
+                            loop.remove_writer(fd)
+                        continue
+                    view = view[sent:]
+        except TimeoutError as exc:
+            raise DeviceTimeout(
+                f"{self.label} did not take {len(data)} bytes within {timeout:.1f}s "
+                f"({len(data) - len(view)} went out; flow control holding it?)"
+            ) from exc
+        except OSError as exc:
             raise DeviceUnavailable(f"write to {self.label} failed: {exc}") from exc
 
     async def _read(self, coro: Any, timeout: float, what: str) -> bytes:

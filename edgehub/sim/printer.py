@@ -1048,36 +1048,32 @@ class PtyPrinterSim(_KnobsMixin):
 
     ``unplug()`` closes the master end, which the host sees as the cable being pulled.
 
-    ``xonxoff``: the printer's receive buffer holds ``buffer_size`` bytes and takes them in at
-    ``bytes_per_second`` (the print mechanism's pace); above ``buffer_size - 128`` it sends XOFF
-    (``13``), and XON (``11``) once below a quarter (Epson and Citizen serial interface specs:
-    XOFF when the buffer is nearly full, XON when it has room again). A host that keeps sending
-    after XOFF overflows the buffer: those bytes are lost (``overflowed`` counts them).
+    ``xoff()`` / ``xon()`` send the printer's flow-control bytes (``13`` / ``11``, as Epson and
+    Citizen serial printers do when their receive buffer is nearly full / has room again). A pty
+    moves bytes at no line speed, so a buffer filling up cannot happen here by itself: a test
+    sends XOFF when the printer would. ``received`` counts the bytes taken from the host.
     """
 
-    def __init__(
-        self,
-        core: PrinterCore | None = None,
-        *,
-        xonxoff: bool = False,
-        buffer_size: int = 1024,
-        bytes_per_second: float = 8000.0,
-    ) -> None:
+    def __init__(self, core: PrinterCore | None = None) -> None:
         self.core = core or PrinterCore()
         self.path = ""
         self._master = -1
         self._slave = -1
         self._pump: _Pump | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self.xonxoff = xonxoff
-        self.buffer_size = buffer_size
-        self.bytes_per_second = bytes_per_second
-        self._rx = bytearray()
-        self._stopped_host = False  # XOFF sent, XON not yet
-        self._drain_task: asyncio.Task[None] | None = None
-        self._rx_wakeup = asyncio.Event()
-        self.overflowed = 0
-        self.xoffs_sent = 0
+        self.received = 0
+
+    def xoff(self) -> None:
+        """Buffer nearly full: the host must stop sending."""
+        self._send_control(b"\x13")
+
+    def xon(self) -> None:
+        """Room again: the host may send."""
+        self._send_control(b"\x11")
+
+    def _send_control(self, byte: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._master, byte)
 
     async def __aenter__(self) -> PtyPrinterSim:
         self._master, self._slave = pty.openpty()
@@ -1088,29 +1084,7 @@ class PtyPrinterSim(_KnobsMixin):
         self._pump = _Pump(self.core.session)
         asyncio.get_running_loop().add_reader(self._master, self._on_readable)
         self._pump_task = asyncio.create_task(self._pump.run(self._write))
-        if self.xonxoff:
-            self._drain_task = asyncio.create_task(self._drain())
         return self
-
-    async def _drain(self) -> None:
-        """Take buffered bytes in at the mechanism's pace; XON once there is room again."""
-        chunk = max(1, int(self.bytes_per_second / 50))
-        while True:
-            if not self._rx:
-                self._rx_wakeup.clear()
-                await self._rx_wakeup.wait()
-                continue
-            data, self._rx[:chunk] = bytes(self._rx[:chunk]), b""
-            if self._pump is not None:
-                self._pump.session.feed(data)
-            if self._stopped_host and len(self._rx) < self.buffer_size // 4:
-                self._stopped_host = False
-                self._send_control(b"\x11")
-            await asyncio.sleep(len(data) / self.bytes_per_second)
-
-    def _send_control(self, byte: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._master, byte)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.unplug()
@@ -1126,20 +1100,9 @@ class PtyPrinterSim(_KnobsMixin):
         except OSError:
             asyncio.get_running_loop().remove_reader(self._master)
             return
-        if not self.xonxoff:
-            if self._pump is not None:
-                self._pump.session.feed(data)
-            return
-        room = self.buffer_size - len(self._rx)
-        if len(data) > room:
-            self.overflowed += len(data) - room
-            data = data[:room]
-        self._rx += data
-        self._rx_wakeup.set()
-        if not self._stopped_host and len(self._rx) > self.buffer_size - 128:
-            self._stopped_host = True
-            self.xoffs_sent += 1
-            self._send_control(b"\x13")
+        self.received += len(data)
+        if self._pump is not None:
+            self._pump.session.feed(data)
 
     async def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -1152,11 +1115,6 @@ class PtyPrinterSim(_KnobsMixin):
             view = view[sent:]
 
     async def unplug(self) -> None:
-        if self._drain_task is not None:
-            self._drain_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._drain_task
-            self._drain_task = None
         if self._pump_task is not None:
             self._pump_task.cancel()
             with contextlib.suppress(BaseException):

@@ -186,7 +186,7 @@ class Discovery:
             on_shared=self._remember_shared,
         )
         self.lan = LanDiscovery(
-            config.subnets, zeroconf_types=tuple(self.table.zeroconf), neighbours=neighbours
+            config.subnets, zeroconf_types=tuple(self.table.zeroconf), neighbours=neighbours, held=self._held_lan
         )
         self._neighbours = neighbours
         self._zeroconf = zeroconf
@@ -328,10 +328,21 @@ class Discovery:
             return
         await self.registry.upsert(info)
 
+    def _held_lan(self) -> set[str]:
+        # LAN printers the hub knows (configured or found): the sweep must not open a second
+        # connection to them, which many printers answer by dropping the hub's own.
+        return {e.info.address for e in self.registry.all() if e.info.transport == "tcp" and e.present} | {
+            d.address for d in self.static if d.transport == "tcp"}
+
     async def _sweep_loop(self) -> None:
+        told: set[str] = set()
         while True:
             for info in await self.lan.sweep():
                 await self._found_lan(info)
+            for note in self.lan.notes:
+                if note not in told:
+                    told.add(note)
+                    log.warning("LAN sweep: %s", note)
             # A sweep pokes every address of the subnet: far less often than the USB poll.
             await asyncio.sleep(max(60.0, self.config.scan_interval_s * 12))
 
@@ -382,6 +393,7 @@ class Discovery:
                 browse = asyncio.create_task(self.lan.browse(zc, collect))
                 sweep = self.lan.sweep(lambda done, total: say(f"sweeping port 9100: {done}/{total} hosts"))
                 lan.extend(await sweep)
+                self.notes += [f"LAN {note}" for note in self.lan.notes]
                 await asyncio.sleep(max(0.0, browse_seconds))
                 await cancel_and_wait(browse)
             finally:

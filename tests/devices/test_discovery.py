@@ -132,7 +132,7 @@ async def garbage_server(reply: bytes) -> asyncio.Server:
 
 
 @pytest.mark.parametrize(
-    "reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x12", b"\x12\x12\x12\x12garbage", b""]
+    "reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", b"\x12\x02", b"\x12\x12\x12\x12garbage"]
 )
 async def test_9100_probe_refuses_what_is_not_a_printer(reply: bytes) -> None:
     server = await garbage_server(reply)

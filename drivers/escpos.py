@@ -65,7 +65,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, get_args
 
-from drivers.base import DeviceInfo, Driver, Health, UsbMatch
+from drivers.base import DeviceInfo, Driver, FieldCheck, FieldStep, Health, UsbMatch
 from drivers.escpos_profile import STATUS_MODES, PrinterProfile, StatusMode, profile_from_settings
 from drivers.transport import ByteTransport, StreamTransport
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, ProtocolError
@@ -806,6 +806,132 @@ class EscposPrinter(Driver):
             _, status = await self._status_reconnecting(t)
             return status.health()
 
+    # -- the installer's field check -------------------------------------------------------
+    async def _raw_reply(self, t: ByteTransport, request: bytes, want: int, timeout: float) -> bytes:
+        """Send ``request`` and return every byte that came back within ``timeout`` (at most
+        ``want``, flow-control bytes dropped), for the field check's report."""
+        self._take_buffered(t)
+        self._rx.clear()
+        self._pending = None
+        await t.write(request, timeout=timeout + 1.0)
+        got = bytearray()
+        deadline = time.monotonic() + timeout
+        while len(got) < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                chunk = await t.read_some(left)
+            except DeviceTimeout:
+                break
+            self.last_heard = time.monotonic()
+            got += bytes(b for b in chunk if b not in (_XON, _XOFF))
+            if request.startswith(b"\x1dI") and request[2] >= 65 and 0 in got:
+                break  # GS I text ends with NUL
+        return bytes(got)
+
+    async def field_check(self, wait_s: float) -> FieldCheck:
+        """Ask the printer everything its profile depends on, one request at a time, and show
+        the raw bytes of every answer: DLE EOT 1-4, automatic status back (GS a), the printer id
+        (GS I 1-3) and its maker, model and font language (GS I 66, 67, 69); print a test page in
+        the configured code page with Chinese and an emoji; infer the status mode and how it
+        prints Chinese from what came back (``FieldCheck.profile``)."""
+        steps: list[FieldStep] = []
+        profile: dict[str, str] = {}
+        reply = max(self.timing.status_reply, 0.5)
+        try:
+            async with asyncio.timeout(max(wait_s, 5.0) + 30 * reply + self.timing.confirm):
+                async with self._conversation() as t:
+                    steps.append(FieldStep("connection", True, f"open: {self.label}"))
+                    answered = await self._check_status(t, steps, reply)
+                    ids = await self._check_ids(t, steps, reply)
+                profile["status"] = ("full" if {1, 2, 3, 4} <= answered else "basic" if {1, 2, 3} <= answered
+                                     else "asb" if -1 in answered else "none")
+                profile["cjk"] = _infer_cjk(ids)
+                steps.append(await self._test_page(profile["status"], wait_s))
+        except DeviceUnavailable as exc:
+            steps.append(FieldStep("connection", False, f"cannot reach the printer: {exc}"))
+        except (DeviceError, TimeoutError) as exc:
+            steps.append(FieldStep("field check", False, f"stopped: {exc or 'took too long'}"))
+        return FieldCheck(tuple(steps), profile)
+
+    async def _check_status(self, t: ByteTransport, steps: list[FieldStep], reply: float) -> set[int]:
+        answered: dict[int, int] = {}
+        meaning = {1: "printer (bit 2 drawer pin 3, bit 3 offline)",
+                   2: "offline cause (bit 2 cover, bit 3 feed button, bit 5 paper end, bit 6 error)",
+                   3: "error cause (bit 2 mechanical, bit 3 cutter, bit 5 unrecoverable, bit 6 auto-recoverable)",
+                   4: "paper sensor (bits 2-3 near end, bits 5-6 paper end)"}
+        for n in (1, 2, 3, 4):
+            raw = await self._raw_reply(t, bytes((0x10, 0x04, n)), 1, reply)
+            valid = len(raw) == 1 and raw[0] & _STATUS_MASK == _STATUS_BITS
+            if valid:
+                answered[n] = raw[0]
+            # No answer is a fact about the model (status basic / asb / none), not a failure;
+            # bytes that are no status reply are.
+            detail = (f"0x{raw[0]:02x}: {meaning[n]}" if valid else
+                      f"not a status byte: {raw.hex(' ')}" if raw else f"no answer within {reply:g}s")
+            steps.append(FieldStep(f"DLE EOT {n}", valid or not raw, detail, raw))
+        raw = await self._raw_reply(t, _ASB_REQUEST, 4, reply)
+        asb = len(raw) == 4 and raw[0] & _STATUS_MASK == _ASB_BITS
+        now: PrinterStatus | None = None
+        if asb:
+            now = self.last_asb = PrinterStatus.from_asb(raw)
+        steps.append(FieldStep(
+            "automatic status back (GS a)", asb or not raw,
+            f"frame {raw.hex(' ')}" if asb else f"not a status frame: {raw.hex(' ')}" if raw else
+            "not sent (fine: DLE EOT answers)" if answered else
+            'no answer: the printer reports no status (status = "none"; jobs will be sent, unconfirmed)',
+            raw,
+        ))
+        if all(n in answered for n in (1, 2, 3)):
+            now = PrinterStatus.from_dle_eot(answered[1], answered[2], answered[3], answered.get(4))
+        if now is not None:
+            steps.append(FieldStep("status now", now.health().usable, now.health().reason or "ready"))
+        return set(answered) | ({-1} if asb else set())
+
+    async def _check_ids(self, t: ByteTransport, steps: list[FieldStep], reply: float) -> dict[str, bytes]:
+        ids: dict[str, bytes] = {}
+        for n, name in ((1, "model id"), (2, "type id"), (3, "version id")):
+            raw = await self._raw_reply(t, b"\x1dI" + bytes((n,)), 1, reply)
+            ids[name] = raw
+            detail = f"0x{raw[0]:02x}" if raw else "no answer"
+            if n == 2 and raw:
+                detail += f": multi-byte (Chinese) font {'yes' if raw[0] & 0x01 else 'no'}"
+            steps.append(FieldStep(f"GS I {n} ({name})", True, detail, raw))  # optional: clones may not answer
+        for n, name in ((66, "maker"), (67, "model"), (69, "font language")):
+            raw = await self._raw_reply(t, b"\x1dI" + bytes((n,)), 82, reply)
+            ids[name] = raw
+            text = raw[1:].split(b"\0", 1)[0].decode("ascii", "replace") if raw[:1] == b"_" else ""
+            steps.append(FieldStep(f"GS I {n} ({name})", True, repr(text) if raw else "no answer (optional)", raw))
+        return ids
+
+    async def _test_page(self, status: str, wait_s: float) -> FieldStep:
+        from drivers.escpos_render import Ticket, render
+
+        p = self.profile
+        page = (Ticket().title("edgehub test page")
+                .text(f"{p.columns} columns, {p.dots} dots, {p.codepage}, cjk {p.cjk}")
+                .text("中文测试: 宫保鸡丁 麻婆豆腐")
+                .text("Emoji: 🌶️ ☕ 🍜")
+                .text("Crème brûlée 5.50")
+                .rule()
+                .text("<" + "-" * (p.columns - 2) + ">")
+                .cut())
+        data = render(page, p)
+        try:
+            if status == "none" or self._status == "none":
+                async with self._conversation() as t:
+                    await t.write(data, timeout=self.timing.write_base + len(data) / 1024 * self.timing.write_per_kb)
+                return FieldStep("test page", True, "sent (the printer cannot confirm it): check the paper: Chinese, "
+                                 "the emoji and the arrow line across the full width")
+            if self._status is None:
+                self._status = status  # type: ignore[assignment]  # one of the modes, inferred above
+            result = await self.print_job("field-check", data)
+        except DeviceError as exc:
+            return FieldStep("test page", False, f"not printed: {exc}")
+        return FieldStep("test page", True, f"printed ({result.confirmed_by}): check the paper: Chinese, the emoji "
+                         "and the arrow line across the full width (else fix columns/paper_mm)")
+
     # -- printing ----------------------------------------------------------------------------
     def _next_token(self) -> bytes:
         self._token_seq = (self._token_seq + 1) % 95**4
@@ -1010,6 +1136,24 @@ class EscposPrinter(Driver):
                 return latest
             if token is None:
                 next_poll = min(next_poll, max(done_at, time.monotonic()))
+
+
+def _infer_cjk(ids: dict[str, bytes]) -> str:
+    """How the printer prints Chinese, from GS I 69 (font language) and GS I 2 (type id bit 0:
+    a multi-byte font). A multi-byte font that does not say which is taken for GB18030, the
+    mainland default; the test page shows whether that is right (``gbk`` when emoji lines print
+    garbage)."""
+    language = ids.get("font language", b"").upper()
+    if b"BIG5" in language or b"TRADITIONAL" in language:
+        return "big5"
+    if b"GB18030" in language:
+        return "gb18030"
+    if b"GBK" in language or b"GB2312" in language:
+        return "gbk"
+    type_id = ids.get("type id", b"")
+    if type_id and type_id[0] & 0x01:
+        return "gb18030"
+    return "raster"
 
 
 @dataclass

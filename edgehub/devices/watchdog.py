@@ -82,6 +82,7 @@ class Watchdog:
         self.timing = timing or WatchdogTiming()
         self.probes: dict[str, int] = {}  # probes finished per device (tests count these)
         self.misses: dict[str, int] = {}  # missed probes in a row per device
+        self.missed_total: dict[str, int] = {}  # missed probes per device since start
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._probed = asyncio.Condition()
@@ -165,6 +166,7 @@ class Watchdog:
             return health
         limit = self.timing.missed(kind)
         missed = self.misses[device_id] = self.misses.get(device_id, 0) + 1
+        self.missed_total[device_id] = self.missed_total.get(device_id, 0) + 1
         if missed < limit:
             log.debug("%s missed probe %d of %d: %s", device_id, missed, limit, health.reason)
             return None

@@ -263,6 +263,7 @@ class _KnobsMixin:
     recoverable_error = _Knob[bool]()
     silent = _Knob[bool]()
     slow = _Knob[float]()
+    lag = _Knob[float]()
     clone = _Knob[bool]()
 
     @property
@@ -315,6 +316,7 @@ class PrinterCore:
         self._flags: dict[str, bool] = dict.fromkeys(_FLAG_NAMES, False)
         self.silent = False
         self.slow = 0.0
+        self.lag = 0.0  # seconds every reply is late by (a Wi-Fi latency spike); nothing is lost
         self.clone = clone or not profile.process_id
         self.process_id_requests = 0  # GS ( H fn48 received, answered or (clone) not
         # A cash drawer on the kick connector: a kick (ESC p, DLE DC4 1) opens it, staff push it
@@ -364,6 +366,7 @@ class PrinterCore:
                 self._flags[name] = False
             self.silent = False
             self.slow = 0.0
+            self.lag = 0.0
             self.process_id_requests = 0
             self._finished.clear()
             self._held.clear()
@@ -452,7 +455,7 @@ class PrinterCore:
     def reply_at(self) -> float:
         """When a reply to a request received now leaves: at once, or (``status_behind_buffer``)
         once the print data received before it is processed."""
-        now = self._clock()
+        now = self._clock() + self.lag
         if self.profile.status_behind_buffer and not self.stopped:
             return max(now, self._busy_until)
         return now

@@ -185,3 +185,43 @@ async def test_status_behind_a_full_buffer_is_not_a_dead_printer(tmp_path: Path)
         assert first["reprint"] is False and second["reprint"] is False
         assert failures == [], f"the printer was failed while it was printing: {failures}"
         assert store.registry.get("prn-s").health.state == "ready"  # type: ignore[union-attr]
+
+
+async def test_a_job_that_fails_over_to_58mm_is_laid_out_again(tmp_path: Path) -> None:
+    """Issue 21: every ticket was rendered for 80 mm / 48 columns; on a 58 mm spare it wrapped."""
+    roles = '[[role]]\nname = "receipt-printer"\ndevices = ["prn-80", "prn-58"]\nfailback_after_s = 600\n'
+    async with running_store(tmp_path / "box", roles, FAST_WATCHDOG, quick_driver) as store:
+        wide = await store_printer(store, "prn-80", "epson")
+        narrow = await store_printer(store, "prn-58", "gbk-58", paper_mm="58", cjk="gbk")
+        await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-80")
+        wide.paper_out = True  # the 80 mm printer runs out of paper: nothing sent, the job moves
+        await store.roles.printqueue.submit("receipt-printer", DELIVERY, "d-58", no_reply())
+        await store.wait_for(lambda: bool(narrow.printed), what="the ticket on the 58 mm spare")
+        (out,) = narrow.printed
+        paper = draw_paper(out, narrow.core.profile)
+        assert paper.problems == []
+        [total] = [line.text for line in out.lines if "Total" in line.text]
+        assert display_width(total) == 32 and total.endswith("126.00")
+        assert wide.printed == []
+
+
+async def test_one_late_reply_does_not_move_the_role(tmp_path: Path) -> None:
+    """Issue 21: one missed status reply marked a printer failed and moved its role at once."""
+    roles = '[[role]]\nname = "receipt-printer"\ndevices = ["prn-a", "prn-b"]\nfailback_after_s = 600\n'
+    async with running_store(tmp_path / "box", roles, FAST_WATCHDOG, quick_driver) as store:
+        a = await store_printer(store, "prn-a", "epson")
+        await store_printer(store, "prn-b", "epson")
+        await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-a")
+        states: list[str] = []
+        store.registry.subscribe(lambda ev: states.append(ev.entry.health.state) if ev.entry.device_id == "prn-a"
+                                 else None)
+        probes = store.watchdog.probes["prn-a"]
+        a.lag = 0.5  # a Wi-Fi spike: replies come 0.5 s late, past the 0.3 s reply time
+        await store.watchdog.wait_probes("prn-a", probes + 1)
+        a.lag = 0.0
+        await store.watchdog.wait_probes("prn-a", probes + 12)
+        assert store.watchdog.misses.get("prn-a", 0) == 0 and store.watchdog.missed_total["prn-a"] >= 1
+        assert "failed" not in states and store.roles.serving("receipt-printer") == "prn-a"
+        a.silent = True  # silent for good: failed after printer_missed probes, the role moves
+        await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-b", what="the role moved")
+        assert store.registry.get("prn-a").health.reason.startswith("no answer")  # type: ignore[union-attr]

@@ -985,8 +985,7 @@ class EscposPrinter(Driver):
                         f"nothing was sent ({str(exc).removeprefix(f'{self.info.device_id}: ')})",
                         self.info.device_id,
                     ) from exc
-                await asyncio.sleep(self.timing.poll_interval)
-                continue
+                continue  # the request stays due: the next read waits for its late reply first
             problems = before.problems()
             if problems:
                 raise PrinterNotReady(

@@ -383,6 +383,12 @@ class PrinterCore:
             return [ticket for done_at, ticket in self._finished if done_at <= now]
 
     @property
+    def taken(self) -> int:
+        """Tickets received in full and printing or printed (not held by a stopped printer)."""
+        with self._lock:
+            return len(self._finished)
+
+    @property
     def held(self) -> list[PrintedTicket]:
         """Tickets received while the printer was stopped; they print when it recovers."""
         with self._lock:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 __all__ = [
+    "SIM_DEVICE_KEYS",
     "SIM_PROFILES",
     "PrintedImage",
     "PrintedLine",
@@ -84,7 +85,7 @@ class SimProfile:
     seconds_per_ticket: float = 0.0
 
 
-#: The simulator's profiles by name (``PrinterCore(profile=...)``, ``make run`` with SIM_PRINTERS).
+#: The simulator's profiles by name (``PrinterCore(profile=...)``; ``make run SIM="kitchen-1=gbk-58"``).
 SIM_PROFILES: dict[str, SimProfile] = {
     p.name: p
     for p in (
@@ -110,6 +111,13 @@ SIM_PROFILES: dict[str, SimProfile] = {
         # A Western printer without a Chinese font: FS & is ignored, bytes print in its code page.
         SimProfile("no-cjk", model="TM-T20III", kanji=None),
     )
+}
+
+#: The [[device]] profile keys an installer gives each kind of unit (what its field check infers).
+SIM_DEVICE_KEYS: dict[str, dict[str, str]] = {
+    "silent": {"status": "none"},
+    "gbk-58": {"paper_mm": "58", "cjk": "gbk"},
+    "no-cjk": {"cjk": "raster"},
 }
 
 # ESC t n -> Python codec. Printers know many more; these are the ones our renderer uses and

@@ -4,8 +4,10 @@
 a Mettler Toledo 8217 scale and a serial barcode scanner on pseudo-terminals, and a ZVT pinpad
 on loopback TCP, and gives the ``[[device]]`` entries that point the hub at them. ``profiles``
 picks another real unit's habits for a slot (``SIM_SLOTS``): ``{"scale": "cas-jin", "scanner":
-"hid-report-id"}`` (``edgehub run --simulate --sim-profile scale=cas-jin``; ``make run
-SIM="scale=cas-jin scanner=hid-report-id"``). A HID scanner lives on a simulated USB bus
+"hid-report-id", "kitchen-1": "gbk-58"}`` (``edgehub run --simulate --sim-profile scale=cas-jin``;
+``make run SIM="scale=cas-jin scanner=hid-report-id kitchen-2=silent"``). A printer slot's unit
+(``SIM_PROFILES``) comes with the profile keys an installer gives it (``SIM_DEVICE_KEYS``, e.g.
+``status = "none"`` for a silent one). A HID scanner lives on a simulated USB bus
 (``usb_backend``, for the hub). The ids are
 fixed, so role bindings in a dev config (``kitchen-printer.grill = ["sim-kitchen-1", …]``)
 keep working across runs although the ports and ptys change; roles the config does not bind
@@ -26,7 +28,7 @@ from typing import Any
 
 from edgehub.config import Config, RoleConfig, StaticDeviceConfig
 from edgehub.sim.pinpad import ZvtPinpadSim
-from edgehub.sim.printer import PrinterCore, PrinterSim
+from edgehub.sim.printer import SIM_DEVICE_KEYS, SIM_PROFILES, PrinterCore, PrinterSim
 from edgehub.sim.scale import SCALE_PROFILES, ScaleSim
 from edgehub.sim.scanner import SERIAL_SCANNER_PROFILES, SerialScannerSim
 from edgehub.sim.usb import HID_SCANNER_PROFILES, SimHidScanner, SimUsbBackend
@@ -37,6 +39,9 @@ __all__ = ["SIM_ROLES", "SIM_SLOTS", "SimStore", "add_parser", "parse_profiles",
 SIM_SLOTS: dict[str, tuple[str, ...]] = {
     "scale": tuple(SCALE_PROFILES),
     "scanner": (*SERIAL_SCANNER_PROFILES, *HID_SCANNER_PROFILES),
+    "kitchen-1": tuple(SIM_PROFILES),
+    "kitchen-2": tuple(SIM_PROFILES),
+    "receipt": tuple(SIM_PROFILES),
 }
 
 
@@ -93,13 +98,13 @@ class SimStore:
             return {"host": self.lan_hosts[n], "port": 9100} if self.lan_hosts else {}
 
         try:
-            for n in (1, 2):
-                core = PrinterCore(model="TM-T20III", serial_number=f"SIM-KITCHEN-{n}")
-                self.kitchen.append(await stack.enter_async_context(PrinterSim(core, **where(n - 1))))
-            self.receipt = await stack.enter_async_context(
-                PrinterSim(PrinterCore(model="TM-m30III", serial_number="SIM-RECEIPT-1"), **where(2))
-            )
             parse_profiles([f"{slot}={name}" for slot, name in self.profiles.items()])  # says what is wrong
+            for n in (1, 2):
+                core = PrinterCore(serial_number=f"SIM-KITCHEN-{n}", profile=self.profiles.get(f"kitchen-{n}", "epson"))
+                self.kitchen.append(await stack.enter_async_context(PrinterSim(core, **where(n - 1))))
+            self.receipt = await stack.enter_async_context(PrinterSim(
+                PrinterCore(serial_number="SIM-RECEIPT-1", profile=self.profiles.get("receipt", "epson")), **where(2)
+            ))
             scale_profile = self.profiles.get("scale", "mt8217")
             scanner_profile = self.profiles.get("scanner", "serial-cr")
             self.scale = await stack.enter_async_context(ScaleSim.from_profile(scale_profile, weight_g=0))
@@ -128,7 +133,8 @@ class SimStore:
                     transport="tcp",
                     address=p.address,
                     id=f"sim-kitchen-{n}",
-                    model="simulated TM-T20III",
+                    model=f"simulated {p.core.model} ({p.core.profile.name})",
+                    extra=dict(SIM_DEVICE_KEYS.get(p.core.profile.name, {})),
                 )
                 for n, p in enumerate(self.kitchen, start=1)
             ),
@@ -137,7 +143,8 @@ class SimStore:
                 transport="tcp",
                 address=self.receipt.address,
                 id="sim-receipt-1",
-                model="simulated TM-m30III",
+                model=f"simulated {self.receipt.core.model} ({self.receipt.core.profile.name})",
+                extra=dict(SIM_DEVICE_KEYS.get(self.receipt.core.profile.name, {})),
             ),
             StaticDeviceConfig(
                 driver="mt8217" if self.scale.protocol == "mt8217" else "cas",

@@ -18,7 +18,7 @@ from drivers.escpos_render import display_width
 from edgehub.devices import WatchdogTiming
 from edgehub.roles.roles import Reply
 from edgehub.sim.paper import draw_paper
-from edgehub.sim.printer import SIM_PROFILES, PrinterSim
+from edgehub.sim.printer import SIM_DEVICE_KEYS, SIM_PROFILES, PrinterSim
 from tests.roles.conftest import FAST_WATCHDOG, Store, Till, copies, fast_driver, running_store, ticket
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "tickets"
@@ -121,9 +121,8 @@ async def _close_printers() -> Any:
 
 # -- every profile prints, takes a role over, and hands it on --------------------------------
 
-# status = "none" is what discovery (or the installer) gives a printer that never answers.
-PROFILE_SETTINGS: dict[str, dict[str, str]] = {"silent": {"status": "none"}, "gbk-58": {"paper_mm": "58", "cjk": "gbk"},
-                                               "no-cjk": {"cjk": "raster"}}
+# The profile keys the installer gives each kind of unit (status = "none" for a silent one).
+PROFILE_SETTINGS = SIM_DEVICE_KEYS
 
 
 @pytest.mark.parametrize("profile", sorted(set(SIM_PROFILES) - {"epson"}))
@@ -225,3 +224,18 @@ async def test_one_late_reply_does_not_move_the_role(tmp_path: Path) -> None:
         a.silent = True  # silent for good: failed after printer_missed probes, the role moves
         await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-b", what="the role moved")
         assert store.registry.get("prn-a").health.reason.startswith("no answer")  # type: ignore[union-attr]
+
+
+async def test_make_run_starts_the_store_with_a_mix_of_printers() -> None:
+    """``make run SIM="kitchen-1=gbk-58 kitchen-2=silent receipt=basic"``: the simulated store's
+    printers are those units, configured with the profile keys an installer would give them."""
+    from edgehub.sim.store import SimStore, parse_profiles
+
+    profiles = parse_profiles(["kitchen-1=gbk-58", "kitchen-2=silent", "receipt=basic"])
+    async with SimStore(profiles=profiles) as sim:
+        assert [p.core.profile.name for p in (*sim.kitchen, sim.receipt)] == ["gbk-58", "silent", "basic"]  # type: ignore[union-attr]
+        printers = {d.id: dict(d.extra) for d in sim.devices if d.driver == "escpos"}
+        assert printers == {"sim-kitchen-1": {"paper_mm": "58", "cjk": "gbk"}, "sim-kitchen-2": {"status": "none"},
+                            "sim-receipt-1": {}}
+    with pytest.raises(ValueError, match="the kitchen-2 profiles are"):
+        parse_profiles(["kitchen-2=laser"])

@@ -42,8 +42,10 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
-def test_slip(store_id: str, info: Any) -> bytes:
-    """The ESC/POS bytes of the installer's test slip: which box, which printer, when."""
+def test_slip(store_id: str, info: Any, profile: Any = None) -> bytes:
+    """The ESC/POS bytes of the installer's test slip: which box, which printer, when; laid out
+    for the printer's profile (drivers/escpos_profile.py) when given."""
+    from drivers.escpos_profile import PrinterProfile
     from drivers.escpos_render import Cut, Rule, Text, Ticket, render
 
     ticket = Ticket()
@@ -53,7 +55,7 @@ def test_slip(store_id: str, info: Any) -> bytes:
                   Text(time.strftime("time     %Y-%m-%d %H:%M:%S")), Rule(),
                   Text("If you can read this, the printer works.", align="center"), Cut()):
         ticket.blocks.append(block)
-    return render(ticket)
+    return render(ticket, profile if isinstance(profile, PrinterProfile) else None)
 
 
 def _error(status: type[web.HTTPException], message: str, **extra: Any) -> web.HTTPException:
@@ -310,7 +312,8 @@ class Support:
             print_job = getattr(driver, "print_job", None)
             if print_job is None:
                 raise _error(web.HTTPNotImplemented, f"the {entry.info.driver} driver cannot print")
-            result = await print_job(job_id, test_slip(self.hub.config.store.id, entry.info))
+            slip = test_slip(self.hub.config.store.id, entry.info, getattr(driver, "profile", None))
+            result = await print_job(job_id, slip)
         except DeviceError as exc:
             message = str(exc).removeprefix(f"{device_id}: ")
             raise _error(web.HTTPBadGateway, f"the printer did not print: {message}",

@@ -104,8 +104,6 @@ def _text_block(chars: list[str], width: int, height: int, align: str, bold: boo
     cell_w, cell_h = _CELL_W * width, _CELL_H * height
     total = sum((2 if _wide(ch) else 1) * cell_w for ch in chars)
     img = Image.new("1", (max(1, min(total, dots)), cell_h), 1)
-    draw = ImageDraw.Draw(img)
-    font = _font(int(_CELL_H * 0.9) * height)
     x = 0
     for ch in chars:
         w = (2 if _wide(ch) else 1) * cell_w
@@ -116,7 +114,6 @@ def _text_block(chars: list[str], width: int, height: int, align: str, bold: boo
         if bold:
             img.paste(Image.new("1", glyph.size, 0), (x + 1, 0), Image.eval(glyph.convert("L"), lambda v: 255 - v))
         x += w
-    del draw, font
     offset = {"left": 0, "center": (dots - img.width) // 2, "right": dots - img.width}.get(align, 0)
     return img, max(0, offset)
 

@@ -201,6 +201,11 @@ def profile_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
         value = settings.get(key)
         if value is not None and value not in allowed:
             bad(key, f"must be one of {', '.join(allowed)}, got {value!r}")
+    if isinstance(page, str) and isinstance(name, str) and "codepage" not in dict(problems) and "profile" not in dict(
+            problems):
+        pages = _from_capabilities(name, _capabilities()["profiles"][name], PrinterProfile()).codepages
+        if page.lower() not in pages:
+            bad("codepage", f"{page!r} is not a code page of {name} (it has {', '.join(sorted(pages))})")
     return problems
 
 
@@ -234,6 +239,9 @@ def profile_from_settings(settings: Mapping[str, str], model: str = "") -> Print
             changes[name] = int(value)
     if settings.get("codepage"):
         changes["codepage"] = settings["codepage"].lower()
+    elif profile.codepage not in profile.codepages:
+        # The default (cp1252) is not among this model's pages: cp437 (page 0) every printer has.
+        changes["codepage"] = "cp437" if "cp437" in profile.codepages else min(profile.codepages)
     for name, allowed in (("cjk", CJK_MODES), ("status", STATUS_MODES), ("flow_control", FLOW_CONTROLS)):
         if settings.get(name) in allowed:
             changes[name] = settings[name]

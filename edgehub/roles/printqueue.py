@@ -290,7 +290,13 @@ class PrintQueue:
         profile = getattr(driver, "profile", None)
         try:
             data = to_bytes(job.ticket, note, profile if isinstance(profile, PrinterProfile) else None)
-        except Exception as exc:  # rendering depends on the ticket and the profile: it fails every time
+        except Exception as exc:
+            # A ticket no printer can print fails for good; one that only this printer's profile
+            # cannot take (a code page it lacks, no CJK font on the box to draw for it) goes to
+            # another printer, and this one is reported.
+            if isinstance(profile, PrinterProfile) and _renders(job.ticket, note):
+                await self.roles.device_failed(device, f"cannot print this ticket: {_short(exc)}")
+                return False
             await self._fail(job, exc)
             return True
         await self._mark(job, "sending", device)
@@ -364,6 +370,15 @@ class PrintQueue:
             )
 
         await self.roles.journal.write(update)
+
+
+def _renders(ticket: dict[str, Any], note: str | None) -> bool:
+    """Whether ``ticket`` renders for the default printer profile (80 mm, Chinese font)."""
+    try:
+        to_bytes(ticket, note)
+    except Exception:
+        return False
+    return True
 
 
 def _short(exc: BaseException) -> str:

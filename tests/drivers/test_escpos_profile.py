@@ -45,6 +45,9 @@ def test_profiles_come_from_the_database_then_the_device_keys() -> None:
     fifty_eight = profile_from_settings({"paper_mm": "58", "cjk": "gbk", "status": "basic"})
     assert (fifty_eight.columns, fifty_eight.dots, fifty_eight.cjk, fifty_eight.status) == (32, 384, "gbk", "basic")
     assert profile_from_settings({}) == PrinterProfile()  # 80 mm, GB18030, status learned
+    assert profile_from_settings({"profile": "TM-U220"}).codepage == "cp437"  # it has no cp1252
+    assert dict(profile_problems({"profile": "TM-U220", "codepage": "cp1252"}))["codepage"].startswith(
+        "'cp1252' is not a code page of TM-U220")
     assert capability_profile("some unknown printer") is None
 
 

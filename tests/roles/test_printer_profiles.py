@@ -101,8 +101,8 @@ async def test_a_chinese_delivery_ticket_lays_out_on_each_profile(tmp_path: Path
             assert out.cut
 
 
-async def store_printer(store: Store, device_id: str, profile: str, **settings: str) -> PrinterSim:
-    sim = PrinterSim(profile=profile)
+async def store_printer(store: Store, device_id: str, unit: str, **settings: str) -> PrinterSim:
+    sim = PrinterSim(profile=unit)
     await sim.__aenter__()
     store_printers.append(sim)
     await store.add(info(device_id, sim, **settings))
@@ -239,3 +239,19 @@ async def test_make_run_starts_the_store_with_a_mix_of_printers() -> None:
                             "sim-receipt-1": {}}
     with pytest.raises(ValueError, match="the kitchen-2 profiles are"):
         parse_profiles(["kitchen-2=laser"])
+
+
+async def test_a_ticket_only_one_printer_cannot_take_goes_to_another(tmp_path: Path) -> None:
+    """Rendering is per printer now: a profile problem (here a code page the printer lacks) is the
+    printer's, not the ticket's: the job prints on the spare instead of failing for good."""
+    roles = '[[role]]\nname = "receipt-printer"\ndevices = ["prn-a", "prn-b"]\nfailback_after_s = 600\n'
+    async with running_store(tmp_path / "box", roles, FAST_WATCHDOG, quick_driver) as store:
+        # A model found by discovery whose pages lack the code page set for it.
+        await store_printer(store, "prn-a", "epson", profile="TM-U220", codepage="cp1252")
+        b = await store_printer(store, "prn-b", "epson")
+        await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-a")
+        await store.roles.printqueue.submit("receipt-printer", {"lines": ["JOB 0005"]}, "j-5", no_reply())
+        await store.wait_for(lambda: copies(b) == [(5, False)], what="the ticket on the spare")
+        entry = store.registry.get("prn-a")
+        assert entry is not None and "cannot print this ticket" in entry.health.reason
+        assert store.roles.printqueue.stats.failed == 0

@@ -212,11 +212,13 @@ class SimUsbPrinter(SimUsbDevice):
         product_id: int = 0x0E28,
         serial_number: str = "SIM-USB-PRN-1",
         kernel_driver_active: bool = True,  # on Linux usblp binds printer-class interfaces
+        bidirectional: bool = True,
     ) -> None:
+        """``bidirectional`` False: printer class protocol 1 (unidirectional), a bulk OUT endpoint
+        and no bulk IN: it can print but never answer (USB printer class spec 1.1, 4.2)."""
         self.core = core or PrinterCore(serial_number=serial_number)
-        interface = _InterfaceDescriptor(
-            0, 7, 1, 2, [_EndpointDescriptor(0x01, 2), _EndpointDescriptor(0x82, 2)]
-        )
+        endpoints = [_EndpointDescriptor(0x01, 2)] + ([_EndpointDescriptor(0x82, 2)] if bidirectional else [])
+        interface = _InterfaceDescriptor(0, 7, 1, 2 if bidirectional else 1, endpoints)
         super().__init__(
             vendor_id,
             product_id,

@@ -141,3 +141,19 @@ def test_hid_scanner_types_boot_reports_with_shift() -> None:
     assert caught.value.errno == errno.ENODEV
     with pytest.raises(ValueError):
         scanner.type_text("ü")
+
+
+async def test_a_usb_printer_without_a_bulk_in_endpoint_prints_unconfirmed() -> None:
+    """Issue 21: a USB printer without a bulk-IN endpoint can never answer DLE EOT, and the status
+    read before every job meant it could never print."""
+    printer = SimUsbPrinter(serial_number="ONE-WAY", bidirectional=False)
+    backend = SimUsbBackend([printer])
+    info = DeviceInfo("usb-ONE-WAY", "printer", "usb", "1:1", "escpos", serial_number="ONE-WAY")
+    driver = EscposPrinter(info, usb_backend=backend, timing=PrinterTiming(status_reply=0.2, connect=2.0))
+    try:
+        assert (await driver.health()).state == "ready"  # it is there; it says nothing, by design
+        result = await driver.print_job("one-way-1", render(Ticket().text("one-way printer")))
+    finally:
+        await driver.close()
+    assert driver.status_mode == "none" and result.confirmed_by == "none" and not result.confirmed
+    assert [t.lines[0].text for t in printer.core.printed] == ["one-way printer"]

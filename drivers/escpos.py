@@ -84,6 +84,7 @@ __all__ = [
     "PrinterTiming",
     "PrinterUnreachable",
     "confirm_request",
+    "host_port",
 ]
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ def estimated_lines(data: bytes) -> float:
     return lines
 
 
-def _host_port(address: str) -> tuple[str, int]:
+def host_port(address: str) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; the port defaults to 9100."""
     m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", address)
     if m:
@@ -460,7 +461,7 @@ class EscposPrinter(Driver):
     async def _default_connect(self) -> ByteTransport:
         info = self.info
         if info.transport == "tcp":
-            host, port = _host_port(info.address)
+            host, port = host_port(info.address)
             return await StreamTransport.tcp(host, port, timeout=self.timing.connect)
         if info.transport == "serial":
             extra = info.extra

@@ -331,8 +331,15 @@ class Discovery:
     def _held_lan(self) -> set[str]:
         # LAN printers the hub knows (configured or found): the sweep must not open a second
         # connection to them, which many printers answer by dropping the hub's own.
-        return {e.info.address for e in self.registry.all() if e.info.transport == "tcp" and e.present} | {
-            d.address for d in self.static if d.transport == "tcp"}
+        from drivers.escpos import host_port
+
+        known = [e.info.address for e in self.registry.all() if e.info.transport == "tcp" and e.present]
+        known += [d.address for d in self.static if d.transport == "tcp"]
+        held = set()
+        for address in known:
+            host, port = host_port(address)
+            held.add(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return held
 
     async def _sweep_loop(self) -> None:
         told: set[str] = set()

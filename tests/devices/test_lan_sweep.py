@@ -93,3 +93,23 @@ async def test_a_subnet_the_box_is_not_on_is_not_swept() -> None:
         assert lan.notes == ["subnet 127.0.0.25/32: this box has no address in it: not swept "
                              "(check [discovery] subnets)"]
     assert off_box_subnets([ipaddress.ip_network("10.99.3.0/24")], box) == []
+
+
+async def test_the_hubs_own_printers_are_the_ones_the_sweep_leaves_alone() -> None:
+    """Wired in discovery: found printers and [[device]] ones (a bare host means port 9100)."""
+    from drivers.base import DeviceInfo
+    from edgehub.bus.topics import Topics
+    from edgehub.config import DiscoveryConfig, StaticDeviceConfig
+    from edgehub.devices import DeviceRegistry
+    from edgehub.discovery import Discovery
+
+    async with PrinterSim(host="127.0.0.26") as found, PrinterSim(host="127.0.0.27", port=found.port) as other:
+        registry = DeviceRegistry(Topics("s1"), None)
+        await registry.upsert(DeviceInfo("prn-found", "printer", "tcp", found.address, "escpos"))
+        static = StaticDeviceConfig(driver="escpos", transport="tcp", address="127.0.0.27", id="prn-static")
+        discovery = Discovery(registry, DiscoveryConfig(usb=False, serial=False, subnets=("127.0.0.26/31",)),
+                              [static], neighbours=no_macs)
+        assert discovery._held_lan() >= {found.address, "127.0.0.27:9100"}
+        discovery.lan.port = found.port
+        assert [i.address for i in await discovery.lan.sweep()] == [other.address]
+        assert found.connections == 0

@@ -11,9 +11,10 @@ serves the role then (paper width, code page, Chinese font or none): a job that 
 an 80 mm printer to a 58 mm one is laid out again for 58 mm. Kitchen slips go the same way.
 
 When the device fails under a job, what happens next is decided by what the driver knows:
-``PrinterNotReady(job_sent=False)`` or ``PrinterNoAnswer`` means nothing went out, so the job
-runs again as it is on the device that serves the role next; anything else (sent but not confirmed, connection lost,
-no answer) means the first copy may have come out, so the job runs again marked ``REPRINT``.
+``PrinterNotReady(job_sent=False)``, ``PrinterNoAnswer`` or ``PrinterUnreachable`` means nothing
+went out, so the job runs again as it is on the device that serves the role next; anything else
+(sent but not confirmed, connection lost, no answer) means the first copy may have come out, so
+the job runs again marked ``REPRINT``.
 Either way the device is reported failed and the job never runs again on it blindly: it goes to
 whichever device the failover rule picks. A job that was being sent when the hub itself died
 is marked for reprint at start, for the same reason.

@@ -280,7 +280,7 @@ class PrinterTiming:
     connect: float = 3.0
     status_reply: float = 0.5  # one DLE EOT answer; real printers answer within a few ms
     frame_rest: float = 0.3  # the rest of a frame once its first byte came
-    settle: float = 0.05  # quiet time that lets late replies land after a timeout
+    settle: float = 0.05  # slack in the health budget for replies that arrive in pieces
     write_base: float = 2.0
     write_per_kb: float = 1.5  # 9600 baud serial moves about 1 KB/s
     confirm: float = 30.0  # a long kitchen ticket, or a logo, takes a while to print

@@ -148,7 +148,7 @@ async def test_a_usb_printer_without_a_bulk_in_endpoint_prints_unconfirmed() -> 
     read before every job meant it could never print."""
     printer = SimUsbPrinter(serial_number="ONE-WAY", bidirectional=False)
     backend = SimUsbBackend([printer])
-    info = DeviceInfo("usb-ONE-WAY", "printer", "usb", "1:1", "escpos", serial_number="ONE-WAY")
+    info = DeviceInfo("usb-ONE-WAY", "printer", "usb", "ONE-WAY", "escpos", serial_number="ONE-WAY")
     driver = EscposPrinter(info, usb_backend=backend, timing=PrinterTiming(status_reply=0.2, connect=2.0))
     try:
         assert (await driver.health()).state == "ready"  # it is there; it says nothing, by design

@@ -648,17 +648,10 @@ async def test_the_simulated_printer_answers_on_the_loop_without_its_self_pipe(
         writer.close()
     assert woken_from_threads == []
 
-
 def test_the_drawer_pin_is_decoded_from_dle_eot_1_and_asb() -> None:
-    """The cash drawer's open switch (kick connector pin 3): DLE EOT 1 bit 2, ASB byte 1 bit 2."""
-    assert PrinterStatus.from_dle_eot(0x16, 0x12, 0x12, 0x12).drawer_pin3
-    assert not PrinterStatus.from_dle_eot(0x12, 0x12, 0x12).drawer_pin3
-    assert PrinterStatus.from_asb(bytes((0x14, 0, 0, 0))).drawer_pin3
-
-
-async def test_the_drawer_pin_comes_through_the_wire(sim: PrinterSim, printer: EscposPrinter) -> None:
-    sim.core.drawer_pin3 = True
-    assert (await printer.status()).drawer_pin3
-    sim.core.drawer_pin3 = False
-    assert not (await printer.status()).drawer_pin3
-
+    """The cash drawer's open switch (kick connector pin 3): DLE EOT 1 bit 2, ASB byte 1 bit 2,
+    also for a printer without DLE EOT 4 (status basic)."""
+    assert PrinterStatus.from_dle_eot(0x16, 0x12, 0x12, 0x12).drawer_pin3_high
+    assert PrinterStatus.from_dle_eot(0x16, 0x12, 0x12).drawer_pin3_high
+    assert not PrinterStatus.from_dle_eot(0x12, 0x12, 0x12).drawer_pin3_high
+    assert PrinterStatus.from_asb(bytes((0x14, 0, 0, 0))).drawer_pin3_high

@@ -115,6 +115,8 @@ def conf_text(config: Config, files: BrokerFiles, listen: Address, run_as: str |
         "set_tcp_nodelay true",
         f"max_packet_size {b.max_packet_kib * 1024}",
         "log_dest stderr",
+        # Readable times in the hub's log ring and support bundles (Mosquitto prints epoch seconds).
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "log_type error",
         "log_type warning",
         "log_type notice",
@@ -236,6 +238,43 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+async def launch(binary: str, conf: Path, die_with_parent: bool) -> asyncio.subprocess.Process:
+    """Mosquitto on ``conf``, its log on a pipe (stderr)."""
+    # Mosquitto speaks sd_notify itself: left in its environment, NOTIFY_SOCKET would let a
+    # private broker tell systemd (or a bench) READY=1 before the hub is ready.
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    # A session of its own: Ctrl-C on `make run` reaches the hub alone, which stops its terminals,
+    # then its bus, then this broker, in that order (and it still dies with the hub: PDEATHSIG).
+    return await asyncio.create_subprocess_exec(
+        binary, "-c", str(conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent if die_with_parent else None, env=env, start_new_session=True,
+    )
+
+
+async def until_listening(proc: asyncio.subprocess.Process, address: Address, log_tail: list[str],
+                          timeout_s: float = 5.0) -> None:
+    """Return once ``proc`` itself listens on ``address``'s port. A connection that succeeds
+    proves nothing: a program that took the port in between answers too."""
+    for _ in range(int(timeout_s / 0.025)):
+        if proc.returncode is not None:
+            await asyncio.sleep(0.05)  # the rest of what it said on its way out
+            raise BrokerError(f"mosquitto exited at start: {' | '.join(log_tail[-5:]) or 'it said nothing'}")
+        if await asyncio.to_thread(_listens, proc.pid, address.port):
+            return
+        await asyncio.sleep(0.025)
+    raise BrokerError(f"mosquitto did not listen on {address} within {timeout_s:g} s")
+
+
+def _listens(pid: int, port: int) -> bool:
+    import psutil
+
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
 RESTART_DELAY_S = 0.5  # a private broker that stopped is started again after this,
 RESTART_DELAY_MAX_S = 30.0  # doubling up to this while it will not start
 
@@ -257,6 +296,7 @@ class MosquittoProcess:
         self._log_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
+        self.problem = ""  # why the broker is not serving now (empty while it is)
         self.log_tail: list[str] = []
 
     @property
@@ -277,31 +317,23 @@ class MosquittoProcess:
             raise BrokerError("mosquitto not found: install the mosquitto package (apt-get install mosquitto)")
         if self.address.port == 0:
             self.address = Address(self.address.host, free_port(self.address.host))
+        else:
+            # Mosquitto started on a port another program holds would exit, while anything that
+            # answers there (another hub's broker) would look like ours: check, and say who.
+            from edgehub.instance import port_problem
+
+            if (problem := await asyncio.to_thread(port_problem, self.address)) is not None:
+                raise BrokerError(f"the hub's own Mosquitto cannot listen on {self.address}: {problem}")
         self.files = await asyncio.to_thread(write_config, self.config, self.address, _current_user())
-        # Mosquitto speaks sd_notify itself: left in its environment, NOTIFY_SOCKET would let the
-        # private broker tell systemd (or a bench) READY=1 before the hub is ready.
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        self._proc = await asyncio.create_subprocess_exec(
-            binary, "-c", str(self.files.conf),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if self.die_with_parent else None, env=env,
-        )
+        self._proc = await launch(binary, self.files.conf, self.die_with_parent)
         await cancel_and_wait(self._log_task)  # the last process's, ended with its output
         self._log_task = asyncio.create_task(self._collect_log())
-        for _ in range(200):
-            if self._proc.returncode is not None:
-                await asyncio.sleep(0.05)
-                raise BrokerError(f"mosquitto exited at start: {' | '.join(self.log_tail[-5:])}")
-            try:
-                _, writer = await asyncio.open_connection(self.address.host, self.address.port)
-            except OSError:
-                await asyncio.sleep(0.025)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
-        raise BrokerError(f"mosquitto did not listen on {self.address} within 5 s")
+        await until_listening(self._proc, self.address, self.log_tail)
+
+    def owns_listener(self) -> bool:
+        """This hub's Mosquitto runs and is the process listening on its port (not some other
+        program that took the port while it was down). Blocking: reads /proc (about a ms)."""
+        return self.pid is not None and _listens(self.pid, self.address.port)
 
     async def _collect_log(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -316,28 +348,35 @@ class MosquittoProcess:
     async def supervise(self) -> None:
         """Start the broker again whenever it dies, until ``stop``: the hub's private broker
         (``make run``) has nobody else to do it (on the box, systemd restarts Mosquitto). One
-        that was asked to stop (it exits 0 on SIGINT and SIGTERM: Ctrl-C reaches the whole
-        process group) is not started again."""
+        that was stopped from outside (it exits 0 on SIGINT and SIGTERM) is not started again:
+        someone meant it. ``problem`` says what is wrong meanwhile."""
         delay = RESTART_DELAY_S
         while self._proc is not None:
             code = await self._proc.wait()
             if self._stopping:
                 return
             if code == 0:
+                self.problem = (f"the hub's own Mosquitto (pid {self._proc.pid}) was stopped from outside the hub "
+                                "and is not started again: restart edgehub (Ctrl-C, then `make run`)")
                 log.info("mosquitto was stopped from outside the hub; not starting it again")
                 return
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            self.problem = f"the hub's own Mosquitto stopped ({how}); starting it again"
             log.error("mosquitto stopped (%s): %s; starting it again in %g s", how,
                       " | ".join(self.log_tail[-3:]) or "it said nothing", delay)
-            await asyncio.sleep(delay)
-            if self._stopping:
-                return
-            try:
-                await self.start()
-            except BrokerError as exc:
-                log.error("mosquitto did not start again: %s", exc)
-                delay = min(delay * 2, RESTART_DELAY_MAX_S)
-                continue
+            while True:
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    await self.start()
+                except BrokerError as exc:
+                    delay = min(delay * 2, RESTART_DELAY_MAX_S)
+                    self.problem = f"{exc}; the hub does not connect to it and tries again in {delay:g} s"
+                    log.error("mosquitto did not start again: %s", self.problem)
+                    continue
+                break
+            self.problem = ""
             self.restarts += 1
             delay = RESTART_DELAY_S
             log.info("mosquitto started again on %s:%d", self.address.host, self.address.port)

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgehub import __version__
 from edgehub.errors import ConfigError, EdgehubError
+
+if TYPE_CHECKING:
+    from edgehub.hub import Hub
+    from edgehub.sim.cloud import SimCloud
+    from edgehub.sim.service import ServiceSim
 
 # Where the image's provisioning writes the box's config (systemd/edgehub.service runs with it):
 # the tools an installer runs on the box find it without being told.
@@ -24,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgehub import logs
     from edgehub.config import load_config
     from edgehub.gctuning import FreezeSurvivors, Trimmer
-    from edgehub.hub import Hub
+    from edgehub.hub import Hub, preflight
+    from edgehub.instance import InstanceLock
     from edgehub.sdnotify import Notifier
 
     config = load_config(args.config)
@@ -40,45 +49,123 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--sim-profile {exc}", file=sys.stderr)
             return 2
+    if args.sim_orders and not any(t.kind == "pos" for t in config.terminals):
+        raise ConfigError([f"{args.config}: --sim-orders needs a [[terminal]] of kind pos to order from"])
+    # Another hub on this data directory, a port taken: one line and exit 1, before anything
+    # (the simulated store, the simulated cloud, a file) is started or written.
+    preflight(config)
+    instance = InstanceLock(config.paths.data_dir)
+    instance.acquire(config=args.config)
     logs.setup(config.log.level, config.log.components, journald="JOURNAL_STREAM" in os.environ)
     FreezeSurvivors().install()  # full collections skip what survived the last one (gctuning.py)
     Trimmer().install()  # freed heap handed back to the system after a rush (gctuning.py)
     from edgehub.memdump import install_from_env
 
     install_from_env()  # EDGEHUB_TRACEMALLOC: snapshot on SIGUSR2, off by default (memdump.py)
+    simulating = args.simulate or args.sim_cloud or args.sim_orders
+    # Secrets go to the screen only where a person reads it (or in the development store, whose
+    # token is in the repository anyway), never into journald.
+    reveal = simulating or (sys.stdout.isatty() and "JOURNAL_STREAM" not in os.environ)
 
-    async def announce(hub: Hub) -> None:
+    async def alongside(hub: Hub, cloud: SimCloud | None) -> None:
         await hub.ready.wait()
-        print(f"edgehub {__version__}: store {config.store.id} ready", flush=True)
-        print(f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}", flush=True)
-        print(f"  dashboard  {hub.api.url}", flush=True)
-        print(f"  health     {hub.api.url}healthz", flush=True)
+        print(ready_block(hub, args, reveal, cloud), flush=True)
+        if not args.sim_orders:
+            return
+        from edgehub.config import Address
+        from edgehub.sim.service import ServiceSim
 
-    async def run(hub: Hub) -> None:
-        # The hub that runs is the one announced (with --simulate it is made once the simulated
-        # devices are up: announcing a hub made before them waited for ever, and `make run`
-        # never printed its dashboard).
-        task = asyncio.create_task(announce(hub))
-        try:
-            await hub.run_until_stopped()
-        finally:
-            task.cancel()
+        service = ServiceSim(hub.config, every_s=args.sim_orders_every,
+                             broker=Address(hub.bus.host, hub.bus.port))
+        async with service:
+            while True:
+                await asyncio.sleep(SUMMARY_EVERY_S)
+                print(store_summary(hub, service, cloud), flush=True)
 
     async def main() -> None:
-        if args.simulate and config.devices:
-            # Real devices configured: they are what this box drives.
-            print(f"--simulate: {len(config.devices)} devices configured in {args.config}; "
-                  "not simulating", flush=True)
-        elif args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
-            from edgehub.sim.store import SimStore, with_sim_devices
+        async with contextlib.AsyncExitStack() as stack:
+            cfg, usb_backend = config, None
+            if args.simulate and config.devices:
+                # Real devices configured: they are what this box drives.
+                print(f"--simulate: {len(config.devices)} devices configured in {args.config}; "
+                      "not simulating", flush=True)
+            elif args.simulate:  # a store's devices without hardware: printers, scale, scanner, pinpad
+                from edgehub.sim.store import SimStore, with_sim_devices
 
-            async with SimStore(profiles=profiles) as sim:
-                await run(Hub(with_sim_devices(config, sim), Notifier(), usb_backend=sim.usb_backend))
-            return
-        await run(Hub(config, Notifier()))
+                sim = await stack.enter_async_context(SimStore(profiles=profiles))
+                cfg, usb_backend = with_sim_devices(cfg, sim), sim.usb_backend
+            cloud: SimCloud | None = None
+            if args.sim_cloud:
+                from edgehub.sim.cloud import SimCloud, with_sim_cloud
 
-    asyncio.run(main())
+                cloud = await stack.enter_async_context(SimCloud(
+                    cfg.store.id, cfg.cloud.client_id, state_file=cfg.paths.data_dir / "sim-cloud.json"))
+                cfg = with_sim_cloud(cfg, cloud)
+            # The hub that runs is the one announced (with --simulate it is made once the simulated
+            # devices are up: announcing a hub made before them waited for ever).
+            hub = Hub(cfg, Notifier(), usb_backend=usb_backend, instance=instance)
+            await hub.run_until_stopped(lambda: alongside(hub, cloud))
+
+    try:
+        asyncio.run(main())
+    finally:
+        instance.release()
     return 0
+
+
+SUMMARY_EVERY_S = 30.0  # the simulated service's one-line summary on make run's terminal
+
+
+def _edgehub_command() -> str:
+    """How to run ``edgehub`` from here: the venv's script when there is one (``make run``)."""
+    script = Path(sys.executable).parent / "edgehub"
+    if not script.exists():
+        return "edgehub"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def ready_block(hub: Hub, args: argparse.Namespace, reveal: bool, cloud: SimCloud | None = None) -> str:
+    """What ``edgehub run`` prints once the hub is ready: where everything is and how to get in."""
+    from edgehub.doctor import token_origin
+
+    cfg = hub.config
+    page = hub.api.url
+    token = cfg.api.token if reveal else f"<the token in {token_origin(cfg)}>"
+    lines = [f"edgehub {__version__}: store {cfg.store.id} ready",
+             f"  dashboard  {page}",
+             f"  log in     with the token {token}" + ("  (or the installer PIN)" if cfg.api.installer_pin else ""),
+             "  kitchen    screens (open one per station; the link sets the screen up once):"]
+    stations = hub.kitchen.station_names()
+    width = max(len(s) for s in stations)
+    for station in stations:
+        link = hub.screens.link(station, page) if reveal else f"{page}kds/{station}?token=<screen token>"
+        lines.append(f"             {station:<{width}}  {link}")
+    lines += [f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}",
+              f"  health     {page}healthz",
+              f"  terminal   {_edgehub_command()} sim terminal --config {args.config} --orders 200 --rate 20"]
+    if cloud is not None:
+        lines.append(f"  cloud      {cfg.cloud.url} (simulated: the outbox drains there; "
+                     f"`{_edgehub_command()} sync --config {args.config}` sends it all now)")
+    if args.sim_orders:
+        tills = ", ".join(t.id for t in cfg.terminals if t.kind == "pos")
+        cooks = ", ".join(t.id.removeprefix("kds-") for t in cfg.terminals
+                          if t.kind == "kds" and t.id.startswith("kds-"))
+        lines.append(f"  service    {tills} order every ~{args.sim_orders_every:g} s between them"
+                     + (f"; cooks at {cooks}" if cooks else ""))
+    lines.append("  stop       Ctrl-C stops the hub and everything it started")
+    return "\n".join(lines)
+
+
+def store_summary(hub: Hub, service: ServiceSim, cloud: SimCloud | None) -> str:
+    """One line on how the simulated service is going: orders, tickets, slips, the outbox."""
+    parts = [service.summary()]
+    stats = hub.roles.printqueue.stats
+    parts.append(f"{stats.printed} slips printed")
+    if cloud is not None:
+        parts.append(f"the cloud holds {cloud.held()} messages")
+    return f"store: {'; '.join(parts)}"
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -170,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-profile", action="append", default=[], metavar="SLOT=PROFILE",
                    help="with --simulate: a real unit's habits for a device slot, e.g. scale=mt8217-lb, "
                         "scanner=hid-report-id (repeat; the profiles: docs/devices.md)")
+    p.add_argument("--sim-cloud", action="store_true",
+                   help="start a simulated chain cloud (a private Mosquitto) and send the outbox there")
+    p.add_argument("--sim-orders", action="store_true",
+                   help="play a lunch service: the config's pos terminals order, a cook works each kds-STATION")
+    p.add_argument("--sim-orders-every", type=float, default=6.0, metavar="SECONDS",
+                   help="average seconds between two orders of --sim-orders")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("config", help="configuration tools")

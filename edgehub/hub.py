@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from drivers.escpos import PrinterTiming
@@ -31,6 +31,7 @@ from edgehub.devices.factory import DriverFactory
 from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
+from edgehub.instance import InstanceLock, check_ports
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, ScreenServer
 from edgehub.kitchen.screens import screen_secrets
@@ -44,19 +45,34 @@ from edgehub.uplink import attach_uplink, follow_cloud_routing
 
 log = logging.getLogger("edgehub.hub")
 
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed: %s", task.get_name(), task.exception(), exc_info=task.exception())
+
+
+def preflight(config: Config) -> None:
+    """Raise (AlreadyRunning, PortTaken) what would stop this hub from starting, writing nothing:
+    ``edgehub run`` calls it before it starts anything else (simulated store, cloud), and the hub
+    once more at its start."""
+    InstanceLock(config.paths.data_dir).check()
+    check_ports(config)
+
 # How long stopping waits for a task (the bus, the watchdog pinger) before cancelling it again.
 STOP_GRACE_S = 3.0
 
 
 class Hub:
     def __init__(self, config: Config, notifier: Notifier | None = None,
-                 usb_backend: object | None = None) -> None:
+                 usb_backend: object | None = None, instance: InstanceLock | None = None) -> None:
         self.config = config
         self.topics = Topics(config.store.id)
         self.notifier = notifier or Notifier(environ={})
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()
         self.broker: MosquittoProcess | None = None
+        # One hub per data directory; ``edgehub run`` takes the lock before it starts simulators.
+        self.instance = instance or InstanceLock(config.paths.data_dir)
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
         self.intake = Intake(self.topics, config.limits, self.journal)
         self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin)
@@ -158,18 +174,35 @@ class Hub:
         # asks for first. Detached last, when everything else has stopped.
         self.support.recent.attach()
         self._stack.callback(self.support.recent.detach)
+        # Nothing is written before these: another hub on this data directory, or a port taken,
+        # stops this one here with one line and leaves the running hub's files alone.
+        if not self.instance.held:
+            await asyncio.to_thread(preflight, cfg)
+            self.instance.acquire(config=str(cfg.source))
+            self._stack.callback(self.instance.release)
         if cfg.broker.mode == "managed":
             self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
             self.bus.host, self.bus.port = self.broker.address.host, self.broker.address.port
+            self.bus.gate = self._own_broker_listening
         await self._stack.enter_async_context(self.journal)
         for component in self.components:
             await self._stack.enter_async_context(component)
         await self._stack.enter_async_context(self.api)
+        self.instance.describe(page=self.api.url)
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
         if self.broker is not None:
             self._broker_watch = asyncio.create_task(self.broker.supervise(), name="broker-supervisor")
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive(), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
+
+    async def _own_broker_listening(self) -> None:
+        """The bus's gate in managed mode: wait while the hub's own Mosquitto is down or some other
+        program holds its port (another hub's broker would take the hub's login and knock it off)."""
+        broker = self.broker
+        assert broker is not None
+        while not await asyncio.to_thread(broker.owns_listener):
+            self.bus.last_error = broker.problem or f"the hub's own Mosquitto is not listening on {broker.address}"
+            await asyncio.sleep(0.2)
 
     async def _announce_ready(self) -> None:
         await self.bus.connected.wait()
@@ -196,13 +229,21 @@ class Hub:
         self._tasks.clear()
         await self._stack.aclose()
 
-    async def run_until_stopped(self) -> None:
+    async def run_until_stopped(self, alongside: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Run until SIGTERM or SIGINT. ``alongside`` runs while the hub does and is cancelled
+        before the hub stops (``edgehub run``'s announcement and simulated service)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with self:
-            await stop.wait()
+            task = asyncio.create_task(alongside(), name="alongside") if alongside is not None else None
+            if task is not None:
+                task.add_done_callback(_log_failure)
+            try:
+                await stop.wait()
+            finally:
+                await cancel_and_wait(task)
             log.info("stopping")
 
     # --- devices ---------------------------------------------------------------------------
@@ -230,6 +271,15 @@ class Hub:
             return False, f"broker not connected{': ' + reason if reason else ''}"
         return True, ""
 
+    def broker_advice(self) -> str:
+        """What to do while the broker is not connected, for the box this hub runs on."""
+        if self.config.broker.mode == "managed":
+            if self.broker is not None and self.broker.problem and "not started again" in self.broker.problem:
+                return "restart edgehub: Ctrl-C where it runs, then `make run` (or `edgehub run`) again"
+            return ("edgehub runs its own Mosquitto here and starts it again by itself; if this stays, "
+                    "restart edgehub (Ctrl-C, then `make run`)")
+        return "Mosquitto runs under systemd: sudo systemctl restart mosquitto; sudo journalctl -u mosquitto -n 50"
+
     async def status(self) -> dict[str, Any]:
         counts = await self.journal.counts()
         bus = self.bus
@@ -241,8 +291,10 @@ class Hub:
             "broker": {
                 "connected": bus.connected.is_set(),
                 "address": f"{bus.host}:{bus.port}",
+                "mode": self.config.broker.mode,
                 "connects": bus.connects,
                 "last_error": bus.last_error,
+                **({} if bus.connected.is_set() else {"advice": self.broker_advice()}),
             },
             "journal": {
                 "orders": counts["orders"],

@@ -81,6 +81,9 @@ class BusConnection:
         self.connects = 0
         self.last_error = ""
         self.on_connect: list[Callable[[], Awaitable[None]]] = []
+        # Awaited before every connection attempt: in managed mode, until the hub's own Mosquitto
+        # is the one listening (never log in to a broker some other program put on the port).
+        self.gate: Callable[[], Awaitable[None]] | None = None
 
     def _make_client(self) -> aiomqtt.Client:
         connect_props = Properties(PacketTypes.CONNECT)
@@ -146,6 +149,8 @@ class BusConnection:
         backoff = 0.1
         self._loop = asyncio.get_running_loop()
         while True:
+            if self.gate is not None:
+                await self.gate()
             try:
                 async with self._make_client() as client:
                     self._client = client
@@ -172,7 +177,7 @@ class BusConnection:
                     async for message in client.messages:
                         self._dispatch(message, None)
             except aiomqtt.MqttError as exc:
-                error = str(exc) or type(exc).__name__
+                error = _readable(str(exc) or type(exc).__name__, self.host, self.port)
                 if error != self.last_error:
                     log.warning("broker %s:%d connection lost or refused: %s", self.host, self.port, error)
                 self.last_error = error
@@ -350,6 +355,15 @@ class BusConnection:
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 log.info("could not publish final state: %s", exc)
         await cancel_and_wait(*self._tasks)
+
+
+def _readable(error: str, host: str, port: int) -> str:
+    """What a person can act on instead of paho's ``[Errno 111] Connection refused``."""
+    if "Connection refused" in error:
+        return f"nothing listens on {host}:{port} (connection refused): the broker is not running"
+    if "timed out" in error.lower():
+        return f"no answer from {host}:{port} ({error})"
+    return error
 
 
 def _mark_seen(client: aiomqtt.Client) -> None:

@@ -909,6 +909,13 @@ class Kitchen:
     def detach(self, feed: ScreenFeed) -> None:
         self._feeds.get(feed.station, set()).discard(feed)
 
+    def station_names(self) -> list[str]:
+        """The stations of this kitchen: the configured ones in config order, the default station,
+        then any other that has open tickets (an order line may name any station)."""
+        names = [*self.config.stations, self.config.default_station]
+        names += sorted({t.station for t in self._tickets.values() if t.state in OPEN})
+        return list(dict.fromkeys(names))
+
     async def status(self) -> dict[str, Any]:
         open_by_station: dict[str, int] = {}
         for ticket in self._tickets.values():
@@ -922,6 +929,7 @@ class Kitchen:
             for s, n in sorted(hidden.items())
         ]
         return {
+            "stations": self.station_names(),
             # open tickets per station (journal truth: those in memory plus those beyond the cap)
             "open": {s: open_by_station.get(s, 0) + hidden.get(s, 0) for s in {*open_by_station, *hidden}},
             "open_in_memory": open_by_station,

@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -89,7 +90,35 @@ class ScreenServer:
     def setup(self, app: web.Application) -> None:
         app.router.add_get("/kds/{station}", self.page)
         app.router.add_get("/kds/{station}/ws", self.websocket)
+        app.router.add_get("/api/v1/kitchen/screens", self.screens)  # under /api/: behind the box token
         app.on_shutdown.append(self._close_all)
+
+    def secret_for(self, station: str) -> str | None:
+        """The secret a screen of ``station`` is set up with: the secret of a kitchen screen
+        (``[[terminal]]`` of kind kds) with that station, else ``kitchen.screen_token``; None
+        when no secret drives it."""
+        own = next((secret for secret, stations in self._secrets if stations is not None and station in stations),
+                   None)
+        every = next((secret for secret, stations in self._secrets if stations is ALL_STATIONS), None)
+        found = own or every
+        return found.decode() if found is not None else None
+
+    def link(self, station: str, base: str = "/") -> str:
+        """The address that sets a screen up for ``station`` once (the page keeps the secret);
+        without a secret for it, the bare page, which says how to set the screen up."""
+        page = f"{base}kds/{urllib.parse.quote(station)}"
+        secret = self.secret_for(station)
+        return page if secret is None else f"{page}?token={urllib.parse.quote(secret, safe='')}"
+
+    async def screens(self, request: web.Request) -> web.Response:
+        """Each station with its open tickets, connected screens and the link that sets a screen
+        up: what the box's page lists in its kitchen section (docs/kitchen.md, Screens)."""
+        status = await self.kitchen.status()
+        return web.json_response({"screens": [
+            {"station": station, "open": status["open"].get(station, 0),
+             "connected": status["screens"].get(station, 0), "url": self.link(station),
+             "secret": self.secret_for(station) is not None}
+            for station in self.kitchen.station_names()]})
 
     def _station(self, request: web.Request) -> str:
         station = request.match_info["station"]

@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 CONFIG ?= config/dev.toml
+# `make run`: the simulated store's devices, a simulated cloud and a lunch service (orders, cooks).
+# Without them: make run RUN_FLAGS=   (or RUN_FLAGS=--simulate for the devices alone)
+RUN_FLAGS ?= --simulate --sim-cloud --sim-orders
 
 .PHONY: run test bench system-deps deps lint image-check clean
 
@@ -25,10 +28,12 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# pip's and the build backend's chatter goes to a log, shown only when the install fails.
 $(STAMP): pyproject.toml | system-deps
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	@echo "installing the Python packages into $(VENV) (log: $(VENV)/pip.log)"
+	@{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test]'; } > $(VENV)/pip.log 2>&1 \
+		|| { cat $(VENV)/pip.log; echo "pip install failed (log above, kept in $(VENV)/pip.log)"; exit 1; }
 	@touch $@
 
 deps: system-deps $(STAMP)
@@ -36,8 +41,7 @@ deps: system-deps $(STAMP)
 # SIM picks real units' habits for the simulated devices, e.g.
 #   make run SIM="scale=cas-jin scanner=hid-report-id"   (slots and profiles: docs/devices.md)
 run: deps
-	@mkdir -p .run
-	$(PY) -m edgehub run --config $(CONFIG) --simulate $(foreach p,$(SIM),--sim-profile $(p))
+	$(PY) -m edgehub run --config $(CONFIG) $(RUN_FLAGS) $(foreach p,$(SIM),--sim-profile $(p))
 
 # The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
 test: WITH_BROWSER = 1

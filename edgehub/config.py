@@ -24,6 +24,11 @@ ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 # client id is ``edgehub-hub-{store}``), and on the LAN listener a terminal's client id is its id.
 RESERVED_PREFIX = "edgehub-"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# What [log] components may name: edgehub's components (the loggers edgehub.<name>[.<part>]; a test
+# keeps this list equal to the code's loggers) and, with a dot, any full logger name below
+# edgehub or drivers.
+LOG_COMPONENTS = ("api", "broker", "bus", "devices", "discovery", "hub", "intake", "journal", "kitchen", "outbox",
+                  "roles", "sdnotify", "sim", "support", "uplink")
 
 
 @dataclass(frozen=True)
@@ -288,6 +293,10 @@ class DiscoveryConfig:
 
 
 DEVICE_DRIVERS = ("escpos", "hid_scanner", "serial_scanner", "mt8217", "cas", "zvt")
+# The kind of device each driver drives (each driver class's ``kind``; a test keeps them equal):
+# what a role bound to a configured [[device]] is checked against.
+DEVICE_KINDS = {"escpos": "printer", "hid_scanner": "scanner", "serial_scanner": "scanner", "mt8217": "scale",
+                "cas": "scale", "zvt": "pinpad"}
 # What only a ZVT terminal takes: its password (secret: inline or in a file), currency (ISO 4217)
 # and how the watchdog probes it (drivers.zvt.PROBE_METHODS; a test keeps them equal).
 ZVT_KEYS = ("currency", "password", "password_file", "probe", "probe_interval_s")
@@ -731,6 +740,12 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     for name, value in (components or {}).items():
         if not isinstance(value, str) or level_check(value):
             ck.problem(f"log.components.{name}", f"must be one of {', '.join(LOG_LEVELS)}")
+        elif "." not in name and name not in LOG_COMPONENTS:
+            ck.problem(f"log.components.{name}", f"{name!r} is not a component (known: {', '.join(LOG_COMPONENTS)}; "
+                       "or a full logger name such as edgehub.kitchen.screens or drivers.escpos)")
+        elif "." in name and not name.startswith(("edgehub.", "drivers")):
+            ck.problem(f"log.components.{name}", f"{name!r}: a logger name with a dot starts with edgehub. or "
+                       "drivers.")
     log = LogConfig(level=ck.get(t, "log.level", str, "info", check=level_check),
                     components=dict(components or {}))
 
@@ -753,6 +768,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     cloud = _cloud(ck, base, data, store.id)
     payments = _payments(ck, base, data)
     reports = _reports(ck, data)
+    _cross_references(ck, api, broker, roles, devices)
 
     if ck.problems:
         raise ConfigError(ck.problems)
@@ -848,6 +864,49 @@ def _roles(ck: _Checker, data: Mapping[str, Any]) -> tuple[RoleConfig, ...]:
     return tuple(roles)
 
 
+def _printer_role_problem(role: str) -> str | None:
+    """A station's ``printer_role`` names a role (what the API binds), and one that prints."""
+    if (problem := role_name_problem(role)) is not None:
+        return f"is not a role: {problem}"
+    if (kind := role_kind(role)) != "printer":
+        return (f"{role!r} is a {kind} role; a station's tickets print on kitchen-printer or receipt-printer "
+                "(optionally with .name)")
+    return None
+
+
+def _cross_references(ck: _Checker, api: ApiConfig, broker: BrokerConfig, roles: tuple[RoleConfig, ...],
+                      devices: tuple[StaticDeviceConfig, ...]) -> None:
+    """What one part of the file names in another: the devices a role binds (a configured device
+    of another kind can never serve it), and the listeners (two on one port: one fails to start)."""
+    configured = {d.id: d for d in devices if d.id}
+    for i, role in enumerate(roles):
+        for device_id in role.devices:
+            device = configured.get(device_id)
+            kind = DEVICE_KINDS.get(device.driver) if device is not None else None
+            if device is not None and kind != role.kind:
+                ck.problem(f"role[{i}].devices", f"{device_id!r} is a {kind} ([[device]] with driver "
+                           f"{device.driver!r}), but {role.name} takes a {role.kind}")
+    for key, other in (("broker.listen", broker.listen), ("broker.lan_listen", broker.lan_listen)):
+        if other is not None and addresses_overlap(api.listen, other) and api.listen.port != 0:
+            ck.problem("api.listen", f"{api.listen} and {key} {other} share port {other.port}: one of the two "
+                       "listeners cannot start; give the box's page another port")
+
+
+def addresses_overlap(a: Address, b: Address) -> bool:
+    """Would listeners on ``a`` and ``b`` fight over one port (a wildcard covers every address)?"""
+    if a.port != b.port:
+        return False
+
+    def ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        return None if host == "localhost" else ipaddress.ip_address(host)
+
+    x, y = ip(a.host), ip(b.host)
+    if x is None or y is None:  # localhost: 127.0.0.1 and/or ::1
+        other = y if x is None else x
+        return other is None or other.is_unspecified or other.is_loopback
+    return x == y or x.is_unspecified or y.is_unspecified
+
+
 STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")  # the same rule as an order line's station
 
 
@@ -899,7 +958,7 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
         if s_amber >= s_red:
             ck.problem(f"{path}.red_after_s",
                        f"must be later than amber_after_s ({s_amber:g}), got {s_red:g}")
-        role = ck.get(entry, f"{path}.printer_role", str, None, check=_id_check)
+        role = ck.get(entry, f"{path}.printer_role", str, None, check=_printer_role_problem)
         stations[name] = StationConfig(name, s_amber, s_red, role)
 
     rules = ck.get(t, "kitchen.rules", dict, {}) or {}

@@ -27,7 +27,6 @@ import contextlib
 import fcntl
 import grp
 import hashlib
-import ipaddress
 import json
 import os
 import pwd
@@ -48,6 +47,7 @@ from edgehub.config import (
     ID_RE,
     RESERVED_PREFIX,
     Address,
+    addresses_overlap,
     control_char_problem,
     load_config,
     parse_address,
@@ -379,21 +379,6 @@ def _pinpad_problem(name: str) -> str | None:
     return None
 
 
-def _overlaps(a: Address, b: Address) -> bool:
-    """Would listeners on ``a`` and ``b`` fight over one port (a wildcard covers every address)?"""
-    if a.port != b.port:
-        return False
-
-    def ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        return None if host == "localhost" else ipaddress.ip_address(host)
-
-    x, y = ip(a.host), ip(b.host)
-    if x is None or y is None:  # localhost: 127.0.0.1 and/or ::1
-        other = y if x is None else x
-        return other is None or other.is_unspecified or other.is_loopback
-    return x == y or x.is_unspecified or y.is_unspecified
-
-
 def _port_clashes(parsed: Mapping[str, Address], layout: Layout) -> list[tuple[str, str]]:
     """The API must not want a port the broker listens on (the generated mosquitto.conf has the
     LAN listener and the hub's loopback listener): one of the two would fail to start."""
@@ -403,7 +388,7 @@ def _port_clashes(parsed: Mapping[str, Address], layout: Layout) -> list[tuple[s
     lan = parsed.get("broker.lan_listen") or (parse_address(Request.lan_listen) if Request.lan_listen else None)
     hub = parse_address(layout.broker_listen)
     clashes: list[tuple[str, str]] = []
-    if lan is not None and _overlaps(api, lan) and (api_given or lan_given):
+    if lan is not None and addresses_overlap(api, lan) and (api_given or lan_given):
         if api_given:
             where = "broker.lan_listen" if lan_given else f"the default broker.lan_listen {lan}"
             clashes.append(("api.listen", f"port {api.port} is also the broker's LAN listener ({where})"))
@@ -411,7 +396,7 @@ def _port_clashes(parsed: Mapping[str, Address], layout: Layout) -> list[tuple[s
             clashes.append(
                 ("broker.lan_listen", f"port {lan.port} is also the box page and API (default api.listen {api})")
             )
-    if api_given and _overlaps(api, hub):
+    if api_given and addresses_overlap(api, hub):
         clashes.append(("api.listen", f"port {api.port} is the broker's listener for the hub ({hub})"))
     return clashes
 

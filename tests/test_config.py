@@ -142,3 +142,102 @@ def test_cli_check_exits_2_with_every_problem(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "edgehub", "config", "check", str(REPO / "config/edgehub.toml")],
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
+
+
+# --- cross-references: what one part of the file names in another ---------------------------------
+
+CROSS = VALID.replace('[api]\n', '[api]\nlisten = "127.0.0.1:8080"\n') + """
+[[device]]
+id = "grill-printer"
+driver = "escpos"
+transport = "tcp"
+address = "192.168.1.50:9100"
+
+[[device]]
+id = "front-scale"
+driver = "mt8217"
+transport = "serial"
+address = "/dev/ttyUSB0"
+
+[[role]]
+name = "kitchen-printer"
+devices = ["grill-printer", "epson-discovered-later"]
+
+[kitchen.stations.grill]
+printer_role = "kitchen-printer"
+
+[kitchen.stations.wok]
+printer_role = "kitchen-printer.wok"
+"""
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def test_the_cross_references_of_a_good_config_pass(tmp_path: Path) -> None:
+    """A role may name a device discovery finds later; a station may print on a named role."""
+    path = tmp_path / "edgehub.toml"
+    path.write_text(CROSS)
+    config = load_config(path)
+    assert config.kitchen.stations["wok"].printer_role == "kitchen-printer.wok"
+
+
+def test_a_station_printing_on_a_role_the_api_would_refuse(tmp_path: Path) -> None:
+    """The issue: `printer_role = "kitchen-printr"` passed `config check`, and the API refused it."""
+    text = CROSS.replace('printer_role = "kitchen-printer"\n', 'printer_role = "kitchen-printr"\n', 1)
+    found = problems(tmp_path, text)
+    where = f"{tmp_path / 'edgehub.toml'}:{line_of(text, 'kitchen-printr')}"
+    assert found == [f"{where}: kitchen.stations.grill.printer_role: is not a role: 'kitchen-printr' must be one of "
+                     "kitchen-printer, receipt-printer, scale, scanner, pinpad, optionally with .name (lowercase "
+                     "letters, digits, - or _), e.g. kitchen-printer.grill"]
+
+
+def test_a_station_printing_on_a_role_that_is_no_printer(tmp_path: Path) -> None:
+    found = problems(tmp_path, CROSS.replace('"kitchen-printer.wok"', '"scale"'))
+    assert len(found) == 1 and "kitchen.stations.wok.printer_role: 'scale' is a scale role" in found[0]
+
+
+def test_a_role_bound_to_a_configured_device_of_another_kind(tmp_path: Path) -> None:
+    text = CROSS + '\n[[role]]\nname = "scale"\ndevices = ["grill-printer", "front-scale"]\n'
+    found = problems(tmp_path, text)
+    line = line_of(text, 'devices = ["grill-printer", "front')
+    assert found == [f"{tmp_path / 'edgehub.toml'}:{line}: "
+                     "role[1].devices: 'grill-printer' is a printer ([[device]] with driver 'escpos'), but scale "
+                     "takes a scale"]
+
+
+def test_the_page_on_the_brokers_port(tmp_path: Path) -> None:
+    text = CROSS.replace('[broker]\n', '[broker]\nlan_listen = "0.0.0.0:8080"\n')
+    found = problems(tmp_path, text)
+    assert found == [f"{tmp_path / 'edgehub.toml'}:{line_of(text, '127.0.0.1:8080')}: api.listen: 127.0.0.1:8080 "
+                     "and broker.lan_listen 0.0.0.0:8080 share port 8080: one of the two listeners cannot start; "
+                     "give the box's page another port"]
+
+
+def test_a_log_level_for_a_component_that_does_not_exist(tmp_path: Path) -> None:
+    found = problems(tmp_path, CROSS + '\n[log]\ncomponents = { kitchn = "debug", "edgehub.kitchen" = "info" }\n')
+    assert len(found) == 1 and "log.components.kitchn: 'kitchn' is not a component (known: api," in found[0]
+
+
+def test_every_bad_reference_is_one_problem(tmp_path: Path) -> None:
+    text = (CROSS.replace('printer_role = "kitchen-printer"\n', 'printer_role = "kitchen-printr"\n', 1)
+            .replace('"kitchen-printer.wok"', '"pinpad"').replace('[broker]\n', '[broker]\nlisten = "127.0.0.1:8080"\n')
+            + '\n[[role]]\nname = "scanner"\ndevices = ["front-scale"]\n')
+    found = problems(tmp_path, text)
+    assert sorted(p.split(": ")[1] for p in found) == [
+        "api.listen", "kitchen.stations.grill.printer_role", "kitchen.stations.wok.printer_role", "role[1].devices"]
+
+
+def test_the_checkers_tables_match_the_code() -> None:
+    """DEVICE_KINDS is each driver's kind; LOG_COMPONENTS the components whose loggers the code has."""
+    import re
+
+    from drivers import driver_class
+    from edgehub.config import DEVICE_DRIVERS, DEVICE_KINDS, LOG_COMPONENTS
+
+    assert {name: getattr(driver_class(name), "kind", None) for name in DEVICE_DRIVERS} == DEVICE_KINDS
+    names = set()
+    for source in (REPO / "edgehub").rglob("*.py"):
+        names |= set(re.findall(r'getLogger\("edgehub\.([a-z_]+)', source.read_text()))
+    assert names == set(LOG_COMPONENTS)

@@ -75,7 +75,8 @@ class Hub:
         self.instance = instance or InstanceLock(config.paths.data_dir)
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
         self.intake = Intake(self.topics, config.limits, self.journal)
-        self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin)
+        self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin,
+                             sessions_file=config.paths.data_dir / "sessions.json")
         self.bus = BusConnection(
             host=config.broker.listen.host, port=config.broker.listen.port,
             username=config.broker.hub_user, password=config.broker.hub_password,

@@ -19,16 +19,25 @@ PIN guesses.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import hashlib
 import hmac
 import ipaddress
+import json
+import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+log = logging.getLogger("edgehub.api")
+
+SESSIONS_SCHEMA = "sessions/1"
 OPEN_PATHS = frozenset({"/healthz", "/api/v1/login", "/api/v1/logout"})
 PROTECTED_PREFIXES = ("/api/", "/metrics")
 SESSION_COOKIE = "edgehub_session"
@@ -81,43 +90,86 @@ class FailedLogins:
 
 @dataclass(frozen=True)
 class Session:
-    id: str
+    key: str  # HMAC of the session id under the box's credentials: never the id itself
     via: str  # "token" or "pin": support can tell who logged in how
-    expires_at: float
+    expires_at: float  # wall-clock time, so it means the same after a restart
 
 
 class Sessions:
-    """Browser sessions in memory: a restart logs everyone out, which is what a box should do."""
+    """Browser sessions, kept across hub restarts (an installer stays logged in while the hub
+    restarts) in ``path`` (``DATA_DIR/sessions.json``, mode 0600).
 
-    def __init__(self, ttl_s: float = 12 * 3600, limit: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    The file holds no way in: each session is stored as an HMAC-SHA256 of its id keyed with the
+    box token and installer PIN, so reading the file (a support bundle, a copied SD card) gives no
+    cookie, and changing the token or the PIN ends every session. Written only on login and
+    logout (a few hundred bytes, atomically), so it costs the SD card nothing.
+    """
+
+    def __init__(self, ttl_s: float = 12 * 3600, limit: int = 64, clock: Callable[[], float] = time.time,
+                 path: Path | None = None, secret: str = "") -> None:
         self.ttl_s = ttl_s
         self.limit = limit
         self.clock = clock
+        self.path = path
+        self._secret = secret.encode()
         self._sessions: dict[str, Session] = {}
 
-    def create(self, via: str) -> Session:
+    def _key(self, session_id: str) -> str:
+        return hmac.new(self._secret, session_id.encode(), hashlib.sha256).hexdigest()
+
+    def create(self, via: str) -> tuple[str, Session]:
+        """A new session: its id (for the cookie, kept nowhere) and what is kept of it."""
         now = self.clock()
         self._sessions = {k: s for k, s in self._sessions.items() if s.expires_at > now}
         while len(self._sessions) >= self.limit:  # the oldest session goes first
             del self._sessions[min(self._sessions, key=lambda k: self._sessions[k].expires_at)]
-        session = Session(secrets.token_urlsafe(32), via, now + self.ttl_s)
-        self._sessions[session.id] = session
-        return session
+        session_id = secrets.token_urlsafe(32)
+        session = Session(self._key(session_id), via, now + self.ttl_s)
+        self._sessions[session.key] = session
+        return session_id, session
 
     def get(self, session_id: str) -> Session | None:
-        # Look up by constant-time comparison so timing says nothing about valid ids.
-        found = None
-        for key, session in list(self._sessions.items()):
-            if hmac.compare_digest(key.encode(), session_id.encode()):
-                found = session
+        # A lookup by keyed hash: its timing says nothing about which ids are valid.
+        found = self._sessions.get(self._key(session_id))
         if found is None or found.expires_at <= self.clock():
             return None
         return found
 
     def drop(self, session_id: str) -> None:
-        if self.get(session_id) is not None:
-            self._sessions.pop(session_id, None)
+        self._sessions.pop(self._key(session_id), None)
+
+    def load(self) -> None:
+        """Read the sessions kept by the last run (blocking; the API calls it at start)."""
+        if self.path is None:
+            return
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            rows = doc["sessions"] if doc.get("schema") == SESSIONS_SCHEMA else []
+            now = self.clock()
+            self._sessions = {str(r["key"]): Session(str(r["key"]), str(r["via"]), float(r["expires_at"]))
+                              for r in rows if float(r["expires_at"]) > now}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("sessions file %s unreadable (%s): everyone logs in again", self.path, exc)
+
+    def save(self) -> None:
+        """Keep the sessions for the next run: atomically, mode 0600 (blocking)."""
+        if self.path is None:
+            return
+        rows = [{"key": s.key, "via": s.via, "expires_at": round(s.expires_at, 3)} for s in self._sessions.values()]
+        data = json.dumps({"schema": SESSIONS_SCHEMA, "sessions": rows}).encode()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot keep the sessions in %s (%s): a restart will log everyone out", self.path, exc)
 
 
 class Credentials:
@@ -229,17 +281,19 @@ class LoginHandlers:
                 self.pin_failures_here.record(address)
                 self.pin_failures.record("*")
             raise _unauthorized("wrong token or PIN")
-        session = self.sessions.create(via)
+        session_id, _ = self.sessions.create(via)
+        await asyncio.to_thread(self.sessions.save)
         response = web.json_response({"ok": True, "via": via})
         # Secure under HTTPS: the browser never sends the session over plain HTTP.
-        response.set_cookie(SESSION_COOKIE, session.id, max_age=int(self.sessions.ttl_s), path="/",
+        response.set_cookie(SESSION_COOKIE, session_id, max_age=int(self.sessions.ttl_s), path="/",
                             httponly=True, samesite="Strict", secure=request.secure)
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
         cookie = request.cookies.get(SESSION_COOKIE)
-        if cookie:
+        if cookie and self.sessions.get(cookie) is not None:
             self.sessions.drop(cookie)
+            await asyncio.to_thread(self.sessions.save)
         response = web.json_response({"ok": True})
         response.del_cookie(SESSION_COOKIE, path="/")
         return response

@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from aiohttp.typedefs import Handler
 
 from edgehub.api.auth import FailedLogins, LoginHandlers, Sessions, client_key, token_middleware
 from edgehub.config import Address
+from edgehub.errors import EdgehubError
 
 log = logging.getLogger("edgehub.api")
 
@@ -257,14 +259,16 @@ class ApiServer:
     """Owns the aiohttp runner and site; ``async with`` binds, exit closes."""
 
     def __init__(self, listen: Address, token: str, source: StatusSource, installer_pin: str = "",
-                 ssl_context: ssl.SSLContext | None = None, guard: ConnectionGuard | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, guard: ConnectionGuard | None = None,
+                 sessions_file: Path | None = None) -> None:
         self.listen = listen
         self.token = token
         self.source = source
         self.ssl_context = ssl_context
         self.guard = guard or ConnectionGuard()
         self.failures = FailedLogins()
-        self.sessions = Sessions()
+        # Keyed with both credentials: a new token or PIN ends every session kept in the file.
+        self.sessions = Sessions(path=sessions_file, secret=f"{token}\0{installer_pin}")
         self.logins = LoginHandlers(token, installer_pin, self.failures, self.sessions)
         self._runner: web.AppRunner | None = None
         self.port = listen.port
@@ -297,6 +301,7 @@ class ApiServer:
         return web.json_response(await self.source.status())
 
     async def __aenter__(self) -> ApiServer:
+        await asyncio.to_thread(self.sessions.load)
         # keepalive_timeout: an idle keep-alive connection is dropped by the guard's header
         # deadline anyway; this keeps aiohttp's own timer from outliving it.
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False,
@@ -304,7 +309,12 @@ class ApiServer:
         await self._runner.setup()
         quiet_accept_errors(asyncio.get_running_loop())
         site = GuardedSite(self._runner, self.listen.host, self.listen.port, self.guard, self.ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise EdgehubError(f"the box's page cannot listen on {self.listen} (api.listen): "
+                               f"{exc.strerror or exc}") from exc
         server = site._server  # aiohttp keeps the bound sockets there; needed for port 0
         if server is not None and server.sockets:  # type: ignore[attr-defined]
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]

@@ -201,8 +201,18 @@ class Doctor:
                           "check the WAN, DNS and the firewall towards the gateway")]
         return [Check("qr-gateway", "ok", f"{qr.acquirer} keys loaded; {qr.gateway_url} answers over TLS")]
 
+    def _restart_broker(self) -> str:
+        """How Mosquitto is started again on this box: by the hub itself (managed, ``make run``)
+        or by systemd (a provisioned box)."""
+        if self.config.broker.mode == "managed":
+            return ("edgehub runs its own Mosquitto here (broker.mode = managed) and starts it again by "
+                    "itself; if it stays down, restart edgehub: Ctrl-C where it runs, then `make run` "
+                    "(or `edgehub run`) again")
+        return "start Mosquitto: sudo systemctl restart mosquitto, then sudo systemctl status mosquitto"
+
     async def _broker(self) -> Check:
         address = self.broker_address
+        managed = self.config.broker.mode == "managed"
         if address.port == 0:
             return Check("broker", "warn", "the broker port is chosen at start (listen port 0)",
                          "run the self-check from the box's page, which asks the running hub")
@@ -213,8 +223,7 @@ class Doctor:
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
         except (OSError, TimeoutError) as exc:
-            return Check("broker", "fail", f"nothing answers on {address}: {_reason(exc)}",
-                         "start Mosquitto: systemctl restart mosquitto, then systemctl status mosquitto")
+            return Check("broker", "fail", f"nothing answers on {address}: {_reason(exc)}", self._restart_broker())
         b = self.config.broker
         client = aiomqtt.Client(address.host, address.port, username=b.hub_user, password=b.hub_password,
                                 identifier=f"edgehub-doctor-{uuid.uuid4().hex[:12]}", timeout=self.timeout_s)
@@ -224,14 +233,16 @@ class Doctor:
                     pass
         except aiomqtt.MqttCodeError as exc:
             if exc.rc in (4, 5, 134, 135) or getattr(exc.rc, "value", None) in (134, 135):
-                return Check("broker", "fail", f"the broker at {address} refuses the hub's password",
-                             "rewrite the broker's password file: edgehub broker write-config --config "
-                             "/etc/edgehub/edgehub.toml && systemctl reload mosquitto")
+                action = ("another program answers on the hub's broker port (another edgehub's Mosquitto?): "
+                          "stop it, or give broker.listen a free port" if managed else
+                          f"rewrite the broker's password file: edgehub broker write-config --config "
+                          f"{self.config.source} && sudo systemctl reload mosquitto")
+                return Check("broker", "fail", f"the broker at {address} refuses the hub's password", action)
             return Check("broker", "fail", f"the broker at {address} refused the connection: {exc}",
-                         "look at journalctl -u mosquitto -n 50")
+                         "look at the hub's log (the lines with component=broker)" if managed
+                         else "look at sudo journalctl -u mosquitto -n 50")
         except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
-            return Check("broker", "fail", f"no MQTT answer from {address}: {_reason(exc)}",
-                         "restart Mosquitto: systemctl restart mosquitto")
+            return Check("broker", "fail", f"no MQTT answer from {address}: {_reason(exc)}", self._restart_broker())
         return Check("broker", "ok", f"connected to {address} and logged in as {b.hub_user}")
 
     def _https(self) -> Check:
@@ -487,18 +498,22 @@ def daemon_check(config: Config, status: Mapping[str, Any] | None,
     if status is not None:
         return Check("daemon", "ok", f"edgehub {status.get('version', '?')} is running for store "
                                      f"{status.get('store_id', '?')}, up {status.get('uptime_s', 0):.0f} s")
-    logs = "journalctl -u edgehub -n 50"
+    if config.broker.mode == "managed":  # development: `make run` in a terminal, not systemd
+        logs = "its output in the terminal it runs in"
+        start = f"start it: make run (or edgehub run --config {config.source})"
+    else:
+        logs, start = "journalctl -u edgehub -n 50", "start it: systemctl start edgehub"
     if not isinstance(problem, DaemonUnreadable):
         if problem is None:
             return Check("daemon", "fail", f"edgehub does not answer on {api_address(config)}",
-                         f"start it: systemctl start edgehub; then look at {logs}")
+                         f"{start}; then look at {logs}")
         return Check("daemon", "fail", f"the running edgehub's status could not be read: {_reason(problem)}",
                      f"look at {logs}")
     where = problem.address
     if problem.http_status is None:
         return Check("daemon", "fail", f"edgehub does not answer on {where}"
                                        f"{f' ({problem.detail})' if problem.detail else ''}",
-                     f"start it: systemctl start edgehub; then look at {logs}")
+                     f"{start}; then look at {logs}")
     if problem.http_status == 401:
         return Check("daemon", "fail", f"edgehub answers on {where} but refuses the token (HTTP 401): the token "
                                        f"in {token_origin(config)} is not the hub's",

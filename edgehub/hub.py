@@ -137,7 +137,7 @@ class Hub:
         self.bus.route(self.topics.all_cancels, self.kitchen.handle_cancel)
         self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
         self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
-        self.screens = ScreenServer(self.kitchen, screen_secrets(config), self.api.failures)
+        self.screens = ScreenServer(self.kitchen, screen_secrets(config), self.api.failures, broker_link=self.healthy)
         self.api.route_setups.append(self.screens.setup)
         self.status_sections["kitchen"] = self.kitchen.status
         self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues

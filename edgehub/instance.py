@@ -195,11 +195,9 @@ def check_ports(config: Config) -> None:
     raise PortTaken naming each one taken, the config key and what to do."""
     wanted: list[tuple[str, Address]] = [("api.listen", config.api.listen)]
     if config.broker.mode == "managed":
-        from edgehub.broker import listeners
-
-        hub, lan = config.broker.listen, config.broker.lan_listen
-        for address in listeners(hub, lan):
-            wanted.append(("broker.listen" if address == hub else "broker.lan_listen", address))
+        wanted.append(("broker.listen", config.broker.listen))
+        if config.broker.lan_listen is not None:
+            wanted.append(("broker.lan_listen", config.broker.lan_listen))
     problems = []
     for key, address in wanted:
         if address.port == 0:

@@ -306,6 +306,7 @@ KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
 KDS_COMMAND_SCHEMA = "kds-command/1"
 KDS_REPLY_SCHEMA = "kds-reply/1"
 KDS_ALERT_SCHEMA = "kds-alert/1"
+KDS_LINK_SCHEMA = "kds-link/1"  # websocket screens only: whether orders can reach the box now
 CLOUD_ORDER_SCHEMA = "cloud-order/1"
 CLOUD_KITCHEN_SCHEMA = "cloud-kitchen/1"
 
@@ -464,6 +465,15 @@ def kds_snapshot(station: str, seq: int, now: float, amber_after_s: float, red_a
     return {"schema": KDS_SNAPSHOT_SCHEMA, "station": station, "seq": seq, "now": round(now, 3),
             "amber_after_s": amber_after_s, "red_after_s": red_after_s, "tickets": tickets,
             "recent": recent, "all_day": all_day}
+
+
+def kds_link(broker_connected: bool, reason: str = "") -> dict[str, Any]:
+    """What a websocket screen is told about the hub's link to the store broker: while it is down
+    no order reaches the kitchen, and a screen that said "live" would lie (docs/kitchen.md)."""
+    doc: dict[str, Any] = {"schema": KDS_LINK_SCHEMA, "broker": "connected" if broker_connected else "down"}
+    if reason:
+        doc["reason"] = reason
+    return doc
 
 
 def kds_reply(command_id: str, ok: bool, error: str = "",

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -69,15 +69,22 @@ def _inline_hashes(page: bytes, tag: str) -> str:
     return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks)
 
 
+LINK_CHECK_S = 1.0  # how often the broker link is looked at for the screens (a change is sent at once)
+
+
 class ScreenServer:
     def __init__(self, kitchen: Kitchen, secrets: Mapping[str, tuple[str, ...] | None],
-                 failures: FailedLogins) -> None:
+                 failures: FailedLogins, broker_link: Callable[[], tuple[bool, str]] | None = None) -> None:
         self.kitchen = kitchen
         self._secrets = [(secret.encode(), stations) for secret, stations in secrets.items()]
         self.failures = failures
+        # (connected, why not) of the hub's link to the store broker: screens show it.
+        self.broker_link = broker_link or (lambda: (True, ""))
+        self._link = self.broker_link()
         self._page: bytes | None = None
         self._csp = ""
         self._sockets: set[web.WebSocketResponse] = set()
+        self._watch: asyncio.Task[None] | None = None
 
     def _drives(self, given: bytes, station: str) -> bool:
         """Does ``given`` drive ``station``? Every secret is compared, in constant time."""
@@ -91,6 +98,7 @@ class ScreenServer:
         app.router.add_get("/kds/{station}", self.page)
         app.router.add_get("/kds/{station}/ws", self.websocket)
         app.router.add_get("/api/v1/kitchen/screens", self.screens)  # under /api/: behind the box token
+        app.on_startup.append(self._start_watch)
         app.on_shutdown.append(self._close_all)
 
     def secret_for(self, station: str) -> str | None:
@@ -102,6 +110,21 @@ class ScreenServer:
         every = next((secret for secret, stations in self._secrets if stations is ALL_STATIONS), None)
         found = own or every
         return found.decode() if found is not None else None
+
+    async def _start_watch(self, app: web.Application) -> None:
+        self._watch = asyncio.create_task(self._watch_link(), name="kds-link")
+
+    async def _watch_link(self) -> None:
+        """Tell every screen when the hub's broker link goes down or comes back."""
+        while True:
+            await asyncio.sleep(LINK_CHECK_S)
+            link = self.broker_link()
+            if link[0] != self._link[0]:
+                self._link = link
+                text = payloads.dumps(payloads.kds_link(*link)).decode()
+                for ws in list(self._sockets):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str(text)
 
     def link(self, station: str, base: str = "/") -> str:
         """The address that sets a screen up for ``station`` once (the page keeps the secret);
@@ -152,6 +175,8 @@ class ScreenServer:
             await ws.close(code=WS_UNAUTHORIZED, message=b"wrong or missing screen token for this station")
             return ws
         self._sockets.add(ws)
+        self._link = self.broker_link()
+        await ws.send_str(payloads.dumps(payloads.kds_link(*self._link)).decode())
         feed = self.kitchen.attach(station)
         sender = asyncio.create_task(self._send(ws, feed.queue), name=f"kds-{station}-send")
         dropped = asyncio.create_task(feed.dropped.wait())
@@ -195,5 +220,6 @@ class ScreenServer:
             await ws.send_str(payloads.dumps(reply).decode())
 
     async def _close_all(self, app: web.Application) -> None:
+        await cancel_and_wait(self._watch)
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")

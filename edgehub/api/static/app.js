@@ -1,9 +1,11 @@
 // The box's page: log in, then poll /api/v1/status every 2 s and draw what it says.
 // Plain DOM, no build step. Every value from the box goes in through textContent, never as HTML:
-// device names come from the LAN and must not become markup.
+// device names come from the LAN and must not become markup. Each <section> of the page has its
+// own draw function in SECTIONS: a new part of the box adds its section there.
 "use strict";
 
 const POLL_MS = 2000;
+const NOTICE_MS = { ok: 8000, fail: 20000 };  // how long a button's result stays on screen
 const HEADERS = { "Content-Type": "application/json", "X-Edgehub-Request": "1" };
 let timer = null;
 let lastStatus = null;
@@ -48,9 +50,23 @@ function showLogin(message) {
   if (timer) { clearInterval(timer); timer = null; }
   $("dashboard").hidden = true;
   $("summary").hidden = true;
+  forget();
   $("login-view").hidden = false;
   $("login-error").textContent = message || "";
   $("secret").focus();
+}
+
+// Logged out: nothing of the box stays on the page, under the login form or in the title.
+function forget() {
+  lastStatus = null;
+  $("store-name").textContent = "edgehub";
+  document.title = "edgehub — store box";
+  for (const id of ["store-id", "version", "uptime", "broker-state", "refreshed", "sync-result"]) $(id).textContent = "";
+  for (const table of document.querySelectorAll("#dashboard table tbody")) table.replaceChildren();
+  for (const list of document.querySelectorAll("#dashboard dl, #doctor-results")) list.replaceChildren();
+  $("printing").textContent = "";
+  $("banner").hidden = true;
+  hideNotice();
 }
 
 function showDashboard() {
@@ -59,6 +75,23 @@ function showDashboard() {
   $("summary").hidden = false;
   refresh();
   if (!timer) timer = setInterval(refresh, POLL_MS);
+}
+
+// A phone shows each table row as a card of "label  value" lines: the labels come from the header.
+function labelCells(table) {
+  const labels = [...table.querySelectorAll("thead th")].map((th) => th.textContent);
+  for (const row of table.querySelectorAll("tbody tr")) {
+    [...row.children].forEach((td, i) => { if (labels[i]) td.dataset.label = labels[i]; else td.classList.add("action"); });
+  }
+}
+
+// Device ids and role names: each one an unbreakable word, the list breaks only between them.
+function ids(list, empty) {
+  const td = el("td", null, "id");
+  const names = (list || []).filter(Boolean);
+  if (!names.length) { td.textContent = empty; return td; }
+  names.forEach((name, i) => { if (i) td.append(", "); td.append(el("span", name)); });
+  return td;
 }
 
 // --- shapes from other components, flattened the same way the server's doctor does ---------
@@ -99,7 +132,12 @@ function drawHeader(s) {
   $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
   const banner = $("banner");
   banner.hidden = connected;
-  banner.textContent = connected ? "" : `The store broker is not connected: ${(s.broker && s.broker.last_error) || "reconnecting"}`;
+  banner.replaceChildren();
+  if (!connected) {
+    banner.append(el("span", `The store broker is not connected: ${(s.broker && s.broker.last_error) || "reconnecting"}. ` +
+      "No orders come in and the kitchen screens get nothing new."));
+    if (s.broker && s.broker.advice) banner.append(el("span", `What to do: ${s.broker.advice}`, "advice"));
+  }
 }
 
 function drawDevices(section) {
@@ -118,8 +156,8 @@ function drawDevices(section) {
     const tr = el("tr");
     tr.dataset.device = id;
     tr.append(el("td", d.kind), el("td", d.model || d.driver || ""), el("td", d.transport || ""),
-      el("td", id, "id"), el("td", d.state, `state ${d.state}`), el("td", d.reason || ""));
-    const cell = el("td");
+      ids([id], ""), el("td", d.state, `state ${d.state}`), el("td", d.reason || ""));
+    const cell = el("td", null, "action");
     if (d.kind === "printer") {
       const button = el("button", "Test print");
       button.type = "button";
@@ -130,9 +168,10 @@ function drawDevices(section) {
     tr.append(cell);
     body.append(tr);
   }
+  labelCells($("devices"));
 }
 
-function drawRoles(section) {
+function drawRoles(section, status) {
   const body = $("roles").querySelector("tbody");
   // The table is redrawn every poll: keep what the installer is typing into a row's bind field.
   const typing = new Map();
@@ -153,9 +192,9 @@ function drawRoles(section) {
     const tr = el("tr");
     tr.dataset.role = r.role;
     const state = r.state || (r.serving ? "serving" : "down");
-    tr.append(el("td", r.role), el("td", r.primary || "—", "id"), el("td", (r.spares || []).join(", ") || "—", "id"),
-      el("td", r.serving || "nobody", "id"), el("td", r.reason ? `${state}: ${r.reason}` : state, `state ${state}`));
-    const cell = el("td");
+    tr.append(ids([r.role], ""), ids([r.primary], "—"), ids(r.spares, "—"), ids([r.serving], "nobody"),
+      el("td", r.reason ? `${state}: ${r.reason}` : state, `state ${state}`));
+    const cell = el("td", null, "action");
     const form = el("form", null, "inline");
     const input = el("input");
     input.dataset.role = r.role;
@@ -171,6 +210,12 @@ function drawRoles(section) {
     body.append(tr);
     if (focused === r.role) input.focus();
   }
+  labelCells($("roles"));
+  const jobs = section.print;
+  $("printing").textContent = jobs && typeof jobs.printed === "number"
+    ? `Print jobs: ${jobs.printed} printed${jobs.reprints ? `, ${jobs.reprints} reprinted` : ""}` +
+      `${jobs.failed ? `, ${jobs.failed} failed` : ""}${jobs.rejected ? `, ${jobs.rejected} refused` : ""}.`
+    : "";
 }
 
 function drawOutbox(outbox, uplink) {
@@ -201,6 +246,7 @@ function drawOutbox(outbox, uplink) {
     tr.append(el("td", s.stream), el("td", s.depth), el("td", duration(s.oldest_age_s)), replay);
     body.append(tr);
   }
+  labelCells($("outbox"));
   const empty = $("outbox-empty");
   empty.hidden = streams.length > 0;
   empty.textContent = "Nothing is waiting for the cloud.";
@@ -265,10 +311,52 @@ async function refresh() {
   const s = result.doc;
   lastStatus = s;
   drawHeader(s);
-  drawDevices(s.devices);
-  drawRoles(s.roles);
-  drawOutbox(s.outbox, s.uplink);
-  drawSystem(s.system);
+  for (const section of SECTIONS) await section.draw(s);
+}
+
+// The page's sections in order, each drawn from the status (a part of the box that grows a
+// section of its own adds it here, with its <section> in index.html).
+const SECTIONS = [
+  { id: "kitchen-section", draw: (s) => drawKitchen(s) },
+  { id: "devices-section", draw: (s) => drawDevices(s.devices) },
+  { id: "roles-section", draw: (s) => drawRoles(s.roles, s) },
+  { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
+  { id: "system-section", draw: (s) => drawSystem(s.system) },
+];
+
+// Orders taken and the kitchen: open tickets per station and the link that sets up its screen.
+async function drawKitchen(s) {
+  const orders = $("orders");
+  orders.replaceChildren();
+  const intake = s.intake || {};
+  orders.append(el("dt", "Orders in the journal"), el("dd", (s.journal && s.journal.orders) ?? "—"));
+  orders.append(el("dt", "Since the hub started"),
+    el("dd", `${intake.accepted || 0} accepted, ${intake.rejected || 0} rejected, ${intake.duplicates || 0} re-sent`));
+  orders.lastChild.id = "orders-since-start";
+  const body = $("kitchen").querySelector("tbody");
+  const empty = $("kitchen-empty");
+  if (!s.kitchen) {
+    body.replaceChildren();
+    empty.hidden = false; empty.textContent = "The kitchen is not configured on this box.";
+    return;
+  }
+  const r = await api("GET", "/api/v1/kitchen/screens");
+  if (!r.ok || !r.doc) return;
+  body.replaceChildren();
+  empty.hidden = r.doc.screens.length > 0;
+  empty.textContent = "No stations yet: they come with the first order, or from [kitchen.stations].";
+  for (const st of r.doc.screens) {
+    const tr = el("tr");
+    tr.dataset.station = st.station;
+    const open = el("td", null, "action");
+    const link = el("a", `Open the ${st.station} screen`);
+    // The link carries the screen token: opened once on a kitchen tablet, the screen keeps it.
+    link.href = st.url; link.target = "_blank"; link.rel = "noopener";
+    open.append(link);
+    tr.append(el("td", st.station), el("td", st.open), el("td", st.connected), open);
+    body.append(tr);
+  }
+  labelCells($("kitchen"));
 }
 
 // What is on the page is the last answer, not the box now: greyed out under the banner.
@@ -313,12 +401,22 @@ async function bind(role, text) {
   refresh();
 }
 
-// What the last button did: kept until the next action (the status banner is the poll's own).
+// What the last button did: replaces the one before, leaves on its own after a while (a failure
+// stays longer) or with its × (the status banner is the poll's own).
+let noticeTimer = null;
 function alertBanner(text, good) {
   const notice = $("notice");
-  notice.hidden = false;
-  notice.textContent = text;
+  $("notice-text").textContent = text;
   notice.className = good ? "notice ok" : "notice fail";
+  notice.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(hideNotice, good ? NOTICE_MS.ok : NOTICE_MS.fail);
+}
+
+function hideNotice() {
+  clearTimeout(noticeTimer);
+  $("notice").hidden = true;
+  $("notice-text").textContent = "";
 }
 
 async function runDoctor() {
@@ -356,6 +454,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   });
   $("logout").addEventListener("click", async () => { await api("POST", "/api/v1/logout"); showLogin(""); });
   $("doctor").addEventListener("click", runDoctor);
+  $("notice-close").addEventListener("click", hideNotice);
   $("sync").addEventListener("click", syncNow);
   $("bind-new").addEventListener("submit", (ev) => {
     ev.preventDefault();

@@ -54,7 +54,8 @@ class DriverFactory:
         except TimeoutError as exc:
             raise DeviceUnavailable("listing USB devices took over 5s", info.device_id) from exc
         except usb.core.NoBackendError as exc:
-            raise DeviceUnavailable("libusb is not installed", info.device_id) from exc
+            raise DeviceUnavailable("libusb is not installed: sudo apt-get install libusb-1.0-0",
+                                    info.device_id) from exc
         if dev is None:
             raise DeviceUnavailable(
                 f"USB device {info.serial_number or info.address} is not plugged in", info.device_id

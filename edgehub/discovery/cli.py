@@ -13,7 +13,7 @@ import ipaddress
 import json
 import sys
 
-from edgehub.config import DiscoveryConfig, load_config
+from edgehub.config import Config, DiscoveryConfig, load_config
 
 __all__ = ["add_parser", "command"]
 
@@ -35,16 +35,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=command)
 
 
+def running_hub_devices(config: Config) -> tuple[list[dict[str, str]], str]:
+    """The devices the hub running on ``config`` drives now (from its API), and a note on where
+    they came from; nothing when no hub holds that config's data directory."""
+    import json as json_
+    import urllib.error
+    import urllib.request
+
+    from edgehub.instance import InstanceLock
+
+    holder = InstanceLock(config.paths.data_dir).holder()
+    if holder is None:
+        return [], ""
+    request = urllib.request.Request(config.api.listen.local_url("/api/v1/devices"),
+                                     headers={"Authorization": f"Bearer {config.api.token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            entries = json_.load(response).get("devices", [])
+    except (OSError, ValueError) as exc:
+        return [], f"a hub runs on this config ({holder.describe()}) but its device list could not be read: {exc}"
+    rows = [{"kind": str(e.get("kind", "")), "model": str(e.get("model") or e.get("vendor") or ""),
+             "transport": str(e.get("transport", "")), "address": str(e.get("address", "")),
+             "id": str(e.get("device_id", "")), "driver": str(e.get("driver", "")),
+             "found_by": f"running hub ({e.get('state', '?')})"} for e in entries]
+    return rows, (f"{len(rows)} devices come from the running hub ({holder.describe()}); it drives them, so "
+                  "they were not probed again")
+
+
 def command(args: argparse.Namespace) -> int:
     from edgehub.bus.topics import Topics
     from edgehub.devices.registry import DeviceRegistry
     from edgehub.discovery import Discovery
 
     state_dir = None
+    hub_rows: list[dict[str, str]] = []
+    hub_note = ""
     if args.config:
         config = load_config(args.config)
         disc, devices, store = config.discovery, config.devices, config.store.id
         state_dir = config.paths.data_dir  # the hub's memory of USB serials that devices share
+        # A hub running on this config drives its devices (the simulated ones of `make run` too):
+        # they are listed from it, not probed again (a serial device answers one master at a time).
+        hub_rows, hub_note = running_hub_devices(config)
+        held = {row["address"] for row in hub_rows}
+        devices = tuple(d for d in devices if d.address not in held)
     else:
         disc, devices, store = DiscoveryConfig(), (), "discover"
     for cidr in args.subnet:
@@ -84,23 +118,29 @@ def command(args: argparse.Namespace) -> int:
                 "address": i.address,
                 "id": i.device_id,
                 "driver": i.driver,
+                "found_by": "this scan",
             }
             for i in found
         ]
 
     rows = asyncio.run(run())
+    found = {row["id"] for row in hub_rows}
+    rows = hub_rows + [row for row in rows if row["id"] not in found]
     if tty:
         print("\r\x1b[K", end="", file=sys.stderr, flush=True)
     # What was not looked at, or found empty: on stderr, after the progress line is gone.
-    for note in notes:
+    for note in notes + ([hub_note] if hub_note else []):
         print(note, file=sys.stderr)
+    if not args.config:
+        print("devices a running hub drives are listed with --config FILE (the hub's config), "
+              "e.g. edgehub discover --config config/dev.toml", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no devices found")
         return 0
-    cols = ("kind", "model", "transport", "address", "id", "driver")
+    cols = ("kind", "model", "transport", "address", "id", "driver", "found_by")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in cols}
     print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for row in rows:

@@ -38,6 +38,9 @@ SharedSerial = tuple[int, int, str]
 log = logging.getLogger("edgehub.discovery.usb")
 
 
+LIBUSB_MISSING = "libusb is not installed: sudo apt-get install libusb-1.0-0"
+
+
 class UsbUnavailable(Exception):
     """libusb is missing: USB devices cannot be listed (said once, then USB is skipped)."""
 
@@ -100,7 +103,7 @@ class UsbDiscovery:
         try:
             devices = list(usb.core.find(find_all=True, backend=self.backend))
         except usb.core.NoBackendError as exc:
-            raise UsbUnavailable("libusb is not installed") from exc
+            raise UsbUnavailable(LIBUSB_MISSING) from exc
         found: list[DeviceInfo] = []
         self.notes = {}
         for dev in devices:

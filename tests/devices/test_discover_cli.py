@@ -7,9 +7,12 @@ import asyncio
 import json
 import random
 import sys
+from pathlib import Path
+
+import pytest
 
 from edgehub.sim.store import SimStore
-from tests.conftest import REPO
+from tests.conftest import REPO, HubProcess, write_config
 
 
 async def discover(*args: str) -> tuple[int, str, str]:
@@ -49,7 +52,7 @@ async def test_discover_finds_the_simulated_store_with_the_right_drivers() -> No
         code, out, _ = await discover("--no-usb", "--no-serial", *subnets, "--browse-seconds", "0")
         assert code == 0
         header, *lines = out.splitlines()
-        assert header.split() == ["KIND", "MODEL", "TRANSPORT", "ADDRESS", "ID", "DRIVER"]
+        assert header.split() == ["KIND", "MODEL", "TRANSPORT", "ADDRESS", "ID", "DRIVER", "FOUND_BY"]
         assert sorted(line.split()[2] for line in lines) == [f"{h}:9100" for h in hosts]
 
 
@@ -80,3 +83,39 @@ async def test_discover_leaves_a_port_in_service_alone_and_says_what_it_did_not_
     assert f"serial {sim.scale.port}: in use by another program (a running edgehub?): not probed" in err
     assert "serial /dev/no-such-port: does not exist" in err
     assert "USB: not scanned (turned off)" in err and "LAN: not searched (turned off)" in err
+
+
+def _libusb_missing() -> bool:
+    import usb.core
+
+    try:
+        usb.core.find()
+    except usb.core.NoBackendError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _libusb_missing(), reason="libusb is installed here")
+async def test_without_libusb_discover_says_how_to_install_it() -> None:
+    code, _, err = await discover("--no-serial", "--no-lan")
+    assert code == 0
+    assert "USB: not scanned (libusb is not installed: sudo apt-get install libusb-1.0-0)" in err
+
+
+async def test_discover_lists_the_devices_of_the_hub_running_on_the_config(tmp_path: Path) -> None:
+    """The issue: `discover` could not see the simulated devices the running hub (`make run`) uses.
+    They come from the hub (which drives them), not from probing them behind its back."""
+    process = HubProcess(write_config(tmp_path / "box", mode="managed"), tmp_path / "hub.log",
+                         extra_args=("--simulate",))
+    try:
+        await asyncio.to_thread(process.start)
+        code, out, err = await discover("--config", str(process.config_path), "--json", "--no-usb", "--no-serial",
+                                        "--no-lan")
+    finally:
+        process.stop()
+    assert code == 0, err
+    rows = {row["id"]: row for row in json.loads(out)}
+    for device in ("sim-kitchen-1", "sim-kitchen-2", "sim-receipt-1", "sim-scale-1", "sim-scanner-1", "sim-pinpad-1"):
+        assert rows[device]["found_by"].startswith("running hub"), rows
+    assert rows["sim-scale-1"]["driver"] == "mt8217" and rows["sim-scale-1"]["transport"] == "serial"
+    assert f"6 devices come from the running hub (process {process.proc.pid}" in err  # type: ignore[union-attr]

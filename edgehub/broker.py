@@ -176,7 +176,11 @@ def _atomic_write(path: Path, text: str, mode: int) -> None:
 def write_config(config: Config, listen: Address | None = None, run_as: str | None = None) -> BrokerFiles:
     """Write mosquitto.conf, the password file (PBKDF2 hashes) and the ACL into config_dir."""
     directory = config.broker.config_dir
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BrokerError(f"cannot create {directory} (broker.config_dir) for the broker's files: "
+                          f"{exc.strerror or exc}") from exc
     files = BrokerFiles(directory / "mosquitto.conf", directory / "passwd", directory / "acl")
     users = [(config.broker.hub_user, config.broker.hub_password)]
     users += [(t.id, t.password) for t in config.terminals]

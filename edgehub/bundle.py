@@ -27,6 +27,7 @@ from typing import Any
 from edgehub import __version__
 from edgehub.config import Config
 from edgehub.doctor import DaemonUnreadable, answer_problem, api_address, connect_problem, daemon_check
+from edgehub.errors import EdgehubError
 
 REDACTED = "[REDACTED]"
 # Whole words only for the short ones: "pin" must not catch "pinpad" nor "key" "keepalive".
@@ -269,6 +270,12 @@ def why_not_from_daemon(config: Config, problem: DaemonUnreadable) -> tuple[str,
     return check.message, check.action
 
 
+def default_folder(config: Config) -> Path:
+    """Where ``edgehub bundle`` puts a bundle without -o: beside the box's data, never the
+    current folder (a bundle dropped into a checkout is an untracked file full of logs)."""
+    return config.paths.data_dir / "bundles"
+
+
 def command(config_path: str, output: str | None = None) -> int:
     """``edgehub bundle --config FILE [-o FILE]``: from the daemon if it runs, else made here."""
     import asyncio
@@ -295,9 +302,14 @@ def command(config_path: str, output: str | None = None) -> int:
         name, data = made
         # The daemon redacted it already; a second pass costs little and guards an older daemon.
         data = _redact_archive(data, config)
-    target = Path(output) if output else Path(name)
-    target.write_bytes(data)
-    sys.stdout.write(f"wrote {target} ({len(data)} bytes) from {source}\n")
+    target = Path(output) if output else default_folder(config) / name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except OSError as exc:
+        raise EdgehubError(f"cannot write the bundle to {target}: {exc.strerror or exc}; "
+                           "give another place with -o FILE") from exc
+    sys.stdout.write(f"wrote {target.resolve()} ({len(data)} bytes) from {source}\n")
     if hint:
         sys.stdout.write(f"  -> {hint}\n")
     return 0

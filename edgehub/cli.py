@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -219,7 +219,10 @@ def _cmd_sim_terminal(args: argparse.Namespace) -> int:
         creds = dict.fromkeys(ids, args.password)
     sims = [TerminalSim(address.host, address.port, store, tid, creds[tid], resend_after=args.resend_after)
             for tid in ids]
-    reports = asyncio.run(run_terminals(sims, args.orders, args.rate, args.timeout))
+    rate = f"{args.rate:g} orders/s each" if args.rate > 0 else "all at once"
+    print(f"sending {args.orders} orders from {', '.join(ids)} to mqtt://{address} ({rate}), each re-sent until "
+          f"acked (giving up after {args.timeout:g} s)", file=sys.stderr, flush=True)
+    reports = asyncio.run(run_terminals(sims, args.orders, args.rate, args.timeout, progress=_progress_printer()))
     total_acked = sum(len(r.acked_ids) for r in reports)
     for tid, report in zip(ids, reports, strict=True):
         summary = report.summary()
@@ -236,6 +239,26 @@ def _cmd_sim_terminal(args: argparse.Namespace) -> int:
     return 0 if total_acked == args.orders * len(ids) else 1
 
 
+def _progress_printer() -> Callable[[str, bool], None]:
+    """On a terminal, one line redrawn in place (cut to its width); elsewhere a line every 5 s."""
+    import shutil
+    import time
+
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(line: str, final: bool) -> None:
+        if tty:
+            width = shutil.get_terminal_size().columns - 1
+            sys.stderr.write("\r\x1b[K" + line[:width] + ("\n" if final else ""))
+            sys.stderr.flush()
+        elif final or time.monotonic() - last[0] >= 5.0:
+            last[0] = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    return show
+
+
 def _box_config(args: argparse.Namespace) -> int:
     """2 (and why) when no --config was given and this is not a provisioned box; else 0."""
     if args.config == BOX_CONFIG and not os.path.exists(BOX_CONFIG):
@@ -246,50 +269,89 @@ def _box_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgehub", description="The store box daemon and its tools.")
-    parser.add_argument("--version", action="version", version=f"edgehub {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from edgehub.clihelp import Help, command
 
-    p = sub.add_parser("run", help="run the daemon")
-    p.add_argument("--config", required=True, help="path to edgehub.toml")
+    parser = argparse.ArgumentParser(
+        prog="edgehub", formatter_class=Help,
+        description="edgehub, the store box: the daemon (run) and the tools an installer, a developer and "
+                    "support use.\n\nEvery command explains itself with --help, defaults and examples.",
+        epilog="examples:\n  make run                                   # a whole simulated store, from a checkout\n"
+               "  edgehub doctor                             # on a box: the installer's self-checks\n"
+               "  edgehub run --help")
+    parser.add_argument("--version", action="version", version=f"edgehub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = command(sub, "run", "run the hub (the daemon)",
+                "Run the hub: the journal, the connection to the store's Mosquitto (its own private one with\n"
+                "broker.mode = managed), devices and roles, the kitchen, the uplink to the cloud and the box's page.\n"
+                "Under systemd it is Type=notify with a watchdog. It starts only when no other hub runs on the\n"
+                "same data directory and every port it listens on is free (else one line, exit 1), and prints\n"
+                "where the page, the kitchen screens and the broker are once it is ready.",
+                ["edgehub run --config /etc/edgehub/edgehub.toml",
+                 "edgehub run --config config/dev.toml --simulate --sim-cloud --sim-orders   # what make run does",
+                 "edgehub run --config config/dev.toml --simulate                            # devices only"])
+    p.add_argument("--config", required=True, metavar="FILE", help="the edgehub.toml to run with")
     p.add_argument("--simulate", action="store_true",
-                   help="run with a simulated store's devices (no hardware)")
+                   help="add a simulated store's devices (two kitchen printers, a receipt printer, a scale, "
+                        "a scanner, a pinpad) when the config names no [[device]]")
     p.add_argument("--sim-profile", action="append", default=[], metavar="SLOT=PROFILE",
                    help="with --simulate: a real unit's habits for a device slot, e.g. scale=mt8217-lb, "
                         "scanner=hid-report-id (repeat; the profiles: docs/devices.md)")
     p.add_argument("--sim-cloud", action="store_true",
-                   help="start a simulated chain cloud (a private Mosquitto) and send the outbox there")
+                   help="start a simulated chain cloud (a second private Mosquitto) and send the outbox there")
     p.add_argument("--sim-orders", action="store_true",
-                   help="play a lunch service: the config's pos terminals order, a cook works each kds-STATION")
+                   help="play a lunch service: the config's pos terminals order (Chinese dishes, modifiers, "
+                        "notes, rush, amends, cancels) and a cook works at each kds-STATION terminal's station")
     p.add_argument("--sim-orders-every", type=float, default=6.0, metavar="SECONDS",
                    help="average seconds between two orders of --sim-orders")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("config", help="configuration tools")
-    config_sub = p.add_subparsers(dest="config_command", required=True)
-    c = config_sub.add_parser("check", help="validate config files; exit 2 listing every problem")
-    c.add_argument("files", nargs="+")
+    p = command(sub, "config", "configuration tools", "Tools for edgehub.toml.",
+                ["edgehub config check /etc/edgehub/edgehub.toml"])
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="TOOL")
+    c = command(config_sub, "check", "check config files; exit 2 listing every problem",
+                "Check config files completely, as `edgehub run` would: every problem is one line\n"
+                "FILE:LINE: key.path: what is wrong, cross-references included (a station's printer role, the\n"
+                "devices a role names, listeners sharing a port). Exit 0 when all pass, 2 otherwise.",
+                ["edgehub config check /etc/edgehub/edgehub.toml", "edgehub config check config/*.toml"])
+    c.add_argument("files", nargs="+", metavar="FILE", help="edgehub.toml files to check")
     c.set_defaults(func=_cmd_config_check)
 
-    p = sub.add_parser("broker", help="the store's Mosquitto")
-    broker_sub = p.add_subparsers(dest="broker_command", required=True)
-    c = broker_sub.add_parser("write-config", help="write mosquitto.conf, passwd and acl from the config")
-    c.add_argument("--config", required=True, help="path to edgehub.toml")
+    p = command(sub, "broker", "the store's Mosquitto", "Tools for the store's Mosquitto.",
+                ["edgehub broker write-config --config /etc/edgehub/edgehub.toml"])
+    broker_sub = p.add_subparsers(dest="broker_command", required=True, metavar="TOOL")
+    c = command(broker_sub, "write-config", "write mosquitto.conf, passwd and acl from the config",
+                "Write Mosquitto's config, its password file (PBKDF2 hashes) and its ACL from edgehub.toml into\n"
+                "broker.config_dir. Provisioning runs it; on a box, reload Mosquitto afterwards.",
+                ["edgehub broker write-config --config /etc/edgehub/edgehub.toml && sudo systemctl reload mosquitto"])
+    c.add_argument("--config", required=True, metavar="FILE", help="the edgehub.toml to write them from")
     c.set_defaults(func=_cmd_broker_config)
 
-    p = sub.add_parser("sim", help="simulated store parts")
-    sim_sub = p.add_subparsers(dest="sim_command", required=True)
-    c = sim_sub.add_parser("terminal", help="a POS terminal sending orders and re-sending until acked")
-    c.add_argument("--config", help="take broker, store and credentials from this edgehub.toml")
-    c.add_argument("--broker", help="host:port of the store broker")
+    p = command(sub, "sim", "simulated store parts (no hardware)",
+                "Simulated parts of a store, to try the hub without hardware.",
+                ["edgehub sim terminal --config config/dev.toml --orders 200 --rate 20", "edgehub sim store"])
+    sim_sub = p.add_subparsers(dest="sim_command", required=True, metavar="PART")
+    c = command(sim_sub, "terminal", "a POS terminal sending orders, re-sending each until acked",
+                "Play POS terminals against a running hub: each sends orders at a steady rate over MQTT with its\n"
+                "own login, re-sends an order until the hub acks it, and shows its progress on a terminal. At\n"
+                "the end, one summary line per terminal. Exit 0 when every order was acked, 1 otherwise.",
+                ["edgehub sim terminal --config config/dev.toml --orders 200 --rate 20",
+                 "edgehub sim terminal --config config/dev.toml --terminal pos-1 --terminal pos-2 --json",
+                 "edgehub sim terminal --broker 192.168.1.10:1883 --store store-0042 --terminal pos-1 "
+                 "--password \"$(cat pos-1.pw)\""])
+    c.add_argument("--config", metavar="FILE", help="take the broker, store and terminal logins from this edgehub.toml")
+    c.add_argument("--broker", metavar="HOST:PORT",
+                   help="the store broker (default with --config: its broker.listen)")
     c.add_argument("--store", help="store id (without --config)")
-    c.add_argument("--terminal", action="append", help="terminal id (repeat for several terminals)")
+    c.add_argument("--terminal", action="append", metavar="ID",
+                   help="terminal id, repeat for several (default with --config: its first pos terminal)")
     c.add_argument("--password", help="the terminal's MQTT password (without --config)")
     c.add_argument("--orders", type=int, default=100, help="orders each terminal sends")
-    c.add_argument("--rate", type=float, default=10.0, help="orders per second per terminal")
-    c.add_argument("--resend-after", type=float, default=2.0, help="seconds before an unacked order is re-sent")
-    c.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every ack")
-    c.add_argument("--json", action="store_true", help="a JSON line per terminal")
+    c.add_argument("--rate", type=float, default=10.0, help="orders per second per terminal (0: all at once)")
+    c.add_argument("--resend-after", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds before an unacked order is sent again")
+    c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for every ack")
+    c.add_argument("--json", action="store_true", help="one JSON line per terminal instead of the summary")
     c.set_defaults(func=_cmd_sim_terminal)
     __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
 
@@ -297,19 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("edgehub.devices.testcli", fromlist=["x"]).add_parser(sub)  # device test: the field check
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
 
-    p = sub.add_parser("doctor", help="run the installer's self-checks; exit 1 when one fails")
-    p.add_argument("--config", default=BOX_CONFIG, help=f"path to edgehub.toml (default: the box's, {BOX_CONFIG})")
+    p = command(sub, "doctor", "the installer's self-checks; exit 1 when one fails",
+                "Run the installer's self-checks, each ok / warn / fail with what to do on this box: the hub\n"
+                "answers, the broker takes the hub's login, the journal is sound, disk space and writes, the\n"
+                "clock, the cloud, every device and role. Exit 1 when one fails.",
+                ["edgehub doctor                              # on a provisioned box",
+                 "edgehub doctor --config config/dev.toml     # beside make run", "edgehub doctor --json"])
+    p.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the edgehub.toml the hub runs with")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=lambda a: _box_config(a) or __import__("edgehub.doctor", fromlist=["x"]).command(
         a.config, a.json))
 
-    p = sub.add_parser("bundle", help="write a support bundle (tar.gz, secrets removed)")
-    p.add_argument("--config", default=BOX_CONFIG, help=f"path to edgehub.toml (default: the box's, {BOX_CONFIG})")
-    p.add_argument("-o", "--output", help="file to write (default: edgehub-STORE-TIME.tar.gz here)")
+    p = command(sub, "bundle", "write a support bundle (tar.gz, secrets removed)",
+                "Write a support bundle: recent logs, the config, devices, roles and their history, the outbox,\n"
+                "the status and the self-check, every secret of the config removed. From the running hub when\n"
+                "it answers, else made here from what is on disk. Says where it wrote it.",
+                ["edgehub bundle                              # on a box: /var/lib/edgehub/bundles/",
+                 "edgehub bundle --config config/dev.toml     # beside make run: .run/data/bundles/",
+                 "edgehub bundle -o /tmp/store-0042.tar.gz"])
+    p.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the edgehub.toml the hub runs with")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="file to write (default: DATA_DIR/bundles/edgehub-STORE-TIME.tar.gz, DATA_DIR "
+                        "being the config's [paths] data_dir)")
     p.set_defaults(func=lambda a: _box_config(a) or __import__("edgehub.bundle", fromlist=["x"]).command(
         a.config, a.output))
 
-    p = sub.add_parser("provision", help="first-boot provisioning of a box", add_help=False)
+    p = sub.add_parser("provision", help="first-boot provisioning of a box (edgehub provision --help)",
+                       add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("edgehub.provision", fromlist=["main"]).main(a.rest))
     return parser
@@ -331,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except EdgehubError as exc:
         print(f"edgehub: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A file or folder the command needs (permissions, a full disk, a path that is not there):
+        # what and where, never a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgehub {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

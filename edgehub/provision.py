@@ -401,22 +401,63 @@ def _port_clashes(parsed: Mapping[str, Address], layout: Layout) -> list[tuple[s
     return clashes
 
 
-def ask_request(layout: Layout, ask: Callable[[str], str] = input) -> Request:
-    """Ask on the terminal for what the boot file would say (an installer without a laptop)."""
-    data: dict[str, Any] = {"store": {}, "cloud": {}}
-    data["store"]["id"] = ask("store id (e.g. store-0042): ").strip()
-    data["store"]["name"] = ask("store name: ").strip()
-    url = ask("cloud url (mqtts://host:port, empty for none): ").strip()
-    if url:
-        data["cloud"]["url"] = url
-        data["cloud"]["enrollment_token"] = ask("one-time enrollment token: ").strip()
-    else:
-        del data["cloud"]
-    answer = ask("terminals as id:kind, comma separated (e.g. pos-1:pos, kds-grill:kds): ")
-    data["terminal"] = []
-    for item in filter(None, (part.strip() for part in answer.split(","))):
-        tid, _, kind = item.partition(":")
-        data["terminal"].append({"id": tid.strip(), "kind": kind.strip() or "pos"})
+# The questions an installer without a laptop answers, each with the keys of check_request's
+# problems that belong to it: a bad answer is asked again at once, alone.
+QUESTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("store.id", "store id (e.g. store-0042): ", ("store.id", "store")),
+    ("store.name", "store name: ", ("store.name",)),
+    ("cloud.url", "cloud url (mqtts://host:port, empty for none): ", ("cloud.url",)),
+    ("cloud.enrollment_token", "one-time enrollment token: ", ("cloud.enrollment_token", "cloud")),
+    ("terminal", "terminals as id:kind, comma separated (e.g. pos-1:pos, kds-grill:kds): ", ("terminal",)),
+)
+
+
+def _answer(data: dict[str, Any], key: str, answer: str) -> None:
+    if key == "terminal":
+        data["terminal"] = []
+        for item in filter(None, (part.strip() for part in answer.split(","))):
+            tid, _, kind = item.partition(":")
+            data["terminal"].append({"id": tid.strip(), "kind": kind.strip() or "pos"})
+        return
+    table, _, name = key.partition(".")
+    if table == "cloud" and name == "url" and not answer:
+        data.pop("cloud", None)
+        return
+    data.setdefault(table, {})[name] = answer
+
+
+def _problems_of(problems: list[str], keys: tuple[str, ...]) -> list[str]:
+    """The problems (``WHERE: key: what``) of one question, without the WHERE."""
+    mine: list[tuple[str, str]] = []
+    for problem in problems:
+        _, key, what = problem.split(": ", 2)
+        if any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in keys):
+            mine.append((key, what))
+    # A table's own problem ("cloud: needs enrollment_token") says no more than its key's.
+    keys_seen = {key for key, _ in mine}
+    return [f"{key}: {what}" for key, what in mine
+            if not any(other.startswith(f"{key}.") for other in keys_seen)]
+
+
+def ask_request(layout: Layout, ask: Callable[[str], str] = input,
+                say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> Request:
+    """Ask on the terminal for what the boot file would say (an installer without a laptop). Each
+    answer is checked as it comes; a bad one is asked again, alone, with what is wrong."""
+    data: dict[str, Any] = {"store": {}}
+    for key, prompt, keys in QUESTIONS:
+        if key == "cloud.enrollment_token" and "cloud" not in data:
+            continue  # no cloud, no token
+        while True:
+            _answer(data, key, ask(prompt).strip())
+            try:
+                check_request(data, "<answers>", layout)
+                break
+            except ProvisionError as exc:
+                wrong = _problems_of(exc.problems, keys)
+            if not wrong:
+                break
+            for line in wrong:
+                say(f"  {line}; try again")
     return check_request(data, "<answers>", layout)
 
 
@@ -531,7 +572,8 @@ def render_config(request: Request, layout: Layout) -> str:
         if request.cloud_username:
             lines.append(f"username = {q(request.cloud_username)}")
         for key in CLOUD_SECRET_KEYS:
-            if (layout.secrets_dir / _cloud_secret_name(key)).exists():
+            # Kept from an earlier run, or stored by this one (before the config is written).
+            if key in request.cloud_secrets or (layout.secrets_dir / _cloud_secret_name(key)).exists():
                 lines.append(f"{key}_file = {q('secrets/' + _cloud_secret_name(key))}")
         lines.append("")
     for terminal in request.terminals:
@@ -629,6 +671,26 @@ def _write_broker_files(layout: Layout) -> None:
             os.chown(path, *owner)
 
 
+def plan(request: Request, layout: Layout, source: Path | None = None) -> tuple[Outcome, str]:
+    """What ``provision`` would do, and the config it would write, without writing anything
+    (``--dry-run``)."""
+    outcome = Outcome()
+    wanted = ["api-token", "broker-hub", *(f"terminal-{t.id}" for t in request.terminals)]
+    outcome.new_secrets = [name for name in wanted if not (layout.secrets_dir / name).exists()]
+    for key, value in request.cloud_secrets.items():
+        path = layout.secrets_dir / _cloud_secret_name(key)
+        if not path.exists() or path.read_text(encoding="utf-8").strip() != value:
+            outcome.new_secrets.append(path.name)
+    text = render_config(request, layout)
+    current = layout.config_file.read_text(encoding="utf-8") if layout.config_file.exists() else None
+    outcome.config_changed = current != text
+    broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
+    outcome.broker_written = (outcome.config_changed or bool(outcome.new_secrets)
+                              or not all(p.exists() for p in broker_files))
+    outcome.token_removed = source is not None and bool(request.cloud_secrets)
+    return outcome, text
+
+
 def provision(request: Request, layout: Layout, source: Path | None = None) -> Outcome:
     """Make the box match ``request``; safe to run any number of times."""
     outcome = Outcome()
@@ -700,35 +762,45 @@ def box_addresses() -> list[str]:
     return found
 
 
-def summary(request: Request, layout: Layout, outcome: Outcome) -> str:
+def summary(request: Request, layout: Layout, outcome: Outcome, dry_run: bool = False) -> str:
     port = parse_address(request.api_listen).port
     addresses = box_addresses() or [socket.gethostname() + ".local"]
+
+    def did(done: bool, yes: str, no: str) -> str:
+        return (f" (would be {yes})" if dry_run else f" ({yes})") if done else f" ({no})"
+
+    head = (f"edgehub provision --dry-run: nothing was written; for store {request.store_id} it would do this"
+            if dry_run else f"edgehub provisioned: store {request.store_id}")
+    new = ", ".join(outcome.new_secrets) or "none (existing secrets kept)"
     lines = [
-        f"edgehub provisioned: store {request.store_id} ({request.store_name or 'no name'}), "
-        f"{len(request.terminals)} terminal(s)",
-        f"  config     {layout.config_file}" + ("" if outcome.config_changed else " (unchanged)"),
+        f"{head} ({request.store_name or 'no name'}), {len(request.terminals)} terminal(s)",
+        f"  config     {layout.config_file}" + did(outcome.config_changed, "written", "unchanged"),
         f"  secrets    {layout.secrets_dir}/ (files of mode 0600; never printed)",
-        f"  new        {', '.join(outcome.new_secrets) or 'none (existing secrets kept)'}",
-        f"  broker     {layout.broker_dir}/" + (" (rewritten)" if outcome.broker_written else " (unchanged)"),
+        f"  new        {('would make ' if dry_run and outcome.new_secrets else '') + new}",
+        f"  broker     {layout.broker_dir}/" + did(outcome.broker_written, "rewritten", "unchanged"),
     ]
     if request.cloud_url:
         lines.append(f"  cloud      {request.cloud_url}")
     if outcome.token_removed:
-        lines.append("  boot file  cloud secrets taken out of it")
+        lines.append(f"  boot file  cloud secrets {'would be ' if dry_run else ''}taken out of it")
     for address in addresses:
         lines.append(f"  box page   https://{address}:{port}/")
     if layout.tls_cert.exists():
         from edgehub.api.tls import fingerprint
 
         lines.append(f"  https      {fingerprint(layout.tls_cert)} (the browser must show the same)")
+    lines.append(f"  log in     on the box page with the API token: sudo cat {layout.secrets_dir / 'api-token'}")
     for terminal in request.terminals:
         if terminal.kind == "kds":
             station = terminal.stations[0] if terminal.stations else "{station}"
             lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/kds/{station}?token=<the "
                          f"secret in {layout.secrets_dir}/screen-{terminal.id}>")
+    lines.append("  screens    open its link once on each kitchen screen; the box page lists every station's "
+                 "link (Orders and kitchen)")
     if request.lan_listen:
         lan_port = parse_address(request.lan_listen).port
-        lines.append(f"  terminals  connect to mqtt://{addresses[0]}:{lan_port} with their own password")
+        lines.append(f"  terminals  connect to mqtt://{addresses[0]}:{lan_port} with their own password "
+                     f"({layout.secrets_dir}/terminal-ID)")
     lines += [f"  note       {note}" for note in outcome.notes]
     return "\n".join(lines)
 
@@ -737,21 +809,36 @@ def summary(request: Request, layout: Layout, outcome: Outcome) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgehub.clihelp import Help
+
     parser = argparse.ArgumentParser(
-        prog="edgehub provision",
-        description="Provision this box: config, secrets and broker files from a provisioning TOML.",
+        prog="edgehub provision", formatter_class=Help,
+        description="Provision this box: its config, secrets and broker files from a provisioning TOML (on a "
+                    "box, the file on the boot partition; the image's first-boot unit runs this), or from "
+                    "answers asked on the terminal. Running it again with the same input changes nothing. "
+                    "Exit 0 done, 1 failed while writing, 2 bad input (nothing changed).",
+        epilog="examples:\n"
+               "  sudo edgehub provision --from /boot/firmware/edgehub-provision.toml\n"
+               "  sudo edgehub provision --from edgehub-provision.toml --dry-run   # check, show, write nothing\n"
+               "  sudo edgehub provision                                           # asks on the terminal",
     )
     parser.add_argument(
         "--from",
         dest="source",
         type=Path,
-        help="provisioning file (on a box: /boot/firmware/edgehub-provision.toml)",
+        metavar="FILE",
+        help="provisioning file (on a box: /boot/firmware/edgehub-provision.toml; without it: asked on the "
+             "terminal)",
     )
-    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR)
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, metavar="DIR",
+                        help="where edgehub.toml, secrets/ and mosquitto/ go")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help="the hub's data directory (journal, outbox)")
     parser.add_argument(
         "--non-interactive", action="store_true", help="never ask; without --from this is an error"
     )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the input and show what would be written (the config in full), write nothing")
     return parser
 
 
@@ -770,11 +857,20 @@ def main(argv: Sequence[str]) -> int:
             return 2
         else:
             request = ask_request(layout)
+        if args.dry_run:
+            outcome, text = plan(request, layout, args.source)
+            print(summary(request, layout, outcome, dry_run=True))
+            print(f"--- {layout.config_file} as it would be written ---\n{text}", end="")
+            return 0
         outcome = provision(request, layout, args.source)
     except ProvisionError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
         print("edgehub provision: nothing was changed", file=sys.stderr)
+        return 2
+    except (EOFError, KeyboardInterrupt):
+        print("\nedgehub provision: stopped before every question was answered; nothing was changed",
+              file=sys.stderr)
         return 2
     except ConfigError as exc:
         # The file we generated failed the daemon's loader: a bug here, not the installer's.

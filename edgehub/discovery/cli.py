@@ -19,19 +19,35 @@ __all__ = ["add_parser", "command"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private type
-    p = sub.add_parser("discover", help="find USB, serial and LAN devices and show which driver takes them")
-    p.add_argument("--config", help="edgehub.toml: its [discovery] and [[device]] tables")
+    from edgehub.clihelp import command as help_command
+
+    p = help_command(
+        sub, "discover", "find USB, serial and LAN devices and show which driver takes them",
+        "List every device this box can find now and the driver that takes it: USB (libusb), serial "
+        "ports (each identified by an active probe), the LAN (mDNS, and a port 9100 sweep of the given "
+        "subnets), and the config's own [[device]] entries. With --config of a running hub, the devices it "
+        "drives come from the hub instead of being probed again. Nothing is registered and no role "
+        "changes: it is a look, not a start. Progress on stderr, the table (or JSON) on stdout.",
+        ["edgehub discover", "edgehub discover --config config/dev.toml        # beside make run",
+         "edgehub discover --subnet 192.168.1.0/24 --no-usb --json",
+         "edgehub discover --serial-port /dev/ttyS0"],
+    )
+    p.add_argument("--config", metavar="FILE", help="edgehub.toml: its [discovery] and [[device]] tables, and "
+                   "the hub running on it")
     p.add_argument("--json", action="store_true", help="print the devices as JSON")
     p.add_argument(
-        "--subnet", action="append", default=[], metavar="CIDR", help="sweep this subnet for port 9100"
+        "--subnet", action="append", default=[], metavar="CIDR",
+        help="sweep this subnet for port 9100 printers (repeat for more)"
     )
     p.add_argument(
-        "--serial-port", action="append", default=[], metavar="PATH", help="probe this serial port too"
+        "--serial-port", action="append", default=[], metavar="PATH",
+        help="probe this serial port too (repeat for more)"
     )
     p.add_argument("--no-usb", action="store_true", help="do not look on USB")
     p.add_argument("--no-serial", action="store_true", help="do not probe serial ports")
     p.add_argument("--no-lan", action="store_true", help="no mDNS browse and no port 9100 sweep")
-    p.add_argument("--browse-seconds", type=float, default=3.0, help="how long to listen for mDNS answers")
+    p.add_argument("--browse-seconds", type=float, default=3.0, metavar="SECONDS",
+                   help="how long to listen for mDNS answers")
     p.set_defaults(func=command)
 
 

@@ -193,7 +193,17 @@ def with_sim_devices(config: Config, sim: SimStore) -> Config:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private type
     """``edgehub sim store``: the simulated devices on their own, to point ``discover`` or a hub at."""
-    p = sub.add_parser("store", help="run a simulated store's devices (printers, scale, scanner, pinpad)")
+    from edgehub.clihelp import command as help_command
+
+    p = help_command(
+        sub, "store", "run a simulated store's devices (printers, scale, scanner, pinpad)",
+        "Run the simulated store's devices on their own: two kitchen printers and a receipt printer "
+        "(ESC/POS on TCP), a Mettler Toledo 8217 scale and a barcode scanner on pseudo-terminals, a ZVT "
+        "pinpad on TCP. They are printed as [[device]] entries for an edgehub.toml, with the "
+        "`edgehub discover` line that finds them. Ctrl-C stops them.",
+        ["edgehub sim store", "edgehub sim store --lan 127.0.0.2,127.0.0.3,127.0.0.4",
+         "edgehub sim store --profile scale=cas-jin --profile scanner=serial-lf"],
+    )
     p.add_argument("--profile", action="append", default=[], metavar="SLOT=PROFILE",
                    help="a real unit's habits for a device slot, e.g. scale=cas-jin or scanner=serial-lf "
                         f"(slots: {', '.join(SIM_SLOTS)}; profiles: docs/devices.md)")
@@ -201,7 +211,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--lan",
         metavar="A,B,C",
         help="three loopback addresses for the printers to listen on at port 9100, like LAN printers "
-        "(e.g. 127.0.0.2,127.0.0.3,127.0.0.4)",
+        "(e.g. 127.0.0.2,127.0.0.3,127.0.0.4; default: free ports on 127.0.0.1)",
     )
     p.set_defaults(func=command)
 

@@ -13,6 +13,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,10 @@ class TerminalSim:
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
 
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def _make_client(self) -> aiomqtt.Client:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
@@ -122,7 +127,9 @@ class TerminalSim:
                 log.debug("terminal %s refused: %s", self.terminal_id, exc)
             except aiomqtt.MqttError as exc:
                 if not self._connected.is_set():
-                    self.report.error = f"cannot reach the broker at {self.host}:{self.port}: {exc}"
+                    why = "nothing listens there (connection refused)" if "refused" in str(exc) else str(exc)
+                    self.report.error = (f"cannot reach the broker at {self.host}:{self.port}: {why}; is the hub "
+                                         "running (make run)?")
                 log.debug("terminal %s lost its connection: %s", self.terminal_id, exc)
             finally:
                 self._client = None
@@ -211,5 +218,32 @@ class TerminalSim:
         return self.report
 
 
-async def run_terminals(sims: list[TerminalSim], orders: int, rate: float, timeout: float) -> list[TerminalReport]:
-    return list(await asyncio.gather(*(s.run(orders, rate, timeout) for s in sims)))
+async def run_terminals(sims: list[TerminalSim], orders: int, rate: float, timeout: float,
+                        progress: Callable[[str, bool], None] | None = None) -> list[TerminalReport]:
+    """Run every terminal to the end. ``progress(line, final)`` hears how far they got: every
+    0.25 s (a terminal redraws one line), the last time with ``final`` set."""
+    runs = asyncio.gather(*(s.run(orders, rate, timeout) for s in sims))
+    if progress is None:
+        return list(await runs)
+    task = asyncio.ensure_future(runs)
+    while not task.done():
+        progress(progress_line(sims, orders), False)
+        await asyncio.wait([task], timeout=PROGRESS_EVERY_S)
+    progress(progress_line(sims, orders), True)
+    return list(task.result())
+
+
+PROGRESS_EVERY_S = 0.25
+
+
+def progress_line(sims: list[TerminalSim], orders: int) -> str:
+    """``pos-1 37/200 sent, 36 acked · pos-2 …``: how far each terminal got."""
+    parts = []
+    for sim in sims:
+        r = sim.report
+        lat = sorted(r.latencies_ms)
+        p50 = f", ack p50 {lat[len(lat) // 2]:.0f} ms" if lat else ""
+        waiting = "" if sim.connected else " (connecting)"
+        parts.append(f"{sim.terminal_id} {r.sent}/{orders} sent, {len(r.acked_ids)} acked"
+                     f"{f', {r.resends} re-sent' if r.resends else ''}{p50}{waiting}")
+    return " · ".join(parts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import ssl
 import sys
 import time
@@ -48,7 +49,11 @@ class HubApi:
             raise SyncFailed(f"{method} {self.base}{path}: HTTP {exc.code}: "
                              f"{body.get('error', exc.reason)}") from None
         except (OSError, ValueError) as exc:
-            raise SyncFailed(f"cannot reach the hub at {self.base} ({exc}); is `edgehub run` running?") from exc
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                reason = "connection refused"
+            raise SyncFailed(f"cannot reach the hub at {self.base} ({reason}); is `edgehub run` running? "
+                             "(make run in a checkout; systemctl start edgehub on a box)") from exc
 
 
 WAITING = "waiting_for_link"
@@ -59,15 +64,28 @@ WAITING_LINE_EVERY_S = 10.0
 WAITING_GRACE_S = 1.0
 
 
-def _bar(p: dict[str, Any], width: int = 30) -> str:
+def _bar(p: dict[str, Any], columns: int = 80) -> str:
+    """The progress bar, redrawn in place: it must fit the terminal (``columns``), or each redraw
+    wraps and scrolls. The bar shrinks first (30 to 10 marks), then the least useful parts go."""
     total, sent = int(p.get("total") or 0), int(p.get("sent") or 0)
-    done = width if total == 0 else min(width, width * sent // total)
     eta = p.get("eta_s")
-    head = f"[{'#' * done}{'.' * (width - done)}] {sent}/{total} rows"
+    counts = f"{sent}/{total} rows"
     if p.get("state") == WAITING:
-        return f"{head}  waiting for the cloud link (link {p.get('link')})"
-    return (f"{head}  {p.get('rate_per_s', 0):g}/s"
-            f"{f'  eta {eta:g} s' if isinstance(eta, int | float) and eta else ''}  link {p.get('link')}")
+        tails = [f"  waiting for the cloud link (link {p.get('link')})", "  waiting for the cloud link",
+                 "  waiting for the link", "  waiting", ""]
+    else:
+        rate = f"  {p.get('rate_per_s', 0):g}/s"
+        eta_text = f"  eta {eta:g} s" if isinstance(eta, int | float) and eta else ""
+        link = f"  link {p.get('link')}"
+        tails = [rate + eta_text + link, rate + eta_text, eta_text or rate, ""]
+    room = columns - 1
+    for tail in tails:
+        width = min(30, room - len(counts) - len(tail) - 3)
+        if width >= 10:
+            break
+    width = max(width, 10)
+    done = width if total == 0 else min(width, width * sent // total)
+    return f"[{'#' * done}{'.' * (width - done)}] {counts}{tail}"[:room]
 
 
 def _line(p: dict[str, Any]) -> str:
@@ -102,7 +120,7 @@ def reconcile_report(result: dict[str, Any] | None) -> list[str]:
 
 
 def run_sync(api: HubApi, timeout: float, out: TextIO, tty: bool, as_json: bool = False,
-             poll_s: float = 0.2) -> int:
+             poll_s: float = 0.2, columns: int = 80) -> int:
     _, progress = api.call("POST", "/api/v1/sync")
     deadline = time.monotonic() + timeout
     last_line = float("-inf")
@@ -133,7 +151,7 @@ def run_sync(api: HubApi, timeout: float, out: TextIO, tty: bool, as_json: bool 
                       f"as it is up (giving up {max(0.0, deadline - now):.0f} s from now)", file=out, flush=True)
                 told, last_line = True, now
             if tty:
-                bar = _bar(progress)
+                bar = _bar(progress, columns)
                 out.write("\r" + bar.ljust(bar_width))  # over all of a longer bar before it
                 out.flush()
                 bar_drawn, bar_width = True, len(bar)
@@ -152,7 +170,7 @@ def run_sync(api: HubApi, timeout: float, out: TextIO, tty: bool, as_json: bool 
         print(json.dumps(progress), file=out)
     else:
         if tty:
-            out.write("\r" + _bar(progress).ljust(bar_width) + "\n")
+            out.write("\r" + _bar(progress, columns).ljust(bar_width) + "\n")
         print(f"sync: done, {progress.get('total')} rows up to seq {progress.get('target_seq')} "
               f"acknowledged by the cloud", file=out)
         for line in reconcile_report(result):
@@ -168,17 +186,29 @@ def command(args: argparse.Namespace) -> int:
 
     api = HubApi(config.api.local_url(""), config.api.token, context=client_context(config.api))
     try:
-        return run_sync(api, args.timeout, sys.stdout, sys.stdout.isatty(), args.json)
+        return run_sync(api, args.timeout, sys.stdout, sys.stdout.isatty(), args.json,
+                        columns=shutil.get_terminal_size().columns)
     except SyncFailed as exc:
         print(f"edgehub sync: {exc}", file=sys.stderr)
         return 1
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("sync", help="send the outbox to the cloud now and reconcile (through the running hub)")
-    p.add_argument("--config", default="/etc/edgehub/edgehub.toml",
-                   help="path to edgehub.toml, for the API address and token (default: the box's, "
-                        "/etc/edgehub/edgehub.toml)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the drain (default 600)")
+    from edgehub.clihelp import command as help_command
+
+    p = help_command(
+        sub, "sync", "send the outbox to the cloud now and reconcile (through the running hub)",
+        "Ask the running hub to send everything in its outbox to the cloud now, show the progress (a bar "
+        "that fits the terminal, or a line a second when not on one), then the reconciliation: per "
+        "stream, what the store counts against what the cloud holds. While the hub has no cloud link it "
+        "says so and waits up to --timeout. Exit 0 when everything went and the cloud agrees, 1 when "
+        "not, 2 for a bad config.",
+        ["edgehub sync                              # on a provisioned box",
+         "edgehub sync --config config/dev.toml     # make run's simulated cloud",
+         "edgehub sync --timeout 60 --json"],
+    )
+    p.add_argument("--config", default="/etc/edgehub/edgehub.toml", metavar="FILE",
+                   help="the edgehub.toml the hub runs with, for its API address and token")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="seconds to wait for the drain")
     p.add_argument("--json", action="store_true", help="print the final progress and reconciliation as JSON")
     p.set_defaults(func=command)

@@ -197,3 +197,27 @@ async def test_recent_log_starts_before_the_journal_and_discovery(
     assert first("created (schema") < first("device prn-front found") < first("ready: store s1"), recent
     # Detached once the hub has stopped: hubs in one process leak no handlers.
     assert all(ring not in logging.getLogger(name).handlers for name in ("edgehub", "drivers"))
+
+
+async def test_cli_bundle_goes_to_a_stated_place_not_the_current_folder(tmp_path: Path) -> None:
+    """The issue: `edgehub bundle` wrote into the current folder (an untracked file in the repo),
+    and its mosquitto.log had raw epoch times."""
+    import re
+    import sys
+
+    config = load_config(write_config(tmp_path / "box", mode="managed"))
+    here = tmp_path / "checkout"
+    here.mkdir()
+    async with Hub(config) as hub:
+        async with asyncio.timeout(10):
+            await hub.ready.wait()
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "edgehub", "bundle", "--config",
+                                                    str(config.source), cwd=here, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        text = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, text
+    assert list(here.iterdir()) == []
+    written = list((config.paths.data_dir / "bundles").glob("edgehub-s1-*.tar.gz"))
+    assert len(written) == 1 and f"wrote {written[0]} (" in text, text
+    broker_log = extract(written[0].read_bytes())["logs/mosquitto.log"].decode().splitlines()
+    assert broker_log and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d: ", line) for line in broker_log), broker_log

@@ -336,3 +336,67 @@ def test_relative_dirs_mean_relative_to_where_it_was_run(
     data = tomllib.loads((etc / "edgehub.toml").read_text())
     assert Path(data["paths"]["data_dir"]).is_absolute() and Path(data["broker"]["config_dir"]).is_absolute()
     assert f"{etc / 'mosquitto'}/" in capsys.readouterr().out
+
+
+def test_asked_on_a_terminal_only_the_bad_answer_is_asked_again(
+        box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue: interactive provisioning asked four questions, then rejected one answer, and
+    every answer had to be typed again."""
+    from edgehub.provision import Layout, ask_request
+
+    answers = iter(["Store 42!", "store-0042", "Main Street", "ftp://cloud", "mqtts://cloud.chain.test:8883", "",
+                    "one-time-token-123", "pos-1:pos, kds-grill:screen", "pos-1:pos, kds-grill:kds"])
+    asked: list[str] = []
+
+    def ask(prompt: str) -> str:
+        asked.append(prompt.split(" (")[0].rstrip(": "))
+        return next(answers)
+
+    request = ask_request(Layout(config_dir=box["etc"], state_dir=box["var"]), ask)
+    assert asked == ["store id", "store id", "store name", "cloud url", "cloud url", "one-time enrollment token",
+                     "one-time enrollment token", "terminals as id:kind, comma separated",
+                     "terminals as id:kind, comma separated"]
+    assert request.store_id == "store-0042" and request.cloud_secrets == {"enrollment_token": "one-time-token-123"}
+    assert [(t.id, t.kind) for t in request.terminals] == [("pos-1", "pos"), ("kds-grill", "kds")]
+    told = capsys.readouterr().err.splitlines()
+    assert told == [
+        "  store.id: 'Store 42!' must be lowercase letters, digits and dashes (max 63), starting with a letter or "
+        "digit; try again",
+        "  cloud.url: 'ftp://cloud' must look like mqtts://host:port; try again",
+        "  cloud.enrollment_token: must not be empty; try again",
+        "  terminal[1].kind: 'screen' must be one of pos, kds, kiosk; try again",
+    ]
+
+
+def test_dry_run_checks_and_shows_everything_and_writes_nothing(
+        box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--from", str(box["boot"]), "--config-dir", str(box["etc"]), "--state-dir", str(box["var"]),
+                 "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not box["etc"].exists() and not box["var"].exists()
+    assert box["boot"].read_text() == GOOD  # the token is still there: nothing was taken
+    assert "--dry-run: nothing was written; for store store-0042 it would do this" in out
+    assert f"config     {box['etc'] / 'edgehub.toml'} (would be written)" in out
+    assert "new        would make api-token, broker-hub, terminal-pos-1, terminal-kds-grill" in out
+    assert "boot file  cloud secrets would be taken out of it" in out
+    written = out.split(" as it would be written ---\n", 1)[1]
+    assert 'id = "store-0042"' in written and "one-time-token-123" not in written
+    assert 'enrollment_token_file = "secrets/cloud-enrollment-token"' in written
+
+    assert run(box) == 0  # the real run writes what the dry run showed
+    assert (box["etc"] / "edgehub.toml").read_text() == written
+    capsys.readouterr()
+    code = main(["--from", str(box["boot"]), "--config-dir", str(box["etc"]), "--state-dir", str(box["var"]),
+                 "--dry-run"])
+    out = capsys.readouterr().out
+    assert "(unchanged)" in out and "none (existing secrets kept)" in out
+
+
+def test_the_summary_says_how_to_log_in_and_set_up_kitchen_screens(
+        box: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(box) == 0
+    out = capsys.readouterr().out
+    assert f"log in     on the box page with the API token: sudo cat {box['etc'] / 'secrets/api-token'}" in out
+    assert f":8080/kds/grill?token=<the secret in {box['etc'] / 'secrets/screen-kds-grill'}>" in out
+    assert "the box page lists every station's link (Orders and kitchen)" in out

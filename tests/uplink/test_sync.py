@@ -191,3 +191,21 @@ async def test_sync_command_with_the_wan_down(slow_hub: tuple[Hub, Path, list[st
     assert code == 1, (out, err)
     assert out.count("sync: waiting for the cloud link: the hub has no cloud link (link ") == 1, out
     assert f"sync: not finished within 3 s: {len(ids)} rows still waiting; the hub has no cloud link" in out, out
+
+
+@pytest.mark.parametrize("columns", [40, 60, 80, 132])
+def test_the_progress_bar_fits_the_terminal(columns: int) -> None:
+    """The issue: the bar was 85-94 characters wide, so on an 80-column terminal each redraw
+    wrapped and the screen scrolled."""
+    running = {**WAITING, "state": "running", "link": "online", "total": 1_234_567, "sent": 345_678,
+               "remaining": 888_889, "rate_per_s": 512.5, "eta_s": 1734.2}
+    done = {**running, "state": "done", "sent": 1_234_567, "remaining": 0, "eta_s": 0,
+            "reconcile": {"status": "ok", "streams": {}}}
+    out = io.StringIO()
+    code = run_sync(FakeHub([WAITING, running, done]), 10, out, True, poll_s=0.01, columns=columns)  # type: ignore[arg-type]
+    assert code == 0
+    bars = [draw.rstrip("\n") for line in out.getvalue().split("\n") for draw in line.split("\r")
+            if draw.startswith("[")]
+    assert len(bars) >= 3 and all(len(bar) < columns for bar in bars), bars
+    if columns >= 80:
+        assert any("512.5/s" in bar and "eta" in bar for bar in bars), bars

@@ -369,6 +369,15 @@ class Doctor:
 
     async def _cloud(self, status: Mapping[str, Any] | None = None) -> list[Check]:
         target = cloud_address(self.config)
+        uplink = status.get("uplink") if status is not None else None
+        if target is None and isinstance(uplink, Mapping) and uplink.get("enabled"):
+            # The running hub has a cloud its config file does not name: make run's simulated one.
+            sim_link: Mapping[str, Any] = uplink.get("link") or {}
+            state = str(sim_link.get("state", "?"))
+            return [Check("cloud", "ok" if state == "online" else "warn",
+                          f"the running hub sends to {sim_link.get('url', '?')} (link {state}), a cloud the config "
+                          "file does not name (edgehub run --sim-cloud)",
+                          "" if state == "online" else "look at the hub's output for the simulated cloud")]
         if target is None:
             keeps = (" (and its journal keeps everything: retention deletes only what a cloud has)"
                      if self.config.journal.keep_days else "")
@@ -396,7 +405,6 @@ class Doctor:
         wan = Check("wan", "ok", f"{host} resolves")
         # TCP answers; whether the box can sign in (TLS, password or enrollment token) only the
         # running hub's uplink knows: it holds the connection.
-        uplink = status.get("uplink") if status is not None else None
         link = uplink.get("link") if isinstance(uplink, Mapping) else None
         if not isinstance(link, Mapping) or not (isinstance(uplink, Mapping) and uplink.get("enabled")):
             return [wan, Check("cloud", "ok", f"{host}:{port} answers")]

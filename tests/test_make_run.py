@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +43,11 @@ async def ready_block(log: Path, timeout: float = 20) -> str:
         assert time.monotonic() < deadline, log.read_text()[-3000:]
         await asyncio.sleep(0.1)
     return log.read_text()
+
+
+def edgehub(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgehub", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
 
 
 async def number(page: object, selector: str, pattern: str) -> int:
@@ -109,6 +116,13 @@ async def test_make_run_shows_the_whole_store_on_the_printed_page(tmp_path: Path
                 await screen.screenshot(path=str(keep("make-run-kds.png")))
             finally:
                 await browser.close()
+
+        # The tools beside it: sync drains to the simulated cloud and reconciles; the doctor sees it all.
+        sync = await asyncio.to_thread(edgehub, "sync", "--config", str(process.config_path), "--timeout", "30")
+        assert sync.returncode == 0 and "reconciliation: ok" in sync.stdout, sync.stdout + sync.stderr
+        doctor = await asyncio.to_thread(edgehub, "doctor", "--config", str(process.config_path))
+        assert doctor.returncode == 0, doctor.stdout
+        assert "OK    cloud                 the running hub sends to mqtt://127.0.0.1:" in doctor.stdout, doctor.stdout
 
         # Ctrl-C: everything it started stops, quietly.
         process.proc.send_signal(signal.SIGINT)

@@ -19,6 +19,7 @@ from edgehub import __version__
 from edgehub.errors import ConfigError, EdgehubError
 
 if TYPE_CHECKING:
+    from edgehub.config import Address
     from edgehub.hub import Hub
     from edgehub.sim.cloud import SimCloud
     from edgehub.sim.service import ServiceSim
@@ -72,11 +73,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(ready_block(hub, args, reveal, cloud), flush=True)
         if not args.sim_orders:
             return
-        from edgehub.config import Address
         from edgehub.sim.service import ServiceSim
 
-        service = ServiceSim(hub.config, every_s=args.sim_orders_every,
-                             broker=Address(hub.bus.host, hub.bus.port))
+        service = ServiceSim(hub.config, every_s=args.sim_orders_every, broker=terminal_address(hub))
         async with service:
             while True:
                 await asyncio.sleep(SUMMARY_EVERY_S)
@@ -126,6 +125,15 @@ def _edgehub_command() -> str:
     return str(script)
 
 
+def terminal_address(hub: Hub) -> Address:
+    """Where the store's terminals connect to this hub's broker: the LAN listener, else (tests,
+    a broker port chosen at start) the hub's own."""
+    from edgehub.config import Address
+
+    b = hub.config.broker
+    return b.terminal_address if b.lan_listen is not None else Address(hub.bus.host, hub.bus.port)
+
+
 def ready_block(hub: Hub, args: argparse.Namespace, reveal: bool, cloud: SimCloud | None = None) -> str:
     """What ``edgehub run`` prints once the hub is ready: where everything is and how to get in."""
     from edgehub.doctor import token_origin
@@ -140,9 +148,14 @@ def ready_block(hub: Hub, args: argparse.Namespace, reveal: bool, cloud: SimClou
     stations = hub.kitchen.station_names()
     width = max(len(s) for s in stations)
     for station in stations:
-        link = hub.screens.link(station, page) if reveal else f"{page}kds/{station}?token=<screen token>"
+        if hub.screens.secret_for(station) is None:
+            link = (f"{page}kds/{station}   (no screen secret drives it: give a kds [[terminal]] "
+                    f"stations = [\"{station}\"])")
+        else:
+            link = hub.screens.link(station, page) if reveal else f"{page}kds/{station}?token=<its screen secret>"
         lines.append(f"             {station:<{width}}  {link}")
-    lines += [f"  broker     mqtt://{hub.bus.host}:{hub.bus.port}",
+    lines += [f"  broker     mqtt://{terminal_address(hub)} for terminals"
+              + (f" (the hub's own: mqtt://{hub.bus.host}:{hub.bus.port})" if hub.config.broker.lan_listen else ""),
               f"  health     {page}healthz",
               f"  terminal   {_edgehub_command()} sim terminal --config {args.config} --orders 200 --rate 20"]
     if cloud is not None:

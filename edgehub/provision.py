@@ -671,19 +671,33 @@ def _write_broker_files(layout: Layout) -> None:
             os.chown(path, *owner)
 
 
+def wanted_secrets(request: Request) -> list[tuple[str, str | None]]:
+    """The secret files a box needs, by name under secrets/, with the value the request brings
+    (None: a random one made once and kept). The cloud's come first: they leave the boot file
+    as soon as they are stored."""
+    wanted: list[tuple[str, str | None]] = [(_cloud_secret_name(k), v) for k, v in request.cloud_secrets.items()]
+    wanted += [("api-token", None), ("broker-hub", None)]
+    for terminal in request.terminals:
+        wanted.append((f"terminal-{terminal.id}", None))
+        if terminal.kind == "kds":
+            wanted.append((f"screen-{terminal.id}", None))
+    return wanted
+
+
 def plan(request: Request, layout: Layout, source: Path | None = None) -> tuple[Outcome, str]:
     """What ``provision`` would do, and the config it would write, without writing anything
     (``--dry-run``)."""
     outcome = Outcome()
-    wanted = ["api-token", "broker-hub", *(f"terminal-{t.id}" for t in request.terminals)]
-    outcome.new_secrets = [name for name in wanted if not (layout.secrets_dir / name).exists()]
-    for key, value in request.cloud_secrets.items():
-        path = layout.secrets_dir / _cloud_secret_name(key)
-        if not path.exists() or path.read_text(encoding="utf-8").strip() != value:
-            outcome.new_secrets.append(path.name)
+    for name, value in wanted_secrets(request):
+        path = layout.secrets_dir / name
+        current = path.read_text(encoding="utf-8").strip() if path.exists() else ""
+        if not current or (value is not None and value != current):
+            outcome.new_secrets.append(name)
+    if not (layout.tls_cert.exists() and layout.tls_key.exists()):
+        outcome.new_secrets.append("tls/box.key")
     text = render_config(request, layout)
-    current = layout.config_file.read_text(encoding="utf-8") if layout.config_file.exists() else None
-    outcome.config_changed = current != text
+    written = layout.config_file.read_text(encoding="utf-8") if layout.config_file.exists() else None
+    outcome.config_changed = written != text
     broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
     outcome.broker_written = (outcome.config_changed or bool(outcome.new_secrets)
                               or not all(p.exists() for p in broker_files))
@@ -702,16 +716,13 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
 
     # The cloud secrets first, and out of the boot file as soon as they are stored: whatever
     # fails after this, the one-time token no longer sits on a partition any laptop can read.
-    for key, value in request.cloud_secrets.items():
-        _secret_file(layout.secrets_dir / _cloud_secret_name(key), value, service_owner, outcome)
+    secrets_wanted = wanted_secrets(request)
+    for name, value in secrets_wanted[:len(request.cloud_secrets)]:
+        _secret_file(layout.secrets_dir / name, value, service_owner, outcome)
     if source is not None and request.cloud_secrets:
         outcome.token_removed = strip_boot_secrets(source, layout)
-    _secret_file(layout.secrets_dir / "api-token", None, service_owner, outcome)
-    _secret_file(layout.secrets_dir / "broker-hub", None, service_owner, outcome)
-    for terminal in request.terminals:
-        _secret_file(layout.secrets_dir / f"terminal-{terminal.id}", None, service_owner, outcome)
-        if terminal.kind == "kds":
-            _secret_file(layout.secrets_dir / f"screen-{terminal.id}", None, service_owner, outcome)
+    for name, value in secrets_wanted[len(request.cloud_secrets):]:
+        _secret_file(layout.secrets_dir / name, value, service_owner, outcome)
     if not (layout.tls_cert.exists() and layout.tls_key.exists()):
         from edgehub.api.tls import make_certificate
 

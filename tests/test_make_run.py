@@ -29,8 +29,8 @@ pytestmark = needs_chromium
 def dev_config(tmp_path: Path) -> Path:
     """config/dev.toml as it is, on free ports; its relative paths land under tmp_path."""
     text = (REPO / "config" / "dev.toml").read_text()
-    text = text.replace("127.0.0.1:18830", f"127.0.0.1:{free_port()}").replace("127.0.0.1:8080",
-                                                                                 f"127.0.0.1:{free_port()}")
+    for port in ("18830", "18831", "8080"):  # the hub's broker listener, the terminals' one, the page
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
     path = tmp_path / "config" / "dev.toml"
     path.parent.mkdir()
     path.write_text(text)

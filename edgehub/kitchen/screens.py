@@ -198,7 +198,11 @@ class ScreenServer:
     async def _send(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             doc = await queue.get()
-            await ws.send_str(payloads.dumps(doc).decode())
+            try:
+                await ws.send_str(payloads.dumps(doc).decode())
+            except ConnectionError:
+                return  # the screen went away mid-send (a closed tab): its session ends, no error
+
 
     async def _receive(self, ws: web.WebSocketResponse, station: str, address: str) -> None:
         async for msg in ws:

@@ -255,7 +255,8 @@ class ServiceSim:
         self.rng = random.Random(seed)
         self.topics = Topics(config.store.id)
         self.counts: Counter[str] = Counter()
-        host, port = (broker or config.broker.listen).host, (broker or config.broker.listen).port
+        address = broker or config.broker.terminal_address  # where terminals connect (the LAN listener)
+        host, port = address.host, address.port
         self.tills = [Till(host, port, self.topics, t.id, t.password, self.counts)
                       for t in config.terminals if t.kind == "pos"]
         # Cooking takes a few seconds to a minute at 6 s between orders; proportionally less when faster.

@@ -16,7 +16,7 @@ from edgehub.config import load_config
 from edgehub.hub import Hub
 from tests.api.conftest import INSTALLER_PIN, Box
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, needs_chromium
-from tests.conftest import API_TOKEN, write_config
+from tests.conftest import SCREEN_TOKEN, write_config
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -33,7 +33,7 @@ async def test_page_and_kitchen_screen_say_the_broker_is_down_and_what_to_do(box
             await page.click("#login-form button")
             await page.wait_for_selector("#dashboard:not([hidden])")
             screen = await browser.new_page()
-            await screen.goto(f"{box.base}/kds/grill?token={API_TOKEN}")
+            await screen.goto(f"{box.base}/kds/grill?token={SCREEN_TOKEN}")
             await screen.wait_for_selector("#conn.live")
 
             await box.broker.stop()

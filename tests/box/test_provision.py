@@ -378,7 +378,8 @@ def test_dry_run_checks_and_shows_everything_and_writes_nothing(
     assert box["boot"].read_text() == GOOD  # the token is still there: nothing was taken
     assert "--dry-run: nothing was written; for store store-0042 it would do this" in out
     assert f"config     {box['etc'] / 'edgehub.toml'} (would be written)" in out
-    assert "new        would make api-token, broker-hub, terminal-pos-1, terminal-kds-grill" in out
+    assert ("new        would make cloud-enrollment-token, api-token, broker-hub, terminal-pos-1, terminal-kds-grill, "
+            "screen-kds-grill, tls/box.key") in out
     assert "boot file  cloud secrets would be taken out of it" in out
     written = out.split(" as it would be written ---\n", 1)[1]
     assert 'id = "store-0042"' in written and "one-time-token-123" not in written
@@ -398,5 +399,5 @@ def test_the_summary_says_how_to_log_in_and_set_up_kitchen_screens(
     assert run(box) == 0
     out = capsys.readouterr().out
     assert f"log in     on the box page with the API token: sudo cat {box['etc'] / 'secrets/api-token'}" in out
-    assert f":8080/kds/grill?token=<the secret in {box['etc'] / 'secrets/screen-kds-grill'}>" in out
+    assert f":8080/kds/{{station}}?token=<the secret in {box['etc'] / 'secrets/screen-kds-grill'}>" in out
     assert "the box page lists every station's link (Orders and kitchen)" in out

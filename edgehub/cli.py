@@ -100,8 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 cloud = await stack.enter_async_context(SimCloud(
                     cfg.store.id, cfg.cloud.client_id, state_file=cfg.paths.data_dir / "sim-cloud.json"))
                 cfg = with_sim_cloud(cfg, cloud)
-            # The hub that runs is the one announced (with --simulate it is made once the simulated
-            # devices are up: announcing a hub made before them waited for ever).
+            # The hub is made once the simulated parts run: its config names them.
             hub = Hub(cfg, Notifier(), usb_backend=usb_backend, instance=instance)
             await hub.run_until_stopped(lambda: alongside(hub, cloud))
 
@@ -354,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "--password \"$(cat pos-1.pw)\""])
     c.add_argument("--config", metavar="FILE", help="take the broker, store and terminal logins from this edgehub.toml")
     c.add_argument("--broker", metavar="HOST:PORT",
-                   help="the store broker (default with --config: its broker.listen)")
+                   help="the store broker (default with --config: its broker.lan_listen, else broker.listen)")
     c.add_argument("--store", help="store id (without --config)")
     c.add_argument("--terminal", action="append", metavar="ID",
                    help="terminal id, repeat for several (default with --config: its first pos terminal)")

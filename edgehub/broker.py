@@ -39,6 +39,7 @@ from pathlib import Path
 from edgehub.bus.topics import Topics
 from edgehub.config import Address, Config, control_char_problem
 from edgehub.errors import BrokerError
+from edgehub.files import atomic_write
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.broker")
@@ -161,18 +162,6 @@ def passwd_text(users: list[tuple[str, str]]) -> str:
     return "".join(lines)
 
 
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def write_config(config: Config, listen: Address | None = None, run_as: str | None = None) -> BrokerFiles:
     """Write mosquitto.conf, the password file (PBKDF2 hashes) and the ACL into config_dir."""
     directory = config.broker.config_dir
@@ -184,9 +173,9 @@ def write_config(config: Config, listen: Address | None = None, run_as: str | No
     files = BrokerFiles(directory / "mosquitto.conf", directory / "passwd", directory / "acl")
     users = [(config.broker.hub_user, config.broker.hub_password)]
     users += [(t.id, t.password) for t in config.terminals]
-    _atomic_write(files.passwd, passwd_text(users), 0o640)
-    _atomic_write(files.acl, acl_text(config), 0o640)
-    _atomic_write(files.conf, conf_text(config, files, listen or config.broker.listen, run_as), 0o644)
+    atomic_write(files.passwd, passwd_text(users), 0o640)
+    atomic_write(files.acl, acl_text(config), 0o640)
+    atomic_write(files.conf, conf_text(config, files, listen or config.broker.listen, run_as), 0o644)
     return files
 
 

@@ -55,6 +55,7 @@ from edgehub.config import (
     role_name_problem,
 )
 from edgehub.errors import ConfigError, EdgehubError
+from edgehub.files import atomic_write
 
 DEFAULT_CONFIG_DIR = Path("/etc/edgehub")
 DEFAULT_STATE_DIR = Path("/var/lib/edgehub")
@@ -462,36 +463,6 @@ def ask_request(layout: Layout, ask: Callable[[str], str] = input,
 
 
 # --- writing ------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Some filesystems (vfat on the boot partition) refuse fsync on a directory; the rename has
-    # still happened, and there is nothing better to do there.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: str, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Write temp, fsync, rename, fsync the folder: after a power cut the file is old or new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, data.encode("utf-8"))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _ids(user: str | None, group: str | None) -> tuple[int, int] | None:

@@ -26,7 +26,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+
+from edgehub.files import atomic_write
 
 log = logging.getLogger("edgehub.api")
 
@@ -159,15 +160,8 @@ class Sessions:
             return
         rows = [{"key": s.key, "via": s.via, "expires_at": round(s.expires_at, 3)} for s in self._sessions.values()]
         data = json.dumps({"schema": SESSIONS_SCHEMA, "sessions": rows}).encode()
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, data, 0o600)
         except OSError as exc:
             log.warning("cannot keep the sessions in %s (%s): a restart will log everyone out", self.path, exc)
 

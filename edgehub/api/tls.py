@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from edgehub.config import ApiConfig
 from edgehub.errors import ConfigError
+from edgehub.files import atomic_write
 
 VALID_DAYS = 3650  # a box is replaced before then; its certificate is its identity for its life
 
@@ -66,17 +66,7 @@ def make_certificate(cert_path: Path, key_path: Path, store_id: str, addresses: 
 
 def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode, owner)
 
 
 def fingerprint(cert_path: Path) -> str:

@@ -19,7 +19,6 @@ import contextlib
 import getpass
 import json
 import logging
-import os
 import secrets
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ from paho.mqtt.properties import Properties
 from edgehub.broker import free_port, launch, mosquitto_binary, until_listening
 from edgehub.config import Address, Config
 from edgehub.errors import BrokerError
+from edgehub.files import atomic_write
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink.cloudapi import CloudTopics
 
@@ -160,10 +160,10 @@ class SimCloud:
         if self.state_file is None:
             return
         doc = {"schema": "sim-cloud-holdings/1", "streams": {n: h.spans for n, h in self.streams.items()}}
-        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
-            os.replace(tmp, self.state_file)
+        try:
+            atomic_write(self.state_file, json.dumps(doc), 0o644)
+        except OSError as exc:
+            log.warning("simulated cloud: cannot keep its holdings in %s: %s", self.state_file, exc)
 
     async def _keep_saving(self) -> None:
         saved = -1

@@ -171,7 +171,7 @@ function drawDevices(section) {
   labelCells($("devices"));
 }
 
-function drawRoles(section, status) {
+function drawRoles(section) {
   const body = $("roles").querySelector("tbody");
   // The table is redrawn every poll: keep what the installer is typing into a row's bind field.
   const typing = new Map();
@@ -319,7 +319,7 @@ async function refresh() {
 const SECTIONS = [
   { id: "kitchen-section", draw: (s) => drawKitchen(s) },
   { id: "devices-section", draw: (s) => drawDevices(s.devices) },
-  { id: "roles-section", draw: (s) => drawRoles(s.roles, s) },
+  { id: "roles-section", draw: (s) => drawRoles(s.roles) },
   { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
   { id: "system-section", draw: (s) => drawSystem(s.system) },
 ];
@@ -350,9 +350,10 @@ async function drawKitchen(s) {
     tr.dataset.station = st.station;
     const open = el("td", null, "action");
     const link = el("a", `Open the ${st.station} screen`);
-    // The link carries the screen token: opened once on a kitchen tablet, the screen keeps it.
+    // The link carries the station's screen secret: opened once on a kitchen tablet, the screen keeps it.
     link.href = st.url; link.target = "_blank"; link.rel = "noopener";
     open.append(link);
+    if (!st.secret) open.append(el("span", " (no screen secret drives this station yet: see docs/kitchen.md)", "muted"));
     tr.append(el("td", st.station), el("td", st.open), el("td", st.connected), open);
     body.append(tr);
   }

@@ -244,6 +244,19 @@ async def launch(binary: str, conf: Path, die_with_parent: bool) -> asyncio.subp
     )
 
 
+async def terminate(proc: asyncio.subprocess.Process | None, grace_s: float = 5.0) -> None:
+    """Stop a Mosquitto we started: SIGTERM (it exits 0), SIGKILL if it has not gone after ``grace_s``."""
+    if proc is None or proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        async with asyncio.timeout(grace_s):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 async def until_listening(proc: asyncio.subprocess.Process, address: Address, log_tail: list[str],
                           timeout_s: float = 5.0) -> None:
     """Return once ``proc`` itself listens on ``address``'s port. A connection that succeeds
@@ -376,14 +389,7 @@ class MosquittoProcess:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await self._proc.wait()
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        await terminate(self._proc)
         await cancel_and_wait(self._log_task)
         self._log_task = None
 

@@ -31,7 +31,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgehub.broker import free_port, launch, mosquitto_binary, until_listening
+from edgehub.broker import free_port, launch, mosquitto_binary, terminate, until_listening
 from edgehub.config import Address, Config
 from edgehub.errors import BrokerError
 from edgehub.files import atomic_write
@@ -135,14 +135,7 @@ class SimCloud:
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(*self._tasks)
         await asyncio.to_thread(self._save)
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await self._proc.wait()
-            except TimeoutError:
-                self._proc.kill()
-                await self._proc.wait()
+        await terminate(self._proc)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 

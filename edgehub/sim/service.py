@@ -121,43 +121,69 @@ def make_amend(rng: random.Random, order: dict[str, Any], amend_id: str) -> dict
     return {"schema": "amend/1", "order_id": order["order_id"], "amend_id": amend_id, "lines": lines}
 
 
-class Till:
-    """One POS terminal: its own login, its own ack topic, re-sends until acknowledged."""
+class _Terminal:
+    """One terminal's MQTT connection, kept up: its own login, one subscription, every message's
+    payload to ``_on_payload``; ``_connected`` and ``_lost`` around each connection."""
 
-    def __init__(self, host: str, port: int, topics: Topics, terminal_id: str, password: str,
-                 counts: Counter[str]) -> None:
+    subscription = ""
+
+    def __init__(self, host: str, port: int, topics: Topics, terminal_id: str, password: str) -> None:
         self.host, self.port, self.topics = host, port, topics
         self.terminal_id, self.password = terminal_id, password
-        self.counts = counts
-        self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
-        # (kind, id) -> [topic, payload, last sent]
-        self._pending: dict[tuple[str, str], list[Any]] = {}
 
     async def run(self) -> None:
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
-                                          identifier=f"sim-service-{self.terminal_id}-{secrets.token_hex(3)}",
+                                          identifier=f"sim-{self.terminal_id}-{secrets.token_hex(3)}",
                                           protocol=aiomqtt.ProtocolVersion.V5, keepalive=15) as client:
-                    await client.subscribe(self.topics.ack(self.terminal_id), qos=1)
-                    self._client = client
-                    self.connected.set()
-                    resender = asyncio.create_task(self._resend())
+                    await client.subscribe(self.subscription, qos=1)
+                    await self._connected(client)
                     try:
                         async for message in client.messages:
                             if isinstance(message.payload, bytes | bytearray):
-                                self._on_ack(bytes(message.payload))
+                                self._on_payload(client, bytes(message.payload))
                     finally:
-                        await cancel_and_wait(resender)
+                        await self._lost()
             except aiomqtt.MqttError as exc:
-                log.debug("till %s: %s", self.terminal_id, exc)
-            finally:
-                self._client = None
-                self.connected.clear()
+                log.debug("%s: %s", self.terminal_id, exc)
             await asyncio.sleep(1.0)
 
-    def _on_ack(self, raw: bytes) -> None:
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        pass
+
+    async def _lost(self) -> None:
+        pass
+
+    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
+        raise NotImplementedError
+
+
+class Till(_Terminal):
+    """One POS terminal: its own login, its own ack topic, re-sends until acknowledged."""
+
+    def __init__(self, host: str, port: int, topics: Topics, terminal_id: str, password: str,
+                 counts: Counter[str]) -> None:
+        super().__init__(host, port, topics, terminal_id, password)
+        self.subscription = topics.ack(terminal_id)
+        self.counts = counts
+        self._client: aiomqtt.Client | None = None
+        self._resender: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        # (kind, id) -> [topic, payload, last sent]
+        self._pending: dict[tuple[str, str], list[Any]] = {}
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connected.set()
+        self._resender = asyncio.create_task(self._resend())
+
+    async def _lost(self) -> None:
+        self._client = None
+        self.connected.clear()
+        await cancel_and_wait(self._resender)
+
+    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             ack = json.loads(raw)
             kind = ack.get("kind", "order")
@@ -192,35 +218,23 @@ class Till:
                     await self._publish(entry[0], entry[1])
 
 
-class Cook:
+class Cook(_Terminal):
     """A station's cook, driving the station like a screen does (``kds-command/1``)."""
 
     def __init__(self, host: str, port: int, topics: Topics, station: str, terminal_id: str, password: str,
                  rng: random.Random, pace: float, counts: Counter[str]) -> None:
-        self.host, self.port, self.topics = host, port, topics
-        self.station, self.terminal_id, self.password = station, terminal_id, password
+        super().__init__(host, port, topics, terminal_id, password)
+        self.subscription = topics.kds_event(station)
+        self.station = station
         self.rng, self.pace, self.counts = rng, pace, counts
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._numbers = 0
 
-    async def run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
-                                          identifier=f"sim-cook-{self.station}-{secrets.token_hex(3)}",
-                                          protocol=aiomqtt.ProtocolVersion.V5, keepalive=15) as client:
-                    await client.subscribe(self.topics.kds_event(self.station), qos=1)
-                    async for message in client.messages:
-                        if isinstance(message.payload, bytes | bytearray):
-                            self._on_event(client, bytes(message.payload))
-            except aiomqtt.MqttError as exc:
-                log.debug("cook %s: %s", self.station, exc)
-            finally:
-                await cancel_and_wait(*self._timers.values())
-                self._timers.clear()
-            await asyncio.sleep(1.0)
+    async def _lost(self) -> None:
+        await cancel_and_wait(*self._timers.values())
+        self._timers.clear()
 
-    def _on_event(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             ticket = json.loads(raw)["ticket"]
             ticket_id, state = str(ticket["ticket_id"]), str(ticket["state"])
@@ -273,7 +287,7 @@ class ServiceSim:
         return [cook.station for cook in self.cooks]
 
     async def __aenter__(self) -> ServiceSim:
-        parts: list[Till | Cook] = [*self.tills, *self.cooks]
+        parts: list[_Terminal] = [*self.tills, *self.cooks]
         for part in parts:
             self._tasks.append(asyncio.create_task(part.run()))
         self._tasks.append(asyncio.create_task(self._service(), name="sim-service"))

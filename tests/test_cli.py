@@ -75,6 +75,7 @@ def failing_runs(tmp_path: Path) -> list[list[str]]:
         ["sim", "terminal", "--config", str(good), "--orders", "1", "--timeout", "1"],
         ["sim", "store", "--lan", "10.0.0.1"],
         ["discover", "--no-usb", "--no-serial", "--subnet", "10.0.0.300/24"],
+        ["device", "test", "no-such-device", "--config", str(good)],
         ["provision", "--from", missing, "--non-interactive"],
     ]
 

@@ -20,6 +20,7 @@ pytestmark = needs_chromium
 SIZES = ((390, 844), (1280, 900))
 # Every action of the page, by selector: each must be on the screen, not beside it.
 ACTIONS = ("#logout", "#kitchen a", "#devices tr[data-device='prn-front'] button",
+           "#devices tr[data-device='prn-front'] button[data-field-check]",
            "#roles tr[data-role='receipt-printer'] button", "#roles tr[data-role='receipt-printer'] input",
            "#bind-role", "#bind-devices", "#bind-new button", "#sync", "#doctor", "#bundle")
 

@@ -63,10 +63,12 @@ def running_hub_devices(config: Config) -> tuple[list[dict[str, str]], str]:
     holder = InstanceLock(config.paths.data_dir).holder()
     if holder is None:
         return [], ""
-    request = urllib.request.Request(config.api.listen.local_url("/api/v1/devices"),
+    from edgehub.api.tls import client_context
+
+    request = urllib.request.Request(config.api.local_url("/api/v1/devices"),
                                      headers={"Authorization": f"Bearer {config.api.token}"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5, context=client_context(config.api)) as response:
             entries = json_.load(response).get("devices", [])
     except (OSError, ValueError) as exc:
         return [], f"a hub runs on this config ({holder.describe()}) but its device list could not be read: {exc}"

@@ -175,8 +175,8 @@ class ScreenServer:
             await ws.close(code=WS_UNAUTHORIZED, message=b"wrong or missing screen token for this station")
             return ws
         self._sockets.add(ws)
-        self._link = self.broker_link()
-        await ws.send_str(payloads.dumps(payloads.kds_link(*self._link)).decode())
+        # The link as it is now, to this screen; the others hear of a change from _watch_link.
+        await ws.send_str(payloads.dumps(payloads.kds_link(*self.broker_link())).decode())
         feed = self.kitchen.attach(station)
         sender = asyncio.create_task(self._send(ws, feed.queue), name=f"kds-{station}-send")
         dropped = asyncio.create_task(feed.dropped.wait())
@@ -202,7 +202,6 @@ class ScreenServer:
                 await ws.send_str(payloads.dumps(doc).decode())
             except ConnectionError:
                 return  # the screen went away mid-send (a closed tab): its session ends, no error
-
 
     async def _receive(self, ws: web.WebSocketResponse, station: str, address: str) -> None:
         async for msg in ws:

@@ -80,7 +80,7 @@ class ScreenServer:
         self.failures = failures
         # (connected, why not) of the hub's link to the store broker: screens show it.
         self.broker_link = broker_link or (lambda: (True, ""))
-        self._link = self.broker_link()
+        self._told: dict[web.WebSocketResponse, bool] = {}  # what each screen was last told of it
         self._page: bytes | None = None
         self._csp = ""
         self._sockets: set[web.WebSocketResponse] = set()
@@ -115,16 +115,19 @@ class ScreenServer:
         self._watch = asyncio.create_task(self._watch_link(), name="kds-link")
 
     async def _watch_link(self) -> None:
-        """Tell every screen when the hub's broker link goes down or comes back."""
+        """Tell each screen when the hub's broker link goes down or comes back (each screen is
+        compared with what it was told itself: one that connected a moment ago may know already)."""
         while True:
             await asyncio.sleep(LINK_CHECK_S)
-            link = self.broker_link()
-            if link[0] != self._link[0]:
-                self._link = link
-                text = payloads.dumps(payloads.kds_link(*link)).decode()
-                for ws in list(self._sockets):
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_str(text)
+            connected, reason = self.broker_link()
+            for ws, told in list(self._told.items()):
+                if told != connected:
+                    await self._tell_link(ws, connected, reason)
+
+    async def _tell_link(self, ws: web.WebSocketResponse, connected: bool, reason: str) -> None:
+        self._told[ws] = connected
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(payloads.dumps(payloads.kds_link(connected, reason)).decode())
 
     def link(self, station: str, base: str = "/") -> str:
         """The address that sets a screen up for ``station`` once (the page keeps the secret);
@@ -175,8 +178,7 @@ class ScreenServer:
             await ws.close(code=WS_UNAUTHORIZED, message=b"wrong or missing screen token for this station")
             return ws
         self._sockets.add(ws)
-        # The link as it is now, to this screen; the others hear of a change from _watch_link.
-        await ws.send_str(payloads.dumps(payloads.kds_link(*self.broker_link())).decode())
+        await self._tell_link(ws, *self.broker_link())
         feed = self.kitchen.attach(station)
         sender = asyncio.create_task(self._send(ws, feed.queue), name=f"kds-{station}-send")
         dropped = asyncio.create_task(feed.dropped.wait())
@@ -193,6 +195,7 @@ class ScreenServer:
             self.kitchen.detach(feed)
             await cancel_and_wait(sender, dropped)
             self._sockets.discard(ws)
+            self._told.pop(ws, None)
         return ws
 
     async def _send(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:

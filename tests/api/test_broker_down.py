@@ -92,3 +92,22 @@ async def test_under_make_run_the_advice_is_to_restart_edgehub_not_systemd(tmp_p
         checks = {c.name: c for c in await hub.support.make_doctor().run()}
         assert checks["broker"].status == "fail"
         assert "make run" in checks["broker"].action and "systemctl" not in checks["broker"].action
+
+
+async def test_every_open_screen_hears_the_link_change_even_when_another_connects_meanwhile(box: Box) -> None:
+    """A screen connecting right after the broker went down must not swallow the change for the
+    screens already open (they would keep saying "live")."""
+    import aiohttp
+
+    from tests.kitchen.test_live import receive, ws_url
+
+    link = [True, ""]
+    box.hub.screens.broker_link = lambda: (bool(link[0]), str(link[1]))
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url(box.hub, "grill")) as first:
+        assert (await receive(first, "kds-link/1"))["broker"] == "connected"
+        link[:] = [False, "nothing listens on 127.0.0.1:1 (connection refused)"]
+        async with http.ws_connect(ws_url(box.hub, "bar")) as second:  # before the watcher's next look
+            assert (await receive(second, "kds-link/1"))["broker"] == "down"
+            told = await receive(first, "kds-link/1", timeout=5)
+            assert told == {"schema": "kds-link/1", "broker": "down",
+                            "reason": "nothing listens on 127.0.0.1:1 (connection refused)"}

@@ -28,7 +28,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # keeps this list equal to the code's loggers) and, with a dot, any full logger name below
 # edgehub or drivers.
 LOG_COMPONENTS = ("api", "broker", "bus", "devices", "discovery", "hub", "intake", "journal", "kitchen", "outbox",
-                  "roles", "sdnotify", "sim", "support", "uplink")
+                  "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
 
 
 @dataclass(frozen=True)

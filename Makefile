@@ -11,7 +11,7 @@ CONFIG ?= config/dev.toml
 # Without them: make run RUN_FLAGS=   (or RUN_FLAGS=--simulate for the devices alone)
 RUN_FLAGS ?= --simulate --sim-cloud --sim-orders
 
-.PHONY: run test bench system-deps deps lint image-check clean
+.PHONY: run test soak bench native system-deps deps lint image-check clean
 
 system-deps:
 	@missing=""; \
@@ -48,8 +48,17 @@ test: WITH_BROWSER = 1
 test: deps
 	$(PY) -m pytest -q
 
-bench: deps
-	$(PY) bench/run_all.py
+# Native helpers: the Pi profile's SD-card sync shim (LD_PRELOAD) for the benches.
+native: build/libsdcard.so
+
+build/libsdcard.so: bench/native/sdcard.c
+	@mkdir -p build
+	cc -O2 -Wall -Wextra -shared -fPIC -o $@ $< -ldl -lm
+
+# `make bench PROFILE=pi`: every bench with the box at a Raspberry Pi 4's speed and an SD card's
+# syncs (bench/piprofile.py; root and the cgroup v1 cpu controller).
+bench: deps native
+	$(PY) bench/run_all.py $(if $(PROFILE),--profile $(PROFILE))
 
 lint: deps
 	$(PY) -m ruff check edgehub drivers tests bench

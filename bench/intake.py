@@ -20,7 +20,11 @@ the hub in the ceiling; the load generator, a POS terminal on a box of its own i
 at the bench's. ``--nice 0`` runs everything alike; a negative level needs root, and without it
 the bench says so and runs at 0.
 
+With ``--profile pi`` the hub, its Mosquitto and the responder run at a Raspberry Pi 4 core's
+speed with an SD card's syncs (bench/piprofile.py), the load generator in a cgroup of its own.
+
     .venv/bin/python bench/intake.py [--orders 6000] [--rate 500] [--seconds 10] [--rounds 3] [--commit-window-ms 2]
+                                     [--profile pi]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import piprofile
 from common import NO_QUOTA, Loader, box_nice, commit_window_ms, journal_section, pct, renice
 
 from edgehub.broker import MosquittoProcess
@@ -72,9 +77,10 @@ c.loop_forever()
 """
 
 
-def start_responder(port: int) -> subprocess.Popen[str]:
+def start_responder(port: int, profile: piprofile.HostProfile) -> subprocess.Popen[str]:
     responder = subprocess.Popen([sys.executable, "-c", RESPONDER, str(port), "bench"],
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, text=True, env={**os.environ, **profile.env()})
+    profile.box(responder.pid)
     assert responder.stdout is not None and responder.stdout.readline().strip() == "ready"
     return responder
 
@@ -111,7 +117,14 @@ async def main() -> dict[str, Any]:
                         help="the hub's, its broker's and the responder's nice level (default: the box's units')")
     parser.add_argument("--rounds", type=int, default=3,
                         help="ceiling and hub bursts, back to back; the ratio is the median of the rounds' ratios")
+    piprofile.add_argument(parser)
     args = parser.parse_args()
+    with piprofile.from_args(args) as profile:
+        return await run(args, profile)
+
+
+async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, Any]:
+    profile.terminals(os.getpid())
 
     ceilings: list[float] = []
     hub_rates: list[float] = []
@@ -122,8 +135,12 @@ async def main() -> dict[str, Any]:
                             extra=journal_section(args.commit_window_ms) + NO_QUOTA)
         config = load_config(path)
         port = config.broker.listen.port
-        async with MosquittoProcess(config) as broker:
+        broker = MosquittoProcess(config)
+        with profile.box_environ():
+            await broker.start()
+        try:
             assert broker.pid is not None
+            profile.box(broker.pid)
             nice = args.nice if renice(broker.pid, args.nice) else 0
             if nice != args.nice:
                 print(f"nice {args.nice} needs root here: the hub, its broker and the responder run at 0")
@@ -132,23 +149,27 @@ async def main() -> dict[str, Any]:
             # the ceiling and then the hub within seconds of each other, so a shared machine's slow
             # minute weighs on both figures of a round alike.
             for n in range(args.rounds):
-                responder = start_responder(port)
+                responder = start_responder(port, profile)
                 renice(responder.pid, nice)
                 ceiling, latency = measure(Loader(port, "bench"), f"raw{n}", args)
                 ceilings.append(ceiling)
                 raw_latency.append(latency)
                 stop(responder)
 
-                hub = HubProcess(path, Path(tmp) / "hub.log")
-                hub.start()
+                hub = HubProcess(path, Path(tmp) / "hub.log", env=profile.env())
+                hub.start(wait=False)
                 try:
                     assert hub.proc is not None
+                    profile.box(hub.proc.pid)
+                    hub.wait_healthy(60)
                     renice(hub.proc.pid, nice)
                     rate, latency = measure(Loader(port, "bench", "pos-2"), f"hub{n}", args)
                     hub_rates.append(rate)
                     hub_latency.append(latency)
                 finally:
                     hub.stop()
+        finally:
+            await broker.stop()
 
     ratios = [hub / ceiling for hub, ceiling in zip(hub_rates, ceilings, strict=True)]
     result = {
@@ -166,6 +187,7 @@ async def main() -> dict[str, Any]:
         "round_p99_ms": [pct(latency, 0.99) for latency in hub_latency],
         "round_raw_p99_ms": [pct(latency, 0.99) for latency in raw_latency],
         "p99_all_ms": pct(sorted(v for latency in hub_latency for v in latency), 0.99),
+        "profile": profile.describe(),
     }
     rounds = ", ".join(f"{h:.0f}/{c:.0f}" for h, c in zip(hub_rates, ceilings, strict=True))
     p99s = ", ".join(f"{h}/{r}" for h, r in zip(result["round_p99_ms"], result["round_raw_p99_ms"], strict=True))

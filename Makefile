@@ -22,6 +22,10 @@ system-deps:
 	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -f /usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf ] || missing="$$missing fonts-symbola"; \
 	if [ "$(WITH_BROWSER)" = 1 ]; then command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; fi; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing gcc libc6-dev"; \
+	pkg-config --exists fuse3 2>/dev/null || missing="$$missing pkg-config libfuse3-dev fuse3"; \
+	command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || missing="$$missing e2fsprogs"; \
+	command -v losetup >/dev/null 2>&1 || [ -x /sbin/losetup ] || missing="$$missing mount"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -45,15 +49,24 @@ run: deps
 
 # The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
 test: WITH_BROWSER = 1
-test: deps
+test: deps native
 	$(PY) -m pytest -q
 
-# Native helpers: the Pi profile's SD-card sync shim (LD_PRELOAD) for the benches.
-native: build/libsdcard.so
+# Long runs kept out of `make test`: the power-cut test with a 2-minute store run and 3,000 cuts.
+soak: deps native
+	EDGEHUB_SOAK=1 $(PY) -m pytest -q tests/powercut
+
+# Native helpers: the Pi profile's SD-card sync shim (LD_PRELOAD) for the benches, and the
+# recorded disk of the power-cut tests (FUSE).
+native: build/libsdcard.so build/cutdisk
 
 build/libsdcard.so: bench/native/sdcard.c
 	@mkdir -p build
 	cc -O2 -Wall -Wextra -shared -fPIC -o $@ $< -ldl -lm
+
+build/cutdisk: tests/powercut/cutdisk.c
+	@mkdir -p build
+	cc -O2 -Wall -Wextra $$(pkg-config --cflags fuse3) -o $@ $< $$(pkg-config --libs fuse3)
 
 # `make bench PROFILE=pi`: every bench with the box at a Raspberry Pi 4's speed and an SD card's
 # syncs (bench/piprofile.py; root and the cgroup v1 cpu controller).

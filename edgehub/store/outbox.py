@@ -52,6 +52,9 @@ TELEMETRY = "telemetry"
 STREAMS = (*DURABLE_STREAMS, TELEMETRY)
 
 DISK_OK, DISK_WARN, DISK_HARD = "ok", "warn", "hard"
+# The periodic maintenance's write (telemetry TTL and quota) waits this long for another commit:
+# on a quiet box it would otherwise be what ends every patient write's wait (docs/footprint.md).
+MAINTAIN_WAIT_S = 600.0
 
 
 # --- stored form of a payload ----------------------------------------------------------------------
@@ -421,6 +424,7 @@ class Outbox:
         self.evicted = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._poked = False
 
     async def __aenter__(self) -> Outbox:
         await self.maintain()
@@ -457,11 +461,17 @@ class Outbox:
             )
         return added
 
-    async def add_now(self, stream: str, msg_id: str, payload: bytes | Mapping[str, Any]) -> bool:
-        """Add a row in a commit of its own (for rows that describe nothing else journaled)."""
-        return bool(await self.journal.write(lambda conn: self.add(conn, stream, msg_id, payload)))
+    async def add_now(self, stream: str, msg_id: str, payload: bytes | Mapping[str, Any],
+                      within_s: float | None = None) -> bool:
+        """Add a row in a commit of its own (for rows that describe nothing else journaled);
+        ``within_s``: the row may wait that long for another write's commit to ride with."""
+        return bool(await self.journal.write(lambda conn: self.add(conn, stream, msg_id, payload),
+                                             within_s=within_s))
 
-    async def maintain(self) -> None:
+    async def maintain(self, patient: bool = False) -> None:
+        """Drop telemetry past its TTL or quota. ``patient`` (the periodic run, disk not short):
+        the write rides with the next commit within ``MAINTAIN_WAIT_S`` instead of opening one,
+        so it never makes a quiet box's commit, nor ends a patient telemetry sample's wait."""
         level = await asyncio.to_thread(self.guard.check)
         quota = 0 if level == DISK_HARD else self.policy.telemetry_quota_bytes
         now = self.clock()
@@ -469,7 +479,8 @@ class Outbox:
             dropped = await self.journal.write(
                 lambda conn: evict_telemetry(
                     conn, now=now, ttl_s=self.policy.telemetry_ttl_s, quota_bytes=quota
-                )
+                ),
+                within_s=MAINTAIN_WAIT_S if patient and level == DISK_OK else None,
             )
         except EdgehubError as exc:
             log.warning("outbox maintenance failed: %s", exc)
@@ -480,6 +491,7 @@ class Outbox:
 
     def poke(self) -> None:
         """Run maintenance now (tests, the disk guard after a big write)."""
+        self._poked = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -488,7 +500,8 @@ class Outbox:
                 async with asyncio.timeout(self.policy.maintain_every_s):
                     await self._wake.wait()
             self._wake.clear()
-            await self.maintain()
+            await self.maintain(patient=not self._poked)
+            self._poked = False
 
     async def counters(self) -> dict[str, StreamCounters]:
         return dict(await self.journal.read(stream_counters))

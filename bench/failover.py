@@ -21,9 +21,14 @@ configured transaction timeout by design); it reboots in 1 s. Each trial times, 
 settled from the terminal's last transaction once it answers again. Every card must be charged
 at most once (checked, not measured). Ceiling: a healthy payment's ``pay/1`` to ``approved``.
 
+With ``--profile pi`` the whole bench (store, watchdog, journal and the simulated devices) runs
+as one process of the box, at a Raspberry Pi 4 core's speed with an SD card's syncs
+(bench/piprofile.py).
+
 The last line is one JSON object with the figures.
 
     .venv/bin/python bench/failover.py [--trials 50] [--part printer|pinpad|all] [--spares epson,basic,silent]
+                                       [--profile pi]
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +48,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import piprofile  # noqa: E402
 
 from drivers.base import DeviceInfo, Driver  # noqa: E402
 from drivers.escpos import EscposPrinter  # noqa: E402
@@ -242,8 +251,31 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--part", choices=("printer", "pinpad", "all"), default="all")
     parser.add_argument("--spares", default="epson,basic,silent", help="simulator profiles of the spare printer")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    piprofile.add_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.profile == "host" or args.inner:
+        result = measure(args)
+        result["profile"] = {"name": "host", "loadavg_1m": round(os.getloadavg()[0], 2)}
+    else:
+        with piprofile.from_args(args) as profile:
+            proc = subprocess.Popen([sys.executable, __file__, "--trials", str(args.trials), "--part", args.part,
+                                     "--spares", args.spares, "--inner"],
+                                    stdout=subprocess.PIPE, text=True, env={**os.environ, **profile.env()})
+            profile.box(proc.pid)
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"the failover bench exited {proc.returncode} under the Pi profile")
+            lines = out.strip().splitlines()
+            print("\n".join(lines[:-1]))
+            result = json.loads(lines[-1])
+            result["profile"] = profile.describe()
+    print(json.dumps(result))
+
+
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    """The parts asked for, each printed as it ends; their figures together."""
     result: dict[str, object] = {}
     if args.part in ("printer", "all"):
         by_spare: dict[str, dict[str, object]] = {}
@@ -272,7 +304,7 @@ def main() -> None:
                           ("dead payment settled", "settled")):
             print(f"  {what:<32} p50 {pinpad[f'pinpad_{key}_p50_ms']} ms  p99 {pinpad[f'pinpad_{key}_p99_ms']} ms")
         print("  cards charged twice: 0 (checked on every trial)")
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

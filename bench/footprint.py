@@ -15,7 +15,11 @@ second private Mosquitto acting as the chain's cloud:
   Target < 8x with the WAN up. The ceiling it is compared with is the payload itself.
 
     .venv/bin/python bench/footprint.py [--orders 100000] [--amp-orders 10000] [--rate 200] [--idle-s 20]
-                                        [--commit-window-ms 2]
+                                        [--commit-window-ms 2] [--profile pi]
+
+With ``--profile pi`` the hub and its Mosquitto run at a Raspberry Pi 4 core's speed with an SD
+card's syncs (bench/piprofile.py): start -> READY and idle CPU are then the Pi's. Idle CPU is given
+in % of one host core; ``idle_cpu_pct_pi_core`` is the same time in % of one Pi core.
 
 The kitchen is a real one: a simulated screen per station (the kds terminal on the kitchen's MQTT
 command topics, as native screens use them) bumps each ticket ``--bump-after-s`` after it
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import piprofile
 import psutil
 from common import NO_QUOTA, Loader, commit_window_ms, compile_like_the_image, journal_section
 
@@ -192,8 +197,14 @@ def main() -> dict[str, Any]:
                              "longer windows put more orders in one fsync, and every ack waits for it")
     parser.add_argument("--no-bump", action="store_true",
                         help="no screens: every ticket stays open (bounded by kitchen.max_open_per_station)")
+    piprofile.add_argument(parser)
     args = parser.parse_args()
+    with piprofile.from_args(args) as profile:
+        return run(args, profile)
 
+
+def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, Any]:
+    profile.terminals(os.getpid())
     compile_like_the_image()
     with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
@@ -204,11 +215,13 @@ def main() -> dict[str, Any]:
         notify_path = Path(tmp) / "notify.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify_path))
-        sock.settimeout(15)
+        sock.settimeout(60)
         hub = HubProcess(path, Path(tmp) / "hub.log", extra_args=("--simulate",),
-                         env={"NOTIFY_SOCKET": str(notify_path)})
+                         env={"NOTIFY_SOCKET": str(notify_path), **profile.env()})
         started = time.perf_counter()
         hub.start(wait=False)
+        assert hub.proc is not None
+        profile.box(hub.proc.pid)
         while b"STATUS=serving store" not in sock.recv(4096):  # the hub's READY=1, not another's
             pass
         ready_s = time.perf_counter() - started
@@ -293,6 +306,9 @@ def main() -> dict[str, Any]:
             hub.stop()
             cloud.stop()
 
+    described = profile.describe()
+    slowdown = described.get("slowdown")
+    assert slowdown is None or isinstance(slowdown, float)
     result = {
         "ready_s": round(ready_s, 3),
         "rss_start_mb": round(rss_start, 1),
@@ -301,6 +317,7 @@ def main() -> dict[str, Any]:
         "rss_peak_mb": round(peak[0], 1),
         "orders": final["journal"]["orders"],
         "idle_cpu_pct": round(idle_pct, 2),
+        "idle_cpu_pct_pi_core": round(idle_pct * slowdown, 2) if slowdown else None,
         "idle_write_kb_per_h": round(idle_kb_per_h, 1),
         "write_amp_wan_up": round(amp_up, 2),
         "write_amp_wan_down": round(amp_down, 2),
@@ -317,6 +334,7 @@ def main() -> dict[str, Any]:
         "open_tickets_in_memory": sum(final["kitchen"].get("open_in_memory", {}).values()),
         "screens_bump": not args.no_bump,
         "screen_commands": screens.sent if screens is not None else 0,
+        "profile": profile.describe(),
     }
     rows = [
         ("start -> READY", f"{result['ready_s']} s", "< 2 s"),

@@ -12,7 +12,10 @@ the machine only ever slows a run down. Then the fixed rate once more with 6 bro
 well (the websocket of ``/kds/{station}``, what a tablet's KDS page uses); their order → ticket
 latency is reported as ``ws_p50_ms``/``ws_p99_ms``. The last line is one JSON object with the figures.
 
-    .venv/bin/python bench/kitchen.py [--orders 3000] [--rate 200] [--seconds 6]
+With ``--profile pi`` the hub, its Mosquitto and the relay run at a Raspberry Pi 4 core's speed
+with an SD card's syncs (bench/piprofile.py); the terminal and screens in a cgroup of their own.
+
+    .venv/bin/python bench/kitchen.py [--orders 3000] [--rate 200] [--seconds 6] [--profile pi]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import paho.mqtt.client as mqtt
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import piprofile  # noqa: E402
 
 from edgehub.broker import MosquittoProcess  # noqa: E402
 from edgehub.config import load_config  # noqa: E402
@@ -234,13 +239,19 @@ def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
 
 
-async def main() -> dict[str, float]:
+async def main() -> dict[str, object]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=6)
+    piprofile.add_argument(parser)
     args = parser.parse_args()
+    with piprofile.from_args(args) as profile:
+        return await run(args, profile)
 
+
+async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, object]:
+    profile.terminals(os.getpid())
     terminals = ("pos-1", "pos-2", *(f"kds-{i}" for i in range(1, 7)))
     with tempfile.TemporaryDirectory(prefix="bench-kitchen-") as tmp:
         path = write_config(
@@ -248,10 +259,17 @@ async def main() -> dict[str, float]:
         )
         config = load_config(path)
         port = config.broker.listen.port
-        async with MosquittoProcess(config) as _broker:
+        broker = MosquittoProcess(config)
+        with profile.box_environ():
+            await broker.start()
+        try:
+            assert broker.pid is not None
+            profile.box(broker.pid)
             relay = subprocess.Popen(  # noqa: ASYNC220 - the bench's own setup, before any timing
-                [sys.executable, "-c", RELAY, str(port), STORE], stdout=subprocess.PIPE, text=True
+                [sys.executable, "-c", RELAY, str(port), STORE], stdout=subprocess.PIPE, text=True,
+                env={**os.environ, **profile.env()},
             )
+            profile.box(relay.pid)
             assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
             load = Load(port, "pos-1")
             load.burst("warm-raw", 300)
@@ -262,9 +280,12 @@ async def main() -> dict[str, float]:
             relay.terminate()
             relay.wait()
 
-            hub = HubProcess(path, Path(tmp) / "hub.log")
-            hub.start()
+            hub = HubProcess(path, Path(tmp) / "hub.log", env=profile.env())
+            hub.start(wait=False)
             try:
+                assert hub.proc is not None
+                profile.box(hub.proc.pid)
+                hub.wait_healthy(60)
                 load = Load(port, "pos-2")
                 load.burst("warm-hub", 300)
                 hub_rate = max(load.burst("hub", args.orders), load.burst("hub2", args.orders))
@@ -278,8 +299,10 @@ async def main() -> dict[str, float]:
                 load.close()
             finally:
                 hub.stop()
+        finally:
+            await broker.stop()
 
-    result = {
+    result: dict[str, object] = {
         "stations": len(STATIONS),
         "screens": len(STATIONS),
         "ceiling_orders_per_s": round(ceiling, 1),
@@ -294,6 +317,7 @@ async def main() -> dict[str, float]:
         "ws_p99_ms": pct(ws_latency, 0.99),
         "ws_events": len(ws_latency),
         "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every figure
+        "profile": profile.describe(),
     }
     print(f"ceiling (raw fan-out, order -> 2 station events): {result['ceiling_orders_per_s']:>9} orders/s")
     print(f"hub (journal, ack, tickets journaled, events):    {result['hub_orders_per_s']:>9} orders/s")

@@ -7,8 +7,10 @@ after the hub; the higher counts). Hub: the
 real ``edgehub run`` (its own process) comes up with a backlog of ``--backlog`` outbox rows (seeded
 straight into its journal, as an outage would leave them) and the replay rate limit off, so the
 figure is the engine's, not the policy's. While it drains, a POS terminal sends orders at
-``--rate`` per second; their ack latency is the "live" figure (target p99 < 50 ms), and the drain
-rate over the ceiling is the ratio (target >= 0.7). The last line is one JSON object.
+``--rate`` per second; their ack latency is the "live" figure at full drain speed (the worst a
+till can meet), and the drain rate over the ceiling is the ratio (target >= 0.7). Then the hub
+drains ``--policy-backlog`` rows again at the default ``replay_rate`` (what a box runs), and the
+till's ack latency meanwhile is the figure a cashier feels (target p99 < 50 ms). The last line is one JSON object.
 
 With ``--profile pi`` the hub, its Mosquitto and the ceiling's publisher run at a Raspberry Pi 4
 core's speed with an SD card's syncs (bench/piprofile.py); the cloud broker is the chain's, not the
@@ -39,7 +41,7 @@ import piprofile
 from common import Loader, pct
 
 from edgehub.broker import MosquittoProcess
-from edgehub.config import load_config
+from edgehub.config import CloudConfig, load_config
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from tests.conftest import HubProcess, write_config
@@ -120,6 +122,8 @@ async def main() -> dict[str, object]:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=20, help="live orders per second while draining")
     parser.add_argument("--window", type=int, default=WINDOW, help="the hub's max_inflight")
+    parser.add_argument("--policy-backlog", type=int, default=20_000,
+                        help="rows drained again at the default replay_rate for the till's figure (0: skip)")
     piprofile.add_argument(parser)
     args = parser.parse_args()
     with piprofile.from_args(args) as profile:
@@ -132,38 +136,14 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
         async with CloudBroker(Path(tmp) / "cloud", store="bench") as cloud:
             cloud_size = len(BODY) + 200  # the envelope head the hub adds
             raw_before = boxed_ceiling(profile, cloud.port, args.backlog, cloud_size, WINDOW)
-
-            extra = cloud_toml(cloud.port, replay_rate=0, max_inflight=args.window, live_slots=min(32, args.window),
-                               ping_interval_s=5, ping_timeout_s=4, reconcile_every_s=0)
-            path = write_config(Path(tmp) / "box", store="bench", mode="external", extra=extra)
-            config = load_config(path)
-            async with Journal(config.journal.path, "bench"):
-                pass  # create and migrate the journal
-            seed_backlog(config.journal.path, args.backlog)
-            broker = MosquittoProcess(config)
-            with profile.box_environ():
-                await broker.start()
-            try:
-                assert broker.pid is not None
-                profile.box(broker.pid)
-                hub = HubProcess(path, Path(tmp) / "hub.log", env=profile.env())
-                hub.start(wait=False)
-                try:
-                    assert hub.proc is not None
-                    profile.box(hub.proc.pid)
-                    hub.wait_healthy(60)
-                    drain_s, live = drain_while_ordering(hub, config.broker.listen.port, config.journal.path,
-                                                         args.backlog, args.rate)
-                except BaseException:
-                    print(hub.log_path.read_text()[-3000:], file=sys.stderr)
-                    raise
-                finally:
-                    hub.stop()
-            finally:
-                await broker.stop()
+            drain_s, live = await drain(Path(tmp) / "engine", cloud.port, args, profile, 0, args.backlog)
             # Measured before and after the hub, the higher one counts: a shared machine's other
             # load moves the ceiling, and the ratio should not flatter the hub.
             raw_rate = max(raw_before, boxed_ceiling(profile, cloud.port, args.backlog, cloud_size, WINDOW))
+            # Then what a till feels on a box as configured: the replay limited to the default rate.
+            policy_rate = CloudConfig().replay_rate
+            policy_s, policy_live = ((0.0, []) if not args.policy_backlog else await drain(
+                Path(tmp) / "policy", cloud.port, args, profile, policy_rate, args.policy_backlog))
 
     drain_rate = args.backlog / drain_s
     result: dict[str, object] = {
@@ -175,15 +155,57 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
         "live_orders": len(live),
         "live_p50_ms": pct(live, 0.5),
         "live_p99_ms": pct(live, 0.99),
+        "policy_replay_rate": policy_rate,
+        "policy_backlog": args.policy_backlog,
+        "policy_drain_per_s": round(args.policy_backlog / policy_s, 1) if policy_s else None,
+        "policy_live_p50_ms": pct(policy_live, 0.5),
+        "policy_live_p99_ms": pct(policy_live, 0.99),
         "profile": profile.describe(),
     }
     print(f"ceiling (raw paho QoS 1 to the cloud broker): {result['ceiling_per_s']:>9} msg/s")
     print(f"hub drain of {args.backlog} backlog rows:       {result['drain_per_s']:>9} msg/s")
     print(f"ratio:                                        {result['ratio']:>9}   (target >= 0.7)")
-    print(f"live order ack at {args.rate:.0f}/s while draining: p50 {result['live_p50_ms']} ms, "
-          f"p99 {result['live_p99_ms']} ms over {len(live)} orders (target p99 < 50 ms)")
+    print(f"live order ack at {args.rate:.0f}/s while draining at full speed: p50 {result['live_p50_ms']} ms, "
+          f"p99 {result['live_p99_ms']} ms over {len(live)} orders")
+    if args.policy_backlog:
+        print(f"live order ack at {args.rate:.0f}/s while {args.policy_backlog} rows drain at the default "
+              f"replay_rate {policy_rate:g}/s ({result['policy_drain_per_s']} rows/s): p50 "
+              f"{result['policy_live_p50_ms']} ms, p99 {result['policy_live_p99_ms']} ms (target p99 < 50 ms)")
     print(json.dumps(result))
     return result
+
+
+async def drain(workdir: Path, cloud_port: int, args: argparse.Namespace, profile: piprofile.HostProfile,
+                replay_rate: float, backlog: int) -> tuple[float, list[float]]:
+    """A hub that comes up with ``backlog`` outbox rows and drains them at ``replay_rate`` (0: no
+    limit) while a till orders at ``args.rate``: seconds to drain, and the till's ack latencies."""
+    extra = cloud_toml(cloud_port, replay_rate=replay_rate, max_inflight=args.window,
+                       live_slots=min(32, args.window), ping_interval_s=5, ping_timeout_s=4, reconcile_every_s=0)
+    path = write_config(workdir / "box", store="bench", mode="external", extra=extra)
+    config = load_config(path)
+    async with Journal(config.journal.path, "bench"):
+        pass  # create and migrate the journal
+    seed_backlog(config.journal.path, backlog)
+    broker = MosquittoProcess(config)
+    with profile.box_environ():
+        await broker.start()
+    try:
+        assert broker.pid is not None
+        profile.box(broker.pid)
+        hub = HubProcess(path, workdir / "hub.log", env=profile.env())
+        hub.start(wait=False)
+        try:
+            assert hub.proc is not None
+            profile.box(hub.proc.pid)
+            hub.wait_healthy(60)
+            return drain_while_ordering(hub, config.broker.listen.port, config.journal.path, backlog, args.rate)
+        except BaseException:
+            print(hub.log_path.read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            hub.stop()
+    finally:
+        await broker.stop()
 
 
 def drain_while_ordering(hub: HubProcess, broker_port: int, journal: Path, backlog: int,

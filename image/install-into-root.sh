@@ -142,6 +142,15 @@ ForwardToSyslog=no
 EOF
 install -d -m 2755 -g systemd-journal "$ROOT/var/log/journal" 2>/dev/null || install -d -m 2755 "$ROOT/var/log/journal"
 
+# --- the root file system's mount options: image/rootfs.env, the same the power-cut tests mount
+# their ext4 with (pi-gen's fstab mounts / "defaults,noatime"; docs/footprint.md, Power cuts).
+MOUNT_OPTIONS=$(sed -n 's/^MOUNT_OPTIONS="\(.*\)"$/\1/p' "$HERE/rootfs.env")
+[ -n "$MOUNT_OPTIONS" ] || die "image/rootfs.env has no MOUNT_OPTIONS"
+if [ -f "$ROOT/etc/fstab" ] && awk '$2 == "/" && $3 == "ext4" { found = 1 } END { exit !found }' "$ROOT/etc/fstab"; then
+    awk -v opts="$MOUNT_OPTIONS" 'BEGIN { OFS = "  " } $2 == "/" && $3 == "ext4" { $4 = opts } { print }' \
+        "$ROOT/etc/fstab" > "$ROOT/etc/fstab.edgehub" && mv "$ROOT/etc/fstab.edgehub" "$ROOT/etc/fstab"
+fi
+
 # Swap on an SD card is wear for nothing on a box this size.
 if [ -e "$ROOT/usr/lib/systemd/system/dphys-swapfile.service" ] || [ -e "$ROOT/lib/systemd/system/dphys-swapfile.service" ]; then
     in_root systemctl disable dphys-swapfile.service >/dev/null 2>&1 || true

@@ -143,7 +143,10 @@ class RecordedDisk:
 
     def __exit__(self, *exc: object) -> None:
         if self._mounted:
-            _run("umount", str(self.mount))
+            try:
+                _run("umount", str(self.mount))
+            except RuntimeError:  # still busy (a hub that did not stop): detach it anyway
+                _run("umount", "-l", str(self.mount))
             self._mounted = False
         if self._loop:
             _run("losetup", "-d", self._loop)

@@ -119,6 +119,8 @@ async def test_power_cuts_keep_everything_acknowledged_and_take_nothing_twice(tm
             checked += 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        disk.base.unlink(missing_ok=True)
+        disk.log.unlink(missing_ok=True)
     assert checked == CUTS
     print(f"{CUTS} cuts over {SECONDS:g} s ({len(tills.accepted)} orders, {len(tills.queued)} print jobs, "
           f"{len(tills.payment_status)} payments; {history.flushes} flushes), {len(restarts)} restarts, seed {seed}")

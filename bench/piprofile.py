@@ -132,6 +132,7 @@ class Calibration:
     measured_us_per_step: float  # the reference under the final quota
     rounds: int
     loadavg_1m: float
+    converged: bool  # within the tolerance; a busy machine's noise can keep it from it
 
     @property
     def core_fraction(self) -> float:
@@ -275,12 +276,13 @@ class PiProfile(HostProfile):
                 "slowdown": round(c.pi_us_per_step / c.host_us_per_step, 2),
                 "period_us": c.period_us, "quota_us": c.quota_us, "core_fraction": round(c.core_fraction, 3),
                 "cores": self.cores, "latency_bound_ms": c.latency_bound_ms, "calibration_rounds": c.rounds,
+                "calibrated": c.converged,
                 "sd_sync_median_ms": self.sd_median_us / 1000, "sd_sync_p99_ms": self.sd_p99_us / 1000,
                 "sd_write_mb_s": self.sd_write_kbps / 1000, "loadavg_1m": round(os.getloadavg()[0], 2)}
 
     # --- calibration ---------------------------------------------------------------------
 
-    def _calibrate(self, rounds: int = 6, tolerance: float = 0.03) -> Calibration:
+    def _calibrate(self, rounds: int = 8, tolerance: float = 0.03) -> Calibration:
         """Move the per-thread quota until the reference runs at the Pi's speed in its cgroup.
         It runs as its own process (a box thread would), about a second each round."""
         host = host_us_per_step()
@@ -302,7 +304,12 @@ class PiProfile(HostProfile):
             raise ProfileError(f"this machine runs the reference at {measured:.1f} us/step even with a whole core: "
                                f"slower than the Pi 4's {self.pi_us_per_step:.1f} (too busy?)")
         group.rmdir()
-        return Calibration(period, quota, host, self.pi_us_per_step, measured, done, os.getloadavg()[0])
+        converged = abs(measured / self.pi_us_per_step - 1) <= tolerance
+        if not converged:
+            print(f"pi profile: calibration did not settle in {rounds} rounds: the reference runs at "
+                  f"{measured:.1f} us/step, not {self.pi_us_per_step:.1f} (load {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr)
+        return Calibration(period, quota, host, self.pi_us_per_step, measured, done, os.getloadavg()[0], converged)
 
     # --- placing threads -----------------------------------------------------------------
 

@@ -21,7 +21,8 @@ endurance and an assumed internal amplification of small synced writes (``CARDS`
 Memory: the hub's RSS at the end of every hour; the figures are the RSS after the day and the
 difference between the first and the last hour.
 
-    .venv/bin/python bench/storeday.py [--hour-s 30] [--night-hour-s 5] [--idle-s 660] [--profile pi]
+    .venv/bin/python bench/storeday.py [--hour-s 30] [--night-hour-s 5] [--idle-s 660] [--settle-s 330]
+                                       [--profile pi]
 
 Needs root (a loop device and a mount). The last line is one JSON object with the figures.
 """
@@ -95,7 +96,9 @@ class CardCounters:
 class LoopCard:
     """A file-backed ext4 card on a loop device, made and mounted as the image's root."""
 
-    def __init__(self, workdir: Path, size_mb: int = 512, mount_options: str | None = None) -> None:
+    # Sparse, and large enough that the hub's disk guard sees a card with room (below
+    # disk_warn_free_mib it maintains the outbox at once, every 10 s, which a real card does not).
+    def __init__(self, workdir: Path, size_mb: int = 2048, mount_options: str | None = None) -> None:
         self.image = workdir / "card.img"
         self.mount = workdir / "card"
         self.size = size_mb * 2**20
@@ -312,7 +315,9 @@ def main() -> dict[str, Any]:
     parser.add_argument("--night-hour-s", type=float, default=5.0, help="seconds each closed hour runs in")
     parser.add_argument("--idle-s", type=float, default=660.0,
                         help="the quiet box's window: longer than a telemetry sample's 600 s wait for a commit")
-    parser.add_argument("--settle-s", type=float, default=20.0, help="after start, before anything is counted")
+    parser.add_argument("--settle-s", type=float, default=330.0,
+                        help="after start, before anything is counted: past the checkpoint of what start-up "
+                             "wrote (the journal checkpoints 300 s after the last commit of a quiet box)")
     parser.add_argument("--bump-after-s", type=float, default=2.0)
     parser.add_argument("--mount-options", help="the card's mount options (default: image/rootfs.env's)")
     piprofile.add_argument(parser)

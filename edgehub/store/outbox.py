@@ -425,6 +425,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._poked = False
+        self._waiting: asyncio.Task[None] | None = None  # a patient maintenance write
 
     async def __aenter__(self) -> Outbox:
         await self.maintain()
@@ -433,6 +434,7 @@ class Outbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(self._task)
+        await cancel_and_wait(self._waiting)  # its write is queued: the journal commits it as it closes
 
     def add(
         self,
@@ -469,10 +471,18 @@ class Outbox:
                                              within_s=within_s))
 
     async def maintain(self, patient: bool = False) -> None:
-        """Drop telemetry past its TTL or quota. ``patient`` (the periodic run, disk not short):
-        the write rides with the next commit within ``MAINTAIN_WAIT_S`` instead of opening one,
-        so it never makes a quiet box's commit, nor ends a patient telemetry sample's wait."""
+        """Check the disk, and drop telemetry past its TTL or quota. ``patient`` (the periodic
+        run, disk not short): the drop's write does not open a commit but rides with the next
+        one within ``MAINTAIN_WAIT_S`` (one such write waits at a time), so it never makes a quiet
+        box's commit nor ends a patient telemetry sample's wait; the disk is checked every run."""
         level = await asyncio.to_thread(self.guard.check)
+        if patient and level == DISK_OK:
+            if self._waiting is None or self._waiting.done():
+                self._waiting = asyncio.create_task(self._evict(level, MAINTAIN_WAIT_S), name="outbox-evict")
+            return
+        await self._evict(level, None)
+
+    async def _evict(self, level: str, within_s: float | None) -> None:
         quota = 0 if level == DISK_HARD else self.policy.telemetry_quota_bytes
         now = self.clock()
         try:
@@ -480,7 +490,7 @@ class Outbox:
                 lambda conn: evict_telemetry(
                     conn, now=now, ttl_s=self.policy.telemetry_ttl_s, quota_bytes=quota
                 ),
-                within_s=MAINTAIN_WAIT_S if patient and level == DISK_OK else None,
+                within_s=within_s,
             )
         except EdgehubError as exc:
             log.warning("outbox maintenance failed: %s", exc)

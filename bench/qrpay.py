@@ -14,7 +14,11 @@ must be on disk before the till hears of it. ``added_p50_ms`` is the box's share
 box's share over two commits' time (1.0: nothing but the two fsyncs the money rules need). The
 last line is one JSON object with the figures.
 
-    .venv/bin/python bench/qrpay.py [--payments 200]
+With ``--profile pi`` the whole bench runs as one process of the box at a Raspberry Pi 4 core's
+speed with an SD card's syncs (bench/piprofile.py); the fake gateway shares that process, so the
+ceiling is the gateway's round trip on the same Pi core.
+
+    .venv/bin/python bench/qrpay.py [--payments 200] [--profile pi]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +36,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import piprofile  # noqa: E402
 
 from edgehub.qrpay.acquirer import GatewayOrder  # noqa: E402
 from edgehub.qrpay.alipay import AlipayGateway  # noqa: E402
@@ -98,9 +105,23 @@ async def run(payments: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=200)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    piprofile.add_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = asyncio.run(run(args.payments))
+    if args.profile == "host" or args.inner:
+        result = asyncio.run(run(args.payments))
+        result["profile"] = {"name": "host", "loadavg_1m": round(os.getloadavg()[0], 2)}
+    else:
+        with piprofile.from_args(args) as profile:
+            proc = subprocess.Popen([sys.executable, __file__, "--payments", str(args.payments), "--inner"],
+                                    stdout=subprocess.PIPE, text=True, env={**os.environ, **profile.env()})
+            profile.box(proc.pid)
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"the QR payment bench exited {proc.returncode} under the Pi profile")
+            result = json.loads(out.strip().splitlines()[-1])
+            result["profile"] = profile.describe()
     print(f"QR payment at the box: p50 {result['box_p50_ms']} ms, p99 {result['box_p99_ms']} ms; straight to the "
           f"gateway: p50 {result['ceiling_p50_ms']} ms, p99 {result['ceiling_p99_ms']} ms; one journal write: "
           f"p50 {result['commit_p50_ms']} ms (load {result['load_1m']})")

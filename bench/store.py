@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import piprofile
-from common import Loader, pct
+from common import NO_QUOTA, Loader, pct
 from footprint import KITCHEN, Screens, cloud_section
 from intake import start_responder, stop
 
@@ -99,7 +99,7 @@ def sweep(loader: Loader, start: float, step_s: float, target_ms: float) -> tupl
 
 
 async def ceiling(tmp: Path, profile: piprofile.HostProfile, rate: float, seconds: float) -> dict[str, float]:
-    path = write_config(tmp / "raw", store=STORE, mode="external")
+    path = write_config(tmp / "raw", store=STORE, mode="external", extra=NO_QUOTA)
     config = load_config(path)
     broker = MosquittoProcess(config)
     with profile.box_environ():
@@ -128,7 +128,7 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
         raw = await ceiling(Path(tmp), profile, args.rate, args.seconds)
         async with CloudBroker(Path(tmp) / "cloud", store=STORE) as cloud:
             path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
-                                extra=KITCHEN + cloud_section(cloud.port))
+                                extra=KITCHEN + cloud_section(cloud.port) + NO_QUOTA)
             hub = HubProcess(path, Path(tmp) / "hub.log", extra_args=("--simulate",), env=profile.env())
             hub.start(wait=False)
             try:

@@ -46,7 +46,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import piprofile
 import psutil
-from common import Loader, compile_like_the_image
+from common import NO_QUOTA, Loader, compile_like_the_image
 from footprint import KITCHEN, Screens, cloud_section
 
 from tests.conftest import API_TOKEN, HubProcess, write_config
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
         asyncio.run(cloud.start())
         path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
-                            extra=KITCHEN + cloud_section(cloud.port))
+                            extra=KITCHEN + cloud_section(cloud.port) + NO_QUOTA)
         path.write_text(path.read_text().replace('data_dir = "data"', f'data_dir = "{card.mount / "edgehub"}"'))
         hub = HubProcess(path, Path(tmp) / "hub.log", extra_args=("--simulate",), env=profile.env())
         hub.start(wait=False)

@@ -38,11 +38,13 @@ from footprint import KITCHEN, Screens, cloud_section
 from intake import start_responder, stop
 
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.topics import Topics
 from edgehub.config import load_config
 from tests.conftest import HubProcess, write_config
 from tests.uplink.cloudside import CloudBroker
 
 STORE = "bench"
+TOPICS = Topics(STORE)
 TERMINALS = ("pos-1", "pos-2", "kds-1")
 STEPS = (20, 40, 60, 80, 100, 130, 160, 200, 250, 320, 400, 500, 640, 800)
 
@@ -71,8 +73,8 @@ class ReceiptTill:
                 seen += 5
                 ticket = {"lines": ["Receipt", {"rule": "-"}, "宫保鸡丁 x1  38.00", {"cut": True}]}
                 body = json.dumps({"schema": "print/1", "job_id": f"r-{self.sent}", "ticket": ticket,
-                                   "reply_to": f"edgehub/v1/{STORE}/pos/pos-2/replies"})
-                self.client.publish(f"edgehub/v1/{STORE}/role/receipt-printer/cmd/print", body, qos=1)
+                                   "reply_to": TOPICS.reply("pos-2")})
+                self.client.publish(TOPICS.role_command("receipt-printer", "print", "pos-2"), body, qos=1)
                 self.sent += 1
 
     def close(self) -> None:

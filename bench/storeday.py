@@ -49,11 +49,13 @@ import psutil
 from common import NO_QUOTA, Loader, compile_like_the_image
 from footprint import KITCHEN, Screens, cloud_section
 
+from edgehub.bus.topics import Topics
 from tests.conftest import API_TOKEN, HubProcess, write_config
 from tests.powercut.disk import rootfs_settings
 from tests.uplink.cloudside import CloudBroker
 
 STORE = "bench"
+TOPICS = Topics(STORE)
 TERMINALS = ("pos-1", "pos-2", "kds-1")
 ORDERS_PER_DAY = 800
 OPENS_AT = 10
@@ -147,16 +149,16 @@ class Till:
 
     def _run(self) -> None:
         seen = 0
-        reply_to = f"edgehub/v1/{STORE}/pos/pos-2/replies"
+        reply_to = TOPICS.reply("pos-2")
         while not self._stop.wait(0.05):
             while seen < len(self._orders):
                 seen += 1
                 ticket = {"lines": [f"Receipt {seen}", {"rule": "-"}, "宫保鸡丁 x1  38.00", {"cut": True}]}
-                self.client.publish(f"edgehub/v1/{STORE}/role/receipt-printer/cmd/print", json.dumps(
+                self.client.publish(TOPICS.role_command("receipt-printer", "print", "pos-2"), json.dumps(
                     {"schema": "print/1", "job_id": f"r-{seen}", "ticket": ticket, "reply_to": reply_to}), qos=1)
                 self.receipts += 1
                 if seen % PAY_EVERY == 0:
-                    self.client.publish(f"edgehub/v1/{STORE}/role/pinpad/cmd/pay", json.dumps(
+                    self.client.publish(TOPICS.role_command("pinpad", "pay", "pos-2"), json.dumps(
                         {"schema": "pay/1", "payment_id": f"p-{seen}", "sale_id": f"s-{seen}",
                          "amount_cents": 3800, "reply_to": reply_to}), qos=1)
                     self.payments += 1

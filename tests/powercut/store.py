@@ -106,7 +106,7 @@ class Tills:
                 await client.__aexit__(None, None, None)
 
     def reply_topic(self, till: str) -> str:
-        return f"{self.topics.root}/pos/{till}/replies"
+        return self.topics.reply(till)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -133,8 +133,8 @@ class Tills:
     async def _request(self, till: str, role: str, command: str, doc: dict[str, Any]) -> None:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
         props.ResponseTopic = self.reply_topic(till)
-        await self._clients[till].publish(self.topics.role_command(role, command), json.dumps(doc).encode(), qos=1,
-                                          properties=props)
+        topic = self.topics.role_command(role, command, till)
+        await self._clients[till].publish(topic, json.dumps(doc).encode(), qos=1, properties=props)
 
     async def print_job(self, job_id: str) -> None:
         self.jobs.setdefault(job_id, time.monotonic_ns())

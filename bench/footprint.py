@@ -334,7 +334,7 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
         "open_tickets_in_memory": sum(final["kitchen"].get("open_in_memory", {}).values()),
         "screens_bump": not args.no_bump,
         "screen_commands": screens.sent if screens is not None else 0,
-        "profile": profile.describe(),
+        "profile": described,
     }
     rows = [
         ("start -> READY", f"{result['ready_s']} s", "< 2 s"),

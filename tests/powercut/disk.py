@@ -152,8 +152,19 @@ class RecordedDisk:
             _run("losetup", "-d", self._loop)
             self._loop = ""
         if self._daemon is not None:
-            with contextlib.suppress(RuntimeError):
-                _run("umount", str(self.fuse_dir))
+            # The loop driver lets go of the file a moment after `losetup -d`; until then the
+            # FUSE mount is busy. A mount still busy after that is detached lazily, so the daemon
+            # can exit and no dead mount is left behind.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    _run("umount", str(self.fuse_dir))
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        _run("umount", "-l", str(self.fuse_dir), ok=(0, 32))
+                        break
+                    time.sleep(0.05)
             try:
                 self._daemon.wait(10)
             except subprocess.TimeoutExpired:

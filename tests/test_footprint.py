@@ -213,3 +213,31 @@ def test_encoded_documents_are_as_big_as_their_json() -> None:
         tracemalloc.stop()
     assert kept[0] == json.dumps(dict(ticket, n=0), separators=(",", ":")).encode()
     assert held < 200 * (len(kept[0]) + 200), held  # each ~100 B of JSON, not a 4 KiB buffer
+
+
+def test_the_hub_does_not_load_cryptography_until_it_makes_a_certificate(tmp_path: Path) -> None:
+    """cryptography is about 10 MB of the hub's RSS (of a 60 MB budget, docs/footprint.md): the
+    hub imports it only to make its certificate, and reads a certificate's fingerprint without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgehub.hub, edgehub.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", f"imported at start: {loaded}"
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from edgehub.api.tls import fingerprint, make_certificate
+
+    make_certificate(tmp_path / "box.crt", tmp_path / "box.key", "s1", ["192.0.2.10"])
+    cert = x509.load_pem_x509_certificate((tmp_path / "box.crt").read_bytes())
+    import hashlib
+
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    assert fingerprint(tmp_path / "box.crt") == "SHA256 " + ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+    # A chain: the first certificate is the box's.
+    chain = tmp_path / "chain.crt"
+    chain.write_text((tmp_path / "box.crt").read_text() + (tmp_path / "box.crt").read_text())
+    assert fingerprint(chain) == fingerprint(tmp_path / "box.crt")

@@ -14,20 +14,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import re
 import socket
 import ssl
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from edgehub.config import ApiConfig
 from edgehub.errors import ConfigError
 from edgehub.files import atomic_write
 
 VALID_DAYS = 3650  # a box is replaced before then; its certificate is its identity for its life
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 def make_certificate(cert_path: Path, key_path: Path, store_id: str, addresses: list[str],
@@ -35,6 +32,13 @@ def make_certificate(cert_path: Path, key_path: Path, store_id: str, addresses: 
     """A new key (EC P-256) and a self-signed certificate naming this box: its host name (and
     ``.local``), ``localhost``, loopback and ``addresses``. The key file is 0600 (``owner`` when
     given), the certificate 0644; both written atomically."""
+    # Imported here, not with the module: cryptography adds about 10 MB to the hub's RSS, and
+    # a running hub only makes a certificate once in its life (docs/footprint.md, Memory).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname() or "edgehub"
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys([host, f"{host}.local", "localhost"])]
@@ -70,9 +74,16 @@ def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) ->
 
 
 def fingerprint(cert_path: Path) -> str:
-    """``SHA256 AB:CD:…`` of the certificate, as browsers show it."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+    """``SHA256 AB:CD:…`` of the certificate (the file's first, when it holds a chain), as browsers
+    show it."""
+    found = _PEM_CERT.search(cert_path.read_text(errors="replace"))
+    try:
+        if found is None:
+            raise ValueError("no PEM certificate in it")
+        der = ssl.PEM_cert_to_DER_cert(found.group(0))
+    except ValueError as exc:
+        raise ConfigError([f"api.tls_cert_file: {cert_path} is not a PEM certificate: {exc}"]) from exc
+    digest = hashlib.sha256(der).hexdigest().upper()
     return "SHA256 " + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 

@@ -141,6 +141,11 @@ class JournalConfig:
     keep_days: float = 90.0  # 0: keep everything (edgehub/store/retention.py)
 
 
+# Bytes of an MQTT PUBLISH besides its payload that an order's packet is allowed: the fixed
+# header, topic, packet id and MQTT 5 properties (a response topic, correlation data).
+PUBLISH_HEADROOM = 4096
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     max_order_bytes: int = 65_536
@@ -728,8 +733,12 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         order_burst=ck.get(t, "limits.order_burst", int, 500,
                            check=lambda v: None if 1 <= v <= 1_000_000 else f"must be 1 to 1000000, got {v}"),
     )
-    if limits.max_order_bytes > broker.max_packet_kib * 1024:
-        ck.problem("limits.max_order_bytes", "is larger than broker.max_packet_kib allows")
+    if limits.max_order_bytes > broker.max_packet_kib * 1024 - PUBLISH_HEADROOM:
+        # An order the hub would take must fit in a packet the broker takes, with its topic and
+        # MQTT 5 properties: else it is refused by the broker, without a word to the hub.
+        ck.problem("limits.max_order_bytes", f"must be at most broker.max_packet_kib x 1024 - {PUBLISH_HEADROOM} "
+                                             f"({broker.max_packet_kib * 1024 - PUBLISH_HEADROOM}): room for the "
+                                             "PUBLISH packet's topic and properties")
 
     t = ck.table(data, "log", {"level", "components"})
 

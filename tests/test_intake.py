@@ -96,8 +96,9 @@ async def test_invalid_orders_are_rejected_naming_the_field(hub: Hub, config: Co
 async def test_payload_without_usable_order_id_goes_to_deadletter(hub: Hub, config: Config) -> None:
     reasons = {
         b"not json at all": "payload is not JSON",
-        b"\xff\xfe\x00": "payload is not UTF-8 text",
-        b"[1, 2]": "payload must be a JSON object, got list",
+        b"\xff\xfe\x00": "payload is UTF-16 text (byte-order mark FF FE at bytes 0-1)",
+        b'{"a": "\xc3"}': "payload is not UTF-8 text (byte 7: 0xC3",
+        b"[1, 2]": "payload must be a JSON object, got array",
         json.dumps({"schema": "order/1", "lines": []}).encode(): "order_id: missing",
         json.dumps(order("")).encode(): "order_id: must be a non-empty string",
         json.dumps(order("has space")).encode(): "order_id: must be 1-64 characters",

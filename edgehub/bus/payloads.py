@@ -443,6 +443,7 @@ def weight(device_id: str, grams: int | None, state: str, net: bool, at: float,
 
 AMEND_SCHEMA = "amend/1"
 CANCEL_SCHEMA = "cancel/1"
+ORDER_CHANGE_SCHEMA = "order-change/1"
 KDS_EVENT_SCHEMA = "kds-event/1"
 KDS_SNAPSHOT_SCHEMA = "kds-snapshot/1"
 KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
@@ -571,6 +572,17 @@ def change_ack(kind: str, order_id: str, change_id: str, status: str, duplicate:
     if error:
         doc["error"] = error
     return dumps(doc)
+
+
+def order_change(kind: str, order_id: str, amend_id: str, by: str, owner: str, at: float,
+                 doc: dict[str, Any]) -> bytes:
+    """``order-change/1`` on ``…/pos/{owner}/notice``: another till (``by``) amended or
+    cancelled the owner's order; ``change`` is the amend or cancel as it was applied."""
+    out: dict[str, Any] = {"schema": ORDER_CHANGE_SCHEMA, "kind": kind, "order_id": order_id, "by": by,
+                           "terminal": owner, "at": round(at, 3), "change": doc}
+    if kind == "amend":
+        out["amend_id"] = amend_id
+    return dumps(out)
 
 
 def kds_event(station: str, seq: int, event: str, ticket: dict[str, Any], at: float, source: str,

@@ -65,7 +65,7 @@ def order_id_of(raw: bytes) -> tuple[dict[str, Any], str]:
     is wrong with the document (``strictjson.check``) is for the validation, which can then be
     answered under the order_id."""
     try:
-        doc = strictjson.loads(raw)
+        doc = strictjson.loads(raw, MAX_DEPTH)
     except strictjson.NotJson as exc:
         raise Unaddressable(exc.reason) from None
     if not isinstance(doc, dict):
@@ -223,12 +223,11 @@ def check_fields(doc: dict[str, Any], fields: tuple[Field, ...], limits: LimitsC
     """Check each declared field of ``doc`` (fields not declared are kept, unchecked)."""
     for rule in fields:
         value = doc.get(rule.name)
-        path = prefix + rule.name
         if value is None:
             if rule.required:
-                raise PayloadError(path, "missing")
+                raise PayloadError(prefix + rule.name, "missing")
             continue
-        rule.check(value, path, limits)
+        rule.check(value, prefix + rule.name, limits)
 
 
 # order/1 (docs/asyncapi.yaml, messages Order and schemas OrderLine). ``schema`` and

@@ -27,6 +27,10 @@ from edgehub.errors import PayloadError
 # libraries read numbers into (RFC 8259 §6: the interoperable range).
 MAX_SAFE_INTEGER = 2**53 - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")  # NUL's and surrogates' escapes
+# 16 digits in a row, found as 16 zeros once every digit is one (a regex took ten times longer).
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_SIXTEEN_DIGITS = b"0" * 16
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 # Byte-order marks, longest first (UTF-32 LE starts like UTF-16 LE).
 _BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xef\xbb\xbf", "UTF-8"),
@@ -53,7 +57,12 @@ class BadNumber:
         return f"BadNumber({self.text!r})"
 
 
-class _Duplicated(dict[str, Any]):
+class _Marked(dict[str, Any]):
+    """A document (its top object) that may hold something ``check`` must find. Only such a
+    document is walked: for a clean order the walk cost twice its parse."""
+
+
+class _Duplicated(_Marked):
     """An object in which a key appeared more than once (the last value is kept here);
     ``differing``: the keys among them whose values were not all the same."""
 
@@ -61,10 +70,7 @@ class _Duplicated(dict[str, Any]):
     differing: frozenset[str] = frozenset()
 
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc = dict(pairs)
-    if len(doc) == len(pairs):
-        return doc
+def _duplicated(pairs: list[tuple[str, Any]], doc: dict[str, Any]) -> _Duplicated:
     marked = _Duplicated(doc)
     first: dict[str, Any] = {}
     duplicates: dict[str, None] = {}
@@ -78,15 +84,6 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             differing.add(key)
     marked.duplicates, marked.differing = tuple(duplicates), frozenset(differing)
     return marked
-
-
-def _int(text: str) -> int | BadNumber:
-    # Every integer of more than 16 digits is beyond 2**53: not even parsed (Python refuses to
-    # parse one of more than 4,300 digits, with a ValueError of its own).
-    if len(text.lstrip("-")) > 16:
-        return BadNumber(text)
-    value = int(text)
-    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else BadNumber(text)
 
 
 def _float(text: str) -> float | BadNumber:
@@ -118,26 +115,63 @@ def encoding_problem(raw: bytes) -> str:
     return ""
 
 
-def loads(raw: bytes) -> Any:
+def loads(raw: bytes, max_depth: int) -> Any:
     """Parse a payload as strict JSON, or raise ``NotJson`` with the reason and byte offset.
 
     Objects with a duplicate key, numbers out of range and strings with NUL or lone surrogates
-    are returned marked; ``check`` reports them with their path."""
+    are kept and marked; ``check`` reports them with their path, and nesting deeper than
+    ``max_depth``. A top object that may hold any of them comes back as a ``_Marked`` dict."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise NotJson(encoding_problem(raw)) from None
     if text.startswith("\ufeff") or (len(raw) >= 2 and (raw[0] == 0) != (raw[1] == 0)):
         raise NotJson(encoding_problem(raw))
+    found: list[object] = []  # what the walk is to find: a duplicate key, a number out of range
+
+    def obj(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        doc = dict(pairs)
+        if len(doc) == len(pairs):
+            return doc
+        found.append(pairs)
+        return _duplicated(pairs, doc)
+
+    def number(text: str) -> float | BadNumber:  # floats, NaN and Infinity: rare in an order
+        value = _float(text) if text[-1].isdigit() else BadNumber(text)
+        if isinstance(value, BadNumber):
+            found.append(value)
+        return value
+
+    def integer(text: str) -> int | BadNumber:  # only once an integer was too long for Python
+        if len(text.lstrip("-")) <= 16 and -MAX_SAFE_INTEGER <= (value := int(text)) <= MAX_SAFE_INTEGER:
+            return value
+        found.append(text)
+        return BadNumber(text)
+
     try:
-        return json.loads(text, object_pairs_hook=_object, parse_int=_int, parse_float=_float,
-                          parse_constant=_constant)
+        try:
+            doc = json.loads(text, object_pairs_hook=obj, parse_float=number, parse_constant=number)
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                raise
+            # An integer Python will not read (more than 4,300 digits): read the integers here,
+            # each one beyond 2**53 as a BadNumber, which the check names.
+            doc = json.loads(text, object_pairs_hook=obj, parse_float=number, parse_constant=number,
+                             parse_int=integer)
     except json.JSONDecodeError as exc:
         offset = len(text[:exc.pos].encode("utf-8"))
         raise NotJson(f"payload is not JSON: {exc.msg} at byte {offset} (line {exc.lineno} column {exc.colno})") \
             from None
     except RecursionError:
         raise NotJson("payload is not JSON: nested too deeply to read") from None
+    # What the walk may find shows in the text: NUL and lone surrogates only as escapes (raw
+    # control characters are not JSON, raw surrogates not UTF-8), integers beyond 2**53 as 16
+    # digits or more, nesting deeper than max_depth as more brackets than that.
+    if type(doc) is dict and (found or ("\\u" in text and _ESCAPES.search(text))
+                              or _SIXTEEN_DIGITS in raw.translate(_DIGITS_TO_ZERO)
+                              or text.count("{") + text.count("[") > max_depth):
+        doc = _Marked(doc)
+    return doc
 
 
 def _join(path: str, key: str) -> str:
@@ -185,6 +219,8 @@ def problems(doc: Any, max_depth: int) -> Iterator[tuple[str, str]]:
             stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in reversed(list(enumerate(value))))
         elif isinstance(value, BadNumber):
             yield path or "payload", _number_problem(value.text)
+        elif type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            yield path or "payload", _number_problem(str(value))
 
 
 def _number_problem(text: str) -> str:
@@ -196,6 +232,9 @@ def _number_problem(text: str) -> str:
 
 
 def check(doc: Any, max_depth: int) -> None:
-    """Raise ``PayloadError`` for the first of ``problems``."""
+    """Raise ``PayloadError`` for the first of ``problems`` of a document ``loads`` read with
+    the same ``max_depth``: one it did not mark (a plain dict) holds none."""
+    if type(doc) is dict:
+        return
     for path, problem in problems(doc, max_depth):
         raise PayloadError(path, problem)

@@ -31,7 +31,7 @@ _ESCAPES = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")  # NUL's and 
 # 16 digits in a row, found as 16 zeros once every digit is one (a regex took ten times longer).
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _SIXTEEN_DIGITS = b"0" * 16
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")  # shown bare in a path (fullmatch)
 # Byte-order marks, longest first (UTF-32 LE starts like UTF-16 LE).
 _BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xef\xbb\xbf", "UTF-8"),
          (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"))
@@ -175,7 +175,7 @@ def loads(raw: bytes, max_depth: int) -> Any:
 
 
 def _join(path: str, key: str) -> str:
-    if _PLAIN_KEY.match(key):
+    if _PLAIN_KEY.fullmatch(key):
         return f"{path}.{key}" if path else key
     # Shown as a JSON string, ASCII only: a key with a lone surrogate must not spoil the answer.
     return f"{path}[{json.dumps(key)}]"

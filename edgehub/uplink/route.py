@@ -5,6 +5,8 @@ hangs until its timeout, and TCP itself waits 1, 3, 7 … s between SYNs, so a r
 is only seen at the next retry. ``RouteProbe.wait_open`` starts a fresh TCP connect every
 ``every`` seconds, each allowed ``timeout`` (a slow route still gets its handshake), and returns
 as soon as one is answered: a returning WAN is seen within about ``every`` plus one round trip.
+Each of the name's addresses (at most MAX_ADDRESSES) gets its connect: an IPv6 address without an
+IPv6 route must not hide the IPv4 one that works.
 A connect is one SYN, and while the route is dead it reaches no one; once it answers, the uplink
 closes it and makes its real connection (TLS, MQTT). A connect the far end refuses (RST) is not
 silence: ``wait_open`` raises ``UplinkError`` and the uplink backs off, so a cloud broker that
@@ -38,6 +40,7 @@ OPEN, SILENT, REFUSED = "open", "silent", "refused"
 # not there, which is silence for the back-off rule.
 REFUSING = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED})
 RESOLVE_AGAIN_S = 30.0  # a name's addresses are looked up again after this while probing
+MAX_ADDRESSES = 4  # of a name's addresses, the first this many are probed
 
 
 class RouteProbe:
@@ -78,7 +81,9 @@ class RouteProbe:
                 now = loop.time()
                 if now >= next_start:
                     self._refresh_addresses()
-                    attempts.add(asyncio.create_task(self._attempt(), name="uplink-route-probe"))
+                    addresses: list[tuple[int, Any] | None] = [*self._addresses[:MAX_ADDRESSES]] or [None]
+                    for address in addresses:
+                        attempts.add(asyncio.create_task(self._attempt(address), name="uplink-route-probe"))
                     next_start = now + self.every
                 if not attempts:
                     await asyncio.sleep(next_start - now)
@@ -96,22 +101,25 @@ class RouteProbe:
         finally:
             await cancel_and_wait(*attempts)
 
-    async def _attempt(self) -> tuple[str, str]:
+    async def _attempt(self, address: tuple[int, Any] | None) -> tuple[str, str]:
+        """One TCP connect to ``address`` (family, socket address); None: the name's first
+        address, once its lookup (under way) gives one."""
         self.attempts += 1
         loop = asyncio.get_running_loop()
         started = loop.time()
-        if not self._addresses:
+        if address is None:
             if self._resolving is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._resolving), self.timeout)
             if not self._addresses:
                 return SILENT, f"{self.host} does not resolve"
-        family, address = self._addresses[0]
+            address = self._addresses[0]
+        family, sockaddr = address
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             async with asyncio.timeout(max(0.0, self.timeout - (loop.time() - started))):
-                await loop.sock_connect(sock, address)
+                await loop.sock_connect(sock, sockaddr)
         except TimeoutError:
             return SILENT, f"no answer within {self.timeout:g} s"
         except OSError as exc:
@@ -135,7 +143,8 @@ class RouteProbe:
         assert self._resolver is not None
         try:
             infos = await loop.run_in_executor(
-                self._resolver, socket.getaddrinfo, self.host, self.port, 0, socket.SOCK_STREAM)
+                self._resolver, socket.getaddrinfo, self.host, self.port, 0, socket.SOCK_STREAM, 0,
+                socket.AI_ADDRCONFIG)
         except OSError as exc:
             log.debug("%s does not resolve: %s", self.host, exc)
         else:

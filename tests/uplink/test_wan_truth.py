@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
+from edgehub.broker import free_port
 from edgehub.config import load_config
+from edgehub.errors import UplinkError
+from edgehub.uplink.route import RouteProbe
 from tests.conftest import API_TOKEN, HubProcess, Terminal, order, write_config
 from tests.faultproxy import FaultProxy
 from tests.uplink.cloudside import CloudRecorder
@@ -165,3 +168,29 @@ def status(port: int) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(response.read())
     return doc
 
+
+
+async def test_the_route_probe_tells_an_answer_a_refusal_and_silence(wan: FaultProxy) -> None:
+    # The probe alone, on loopback: a listener answers (by name too), a closed port refuses at
+    # once (back-off is the uplink's answer), a black-holed route is silent and probed on.
+    probe = RouteProbe("localhost", wan.port, every=0.2, timeout=1.0)
+    try:
+        await asyncio.wait_for(probe.wait_open(), 5)
+        wan.blackhole()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(probe.wait_open(), 1.5)
+        assert probe.last_outcome == "silent: no answer within 1 s"
+        wan.heal()
+        await asyncio.wait_for(probe.wait_open(), 1.0)
+    finally:
+        probe.close()
+    closed = RouteProbe("127.0.0.1", free_port(), every=0.2, timeout=1.0)
+    with pytest.raises(UplinkError, match="refused the connection"):
+        await asyncio.wait_for(closed.wait_open(), 5)
+    nowhere = RouteProbe("no-such-host.invalid", 8883, every=0.2, timeout=0.5)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(nowhere.wait_open(), 1.0)
+        assert nowhere.attempts >= 3 and nowhere.last_outcome == "silent: no-such-host.invalid does not resolve"
+    finally:
+        nowhere.close()

@@ -10,7 +10,7 @@ figure is the engine's, not the policy's. While it drains, a POS terminal sends 
 ``--rate`` per second; their ack latency is the "live" figure at full drain speed (the worst a
 till can meet), and the drain rate over the ceiling is the ratio (target >= 0.7). Then the hub
 drains ``--policy-backlog`` rows again at the default ``replay_rate`` (what a box runs), and the
-till's ack latency meanwhile is the figure a cashier feels (target p99 < 50 ms). The last line is one JSON object.
+till's ack latency meanwhile is the figure a cashier feels (target p99 < 50 ms).
 
 With ``--profile pi`` the hub, its Mosquitto and the ceiling's publisher run at a Raspberry Pi 4
 core's speed with an SD card's syncs (bench/piprofile.py); the cloud broker is the chain's, not the
@@ -18,7 +18,15 @@ box's, and runs unlimited. A busy store's week offline is about 60,000 rows (doc
 "The busy store": 800 orders a day, ~9 rows each with their kitchen and payment events, plus a
 telemetry sample a minute): ``make bench PROFILE=pi`` drains that.
 
-    .venv/bin/python bench/uplink.py [--backlog 100000] [--rate 20] [--profile pi]
+WAN truth: a second hub, with the box's default link timers, reaches the same cloud through a
+fault proxy (tests/faultproxy.py, on a thread of its own) while a terminal takes orders at
+``--rate``; the proxy black-holes the route for ``--outage`` seconds (bytes vanish, SYNs go
+unanswered). ``detect_s`` is from the last byte the cloud sent back to the status saying
+``offline`` (budget: ``down_after_s``, 10 s), ``suspect_s`` to ``suspect``, ``resume_s`` from the
+WAN's return to ``online`` (budget 3 s), ``drain_after_restore_s`` until the outbox is empty again
+(default replay rate). The status is polled every 50 ms. The last line is one JSON object.
+
+    .venv/bin/python bench/uplink.py [--backlog 100000] [--rate 20] [--outage 30] [--profile pi]
 """
 
 from __future__ import annotations
@@ -34,7 +42,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import piprofile
@@ -44,9 +55,10 @@ from edgehub.broker import MosquittoProcess
 from edgehub.config import CloudConfig, load_config
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
-from tests.conftest import HubProcess, write_config
+from tests.conftest import API_TOKEN, HubProcess, write_config
+from tests.faultproxy import FaultProxy
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker
-from tests.uplink.conftest import cloud_toml
+from tests.uplink.conftest import WAN_DEFAULTS, cloud_toml, pending_rows
 
 WINDOW = 200
 # About what an order's outbox row weighs: envelope head + a two-line order.
@@ -122,6 +134,7 @@ async def main() -> dict[str, object]:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=20, help="live orders per second while draining")
     parser.add_argument("--window", type=int, default=WINDOW, help="the hub's max_inflight")
+    parser.add_argument("--outage", type=float, default=30, help="seconds the WAN is black-holed (0: skip)")
     parser.add_argument("--policy-backlog", type=int, default=20_000,
                         help="rows drained again at the default replay_rate for the till's figure (0: skip)")
     piprofile.add_argument(parser)
@@ -144,6 +157,7 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
             policy_rate = CloudConfig().replay_rate
             policy_s, policy_live = ((0.0, []) if not args.policy_backlog else await drain(
                 Path(tmp) / "policy", cloud.port, args, profile, policy_rate, args.policy_backlog))
+            wan = wan_truth(Path(tmp) / "wan-box", cloud.port, args.rate, args.outage) if args.outage else {}
 
     drain_rate = args.backlog / drain_s
     result: dict[str, object] = {
@@ -161,6 +175,8 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
         "policy_live_p50_ms": pct(policy_live, 0.5),
         "policy_live_p99_ms": pct(policy_live, 0.99),
         "profile": profile.describe(),
+        **wan,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     print(f"ceiling (raw paho QoS 1 to the cloud broker): {result['ceiling_per_s']:>9} msg/s")
     print(f"hub drain of {args.backlog} backlog rows:       {result['drain_per_s']:>9} msg/s")
@@ -171,6 +187,11 @@ async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[
         print(f"live order ack at {args.rate:.0f}/s while {args.policy_backlog} rows drain at the default "
               f"replay_rate {policy_rate:g}/s ({result['policy_drain_per_s']} rows/s): p50 "
               f"{result['policy_live_p50_ms']} ms, p99 {result['policy_live_p99_ms']} ms (target p99 < 50 ms)")
+    if wan:
+        print(f"WAN black-holed {wan['outage_s']:g} s: offline {wan['detect_s']} s after the cloud's last byte "
+              f"(budget {wan['detect_budget_s']:g} s; suspect at {wan['suspect_s']} s), online {wan['resume_s']} s "
+              f"after it returned (budget {wan['resume_budget_s']:g} s), outbox empty "
+              f"{wan['drain_after_restore_s']} s after")
     print(json.dumps(result))
     return result
 
@@ -180,7 +201,7 @@ async def drain(workdir: Path, cloud_port: int, args: argparse.Namespace, profil
     """A hub that comes up with ``backlog`` outbox rows and drains them at ``replay_rate`` (0: no
     limit) while a till orders at ``args.rate``: seconds to drain, and the till's ack latencies."""
     extra = cloud_toml(cloud_port, replay_rate=replay_rate, max_inflight=args.window,
-                       live_slots=min(32, args.window), ping_interval_s=5, ping_timeout_s=4, reconcile_every_s=0)
+                       live_slots=min(32, args.window), reconcile_every_s=0, **WAN_DEFAULTS)
     path = write_config(workdir / "box", store="bench", mode="external", extra=extra)
     config = load_config(path)
     async with Journal(config.journal.path, "bench"):
@@ -254,6 +275,101 @@ def drain_while_ordering(hub: HubProcess, broker_port: int, journal: Path, backl
     loader.close()
     assert first_ack is not None
     return drained_at - first_ack, latencies
+
+
+class ProxyThread:
+    """A FaultProxy on an event loop of its own (the bench's own thread blocks while it polls)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.proxy = FaultProxy(target_port)
+        self.run(self.proxy.__aenter__())
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def do(self, fn: Callable[[], None]) -> None:
+        async def call() -> None:
+            fn()
+
+        self.run(call())
+
+    def close(self) -> None:
+        self.run(self.proxy.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def link_state(port: int) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/status",
+                                     headers={"Authorization": f"Bearer {API_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return str(json.loads(response.read())["uplink"]["link"]["state"])
+
+
+def wait_for_state(port: int, state: str, timeout: float, poll_s: float = 0.05) -> float:
+    """time.monotonic() when the hub's status first says ``state``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if link_state(port) == state:
+            return time.monotonic()
+        time.sleep(poll_s)
+    raise RuntimeError(f"the uplink was not {state} within {timeout} s")
+
+
+def wan_truth(directory: Path, cloud_port: int, rate: float, outage: float) -> dict[str, float]:
+    """Detection of a black-holed WAN and use of the returning one, with the default timers."""
+    wan = ProxyThread(cloud_port)
+    try:
+        path = write_config(directory, store="bench", mode="managed",
+                            extra=cloud_toml(wan.proxy.port, **{**WAN_DEFAULTS, "replay_rate": None}))
+        config = load_config(path)
+        hub = HubProcess(path, directory / "hub.log")
+        hub.start()
+        loader = Loader(config.broker.listen.port, "bench")
+        stop = threading.Event()
+
+        def order_loop() -> None:
+            started, i = time.perf_counter(), 0
+            while not stop.is_set():
+                time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+                loader._send(f"wan-{i}")
+                i += 1
+
+        sender = threading.Thread(target=order_loop, daemon=True)
+        try:
+            port = config.api.listen.port
+            wait_for_state(port, "online", 30)
+            sender.start()
+            time.sleep(3)
+            wan.do(wan.proxy.blackhole)
+            cut = time.monotonic()
+            suspect = wait_for_state(port, "suspect", 30)
+            offline = wait_for_state(port, "offline", 30)
+            time.sleep(max(0.0, cut + outage - time.monotonic()))
+            last_byte = wan.proxy.last_down_at  # the proxy's loop time is time.monotonic() too
+            assert last_byte is not None
+            healed = time.monotonic()
+            wan.do(wan.proxy.heal)
+            online = wait_for_state(port, "online", 60)
+            stop.set()
+            sender.join()
+            while pending_rows(config.journal.path):
+                if time.monotonic() - healed > 300:
+                    raise RuntimeError("the outbox did not drain within 300 s of the WAN's return")
+                time.sleep(0.05)
+            drained = time.monotonic()
+        finally:
+            stop.set()
+            loader.close()
+            hub.stop()
+    finally:
+        wan.close()
+    return {"outage_s": outage, "detect_s": round(offline - last_byte, 2), "suspect_s": round(suspect - last_byte, 2),
+            "detect_budget_s": config.cloud.down_after_s, "resume_s": round(online - healed, 2),
+            "resume_budget_s": 3.0, "drain_after_restore_s": round(drained - healed, 2)}
 
 
 if __name__ == "__main__":

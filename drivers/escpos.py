@@ -1094,10 +1094,13 @@ class EscposPrinter(Driver):
                         f"within {timing.confirm:.1f}s{hint}",
                         self.info.device_id,
                     )
-                raise PrinterNotReady(
-                    f"job {job_id} not counted as printed: the printer was still offline "
-                    f"{now - sent_at:.1f}s after it was sent", self.info.device_id, latest or PrinterStatus(), True,
-                )
+                if latest is not None and latest.problems() == ["offline"]:
+                    raise PrinterNotReady(
+                        f"job {job_id} not counted as printed: the printer was still offline "
+                        f"{now - sent_at:.1f}s after it was sent", self.info.device_id, latest, True,
+                    )
+                # No reading since the job's print time yet: a reply late behind the print data is
+                # not an offline printer; the silence rule below decides.
             quiet = now - max(self.last_heard, sent_at)
             if quiet > silence:
                 raise DeviceTimeout(
@@ -1107,7 +1110,9 @@ class EscposPrinter(Driver):
             p = self._pending
             if (p is None or p.complete or self._expired(p)) and now >= next_poll:
                 p = await self._ask(t, mode)
-            wait_until = min(deadline, next_poll if p is None else now + timing.poll_interval)
+            wait_until = next_poll if p is None else now + timing.poll_interval
+            if now < deadline:
+                wait_until = min(deadline, wait_until)
             try:
                 kind, frame = await self._read_frame(t, max(0.001, wait_until - now))
             except DeviceTimeout:

@@ -141,6 +141,11 @@ class JournalConfig:
     keep_days: float = 90.0  # 0: keep everything (edgehub/store/retention.py)
 
 
+# Bytes of an MQTT PUBLISH besides its payload that an order's packet is allowed: the fixed
+# header, topic, packet id and MQTT 5 properties (a response topic, correlation data).
+PUBLISH_HEADROOM = 4096
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     max_order_bytes: int = 65_536
@@ -345,8 +350,14 @@ class CloudConfig:
     client_id: str = ""
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
-    ping_interval_s: float = 15.0
-    ping_timeout_s: float = 10.0
+    # Liveness (docs/cloud.md, "Connection"): a ping after ping_interval_s without a byte from the
+    # cloud; ``suspect`` once it is ping_timeout_s overdue; down after down_after_s without a byte.
+    ping_interval_s: float = 4.0
+    ping_timeout_s: float = 2.0
+    down_after_s: float = 10.0
+    # While the route is silent, a TCP connect this often (no back-off); refused connections back
+    # off up to reconnect_max_s.
+    probe_every_s: float = 1.0
     reconnect_max_s: float = 30.0
     max_inflight: int = 200
     live_slots: int = 32
@@ -728,8 +739,12 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
         order_burst=ck.get(t, "limits.order_burst", int, 500,
                            check=lambda v: None if 1 <= v <= 1_000_000 else f"must be 1 to 1000000, got {v}"),
     )
-    if limits.max_order_bytes > broker.max_packet_kib * 1024:
-        ck.problem("limits.max_order_bytes", "is larger than broker.max_packet_kib allows")
+    if limits.max_order_bytes > broker.max_packet_kib * 1024 - PUBLISH_HEADROOM:
+        # An order the hub would take must fit in a packet the broker takes, with its topic and
+        # MQTT 5 properties: else it is refused by the broker, without a word to the hub.
+        ck.problem("limits.max_order_bytes", f"must be at most broker.max_packet_kib x 1024 - {PUBLISH_HEADROOM} "
+                                             f"({broker.max_packet_kib * 1024 - PUBLISH_HEADROOM}): room for the "
+                                             "PUBLISH packet's topic and properties")
 
     t = ck.table(data, "log", {"level", "components"})
 
@@ -1205,7 +1220,8 @@ def _printer_profile(
 _CLOUD_KEYS = {
     "enabled", "url", "ca_file", "cert_file", "key_file", "username", "password", "password_file",
     "enrollment_token", "enrollment_token_file",
-    "client_id", "keepalive_s", "connect_timeout_s", "ping_interval_s", "ping_timeout_s", "reconnect_max_s",
+    "client_id", "keepalive_s", "connect_timeout_s", "ping_interval_s", "ping_timeout_s", "down_after_s",
+    "probe_every_s", "reconnect_max_s",
     "max_inflight", "live_slots", "replay_rate", "replay_batch", "reconcile_every_s", "telemetry_ttl_h",
     "telemetry_quota_mib", "disk_warn_free_mib", "disk_hard_free_mib", "telemetry_every_s",
 }
@@ -1285,8 +1301,10 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
         username=username, password=password, client_id=client_id,
         keepalive_s=number("keepalive_s", 30, 5, 3600, int),
         connect_timeout_s=float(number("connect_timeout_s", 10.0, 0.5, 300)),
-        ping_interval_s=float(number("ping_interval_s", 15.0, 0.2, 3600)),
-        ping_timeout_s=float(number("ping_timeout_s", 10.0, 0.2, 600)),
+        ping_interval_s=float(number("ping_interval_s", 4.0, 0.2, 3600)),
+        ping_timeout_s=float(number("ping_timeout_s", 2.0, 0.1, 600)),
+        down_after_s=float(number("down_after_s", 10.0, 0.5, 3600)),
+        probe_every_s=float(number("probe_every_s", 1.0, 0.1, 60)),
         reconnect_max_s=float(number("reconnect_max_s", 30.0, 0.1, 3600)),
         max_inflight=number("max_inflight", 200, 1, 65535, int),
         live_slots=number("live_slots", 32, 1, 65535, int),
@@ -1304,8 +1322,10 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
     if cfg.disk_hard_free_mib > cfg.disk_warn_free_mib:
         ck.problem("cloud.disk_hard_free_mib",
                    f"must not exceed disk_warn_free_mib ({cfg.disk_warn_free_mib})")
-    if cfg.ping_timeout_s > cfg.keepalive_s * 1.5:
-        ck.problem("cloud.ping_timeout_s", f"must not exceed 1.5 x keepalive_s ({cfg.keepalive_s * 1.5:g})")
+    if cfg.ping_interval_s + cfg.ping_timeout_s > cfg.down_after_s:
+        # Else a quiet, healthy link is declared down before its ping could even be overdue.
+        ck.problem("cloud.down_after_s", f"must be at least ping_interval_s + ping_timeout_s "
+                                         f"({cfg.ping_interval_s + cfg.ping_timeout_s:g})")
     return cfg
 
 

@@ -413,6 +413,12 @@ class Doctor:
             ping = link.get("ping_ms")
             return [wan, Check("cloud", "ok", f"{host}:{port} answers and the hub is connected"
                                               f"{f' (ping {ping} ms)' if ping is not None else ''}")]
+        if state == "suspect":
+            return [wan, Check("cloud", "warn", f"the hub is connected to {host}:{port}, but a ping is "
+                                                f"{link.get('ping_overdue_s')} s overdue and nothing came back for "
+                                                f"{link.get('quiet_s')} s",
+                               "the WAN may be dropping packets: the link is given up after [cloud] down_after_s "
+                               "and tried again every probe_every_s; the outbox keeps everything meanwhile")]
         if error:
             return [wan, Check("cloud", "warn", f"{host}:{port} answers, but the hub cannot connect: {error}",
                                "check [cloud] in edgehub.toml (username and password or enrollment token, "

@@ -93,3 +93,9 @@ class OutboxFull(OutboxError):
 
 class UplinkError(EdgehubError):
     """The cloud link failed: cannot connect, refused, lost, or the cloud did not answer."""
+
+
+class CloudSilent(UplinkError):
+    """Nothing came back from the cloud: no SYN-ACK, no CONNACK, no answer to a ping. The route
+    is silent (a WAN that lost it drops packets without a word), not refused: the uplink tries it
+    again every ``probe_every_s``, without backing off."""

@@ -130,7 +130,7 @@ class Hub:
         # The kitchen: tickets per station from each accepted order, screens at
         # /kds/{station}, POS amend/cancel. Kitchen printing: set ``self.kitchen.printer``.
         self.kitchen = Kitchen(config.kitchen, self.topics, self.journal, config.store.id, config.limits,
-                               bus=self.bus)
+                               bus=self.bus, terminal_kinds={t.id: t.kind for t in config.terminals})
         self.components.append(self.kitchen)
         self.intake.on_accepted.append(self.kitchen.on_order_accepted)
         self.bus.route(self.topics.all_amends, self.kitchen.handle_amend)

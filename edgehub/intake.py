@@ -9,6 +9,13 @@ terminal, same lines); an order that reuses another's id is rejected. An invalid
 goes to ``…/hub/deadletter``. Every rejection and dead letter is also kept in the journal.
 An order the journal has no room for (data disk full) is acked ``rejected`` with an error that
 says so, never left unanswered: the terminal may send it again later, and it is taken then.
+
+Orders arrive in batches (the messages of one turn of the loop), and one message never fails,
+delays or drops another of its batch: each is checked on its own (a check that fails
+unexpectedly dead-letters that message alone), each order is written under a savepoint of its
+own, a write that fails as a whole is tried again one order at a time (an order that fails
+alone while others pass is rejected with the reason), every ack is sent before any rejection
+is journaled, and what follows an accepted order (the kitchen) runs after the batch's acks.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from edgehub.config import LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, JournalFull, PayloadError
 from edgehub.quota import TerminalQuota
 from edgehub.store import Journal
+from edgehub.store.journal import OrderCommit
 
 log = logging.getLogger("edgehub.intake")
 
@@ -38,9 +46,11 @@ DISK_FULL = "store box disk full, order not taken; send it again when the box ha
 
 @dataclass(slots=True)
 class _Taken:
-    """A valid order of a batch, and where its ack goes."""
+    """A valid order of a batch, what came on the wire, and where its ack goes."""
 
     order: Order
+    topic: str
+    raw: bytes
     ack_topic: str
     props: object
 
@@ -67,6 +77,7 @@ class IntakeStats:
     deadlettered: int = 0
     ack_failures: int = 0
     slowed_down: int = 0  # orders refused by the per-terminal quota (edgehub/quota.py), re-sent later
+    retried_alone: int = 0  # orders written again one at a time after their batch's write failed
 
 
 class Intake:
@@ -102,7 +113,7 @@ class Intake:
         taken: list[_Taken] = []
         refused: list[_Refused] = []
         for message in messages:
-            item = self._check(message)
+            item = self._check_one(message)
             if isinstance(item, _Taken):
                 taken.append(item)
             else:
@@ -118,10 +129,20 @@ class Intake:
             if isinstance(result, BaseException):
                 raise result
 
-    def _check(self, message: aiomqtt.Message) -> _Taken | _Refused:
+    # --- checking one message ------------------------------------------------------------------
+
+    def _check_one(self, message: aiomqtt.Message) -> _Taken | _Refused:
         topic = message.topic.value
         raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         raw = bytes(raw)
+        try:
+            return self._check(topic, raw, message)
+        except Exception:
+            # A check that fails unexpectedly (a bug met by this input) is this message's alone.
+            log.exception("checking a message on %s failed", topic)
+            return _Refused(topic, raw, "payload: the hub could not check it (an error of the hub, logged)")
+
+    def _check(self, topic: str, raw: bytes, message: aiomqtt.Message) -> _Taken | _Refused:
         terminal = self.topics.terminal_of(topic)
         if terminal is None:
             return _Refused(topic, raw, "not an order topic")
@@ -139,7 +160,9 @@ class Intake:
             order = validate_order(doc, order_id, terminal, len(raw), self.limits)
         except PayloadError as exc:
             return _Refused(topic, raw, str(exc), order_id, ack_topic, props)
-        return _Taken(order, ack_topic, props)
+        return _Taken(order, topic, raw, ack_topic, props)
+
+    # --- answering -----------------------------------------------------------------------------
 
     async def _refuse(self, item: _Refused, started: float) -> None:
         if item.order_id is None:
@@ -155,42 +178,73 @@ class Intake:
                         item.props, started, "rejected")
 
     async def _accept(self, taken: list[_Taken], started: float) -> None:
-        try:
-            commits = await self.journal.accept_orders([item.order for item in taken])
-        except JournalFull as exc:
-            # Not taken, and the terminal is told so (rather than left re-sending in silence): the
-            # cashier sees why, and the same order_id is accepted once the disk has room again.
-            for item in taken:
-                self.stats.rejected += 1
-                log.error("order %s from %s refused: %s", item.order.order_id, item.order.terminal, exc)
-                await self._ack(item.ack_topic, payloads.ack(item.order.order_id, "rejected",
-                                                              error=f"{DISK_FULL}: {exc}"),
-                                item.props, started, "rejected")
-            return
-        except JournalError as exc:
-            # Not acked: the terminals re-send, and the orders are taken once the journal is back.
-            log.error("%d order(s) not journaled (%s from %s first): %s", len(taken), taken[0].order.order_id,
-                      taken[0].order.terminal, exc)
-            return
-        # The terminal first: what follows (the kitchen's tickets) is made from the durable order
-        # and is made again at start-up if the hub stops in between.
-        for item, commit in zip(taken, commits, strict=True):
+        results = await self._journal(taken)
+        accepted: list[Order] = []
+        refused: list[_Refused] = []
+        # Every accepted order is acked before anything else is done: a rejection's journal write
+        # must not hold up the acks of its batch. The terminal first, then what follows (the
+        # kitchen's tickets), which is made from the durable order and made again at start-up if
+        # the hub stops in between.
+        for item, result in zip(taken, results, strict=True):
             order = item.order
-            if commit.conflict:
-                # Acked as a duplicate it would be lost without a word: the terminal is told.
-                self.stats.conflicts += 1
-                log.warning("order %s from %s refused: %s", order.order_id, order.terminal, commit.conflict)
-                await self._refuse(_Refused(self.topics.order(order.terminal), payloads.dumps(order.doc),
-                                            commit.conflict, order.order_id, item.ack_topic, item.props), started)
-                continue
-            await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=commit.duplicate),
-                            item.props, started, "accepted")
-            if commit.duplicate:
-                self.stats.duplicates += 1
+            if isinstance(result, JournalFull):
+                # Not taken, and the terminal is told so (rather than left re-sending in silence): the
+                # cashier sees why, and the same order_id is accepted once the disk has room again.
+                self.stats.rejected += 1
+                log.error("order %s from %s refused: %s", order.order_id, order.terminal, result)
+                await self._ack(item.ack_topic, payloads.ack(order.order_id, "rejected",
+                                                             error=f"{DISK_FULL}: {result}"),
+                                item.props, started, "rejected")
+            elif isinstance(result, JournalError):
+                # Not acked: the terminal re-sends, and the order is taken once the journal is back.
+                log.error("order %s from %s not journaled: %s", order.order_id, order.terminal, result)
+            elif result.error or result.conflict:
+                # A conflict acked as a duplicate would be lost without a word: the terminal is told.
+                if result.conflict:
+                    self.stats.conflicts += 1
+                    log.warning("order %s from %s refused: %s", order.order_id, order.terminal, result.conflict)
+                reason = result.conflict or f"payload: {result.error}"
+                refused.append(_Refused(item.topic, item.raw, reason, order.order_id, item.ack_topic, item.props))
             else:
-                self.stats.accepted += 1
-                for hook in self.on_accepted:
+                await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=result.duplicate),
+                                item.props, started, "accepted")
+                if result.duplicate:
+                    self.stats.duplicates += 1
+                else:
+                    self.stats.accepted += 1
+                    accepted.append(order)
+        for order in accepted:
+            for hook in self.on_accepted:
+                try:
                     hook(order)
+                except Exception:
+                    # The order is durable and acked; start-up recovery makes its tickets again.
+                    log.exception("after order %s was accepted, %r failed", order.order_id, hook)
+        for refusal in refused:
+            await self._refuse(refusal, started)
+
+    async def _journal(self, taken: list[_Taken]) -> list[OrderCommit | JournalError]:
+        """Each order's commit, or the error that kept it out of the journal. A write that fails as
+        a whole is tried again one order at a time: if some orders pass alone, one that still
+        fails is its own problem and is rejected; if none passes, the journal is (none is acked)."""
+        orders = [item.order for item in taken]
+        try:
+            return list(await self.journal.accept_orders(orders))
+        except JournalError as exc:
+            if len(orders) == 1 or isinstance(exc, JournalFull):
+                return [exc] * len(orders)
+            log.warning("a write of %d orders failed (%s); each is written again alone", len(orders), exc)
+        results: list[OrderCommit | JournalError] = []
+        for order in orders:
+            self.stats.retried_alone += 1
+            try:
+                results.append((await self.journal.accept_orders([order]))[0])
+            except JournalError as exc:
+                results.append(exc)
+        if any(isinstance(result, OrderCommit) for result in results):
+            results = [OrderCommit(seq=0, duplicate=False, error=f"could not be journaled: {result}")
+                       if not isinstance(result, OrderCommit | JournalFull) else result for result in results]
+        return results
 
     async def _ack(self, topic: str, body: bytes, props: object, started: float, status: str) -> None:
         if self.bus is None:
@@ -199,8 +253,9 @@ class Intake:
             # Handed to the MQTT session without awaiting the broker's PUBACK: a lost ack is
             # covered by the terminal's re-send, and waiting costs the loop (bus/connection.py).
             self.bus.publish_nowait(topic, body, qos=1, properties=props)  # type: ignore[arg-type]
-        except BrokerError as exc:
+        except (BrokerError, ValueError) as exc:
             # The order is safe in the journal; the terminal's re-send gets a duplicate ack.
+            # (ValueError: the MQTT client refused the topic, e.g. a response topic it cannot use.)
             self.stats.ack_failures += 1
             log.info("ack on %s not sent (%s); the terminal will re-send", topic, exc)
             return

@@ -140,9 +140,12 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily("edgehub_outbox_replay_rate", "Rows per second replayed to the cloud.",
                                 value=rate or 0.0)
         link: Mapping[str, Any] = uplink["link"] if isinstance(uplink.get("link"), dict) else {}
-        online = bool(uplink.get("enabled")) and uplink.get("connected", link.get("state") == "online")
+        online = bool(uplink.get("enabled")) and uplink.get("connected", link.get("state") in ("online", "suspect"))
         yield GaugeMetricFamily("edgehub_uplink_connected", "1 when the cloud broker is connected.",
                                 value=1 if online else 0)
+        # A connected link whose ping is overdue: the cloud may be gone (it is dropped at down_after_s).
+        yield GaugeMetricFamily("edgehub_uplink_suspect", "1 while a ping to the cloud broker is overdue.",
+                                value=1 if online and link.get("state") == "suspect" else 0)
 
         devices: list[Mapping[str, Any]] = snap.get("devices", [])
         if snap.get("devices_configured"):

@@ -57,7 +57,7 @@ token = "{API_TOKEN}"
 {_with_screen_token(extra)}
 """
     for terminal in terminals:
-        kind = "kds" if terminal.startswith("kds") else "pos"
+        kind = "kds" if terminal.startswith("kds") else "kiosk" if terminal.startswith("kiosk") else "pos"
         text += f'\n[[terminal]]\nid = "{terminal}"\nkind = "{kind}"\npassword = "pw-{terminal}"\n'
     path = directory / "edgehub.toml"
     path.write_text(text)

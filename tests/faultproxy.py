@@ -4,8 +4,12 @@
 the target. Tests drive it:
 
 * ``close_all()`` — clean close (FIN) of every connection; ``reset_all()`` — RST.
-* ``blackhole()`` — the link goes silent: bytes are swallowed both ways, no FIN, no RST, and new
-  connections are accepted into the same silence. ``heal()`` ends every fault.
+* ``blackhole()`` — the route goes silent, as a WAN that lost it: bytes of open connections are
+  swallowed both ways (no FIN, no RST), and new connections get no SYN-ACK (the proxy stops
+  accepting and keeps its listen queue full, so the kernel drops their SYNs and the client's TCP
+  retries them). ``heal()`` ends every fault.
+* ``last_down_at`` — loop time the proxy last passed bytes from the broker to the client (the
+  last byte the cloud sent back).
 * ``refuse()`` — new connections are reset at once (WAN down, router up).
 * ``slow(bytes_per_s, latency_s)`` — a thin, slow link.
 * ``cut_at(direction, packet=N, packet_type=T, mid_packet=False, action="reset")`` — count MQTT
@@ -32,6 +36,7 @@ import struct
 from dataclasses import dataclass, field
 
 PUBLISH, PUBACK = 3, 4
+BACKLOG = 64
 
 
 @dataclass
@@ -155,7 +160,7 @@ class _Pair:
                         await writer.drain()
                 cut.fired.set()
                 if cut.action == "blackhole":
-                    self.proxy.silent = True
+                    self.proxy.blackhole()
                     return True
                 await self.close(reset=cut.action == "reset")
                 return False
@@ -163,6 +168,8 @@ class _Pair:
         self.bytes[direction] += len(packet)
         writer.write(packet)
         await writer.drain()
+        if direction == "down":
+            self.proxy.last_down_at = asyncio.get_running_loop().time()
         return True
 
     async def close(self, reset: bool) -> None:
@@ -196,24 +203,56 @@ class FaultProxy:
         self.rate: float | None = None
         self.latency = 0.0
         self.connections = 0
+        self.last_down_at: float | None = None
         self._pending_cut: Cut | None = None
         self.dropping: str | None = None  # drop_on_topic's prefix
         self.dropped = 0
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._plug: socket.socket | None = None  # keeps the listen queue full while silent
+        self._plugs: set[tuple[str, int]] = set()  # addresses of plugs still queued, to be dropped
+        self._tasks: set[asyncio.Task[None]] = set()
         self._bucket_at = 0.0
 
     async def __aenter__(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # A listening socket of our own (not asyncio.start_server): a silent route must be able to
+        # stop accepting, so that new SYNs go unanswered instead of being refused.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._start_accepting()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        for sock in (self._listener, self._plug):
+            if sock is not None:
+                sock.close()
         await self.reset_all()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
+
+    def _start_accepting(self) -> None:
+        if self._accepting is None or self._accepting.done():
+            self._accepting = asyncio.create_task(self._accept_loop(), name="faultproxy-accept")
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            conn, peer = await loop.sock_accept(self._listener)
+            if peer in self._plugs:
+                self._plugs.discard(peer)
+                conn.close()  # the plug of a past silence
+                continue
+            reader, writer = await asyncio.open_connection(sock=conn)
+            task = asyncio.create_task(self._accept(reader, writer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -256,6 +295,19 @@ class FaultProxy:
 
     def blackhole(self) -> None:
         self.silent = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        listener = self._listener
+        if listener is not None and self._plug is None:
+            # Backlog 0 and one connection of our own waiting in the queue: Linux drops every
+            # further SYN while the queue is full (tcp_conn_request), as a dead route would.
+            listener.listen(0)
+            plug = socket.socket()
+            plug.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                plug.connect(listener.getsockname())
+            self._plug = plug
+            self._plugs.add(plug.getsockname())
 
     def refuse(self) -> None:
         self.refusing = True
@@ -265,6 +317,12 @@ class FaultProxy:
 
     def heal(self) -> None:
         self.silent = False
+        if self._listener is not None:
+            self._listener.listen(BACKLOG)
+            self._start_accepting()
+        if self._plug is not None:
+            self._plug.close()
+            self._plug = None
         self.refusing = False
         self.rate, self.latency = None, 0.0
         self._pending_cut = None

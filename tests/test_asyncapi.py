@@ -7,6 +7,19 @@ from typing import Any, get_args
 import yaml
 
 from drivers.base import HealthState
+from edgehub.bus.payloads import (
+    MAX_AMOUNT_CENTS,
+    MAX_DEPTH,
+    ORDER_FIELDS,
+    Cents,
+    Count,
+    Field,
+    Flag,
+    Objects,
+    Text,
+    TextList,
+)
+from edgehub.config import PUBLISH_HEADROOM, BrokerConfig, LimitsConfig
 from edgehub.kitchen.tickets import EVENTS, STATES, TRANSITIONS
 from tests.conftest import REPO
 
@@ -48,3 +61,90 @@ def test_payment_statuses_and_tenders_are_the_codes() -> None:
     assert enum("schemas", "PayReply", "properties", "status") == set(PAY_STATUSES)
     assert set(FINAL) <= set(PAY_STATUSES)
     assert enum("schemas", "PayRequest", "properties", "tender") == set(TENDERS)
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    target: Any = SPEC
+    for key in ref.removeprefix("#/").split("/"):
+        target = target[key]
+    resolved: dict[str, Any] = target
+    return resolved
+
+
+def _documents(prop: dict[str, Any], rule: Field, limits: LimitsConfig) -> list[str]:
+    """How the documented property differs from the declared rule ([] when it says the same)."""
+    prop = {**_resolve(prop), **{k: v for k, v in prop.items() if k != "$ref"}}
+    expected: dict[str, Any]
+    if isinstance(rule, Text):
+        expected = {"type": "string"}
+        if rule.required:
+            expected["minLength"] = 1
+        if rule.pattern is not None:
+            # Matched whole: JSON Schema's (ECMA) ^...$ is Python's fullmatch (\Z: no newline before it).
+            expected["pattern"] = "^" + rule.pattern.pattern.removeprefix("^").removesuffix("\\Z") + "$"
+        else:
+            expected["maxLength"] = limits.max_text
+    elif isinstance(rule, Count):
+        expected = {"type": "integer", "minimum": 1, "maximum": rule.limit(limits)}
+    elif isinstance(rule, Cents):
+        expected = {"type": "integer", "minimum": 0 if rule.zero else 1, "maximum": MAX_AMOUNT_CENTS}
+    elif isinstance(rule, Flag):
+        expected = {"type": "boolean"}
+    elif isinstance(rule, TextList):
+        expected = {"type": "array", "maxItems": rule.limit(limits),
+                    "items": {"type": "string", "minLength": 1, "maxLength": limits.max_text}}
+    elif isinstance(rule, Objects):
+        expected = {"type": "array", "maxItems": rule.limit(limits)}
+        if rule.min_items:
+            expected["minItems"] = rule.min_items
+    else:
+        return [f"{rule.name}: a kind of field this test does not know ({type(rule).__name__})"]
+    differences = []
+    for key, value in expected.items():
+        got = prop.get(key)
+        if key == "items":
+            got = {k: v for k, v in _resolve(got or {}).items() if k in value}
+        if got != value:
+            differences.append(f"{rule.name}.{key}: documented {got!r}, declared {value!r}")
+    if isinstance(rule, Objects):
+        differences += [f"{rule.name}[].{d}" for d in _object_documents(_resolve(prop["items"]), rule.fields, limits)]
+    return differences
+
+
+def _object_documents(schema: dict[str, Any], fields: tuple[Field, ...], limits: LimitsConfig) -> list[str]:
+    """How a documented object differs from its declared fields: the typed properties (all but
+    schema and order_id), which of them are required, and each one's type and limits."""
+    documented = {k for k in schema["properties"] if k not in ("schema", "order_id")}
+    declared = {rule.name for rule in fields}
+    differences = [f"{name}: documented, not declared" for name in sorted(documented - declared)]
+    differences += [f"{name}: declared, not documented" for name in sorted(declared - documented)]
+    required = set(schema.get("required", [])) - {"schema", "order_id"}
+    if required != {rule.name for rule in fields if rule.required}:
+        differences.append(f"required: documented {sorted(required)}, declared "
+                           f"{sorted(r.name for r in fields if r.required)}")
+    for rule in fields:
+        if rule.name in schema["properties"]:
+            differences += _documents(schema["properties"][rule.name], rule, limits)
+    return differences
+
+
+def test_the_typed_fields_of_an_order_are_the_documented_ones() -> None:
+    # Every field the contract types is checked by the rule declared for it, and documented as
+    # that rule checks it (with the config's default limits), lines and discounts included;
+    # nothing typed is left unchecked.
+    order = SPEC["components"]["messages"]["Order"]["payload"]
+    assert _resolve(order["properties"]["lines"]["items"]) is SPEC["components"]["schemas"]["OrderLine"]
+    differences = _object_documents(order, ORDER_FIELDS, LimitsConfig())
+    assert not differences, differences
+
+
+def test_the_packet_and_order_limits_are_the_configs() -> None:
+    store = SPEC["servers"]["store"]
+    message = SPEC["components"]["messages"]["Order"]
+    assert store["x-maximum-packet-size"] == BrokerConfig.max_packet_kib * 1024
+    assert message["x-max-bytes"] == LimitsConfig().max_order_bytes
+    assert message["x-max-bytes"] <= store["x-maximum-packet-size"] - PUBLISH_HEADROOM
+    assert message["x-max-depth"] == MAX_DEPTH

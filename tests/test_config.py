@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edgehub.config import load_config
+from edgehub.config import CloudConfig, load_config
 from edgehub.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,3 +242,25 @@ def test_the_checkers_tables_match_the_code() -> None:
     for source in (REPO / "edgehub").rglob("*.py"):
         names |= set(re.findall(r'getLogger\("edgehub\.([a-z_]+)', source.read_text()))
     assert names == set(LOG_COMPONENTS)
+
+
+def test_the_example_gives_the_cloud_links_timers_with_their_defaults() -> None:
+    # Each is in config/edgehub.toml, with its default and a comment (docs/cloud.md, Connection).
+    text = (REPO / "config" / "edgehub.toml").read_text()
+    for key in ("ping_interval_s", "ping_timeout_s", "down_after_s", "probe_every_s", "reconnect_max_s",
+                "connect_timeout_s"):
+        found = re.search(rf"^#? ?{key} = (\S+) +# \S", text, re.MULTILINE)
+        assert found is not None, key
+        assert float(found.group(1)) == getattr(CloudConfig, key), key
+
+
+def test_a_link_that_would_be_down_before_its_ping_is_overdue_is_a_problem(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID + '\n[cloud]\nping_interval_s = 8\ndown_after_s = 5\n')
+    assert len(found) == 1
+    assert "cloud.down_after_s: must be at least ping_interval_s + ping_timeout_s (10)" in found[0]
+
+
+def test_an_order_limit_that_leaves_the_packet_no_room_is_a_problem(tmp_path: Path) -> None:
+    found = problems(tmp_path, VALID + "\n[limits]\nmax_order_bytes = 262144\n")
+    assert len(found) == 1
+    assert "limits.max_order_bytes: must be at most broker.max_packet_kib x 1024 - 4096 (258048)" in found[0]

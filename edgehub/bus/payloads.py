@@ -3,18 +3,26 @@
 Incoming payloads are validated here and turned into plain data or a ``PayloadError`` that
 names the field (``lines[2].qty: must be a positive integer, got 0``). Unknown extra fields are
 kept, so newer terminals can add fields without older hubs rejecting them.
+
+Orders, amends and cancels are read as strict JSON (``edgehub/bus/strictjson.py``: UTF-8 only,
+no duplicate keys, no lone surrogates or NUL in any string, numbers a double holds, at most
+``MAX_DEPTH`` levels deep), then each typed field of ``order/1`` is checked by the rule declared
+for it in ``ORDER_FIELDS`` and ``LINE_FIELDS``: a new typed field is one more declaration there
+(and in docs/asyncapi.yaml, which tests/test_asyncapi.py holds to these tables).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from drivers.escpos_render import Barcode, QrCode, TicketRenderError, check
+from edgehub.bus import strictjson
 from edgehub.config import LimitsConfig
 from edgehub.errors import PayloadError
 
@@ -26,6 +34,10 @@ DEADLETTER_SCHEMA = "deadletter/1"
 # Matched whole (``\Z``: ``$`` lets a trailing newline through).
 ORDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+# Levels of objects and arrays an order, amend or cancel may nest (an order's lines' modifiers
+# are 4 deep). Deeper documents are refused: cloud consumers' parsers stop at 128 levels
+# (serde_json) or fewer, and nothing of the contract needs more.
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -49,17 +61,17 @@ class Unaddressable(Exception):
 
 
 def order_id_of(raw: bytes) -> tuple[dict[str, Any], str]:
-    """Parse the JSON object and its order_id, or raise Unaddressable with the reason."""
+    """Parse the JSON object and its order_id, or raise Unaddressable with the reason. What else
+    is wrong with the document (``strictjson.check``) is for the validation, which can then be
+    answered under the order_id."""
     try:
-        doc = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        raise Unaddressable(f"payload is not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise Unaddressable(f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise Unaddressable("payload is not JSON: nested too deeply") from None
+        doc = strictjson.loads(raw, MAX_DEPTH)
+    except strictjson.NotJson as exc:
+        raise Unaddressable(exc.reason) from None
     if not isinstance(doc, dict):
-        raise Unaddressable(f"payload must be a JSON object, got {type(doc).__name__}")
+        raise Unaddressable(f"payload must be a JSON object, got {_json_type(doc)}")
+    if "order_id" in getattr(doc, "differing", ()):
+        raise Unaddressable("order_id: appears more than once, with different values: no one id to answer under")
     order_id = doc.get("order_id")
     if order_id is None:
         raise Unaddressable("order_id: missing")
@@ -70,26 +82,192 @@ def order_id_of(raw: bytes) -> tuple[dict[str, Any], str]:
     return doc, order_id
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float | strictjson.BadNumber):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+# --- typed fields, declared -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One typed field of a payload object: its name, whether it must be given, and the check of
+    its value. An absent field and JSON null are the same: absent. Subclasses are the kinds."""
+
+    name: str
+    required: bool = False
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Text(Field):
+    """A string of at most ``limits.max_text`` characters (not blank when required), optionally
+    matching ``pattern`` whole (``pattern_says`` is the rule in words)."""
+
+    pattern: re.Pattern[str] | None = None
+    pattern_says: str = ""
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        if not isinstance(value, str):
+            raise PayloadError(path, f"must be a string, got {_json_type(value)}")
+        if self.required and not value.strip():
+            raise PayloadError(path, "must not be empty")
+        if len(value) > limits.max_text:
+            raise PayloadError(path, f"is {len(value)} characters, the limit is {limits.max_text}")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise PayloadError(path, f"must be {self.pattern_says}, got {json.dumps(value)}")
+
+
+@dataclass(frozen=True)
+class Count(Field):
+    """A positive integer up to ``limit(limits)``."""
+
+    limit: Callable[[LimitsConfig], int] = lambda limits: limits.max_qty
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PayloadError(path, f"must be a positive integer, got {json.dumps(value)}")
+        if value > (limit := self.limit(limits)):
+            raise PayloadError(path, f"is {value}, the limit is {limit}")
+
+
+@dataclass(frozen=True)
+class Cents(Field):
+    """Money: an integer of minor units (fen, cents), 0 (or 1 without ``zero``) to MAX_AMOUNT_CENTS."""
+
+    zero: bool = True
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        _amount(value, path, allow_zero=self.zero)
+
+
+@dataclass(frozen=True)
+class Flag(Field):
+    """true or false."""
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        if not isinstance(value, bool):
+            raise PayloadError(path, "must be true or false")
+
+
+@dataclass(frozen=True)
+class TextList(Field):
+    """A list of at most ``limit(limits)`` non-empty strings."""
+
+    limit: Callable[[LimitsConfig], int] = lambda limits: limits.max_lines
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        if not isinstance(value, list):
+            raise PayloadError(path, "must be a list of strings")
+        if len(value) > (limit := self.limit(limits)):
+            raise PayloadError(path, f"has {len(value)} entries, the limit is {limit}")
+        item = Text("", required=True)
+        for j, entry in enumerate(value):
+            if entry is None:
+                raise PayloadError(f"{path}[{j}]", "missing")
+            item.check(entry, f"{path}[{j}]", limits)
+
+
+@dataclass(frozen=True)
+class Objects(Field):
+    """A list of objects, each with ``fields``: at least ``min_items``, at most ``limit(limits)``
+    (``noun`` names one in messages: "must have at least one line")."""
+
+    fields: tuple[Field, ...] = ()
+    min_items: int = 0
+    limit: Callable[[LimitsConfig], int] = lambda limits: limits.max_lines
+    noun: str = "entry"
+
+    def check(self, value: Any, path: str, limits: LimitsConfig) -> None:
+        if not isinstance(value, list):
+            raise PayloadError(path, f"must be a list, got {_json_type(value)}")
+        if len(value) < self.min_items:
+            raise PayloadError(path, f"must have at least {'one' if self.min_items == 1 else self.min_items} "
+                                     f"{self.noun}")
+        if len(value) > (limit := self.limit(limits)):
+            raise PayloadError(path, f"has {len(value)} {self.noun}s, the limit is {limit}")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise PayloadError(f"{path}[{i}]", f"must be an object, got {_json_type(item)}")
+            check_fields(item, self.fields, limits, f"{path}[{i}].")
+
+
 def _text(value: Any, path: str, limits: LimitsConfig, required: bool = False) -> None:
+    """A ``Text`` field's check for a value outside a declared table (print, pay, settle, cancel)."""
     if value is None:
         if required:
             raise PayloadError(path, "missing")
         return
-    if not isinstance(value, str):
-        raise PayloadError(path, f"must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise PayloadError(path, "must not be empty")
-    if len(value) > limits.max_text:
-        raise PayloadError(path, f"is {len(value)} characters, the limit is {limits.max_text}")
+    Text(path, required=required).check(value, path, limits)
 
 
 def _positive_int(value: Any, path: str, limit: int, required: bool = True) -> None:
+    """A ``Count`` field's check with a fixed limit, for a value outside a declared table."""
     if value is None and not required:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PayloadError(path, f"must be a positive integer, got {json.dumps(value)}")
-    if value > limit:
-        raise PayloadError(path, f"is {value}, the limit is {limit}")
+    Count(path, limit=lambda _: limit).check(value, path, LimitsConfig())
+
+
+def check_fields(doc: dict[str, Any], fields: tuple[Field, ...], limits: LimitsConfig, prefix: str = "") -> None:
+    """Check each declared field of ``doc`` (fields not declared are kept, unchecked)."""
+    for rule in fields:
+        value = doc.get(rule.name)
+        if value is None:
+            if rule.required:
+                raise PayloadError(prefix + rule.name, "missing")
+            continue
+        rule.check(value, prefix + rule.name, limits)
+
+
+# order/1 (docs/asyncapi.yaml, messages Order and schemas OrderLine). ``schema`` and
+# ``order_id`` are checked before these.
+LINE_FIELDS: tuple[Field, ...] = (
+    Text("sku", required=True),
+    Text("name"),
+    Count("qty", required=True),
+    Text("station", pattern=STATION_RE, pattern_says="lowercase letters, digits, - or _ (max 32)"),
+    Text("note"),
+    Text("category"),
+    TextList("modifiers"),
+    Text("line_id"),
+    Cents("price_cents"),
+    Cents("discount_cents"),
+)
+DISCOUNT_FIELDS: tuple[Field, ...] = (
+    Text("name", required=True),
+    Cents("amount_cents", required=True, zero=False),
+)
+ORDER_FIELDS: tuple[Field, ...] = (
+    Objects("lines", required=True, fields=LINE_FIELDS, min_items=1, noun="line"),
+    Text("table"),
+    Text("note"),
+    Text("course"),
+    Count("covers"),
+    Flag("rush"),
+    Text("currency", pattern=re.compile(r"[A-Z]{3}"), pattern_says="an ISO 4217 code like CNY"),
+    Objects("discounts", fields=DISCOUNT_FIELDS, noun="discount"),
+    Cents("total_cents"),
+)
+
+
+def check_document(doc: dict[str, Any], size: int, limits: LimitsConfig) -> None:
+    """What every order, amend and cancel must be as a whole: within the size limit, and free of
+    what ``strictjson.loads`` marked (duplicate keys, NUL and lone surrogates in any string or
+    key, numbers out of range) and of nesting deeper than ``MAX_DEPTH``."""
+    if size > limits.max_order_bytes:
+        raise PayloadError("payload", f"is {size} bytes, the limit is {limits.max_order_bytes}")
+    strictjson.check(doc, MAX_DEPTH)
 
 
 def parse_order(raw: bytes, terminal: str, limits: LimitsConfig) -> Order:
@@ -100,48 +278,12 @@ def parse_order(raw: bytes, terminal: str, limits: LimitsConfig) -> Order:
 
 def validate_order(doc: dict[str, Any], order_id: str, terminal: str, size: int, limits: LimitsConfig) -> Order:
     """Check an order whose order_id is known (so a failure can be acked ``rejected``)."""
-    if size > limits.max_order_bytes:
-        raise PayloadError("payload", f"is {size} bytes, the limit is {limits.max_order_bytes}")
+    check_document(doc, size, limits)
     schema = doc.get("schema")
     if schema != ORDER_SCHEMA:
         raise PayloadError("schema", f"must be {ORDER_SCHEMA!r}, got {json.dumps(schema)}")
-    lines = doc.get("lines")
-    if lines is None:
-        raise PayloadError("lines", "missing")
-    if not isinstance(lines, list):
-        raise PayloadError("lines", f"must be a list, got {type(lines).__name__}")
-    if not lines:
-        raise PayloadError("lines", "must have at least one line")
-    if len(lines) > limits.max_lines:
-        raise PayloadError("lines", f"has {len(lines)} lines, the limit is {limits.max_lines}")
-    for i, line in enumerate(lines):
-        path = f"lines[{i}]"
-        if not isinstance(line, dict):
-            raise PayloadError(path, f"must be an object, got {type(line).__name__}")
-        _text(line.get("sku"), f"{path}.sku", limits, required=True)
-        _text(line.get("name"), f"{path}.name", limits)
-        _positive_int(line.get("qty"), f"{path}.qty", limits.max_qty)
-        station = line.get("station")
-        if station is not None and (not isinstance(station, str) or not STATION_RE.match(station)):
-            raise PayloadError(f"{path}.station", "must be lowercase letters, digits, - or _ (max 32)")
-        _text(line.get("note"), f"{path}.note", limits)
-        _text(line.get("category"), f"{path}.category", limits)
-        modifiers = line.get("modifiers")
-        if modifiers is not None:
-            if not isinstance(modifiers, list):
-                raise PayloadError(f"{path}.modifiers", "must be a list of strings")
-            if len(modifiers) > limits.max_lines:
-                raise PayloadError(f"{path}.modifiers",
-                                   f"has {len(modifiers)} entries, the limit is {limits.max_lines}")
-            for j, modifier in enumerate(modifiers):
-                _text(modifier, f"{path}.modifiers[{j}]", limits, required=True)
-    _text(doc.get("table"), "table", limits)
-    _text(doc.get("note"), "note", limits)
-    _text(doc.get("course"), "course", limits)
-    _positive_int(doc.get("covers"), "covers", limits.max_qty, required=False)
-    if "rush" in doc and not isinstance(doc["rush"], bool):
-        raise PayloadError("rush", "must be true or false")
-    check_prices(doc, limits)
+    check_fields(doc, ORDER_FIELDS, limits)
+    check_prices(doc, limits)  # what one field cannot say alone: all lines priced or none, sums
     return Order(order_id=order_id, terminal=terminal, doc=doc)
 
 
@@ -300,6 +442,7 @@ def weight(device_id: str, grams: int | None, state: str, net: bool, at: float,
 
 AMEND_SCHEMA = "amend/1"
 CANCEL_SCHEMA = "cancel/1"
+ORDER_CHANGE_SCHEMA = "order-change/1"
 KDS_EVENT_SCHEMA = "kds-event/1"
 KDS_SNAPSHOT_SCHEMA = "kds-snapshot/1"
 KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
@@ -364,6 +507,7 @@ def _change_id(doc: dict[str, Any], key: str) -> str:
 def validate_amend(doc: dict[str, Any], order_id: str, terminal: str, size: int,
                    limits: LimitsConfig) -> Amend:
     """Check an ``amend/1`` whose order_id is known (so a failure can be acked ``rejected``)."""
+    check_document(doc, size, limits)
     if doc.get("schema") != AMEND_SCHEMA:
         raise PayloadError("schema", f"must be {AMEND_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
     amend_id = _change_id(doc, "amend_id")
@@ -379,8 +523,7 @@ def validate_amend(doc: dict[str, Any], order_id: str, terminal: str, size: int,
 
 def validate_cancel(doc: dict[str, Any], order_id: str, terminal: str, size: int,
                     limits: LimitsConfig) -> Cancel:
-    if size > limits.max_order_bytes:
-        raise PayloadError("payload", f"is {size} bytes, the limit is {limits.max_order_bytes}")
+    check_document(doc, size, limits)
     if doc.get("schema") != CANCEL_SCHEMA:
         raise PayloadError("schema", f"must be {CANCEL_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
     _text(doc.get("reason"), "reason", limits)
@@ -428,6 +571,17 @@ def change_ack(kind: str, order_id: str, change_id: str, status: str, duplicate:
     if error:
         doc["error"] = error
     return dumps(doc)
+
+
+def order_change(kind: str, order_id: str, amend_id: str, by: str, owner: str, at: float,
+                 doc: dict[str, Any]) -> bytes:
+    """``order-change/1`` on ``…/pos/{owner}/notice``: another till (``by``) amended or
+    cancelled the owner's order; ``change`` is the amend or cancel as it was applied."""
+    out: dict[str, Any] = {"schema": ORDER_CHANGE_SCHEMA, "kind": kind, "order_id": order_id, "by": by,
+                           "terminal": owner, "at": round(at, 3), "change": doc}
+    if kind == "amend":
+        out["amend_id"] = amend_id
+    return dumps(out)
 
 
 def kds_event(station: str, seq: int, event: str, ticket: dict[str, Any], at: float, source: str,

@@ -58,6 +58,10 @@ class Topics:
     def cancel(self, terminal: str) -> str:
         return f"{self.root}/pos/{terminal}/cancel"
 
+    def notice(self, terminal: str) -> str:
+        """Non-retained QoS 1 to a till: another till changed one of its orders."""
+        return f"{self.root}/pos/{terminal}/notice"
+
     @property
     def all_amends(self) -> str:
         return f"{self.root}/pos/+/amend"

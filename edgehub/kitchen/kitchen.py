@@ -82,6 +82,7 @@ class KitchenStats:
     alerts: int = 0
     amends: int = 0
     cancels: int = 0
+    changes_by_other_tills: int = 0  # amends and cancels of an order another till placed
     refused: int = 0
     publish_failures: int = 0
     print_failures: int = 0
@@ -158,8 +159,11 @@ class Kitchen:
         clock: Callable[[], float] = time.time,
         printer: KitchenPrinter | None = None,
         tick_s: float = 1.0,
+        terminal_kinds: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        # terminal id -> pos, kds or kiosk: who may change another terminal's order (``_may_change``)
+        self.terminal_kinds = dict(terminal_kinds or {})
         self.topics = topics
         self.journal = journal
         self.store_id = store_id
@@ -620,15 +624,43 @@ class Kitchen:
         finally:
             self._inflight.pop(change_id, None)
 
+    def _may_change(self, order_id: str, owner: str, terminal: str, kind: str) -> str:
+        """The rule for changing another till's order (docs/kitchen.md): any till (``pos``) of the
+        store may amend or cancel any order, as staff hand tables over at a shift change or fix
+        a colleague's mistake; a self-order kiosk, which guests use, only its own orders. The
+        owner is told and the change is kept with who made it. Returns the owner."""
+        if owner != terminal and self.terminal_kinds.get(terminal) == "kiosk":
+            raise PayloadError("order_id", f"order {order_id!r} was placed by terminal {owner}; "
+                                           f"a kiosk may {kind} only its own orders")
+        return owner
+
+    def _tell_owner(self, kind: str, order_id: str, amend_id: str, by: str, owner: str, at: float,
+                    doc: dict[str, Any]) -> None:
+        """An order changed by another till: its owner hears of it on ``…/pos/{owner}/notice``."""
+        if owner == by:
+            return
+        self.stats.changes_by_other_tills += 1
+        log.info("order %s of %s: %s by %s", order_id, owner, kind, by)
+        if self.bus is None:
+            return
+        body = payloads.order_change(kind, order_id, amend_id, by, owner, at, doc)
+        try:
+            self.bus.publish_nowait(self.topics.notice(owner), body, qos=1)
+        except (BrokerError, ValueError) as exc:
+            self.stats.publish_failures += 1
+            log.warning("till %s not told of the %s of order %s by %s: %s", owner, kind, order_id, by, exc)
+
     def _change_row(
-        self, change_id: str, order_id: str, kind: str, terminal: str, at: float, doc: dict[str, Any]
+        self, change_id: str, order_id: str, kind: str, terminal: str, owner: str, at: float,
+        doc: dict[str, Any],
     ) -> Callable[[sqlite3.Connection], None]:
         body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         cloud = payloads.dumps(
             {
                 "schema": f"cloud-order-{kind}/1",
                 "store_id": self.store_id,
-                "terminal": terminal,
+                "terminal": terminal,  # who made the change
+                "order_terminal": owner,  # who placed the order
                 "received_at": at,
                 kind: doc,
             }
@@ -669,6 +701,7 @@ class Kitchen:
                 return True
             if facts.order is None:
                 raise PayloadError("order_id", f"no accepted order {amend.order_id!r} to amend")
+            owner = self._may_change(amend.order_id, facts.order[0], amend.terminal, "amend")
             if facts.cancelled or amend.order_id in self._cancelled:
                 raise PayloadError(
                     "order_id", f"order {amend.order_id!r} was cancelled; it cannot be amended"
@@ -678,8 +711,10 @@ class Kitchen:
             events = self._amend_tickets(amend, facts.order, at, f"pos:{amend.terminal}")
             self.stats.amends += 1
             await self._commit(
-                events, self._change_row(change_id, amend.order_id, "amend", amend.terminal, at, amend.doc)
+                events,
+                self._change_row(change_id, amend.order_id, "amend", amend.terminal, owner, at, amend.doc),
             )
+            self._tell_owner("amend", amend.order_id, amend.amend_id, amend.terminal, owner, at, amend.doc)
             return False
 
         return await self._once(change_id, apply)
@@ -694,6 +729,7 @@ class Kitchen:
                 return True
             if facts.order is None:
                 raise PayloadError("order_id", f"no accepted order {cancel.order_id!r} to cancel")
+            owner = self._may_change(cancel.order_id, facts.order[0], cancel.terminal, "cancel")
             self._adopt(facts.tickets)
             at = self.clock()
             reason = f"order cancelled{': ' + cancel.reason if cancel.reason else ''}"
@@ -710,8 +746,9 @@ class Kitchen:
             self.stats.cancels += 1
             await self._commit(
                 events,
-                self._change_row(change_id, cancel.order_id, "cancel", cancel.terminal, at, cancel.doc),
+                self._change_row(change_id, cancel.order_id, "cancel", cancel.terminal, owner, at, cancel.doc),
             )
+            self._tell_owner("cancel", cancel.order_id, "", cancel.terminal, owner, at, cancel.doc)
             return False
 
         return await self._once(change_id, apply)

@@ -111,6 +111,8 @@ class OrderCommit:
     # A known order_id that is not this order again: another terminal's, or other lines. Set
     # only with ``duplicate``; what it says is the terminal's error.
     conflict: str = ""
+    # The order alone could not be written (nothing of it was kept); the rest of its write was.
+    error: str = ""
 
 
 def _conflict(order: Order, terminal: str, payload: str) -> str:
@@ -403,27 +405,43 @@ class Journal:
 
     async def accept_orders(self, orders: list[Order]) -> list[OrderCommit]:
         """``accept_order`` for the orders that came in one turn of the loop, in one write (one
-        queue item, one savepoint, one future): each order's commit in the order given. An order
-        that appears twice is journaled once; the second is a duplicate. One write succeeds or
-        fails as a whole: if it cannot be journaled, none of them is, and none is acked."""
+        queue item, one future): each order's commit in the order given. An order that appears
+        twice is journaled once; the second is a duplicate. Each order goes under a savepoint of
+        its own: one that cannot be written (``OrderCommit.error``) leaves the others written. If
+        the write fails as a whole (the group commit failed), none of them is journaled."""
         received_at = self.clock()
-        rows = [(order, dumps(order.doc)) for order in orders]
 
         def insert(conn: sqlite3.Connection) -> list[OrderCommit]:
             commits, cloud = [], []
-            for order, payload in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
-                    (order.order_id, order.terminal, received_at, payload.decode()),
-                )
-                if cur.rowcount == 0:
-                    seq, terminal, known = conn.execute(
-                        "SELECT seq, terminal, payload FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
-                    commits.append(OrderCommit(seq=seq, duplicate=True, conflict=_conflict(order, terminal, known)))
+            for order in orders:
+                conn.execute("SAVEPOINT one_order")
+                try:
+                    payload = dumps(order.doc)
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
+                        (order.order_id, order.terminal, received_at, payload.decode()),
+                    )
+                    if cur.rowcount == 0:
+                        seq, terminal, known = conn.execute(
+                            "SELECT seq, terminal, payload FROM orders WHERE order_id=?", (order.order_id,)).fetchone()
+                        commit = OrderCommit(seq=seq, duplicate=True, conflict=_conflict(order, terminal, known))
+                    else:
+                        row = (f"order:{order.order_id}", received_at,
+                               cloud_order(self.store_id, order.terminal, received_at, payload))
+                        commit = OrderCommit(seq=int(cur.lastrowid or 0), duplicate=False)
+                except Exception as exc:
+                    # Whatever one order meets here is its own: the others of the write go on.
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        raise  # SQLite undid the whole group (disk full, I/O error): not this order's
+                    conn.execute("ROLLBACK TO one_order")
+                    conn.execute("RELEASE one_order")
+                    log.error("order %s from %s not journaled: %s", order.order_id, order.terminal, exc)
+                    commits.append(OrderCommit(seq=0, duplicate=False, error=f"could not be journaled: {exc}"))
                     continue
-                cloud.append((f"order:{order.order_id}", received_at,
-                              cloud_order(self.store_id, order.terminal, received_at, payload)))
-                commits.append(OrderCommit(seq=int(cur.lastrowid or 0), duplicate=False))
+                conn.execute("RELEASE one_order")
+                if not commit.duplicate:
+                    cloud.append(row)
+                commits.append(commit)
             add_many_to_outbox(conn, "orders", cloud)
             return commits
 

@@ -8,8 +8,10 @@ of incoming messages (a downlink document is acked after it is durable), and the
 Receive Maximum. TLS with a client certificate for ``mqtts://``; plain ``mqtt://`` for tests.
 
 A persistent session (clean start off, session expiry of a week) keeps the hub's downlink
-subscriptions and queued documents while the WAN is down. Liveness is not TCP: ``ping()`` is a
-round trip of a message through the cloud broker to the hub's own echo topic.
+subscriptions and queued documents while the WAN is down. Liveness is not TCP: a ping is a
+round trip of a message through the cloud broker to the hub's own echo topic, and
+``last_heard`` is when the cloud last sent any byte; the uplink's watchdog drops a link that
+has been silent too long (``force_close(..., silent=True)``).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from paho.mqtt.properties import Properties
 
 from edgehub.bus.fastpaho import FastPaho
 from edgehub.config import CloudConfig
-from edgehub.errors import UplinkError
+from edgehub.errors import CloudSilent, UplinkError
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink import cloudapi
 from edgehub.uplink.cloudapi import CloudTopics
+from edgehub.uplink.route import REFUSING
 
 log = logging.getLogger("edgehub.uplink.link")
 
@@ -88,7 +91,11 @@ class CloudLink:
         self._connack: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[str] | None = None
         self._misc: asyncio.Task[None] | None = None
-        self._pings: dict[str, asyncio.Future[None]] = {}
+        self._pings: dict[str, asyncio.Future[None]] = {}  # awaited pings (``ping``)
+        self._ping_sent: dict[str, float] = {}  # every ping not yet answered -> when it was sent
+        self.rtt: float | None = None  # seconds, of the last ping answered
+        self.last_heard = 0.0  # loop time the cloud last sent a byte (or the connection started)
+        self.silent = ""  # why the link was declared silent, if that is how it ended
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
         self._waiters: dict[int, asyncio.Future[int]] = {}
 
@@ -98,6 +105,7 @@ class CloudLink:
         cfg = self.cfg
         client = FastPaho(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5,
                                reconnect_on_failure=False)
+        client.connect_timeout = cfg.connect_timeout_s  # its TCP connect: the thread ends with our wait
         client.fast_puback = self._puback
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password or None)
@@ -129,6 +137,7 @@ class CloudLink:
         self._loop = loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
         self.lost = loop.create_future()
+        self.last_heard = loop.time()
         self._client = client = self._make_client()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -146,11 +155,17 @@ class CloudLink:
                     await self._subscribe(topic, qos)
         except TimeoutError:
             await self._abort()
-            raise UplinkError(f"cloud broker {self.address} did not answer within "
+            raise CloudSilent(f"cloud broker {self.address} did not answer within "
                               f"{self.cfg.connect_timeout_s:g} s") from None
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
             await self._abort()
             raise UplinkError(f"cannot connect to the cloud broker {self.address}: {exc}") from exc
+        except OSError as exc:
+            await self._abort()
+            # Refused or reset: the far end said no (back off). Unreachable, no route, a name that
+            # does not resolve: nothing reached it (the route is silent).
+            error = UplinkError if exc.errno in REFUSING else CloudSilent
+            raise error(f"cannot connect to the cloud broker {self.address}: {exc}") from exc
         except BaseException:
             await self._abort()
             raise
@@ -179,8 +194,11 @@ class CloudLink:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def force_close(self, reason: str) -> None:
-        """End the connection now, even a black-holed one (no DISCONNECT can get through)."""
+    def force_close(self, reason: str, silent: bool = False) -> None:
+        """End the connection now, even a black-holed one (no DISCONNECT can get through).
+        ``silent``: the cloud stopped answering (``silent`` keeps the reason)."""
+        if silent and self.is_up:
+            self.silent = reason
         self._set_lost(reason)
         client = self._client
         sock = client.socket() if client is not None else None
@@ -231,21 +249,42 @@ class CloudLink:
             raise UplinkError(f"cloud broker refused the message on {topic} (reason 0x{code:02x})")
 
     async def ping(self, timeout: float) -> float:
-        """Round trip of one message through the cloud broker; returns seconds, or UplinkError."""
+        """Round trip of one message through the cloud broker; returns seconds, or CloudSilent."""
         assert self._loop is not None
-        nonce = uuid.uuid4().hex
         fut: asyncio.Future[None] = self._loop.create_future()
+        nonce = self.send_ping()
         self._pings[nonce] = fut
         started = self._loop.time()
         try:
-            self.publish(self.topics.ping, cloudapi.ping(nonce), qos=0)
             async with asyncio.timeout(timeout):
                 await fut
         except TimeoutError:
-            raise UplinkError(f"no ping answer through the cloud broker within {timeout:g} s") from None
+            raise CloudSilent(f"no ping answer through the cloud broker within {timeout:g} s") from None
         finally:
             self._pings.pop(nonce, None)
         return self._loop.time() - started
+
+    def send_ping(self) -> str:
+        """Send a ping without waiting; its answer sets ``rtt`` and ``last_heard``."""
+        assert self._loop is not None
+        nonce = uuid.uuid4().hex
+        self.publish(self.topics.ping, cloudapi.ping(nonce), qos=0)
+        # A ping sent before the last byte from the cloud waits for nothing any more.
+        self._ping_sent = {n: t for n, t in self._ping_sent.items() if t >= self.last_heard}
+        self._ping_sent[nonce] = self._loop.time()
+        return nonce
+
+    def ping_overdue_s(self, now: float) -> float:
+        """How long the oldest ping sent since the cloud's last byte has waited: nothing at all
+        came back meanwhile (0 when no such ping waits)."""
+        waiting = [t for t in self._ping_sent.values() if t >= self.last_heard]
+        return now - min(waiting) if waiting else 0.0
+
+    @property
+    def last_ping_at(self) -> float | None:
+        """Loop time of the newest ping sent since the cloud's last byte."""
+        waiting = [t for t in self._ping_sent.values() if t >= self.last_heard]
+        return max(waiting) if waiting else None
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         """Acknowledge an incoming QoS 1 message (after what it carries is durable)."""
@@ -306,8 +345,14 @@ class CloudLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.topics.ping:
-            with contextlib.suppress(ValueError, AttributeError, TypeError):
-                fut = self._pings.get(json.loads(message.payload)["nonce"])
+            with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
+                nonce = json.loads(message.payload)["nonce"]
+                sent = self._ping_sent.get(nonce)
+                if sent is not None and self._loop is not None:
+                    self.rtt = self._loop.time() - sent
+                    # An answer also vouches for the pings sent before it.
+                    self._ping_sent = {n: t for n, t in self._ping_sent.items() if t > sent}
+                fut = self._pings.get(nonce)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
             return
@@ -334,6 +379,8 @@ class CloudLink:
         client = self._client
         if client is None:
             return
+        if self._loop is not None:
+            self.last_heard = self._loop.time()
         try:
             while True:
                 rc = client.loop_read()

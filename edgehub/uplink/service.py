@@ -3,10 +3,19 @@ cloud pushes down, reconciles, and answers "sync now".
 
 States (logged once per change, shown at ``/api/v1/status`` → ``uplink.link``):
 ``connecting`` → ``online`` (a ping went through the cloud broker and back; replay starts at
-once) → ``offline`` (lost, refused or silent; reconnect with capped backoff, or at once on
-``sync``). ``since`` is when the link last came up or went down: the retries of an outage
-(``offline`` → ``connecting`` → ``offline`` …) leave it at the moment the link stopped being
-online (or the hub started), so the status says how long the cloud has been out of reach.
+once) ⇄ ``suspect`` (still up, but a ping is ``ping_timeout_s`` overdue) → ``offline`` (lost,
+refused or silent). ``since`` is when the link last came up or went down: the retries of an
+outage (``offline`` → ``connecting`` → ``offline`` …) leave it at the moment the link stopped
+being up (or the hub started), so the status says how long the cloud has been out of reach.
+
+WAN truth (docs/cloud.md, "Connection"): a link from which nothing came for ``down_after_s`` is
+dropped, however quiet it is otherwise (a black-holed route: TCP looks fine, bytes vanish); a
+ping goes out after ``ping_interval_s`` without a byte. How it is tried again depends on how it
+failed. Silence (no SYN-ACK, no CONNACK, no ping answer) is a route that is gone: a TCP connect
+every ``probe_every_s`` (``route.RouteProbe``) finds it back within about a second of its
+return, and the real connect follows at once. A refusal (RST, TLS or CONNACK refused, the broker
+closing the connection) is a cloud broker saying no: tries back off, doubling up to
+``reconnect_max_s``, or go at once on ``sync``.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgehub.config import CloudConfig
-from edgehub.errors import EdgehubError, PayloadError, UplinkError
+from edgehub.errors import CloudSilent, EdgehubError, PayloadError, UplinkError
 from edgehub.store.outbox import Outbox, head_seq
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink.cloudapi import CloudTopics
@@ -32,8 +41,13 @@ from edgehub.uplink.downlink import Downlink
 from edgehub.uplink.link import CloudLink
 from edgehub.uplink.reconcile import Reconciler
 from edgehub.uplink.replay import Replay
+from edgehub.uplink.route import RouteProbe
 
 log = logging.getLogger("edgehub.uplink")
+
+UP = ("online", "suspect")  # the link is connected and serving
+BACKOFF_FIRST_S = 0.2  # the first wait after a refusal; it doubles up to reconnect_max_s
+WATCH_TICK_S = 0.5  # the watchdog looks at least this often
 
 
 def _eta(remaining: int, rate: float) -> float | None:
@@ -72,7 +86,9 @@ class Uplink:
         self.clock = clock
         self.topics = CloudTopics(store_id, cfg.client_id)
         self.replay = Replay(journal, store_id, self.topics, cfg, clock)
-        self.reconciler = Reconciler(journal, store_id, self.topics, max(2.0, cfg.ping_timeout_s * 2), clock)
+        # The cloud's answer may take as long as a link may stay silent.
+        self.reconciler = Reconciler(journal, store_id, self.topics, max(2.0, cfg.down_after_s), clock)
+        self.route = RouteProbe(cfg.host, cfg.port, cfg.probe_every_s, cfg.connect_timeout_s)
         self.state = "offline"
         self.state_since = clock()
         self.last_error = ""
@@ -80,6 +96,10 @@ class Uplink:
         self.connects = 0
         self.rtt_ms: float | None = None
         self.link: CloudLink | None = None
+        # How the next connection is tried: "probe" (the route went silent) or "backoff"
+        # (refused), and when the back-off's wait ends (loop time).
+        self.retry = ""
+        self.retry_at: float | None = None
         self.sync_job: SyncJob | None = None
         self._wake = asyncio.Event()
         self._reconcile_now = asyncio.Event()
@@ -98,6 +118,7 @@ class Uplink:
 
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(*self._tasks, *self._message_tasks)
+        self.route.close()
         await self.replay.__aexit__(None, None, None)
         with contextlib.suppress(ValueError):
             self.journal.commit_observers.remove(self._on_commit)
@@ -111,22 +132,37 @@ class Uplink:
     def _set_state(self, state: str, detail: str = "") -> None:
         if state == self.state:
             return
-        if state == "online" or self.state == "online":
+        previous, self.state = self.state, state
+        if (state in UP) != (previous in UP):
             # Only coming up and going down move ``since``: a reconnect attempt during an outage
             # (connecting, then offline again) is not news (support reads "WAN down since ...").
             self.state_since = self.clock()
-        self.state = state
-        if state == "online":
-            log.info("cloud %s online%s", self.cfg.url, f" ({detail})" if detail else "")
+        if state == "suspect":
+            log.warning("cloud %s suspect: %s", self.cfg.url, detail)
+        elif state == "online":
+            log.info("cloud %s %s%s", self.cfg.url, "answers again" if previous == "suspect" else "online",
+                     f" ({detail})" if detail else "")
 
     # --- the connection loop -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = 0.2
+        backoff = BACKOFF_FIRST_S
+        silent = False  # the last connection ended in silence: probe the route, do not back off
+        loop = asyncio.get_running_loop()
+        tried_at = float("-inf")
         while True:
-            self._set_state("connecting")
             error = ""
+            link: CloudLink | None = None
             try:
+                if silent:
+                    self.retry, self.retry_at = "probe", None
+                    await self.route.wait_open()  # raises UplinkError if the route refuses
+                    # A connect that fails at once although the route answers (a name that does
+                    # not resolve for paho) is tried at most every probe_every_s.
+                    await asyncio.sleep(max(0.0, tried_at + self.cfg.probe_every_s - loop.time()))
+                self.retry = ""
+                tried_at = loop.time()
+                self._set_state("connecting")
                 async with CloudLink(
                     self.cfg, self.topics,
                     subscriptions=((self.topics.ping, 0), (self.topics.all_down, 1),
@@ -135,14 +171,17 @@ class Uplink:
                 ) as link:
                     self.link = link
                     self.connects += 1
-                    rtt = await link.ping(self.cfg.ping_timeout_s)
+                    rtt = await link.ping(self.cfg.down_after_s)
                     self.rtt_ms = round(rtt * 1000, 1)
                     self.last_error = self._logged_error = ""
                     self._set_state("online", f"ping {self.rtt_ms} ms")
-                    backoff = 0.2
+                    backoff = BACKOFF_FIRST_S
                     await self._serve(link)
             except UplinkError as exc:
                 error = str(exc)
+                silent = isinstance(exc, CloudSilent) or bool(link is not None and link.silent)
+                if link is not None and link.silent:
+                    error = f"cloud link lost: {link.silent}"
             finally:
                 self.link = None
             # Logged once per distinct failure, not once per retry.
@@ -151,15 +190,19 @@ class Uplink:
                 self._logged_error = error
             self._set_state("offline")
             self.last_error = error or self.last_error
+            if silent:
+                continue  # the probe paces itself (probe_every_s)
+            wait = backoff * (0.5 + random.random())
+            self.retry, self.retry_at = "backoff", loop.time() + wait
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff * (0.5 + random.random())):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
     async def _serve(self, link: CloudLink) -> None:
         tasks = [asyncio.create_task(self.replay.run(link), name="uplink-drain"),
-                 asyncio.create_task(self._keep_alive(link), name="uplink-ping"),
+                 asyncio.create_task(self._watch(link), name="uplink-watch"),
                  asyncio.create_task(self._reconcile_loop(link), name="uplink-reconcile")]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -172,16 +215,38 @@ class Uplink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _keep_alive(self, link: CloudLink) -> None:
+    async def _watch(self, link: CloudLink) -> None:
+        """Liveness of an established link, from what the cloud sends: any byte (a PUBACK while a
+        backlog drains) proves it; after ``ping_interval_s`` without one a ping goes out (and
+        again every ping_interval_s while none is answered); a ping ``ping_timeout_s`` overdue
+        makes the link ``suspect``; ``down_after_s`` without a byte drops it as silent."""
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.cfg.ping_interval_s)
-            try:
-                rtt = await link.ping(self.cfg.ping_timeout_s)
-            except UplinkError as exc:
-                # Silent link (black hole): TCP looks fine, nothing comes back. Drop it.
-                link.force_close(str(exc))
-                raise
-            self.rtt_ms = round(rtt * 1000, 1)
+            now = loop.time()
+            quiet = now - link.last_heard
+            if quiet >= cfg.down_after_s:
+                reason = (f"nothing heard from the cloud broker for {quiet:.1f} s "
+                          f"(down_after_s {cfg.down_after_s:g}): the route is silent")
+                link.force_close(reason, silent=True)
+                raise CloudSilent(reason)
+            last_ping = link.last_ping_at
+            if quiet >= cfg.ping_interval_s and (last_ping is None or now - last_ping >= cfg.ping_interval_s):
+                link.send_ping()
+                last_ping = now
+            if link.rtt is not None:
+                self.rtt_ms = round(link.rtt * 1000, 1)
+            overdue = link.ping_overdue_s(now)
+            if overdue >= cfg.ping_timeout_s:
+                self._set_state("suspect", f"a ping unanswered for {overdue:.1f} s, nothing heard for {quiet:.1f} s")
+            else:
+                self._set_state("online")
+            # Wake for the next thing due: a ping, a ping becoming overdue, the link going down.
+            due = [link.last_heard + cfg.down_after_s, link.last_heard + cfg.ping_interval_s]
+            if last_ping is not None:
+                due += [last_ping + cfg.ping_interval_s, now - overdue + cfg.ping_timeout_s]
+            wake = min([d for d in due if d > now] or [now + WATCH_TICK_S])
+            await asyncio.sleep(min(max(wake - now, 0.01), WATCH_TICK_S))
 
     async def _reconcile_loop(self, link: CloudLink) -> None:
         # Once the backlog of this connection is drained (or on "sync now"), then every
@@ -278,9 +343,9 @@ class Uplink:
         rate = self.replay.rate()
         sent = job.total - job.remaining
         return {
-            "state": "done" if job.done.is_set() else ("running" if self.state == "online" else "waiting_for_link"),
+            "state": "done" if job.done.is_set() else ("running" if self.state in UP else "waiting_for_link"),
             "link": self.state, "link_since": _iso(self.state_since),
-            "link_error": self.last_error if self.state != "online" else "",
+            "link_error": self.last_error if self.state not in UP else "",
             "target_seq": job.target_seq, "total": job.total, "sent": sent,
             "remaining": job.remaining, "rate_per_s": round(rate, 1),
             "eta_s": _eta(job.remaining, rate),
@@ -289,6 +354,22 @@ class Uplink:
         }
 
     # --- status ----------------------------------------------------------------------------------
+
+    def _link_status(self) -> dict[str, Any]:
+        link: dict[str, Any] = {"state": self.state, "since": _iso(self.state_since), "url": self.cfg.url,
+                "last_error": self.last_error, "connects": self.connects, "ping_ms": self.rtt_ms}
+        now = asyncio.get_running_loop().time()
+        current = self.link
+        if current is not None and self.state in UP:
+            # Seconds since the cloud last sent a byte, and since an unanswered ping went out.
+            link["quiet_s"] = round(now - current.last_heard, 1)
+            link["ping_overdue_s"] = round(current.ping_overdue_s(now), 1)
+        elif self.retry == "probe":
+            link["retry"] = {"how": "probe", "every_s": self.cfg.probe_every_s, "probes": self.route.attempts,
+                             "last": self.route.last_outcome}
+        elif self.retry == "backoff" and self.retry_at is not None:
+            link["retry"] = {"how": "backoff", "in_s": round(max(0.0, self.retry_at - now), 1)}
+        return link
 
     async def status(self) -> dict[str, Any]:
         out = await self.outbox.status()
@@ -299,8 +380,7 @@ class Uplink:
         replay["eta_s"] = _eta(backlog, rate)
         return {
             "enabled": True,
-            "link": {"state": self.state, "since": _iso(self.state_since), "url": self.cfg.url,
-                     "last_error": self.last_error, "connects": self.connects, "ping_ms": self.rtt_ms},
+            "link": self._link_status(),
             "last_cloud_ack_at": _iso(self.replay.stats.last_ack_at),
             **out,
             "replay": replay,

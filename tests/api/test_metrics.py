@@ -116,6 +116,7 @@ async def test_failovers_and_print_jobs_are_counted(two_printer_box: Box, http: 
     assert m["edgehub_failovers_total"][(("role", "receipt-printer"),)] == 0
     assert m["edgehub_outbox_replay_rate"][()] == 0  # no cloud configured: nothing replays
     assert m["edgehub_uplink_connected"][()] == 0
+    assert m["edgehub_uplink_suspect"][()] == 0
     async with Terminal(box.config, "pos-1") as pos:
         await pos.send(order("MF-1"))  # a cheeseburger for the grill: its slip prints on the role
         assert (await pos.ack())["status"] == "accepted"

@@ -5,6 +5,7 @@ print on it there. Real discovery, registry, watchdog, roles, journal and Mosqui
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -127,10 +128,13 @@ async def test_serial_scale_on_another_tty_serves_its_role_again(tmp_path: Path)
                 await store.wait_for(lambda: store.roles.serving("scale") is None, what="scale role down")
                 state: dict[str, Any] = next(r for r in store.roles.status_now() if r["role"] == "scale")
                 assert f"{scale_id} gone" in state["reason"]
-            async with ScaleSim("mt8217") as holder, ScaleSim("mt8217", weight_g=800) as scale:
-                assert scale.port != first
+            async with contextlib.AsyncExitStack() as held:
+                # Pseudo-terminal numbers are the whole machine's: hold any that comes back as the
+                # first one, so the scale returns on another tty.
+                scale = await held.enter_async_context(ScaleSim("mt8217", weight_g=800))
+                while scale.port == first:
+                    scale = await held.enter_async_context(ScaleSim("mt8217", weight_g=800))
                 (by_id / SCALE_BY_ID).symlink_to(scale.port)
                 await store.wait_for(lambda: store.roles.serving("scale") == scale_id, what="scale serves again")
                 assert store.registry.get(scale_id) is entry and entry.info.address == scale.port
-                del holder
         await asyncio.sleep(0)

@@ -241,7 +241,9 @@ async def test_make_run_starts_the_store_with_a_mix_of_printers() -> None:
         parse_profiles(["kitchen-2=laser"])
 
 
-async def test_a_ticket_only_one_printer_cannot_take_goes_to_another(tmp_path: Path) -> None:
+async def test_a_ticket_only_one_printer_cannot_take_goes_to_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Rendering is per printer now: a profile problem (here a code page the printer lacks) is the
     printer's, not the ticket's: the job prints on the spare instead of failing for good."""
     roles = '[[role]]\nname = "receipt-printer"\ndevices = ["prn-a", "prn-b"]\nfailback_after_s = 600\n'
@@ -252,6 +254,7 @@ async def test_a_ticket_only_one_printer_cannot_take_goes_to_another(tmp_path: P
         await store.wait_for(lambda: store.roles.serving("receipt-printer") == "prn-a")
         await store.roles.printqueue.submit("receipt-printer", {"lines": ["JOB 0005"]}, "j-5", no_reply())
         await store.wait_for(lambda: copies(b) == [(5, False)], what="the ticket on the spare")
-        entry = store.registry.get("prn-a")
-        assert entry is not None and "cannot print this ticket" in entry.health.reason
+        # prn-a was failed for it (the watchdog may find it healthy again right after: it is).
+        assert any(r.name == "edgehub.devices" and "prn-a" in r.getMessage()
+                   and "cannot print this ticket" in r.getMessage() for r in caplog.records)
         assert store.roles.printqueue.stats.failed == 0

@@ -20,16 +20,27 @@ from tests.conftest import write_config
 from tests.faultproxy import FaultProxy
 from tests.uplink.cloudside import BOX_PASSWORD, BOX_USER, CloudBroker, CloudRecorder
 
+# The box's own defaults for how the link is watched and tried again, as a test passes them to
+# cloud_toml to run with them (the tests' quick timers otherwise).
+WAN_DEFAULTS: dict[str, Any] = {key: None for key in (
+    "keepalive_s", "connect_timeout_s", "ping_interval_s", "ping_timeout_s", "down_after_s", "probe_every_s",
+    "reconnect_max_s")}
+
 
 def cloud_toml(port: int, **overrides: Any) -> str:
+    """The [cloud] table of a box whose cloud is at ``port``; an override of None leaves the key
+    out (the box's default)."""
     settings: dict[str, Any] = {
         "enabled": True, "url": f"mqtt://127.0.0.1:{port}", "username": BOX_USER, "password": BOX_PASSWORD,
         "keepalive_s": 5, "connect_timeout_s": 2, "ping_interval_s": 0.5, "ping_timeout_s": 1.5,
-        "reconnect_max_s": 0.4, "replay_rate": 0, "max_inflight": 200, "live_slots": 32,
+        "down_after_s": 2.5, "probe_every_s": 0.2, "reconnect_max_s": 0.4, "replay_rate": 0, "max_inflight": 200,
+        "live_slots": 32,
     }
     settings.update(overrides)
     lines = ["[cloud]"]
     for key, value in settings.items():
+        if value is None:
+            continue
         lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else repr(value)}"
                      .replace("'", '"'))
     return "\n".join(lines) + "\n"

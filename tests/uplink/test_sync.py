@@ -24,8 +24,8 @@ from tests.uplink.cloudside import CloudBroker, CloudRecorder
 from tests.uplink.conftest import assert_cloud_has_everything, cloud_toml, seed_outbox
 
 # So slow that without "sync now" the backlog would take minutes; the cloud's answer to a
-# reconciliation may take up to 2 x ping_timeout_s (a busy test machine is slow to answer).
-SLOW = {"replay_rate": 5, "reconcile_every_s": 0, "ping_timeout_s": 4.0}
+# reconciliation may take up to down_after_s (a busy test machine is slow to answer).
+SLOW = {"replay_rate": 5, "reconcile_every_s": 0, "ping_timeout_s": 4.0, "down_after_s": 8.0}
 
 
 async def run_cli(*args: str) -> tuple[int, str, str]:

@@ -146,7 +146,7 @@ class Hub:
         # QR pay asks whether the cloud link thinks the WAN is down (it then probes the gateway).
         self.roles.payments.tenders.wan_down = self._wan_down
         # The day's close: computed from the journal, printed, sent to the cloud as one message.
-        self.reports = Reports(config, self.journal, self.roles.printqueue)
+        self.reports = Reports(config, self.journal, KitchenSlips(self.roles.printqueue))
         self.components.append(self.reports)
         self.api.route_setups.append(self.reports.route_setup)
         self.status_sections["reports"] = self.reports.status_section

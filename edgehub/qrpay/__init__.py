@@ -1,7 +1,8 @@
-"""Scan-to-pay (付款码支付): the acquirer contract, Alipay's gateway, and the payment flow.
+"""Scan-to-pay (付款码支付) gateways: the acquirer contract and Alipay's gateway.
 
-``make_acquirer(cfg)`` builds the gateway a chain configured (``[payments.qr] acquirer``);
-``QrTender`` runs one QR payment through it under the box's payment rules (docs/payments.md).
+``make_acquirer(cfg)`` builds the gateway a chain configured (``[payments.qr] acquirer``); the
+payments' QR tender (``edgehub/roles/qrtender.py``) runs one QR payment through it under the
+box's payment rules (docs/payments.md).
 """
 
 from __future__ import annotations

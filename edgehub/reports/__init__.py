@@ -19,20 +19,17 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from edgehub.config import Config
+from edgehub.config import Config, role_kind, role_name_problem
 from edgehub.errors import EdgehubError
 from edgehub.reports.dayclose import BusinessDay, Calendar, compute
 from edgehub.reports.receipt import ticket
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from edgehub.tasks import cancel_and_wait
-
-if TYPE_CHECKING:
-    from edgehub.roles.printqueue import PrintQueue
 
 __all__ = ["BusinessDay", "Calendar", "Reports", "compute"]
 
@@ -42,13 +39,19 @@ CATCH_UP_DAYS = 7
 CHECK_EVERY_S = 30.0
 
 
+class ReportPrinter(Protocol):
+    """Prints a ticket on a printer role (the roles' durable print queue)."""
+
+    async def submit(self, role: str, job_id: str, ticket: dict[str, Any]) -> None: ...
+
+
 class Reports:
-    def __init__(self, config: Config, journal: Journal, printqueue: PrintQueue | None, *,
+    def __init__(self, config: Config, journal: Journal, printer: ReportPrinter | None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.cfg = config.reports
         self.journal = journal
-        self.printqueue = printqueue
+        self.printer = printer
         self.clock = clock
         self.calendar = Calendar(self.cfg)
         self.closed: list[str] = []  # days closed since the hub started
@@ -145,14 +148,11 @@ class Reports:
         return result
 
     async def print(self, report: dict[str, Any], role: str) -> str:
-        if self.printqueue is None:
+        if self.printer is None:
             raise EdgehubError("no print queue on this hub")
-        from edgehub.roles.roles import Reply
-
         job_id = f"dayclose-{report['day']}-{uuid.uuid4().hex[:8]}"
-        self.printqueue.roles.ensure_role(role)
         doc = ticket(report, self.config.store.name, self.clock(), self.calendar.zone)
-        await self.printqueue.submit(role, doc, job_id, Reply(None, None, None))
+        await self.printer.submit(role, job_id, doc)
         return job_id
 
     def status(self) -> dict[str, Any]:
@@ -188,8 +188,6 @@ class Reports:
         role = request.query.get("role", self.cfg.print_role)
         if not role:
             return web.json_response({"error": "role: no printer role (reports.print_role is empty)"}, status=400)
-        from edgehub.config import role_kind, role_name_problem
-
         if (problem := role_name_problem(role)) is not None or role_kind(role) != "printer":
             return web.json_response({"error": f"role: {problem or f'{role!r} is not a printer role'}"}, status=400)
         job_id = await self.print(await self.report(day), role)

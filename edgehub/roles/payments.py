@@ -37,12 +37,13 @@ import json
 import logging
 import sqlite3
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
 from edgehub.bus import payloads
+from edgehub.config import LimitsConfig, PaymentsConfig, StoreConfig
 from edgehub.errors import (
     DeviceError,
     DeviceTimeout,
@@ -51,11 +52,14 @@ from edgehub.errors import (
     PayloadError,
     PaymentError,
 )
+from edgehub.roles.ledger import CURRENCIES, FINAL, Payment, PaymentStats
+from edgehub.roles.serving import Reply, Requester, Serving
+from edgehub.roles.tenders import Tenders
+from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 
 if TYPE_CHECKING:
     from drivers.zvt import PaymentResult
-    from edgehub.roles.roles import Reply, Requester, Roles
 
 log = logging.getLogger("edgehub.roles.pay")
 
@@ -63,51 +67,25 @@ SETTLE_TIMEOUT_S = 30.0
 # Seconds between settle attempts while the pinpad answers but cannot settle (busy, printer not
 # ready, a reply it cannot read), one step further after each such attempt.
 SETTLE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
-FINAL = ("approved", "declined", "aborted", "not_found", "void")
-CURRENCIES = ("EUR", "CHF", "GBP", "USD", "PLN", "CZK", "DKK", "SEK", "CNY", "HKD")
 
-
-@dataclass
-class Payment:
-    payment_id: str
-    role: str
-    sale_id: str
-    amount_cents: int
-    currency: str
-    device_id: str
-    state: str  # sent, unknown, or one of FINAL
-    after_trace_no: int | None
-    reply: Reply
-    terminal: str | None = None  # who started it (None: before payments had owners)
-    result: dict[str, Any] = field(default_factory=dict)
-    needs_operator: bool = False  # the pinpad answered but could not tell: only a person can
-    # False while ``_unknown`` journals it and tells the terminal: the settler must not finish
-    # it meanwhile (the terminal would hear "unknown" after the result).
-    announced: bool = True
-    since: float = 0.0  # monotonic time it became unknown
-    settle_attempts: int = 0  # times the pinpad was asked and could not settle it
-    next_settle_at: float = 0.0  # monotonic; no attempt before this
-    settle_error: str = ""  # why the last attempt did not settle it
-    tender: str = "card"  # card (on the pinpad ``device_id``), qr (through the gateway), cash
-    reference: str | None = None  # qr: the merchant order id at the gateway, journaled first
-    created_at: float = 0.0
-
-
-@dataclass
-class PaymentStats:
-    approved: int = 0
-    declined: int = 0
-    unknown: int = 0
-    settled_by_pinpad: int = 0
-    settled_by_operator: int = 0
-    refused: int = 0
+__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments"]
 
 
 class Payments:
-    def __init__(self, roles: Roles) -> None:
-        from edgehub.roles.tenders import Tenders
+    """The ledger of every payment (``ledger.Ledger``): card payments on the pinpads here, cash
+    and QR codes through ``tenders``."""
 
-        self.roles = roles
+    def __init__(self, journal: Journal, serving: Serving, cfg: PaymentsConfig, limits: LimitsConfig,
+                 store: StoreConfig, *, clock: Callable[[], float], wall: Callable[[], float],
+                 tick_s: float) -> None:
+        self.journal = journal
+        self.serving = serving
+        self.cfg = cfg
+        self.limits = limits
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.tick_s = tick_s
         self.open: dict[str, Payment] = {}  # payment id -> payment whose outcome is not final
         self.stats = PaymentStats()
         self._settle_wake = asyncio.Event()
@@ -115,7 +93,8 @@ class Payments:
         #: Newest trace number each pinpad reported in a final payment (from the journal): the
         #: baseline of the next payment on it when its driver has seen none yet.
         self.last_trace: dict[str, int] = {}
-        self.tenders = Tenders(self)  # cash, QR codes and split bills (edgehub/roles/tenders.py)
+        # Cash, QR codes and split bills (edgehub/roles/tenders.py).
+        self.tenders = Tenders(self, serving, journal, cfg, store, clock=clock, wall=wall)
 
     def waiting(self, role: str) -> int:
         return sum(1 for p in self.open.values() if p.role == role)
@@ -123,7 +102,7 @@ class Payments:
     def held(self) -> dict[str, str]:
         """Pinpads holding a payment whose outcome is unknown, with why they serve no role."""
         out: dict[str, str] = {}
-        now = self.roles.clock()
+        now = self.clock()
         for p in sorted(self.open.values(), key=lambda p: p.since):
             if p.state != "unknown" or p.tender != "card" or p.device_id in out:
                 continue  # a QR payment holds its sale, not a pinpad
@@ -142,7 +121,7 @@ class Payments:
 
     def status(self) -> list[dict[str, Any]]:
         """The payments whose outcome is not final, for ``/api/v1/status``."""
-        now = self.roles.clock()
+        now = self.clock()
         return [
             {
                 "payment_id": p.payment_id,
@@ -163,14 +142,15 @@ class Payments:
             for p in sorted(self.open.values(), key=lambda p: p.payment_id)
         ]
 
+    def wake_settler(self) -> None:
+        self._settle_wake.set()
+
     def device_changed(self, device_id: str) -> None:
         if any(p.device_id == device_id for p in self.open.values()):
             self._settle_wake.set()
 
     async def load(self) -> None:
         """Open payments from before: one that was on the pinpad when the hub stopped is unknown."""
-        from edgehub.roles.roles import Reply
-
         def load(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             conn.execute("UPDATE payments SET state='unknown' WHERE state='sent'")
             open_rows = conn.execute(
@@ -184,9 +164,9 @@ class Payments:
             ).fetchall()
             return open_rows, traces
 
-        open_rows, traces = await self.roles.journal.write(load)
+        open_rows, traces = await self.journal.write(load)
         self.last_trace.update({device: int(trace) for device, trace in traces})
-        now = self.roles.clock()
+        now = self.clock()
         for row in open_rows:
             pid, role, sale, amount, currency, device, state, after, topic, corr, request_id, terminal = row[:12]
             self.open[pid] = Payment(
@@ -198,11 +178,11 @@ class Payments:
 
     async def handle_pay(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES, self.roles.config.payments.currency)
+            request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES, self.cfg.currency)
         except PayloadError as exc:
-            await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
+            await self.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
             refusal = requester.refusal(raw)
-            await self.roles.reply(
+            await self.serving.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
@@ -214,10 +194,10 @@ class Payments:
             self._lock_by_sale.pop(request.sale_id, None)
 
     async def _pay(self, role: str, request: payloads.PayRequest, reply: Reply, terminal: str) -> None:
-        known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+        known = await self.journal.read(lambda c: _row(c, request.payment_id))
         if known is not None and not _owned_by(known, terminal):
             # Not a word of the payment (its sale, amount, result, card) to another terminal.
-            await self.roles.reply(reply, payloads.pay_reply(
+            await self.serving.reply(reply, payloads.pay_reply(
                 role, request.payment_id, "refused", reply.request_id,
                 error=f"payment_id {request.payment_id} is not this terminal's: a new payment needs a new "
                       "payment_id"))
@@ -230,14 +210,14 @@ class Payments:
             ):
                 # A re-send is the same payment again. Answered "approved, duplicate", another
                 # one under a used id would read to the till as paid without a card being asked.
-                await self._refuse(
+                await self.refuse(
                     role, request, reply,
                     f"payment_id {request.payment_id} is taken by another payment (sale {was['sale_id']}, "
                     f"{was['amount_cents']} {was['currency']}, {known['state']}): a new payment needs a new "
                     "payment_id",
                 )
                 return
-            await self.roles.reply(
+            await self.serving.reply(
                 reply,
                 payloads.pay_reply(
                     role,
@@ -252,7 +232,7 @@ class Payments:
         locked = next((p for p in self.open.values() if p.sale_id == request.sale_id), None)
         if locked is not None:
             where = f"pinpad {locked.device_id}" if locked.tender == "card" else f"the {locked.device_id} gateway"
-            await self._refuse(
+            await self.refuse(
                 role,
                 request,
                 reply,
@@ -261,22 +241,22 @@ class Payments:
             )
             return
         if problem := await self.tenders.sale_problem(request):
-            await self._refuse(role, request, reply, problem)
+            await self.refuse(role, request, reply, problem)
             return
         if request.tender != "card":
             await self.tenders.pay(role, request, reply, terminal)
             return
-        if role not in self.roles.seats:
-            await self._refuse(role, request, reply, f"no role {role!r} is bound: card payments need a pinpad")
+        if role not in self.serving.seats:
+            await self.refuse(role, request, reply, f"no role {role!r} is bound: card payments need a pinpad")
             return
         tried: list[str] = []
         while True:
-            device = self.roles.try_acquire(role)
+            device = self.serving.try_acquire(role)
             if device is None or device in tried:
                 if device is not None:
-                    self.roles.release(role)
-                reason = self.roles.seats[role].reason or f"{role}: no healthy pinpad"
-                await self._refuse(
+                    self.serving.release(role)
+                reason = self.serving.seats[role].reason or f"{role}: no healthy pinpad"
+                await self.refuse(
                     role, request, reply, reason if tried == [] else f"{role}: no healthy pinpad"
                 )
                 return
@@ -284,7 +264,7 @@ class Payments:
             try:
                 sent = await self._pay_on(role, device, request, reply, terminal)
             finally:
-                self.roles.release(role)
+                self.serving.release(role)
             if sent:
                 return
 
@@ -292,13 +272,13 @@ class Payments:
                       terminal: str) -> bool:
         """Pay on one pinpad. False when it could not be reached (nothing charged: try the next)."""
         try:
-            driver: Any = await self.roles.open_driver(device)
+            driver: Any = await self.serving.open_driver(device)
         except (DeviceError, TimeoutError) as exc:
-            await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
+            await self.serving.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
             return False
         charges_in = getattr(driver, "currency", request.currency)
         if charges_in != request.currency:
-            await self._refuse(
+            await self.refuse(
                 role, request, reply,
                 f"pinpad {device} serving {role} charges {charges_in}, this payment is in {request.currency}: "
                 "nothing was sent (the [[device]] currency and the till must agree)",
@@ -320,28 +300,28 @@ class Payments:
             baseline,
             reply,
             terminal,
-            created_at=self.roles.wall(),
+            created_at=self.wall(),
         )
-        await self._journal(payment, new=True)
+        await self.record(payment, new=True)
         self.open[payment.payment_id] = payment
-        await self.roles.reply(reply, self._reply_body(payment, "processing"))
+        await self.serving.reply(reply, self.reply_body(payment, "processing"))
         guard = float(getattr(driver, "transaction_timeout", 180.0)) + 30.0
         try:
             async with asyncio.timeout(guard):
                 result: PaymentResult = await driver.pay(request.amount_cents, after_trace_no=baseline)
         except (DeviceUnavailable, DeviceTimeout) as exc:
             # The driver raises these only when the command never reached the pinpad.
-            await self._forget(payment)
-            await self.roles.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
+            await self.forget(payment)
+            await self.serving.device_failed(device, f"cannot reach pinpad: {_text(exc)}")
             return False
         except PaymentError as exc:
             from drivers.zvt import RegistrationRefused
 
             if isinstance(exc, RegistrationRefused):  # the box's own setup, not this card: nothing sent
-                await self._forget(payment)
-                await self.roles.device_failed(device, _text(exc))
+                await self.forget(payment)
+                await self.serving.device_failed(device, _text(exc))
                 return False
-            await self._finish(payment, "declined", {"reason": _text(exc)})
+            await self.finish(payment, "declined", {"reason": _text(exc)})
             return True
         except (DeviceError, TimeoutError) as exc:
             await self._unknown(payment, f"no outcome from the pinpad: {_text(exc)}")
@@ -349,13 +329,13 @@ class Payments:
         if result.outcome == "unknown":
             await self._unknown(payment, result.reason)
         else:
-            await self._finish(payment, result.outcome, _masked(result))
+            await self.finish(payment, result.outcome, _masked(result))
         return True
 
-    async def _refuse(self, role: str, request: payloads.PayRequest, reply: Reply, reason: str) -> None:
+    async def refuse(self, role: str, request: payloads.PayRequest, reply: Reply, reason: str) -> None:
         self.stats.refused += 1
         log.info("payment %s refused: %s", request.payment_id, reason)
-        await self.roles.reply(
+        await self.serving.reply(
             reply,
             payloads.pay_reply(
                 role,
@@ -372,42 +352,42 @@ class Payments:
     async def _unknown(self, payment: Payment, reason: str) -> None:
         payment.state = "unknown"
         payment.announced = False
-        payment.since = self.roles.clock()
+        payment.since = self.clock()
         payment.result = {
             "reason": f"{reason}; the sale is locked to pinpad {payment.device_id} until settled"
         }
-        body = self._reply_body(payment, "unknown")
+        body = self.reply_body(payment, "unknown")
         self.stats.unknown += 1
-        self.roles.evaluate()  # the pinpad is held from now on: new sales go elsewhere
+        self.serving.evaluate()  # the pinpad is held from now on: new sales go elsewhere
         try:
-            await self._journal(payment)
+            await self.record(payment)
             log.warning(
                 "payment %s on %s: outcome unknown (%s)", payment.payment_id, payment.device_id, reason
             )
-            await self.roles.reply(payment.reply, body)
+            await self.serving.reply(payment.reply, body)
         finally:
             payment.announced = True
-        self.roles.mark_dirty(payment.role)
+        self.serving.mark_dirty(payment.role)
         self._settle_wake.set()
 
-    async def _finish(self, payment: Payment, state: str, result: dict[str, Any], by: str = "",
+    async def finish(self, payment: Payment, state: str, result: dict[str, Any], by: str = "",
                       **extra: Any) -> None:
         payment.state = state
         payment.result = {**result, **({"settled_by": by} if by else {})}
-        await self._journal(payment, final=True)
+        await self.record(payment, final=True)
         self.open.pop(payment.payment_id, None)
         if isinstance(trace := payment.result.get("trace_no"), int):
             self.last_trace[payment.device_id] = trace
-        self.roles.evaluate()  # a pinpad held by this payment is free again
+        self.serving.evaluate()  # a pinpad held by this payment is free again
         if state == "approved":
             self.stats.approved += 1
         elif state in ("declined", "aborted"):
             self.stats.declined += 1
-        self.roles.mark_dirty(payment.role)
+        self.serving.mark_dirty(payment.role)
         sale = await self.tenders.sale_summary(payment.sale_id)
-        await self.roles.reply(payment.reply, self._reply_body(payment, state, sale=sale, **extra))
+        await self.serving.reply(payment.reply, self.reply_body(payment, state, sale=sale, **extra))
 
-    def _reply_body(self, payment: Payment, status: str, **extra: Any) -> bytes:
+    def reply_body(self, payment: Payment, status: str, **extra: Any) -> bytes:
         return payloads.pay_reply(
             payment.role,
             payment.payment_id,
@@ -424,13 +404,13 @@ class Payments:
 
     # --- journal -------------------------------------------------------------------------------
 
-    async def _journal(self, payment: Payment, new: bool = False, final: bool = False) -> None:
+    async def record(self, payment: Payment, new: bool = False, final: bool = False) -> None:
         """Write the payment's state and, in the same commit, its ``payments`` outbox row: the
         cloud hears every state change (intent, unknown, needs an operator, final) exactly when
         it is in the journal. The final row's id is ``payment:{id}`` (a payment ends once); the
         others carry a fresh suffix, since an intent may be journaled again after a pinpad that
         could not be reached."""
-        at = self.roles.wall()
+        at = self.wall()
         p = payment
         result = payloads.dumps(p.result).decode()
         event = "final" if final else "intent" if new else "needs_operator" if p.needs_operator else p.state
@@ -471,13 +451,13 @@ class Payments:
                 )
             add_to_outbox(conn, "payments", msg_id, row)
 
-        await self.roles.journal.write(write)
+        await self.journal.write(write)
 
     def _cloud_row(self, p: Payment, event: str, at: float) -> dict[str, Any]:
         """The ``cloud-payment/1`` document: amounts, results and masked references only."""
         return {
             "schema": "cloud-payment/1",
-            "store_id": self.roles.config.store.id,
+            "store_id": self.store.id,
             "event": event,
             "payment_id": p.payment_id,
             "sale_id": p.sale_id,
@@ -492,11 +472,11 @@ class Payments:
             **p.result,
         }
 
-    async def _forget(self, payment: Payment) -> None:
+    async def forget(self, payment: Payment) -> None:
         """The pinpad never got the command: the intent goes, nothing was charged. The cloud,
         which heard the intent, hears that it was withdrawn, in the same commit."""
         self.open.pop(payment.payment_id, None)
-        at = self.roles.wall()
+        at = self.wall()
         row = self._cloud_row(payment, "withdrawn", at) | {"state": "withdrawn"}
         msg_id = f"payment:{payment.payment_id}:withdrawn:{uuid.uuid4().hex[:12]}"
 
@@ -507,7 +487,7 @@ class Payments:
             if gone:
                 add_to_outbox(conn, "payments", msg_id, row)
 
-        await self.roles.journal.write(forget)
+        await self.journal.write(forget)
 
     # --- settling ------------------------------------------------------------------------------
 
@@ -516,7 +496,7 @@ class Payments:
         that answers without settling is asked again after a growing pause."""
         while True:
             try:
-                async with asyncio.timeout(max(1.0, self.roles.tick_s * 5)):
+                async with asyncio.timeout(max(1.0, self.tick_s * 5)):
                     await self._settle_wake.wait()
             except TimeoutError:
                 pass
@@ -526,7 +506,7 @@ class Payments:
                     payment.state == "unknown"
                     and payment.announced
                     and not payment.needs_operator
-                    and self.roles.clock() >= payment.next_settle_at
+                    and self.clock() >= payment.next_settle_at
                 ):
                     try:
                         if payment.tender == "qr":
@@ -539,24 +519,23 @@ class Payments:
     def _settle_failed(self, payment: Payment, why: str) -> None:
         payment.settle_attempts += 1
         pause = SETTLE_BACKOFF_S[min(payment.settle_attempts, len(SETTLE_BACKOFF_S)) - 1]
-        payment.next_settle_at = self.roles.clock() + pause
+        payment.next_settle_at = self.clock() + pause
         payment.settle_error = why
         log.info(
             "payment %s: pinpad %s cannot settle it yet (attempt %d, again in %gs): %s",
             payment.payment_id, payment.device_id, payment.settle_attempts, pause, why,
         )
-        self.roles.evaluate()  # the role's reason names the attempt
+        self.serving.evaluate()  # the role's reason names the attempt
 
     async def _settle_from_pinpad(self, payment: Payment) -> None:
         from drivers.zvt import PaymentResult, TerminalBusy
 
         if payment.state != "unknown" or not payment.announced or payment.needs_operator:
             return  # settled meanwhile, or still being recorded as unknown (see ``_unknown``)
-        registry = self.roles.registry
-        entry = registry.get(payment.device_id) if registry is not None else None
+        entry = self.serving.device(payment.device_id)
         if entry is None or not entry.present or not entry.health.usable:
             return  # not an attempt: the pinpad is asked as soon as it answers again
-        driver: Any = await self.roles.open_driver(payment.device_id)
+        driver: Any = await self.serving.open_driver(payment.device_id)
         pending = PaymentResult(
             "unknown",
             "payment",
@@ -570,7 +549,7 @@ class Payments:
         except DeviceUnavailable as exc:
             if not isinstance(exc, TerminalBusy):
                 # Not an attempt: nothing was asked. It is settled as soon as it answers again.
-                await self.roles.device_failed(payment.device_id, f"cannot reach pinpad: {_text(exc)}")
+                await self.serving.device_failed(payment.device_id, f"cannot reach pinpad: {_text(exc)}")
                 return
             self._settle_failed(payment, _text(exc))
             return
@@ -580,30 +559,30 @@ class Payments:
         if settled.outcome == "unknown":
             payment.needs_operator = True
             payment.result = {"reason": settled.reason}
-            await self._journal(payment)
-            self.roles.evaluate()
+            await self.record(payment)
+            self.serving.evaluate()
             log.warning("payment %s needs an operator's decision: %s", payment.payment_id, settled.reason)
-            await self.roles.reply(payment.reply, self._reply_body(payment, "unknown"))
+            await self.serving.reply(payment.reply, self.reply_body(payment, "unknown"))
             return
         self.stats.settled_by_pinpad += 1
         log.info(
             "payment %s settled from pinpad %s: %s", payment.payment_id, payment.device_id, settled.outcome
         )
-        await self._finish(payment, settled.outcome, _masked(settled), by="pinpad")
+        await self.finish(payment, settled.outcome, _masked(settled), by="pinpad")
 
     async def handle_settle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_settle(raw, requester.own_tree, self.roles.config.limits)
+            request = payloads.parse_settle(raw, requester.own_tree, self.limits)
         except PayloadError as exc:
             refusal = requester.refusal(raw)
-            await self.roles.reply(
+            await self.serving.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
             )
             return
         reply = requester.reply(request.request.reply_to, request.request.request_id)
-        known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+        known = await self.journal.read(lambda c: _row(c, request.payment_id))
         if known is not None and not _owned_by(known, requester.terminal):
-            await self.roles.reply(reply, payloads.pay_reply(
+            await self.serving.reply(reply, payloads.pay_reply(
                 role, request.payment_id, "refused", reply.request_id,
                 error=f"payment {request.payment_id} is not this terminal's: its own terminal settles it, or an "
                       "installer from the box's API"))
@@ -612,7 +591,7 @@ class Payments:
 
     async def lookup(self, payment_id: str) -> dict[str, Any] | None:
         """A payment as the API shows it (masked references only), or None."""
-        known = await self.roles.journal.read(lambda c: _row(c, payment_id))
+        known = await self.journal.read(lambda c: _row(c, payment_id))
         if known is None:
             return None
         return {"payment_id": payment_id, "role": known["role"], "terminal": known["terminal"],
@@ -623,7 +602,7 @@ class Payments:
         through the API). Answers on ``reply``; True when it settled the payment."""
         payment = self.open.get(request.payment_id)
         if payment is None or payment.role != role or payment.state != "unknown":
-            known = await self.roles.journal.read(lambda c: _row(c, request.payment_id))
+            known = await self.journal.read(lambda c: _row(c, request.payment_id))
             state = known["state"] if known else "refused"
             error = (
                 "no such payment"
@@ -631,7 +610,7 @@ class Payments:
                 else f"payment is {known['state']}, only an unknown outcome can be settled"
             )
             fields = known["fields"] if known else {}
-            await self.roles.reply(
+            await self.serving.reply(
                 reply,
                 payloads.pay_reply(
                     role, request.payment_id, state, reply.request_id, **{**fields, "error": error}
@@ -642,7 +621,7 @@ class Payments:
         log.warning("payment %s settled by %s as %s", payment.payment_id, operator, request.decision)
         if reply.topic is not None:
             payment.reply = reply  # the operator's terminal hears the result
-        await self._finish(payment, request.decision, {"reason": f"settled by {operator}"}, by="operator")
+        await self.finish(payment, request.decision, {"reason": f"settled by {operator}"}, by="operator")
         return True
 
 

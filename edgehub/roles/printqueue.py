@@ -33,8 +33,9 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiomqtt
 
@@ -47,10 +48,10 @@ from drivers.escpos_render import (
     ticket_from_doc,
 )
 from edgehub.bus import payloads
+from edgehub.config import LimitsConfig
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
-
-if TYPE_CHECKING:
-    from edgehub.roles.roles import Reply, Requester, Roles
+from edgehub.roles.serving import NO_REPLY, Reply, Requester, Serving
+from edgehub.store import Journal
 
 log = logging.getLogger("edgehub.roles.print")
 
@@ -108,24 +109,26 @@ def to_bytes(doc: dict[str, Any], reprint_note: str | None, profile: PrinterProf
 
 
 class KitchenSlips:
-    """The kitchen's printer (``edgehub.kitchen.printing.KitchenPrinter``): station slips, as
-    tickets, go through the role's durable queue like any other job (rendered when sent)."""
+    """A ticket printed on a printer role nobody waits to hear of: the kitchen's station slips
+    (``edgehub.kitchen.printing.KitchenPrinter``) and the day's report go through the role's
+    durable queue like any other job (rendered when sent)."""
 
     def __init__(self, queue: PrintQueue) -> None:
         self.queue = queue
 
     async def submit(self, role: str, job_id: str, slip: dict[str, Any]) -> None:
-        from edgehub.roles.roles import Reply
-
-        self.queue.roles.ensure_role(role)
-        await self.queue.submit(role, slip, job_id, Reply(None, None, None))
+        self.queue.serving.ensure_role(role)
+        await self.queue.submit(role, slip, job_id, NO_REPLY)
 
 
 class PrintQueue:
     """The print jobs of every printer role; ``run_role`` is the worker of one role."""
 
-    def __init__(self, roles: Roles) -> None:
-        self.roles = roles
+    def __init__(self, journal: Journal, serving: Serving, limits: LimitsConfig, wall: Callable[[], float]) -> None:
+        self.journal = journal
+        self.serving = serving
+        self.limits = limits
+        self.wall = wall
         self.queues: dict[str, collections.deque[PrintJob]] = collections.defaultdict(collections.deque)
         self._wake: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         self.stats = PrintStats()
@@ -145,8 +148,6 @@ class PrintQueue:
                 "FROM print_jobs WHERE state='queued' ORDER BY seq"
             ).fetchall()
 
-        from edgehub.roles.roles import Reply
-
         for (
             seq,
             job_id,
@@ -157,7 +158,7 @@ class PrintQueue:
             request_id,
             reprint,
             attempts,
-        ) in await self.roles.journal.write(load):
+        ) in await self.journal.write(load):
             self.queues[role].append(
                 PrintJob(
                     seq,
@@ -176,12 +177,12 @@ class PrintQueue:
 
     async def handle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
         try:
-            request = payloads.parse_print(raw, self.roles.config.limits, requester.own_tree)
+            request = payloads.parse_print(raw, self.limits, requester.own_tree)
         except PayloadError as exc:
             self.stats.rejected += 1
-            await self.roles.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
+            await self.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
             refusal = requester.refusal(raw)
-            await self.roles.reply(
+            await self.serving.reply(
                 refusal, payloads.print_reply(role, "", "rejected", refusal.request_id, error=str(exc))
             )
             return
@@ -192,7 +193,7 @@ class PrintQueue:
             # Not acknowledged: the terminal sends again and the job is taken once the journal is back.
             log.error("print job for %s not journaled: %s", role, exc)
             return
-        await self.roles.reply(
+        await self.serving.reply(
             reply,
             payloads.print_reply(
                 role, job.job_id, status, reply.request_id, duplicate=duplicate, device=job.printed_on,
@@ -203,7 +204,7 @@ class PrintQueue:
 
     def down_warning(self, role: str) -> str:
         """What a terminal is told when its job is durable but no printer serves the role now."""
-        seat = self.roles.seats.get(role)
+        seat = self.serving.seats.get(role)
         if seat is None or seat.serving is not None:
             return ""
         return (
@@ -218,7 +219,7 @@ class PrintQueue:
         Returns (job, duplicate, status). Kitchen routing and tests call this directly."""
         job_id = job_id or f"job-{uuid.uuid4().hex[:16]}"
         text = payloads.dumps(ticket).decode()
-        at = self.roles.wall()
+        at = self.wall()
 
         def insert(conn: sqlite3.Connection) -> tuple[int, bool, str, str | None]:
             cur = conn.execute(
@@ -233,13 +234,13 @@ class PrintQueue:
                 return seq, True, state, device
             return int(cur.lastrowid or 0), False, "queued", None
 
-        seq, duplicate, state, device = await self.roles.journal.write(insert)
+        seq, duplicate, state, device = await self.journal.write(insert)
         job = PrintJob(seq, job_id, role, ticket, reply, printed_on=device if state in ("printed", "sent") else None)
         if not duplicate:
             self.stats.queued += 1
             self.queues[role].append(job)
             self._wake[role].set()
-            self.roles.mark_dirty(role)
+            self.serving.mark_dirty(role)
         return job, duplicate, state if state in ("printed", "sent", "failed") else "queued"
 
     # --- the worker ------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ class PrintQueue:
                 await self._wake[role].wait()
                 continue
             job = queue[0]
-            device = await self.roles.acquire(role)
+            device = await self.serving.acquire(role)
             try:
                 done = await self._attempt(job, device)
             except (EdgehubError, OSError) as exc:
@@ -266,10 +267,10 @@ class PrintQueue:
                 done = False
                 await asyncio.sleep(1.0)
             finally:
-                self.roles.release(role)
+                self.serving.release(role)
             if done:
                 queue.popleft()
-                self.roles.mark_dirty(role)
+                self.serving.mark_dirty(role)
             else:
                 self.stats.retries += 1
 
@@ -279,13 +280,13 @@ class PrintQueue:
         from drivers.escpos import PrinterNotReady
 
         try:
-            driver = await self.roles.open_driver(device)
+            driver = await self.serving.open_driver(device)
         except (DeviceError, TimeoutError) as exc:
-            await self.roles.device_failed(device, f"cannot open: {exc}")
+            await self.serving.device_failed(device, f"cannot open: {exc}")
             return False
         print_job = getattr(driver, "print_job", None)
         if print_job is None:
-            await self.roles.device_failed(device, f"driver {driver.name} cannot print tickets")
+            await self.serving.device_failed(device, f"driver {driver.name} cannot print tickets")
             return False
         note = f"first copy may have printed on {job.maybe_on}" if job.reprint else None
         profile = getattr(driver, "profile", None)
@@ -296,7 +297,7 @@ class PrintQueue:
             # cannot take (a code page it lacks, no CJK font on the box to draw for it) goes to
             # another printer, and this one is reported.
             if isinstance(profile, PrinterProfile) and _renders(job.ticket, note):
-                await self.roles.device_failed(device, f"cannot print this ticket: {_short(exc)}")
+                await self.serving.device_failed(device, f"cannot print this ticket: {_short(exc)}")
                 return False
             await self._fail(job, exc)
             return True
@@ -308,7 +309,7 @@ class PrintQueue:
             if exc.job_sent:
                 job.reprint, job.maybe_on = True, device
             await self._mark(job, "queued", None)
-            await self.roles.device_failed(device, ", ".join(exc.status.problems()) or str(exc))
+            await self.serving.device_failed(device, ", ".join(exc.status.problems()) or str(exc))
             return False
         except (DeviceError, TimeoutError) as exc:
             # Sent (maybe partly) and not confirmed: the first copy may have come out. Unless the
@@ -316,7 +317,7 @@ class PrintQueue:
             if getattr(exc, "job_sent", True):
                 job.reprint, job.maybe_on = True, device
             await self._mark(job, "queued", None)
-            await self.roles.device_failed(device, _short(exc))
+            await self.serving.device_failed(device, _short(exc))
             return False
         confirmed = getattr(result, "confirmed", True)
         status = "printed" if confirmed else "sent"
@@ -331,7 +332,7 @@ class PrintQueue:
         self.stats.reprints += job.reprint
         warning = getattr(result, "warning", "") if confirmed else (
             "sent in full to a printer that reports no status (status = none): not confirmed")
-        await self.roles.reply(
+        await self.serving.reply(
             job.reply,
             payloads.print_reply(
                 job.role,
@@ -352,12 +353,12 @@ class PrintQueue:
         reason = str(exc) if isinstance(exc, TicketRenderError) else f"cannot render the ticket: {_short(exc)}"
         log.error("print job %s on %s failed, not printed: %s", job.job_id, job.role, reason,
                   exc_info=not isinstance(exc, TicketRenderError))
-        await self.roles.reply(
+        await self.serving.reply(
             job.reply, payloads.print_reply(job.role, job.job_id, "failed", job.reply.request_id, error=reason)
         )
 
     async def _mark(self, job: PrintJob, state: str, device: str | None) -> None:
-        at = self.roles.wall()
+        at = self.wall()
         if state == "sending":
             job.attempts += 1
 
@@ -370,7 +371,7 @@ class PrintQueue:
                  job.seq),
             )
 
-        await self.roles.journal.write(update)
+        await self.journal.write(update)
 
 
 def _renders(ticket: dict[str, Any], note: str | None) -> bool:

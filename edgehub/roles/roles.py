@@ -23,24 +23,22 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 from aiohttp import web
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from drivers.base import Driver, Health
 from edgehub.bus import payloads
-from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, role_devices_problem, role_kind, role_name_problem
-from edgehub.devices.registry import DeviceEvent, DeviceRegistry
+from edgehub.devices.registry import DeviceEntry, DeviceEvent, DeviceRegistry
 from edgehub.errors import BrokerError, DeviceUnavailable, EdgehubError, PayloadError
 from edgehub.roles.failover import RoleSeat, choose_serving, usable
 from edgehub.roles.payments import Payments
 from edgehub.roles.printqueue import PrintQueue
+from edgehub.roles.serving import Reply, Requester
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from edgehub.tasks import cancel_and_wait
@@ -49,52 +47,6 @@ log = logging.getLogger("edgehub.roles")
 
 OPEN_DRIVER_TIMEOUT_S = 10.0
 EVENT_KINDS = {"scan": "scanner", "weight": "scale"}
-
-
-class Reply:
-    """Where the answers to one request go: an MQTT 5 response topic with correlation data, or
-    a 3.1.1 client's ``reply_to`` with its ``request_id``. Journaled with jobs and payments so a
-    result that comes after a restart still reaches the terminal."""
-
-    def __init__(self, topic: str | None, correlation: bytes | None, request_id: str | None) -> None:
-        self.topic = topic
-        self.correlation = correlation
-        self.request_id = request_id
-
-    def properties(self) -> Properties | None:
-        if self.correlation is None:
-            return None
-        props = Properties(PacketTypes.PUBLISH)
-        props.CorrelationData = self.correlation
-        return props
-
-
-@dataclass(frozen=True)
-class Requester:
-    """Who sent a role command (the terminal its topic names) and where its answers may go:
-    its MQTT 5 response topic or ``reply_to`` under its own tree, else ``…/pos/{terminal}/reply``."""
-
-    terminal: str
-    own_tree: str
-    default_topic: str
-    response_topic: str | None
-    correlation: bytes | None
-    problem: str | None  # the response topic named is not one the hub answers on
-
-    @classmethod
-    def of(cls, message: aiomqtt.Message, terminal: str, topics: Topics) -> Requester:
-        own = topics.own_tree(terminal)
-        topic, props, problem = response_properties(message, own)
-        correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        return cls(terminal, own, topics.reply(terminal), topic,
-                   bytes(correlation) if correlation is not None else None, problem)
-
-    def reply(self, reply_to: str | None, request_id: str | None) -> Reply:
-        return Reply(self.response_topic or reply_to or self.default_topic, self.correlation, request_id)
-
-    def refusal(self, raw: bytes) -> Reply:
-        """Where to say that a request was refused before it could be parsed."""
-        return self.reply(*payloads.reply_address(raw, self.own_tree))
 
 
 class Roles:
@@ -122,8 +74,10 @@ class Roles:
         self.wall = wall
         self.seats: dict[str, RoleSeat] = {}
         self.healthy_since: dict[str, float] = {}  # device id -> when it last became usable
-        self.printqueue = PrintQueue(self)
-        self.payments = Payments(self)
+        # Through ``self``: a test may set the roles' clocks after they are built.
+        self.printqueue = PrintQueue(journal, self, config.limits, lambda: self.wall())
+        self.payments = Payments(journal, self, config.payments, config.limits, config.store,
+                                 clock=lambda: self.clock(), wall=lambda: self.wall(), tick_s=tick_s)
         self._changed: dict[str, asyncio.Event] = {}
         self._dirty: set[str] = set()
         self._audit: list[tuple[str, dict[str, Any]]] = []
@@ -287,6 +241,9 @@ class Roles:
         seat.busy = max(0, seat.busy - 1)
         if seat.busy == 0:
             self.evaluate(role)
+
+    def device(self, device_id: str) -> DeviceEntry | None:
+        return self.registry.get(device_id) if self.registry is not None else None
 
     async def open_driver(self, device_id: str) -> Driver:
         if self.registry is None:

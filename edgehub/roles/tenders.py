@@ -21,16 +21,17 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drivers.escpos_render import Ticket, render
 from edgehub.bus import payloads
+from edgehub.config import PaymentsConfig, StoreConfig
 from edgehub.errors import DeviceError, EdgehubError
-from edgehub.qrpay.flow import QrTender
-
-if TYPE_CHECKING:
-    from edgehub.roles.payments import Payment, Payments
-    from edgehub.roles.roles import Reply
+from edgehub.qrpay import make_acquirer
+from edgehub.roles.ledger import Ledger, Payment
+from edgehub.roles.qrtender import QrTender
+from edgehub.roles.serving import Reply, Serving
+from edgehub.store import Journal
 
 log = logging.getLogger("edgehub.roles.tenders")
 
@@ -39,10 +40,15 @@ DRAWER_KICK_TIMEOUT_S = 5.0  # the till's cash answer waits at most this for the
 
 
 class Tenders:
-    def __init__(self, payments: Payments) -> None:
-        self.payments = payments
-        self.roles = payments.roles
-        self.config = self.roles.config.payments
+    def __init__(self, ledger: Ledger, serving: Serving, journal: Journal, cfg: PaymentsConfig, store: StoreConfig,
+                 *, clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self.payments = ledger
+        self.serving = serving
+        self.journal = journal
+        self.config = cfg
+        self.store = store
+        self.clock = clock
+        self.wall = wall
         self.qr: QrTender | None = None
         self.drawer_kicks = 0
         self.drawers: dict[str, dict[str, Any]] = {}  # drawer role -> last known state
@@ -51,10 +57,8 @@ class Tenders:
 
     async def __aenter__(self) -> Tenders:
         if self.config.qr.enabled:
-            from edgehub.qrpay import make_acquirer
-
-            self.qr = QrTender(self.payments, self.config.qr, make_acquirer(self.config.qr),
-                               wan_down=lambda: self.wan_down())
+            self.qr = QrTender(self.payments, self.serving, self.config.qr, make_acquirer(self.config.qr),
+                               self.store, clock=self.clock, wall=self.wall, wan_down=lambda: self.wan_down())
             await self.qr.__aenter__()
         return self
 
@@ -67,7 +71,7 @@ class Tenders:
     async def sale_problem(self, request: payloads.PayRequest) -> str | None:
         """Why this payment cannot go on its sale (another total, more than is due), or None. A
         total given for the first time is journaled here."""
-        wall = self.roles.wall()
+        wall = self.wall()
 
         def check(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT total_cents, currency FROM sales WHERE sale_id=?",
@@ -88,10 +92,10 @@ class Tenders:
                              (request.sale_id, total, request.currency, wall))
             return None
 
-        if request.sale_total_cents is None and not await self.roles.journal.read(
+        if request.sale_total_cents is None and not await self.journal.read(
                 lambda conn: conn.execute("SELECT 1 FROM sales WHERE sale_id=?", (request.sale_id,)).fetchone()):
             return None  # no total for this sale: nothing to check, and no write (no fsync) to pay for
-        result: str | None = await self.roles.journal.write(check)
+        result: str | None = await self.journal.write(check)
         return result
 
     async def sale_summary(self, sale_id: str) -> dict[str, int] | None:
@@ -103,7 +107,7 @@ class Tenders:
             return {"total_cents": row[0], "paid_cents": paid, "due_cents": max(0, row[0] - paid)}
 
         try:
-            summary: dict[str, int] | None = await self.roles.journal.read(read)
+            summary: dict[str, int] | None = await self.journal.read(read)
         except EdgehubError:
             return None
         return summary
@@ -115,7 +119,7 @@ class Tenders:
             await self.cash(role, request, reply, terminal)
             return
         if self.qr is None:
-            await self.payments._refuse(role, request, reply, "QR pay is not set up on this box "
+            await self.payments.refuse(role, request, reply, "QR pay is not set up on this box "
                                         "([payments.qr] acquirer): take cash or card")
             return
         await self.qr.pay(role, request, reply, terminal)
@@ -125,19 +129,17 @@ class Tenders:
             await self.qr.settle(payment)
 
     async def cash(self, role: str, request: payloads.PayRequest, reply: Reply, terminal: str) -> None:
-        from edgehub.roles.payments import Payment
-
         tendered = request.tendered_cents if request.tendered_cents is not None else request.amount_cents
         payment = Payment(request.payment_id, role, request.sale_id, request.amount_cents, request.currency,
-                          "cash", "approved", None, reply, terminal, tender="cash", created_at=self.roles.wall())
+                          "cash", "approved", None, reply, terminal, tender="cash", created_at=self.wall())
         payment.result = {"tendered_cents": tendered, "change_cents": tendered - request.amount_cents}
-        await self.payments._journal(payment, new=True, final=True)
+        await self.payments.record(payment, new=True, final=True)
         self.payments.stats.approved += 1
         log.info("payment %s: cash %d %s", payment.payment_id, payment.amount_cents, payment.currency)
         drawer_role = request.drawer if request.drawer is not None else self.config.drawer_role
         drawer = await self.open_drawer(drawer_role, payment.payment_id)
         sale = await self.sale_summary(payment.sale_id)
-        await self.roles.reply(reply, self.payments._reply_body(payment, "approved", sale=sale, drawer=drawer))
+        await self.serving.reply(reply, self.payments.reply_body(payment, "approved", sale=sale, drawer=drawer))
 
     # --- the drawer ------------------------------------------------------------------------------
 
@@ -145,15 +147,15 @@ class Tenders:
         """Kick the drawer on the printer serving ``role`` and read back whether it opened."""
         if not role:
             return {"kicked": False, "reason": "no drawer is configured (payments.drawer_role)"}
-        device = self.roles.serving(role)
+        device = self.serving.serving(role)
         if device is None:
-            seat = self.roles.seats.get(role)
+            seat = self.serving.seats.get(role)
             reason = (seat.reason if seat is not None and seat.reason else f"{role}: no printer serves it")
             return self._drawer(role, {"role": role, "kicked": False,
                                        "reason": f"{reason}; open the drawer with its key"})
         try:
             async with asyncio.timeout(DRAWER_KICK_TIMEOUT_S):
-                driver: Any = await self.roles.open_driver(device)
+                driver: Any = await self.serving.open_driver(device)
                 await driver.print_job(f"drawer:{why}", render(Ticket().kick_drawer()))
                 self.drawer_kicks += 1
                 opened = await self._drawer_open(driver, wait=True)
@@ -176,13 +178,13 @@ class Tenders:
             await asyncio.sleep(0.1)
 
     def _drawer(self, role: str, state: dict[str, Any]) -> dict[str, Any]:
-        self.drawers[role] = {**state, "at": round(self.roles.wall(), 3)}
+        self.drawers[role] = {**state, "at": round(self.wall(), 3)}
         return state
 
     async def drawer_state(self, role: str) -> dict[str, Any]:
         """The drawer's state now, from the printer's last status (the watchdog reads it often)."""
-        device = self.roles.serving(role)
-        entry = self.roles.registry.get(device) if device and self.roles.registry is not None else None
+        device = self.serving.serving(role)
+        entry = self.serving.device(device) if device else None
         driver = getattr(entry, "driver", None)
         status = getattr(driver, "last_status", None)
         if status is None:

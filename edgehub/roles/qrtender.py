@@ -25,17 +25,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edgehub.bus import payloads
-from edgehub.config import QrConfig
+from edgehub.config import QrConfig, StoreConfig
 from edgehub.errors import EdgehubError
 from edgehub.qrpay.acquirer import Acquirer, GatewayAnswer, GatewayOrder, masked_code
+from edgehub.roles.ledger import Ledger, Payment
+from edgehub.roles.serving import Reply, Serving
 from edgehub.tasks import cancel_and_wait
-
-if TYPE_CHECKING:
-    from edgehub.roles.payments import Payment, Payments
-    from edgehub.roles.roles import Reply
 
 log = logging.getLogger("edgehub.qrpay")
 
@@ -46,11 +44,15 @@ OFFLINE = "offline: take cash or card"
 
 
 class QrTender:
-    def __init__(self, payments: Payments, cfg: QrConfig, acquirer: Acquirer,
+    def __init__(self, ledger: Ledger, serving: Serving, cfg: QrConfig, acquirer: Acquirer, store: StoreConfig, *,
+                 clock: Callable[[], float], wall: Callable[[], float],
                  wan_down: Callable[[], str | None] = lambda: None) -> None:
-        self.payments = payments
-        self.roles = payments.roles
+        self.payments = ledger
+        self.serving = serving
         self.cfg = cfg
+        self.store = store
+        self.clock = clock
+        self.wall = wall
         self.acquirer = acquirer
         # Why the cloud link says the WAN is down, or None: a reason to probe the gateway now.
         self.wan_down = wan_down
@@ -77,9 +79,7 @@ class QrTender:
     # --- paying --------------------------------------------------------------------------------
 
     async def pay(self, role: str, request: payloads.PayRequest, reply: Reply, terminal: str) -> None:
-        from edgehub.roles.payments import Payment
-
-        refuse = self.payments._refuse
+        refuse = self.payments.refuse
         if (why := self.offline_reason()) is not None:
             self.stats["refused_offline"] += 1
             await refuse(role, request, reply, f"{OFFLINE} ({why})")
@@ -95,12 +95,12 @@ class QrTender:
             return
         payment = Payment(request.payment_id, role, request.sale_id, request.amount_cents, request.currency,
                           self.acquirer.name, "sent", None, reply, terminal, tender="qr",
-                          reference=f"eh{uuid.uuid4().hex}", created_at=self.roles.wall())
+                          reference=f"eh{uuid.uuid4().hex}", created_at=self.wall())
         payment.result = {"code": masked_code(code)}
-        await self.payments._journal(payment, new=True)
+        await self.payments.record(payment, new=True)
         self.payments.open[payment.payment_id] = payment
-        await self.roles.reply(reply, self.payments._reply_body(payment, "processing"))
-        store = self.roles.config.store
+        await self.serving.reply(reply, self.payments.reply_body(payment, "processing"))
+        store = self.store
         assert payment.reference is not None
         order = GatewayOrder(payment.reference, code, payment.amount_cents, payment.currency,
                              self.cfg.subject or store.name or store.id, store.id,
@@ -110,7 +110,7 @@ class QrTender:
         if not answer.sent:
             self.stats["refused_offline"] += 1
             self._mark_down(answer.reason)
-            await self.payments._forget(payment)
+            await self.payments.forget(payment)
             await refuse(role, request, reply, f"{OFFLINE} (the {self.acquirer.name} gateway cannot be "
                          f"reached: {answer.reason}); nothing was charged")
             return
@@ -122,18 +122,18 @@ class QrTender:
     async def _scan(self, role: str, request: payloads.PayRequest, reply: Reply) -> str | None:
         scanner = request.scanner
         assert scanner is not None
-        await self.roles.reply(reply, payloads.pay_reply(
+        await self.serving.reply(reply, payloads.pay_reply(
             role, request.payment_id, "scanning", reply.request_id, sale_id=request.sale_id,
             amount_cents=request.amount_cents, currency=request.currency, tender="qr",
             reason=f"scan the guest's payment code on {scanner}"))
-        code = await self.roles.next_scan(scanner, self.cfg.scan_wait_s)
+        code = await self.serving.next_scan(scanner, self.cfg.scan_wait_s)
         if code is None:
-            await self.payments._refuse(role, request, reply, f"no code was scanned on {scanner} within "
+            await self.payments.refuse(role, request, reply, f"no code was scanned on {scanner} within "
                                         f"{self.cfg.scan_wait_s:g} s; nothing was charged")
             return None
         code = code.strip()
         if not payloads.AUTH_CODE_RE.match(code):
-            await self.payments._refuse(role, request, reply, f"what {scanner} scanned is no payment code "
+            await self.payments.refuse(role, request, reply, f"what {scanner} scanned is no payment code "
                                         f"({len(code)} characters): nothing was charged")
             return None
         return code
@@ -146,7 +146,7 @@ class QrTender:
                 return
             if answer.state == "waiting" and not told_waiting:
                 told_waiting = True
-                await self.roles.reply(payment.reply, self.payments._reply_body(
+                await self.serving.reply(payment.reply, self.payments.reply_body(
                     payment, "processing", reason="the guest is confirming the payment on the phone"))
             if queried and time.monotonic() + self.cfg.poll_interval_s > deadline:
                 break
@@ -188,23 +188,23 @@ class QrTender:
                   "buyer": answer.buyer or None, "gateway_code": answer.code or None, "reason": reason or None}
         log.info("payment %s (qr %s): %s%s", payment.payment_id, payment.reference, state,
                  f" ({reason})" if reason else "")
-        await self.payments._finish(payment, state, {k: v for k, v in result.items() if v is not None}, by=by)
+        await self.payments.finish(payment, state, {k: v for k, v in result.items() if v is not None}, by=by)
 
     async def _unknown(self, payment: Payment, reason: str) -> None:
         self.stats["unknown"] += 1
         payment.state = "unknown"
-        payment.since = self.roles.clock()
+        payment.since = self.clock()
         payment.announced = False
         payment.result = {**payment.result, "reference": payment.reference,
                           "reason": f"{reason}; the sale is locked until the gateway settles it"}
         try:
-            await self.payments._journal(payment)
+            await self.payments.record(payment)
             log.warning("payment %s (qr %s): outcome unknown (%s)", payment.payment_id, payment.reference, reason)
-            await self.roles.reply(payment.reply, self.payments._reply_body(payment, "unknown"))
+            await self.serving.reply(payment.reply, self.payments.reply_body(payment, "unknown"))
         finally:
             payment.announced = True
-        self.roles.mark_dirty(payment.role)
-        self.payments._settle_wake.set()
+        self.serving.mark_dirty(payment.role)
+        self.payments.wake_settler()
 
     async def _query(self, payment: Payment) -> GatewayAnswer:
         assert payment.reference is not None
@@ -231,9 +231,9 @@ class QrTender:
         """Ask the gateway what became of an unknown QR payment; never pay it again."""
         # The settler asks again no sooner than next_settle_at: 1 s, then doubling to a minute.
         payment.settle_attempts += 1
-        payment.next_settle_at = self.roles.clock() + min(2.0 ** (payment.settle_attempts - 1),
+        payment.next_settle_at = self.clock() + min(2.0 ** (payment.settle_attempts - 1),
                                                           SETTLE_BACKOFF_MAX_S)
-        age = self.roles.wall() - payment.created_at
+        age = self.wall() - payment.created_at
         answer = await self._query(payment)
         payment.settle_error = answer.reason
         if payment.state != "unknown":
@@ -285,7 +285,7 @@ class QrTender:
             if why is None and self.gateway_down is not None:
                 log.info("%s gateway reachable again", self.acquirer.name)
                 self.gateway_down = None
-                self.payments._settle_wake.set()
+                self.payments.wake_settler()
             elif why is not None:
                 if self.gateway_down is None:
                     log.warning("%s gateway unreachable%s: %s", self.acquirer.name,

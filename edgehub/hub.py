@@ -1,8 +1,11 @@
-"""The hub: one asyncio process composing broker, journal, bus, intake and API.
+"""The hub: one asyncio process composing broker, journal, bus, the components and the API.
 
-Start order is explicit: (private broker) → journal → API site → bus. READY goes to systemd
-only once the bus is connected and the API is up; stop runs in reverse. ``async with
-Hub(config) as hub`` is what tests use; ``run_until_stopped`` is what ``edgehub run`` uses.
+``Hub.__init__`` is the list of components in their start order (``edgehub/component.py`` says
+what a component is); each is built by its package's ``setup`` from the hub's ``Context``, its
+config section and the ports it takes from those built before it. Start order is explicit:
+(private broker) → journal → components → API site → bus. READY goes to systemd only once the
+bus is connected and the API is up; stop runs in reverse. ``async with Hub(config) as hub`` is
+what tests use; ``run_until_stopped`` is what ``edgehub run`` uses.
 """
 
 from __future__ import annotations
@@ -12,38 +15,32 @@ import contextlib
 import logging
 import signal
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from drivers.escpos import PrinterTiming
-from edgehub import __version__
+from edgehub import __version__, devices, discovery, intake, kitchen, reports, roles, support, uplink
 from edgehub.api import ApiServer
-from edgehub.api.support import Support
 from edgehub.api.tls import ensure_certificate, fingerprint, server_context
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
-from edgehub.config import Config
-from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
-from edgehub.devices.api import devices_routes
-from edgehub.devices.factory import DriverFactory
-from edgehub.devices.feeds import DeviceFeeds
-from edgehub.devices.fieldcheck import FieldChecks
-from edgehub.discovery import Discovery
+from edgehub.component import Component, Signals, Wiring
+from edgehub.config import Address, Config
+from edgehub.context import Context
+from edgehub.devices import DeviceRegistry
 from edgehub.instance import InstanceLock, check_ports
-from edgehub.intake import Intake
-from edgehub.kitchen import Kitchen, ScreenServer
 from edgehub.kitchen.screens import screen_secrets
-from edgehub.reports import Reports
-from edgehub.roles import KitchenSlips, Roles
+from edgehub.logs import RecentLines
+from edgehub.roles import KitchenSlips
 from edgehub.sdnotify import Notifier
-from edgehub.store import Journal
-from edgehub.store.retention import Retention
+from edgehub.store import Journal, retention
+from edgehub.support import SupportPorts
 from edgehub.tasks import cancel_and_wait
-from edgehub.uplink import attach_uplink, follow_cloud_routing
+from edgehub.uplink import Downlink, Outbox, Uplink
 
 log = logging.getLogger("edgehub.hub")
+
+C = TypeVar("C", bound=Component)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
@@ -73,8 +70,9 @@ class Hub:
         self.broker: MosquittoProcess | None = None
         # One hub per data directory; ``edgehub run`` takes the lock before it starts simulators.
         self.instance = instance or InstanceLock(config.paths.data_dir)
+        # The ring of recent log lines that support bundles fall back on without journald.
+        self.recent = RecentLines()
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
-        self.intake = Intake(self.topics, config.limits, self.journal)
         self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin,
                              sessions_file=config.paths.data_dir / "sessions.json")
         self.bus = BusConnection(
@@ -82,74 +80,61 @@ class Hub:
             username=config.broker.hub_user, password=config.broker.hub_password,
             client_id=f"edgehub-hub-{config.store.id}", topics=self.topics, version=__version__,
         )
-        self.intake.bus = self.bus
-        self.bus.route_batch(self.topics.all_orders, self.intake.handle_batch)
+        self.signals = Signals()
+        self.wiring = Wiring(self.bus, self.api, self.signals)
+        ctx = Context(config.store.id, self.topics, self.bus, self.journal, self.signals, config.paths.data_dir)
         self._stack = contextlib.AsyncExitStack()
         self.tls_fingerprint: str | None = None  # of the page's HTTPS certificate, read at start
         self._tasks: list[asyncio.Task[Any]] = []
         self._broker_watch: asyncio.Task[None] | None = None  # managed mode: restarts the broker
-        # Components started after the journal and before the API, stopped in reverse.
-        # Each is an async context manager; status sections feed /api/v1/status.
-        self.components: list[contextlib.AbstractAsyncContextManager[Any]] = []
-        self.status_sections: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
-        # The outbox policy and the downlink registry (components add cloud rows with
-        # ``self.outbox.add(conn, ...)``, read ``self.downlink.current("menu")``) and, with
-        # [cloud] enabled, the uplink to the chain's cloud (edgehub/uplink/).
-        self.outbox, self.downlink, self.uplink = attach_uplink(self)
-        # What the journal keeps of the past: journal.keep_days (edgehub/store/retention.py).
-        self.retention = Retention(self.journal, config.journal.keep_days)
-        self.components.append(self.retention)
-        # Devices: the registry first (roles read it), then discovery fills it, the
-        # watchdog probes what is in it and the feeds publish scans and weights.
-        self.registry = DeviceRegistry(self.topics, self._publish_device,
-                                       driver_factory=DriverFactory(usb_backend, PrinterTiming(
-                                           missed_limit=config.discovery.printer_missed_probes)),
-                                       alert_sink=self._keep_device_alert)
-        self.discovery = Discovery(self.registry, config.discovery, config.devices, usb_backend=usb_backend,
-                                   advertise=(config.store.id, config.api.listen.port, __version__),
-                                   state_dir=config.paths.data_dir)
-        self.watchdog = Watchdog(self.registry,
-                                 WatchdogTiming(printer_interval=config.discovery.probe_interval_s,
-                                                printer_missed=config.discovery.printer_missed_probes))
-        self.feeds = DeviceFeeds(self.registry, self._publish_device)
-        # The installer's field checks (edgehub device test), kept with each device.
-        self.field_checks = FieldChecks(self.registry, self.journal)
-        self.components += [self.registry, self.discovery, self.watchdog, self.feeds, self.field_checks]
-        self.status_sections["devices"] = self.registry.status
-        self.api.route_setups.append(devices_routes(self.registry))
-        self.api.route_setups.append(self.field_checks.route_setup)
-        # The box's page, /metrics, self-check and support bundles.
-        self.support = Support(self)
-        self.components.append(self.support)
-        # Roles and failover: after the device registry in start order, so the registry
-        # is up before roles read it.
-        self.roles = Roles(config, self.topics, self.journal, self.bus, self.registry)
-        self.components.append(self.roles)
-        self.api.route_setups.append(self.roles.route_setup)
-        self.status_sections["roles"] = self.roles.status
-        # The kitchen: tickets per station from each accepted order, screens at
-        # /kds/{station}, POS amend/cancel. Kitchen printing: set ``self.kitchen.printer``.
-        self.kitchen = Kitchen(config.kitchen, self.topics, self.journal, config.store.id, config.limits,
-                               bus=self.bus, terminal_kinds={t.id: t.kind for t in config.terminals})
-        self.components.append(self.kitchen)
-        self.intake.on_accepted.append(self.kitchen.on_order_accepted)
-        self.bus.route(self.topics.all_amends, self.kitchen.handle_amend)
-        self.bus.route(self.topics.all_cancels, self.kitchen.handle_cancel)
-        self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
-        self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
-        self.screens = ScreenServer(self.kitchen, screen_secrets(config), self.api.failures, broker_link=self.healthy)
-        self.api.route_setups.append(self.screens.setup)
-        self.status_sections["kitchen"] = self.kitchen.status
-        self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
-        # Routing rules the cloud pushes (downlink "routing") route new tickets; cached across restarts.
-        follow_cloud_routing(self.downlink, self.kitchen)
-        # QR pay asks whether the cloud link thinks the WAN is down (it then probes the gateway).
-        self.roles.payments.tenders.wan_down = self._wan_down
-        # The day's close: computed from the journal, printed, sent to the cloud as one message.
-        self.reports = Reports(config, self.journal, KitchenSlips(self.roles.printqueue))
-        self.components.append(self.reports)
-        self.api.route_setups.append(self.reports.route_setup)
-        self.status_sections["reports"] = self.reports.status_section
+
+        # The components, in start order (stopped in reverse).
+        self.components: list[Component] = []
+        self.retention = self.add(retention.setup(self.journal, config.journal.keep_days))
+        self.intake = self.add(intake.setup(ctx, config.limits))
+        self.cloud = self.add(uplink.setup(ctx, config.cloud, busy=self.intake.busy,
+                                           accepted=lambda: self.intake.stats.accepted))
+        self.devices = self.add(devices.setup(ctx, config.discovery, usb_backend=usb_backend,
+                                              outbox=self.cloud.outbox))
+        self.discovery = self.add(discovery.setup(ctx, config.discovery, config.devices, self.registry,
+                                                  usb_backend=usb_backend,
+                                                  advertise=(config.store.id, config.api.listen.port, __version__)))
+        self.roles = self.add(roles.setup(ctx, config, self.registry, wan_down=self.cloud.wan_down))
+        self.kitchen = self.add(kitchen.setup(ctx, config.kitchen, config.limits,
+                                              terminal_kinds={t.id: t.kind for t in config.terminals},
+                                              printer=KitchenSlips(self.roles.printqueue),
+                                              downlink=self.cloud.downlink))
+        self.screens = self.add(kitchen.setup_screens(self.kitchen, screen_secrets(config), self.api.failures,
+                                                      broker_link=self.healthy))
+        self.reports = self.add(reports.setup(ctx, config, KitchenSlips(self.roles.printqueue)))
+        self.support = self.add(support.setup(ctx, config, SupportPorts(
+            status=self.status, broker_address=lambda: Address(self.bus.host, self.bus.port),
+            registry=self.registry, seats=self.roles.seats, outbox_counters=self.cloud.outbox.counters,
+            role_history=self.roles.history, field_checks=self.devices.field_checks.all,
+            broker_log=lambda: list(self.broker.log_tail) if self.broker is not None else []), self.recent))
+
+    def add(self, component: C) -> C:
+        """One more component, started after those added before it; its declarations are wired."""
+        self.wiring.add(component)
+        self.components.append(component)
+        return component
+
+    # Parts of components that tests and tools reach by name.
+    @property
+    def registry(self) -> DeviceRegistry:
+        return self.devices.registry
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.cloud.outbox
+
+    @property
+    def downlink(self) -> Downlink:
+        return self.cloud.downlink
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self.cloud.uplink
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -173,8 +158,8 @@ class Hub:
         # The ring of recent log lines (support bundles on a box without journald) listens from
         # the first line on: the journal's migration and discovery's "found" lines are what support
         # asks for first. Detached last, when everything else has stopped.
-        self.support.recent.attach()
-        self._stack.callback(self.support.recent.detach)
+        self.recent.attach()
+        self._stack.callback(self.recent.detach)
         # Nothing is written before these: another hub on this data directory, or a port taken,
         # stops this one here with one line and leaves the running hub's files alone.
         if not self.instance.held:
@@ -187,7 +172,7 @@ class Hub:
             self.bus.gate = self._own_broker_listening
         await self._stack.enter_async_context(self.journal)
         for component in self.components:
-            await self._stack.enter_async_context(component)
+            await self._stack.enter_async_context(self.wiring.running(component))
         await self._stack.enter_async_context(self.api)
         self.instance.describe(page=self.api.url)
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
@@ -247,23 +232,6 @@ class Hub:
                 await cancel_and_wait(task)
             log.info("stopping")
 
-    # --- devices ---------------------------------------------------------------------------
-
-    async def _publish_device(self, topic: str, payload: bytes, retain: bool) -> None:
-        await self.bus.publish(topic, payload, qos=1, retain=retain)
-
-    async def _keep_device_alert(self, device_id: str, payload: bytes) -> None:
-        """Device alerts go to the cloud too (``devices`` stream), once the outbox is wired in."""
-        outbox = getattr(self, "outbox", None)
-        if outbox is not None:
-            await outbox.add_now("devices", f"dev-alert-{uuid.uuid4().hex}", payload)
-
-    def _wan_down(self) -> str | None:
-        uplink = self.uplink
-        if uplink is None or uplink.state == "online" or not uplink.last_error:
-            return None
-        return f"the cloud link is {uplink.state}: {uplink.last_error}"
-
     # --- what the API reads ----------------------------------------------------------------
 
     def healthy(self) -> tuple[bool, str]:
@@ -306,9 +274,8 @@ class Hub:
                 "moved_aside": self.journal.stats.moved_aside,
                 "retention": self.retention.status(),
             },
-            "intake": vars(self.intake.stats).copy(),
             "https": {"tls": self.config.api.tls, "fingerprint": self.tls_fingerprint},
-            **{name: await section() for name, section in self.status_sections.items()},
+            **{name: await section() for name, section in self.wiring.status.items()},
         }
 
 

@@ -23,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 
 from edgehub.bus import payloads
-from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.connection import response_properties
 from edgehub.bus.payloads import Order, Unaddressable, order_id_of, validate_order
 from edgehub.bus.topics import Topics
+from edgehub.component import Bus, Component, MqttBatch, MqttRoute, Signal, Signals, StatusReader
 from edgehub.config import LimitsConfig
+from edgehub.context import Context
 from edgehub.errors import BrokerError, EdgehubError, JournalError, JournalFull, PayloadError
 from edgehub.quota import TerminalQuota
 from edgehub.store import Journal
@@ -42,6 +45,11 @@ log = logging.getLogger("edgehub.intake")
 
 # The start of a rejected ack's error when the box could not journal the order (docs/asyncapi.yaml).
 DISK_FULL = "store box disk full, order not taken; send it again when the box has room"
+
+# An order durably accepted and acked (emitted after its batch's acks): the kitchen cooks it.
+ORDER_ACCEPTED: Signal[Order] = Signal("order accepted")
+# An ack handed to the bus: its status and the seconds since the order's batch came in.
+ACK_SENT: Signal[tuple[str, float]] = Signal("ack sent")
 
 
 @dataclass(slots=True)
@@ -80,21 +88,38 @@ class IntakeStats:
     retried_alone: int = 0  # orders written again one at a time after their batch's write failed
 
 
-class Intake:
-    def __init__(self, topics: Topics, limits: LimitsConfig, journal: Journal, bus: BusConnection | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+def setup(ctx: Context, limits: LimitsConfig) -> Intake:
+    return Intake(ctx.topics, limits, ctx.journal, ctx.bus, signals=ctx.signals)
+
+
+class Intake(Component):
+    name = "intake"
+
+    def __init__(self, topics: Topics, limits: LimitsConfig, journal: Journal, bus: Bus | None = None,
+                 clock: Callable[[], float] = time.perf_counter, signals: Signals | None = None) -> None:
         self.topics = topics
         self.limits = limits
         self.journal = journal
         self.bus = bus
         self.clock = clock
+        self.signals = signals or Signals()  # ORDER_ACCEPTED and ACK_SENT go out here
         self.stats = IntakeStats()
         self.quota = TerminalQuota(limits.orders_per_s, limits.order_burst)
-        # Hooks for what comes after an accepted order (kitchen routing, metrics).
-        self.on_accepted: list[Callable[[Order], object]] = []
-        self.on_ack: list[Callable[[str, float], None]] = []
         # Orders being taken right now: the cloud uplink's backlog replay gives way meanwhile.
         self.in_progress = 0
+
+    def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
+        return [MqttBatch(self.topics.all_orders, self.handle_batch)]
+
+    def status_sections(self) -> Mapping[str, StatusReader]:
+        return {"intake": self.status}
+
+    async def status(self) -> dict[str, Any]:
+        return vars(self.stats).copy()
+
+    def busy(self) -> bool:
+        """A terminal waits for an ack right now."""
+        return self.in_progress > 0
 
     async def handle(self, message: aiomqtt.Message) -> None:
         await self.handle_batch([message])
@@ -213,13 +238,10 @@ class Intake:
                 else:
                     self.stats.accepted += 1
                     accepted.append(order)
+        # A listener that fails is logged and the others still hear it: the order is durable and
+        # acked, and start-up recovery makes its tickets again.
         for order in accepted:
-            for hook in self.on_accepted:
-                try:
-                    hook(order)
-                except Exception:
-                    # The order is durable and acked; start-up recovery makes its tickets again.
-                    log.exception("after order %s was accepted, %r failed", order.order_id, hook)
+            self.signals.emit(ORDER_ACCEPTED, order)
         for refusal in refused:
             await self._refuse(refusal, started)
 
@@ -252,16 +274,14 @@ class Intake:
         try:
             # Handed to the MQTT session without awaiting the broker's PUBACK: a lost ack is
             # covered by the terminal's re-send, and waiting costs the loop (bus/connection.py).
-            self.bus.publish_nowait(topic, body, qos=1, properties=props)  # type: ignore[arg-type]
+            self.bus.publish_nowait(topic, body, qos=1, properties=props)
         except (BrokerError, ValueError) as exc:
             # The order is safe in the journal; the terminal's re-send gets a duplicate ack.
             # (ValueError: the MQTT client refused the topic, e.g. a response topic it cannot use.)
             self.stats.ack_failures += 1
             log.info("ack on %s not sent (%s); the terminal will re-send", topic, exc)
             return
-        elapsed = self.clock() - started
-        for hook in self.on_ack:
-            hook(status, elapsed)
+        self.signals.emit(ACK_SENT, (status, self.clock() - started))
 
     async def _deadletter(self, topic: str, reason: str, raw: bytes) -> None:
         self.stats.deadlettered += 1

@@ -1,7 +1,7 @@
 """``/metrics``: the box in Prometheus text format, one ``CollectorRegistry`` per hub.
 
 Two kinds of numbers. Events that happen between scrapes (ack latency, SQLite commit latency)
-go into histograms through the intake's ``on_ack`` and the journal's ``commit_observers`` hooks.
+go into histograms through the intake's ``ACK_SENT`` signal and the journal's ``commit_observers``.
 Everything else is read from the hub when scraped: ``refresh()`` gathers what needs awaiting
 (outbox rows, status sections) and the collector turns that snapshot into metric families, so
 no number is kept twice and none goes stale. No module-level registry: several hubs share a

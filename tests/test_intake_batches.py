@@ -22,7 +22,7 @@ from edgehub.bus.payloads import Order
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
 from edgehub.errors import JournalError
-from edgehub.intake import Intake
+from edgehub.intake import ORDER_ACCEPTED, Intake
 from edgehub.store import Journal
 from tests.conftest import Terminal, order
 
@@ -66,7 +66,7 @@ async def test_a_batch_mixing_orders_repeats_rejections_and_dead_letters_answers
     async with Journal(path, "s1") as journal:
         intake = Intake(topics, LimitsConfig(), journal, Bus())  # type: ignore[arg-type]
         taken: list[str] = []
-        intake.on_accepted.append(lambda o: taken.append(o.order_id))
+        intake.signals.listen(ORDER_ACCEPTED, lambda o: taken.append(o.order_id))
         order_topic = f"{topics.root}/pos/pos-1/order"
         await intake.handle_batch([
             message(order_topic, json.dumps(order("B-1")).encode(), 1),

@@ -27,7 +27,7 @@ from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
 from edgehub.errors import JournalError
 from edgehub.hub import Hub
-from edgehub.intake import Intake
+from edgehub.intake import ORDER_ACCEPTED, Intake
 from edgehub.store import Journal
 from tests.conftest import Terminal, order
 
@@ -211,7 +211,7 @@ async def test_one_poisoned_order_fails_nothing_else_of_its_batch(tmp_path: Path
     async with Journal(path, "s1") as journal:
         intake = Intake(topics, LimitsConfig(), journal, bus)  # type: ignore[arg-type]
         kitchen: list[str] = []
-        intake.on_accepted.append(lambda o: kitchen.append(o.order_id))
+        intake.signals.listen(ORDER_ACCEPTED, lambda o: kitchen.append(o.order_id))
         pos1, pos2 = topics.order("pos-1"), topics.order("pos-2")
         await intake.handle_batch([
             message(pos2, json.dumps(order("G-1")).encode(), 1),
@@ -320,7 +320,7 @@ async def test_a_hook_that_fails_on_one_order_leaves_the_batch_acked(tmp_path: P
                 raise KeyError("station")
             made.append(o.order_id)
 
-        intake.on_accepted.append(kitchen)
+        intake.signals.listen(ORDER_ACCEPTED, kitchen)
         pos = topics.order("pos-1")
         await intake.handle_batch([message(pos, json.dumps(order(f"H-{i}")).encode(), i) for i in (1, 2)])
     assert [(doc["order_id"], doc["status"]) for _, doc in bus.acks] == [("H-1", "accepted"), ("H-2", "accepted")]

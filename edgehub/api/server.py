@@ -1,7 +1,8 @@
-"""The aiohttp site: ``/healthz`` (open), ``/api/v1/status`` (token), more as the box grows.
+"""The aiohttp site: ``/healthz`` (open), ``/api/v1/status`` (token), and the routes components declare.
 
 Handlers read state through a ``StatusSource`` (the hub), so the API owns no state of its own
-and tests can serve it over a real socket with a real hub behind it.
+and tests can serve it over a real socket with a real hub behind it. Every path the published
+document (``openapi.json``) names answers: one no component of this box serves says so (501).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from edgehub.config import Address
 from edgehub.errors import EdgehubError
 
 log = logging.getLogger("edgehub.api")
+
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 @web.middleware
@@ -46,6 +51,31 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def _json_error(message: str) -> str:
     return json.dumps({"error": message})
+
+
+def _not_configured(app: web.Application, paths: dict[str, Any]) -> None:
+    """A documented path no component of this box serves answers 501 with the reason."""
+    taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    for path, operations in paths.items():
+        for method in operations:
+            if (method.upper(), path) in taken:
+                continue
+
+            async def missing(request: web.Request) -> web.Response:
+                return web.json_response({"error": f"{request.method} {request.path}: the part of edgehub that "
+                                                   "serves it is not configured on this box"}, status=501)
+
+            app.router.add_route(method.upper(), path, missing)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        response.headers.setdefault("X-Frame-Options", "DENY")
+    if request.path.startswith("/api/") or request.path == "/metrics":
+        response.headers.setdefault("Cache-Control", "no-store")
 
 
 class StatusSource(Protocol):
@@ -274,8 +304,6 @@ class ApiServer:
         self.port = listen.port
         # Components (kitchen screens, dashboard, devices…) register their routes before start.
         self.route_setups: list[Callable[[web.Application], None]] = []
-        # Run after route_setups: they add a route only where no component registered one.
-        self.fallback_route_setups: list[Callable[[web.Application], None]] = []
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.guard.middleware(), json_errors,
@@ -286,8 +314,8 @@ class ApiServer:
         self.logins.setup(app)
         for setup in self.route_setups:
             setup(app)
-        for setup in self.fallback_route_setups:
-            setup(app)
+        _not_configured(app, json.loads(OPENAPI_FILE.read_bytes())["paths"])
+        app.on_response_prepare.append(_security_headers)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -159,9 +159,9 @@ class FieldChecks:
         self._attach(record["device_id"])
 
     # -- HTTP ----------------------------------------------------------------------------------
-    def route_setup(self, app: web.Application) -> None:
-        app.router.add_post("/api/v1/devices/{device_id}/field-check", self._post)
-        app.router.add_get("/api/v1/devices/{device_id}/field-check", self._get)
+    def http_routes(self) -> list[web.AbstractRouteDef]:
+        return [web.post("/api/v1/devices/{device_id}/field-check", self._post),
+                web.get("/api/v1/devices/{device_id}/field-check", self._get)]
 
     async def _post(self, request: web.Request) -> web.Response:
         device_id = request.match_info["device_id"]

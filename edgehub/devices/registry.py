@@ -32,10 +32,11 @@ from typing import Any, Literal
 from drivers.base import DeviceInfo, Driver, Health
 from edgehub.bus import payloads
 from edgehub.bus.topics import Topics
+from edgehub.component import Signal, Signals
 from edgehub.errors import DeviceError, DeviceTimeout, DeviceUnavailable, EdgehubError
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["DeviceEntry", "DeviceEvent", "DeviceRegistry", "DriverFactory", "EventKind", "Publish"]
+__all__ = ["DEVICE_CHANGED", "DeviceEntry", "DeviceEvent", "DeviceRegistry", "DriverFactory", "EventKind", "Publish"]
 
 log = logging.getLogger("edgehub.devices")
 
@@ -99,6 +100,10 @@ class DeviceEvent:
     previous: Health | None = None
 
 
+# Every change of a device, heard at once in the step that makes it (see the module's doc).
+DEVICE_CHANGED: Signal[DeviceEvent] = Signal("device changed")
+
+
 def _default_factory(info: DeviceInfo) -> Driver:
     from drivers import driver_class
 
@@ -127,6 +132,7 @@ class DeviceRegistry:
         alert_sink: AlertSink | None = None,
         open_timeout: float = 5.0,
         retry_interval: float = 1.0,
+        signals: Signals | None = None,
     ) -> None:
         self.topics = topics
         self._publish = publish
@@ -138,7 +144,8 @@ class DeviceRegistry:
         self.retry_interval = retry_interval
         self._entries: dict[str, DeviceEntry] = {}
         self._slots: dict[str, _Slot] = {}
-        self._listeners: list[Callable[[DeviceEvent], None]] = []
+        # DEVICE_CHANGED goes out here (the hub's signals: roles and support hear it too).
+        self.signals = signals or Signals()
         # Retained messages not yet accepted by the broker: newest payload per topic.
         self._unsent: dict[str, bytes] = {}
         self._unsent_wakeup = asyncio.Event()
@@ -156,11 +163,10 @@ class DeviceRegistry:
 
     def subscribe(self, listener: Callable[[DeviceEvent], None]) -> None:
         """Call ``listener`` (synchronously, on the event loop) for every ``DeviceEvent``."""
-        self._listeners.append(listener)
+        self.signals.listen(DEVICE_CHANGED, listener)
 
     def unsubscribe(self, listener: Callable[[DeviceEvent], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
+        self.signals.forget(DEVICE_CHANGED, listener)
 
     async def status(self) -> dict[str, Any]:
         """The ``devices`` section of ``/api/v1/status``."""
@@ -353,13 +359,7 @@ class DeviceRegistry:
 
     # -- publishing ------------------------------------------------------------------------
     def _emit(self, event: DeviceEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception(
-                    "device event listener %r failed on %s %s", listener, event.kind, event.entry.device_id
-                )
+        self.signals.emit(DEVICE_CHANGED, event)
 
     async def _publish_description(self, entry: DeviceEntry) -> None:
         i = entry.info

@@ -30,7 +30,9 @@ from typing import Any
 from drivers import ALL_DRIVERS
 from drivers.base import DeviceInfo, Driver, UsbMatch
 from drivers.hid_scanner import HID_CLASS, HidScanner
+from edgehub.component import Component
 from edgehub.config import DiscoveryConfig, StaticDeviceConfig, parse_usb_id
+from edgehub.context import Context
 from edgehub.devices.registry import DeviceRegistry
 from edgehub.discovery.lan import (
     LanDiscovery,
@@ -43,7 +45,7 @@ from edgehub.discovery.serial import SerialDiscovery, SerialProbe
 from edgehub.discovery.usb import SharedSerial, UsbDiscovery, UsbUnavailable
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["SHARED_SERIALS_FILE", "Discovery", "MatchTable", "static_device_info"]
+__all__ = ["SHARED_SERIALS_FILE", "Discovery", "MatchTable", "setup", "static_device_info"]
 
 log = logging.getLogger("edgehub.discovery")
 
@@ -144,9 +146,18 @@ def static_device_info(device: StaticDeviceConfig, macs: dict[str, str] | None =
     )
 
 
-class Discovery:
+def setup(ctx: Context, cfg: DiscoveryConfig, static: Iterable[StaticDeviceConfig], registry: DeviceRegistry, *,
+          usb_backend: object | None, advertise: tuple[str, int, str]) -> Discovery:
+    """``static``: the ``[[device]]`` entries; ``registry``: what it fills; ``advertise``: (store
+    id, page port, version) for the box's zeroconf record."""
+    return Discovery(registry, cfg, static, usb_backend=usb_backend, advertise=advertise, state_dir=ctx.data_dir)
+
+
+class Discovery(Component):
     """The discovery component. Constructor does no I/O; ``async with`` owns the finder tasks
     and, unless one is passed in, the one AsyncZeroconf of the process."""
+
+    name = "discovery"
 
     def __init__(
         self,

@@ -26,18 +26,20 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
 
 from edgehub.bus import payloads
-from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.connection import response_properties
 from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order, Unaddressable, order_id_of
 from edgehub.bus.topics import Topics
+from edgehub.component import Bus, Component, Listener, MqttBatch, MqttRoute, StatusReader, on
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
+from edgehub.intake import ORDER_ACCEPTED
 from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
 from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tickets import (
@@ -147,7 +149,9 @@ class _OrderFacts:
     tickets: list[Ticket]
 
 
-class Kitchen:
+class Kitchen(Component):
+    name = "kitchen"
+
     def __init__(
         self,
         config: KitchenConfig,
@@ -155,7 +159,7 @@ class Kitchen:
         journal: Journal,
         store_id: str,
         limits: LimitsConfig | None = None,
-        bus: BusConnection | None = None,
+        bus: Bus | None = None,
         clock: Callable[[], float] = time.time,
         printer: KitchenPrinter | None = None,
         tick_s: float = 1.0,
@@ -191,6 +195,18 @@ class Kitchen:
         self._ticker: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
+
+    def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
+        return [MqttRoute(self.topics.all_amends, self.handle_amend),
+                MqttRoute(self.topics.all_cancels, self.handle_cancel),
+                MqttRoute(self.topics.all_kds_commands, self.handle_command),
+                MqttRoute(self.topics.all_kds_snapshot_requests, self.handle_snapshot_request)]
+
+    def status_sections(self) -> Mapping[str, StatusReader]:
+        return {"kitchen": self.status}
+
+    def listens(self) -> Sequence[Listener]:
+        return [on(ORDER_ACCEPTED, self.on_order_accepted)]
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -502,7 +518,7 @@ class Kitchen:
     # --- orders ----------------------------------------------------------------------------
 
     def on_order_accepted(self, order: Order) -> None:
-        """``Intake.on_accepted`` hook: the order's tickets, on the screens now, journaled with
+        """On ``ORDER_ACCEPTED`` (after the order's ack): its tickets, on the screens now, journaled with
         the next commit.
 
         The one change announced before its own commit, and safely so: the order is durable

@@ -29,7 +29,7 @@ import json
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -38,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from edgehub.api.auth import FailedLogins
 from edgehub.bus import payloads
 from edgehub.bus.payloads import STATION_RE
+from edgehub.component import Component
 from edgehub.config import Config
 from edgehub.errors import JournalError, PayloadError, TicketRefused
 from edgehub.kitchen.kitchen import Kitchen
@@ -72,7 +73,11 @@ def _inline_hashes(page: bytes, tag: str) -> str:
 LINK_CHECK_S = 1.0  # how often the broker link is looked at for the screens (a change is sent at once)
 
 
-class ScreenServer:
+class ScreenServer(Component):
+    """The kitchen screens' page and websocket (``/kds/{station}``) and their list on the API."""
+
+    name = "screens"
+
     def __init__(self, kitchen: Kitchen, secrets: Mapping[str, tuple[str, ...] | None],
                  failures: FailedLogins, broker_link: Callable[[], tuple[bool, str]] | None = None) -> None:
         self.kitchen = kitchen
@@ -94,12 +99,16 @@ class ScreenServer:
             ok |= match and (stations is None or station in stations)
         return ok
 
-    def setup(self, app: web.Application) -> None:
-        app.router.add_get("/kds/{station}", self.page)
-        app.router.add_get("/kds/{station}/ws", self.websocket)
-        app.router.add_get("/api/v1/kitchen/screens", self.screens)  # under /api/: behind the box token
-        app.on_startup.append(self._start_watch)
-        app.on_shutdown.append(self._close_all)
+    def http_routes(self) -> Sequence[web.AbstractRouteDef]:
+        return [web.get("/kds/{station}", self.page), web.get("/kds/{station}/ws", self.websocket),
+                web.get("/api/v1/kitchen/screens", self.screens)]  # under /api/: behind the box token
+
+    async def __aenter__(self) -> ScreenServer:
+        self._watch = asyncio.create_task(self._watch_link(), name="kds-link")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await cancel_and_wait(self._watch)
 
     def secret_for(self, station: str) -> str | None:
         """The secret a screen of ``station`` is set up with: the secret of a kitchen screen
@@ -110,9 +119,6 @@ class ScreenServer:
         every = next((secret for secret, stations in self._secrets if stations is ALL_STATIONS), None)
         found = own or every
         return found.decode() if found is not None else None
-
-    async def _start_watch(self, app: web.Application) -> None:
-        self._watch = asyncio.create_task(self._watch_link(), name="kds-link")
 
     async def _watch_link(self) -> None:
         """Tell each screen when the hub's broker link goes down or comes back (each screen is
@@ -225,7 +231,7 @@ class ScreenServer:
                 reply = payloads.kds_reply(command_id, False, f"not saved, try again: {exc}")
             await ws.send_str(payloads.dumps(reply).decode())
 
-    async def _close_all(self, app: web.Application) -> None:
+    async def http_stopping(self) -> None:
         await cancel_and_wait(self._watch)
         for ws in list(self._sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"hub stopping")

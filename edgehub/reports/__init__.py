@@ -18,12 +18,14 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from edgehub.component import Component, StatusReader
 from edgehub.config import Config, role_kind, role_name_problem
+from edgehub.context import Context
 from edgehub.errors import EdgehubError
 from edgehub.reports.dayclose import BusinessDay, Calendar, compute
 from edgehub.reports.receipt import ticket
@@ -31,7 +33,7 @@ from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from edgehub.tasks import cancel_and_wait
 
-__all__ = ["BusinessDay", "Calendar", "Reports", "compute"]
+__all__ = ["BusinessDay", "Calendar", "ReportPrinter", "Reports", "compute", "setup"]
 
 log = logging.getLogger("edgehub.reports")
 
@@ -45,7 +47,14 @@ class ReportPrinter(Protocol):
     async def submit(self, role: str, job_id: str, ticket: dict[str, Any]) -> None: ...
 
 
-class Reports:
+def setup(ctx: Context, config: Config, printer: ReportPrinter | None) -> Reports:
+    """``config``: ``[reports]`` with the store's name and currency and the limits its sums check."""
+    return Reports(config, ctx.journal, printer, clock=ctx.clock)
+
+
+class Reports(Component):
+    name = "reports"
+
     def __init__(self, config: Config, journal: Journal, printer: ReportPrinter | None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -164,10 +173,12 @@ class Reports:
 
     # --- API --------------------------------------------------------------------------------------
 
-    def route_setup(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/reports/day", self._api_today)
-        app.router.add_get("/api/v1/reports/day/{day}", self._api_day)
-        app.router.add_post("/api/v1/reports/day/{day}/print", self._api_print)
+    def http_routes(self) -> Sequence[web.AbstractRouteDef]:
+        return [web.get("/api/v1/reports/day", self._api_today), web.get("/api/v1/reports/day/{day}", self._api_day),
+                web.post("/api/v1/reports/day/{day}/print", self._api_print)]
+
+    def status_sections(self) -> Mapping[str, StatusReader]:
+        return {"reports": self.status_section}
 
     def _day(self, request: web.Request) -> BusinessDay:
         text = request.match_info["day"]

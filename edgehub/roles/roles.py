@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiomqtt
@@ -30,17 +30,27 @@ from aiohttp import web
 
 from drivers.base import Driver, Health
 from edgehub.bus import payloads
-from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
+from edgehub.component import (
+    BUS_CONNECTED,
+    Bus,
+    Component,
+    Listener,
+    MqttBatch,
+    MqttRoute,
+    StatusReader,
+    on,
+)
 from edgehub.config import Config, role_devices_problem, role_kind, role_name_problem
-from edgehub.devices.registry import DeviceEntry, DeviceEvent, DeviceRegistry
+from edgehub.context import Context
+from edgehub.devices.registry import DEVICE_CHANGED, DeviceEntry, DeviceEvent, DeviceRegistry
 from edgehub.errors import BrokerError, DeviceUnavailable, EdgehubError, PayloadError
 from edgehub.roles.failover import RoleSeat, choose_serving, usable
 from edgehub.roles.payments import Payments
 from edgehub.roles.printqueue import PrintQueue
 from edgehub.roles.serving import Reply, Requester
 from edgehub.store import Journal
-from edgehub.store.outbox import add_to_outbox
+from edgehub.store.outbox import add_to_outbox, waiting_payloads
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.roles")
@@ -49,15 +59,27 @@ OPEN_DRIVER_TIMEOUT_S = 10.0
 EVENT_KINDS = {"scan": "scanner", "weight": "scale"}
 
 
-class Roles:
+def setup(ctx: Context, config: Config, registry: DeviceRegistry | None,
+          wan_down: Callable[[], str | None] = lambda: None) -> Roles:
+    """``config``: the ``[[role]]`` bindings, the terminals that may pay, ``[payments]``, the
+    limits; ``registry``: the devices that serve roles; ``wan_down``: why the cloud link says the
+    WAN is down, or None (QR pay then probes its gateway)."""
+    roles = Roles(config, ctx.topics, ctx.journal, ctx.bus, registry, wall=ctx.clock)
+    roles.payments.tenders.wan_down = wan_down
+    return roles
+
+
+class Roles(Component):
     """The hub component. ``async with`` loads bindings and starts the role workers."""
+
+    name = "roles"
 
     def __init__(
         self,
         config: Config,
         topics: Topics,
         journal: Journal,
-        bus: BusConnection,
+        bus: Bus,
         registry: DeviceRegistry | None,
         *,
         tick_s: float = 0.2,
@@ -87,11 +109,22 @@ class Roles:
         self._workers: dict[str, asyncio.Task[None]] = {}  # print worker per printer role
         self._started = asyncio.Event()
         self._scan_waiters: dict[str, list[asyncio.Future[str]]] = {}  # scanner role -> who wants its next scan
-        bus.route(topics.all_role_commands, self.handle_command)
-        bus.route(topics.unsigned_role_commands, self.handle_command)
-        bus.route(topics.all_device_events, self.handle_device_event)
-        bus.on_connect.append(self._republish_all)
 
+    def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
+        return [MqttRoute(self.topics.all_role_commands, self.handle_command),
+                MqttRoute(self.topics.unsigned_role_commands, self.handle_command),
+                MqttRoute(self.topics.all_device_events, self.handle_device_event)]
+
+    def http_routes(self) -> Sequence[web.AbstractRouteDef]:
+        return [web.get("/api/v1/roles", self._api_list), web.put("/api/v1/roles/{role}", self._api_put),
+                web.get("/api/v1/payments/{payment_id}", self._api_payment),
+                web.post("/api/v1/payments/{payment_id}/settle", self._api_settle)]
+
+    def status_sections(self) -> Mapping[str, StatusReader]:
+        return {"roles": self.status}
+
+    def listens(self) -> Sequence[Listener]:
+        return [on(DEVICE_CHANGED, self._on_device_event), on(BUS_CONNECTED, self._republish_all)]
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Roles:
@@ -105,7 +138,6 @@ class Roles:
         for role in [r for r, q in self.printqueue.queues.items() if q]:
             self.ensure_role(role)  # jobs for a role no longer bound still wait, visibly
         if self.registry is not None:
-            self.registry.subscribe(self._on_device_event)
             now = self.clock()
             for seat in self.seats.values():
                 for device in seat.devices:
@@ -117,8 +149,6 @@ class Roles:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.registry is not None:
-            self.registry.unsubscribe(self._on_device_event)
         await cancel_and_wait(self._main)
         await self.payments.tenders.__aexit__(None, None, None)
 
@@ -323,7 +353,7 @@ class Roles:
             return False
         return True
 
-    async def _republish_all(self) -> None:
+    def _republish_all(self, _: None = None) -> None:
         self._dirty.update(self.seats)
         self._wake.set()
 
@@ -441,12 +471,6 @@ class Roles:
 
     # --- API -----------------------------------------------------------------------------------
 
-    def route_setup(self, app: web.Application) -> None:
-        app.router.add_get("/api/v1/roles", self._api_list)
-        app.router.add_put("/api/v1/roles/{role}", self._api_put)
-        app.router.add_get("/api/v1/payments/{payment_id}", self._api_payment)
-        app.router.add_post("/api/v1/payments/{payment_id}/settle", self._api_settle)
-
     async def _api_payment(self, request: web.Request) -> web.Response:
         """An installer looks at any terminal's payment (terminals see only their own)."""
         payment_id = request.match_info["payment_id"]
@@ -552,6 +576,25 @@ class Roles:
         self._start_worker(seat)
         self.evaluate(role, because=f"bound to {', '.join(devices)} by {who}")
         self._wake.set()
+
+    async def history(self) -> dict[str, Any]:
+        """Who bound which devices to each role and when, and the role changes not yet sent to
+        the cloud (the recent history while the WAN is down), for support bundles."""
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            bindings = [dict(zip(("role", "devices", "failback_after_s", "updated_at", "updated_by"), row, strict=True))
+                        for row in conn.execute("SELECT role, devices, failback_after_s, updated_at, updated_by "
+                                                "FROM role_bindings ORDER BY role")]
+            changes: list[Any] = []
+            for payload in waiting_payloads(conn, "role:", 500):
+                try:
+                    changes.append(json.loads(payload))
+                except ValueError as exc:
+                    changes.append({"unreadable": f"{exc}", "payload": payload[:200].decode("utf-8", "replace")})
+            return {"bindings": bindings, "recent_changes": changes}
+
+        result: dict[str, Any] = await self.journal.read(read)
+        return result
 
     # --- status ---------------------------------------------------------------------------------
 

@@ -268,6 +268,14 @@ def read_rows(
             for seq, stream, stream_seq, msg_id, created_at, payload in rows]
 
 
+def waiting_payloads(conn: sqlite3.Connection, msg_prefix: str, limit: int) -> list[bytes]:
+    """The payloads of the newest ``limit`` rows still waiting for the cloud whose msg_id starts
+    with ``msg_prefix``, oldest first."""
+    rows = conn.execute("SELECT payload FROM outbox WHERE substr(msg_id, 1, length(?1)) = ?1 "
+                        "ORDER BY seq DESC LIMIT ?2", (msg_prefix, limit)).fetchall()
+    return [decode_payload(bytes(payload)) for (payload,) in reversed(rows)]
+
+
 def head_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
 

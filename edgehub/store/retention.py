@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgehub.component import Component
 from edgehub.errors import EdgehubError
 from edgehub.kitchen.tickets import OF_ORDER, OPEN
 from edgehub.roles.payments import FINAL
@@ -173,8 +174,15 @@ _PRUNERS: tuple[tuple[str, Callable[..., tuple[int, int, bool]]], ...] = (
 )
 
 
-class Retention:
-    """The hourly pass over the journal (a hub component)."""
+def setup(journal: Any, keep_days: float) -> Retention:
+    return Retention(journal, keep_days)
+
+
+class Retention(Component):
+    """The hourly pass over the journal (a hub component; its status is the journal section's
+    ``retention``)."""
+
+    name = "retention"
 
     def __init__(self, journal: Any, keep_days: float, clock: Callable[[], float] = time.time,
                  every_s: float = EVERY_S, first_after_s: float = FIRST_AFTER_S) -> None:

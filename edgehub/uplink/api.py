@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -18,7 +17,7 @@ from edgehub.uplink.service import Uplink
 DISABLED = "the cloud uplink is disabled: set [cloud] enabled = true and url in edgehub.toml"
 
 
-def sync_routes(uplink: Uplink | None) -> Callable[[web.Application], None]:
+def sync_routes(uplink: Uplink | None) -> list[web.AbstractRouteDef]:
     async def post(request: web.Request) -> web.Response:
         if uplink is None:
             return web.json_response({"error": DISABLED}, status=409)
@@ -45,8 +44,4 @@ def sync_routes(uplink: Uplink | None) -> Callable[[web.Application], None]:
             return web.json_response({"error": DISABLED}, status=409)
         return web.json_response(uplink.sync_progress())
 
-    def setup(app: web.Application) -> None:
-        app.router.add_post("/api/v1/sync", post)
-        app.router.add_get("/api/v1/sync", get)
-
-    return setup
+    return [web.post("/api/v1/sync", post), web.get("/api/v1/sync", get)]

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from edgehub.api.auth import CSRF_HEADER, SESSION_COOKIE
-from edgehub.api.support import OPENAPI_FILE
+from edgehub.support import OPENAPI_FILE
 from tests.api.conftest import AUTH, INSTALLER_PIN, Box
 from tests.conftest import API_TOKEN
 
@@ -190,32 +190,18 @@ async def test_open_paths_in_the_spec_are_exactly_the_open_ones(box: Box) -> Non
 
 
 @pytest.mark.parametrize("path", ["/api/v1/devices/prn-front/test-print", "/api/v1/sync"])
-async def test_fallbacks_say_not_configured_without_the_component(path: str, tmp_path: Any,
-                                                                  http: aiohttp.ClientSession) -> None:
-    from edgehub.api.support import Support
-    from edgehub.config import load_config
-    from edgehub.hub import Hub
-    from tests.conftest import write_config
+async def test_fallbacks_say_not_configured_without_the_component(path: str, http: aiohttp.ClientSession) -> None:
+    from edgehub.api import ApiServer
+    from edgehub.config import Address
 
-    config = load_config(write_config(tmp_path / "bare"))
-    hub = Hub(config)
-    hub.registry = None  # type: ignore[assignment]  # a box built without the devices component
-    support = Support.__new__(Support)
-    support.hub = hub
-    app = web.Application()
-    app.router.add_post("/api/v1/devices/{device_id}/test-print", support.test_print)
-    app.router.add_post("/api/v1/sync", support.sync)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with http.post(f"http://127.0.0.1:{port}{path}") as response:
-            if path.endswith("sync") and getattr(hub, "uplink", None) is not None:
-                assert response.status != 501
-            else:
-                assert response.status == 501
-                assert "configured" in (await response.json())["error"]
-    finally:
-        await runner.cleanup()
+    class Bare:  # a box built without the devices and cloud components
+        def healthy(self) -> tuple[bool, str]:
+            return True, ""
+
+        async def status(self) -> dict[str, Any]:
+            return {}
+
+    async with ApiServer(Address("127.0.0.1", 0), API_TOKEN, Bare()) as api:
+        async with http.post(f"http://127.0.0.1:{api.port}{path}", headers=AUTH) as response:
+            assert response.status == 501
+            assert "configured" in (await response.json())["error"]

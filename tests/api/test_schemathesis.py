@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgehub.api.support import OPENAPI_FILE
+from edgehub.support import OPENAPI_FILE
 from tests.api.conftest import Box
 from tests.conftest import API_TOKEN
 

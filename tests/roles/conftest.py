@@ -30,6 +30,7 @@ from edgehub.api import ApiServer
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
+from edgehub.component import Wiring
 from edgehub.config import Config, load_config
 from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
 from edgehub.roles import Roles
@@ -143,8 +144,9 @@ async def running_store(
         )
         roles = Roles(config, topics, journal, bus, registry, tick_s=0.05)
         api = ApiServer(config.api.listen, config.api.token, StatusStub())
-        api.route_setups.append(roles.route_setup)
-        await stack.enter_async_context(roles)
+        wiring = Wiring(bus, api, registry.signals)
+        wiring.add(roles)
+        await stack.enter_async_context(wiring.running(roles))
         dog = await stack.enter_async_context(Watchdog(registry, watchdog))
         await stack.enter_async_context(api)
         bus_task = asyncio.create_task(bus.run())

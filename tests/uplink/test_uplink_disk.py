@@ -10,7 +10,6 @@ from pathlib import Path
 
 from edgehub.hub import Hub
 from edgehub.intake import DISK_FULL
-from edgehub.uplink import TelemetrySampler
 from tests.conftest import Terminal, order
 from tests.faultproxy import FaultProxy
 from tests.uplink.cloudside import CloudRecorder
@@ -53,7 +52,7 @@ async def test_disk_at_hard_limit_evicts_telemetry_and_loses_no_order(tmp_path: 
         assert status["streams"]["telemetry"]["count"] == 0  # evicted to leave the room to orders
         assert status["streams"]["telemetry"]["dropped"] == 200
         assert status["streams"]["orders"]["count"] == 40
-        sampler = next(c for c in hub.components if isinstance(c, TelemetrySampler))
+        sampler = hub.cloud.telemetry
         assert await sampler.sample_now() is False  # refused, counted
         assert (await hub.status())["uplink"]["telemetry_refused"] == 1
 

@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from edgehub.config import STATION_RE, KitchenConfig
 from edgehub.errors import PayloadError
+from edgehub.kitchen.kitchen import Kitchen
 from edgehub.kitchen.routing import Router
+from edgehub.uplink.cloudapi import DownlinkDoc
 
-if TYPE_CHECKING:
-    from edgehub.kitchen import Kitchen
-    from edgehub.uplink.cloudapi import DownlinkDoc
-    from edgehub.uplink.downlink import Downlink
+log = logging.getLogger("edgehub.kitchen.cloudrouting")
 
-log = logging.getLogger("edgehub.uplink.routing")
+
+class DownlinkFeed(Protocol):
+    """The documents the cloud pushes down (``uplink.Downlink``)."""
+
+    def check(self, kind: str, check: Callable[[DownlinkDoc], None]) -> None: ...
+
+    def on_change(self, kind: str, listener: Callable[[DownlinkDoc], None]) -> None: ...
 
 RULE_KINDS = ("sku", "category")
 
@@ -72,7 +77,7 @@ def routed_config(base: KitchenConfig, body: Mapping[str, Any]) -> KitchenConfig
     )
 
 
-def follow_cloud_routing(downlink: Downlink, kitchen: Kitchen) -> None:
+def follow_cloud_routing(downlink: DownlinkFeed, kitchen: Kitchen) -> None:
     """Route the kitchen's new tickets by the cloud's rules: the cached version at start, each
     newer version as it arrives. Tickets already made stay where they are."""
     base = kitchen.config

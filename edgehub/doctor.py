@@ -27,6 +27,7 @@ from typing import Any, Literal
 import aiomqtt
 
 from edgehub.config import Address, Config
+from edgehub.store.orders import latest_received_at
 from edgehub.store.schema import SCHEMA_VERSION
 from edgehub.sysinfo import disk_usage
 
@@ -361,10 +362,9 @@ class Doctor:
         with contextlib.suppress(sqlite3.Error):
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
             try:
-                (newest,) = conn.execute("SELECT MAX(received_at) FROM orders").fetchone()
+                return latest_received_at(conn)
             finally:
                 conn.close()
-            return float(newest) if newest is not None else None
         return None
 
     async def _cloud(self, status: Mapping[str, Any] | None = None) -> list[Check]:

@@ -64,7 +64,7 @@ from edgehub.kitchen.tickets import (
     write_alert,
     write_events,
 )
-from edgehub.store import Journal
+from edgehub.store import Journal, orders
 from edgehub.store.journal import TAP_WAIT_S
 
 log = logging.getLogger("edgehub.kitchen")
@@ -252,15 +252,15 @@ class Kitchen(Component):
             view.hidden = max(0, count - len(view.tickets))
             if view.hidden:
                 self._warn_hidden(station, view)
-        orders = await self.journal.read(unrouted_orders)
+        unrouted = await self.journal.read(unrouted_orders)
         events: list[Event] = []
-        for order_id, terminal, received_at, doc in orders:
+        for order_id, terminal, received_at, doc in unrouted:
             events += self._create(order_id, terminal, doc, received_at, "recovery")
-        self.stats.recovered_orders += len(orders)
-        if orders:
+        self.stats.recovered_orders += len(unrouted)
+        if unrouted:
             log.warning(
                 "%d accepted orders had no kitchen tickets (the hub stopped in between); made them now",
-                len(orders),
+                len(unrouted),
             )
 
         def write(conn: sqlite3.Connection) -> None:
@@ -598,9 +598,7 @@ class Kitchen(Component):
 
     async def _facts(self, order_id: str, change_id: str) -> _OrderFacts:
         def read(conn: sqlite3.Connection) -> _OrderFacts:
-            row = conn.execute(
-                "SELECT terminal, received_at, payload FROM orders WHERE order_id=?", (order_id,)
-            ).fetchone()
+            row = orders.order(conn, order_id)
             known = conn.execute(
                 "SELECT terminal, payload FROM order_changes WHERE change_id=?", (change_id,)
             ).fetchone()
@@ -613,7 +611,7 @@ class Kitchen(Component):
                     f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
                 )
             ]
-            order = (row[0], row[1], json.loads(row[2])) if row else None
+            order = (row.terminal, row.received_at, json.loads(row.payload)) if row else None
             change = (known[0], json.loads(known[1])) if known else None
             return _OrderFacts(order, change, cancelled is not None, tickets)
 

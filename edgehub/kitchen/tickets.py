@@ -24,7 +24,7 @@ from typing import Any
 
 from edgehub.bus import payloads
 from edgehub.errors import TicketRefused
-from edgehub.store import outbox
+from edgehub.store import orders, outbox
 
 NEW, IN_PROGRESS, READY, SERVED, RECALLED, VOIDED, EXPIRED = (
     "new",
@@ -407,19 +407,46 @@ OF_ORDER = "t.ticket_id >= {order} || '/' AND t.ticket_id < {order} || '0' AND t
 def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dict[str, Any]]]:
     """Accepted orders that have no ticket: the hub stopped between the order's commit and its
     tickets' commit. Only orders after the watermark (set when the kitchen first ran, moved
-    forward at each start) are looked at."""
+    forward at each start) are looked at; a cancelled order needs none."""
     (mark,) = conn.execute("SELECT order_seq FROM kitchen_watermark WHERE id=1").fetchone()
-    rows = conn.execute(
-        "SELECT o.order_id, o.terminal, o.received_at, o.payload FROM orders o "
-        "WHERE o.seq > ? AND NOT EXISTS "
-        f"(SELECT 1 FROM tickets t WHERE {OF_ORDER.format(order='o.order_id')}) AND NOT EXISTS "
-        "(SELECT 1 FROM order_changes c WHERE c.order_id = o.order_id AND c.kind = 'cancel') ORDER BY o.seq",
-        (mark,),
-    ).fetchall()
-    return [(order_id, terminal, at, json.loads(payload)) for order_id, terminal, at, payload in rows]
+    found = []
+    for order in orders.orders_after(conn, mark):
+        if conn.execute(f"SELECT 1 FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order.order_id,)).fetchone():
+            continue
+        if conn.execute("SELECT 1 FROM order_changes WHERE order_id=? AND kind='cancel'", (order.order_id,)).fetchone():
+            continue
+        found.append((order.order_id, order.terminal, order.received_at, json.loads(order.payload)))
+    return found
 
 
 def move_watermark(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "UPDATE kitchen_watermark SET order_seq = (SELECT COALESCE(MAX(seq), 0) FROM orders) WHERE id=1"
-    )
+    conn.execute("UPDATE kitchen_watermark SET order_seq = ? WHERE id=1", (orders.last_seq(conn),))
+
+
+# --- what the journal's retention and the reports ask of the kitchen -------------------------------
+
+
+def order_has_open_ticket(conn: sqlite3.Connection, order_id: str) -> bool:
+    """A ticket of the order is still on a station screen: the order stays."""
+    return any(state in OPEN for (state,) in conn.execute(
+        f"SELECT t.state FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)))
+
+
+def forget_order(conn: sqlite3.Connection, order_id: str) -> None:
+    """The order's tickets and changes go with it (their events go by their own rule, later)."""
+    conn.execute(f"DELETE FROM tickets WHERE ticket_id IN (SELECT t.ticket_id FROM tickets t WHERE "
+                 f"{OF_ORDER.format(order='?1')})", (order_id,))
+    conn.execute("DELETE FROM order_changes WHERE order_id=?", (order_id,))
+
+
+def order_changes(conn: sqlite3.Connection) -> list[tuple[str, str, float, str]]:
+    """Every amend and cancel kept: (order id, kind, received at, payload), oldest first."""
+    return conn.execute("SELECT order_id, kind, received_at, payload FROM order_changes ORDER BY received_at"
+                        ).fetchall()
+
+
+def voided_between(conn: sqlite3.Connection, start: float, end: float) -> int:
+    """Tickets voided from ``start`` (included) to ``end`` (excluded)."""
+    (count,) = conn.execute("SELECT COUNT(*) FROM ticket_events WHERE event='voided' AND at >= ? AND at < ?",
+                            (start, end)).fetchone()
+    return int(count)

@@ -29,7 +29,9 @@ from edgehub.context import Context
 from edgehub.errors import EdgehubError
 from edgehub.reports.dayclose import BusinessDay, Calendar, compute
 from edgehub.reports.receipt import ticket
+from edgehub.roles.payments import any_payment_between
 from edgehub.store import Journal
+from edgehub.store.orders import any_order_between
 from edgehub.store.outbox import add_to_outbox
 from edgehub.tasks import cancel_and_wait
 
@@ -115,10 +117,7 @@ class Reports(Component):
             if conn.execute("SELECT 1 FROM day_closes WHERE day=?", (day.name,)).fetchone():
                 return None
             span = (day.starts_at, day.ends_at)
-            busy = conn.execute("SELECT EXISTS(SELECT 1 FROM orders WHERE received_at >= ? AND received_at < ?) OR "
-                                "EXISTS(SELECT 1 FROM payments WHERE created_at >= ? AND created_at < ?)",
-                                span + span).fetchone()[0]
-            if not busy:
+            if not any_order_between(conn, *span) and not any_payment_between(conn, *span):
                 return None
             report = compute(conn, self.calendar, day, store_id=store, currency=currency, limits=limits)
             report["closed_at"] = now

@@ -22,6 +22,10 @@ from typing import Any
 from edgehub.bus.payloads import check_prices
 from edgehub.config import LimitsConfig, ReportsConfig
 from edgehub.errors import PayloadError
+from edgehub.kitchen.tickets import order_changes, voided_between
+from edgehub.roles.payments import payments_between
+from edgehub.roles.printqueue import reprints_between
+from edgehub.store.orders import orders_between
 
 REPORT_SCHEMA = "day-close/1"
 
@@ -71,9 +75,7 @@ def compute(conn: sqlite3.Connection, calendar: Calendar, day: BusinessDay, *, s
             limits: LimitsConfig) -> dict[str, Any]:
     """The report of ``day`` as the journal holds it now."""
     span = (day.starts_at, day.ends_at)
-    payments = conn.execute(
-        "SELECT payment_id, sale_id, tender, device_id, state, amount_cents, currency, created_at, result "
-        "FROM payments WHERE created_at >= ? AND created_at < ? ORDER BY created_at", span).fetchall()
+    payments = payments_between(conn, *span)
     by_tender: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     by_device: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
     outcomes: Counter[str] = Counter()
@@ -109,11 +111,9 @@ def compute(conn: sqlite3.Connection, calendar: Calendar, day: BusinessDay, *, s
             cash["change_cents"] += int(result.get("change_cents", 0))
     cash["net_cents"] = cash["received_cents"] - cash["change_cents"]
 
-    orders = conn.execute("SELECT order_id, received_at, payload FROM orders WHERE received_at >= ? AND "
-                          "received_at < ?", span).fetchall()
+    orders = [(o.order_id, o.received_at, o.payload) for o in orders_between(conn, *span)]
     order_ids = {order_id for order_id, _, _ in orders}
-    changes = conn.execute("SELECT order_id, kind, received_at, payload FROM order_changes ORDER BY received_at"
-                           ).fetchall()
+    changes = order_changes(conn)
     amends_in_day = sum(1 for _, kind, at, _ in changes if kind == "amend" and span[0] <= at < span[1])
     cancels_in_day = sum(1 for _, kind, at, _ in changes if kind == "cancel" and span[0] <= at < span[1])
     cancelled = {order_id for order_id, kind, _, _ in changes if kind == "cancel"}
@@ -142,10 +142,8 @@ def compute(conn: sqlite3.Connection, calendar: Calendar, day: BusinessDay, *, s
         if value is not None:
             priced += 1
             order_value += value
-    voided_tickets = conn.execute("SELECT COUNT(*) FROM ticket_events WHERE event='voided' AND at >= ? AND at < ?",
-                                  span).fetchone()[0]
-    reprints = conn.execute("SELECT COUNT(*) FROM print_jobs WHERE reprint=1 AND created_at >= ? AND created_at < ?",
-                            span).fetchone()[0]
+    voided_tickets = voided_between(conn, *span)
+    reprints = reprints_between(conn, *span)
     return {
         "schema": REPORT_SCHEMA,
         "store_id": store_id,

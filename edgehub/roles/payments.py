@@ -68,7 +68,7 @@ SETTLE_TIMEOUT_S = 30.0
 # ready, a reply it cannot read), one step further after each such attempt.
 SETTLE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 
-__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments"]
+__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments", "any_payment_between", "payments_between"]
 
 
 class Payments:
@@ -667,3 +667,20 @@ def _row(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
             **json.loads(result),
         },
     }
+
+
+# --- what the reports read ---------------------------------------------------------------------
+
+
+def payments_between(conn: sqlite3.Connection, start: float, end: float) -> list[tuple[Any, ...]]:
+    """Payments started from ``start`` (included) to ``end`` (excluded), oldest first: (payment id,
+    sale id, tender, device, state, amount, currency, created at, result JSON)."""
+    return conn.execute(
+        "SELECT payment_id, sale_id, tender, device_id, state, amount_cents, currency, created_at, result "
+        "FROM payments WHERE created_at >= ? AND created_at < ? ORDER BY created_at", (start, end)).fetchall()
+
+
+def any_payment_between(conn: sqlite3.Connection, start: float, end: float) -> bool:
+    row = conn.execute("SELECT EXISTS(SELECT 1 FROM payments WHERE created_at >= ? AND created_at < ?)",
+                       (start, end)).fetchone()
+    return bool(row[0])

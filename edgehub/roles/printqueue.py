@@ -393,3 +393,10 @@ def _short(exc: BaseException) -> str:
 def _json(text: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(text)
     return doc
+
+
+def reprints_between(conn: sqlite3.Connection, start: float, end: float) -> int:
+    """Jobs created from ``start`` (included) to ``end`` (excluded) that had to print again."""
+    (count,) = conn.execute("SELECT COUNT(*) FROM print_jobs WHERE reprint=1 AND created_at >= ? AND created_at < ?",
+                            (start, end)).fetchone()
+    return int(count)

@@ -276,6 +276,16 @@ def waiting_payloads(conn: sqlite3.Connection, msg_prefix: str, limit: int) -> l
     return [decode_payload(bytes(payload)) for (payload,) in reversed(rows)]
 
 
+def waiting_up_to(conn: sqlite3.Connection, seq: int) -> int:
+    """Rows still waiting for the cloud at or before ``seq``."""
+    return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0])
+
+
+def waiting_by_stream(conn: sqlite3.Connection) -> list[tuple[str, int, float]]:
+    """(stream, rows waiting, the oldest's created_at) of every stream with rows waiting."""
+    return conn.execute("SELECT stream, COUNT(*), MIN(created_at) FROM outbox GROUP BY stream").fetchall()
+
+
 def head_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
 

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import paho.mqtt.client as mqtt
 
 from edgehub.config import CloudConfig
 from edgehub.errors import CloudSilent, EdgehubError, PayloadError, UplinkError
-from edgehub.store.outbox import Outbox, head_seq
+from edgehub.store.outbox import Outbox, head_seq, waiting_up_to
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink.cloudapi import CloudTopics
 from edgehub.uplink.downlink import Downlink
@@ -320,10 +319,7 @@ class Uplink:
         return job
 
     async def _count_upto(self, seq: int) -> int:
-        def count(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE seq <= ?", (seq,)).fetchone()[0])
-
-        return int(await self.journal.read(count))
+        return int(await self.journal.read(lambda conn: waiting_up_to(conn, seq)))
 
     async def _watch_sync(self, job: SyncJob) -> None:
         while True:

@@ -26,8 +26,10 @@ from typing import Any
 
 from edgehub import __version__
 from edgehub.config import Config
+from edgehub.devices.tables import field_check_results
 from edgehub.doctor import DaemonUnreadable, answer_problem, api_address, connect_problem, daemon_check
 from edgehub.errors import EdgehubError
+from edgehub.store.outbox import waiting_by_stream
 
 REDACTED = "[REDACTED]"
 # Whole words only for the short ones: "pin" must not catch "pinpad" nor "key" "keepalive".
@@ -203,8 +205,7 @@ def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
-            rows = conn.execute("SELECT stream, COUNT(*), MIN(created_at) FROM outbox GROUP BY stream"
-                                ).fetchall()
+            rows = waiting_by_stream(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -224,17 +225,17 @@ def _field_checks(config: Config) -> list[Any] | None:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
-            rows = conn.execute("SELECT result FROM field_checks ORDER BY device_id").fetchall()
+            rows = field_check_results(conn)
         finally:
             conn.close()
     except sqlite3.Error:
         return None  # an older journal without the table, or unreadable
-    checks = []
-    for (text,) in rows:
+    checks: list[Any] = []
+    for device_id, text in rows:
         try:
             checks.append(json.loads(text))
-        except ValueError:
-            continue
+        except ValueError as exc:
+            checks.append({"device_id": device_id, "unreadable": str(exc)})
     return checks
 
 

@@ -11,7 +11,9 @@ declares, and the hub wires:
   ``http_stopping()``: what to close when the site stops (long-lived connections: websockets);
 - ``status_sections()``: its sections of ``/api/v1/status`` by name;
 - ``listens()``: the signals (in-process events: an order accepted, a device changed …) it hears,
-  attached while it runs.
+  attached while it runs;
+- ``tables()``: the journal tables it owns, with their migrations and retention rules
+  (``store/schema.py``); no other module reads or writes them with SQL.
 
 ``edgehub/hub.py`` is the list of components in their start order. ``Wiring`` does the wiring
 for the hub and for tests that run a few components without one.
@@ -29,6 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from aiohttp import web
 
 from edgehub.bus.connection import BatchHandler, Handler
+from edgehub.store.schema import Tables
 
 log = logging.getLogger("edgehub.hub")
 
@@ -142,6 +145,10 @@ class Component:
         return {}
 
     def listens(self) -> Sequence[Listener]:
+        return ()
+
+    def tables(self) -> Sequence[Tables]:
+        """The journal tables it owns (made or migrated when the journal opens)."""
         return ()
 
     async def __aenter__(self) -> Any:

@@ -33,7 +33,8 @@ from edgehub.kitchen.screens import screen_secrets
 from edgehub.logs import RecentLines
 from edgehub.roles import KitchenSlips
 from edgehub.sdnotify import Notifier
-from edgehub.store import Journal, retention
+from edgehub.store import Journal
+from edgehub.store.retention import Retention
 from edgehub.support import SupportPorts
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink import Downlink, Outbox, Uplink
@@ -73,6 +74,8 @@ class Hub:
         # The ring of recent log lines that support bundles fall back on without journald.
         self.recent = RecentLines()
         self.journal = Journal(config.journal.path, config.store.id, config.journal.commit_window_ms)
+        # What the journal keeps of the past: journal.keep_days, by every owner's rules.
+        self.retention = Retention(self.journal, config.journal.keep_days)
         self.api = ApiServer(config.api.listen, config.api.token, self, installer_pin=config.api.installer_pin,
                              sessions_file=config.paths.data_dir / "sessions.json")
         self.bus = BusConnection(
@@ -90,7 +93,6 @@ class Hub:
 
         # The components, in start order (stopped in reverse).
         self.components: list[Component] = []
-        self.retention = self.add(retention.setup(self.journal, config.journal.keep_days))
         self.intake = self.add(intake.setup(ctx, config.limits))
         self.cloud = self.add(uplink.setup(ctx, config.cloud, busy=self.intake.busy,
                                            accepted=lambda: self.intake.stats.accepted))
@@ -115,6 +117,7 @@ class Hub:
 
     def add(self, component: C) -> C:
         """One more component, started after those added before it; its declarations are wired."""
+        self.journal.own(*component.tables())
         self.wiring.add(component)
         self.components.append(component)
         return component
@@ -171,6 +174,7 @@ class Hub:
             self.bus.host, self.bus.port = self.broker.address.host, self.broker.address.port
             self.bus.gate = self._own_broker_listening
         await self._stack.enter_async_context(self.journal)
+        await self._stack.enter_async_context(self.retention)
         for component in self.components:
             await self._stack.enter_async_context(self.wiring.running(component))
         await self._stack.enter_async_context(self.api)

@@ -14,10 +14,11 @@ import psutil
 from edgehub.gctuning import FULL_EVERY, YOUNG_EVERY, FreezeSurvivors, Trimmer, malloc_free_mb, malloc_trim
 from edgehub.store import Journal
 from edgehub.store.schema import migrate
+from tests.conftest import ALL_TABLES
 
 
 async def test_a_lazy_write_rides_with_the_next_order_commit(tmp_path: Path) -> None:
-    async with Journal(tmp_path / "j.sqlite", "s1") as journal:
+    async with Journal(tmp_path / "j.sqlite", "s1", tables=ALL_TABLES) as journal:
         before = journal.stats.commits
 
         def lazy(conn: sqlite3.Connection) -> None:
@@ -33,14 +34,14 @@ async def test_a_lazy_write_rides_with_the_next_order_commit(tmp_path: Path) -> 
 
 
 async def test_a_lazy_write_alone_is_committed_all_the_same(tmp_path: Path) -> None:
-    async with Journal(tmp_path / "j.sqlite", "s1") as journal:
+    async with Journal(tmp_path / "j.sqlite", "s1", tables=ALL_TABLES) as journal:
         value = await asyncio.wait_for(journal.write(lambda conn: 42, lazy=True), timeout=10)
         assert value == 42
 
 
 async def test_a_lazy_write_queued_at_close_is_committed(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    async with Journal(path, "s1") as journal:
+    async with Journal(path, "s1", tables=ALL_TABLES) as journal:
         task = asyncio.create_task(journal.write(
             lambda conn: conn.execute("INSERT INTO deadletters(received_at, topic, reason, payload) "
                                       "VALUES (1, 't', 'last', x'')"), lazy=True))
@@ -53,7 +54,7 @@ async def test_a_lazy_write_queued_at_close_is_committed(tmp_path: Path) -> None
 async def test_a_cooks_tap_waits_for_an_order_to_ride_with_but_never_holds_the_order_up(tmp_path: Path) -> None:
     """A write with ``within_s`` (a tap on a kitchen screen) joins the next order's commit if one
     comes within its wait; the order's group still closes after the commit window, not the tap's."""
-    async with Journal(tmp_path / "j.sqlite", "s1", commit_window_ms=2) as journal:
+    async with Journal(tmp_path / "j.sqlite", "s1", tables=ALL_TABLES, commit_window_ms=2) as journal:
         before = journal.stats.commits
         tap = asyncio.create_task(journal.write(lambda conn: "tap", within_s=60.0))
         await asyncio.sleep(0.05)  # the tap waits: no commit of its own yet
@@ -72,7 +73,7 @@ def test_a_tickets_document_is_stored_deflated_and_rows_from_before_still_load()
     from edgehub.kitchen.tickets import Event, Ticket, load, write_events
 
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)
+    migrate(conn, ALL_TABLES)
     lines = [{"line": 0, "sku": "BURG-01", "name": "Cheeseburger", "qty": 2, "modifiers": ["no onions"],
               "key": "BURG-01|no onions"}]
     new = Ticket("T-1/grill/1", "T-1", "grill", "pos-1", 100.0, lines, {"table": "T7", "covers": 2},
@@ -92,7 +93,7 @@ def test_a_tickets_document_is_stored_deflated_and_rows_from_before_still_load()
 def test_new_tickets_touch_no_order_or_station_index() -> None:
     """Migration 5: the kitchen's hot path writes fewer B-trees; a ticket's order is its id range."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)
+    migrate(conn, ALL_TABLES)
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type='index' AND sql IS NOT NULL")}
     assert {"ticket_events_ticket", "tickets_order", "tickets_station_state"}.isdisjoint(indexes)
     assert "tickets_bumped" in indexes

@@ -24,7 +24,9 @@ from edgehub.devices.factory import DriverFactory
 from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.devices.registry import DEVICE_CHANGED, DeviceEntry, DeviceEvent, DeviceRegistry
+from edgehub.devices.tables import TABLES
 from edgehub.devices.watchdog import Watchdog, WatchdogTiming
+from edgehub.store.schema import Tables
 
 __all__ = ["DEVICE_CHANGED", "DeviceEntry", "DeviceEvent", "DeviceRegistry", "Devices", "Watchdog",
            "WatchdogTiming", "setup"]
@@ -77,6 +79,9 @@ class Devices(Component):
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"devices": self.registry.status}
+
+    def tables(self) -> Sequence[Tables]:
+        return [TABLES]
 
     async def __aenter__(self) -> Devices:
         async with contextlib.AsyncExitStack() as stack:

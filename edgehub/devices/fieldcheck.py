@@ -25,6 +25,7 @@ from aiohttp import web
 
 from drivers.base import FIELD_CHECK_MAX_WAIT_S, FIELD_CHECK_WAIT_S, FieldCheck, FieldStep
 from edgehub.devices.registry import DeviceEvent, DeviceRegistry
+from edgehub.devices.tables import TABLES
 from edgehub.errors import DeviceError, EdgehubError
 from edgehub.store import Journal
 
@@ -64,6 +65,8 @@ class FieldChecks:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def __aenter__(self) -> FieldChecks:
+        await self.journal.ensure(TABLES)
+
         def load(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             return conn.execute("SELECT device_id, result FROM field_checks").fetchall()
 

@@ -42,6 +42,7 @@ from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError
 from edgehub.intake import ORDER_ACCEPTED
 from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
 from edgehub.kitchen.routing import Routed, Router
+from edgehub.kitchen.tables import TABLES
 from edgehub.kitchen.tickets import (
     BUMPED,
     LIVE,
@@ -66,6 +67,7 @@ from edgehub.kitchen.tickets import (
 )
 from edgehub.store import Journal, orders
 from edgehub.store.journal import TAP_WAIT_S
+from edgehub.store.schema import Tables
 
 log = logging.getLogger("edgehub.kitchen")
 
@@ -208,9 +210,13 @@ class Kitchen(Component):
     def listens(self) -> Sequence[Listener]:
         return [on(ORDER_ACCEPTED, self.on_order_accepted)]
 
+    def tables(self) -> Sequence[Tables]:
+        return [TABLES]
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Kitchen:
+        await self.journal.ensure(TABLES)
         await self._reload()
         self._ticker = asyncio.create_task(self._tick_loop(), name="kitchen-ticker")
         return self

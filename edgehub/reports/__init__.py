@@ -29,10 +29,12 @@ from edgehub.context import Context
 from edgehub.errors import EdgehubError
 from edgehub.reports.dayclose import BusinessDay, Calendar, compute
 from edgehub.reports.receipt import ticket
+from edgehub.reports.tables import TABLES
 from edgehub.roles.payments import any_payment_between
 from edgehub.store import Journal
 from edgehub.store.orders import any_order_between
 from edgehub.store.outbox import add_to_outbox
+from edgehub.store.schema import Tables
 from edgehub.tasks import cancel_and_wait
 
 __all__ = ["BusinessDay", "Calendar", "ReportPrinter", "Reports", "compute", "setup"]
@@ -72,6 +74,7 @@ class Reports(Component):
         self.caught_up = asyncio.Event()  # the pass at start (days that ended while the box was off) is done
 
     async def __aenter__(self) -> Reports:
+        await self.journal.ensure(TABLES)
         self._task = asyncio.create_task(self._closer(), name="reports-close")
         return self
 
@@ -178,6 +181,9 @@ class Reports(Component):
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"reports": self.status_section}
+
+    def tables(self) -> Sequence[Tables]:
+        return [TABLES]
 
     def _day(self, request: web.Request) -> BusinessDay:
         text = request.match_info["day"]

@@ -49,8 +49,10 @@ from edgehub.roles.failover import RoleSeat, choose_serving, usable
 from edgehub.roles.payments import Payments
 from edgehub.roles.printqueue import PrintQueue
 from edgehub.roles.serving import Reply, Requester
+from edgehub.roles.tables import TABLES
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox, waiting_payloads
+from edgehub.store.schema import Tables
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.roles")
@@ -125,9 +127,13 @@ class Roles(Component):
 
     def listens(self) -> Sequence[Listener]:
         return [on(DEVICE_CHANGED, self._on_device_event), on(BUS_CONNECTED, self._republish_all)]
+
+    def tables(self) -> Sequence[Tables]:
+        return [TABLES]
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Roles:
+        await self.journal.ensure(TABLES)
         bindings = {r.name: (r.devices, r.failback_after_s, "config") for r in self.config.roles}
         bindings.update(await self.journal.read(_saved_bindings))
         for name, (devices, failback, source) in sorted(bindings.items()):

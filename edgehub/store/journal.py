@@ -35,7 +35,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +44,7 @@ from edgehub.bus.payloads import Order, cloud_order, dumps
 from edgehub.errors import JournalError, JournalFull
 from edgehub.store.checkpoint import Checkpointer
 from edgehub.store.outbox import add_many_to_outbox
-from edgehub.store.schema import migrate
+from edgehub.store.schema import JOURNAL, Tables, apply, migrate
 
 log = logging.getLogger("edgehub.journal")
 
@@ -141,8 +141,13 @@ class Journal:
     """Async face of the journal. ``async with Journal(...)`` opens, checks and migrates it."""
 
     def __init__(self, path: Path, store_id: str, commit_window_ms: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, tables: Sequence[Tables] = ()) -> None:
         self.path = path
+        # Every owner's tables, by owner: made or migrated when the journal opens (those owned
+        # later, when their owner starts: ``ensure``); their retention rules run hourly.
+        self.tables: dict[str, Tables] = {JOURNAL.owner: JOURNAL}
+        self._ready_owners: set[str] = set()
+        self.own(*tables)
         self.store_id = store_id
         self.window_s = commit_window_ms / 1000.0
         self.clock = clock
@@ -161,6 +166,22 @@ class Journal:
         self._period_start = time.monotonic()  # the writer thread's own rate estimate
         self._period_writes = 0
         self._was_busy = False
+
+    def own(self, *tables: Tables) -> None:
+        """Register ``tables`` before the journal opens: they are made or migrated with it."""
+        for t in tables:
+            if self.tables.setdefault(t.owner, t) is not t:
+                raise ValueError(f"two sets of tables are owned by {t.owner!r}")
+
+    async def ensure(self, tables: Tables) -> None:
+        """``tables`` made or migrated in this open journal: at once when they were registered
+        before it opened (the hub's components), else now, in one commit (a component started
+        alone, as tests do)."""
+        if tables.owner in self._ready_owners:
+            return
+        self.own(tables)
+        await self.write(lambda conn: apply(conn, tables))
+        self._ready_owners.add(tables.owner)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -215,7 +236,8 @@ class Journal:
             self._move_aside()
         try:
             conn = self._connect()
-            before, after = migrate(conn)
+            before, after = migrate(conn, [t for t in self.tables.values() if t is not JOURNAL])
+            self._ready_owners = set(self.tables)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         if before == 0:

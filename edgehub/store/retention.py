@@ -1,5 +1,9 @@
 """Journal retention: the box keeps its recent past; the cloud keeps the rest.
 
+Each owner of tables registers its rules with the journal (``schema.Tables.retention``); the
+journal's own are its orders (an owner that keeps rows per order says whether one must stay and
+deletes its rows with it: ``schema.OrderRows``) and its dead letters.
+
 Without it the journal grows by every order, ticket, kitchen event, print job and payment for as
 long as the box runs, on an SD card, and the start-up check (``PRAGMA quick_check`` reads every
 page) grows with it, delaying READY at every start. Once an hour (first a minute after start)
@@ -29,14 +33,12 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgehub.component import Component
 from edgehub.errors import EdgehubError
-from edgehub.kitchen.tickets import OF_ORDER, OPEN
-from edgehub.roles.payments import FINAL
+from edgehub.store.schema import JOURNAL, Rule, Tables
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.journal")
@@ -50,7 +52,6 @@ FIRST_AFTER_S = 60.0
 # an hour in the background.
 BATCH = 50
 PAUSE_S = 0.2
-_OF_ORDER = OF_ORDER.format(order=":o")  # an order's tickets, as ``tickets t``
 
 
 @dataclass
@@ -76,32 +77,32 @@ def cutoff(conn: sqlite3.Connection, now: float, keep_s: float) -> tuple[float, 
     return float(row[0]), True
 
 
-def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, limit: int = BATCH) -> tuple[int, int, bool]:
-    """Up to ``limit`` orders after ``after_seq`` looked at; those received before ``before`` with
-    no open ticket are deleted with their tickets and changes. Returns (deleted, last seq looked
-    at, done)."""
+def prune_orders(conn: sqlite3.Connection, before: float, after_seq: int, owners: Sequence[Tables] = (),
+                 limit: int = BATCH) -> tuple[int, int, bool]:
+    """Up to ``limit`` orders after ``after_seq`` looked at; those received before ``before`` that
+    no owner holds (a ticket still on a screen) are deleted with every owner's rows of them.
+    Returns (deleted, last seq looked at, done)."""
     rows = conn.execute("SELECT seq, order_id, received_at FROM orders WHERE seq > ? ORDER BY seq LIMIT ?",
                         (after_seq, limit)).fetchall()
+    kept_by = [t.order_rows for t in owners if t.order_rows is not None]
     deleted, last = 0, after_seq
     for seq, order_id, received_at in rows:
         if received_at >= before:
             return deleted, last, True
         last = seq
-        tickets = conn.execute(f"SELECT t.ticket_id, t.state FROM tickets t WHERE {_OF_ORDER}",
-                               {"o": order_id}).fetchall()
-        if any(state in OPEN for _, state in tickets):
+        if any(keeper.holds(conn, order_id) for keeper in kept_by):
             continue
-        conn.executemany("DELETE FROM tickets WHERE ticket_id=?", [(ticket_id,) for ticket_id, _ in tickets])
-        conn.execute("DELETE FROM order_changes WHERE order_id=?", (order_id,))
+        for keeper in kept_by:
+            keeper.forget(conn, order_id)
         conn.execute("DELETE FROM orders WHERE seq=?", (seq,))
         deleted += 1
     return deleted, last, len(rows) < limit
 
 
-def _prune_by_key(conn: sqlite3.Connection, table: str, key: str, at: str, keep_if: str,
-                  before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
-    """Rows of ``table`` in ``key`` order whose time ``at`` is before ``before``, except where ``keep_if``."""
-    # Table and column names are this module's own, never input.
+def prune_by_key(conn: sqlite3.Connection, table: str, key: str, at: str, keep_if: str,
+                 before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
+    """Rows of ``table`` in ``key`` order whose time ``at`` is before ``before``, except where
+    ``keep_if`` (an owner's rule names its own table and columns here, never input)."""
     rows = conn.execute(f"SELECT {key}, {at}, {keep_if} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                         (after, limit)).fetchall()
     doomed: list[tuple[int]] = []
@@ -117,72 +118,21 @@ def _prune_by_key(conn: sqlite3.Connection, table: str, key: str, at: str, keep_
     return len(doomed), last, done
 
 
-def prune_ticket_events(conn: sqlite3.Connection, before: float, after: int,
-                        limit: int = BATCH) -> tuple[int, int, bool]:
-    """Kitchen events from before ``before`` whose ticket is gone (deleted with its order)."""
-    return _prune_by_key(conn, "ticket_events", "id", "at",
-                         "EXISTS (SELECT 1 FROM tickets t WHERE t.ticket_id = ticket_events.ticket_id)",
-                         before, after, limit)
-
-
 def prune_deadletters(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
-    return _prune_by_key(conn, "deadletters", "id", "received_at", "0", before, after, limit)
+    return prune_by_key(conn, "deadletters", "id", "received_at", "0", before, after, limit)
 
 
-def prune_print_jobs(conn: sqlite3.Connection, before: float, after: int, limit: int = BATCH) -> tuple[int, int, bool]:
-    # Kept: a job still to print (queued, sending, reprint).
-    return _prune_by_key(conn, "print_jobs", "seq", "created_at", "state NOT IN ('printed', 'sent', 'failed')", before,
-                         after, limit)
+def rules(tables: Sequence[Tables]) -> list[Rule]:
+    """The retention rules of the journal and of ``tables``, in that order."""
+    owners = [t for t in tables if t.owner != JOURNAL.owner]
+    own = [Rule("orders", lambda conn, before, after: prune_orders(conn, before, after, owners)),
+           Rule("deadletters", prune_deadletters)]
+    return own + [rule for t in owners for rule in t.retention]
 
 
-def prune_payments(conn: sqlite3.Connection, before: float, after: int = 0,
-                   limit: int = BATCH) -> tuple[int, int, bool]:
-    """Final payments last changed before ``before`` (no time order to walk: the table is small)."""
-    states = ",".join(f"'{s}'" for s in FINAL)
-    cur = conn.execute(
-        f"DELETE FROM payments WHERE rowid IN (SELECT rowid FROM payments WHERE updated_at < ? "
-        f"AND state IN ({states}) LIMIT ?)", (before, limit))
-    return cur.rowcount, 0, cur.rowcount < limit
-
-
-def prune_sales(conn: sqlite3.Connection, before: float, after: int = 0,
-                limit: int = BATCH) -> tuple[int, int, bool]:
-    """Split-bill totals of sales whose payments are all gone (pruned above, or never made)."""
-    cur = conn.execute(
-        "DELETE FROM sales WHERE rowid IN (SELECT rowid FROM sales s WHERE created_at < ? AND NOT EXISTS "
-        "(SELECT 1 FROM payments p WHERE p.sale_id = s.sale_id) LIMIT ?)", (before, limit))
-    return cur.rowcount, 0, cur.rowcount < limit
-
-
-def prune_day_closes(conn: sqlite3.Connection, before: float, after: int = 0,
-                     limit: int = BATCH) -> tuple[int, int, bool]:
-    """Closed business days (their report went to the cloud in the same commit)."""
-    cur = conn.execute("DELETE FROM day_closes WHERE rowid IN (SELECT rowid FROM day_closes WHERE closed_at < ? "
-                       "LIMIT ?)", (before, limit))
-    return cur.rowcount, 0, cur.rowcount < limit
-
-
-# table -> its batch: (conn, cutoff, position walked from) -> (deleted, position reached, done)
-_PRUNERS: tuple[tuple[str, Callable[..., tuple[int, int, bool]]], ...] = (
-    ("orders", prune_orders),
-    ("ticket_events", prune_ticket_events),
-    ("deadletters", prune_deadletters),
-    ("print_jobs", prune_print_jobs),
-    ("payments", prune_payments),
-    ("sales", prune_sales),
-    ("day_closes", prune_day_closes),
-)
-
-
-def setup(journal: Any, keep_days: float) -> Retention:
-    return Retention(journal, keep_days)
-
-
-class Retention(Component):
-    """The hourly pass over the journal (a hub component; its status is the journal section's
-    ``retention``)."""
-
-    name = "retention"
+class Retention:
+    """The hourly pass over the journal, with the rules of every owner registered with it (the
+    hub runs it beside the journal; its status is the journal section's ``retention``)."""
 
     def __init__(self, journal: Any, keep_days: float, clock: Callable[[], float] = time.time,
                  every_s: float = EVERY_S, first_after_s: float = FIRST_AFTER_S) -> None:
@@ -217,7 +167,8 @@ class Retention(Component):
         now = self.clock()
         before, held = await self.journal.read(lambda conn: cutoff(conn, now, self.keep_s))
         deleted: dict[str, int] = {}
-        for table, prune in _PRUNERS:
+        for rule in rules(list(getattr(self.journal, "tables", {}).values())):
+            table, prune = rule.table, rule.prune
             position, done = 0, False
             while not done:
                 n, position, done = await self.journal.write(

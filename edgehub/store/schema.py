@@ -1,16 +1,72 @@
-"""Versioned schema of the journal. Migrations only ever move forward, one step at a time.
+"""The journal's schema: each owner's tables, versioned and migrated forward on its own.
 
-``PRAGMA user_version`` holds the version; each step runs in its own transaction, so a power
-cut mid-upgrade leaves the previous version intact. An upgraded box keeps every row.
+A part of the hub that keeps rows declares its ``Tables``: the tables it owns (no other module
+reads or writes them with SQL; they use the owner's functions), its migrations (``Step``s: only
+ever appended, never edited, each in its own transaction, so a power cut mid-upgrade leaves the
+previous version intact) and its retention rules. ``schema_owners`` holds each owner's version.
+The journal's own tables (orders, the outbox, dead letters) are ``JOURNAL``, always first.
+
+Before owners had versions the whole file had one (``PRAGMA user_version`` 1 to 10, one step
+of ``MIGRATIONS`` each, each step now split among its owners as ``Step.legacy``). Such a journal
+gets each owner's version from the steps its version had made; ``user_version`` is ``FORMAT``
+from then on, so an older edgehub refuses the file rather than migrating it again.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
-# The outbox's per-stream counters, kept by triggers. Created by migration 4 and again by
-# migration 6, which rebuilds the table (a dropped table takes its triggers along): one text
-# for both. Like every migration's text it is never edited; a change is a new migration.
+from edgehub.errors import JournalError
+
+FORMAT = 11  # user_version: each owner's tables are versioned in schema_owners
+SCHEMA_VERSION = FORMAT
+LEGACY_ROW = "-"  # the schema_owners row that keeps the user_version a journal had before owners
+
+# (conn, cutoff, position walked from) -> (rows deleted, position reached, done)
+Prune = Callable[[sqlite3.Connection, float, int], tuple[int, int, bool]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One migration of an owner's tables: ``sql`` (then ``then``, for rows another owner's
+    function reads) in one transaction. ``legacy``: the journal-wide version that made it."""
+
+    sql: str
+    legacy: int | None = None
+    then: Callable[[sqlite3.Connection], None] | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A retention rule: ``prune`` deletes, in batches, rows of ``table`` older than the cutoff."""
+
+    table: str
+    prune: Prune
+
+
+@dataclass(frozen=True)
+class OrderRows:
+    """What an owner keeps per order, for the journal's order retention: ``holds`` says the
+    order must stay (a ticket still on a screen); ``forget`` deletes the owner's rows of it."""
+
+    holds: Callable[[sqlite3.Connection, str], bool]
+    forget: Callable[[sqlite3.Connection, str], None]
+
+
+@dataclass(frozen=True)
+class Tables:
+    owner: str
+    names: tuple[str, ...]  # every table (and trigger) it owns
+    steps: tuple[Step, ...]
+    retention: tuple[Rule, ...] = ()
+    order_rows: OrderRows | None = None
+
+
+# The outbox's per-stream counters, kept by triggers. Created by step 2 and again by step 3,
+# which rebuilds the table (a dropped table takes its triggers along): one text for both.
 _OUTBOX_TRIGGERS = """    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEGIN
         INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
             VALUES (NEW.stream, 1, 1, length(CAST(NEW.payload AS BLOB)), NEW.seq, 1)
@@ -26,9 +82,13 @@ _OUTBOX_TRIGGERS = """    CREATE TRIGGER outbox_added AFTER INSERT ON outbox BEG
     END;
     """
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: orders, the outbox bound for the cloud, and dead letters kept for support.
-    """
+JOURNAL = Tables(
+    owner="journal",
+    names=("orders", "outbox", "outbox_new", "outbox_streams", "outbox_added", "outbox_removed", "deadletters",
+           "schema_owners"),
+    steps=(
+        # 1: orders, the outbox bound for the cloud, and dead letters kept for support.
+        Step("""
     CREATE TABLE orders (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         order_id TEXT NOT NULL UNIQUE,
@@ -51,99 +111,11 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL,
         payload BLOB NOT NULL
     );
-    """,
-    # 2: the kitchen: one ticket per order per station, every ticket change as an event, the
-    # POS's amendments and cancellations (kept once by change_id), and the journal position
-    # from which accepted orders still need tickets (orders older than this upgrade never do).
-    """
-    CREATE TABLE tickets (
-        ticket_id TEXT PRIMARY KEY,
-        order_id TEXT NOT NULL,
-        station TEXT NOT NULL,
-        state TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        alerted INTEGER NOT NULL DEFAULT 0,
-        doc TEXT NOT NULL
-    );
-    CREATE INDEX tickets_order ON tickets(order_id);
-    CREATE INDEX tickets_station_state ON tickets(station, state, updated_at);
-    CREATE TABLE ticket_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        ticket_id TEXT NOT NULL,
-        station TEXT NOT NULL,
-        station_seq INTEGER NOT NULL,
-        event TEXT NOT NULL,
-        at REAL NOT NULL,
-        source TEXT NOT NULL,
-        detail TEXT NOT NULL
-    );
-    CREATE INDEX ticket_events_ticket ON ticket_events(ticket_id, id);
-    CREATE INDEX ticket_events_station ON ticket_events(station, station_seq);
-    CREATE TABLE order_changes (
-        change_id TEXT PRIMARY KEY,
-        order_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        terminal TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        payload TEXT NOT NULL
-    );
-    CREATE INDEX order_changes_order ON order_changes(order_id);
-    CREATE TABLE kitchen_watermark (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        order_seq INTEGER NOT NULL
-    );
-    INSERT INTO kitchen_watermark(id, order_seq) SELECT 1, COALESCE(MAX(seq), 0) FROM orders;
-    """,
-    # 3: roles: bindings an installer changed from the API (they win over the config), print
-    # jobs until a printer confirms them, and payment intents with their outcome.
-    """
-    CREATE TABLE role_bindings (
-        role TEXT PRIMARY KEY,
-        devices TEXT NOT NULL,
-        failback_after_s REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        updated_by TEXT NOT NULL
-    );
-    CREATE TABLE print_jobs (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        job_id TEXT NOT NULL UNIQUE,
-        role TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        ticket TEXT NOT NULL,
-        reply_topic TEXT,
-        correlation BLOB,
-        request_id TEXT,
-        state TEXT NOT NULL DEFAULT 'queued',
-        device_id TEXT,
-        reprint INTEGER NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        done_at REAL
-    );
-    CREATE INDEX print_jobs_waiting ON print_jobs(state, seq) WHERE state != 'printed';
-    CREATE TABLE payments (
-        payment_id TEXT PRIMARY KEY,
-        role TEXT NOT NULL,
-        sale_id TEXT NOT NULL,
-        amount_cents INTEGER NOT NULL,
-        currency TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        after_trace_no INTEGER,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        reply_topic TEXT,
-        correlation BLOB,
-        request_id TEXT,
-        result TEXT NOT NULL
-    );
-    CREATE INDEX payments_open ON payments(state) WHERE state IN ('sent', 'unknown');
-    """,
-    # 4 (uplink): every outbox row also numbered within its stream (the cloud's gap check), the
-    # per-stream counters kept by triggers (backlog in O(1); produced = pending + acked + dropped),
-    # and the last version of each downlink document (menu, routing, config) the cloud pushed.
-    # Rows already waiting are numbered in store order; nothing was ever deleted before this.
-    """
+    """, legacy=1),
+        # 2 (uplink): every outbox row also numbered within its stream (the cloud's gap check) and
+        # the per-stream counters kept by triggers (backlog in O(1); produced = pending + acked +
+        # dropped). Rows already waiting are numbered in store order; nothing was ever deleted before.
+        Step("""
     ALTER TABLE outbox ADD COLUMN stream_seq INTEGER;
     UPDATE outbox SET stream_seq = r.n FROM
         (SELECT seq, ROW_NUMBER() OVER (PARTITION BY stream ORDER BY seq) AS n FROM outbox) AS r
@@ -163,37 +135,16 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO outbox_streams(stream, produced, pending, pending_bytes, last_seq, last_stream_seq)
         SELECT stream, COUNT(*), COUNT(*), SUM(length(CAST(payload AS BLOB))), MAX(seq), COUNT(*)
         FROM outbox GROUP BY stream;
-"""
-    + _OUTBOX_TRIGGERS
-    + """CREATE TABLE downlink (
-        kind TEXT PRIMARY KEY,
-        version INTEGER NOT NULL,
-        received_at REAL NOT NULL,
-        payload BLOB NOT NULL
-    );
-    """,
-    # 5 (footprint): fewer B-trees touched by each new ticket, since every page a commit touches
-    # is written to the WAL and again at checkpoint (docs/footprint.md). No code reads
-    # ticket_events by ticket; a ticket's order is found by its id, which starts with
-    # "{order_id}/"; start-up looks only for bumped tickets by station, which a partial index
-    # serves without new tickets (the hot path) ever touching it.
-    """
-    DROP INDEX ticket_events_ticket;
-    DROP INDEX tickets_order;
-    DROP INDEX tickets_station_state;
-    CREATE INDEX tickets_bumped ON tickets(station, updated_at) WHERE state IN ('ready', 'served');
-    """,
-    # 6 (footprint): the outbox rebuilt without the two indexes every order's and every kitchen
-    # event's row touched (insert and delete), which cost a page per commit each in the WAL
-    # (docs/footprint.md). A msg_id of the per-order streams is unique by construction: an
-    # order's row is added only when its order_id is new (orders.order_id is UNIQUE), an order
-    # change's only with its order_changes row (change_id is its PRIMARY KEY), a kitchen row
-    # names its ticket's version, which only grows. The other streams keep a unique msg_id and
-    # their (stream, seq) index, partial, for telemetry's TTL and quota and the oldest row of a
-    # rare stream; the oldest row of orders or kitchen is found in seq order, where they are
-    # most rows. seq keeps counting where it was (the sequence is carried over, so a seq the
-    # cloud has seen is never used again); every row and both triggers stay as they were.
-    """
+""" + _OUTBOX_TRIGGERS, legacy=4),
+        # 3 (footprint): the outbox rebuilt without the two indexes every order's and every kitchen
+        # event's row touched (insert and delete), a page per commit each in the WAL. A msg_id of
+        # the per-order streams is unique by construction: an order's row is added only when its
+        # order_id is new (orders.order_id is UNIQUE), an order change's only with its change row
+        # (change_id is its key), a kitchen row names its ticket's version, which only grows. The
+        # other streams keep a unique msg_id and their (stream, seq) index, partial, for
+        # telemetry's TTL and quota and the oldest row of a rare stream. seq keeps counting where
+        # it was (a seq the cloud has seen is never used again); every row and both triggers stay.
+        Step("""
     CREATE TABLE outbox_new (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         msg_id TEXT NOT NULL,
@@ -210,78 +161,131 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox_new RENAME TO outbox;
     CREATE UNIQUE INDEX outbox_msg_id ON outbox(msg_id) WHERE stream NOT IN ('orders', 'kitchen');
     CREATE INDEX outbox_stream ON outbox(stream, seq) WHERE stream NOT IN ('orders', 'kitchen');
-"""
-    + _OUTBOX_TRIGGERS,
-    # 7 (footprint): each station's last event seq (what the kitchen numbers on from at start) in
-    # a one-page table kept by a trigger, instead of the ticket_events(station, station_seq)
-    # index that every kitchen event touched, a leaf per station in every commit, to be read
-    # once at start (docs/footprint.md).
-    """
-    CREATE TABLE kitchen_seqs (station TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO kitchen_seqs(station, seq)
-        SELECT station, MAX(station_seq) FROM ticket_events GROUP BY station;
-    CREATE TRIGGER ticket_event_seq AFTER INSERT ON ticket_events BEGIN
-        INSERT INTO kitchen_seqs(station, seq) VALUES (NEW.station, NEW.station_seq)
-            ON CONFLICT(station) DO UPDATE SET seq = max(seq, excluded.seq);
-    END;
-    DROP INDEX ticket_events_station;
-    """,
-    # 8 (security): the terminal that started a payment; only it (or an installer through the
-    # API) may ask for it again or settle it. NULL for payments started before this version.
-    """
-    ALTER TABLE payments ADD COLUMN terminal TEXT;
-    """,
-    # 9 (devices): the installer's last field check of each device (`edgehub device test`),
-    # kept with the device across restarts and put in support bundles; one row per device.
-    """
-    CREATE TABLE field_checks (
-        device_id TEXT PRIMARY KEY,
-        checked_at REAL NOT NULL,
-        ok INTEGER NOT NULL,
-        result TEXT NOT NULL
-    );
-    """,
-    # 10 (money): a payment's tender (card, qr, cash) and its reference at the gateway (the
-    # merchant order id a QR payment is queried and cancelled by, journaled before the gateway
-    # is called); the sales a till split over several payments, with the total they must reach;
-    # the business days closed, each with the report sent to the cloud.
-    """
-    ALTER TABLE payments ADD COLUMN tender TEXT NOT NULL DEFAULT 'card';
-    ALTER TABLE payments ADD COLUMN reference TEXT;
-    CREATE TABLE sales (
-        sale_id TEXT PRIMARY KEY,
-        total_cents INTEGER NOT NULL,
-        currency TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE day_closes (
-        day TEXT PRIMARY KEY,
-        starts_at REAL NOT NULL,
-        ends_at REAL NOT NULL,
-        closed_at REAL NOT NULL,
-        report TEXT NOT NULL
-    );
-    """,
+""" + _OUTBOX_TRIGGERS, legacy=6),
+    ),
 )
 
-SCHEMA_VERSION = len(MIGRATIONS)
+_OWNERS_TABLE = "CREATE TABLE IF NOT EXISTS schema_owners (owner TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
 
-def migrate(conn: sqlite3.Connection, to: int = SCHEMA_VERSION) -> tuple[int, int]:
-    """Bring the database up to SCHEMA_VERSION (or up to ``to``: a journal as an older release
-    left it, for upgrade tests); returns (from, to)."""
+def statements(sql: str) -> Iterator[str]:
+    """The statements of ``sql``, each whole (a trigger's body stays with its CREATE)."""
+    buf = ""
+    for piece in sql.split(";")[:-1]:
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            yield buf.strip()
+            buf = ""
+    rest = buf + sql.rsplit(";", 1)[-1]
+    if rest.strip():
+        raise ValueError(f"an incomplete SQL statement: {rest.strip()[:60]!r}")
+
+
+def _owners(tables: Sequence[Tables]) -> list[Tables]:
+    found: dict[str, Tables] = {JOURNAL.owner: JOURNAL}
+    for t in tables:
+        if found.setdefault(t.owner, t) is not t:
+            raise ValueError(f"two sets of tables are owned by {t.owner!r}")
+    return list(found.values())
+
+
+def version_of(conn: sqlite3.Connection, tables: Tables) -> int:
+    """The version of ``tables`` in this journal (one whose versions are kept by owner)."""
+    row = conn.execute("SELECT version FROM schema_owners WHERE owner=?", (tables.owner,)).fetchone()
+    if row is not None:
+        return int(row[0])
+    (legacy,) = conn.execute("SELECT version FROM schema_owners WHERE owner=?", (LEGACY_ROW,)).fetchone()
+    return sum(1 for step in tables.steps if step.legacy is not None and step.legacy <= legacy)
+
+
+def apply(conn: sqlite3.Connection, tables: Tables) -> int:
+    """Run the steps of ``tables`` this journal has not had, in the caller's transaction (the
+    journal's writer brings a component's tables in late this way). Returns the steps run."""
+    current = _checked_version(conn, tables)
+    for n in range(current, len(tables.steps)):
+        _run(conn, tables, n)
+    _note_versions(conn, [tables])
+    return len(tables.steps) - current
+
+
+def migrate(conn: sqlite3.Connection, tables: Sequence[Tables] = (), to: int = FORMAT) -> tuple[int, int]:
+    """Bring the journal's own tables and each of ``tables`` up to date, each step in its own
+    transaction; returns (user_version before, after). ``to`` below ``FORMAT`` makes a journal as
+    that journal-wide version left it (for upgrade tests)."""
     (current,) = conn.execute("PRAGMA user_version").fetchone()
-    if current > SCHEMA_VERSION:
-        from edgehub.errors import JournalError
-
+    if current > FORMAT:
         raise JournalError(
-            f"journal schema version {current} is newer than this edgehub ({SCHEMA_VERSION}); "
+            f"journal schema version {current} is newer than this edgehub ({FORMAT}); "
             "install the newer edgehub again or restore a backup"
         )
-    start = current
-    while current < min(to, SCHEMA_VERSION):
-        script = MIGRATIONS[current]
-        current += 1
-        # executescript commits first; wrap the step so it lands whole or not at all.
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {current};\nCOMMIT;")
-    return start, current
+    owners = _owners(tables)
+    level = conn.isolation_level
+    conn.isolation_level = None  # the transactions here are this function's own
+    try:
+        if to < FORMAT:
+            for version in range(current + 1, to + 1):
+                _transaction(conn, functools.partial(_legacy_step, conn, owners, version))
+            return current, to
+        if current < FORMAT:
+            _transaction(conn, lambda: _start_owners(conn, current))
+        for owner in owners:
+            for n in range(_checked_version(conn, owner), len(owner.steps)):
+                _transaction(conn, functools.partial(_run, conn, owner, n))
+        _transaction(conn, functools.partial(_note_versions, conn, owners))
+    finally:
+        conn.isolation_level = level
+    return current, FORMAT
+
+
+def _checked_version(conn: sqlite3.Connection, tables: Tables) -> int:
+    current = version_of(conn, tables)
+    if current > len(tables.steps):
+        raise JournalError(f"the journal's {tables.owner} tables are version {current}, newer than this "
+                           f"edgehub's ({len(tables.steps)}); install the newer edgehub again or restore a backup")
+    return current
+
+
+def _run(conn: sqlite3.Connection, tables: Tables, n: int) -> None:
+    """Step ``n`` (from 0) of ``tables``, and the owner's version after it."""
+    step = tables.steps[n]
+    for statement in statements(step.sql):
+        conn.execute(statement)
+    if step.then is not None:
+        step.then(conn)
+    conn.execute("INSERT INTO schema_owners(owner, version) VALUES (?, ?) "
+                 "ON CONFLICT(owner) DO UPDATE SET version=excluded.version", (tables.owner, n + 1))
+
+
+def _note_versions(conn: sqlite3.Connection, owners: list[Tables]) -> None:
+    """A row for each owner, also those a journal from before owners had up to date already."""
+    for owner in owners:
+        conn.execute("INSERT OR IGNORE INTO schema_owners(owner, version) VALUES (?, ?)",
+                     (owner.owner, version_of(conn, owner)))
+
+
+def _start_owners(conn: sqlite3.Connection, legacy: int) -> None:
+    conn.execute(_OWNERS_TABLE)
+    conn.execute("INSERT OR IGNORE INTO schema_owners(owner, version) VALUES (?, ?)", (LEGACY_ROW, legacy))
+    conn.execute(f"PRAGMA user_version = {FORMAT}")
+
+
+def _legacy_step(conn: sqlite3.Connection, owners: list[Tables], version: int) -> None:
+    """Journal-wide version ``version`` as it was made: every owner's part of it, in owner order."""
+    for owner in owners:
+        for step in owner.steps:
+            if step.legacy == version:
+                for statement in statements(step.sql):
+                    conn.execute(statement)
+                if step.then is not None:
+                    step.then(conn)
+    conn.execute(f"PRAGMA user_version = {version}")
+
+
+def _transaction(conn: sqlite3.Connection, body: Callable[[], object]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        body()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

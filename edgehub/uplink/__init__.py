@@ -19,10 +19,12 @@ from edgehub.component import Component, StatusReader
 from edgehub.config import CloudConfig
 from edgehub.context import Context
 from edgehub.store.outbox import Outbox, OutboxPolicy
+from edgehub.store.schema import Tables
 from edgehub.uplink.api import sync_routes
 from edgehub.uplink.cloudapi import CloudTopics, DownlinkDoc
 from edgehub.uplink.downlink import Downlink
 from edgehub.uplink.service import Uplink
+from edgehub.uplink.tables import TABLES
 from edgehub.uplink.telemetry import TelemetrySampler
 
 __all__ = ["Cloud", "CloudTopics", "Downlink", "DownlinkDoc", "Outbox", "TelemetrySampler", "Uplink",
@@ -65,6 +67,9 @@ class Cloud(Component):
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"uplink": self.status}
+
+    def tables(self) -> Sequence[Tables]:
+        return [TABLES]
 
     async def __aenter__(self) -> Cloud:
         async with contextlib.AsyncExitStack() as stack:

@@ -31,6 +31,7 @@ from edgehub.errors import EdgehubError, PayloadError
 from edgehub.store.outbox import add_to_outbox
 from edgehub.uplink import cloudapi
 from edgehub.uplink.cloudapi import DOWNLINK_KINDS, DownlinkDoc
+from edgehub.uplink.tables import TABLES
 
 log = logging.getLogger("edgehub.uplink.downlink")
 
@@ -52,6 +53,8 @@ class Downlink:
         self.rejected = 0
 
     async def __aenter__(self) -> Downlink:
+        await self.journal.ensure(TABLES)
+
         def load(conn: sqlite3.Connection) -> list[tuple[str, int, float, bytes]]:
             return conn.execute("SELECT kind, version, received_at, payload FROM downlink").fetchall()
 

@@ -21,7 +21,7 @@ from edgehub.errors import JournalError
 from edgehub.hub import Hub
 from edgehub.store import Journal
 from edgehub.store.schema import SCHEMA_VERSION, migrate
-from tests.conftest import Terminal, order, write_config
+from tests.conftest import ALL_TABLES, Terminal, order, write_config
 
 
 def release_1_journal(path: Path, orders: int) -> None:
@@ -30,7 +30,7 @@ def release_1_journal(path: Path, orders: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA page_size = 1024")
         conn.execute("PRAGMA journal_mode = WAL")
-        migrate(conn, to=1)
+        migrate(conn, ALL_TABLES, to=1)
         for n in range(orders):
             doc = order(f"OLD-{n}")
             conn.execute("INSERT INTO orders(order_id, terminal, received_at, payload) VALUES (?,?,?,?)",
@@ -45,7 +45,7 @@ def release_1_journal(path: Path, orders: int) -> None:
 async def test_release_1_journal_is_migrated_with_every_row(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     release_1_journal(path, orders=5)
-    async with Journal(path, "s1") as journal:
+    async with Journal(path, "s1", tables=ALL_TABLES) as journal:
         counts = await journal.counts()
         assert counts["orders"] == 5 and counts["outbox"] == 5 and counts["deadletters"] == 1
     with sqlite3.connect(path) as conn:
@@ -90,7 +90,7 @@ def test_a_journal_from_a_newer_edgehub_is_refused_not_rewritten(tmp_path: Path)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 
     async def open_it() -> None:
-        async with Journal(path, "s1"):
+        async with Journal(path, "s1", tables=ALL_TABLES):
             pass
 
     with pytest.raises(JournalError, match="newer than this edgehub"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgehub.kitchen.tickets import load
 from edgehub.store.schema import SCHEMA_VERSION, migrate
+from tests.conftest import ALL_TABLES
 
 EVENT = ("INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, source, detail) "
          "VALUES (?, ?, ?, 'created', 1.0, 'pos:pos-1', '{}')")
@@ -15,7 +16,7 @@ EVENT = ("INSERT INTO ticket_events(ticket_id, station, station_seq, event, at, 
 
 def journal_at(path: Path, version: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
-    migrate(conn, to=version)
+    migrate(conn, ALL_TABLES, to=version)
     return conn
 
 
@@ -24,7 +25,7 @@ def test_migration_7_carries_every_stations_last_seq_and_drops_the_index(tmp_pat
     for station, seq in [("grill", 1), ("grill", 7), ("bar", 3), ("grill", 4), ("fryer", 12)]:
         conn.execute(EVENT, (f"O-{seq}/{station}/1", station, seq))
 
-    assert migrate(conn) == (6, SCHEMA_VERSION)
+    assert migrate(conn, ALL_TABLES) == (6, SCHEMA_VERSION)
 
     assert dict(conn.execute("SELECT station, seq FROM kitchen_seqs")) == {"grill": 7, "bar": 3, "fryer": 12}
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

@@ -23,6 +23,7 @@ from edgehub.store import Journal
 from edgehub.store import outbox as ob
 from edgehub.store.schema import SCHEMA_VERSION, migrate
 from edgehub.uplink import cloudapi
+from tests.conftest import ALL_TABLES
 
 
 def kitchen_body(n: int, version: int = 1) -> bytes:
@@ -53,7 +54,7 @@ def test_per_order_rows_are_stored_smaller_and_read_back_byte_for_byte() -> None
 
 def test_the_uplink_sends_exactly_what_the_component_wrote() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)
+    migrate(conn, ALL_TABLES)
     bodies = {f"kitchen:T-{n}/grill/1:1": kitchen_body(n) for n in range(20)}
     for msg_id, body in bodies.items():
         assert ob.add_to_outbox(conn, "kitchen", msg_id, body, created_at=1.0)
@@ -67,7 +68,7 @@ def test_the_uplink_sends_exactly_what_the_component_wrote() -> None:
 
 
 async def test_an_order_and_its_tickets_reach_the_outbox_as_before(tmp_path: Path) -> None:
-    async with Journal(tmp_path / "j.sqlite", "s1", clock=lambda: 1_800_000_000.5) as journal:
+    async with Journal(tmp_path / "j.sqlite", "s1", tables=ALL_TABLES, clock=lambda: 1_800_000_000.5) as journal:
         doc = {"schema": "order/1", "order_id": "A-1", "lines": [{"sku": "X", "qty": 1}]}
         assert not (await journal.accept_order(Order("A-1", "pos-1", doc))).duplicate
         assert (await journal.accept_order(Order("A-1", "pos-1", doc))).duplicate
@@ -91,7 +92,7 @@ async def test_a_batch_of_orders_gets_one_outbox_row_each_spliced_as_if_encoded_
     docs = [{"schema": "order/1", "order_id": f"B-{n}", "covers": 2**70 if n == 1 else n,
              "lines": [{"sku": "Ä", "qty": 1}]} for n in range(3)]
     orders = [Order(d["order_id"], "pos-2", d) for d in docs] + [Order("B-0", "pos-2", docs[0])]
-    async with Journal(tmp_path / "j.sqlite", "s1", clock=lambda: 1_800_000_000.25) as journal:
+    async with Journal(tmp_path / "j.sqlite", "s1", tables=ALL_TABLES, clock=lambda: 1_800_000_000.25) as journal:
         commits = await journal.accept_orders(orders)
         rows = await journal.read(lambda conn: ob.read_rows(conn, 0, 10))
     assert [c.duplicate for c in commits] == [False, False, False, True]
@@ -106,7 +107,7 @@ def schema_5_journal(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA page_size = 1024")
     conn.execute("PRAGMA journal_mode = WAL")
-    migrate(conn, to=5)
+    migrate(conn, ALL_TABLES, to=5)
     return conn
 
 
@@ -122,7 +123,7 @@ def test_migration_6_keeps_every_row_and_the_numbering(tmp_path: Path) -> None:
     before = conn.execute(everything).fetchall()
     counters = ob.stream_counters(conn)
 
-    assert migrate(conn) == (5, SCHEMA_VERSION)
+    assert migrate(conn, ALL_TABLES) == (5, SCHEMA_VERSION)
     assert conn.execute(everything).fetchall() == before
     assert ob.stream_counters(conn) == counters
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -139,7 +140,7 @@ def test_migration_6_keeps_every_row_and_the_numbering(tmp_path: Path) -> None:
 
 def test_rare_streams_use_their_index_and_per_order_streams_none(tmp_path: Path) -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)
+    migrate(conn, ALL_TABLES)
     plan = " ".join(str(r) for r in conn.execute(
         "EXPLAIN QUERY PLAN " + ob._OLDEST[False], ("telemetry",)).fetchall())
     assert "outbox_stream" in plan
@@ -165,7 +166,7 @@ def test_a_journal_migrated_from_release_1_reads_its_old_plain_rows(tmp_path: Pa
     conn.close()
 
     async def read() -> list[ob.OutboxRow]:
-        async with Journal(path, "s1") as journal:
+        async with Journal(path, "s1", tables=ALL_TABLES) as journal:
             return await journal.read(lambda c: ob.read_rows(c, 0, 10))
 
     rows = asyncio.run(read())

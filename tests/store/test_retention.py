@@ -13,7 +13,7 @@ from edgehub.config import ConfigError, load_config
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from edgehub.store.retention import BATCH, DAY_S, Retention
-from tests.conftest import write_config
+from tests.conftest import ALL_TABLES, write_config
 
 NOW = 1_800_000_000.0
 OLD = NOW - 200 * DAY_S  # older than the default 90 days
@@ -49,7 +49,7 @@ def order_ids(conn: sqlite3.Connection) -> set[str]:
 
 @pytest.fixture
 async def journal(tmp_path: Path) -> Any:
-    async with Journal(tmp_path / "journal.sqlite", "s1") as j:
+    async with Journal(tmp_path / "journal.sqlite", "s1", tables=ALL_TABLES) as j:
         yield j
 
 

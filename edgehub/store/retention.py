@@ -30,6 +30,7 @@ would be taken as new. A terminal re-sends for minutes, not months.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -38,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgehub.errors import EdgehubError
-from edgehub.store.schema import JOURNAL, Rule, Tables
+from edgehub.store.journal import Journal
+from edgehub.store.schema import JOURNAL, Prune, Rule, Tables
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.journal")
@@ -130,11 +132,15 @@ def rules(tables: Sequence[Tables]) -> list[Rule]:
     return own + [rule for t in owners for rule in t.retention]
 
 
+def _batch(prune: Prune, before: float, position: int, conn: sqlite3.Connection) -> tuple[int, int, bool]:
+    return prune(conn, before, position)
+
+
 class Retention:
     """The hourly pass over the journal, with the rules of every owner registered with it (the
     hub runs it beside the journal; its status is the journal section's ``retention``)."""
 
-    def __init__(self, journal: Any, keep_days: float, clock: Callable[[], float] = time.time,
+    def __init__(self, journal: Journal, keep_days: float, clock: Callable[[], float] = time.time,
                  every_s: float = EVERY_S, first_after_s: float = FIRST_AFTER_S) -> None:
         self.journal = journal
         self.keep_s = keep_days * DAY_S
@@ -167,12 +173,12 @@ class Retention:
         now = self.clock()
         before, held = await self.journal.read(lambda conn: cutoff(conn, now, self.keep_s))
         deleted: dict[str, int] = {}
-        for rule in rules(list(getattr(self.journal, "tables", {}).values())):
+        for rule in rules(list(self.journal.tables.values())):
             table, prune = rule.table, rule.prune
             position, done = 0, False
             while not done:
-                n, position, done = await self.journal.write(
-                    lambda conn, p=prune, pos=position: p(conn, before, pos), lazy=True)
+                n, position, done = await self.journal.write(functools.partial(_batch, prune, before, position),
+                                                             lazy=True)
                 if n:
                     deleted[table] = deleted.get(table, 0) + n
                 if not done:

@@ -6,7 +6,7 @@ ever appended, never edited, each in its own transaction, so a power cut mid-upg
 previous version intact) and its retention rules. ``schema_owners`` holds each owner's version.
 The journal's own tables (orders, the outbox, dead letters) are ``JOURNAL``, always first.
 
-Before owners had versions the whole file had one (``PRAGMA user_version`` 1 to 10, one step
+Before owners had versions the whole file had one (``PRAGMA user_version`` 1 to ``LEGACY_VERSIONS``, one step
 of ``MIGRATIONS`` each, each step now split among its owners as ``Step.legacy``). Such a journal
 gets each owner's version from the steps its version had made; ``user_version`` is ``FORMAT``
 from then on, so an older edgehub refuses the file rather than migrating it again.
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from edgehub.errors import JournalError
 
-FORMAT = 11  # user_version: each owner's tables are versioned in schema_owners
+LEGACY_VERSIONS = 10  # the journal-wide versions (user_version) made before owners had their own
+FORMAT = LEGACY_VERSIONS + 1  # user_version from then on: each owner's tables are versioned in schema_owners
 SCHEMA_VERSION = FORMAT
 LEGACY_ROW = "-"  # the schema_owners row that keeps the user_version a journal had before owners
 

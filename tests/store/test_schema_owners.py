@@ -10,10 +10,8 @@ import pytest
 from edgehub.errors import JournalError
 from edgehub.kitchen.tables import TABLES as KITCHEN_TABLES
 from edgehub.store import Journal
-from edgehub.store.schema import FORMAT, JOURNAL, LEGACY_ROW, Step, Tables, migrate
+from edgehub.store.schema import FORMAT, JOURNAL, LEGACY_ROW, LEGACY_VERSIONS, Step, Tables, migrate
 from tests.conftest import ALL_TABLES
-
-LEGACY_VERSIONS = 10  # the journal-wide versions before owners had their own
 
 
 def schema(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:

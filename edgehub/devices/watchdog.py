@@ -59,8 +59,7 @@ class WatchdogTiming:
     scale_timeout: float = 1.5
     pinpad_timeout: float = 6.0  # a status enquiry (or a re-registration) waits for the terminal's ack
     # Missed probes in a row before a printer is failed: 2 lets one late reply pass (a Wi-Fi
-    # spike, up to one interval plus a reply time, ~0.8 s) and still fails a printer that stopped
-    # answering within ~1.3 s, inside the 1.5 s failover target (bench/failover.py).
+    # spike) and still fails a silent printer inside the failover target (bench/failover.py).
     printer_missed: int = 2
 
     def interval(self, kind: str) -> float:

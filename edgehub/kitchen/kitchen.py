@@ -1170,8 +1170,8 @@ ALERTS_LOGGED_ONE_BY_ONE = 5
 
 def _log_alerts(alerts: list[dict[str, Any]]) -> None:
     """A line per ticket that turned red, as long as a station's come a few at a time. A box
-    started after hours off finds every ticket left open overdue at once (a dev store: 980 lines
-    in one second); then that station gets one line with the count and the oldest."""
+    started after hours off finds every ticket left open overdue at once: then that station gets
+    one line with the count and the oldest."""
     stations: dict[str, list[dict[str, Any]]] = {}
     for alert in alerts:
         stations.setdefault(alert["station"], []).append(alert)

@@ -52,15 +52,12 @@ T = TypeVar("T")
 MAX_BATCH = 512
 LAZY_WAIT_S = 0.05
 # A cook's tap (bump, recall, serve) may wait this long for an order's commit to ride with
-# instead of fsyncing alone: at the rush the screens tap about four times per order, and each
-# commit of its own wrote its pages to the WAL again (docs/footprint.md). Well under what a
+# instead of fsyncing alone (each commit writes its pages to the WAL again); well under what a
 # person at a screen notices.
 TAP_WAIT_S = 0.02
 # Under load (at least BUSY_RATE writes someone waits on per second) a group waits up to
 # BUSY_WINDOW_S for a second order, so a commit carries two or more and the pages they share are
-# written once: at 200 orders/s, ~30 -> ~21 KB written per order. It adds at most 5 ms to an
-# ack, only under load, and nothing once orders come faster than one per base window: at 500/s a
-# second order is there within the configured window already (docs/footprint.md).
+# written once (docs/footprint.md). It adds at most BUSY_WINDOW_S to an ack, only under load.
 BUSY_RATE = 100.0
 BUSY_WINDOW_S = 0.005
 BUSY_BATCH = 2
@@ -68,18 +65,15 @@ RATE_PERIOD_S = 0.5
 SWITCH_INTERVAL_S = 0.0005
 PAGE_SIZE = 1024
 # Checkpoints run on their own thread (edgehub/store/checkpoint.py) every CHECKPOINT_COMMITS
-# commits. SQLite's automatic one, inside a commit, only if that thread falls far behind. Spacing
-# them out (at most one per 2 s) wrote 10-15 % less at 200 orders/s, but each copied and fsynced
-# so much more at once that the ack p99 at 500 orders/s went from 9-19 ms to 22-32 ms: not kept.
+# commits (often, so each copies and fsyncs little at once: an order's ack waits behind it).
+# SQLite's automatic one, inside a commit, only if that thread falls far behind.
 CHECKPOINT_COMMITS = 64
 # A WAL this long (frames) is made to start over (RESTART: the writer waits for the copy of what
-# came since the last PASSIVE one). At the rush the WAL grows by ~20 frames per order: at 4,096
-# it held every group commit of a 2,000 orders/s burst up every 0.1 s.
+# came since the last PASSIVE one); large enough that a burst of orders does not meet it often.
 CHECKPOINT_RESTART_FRAMES = 16384
 WAL_LIMIT_BYTES = 16 * 2**20  # what the WAL file is cut back to when it starts over
-# SQLite's page cache per connection (KiB). The default, 2 MiB each, fills up on a box that has
-# taken a few thousand orders and is never given back: 4 MiB of the daemon's RSS for the writer and
-# the reader. What they touch again is the right edge of a few B-trees and the open tickets; the
+# SQLite's page cache per connection (KiB), below the default 2 MiB, which fills up and is never
+# given back: what is touched again is the right edge of a few B-trees and the open tickets; the
 # rest comes from the kernel's page cache for a system call.
 WRITER_CACHE_KIB = 1024
 READER_CACHE_KIB = 512

@@ -39,18 +39,13 @@ REFUSED_HOLD_S = 60.0
 # closes at once, and the close can overtake it). When the link is lost within DROP_WINDOW_S of
 # publishing the oldest unacknowledged row, the rows then in flight are suspect: the next
 # connection sends one message at a time (a probe) until it has had a PUBACK for as many messages
-# as were in flight, so the row the cloud hangs up on goes alone. When the link is lost again
-# while one row is alone in flight, twice the same row, its stream is held back as refused:
-# otherwise every new connection would send it and be dropped again, and no other stream would
-# get through. (A probe that ended with its first PUBACK let the next window go out at once: with
-# orders in flight ahead of the culprit, whose PUBACKs the hang-up lost, each connection then
-# moved one order on: 42 reconnects in 30 s did not get 50 orders through.) A probe covers at most
-# PROBE_MAX_ROWS rows: on a WAN that merely flaps during a busy drain each probe costs one round
-# trip per row, and a culprit further back is reached by the next probe, PROBE_MAX_ROWS rows on.
-# The probe goes once the new link has held for PROBE_AFTER_S: a WAN that merely flaps would
-# then have to cut it twice within the same row's one round trip. (Two cuts at any moment of a
-# busy drain did trip it, holding orders back 60 s; so did a probe sent at once, when the flaps
-# came as often as the reconnects.)
+# as were in flight (not just the first: the hang-up may have lost PUBACKs of rows ahead of the
+# culprit), so the row the cloud hangs up on goes alone. When the link is lost again while one
+# row is alone in flight, twice the same row, its stream is held back as refused: otherwise every
+# new connection would send it and be dropped again, and no other stream would get through. A
+# probe covers at most PROBE_MAX_ROWS rows (a round trip each; a culprit further back is reached
+# by the next probe) and goes once the new link has held for PROBE_AFTER_S, so a WAN that merely
+# flaps does not hold a stream back.
 DROP_WINDOW_S = 1.0
 DROP_STRIKES = 2
 PROBE_MAX_ROWS = 32
@@ -59,16 +54,13 @@ DROPPED = "link dropped"
 # Before rows held back are offered again on the same connection, the messages in flight get
 # this long to be acknowledged (those still unacknowledged are sent again: the cloud dedups).
 REOFFER_WAIT_S = 5.0
-# Rows the replay lane publishes before it lets the event loop run other work. A whole window of
-# publishes per loop turn (and the PUBACKs that then come back together) held a live order's ack
-# up at every hop: at full drain speed on a 2-core box, ack p99 156 ms without steps, 84 ms in
-# steps of 48, 58 ms in steps of 16, with the drain rate dropping from ~6.7k to ~5.9k/s at 16
-# (bench/uplink.py). 32 is between; the default replay_rate (500/s) never gets near either.
+# Rows the replay lane publishes before it lets the event loop run other work: a whole window per
+# loop turn (and the PUBACKs that come back together) holds a live order's ack up at every hop;
+# smaller steps drain slower (bench/uplink.py weighs the two).
 REPLAY_STEP = 32
 # While a backlog drains, acknowledged rows are deleted in commits of their own, at most one per
-# DELETE_EVERY_S, instead of riding along with the next order's commit: at full drain speed the
-# acks of 50 ms (~750 rows, 10-25 ms of deleting and fsync) made every order's commit that much
-# slower, and the terminal's ack with it (bench/uplink.py, journal commit p50 ~18 ms while draining).
+# DELETE_EVERY_S, instead of riding along with the next order's commit, which a drain's many
+# deletes would make slower, and the terminal's ack with it.
 DELETE_EVERY_S = 0.025
 # While the hub takes an order (``Replay.give_way``), the replay lane stops publishing, for at
 # most GIVE_WAY_MAX_S at a time and then for at least one step: an order's way through the hub is
@@ -78,9 +70,8 @@ GIVE_WAY_MAX_S = 0.02
 GIVE_WAY_POLL_S = 0.001
 # ``Replay.rate()``: acknowledged messages per second while they flow, over at most the last
 # RATE_WINDOW_S. A flow starts with the first PUBACK after RATE_IDLE_S without one, and the rate
-# is taken from there: averaged over the whole window, the idle seconds before a drain made it
-# start at a tenth of the real rate (ETA 185 s for a 16 s drain), and after the drain it stayed
-# above 0 for 10 s. RATE_IDLE_S without a PUBACK and the rate is 0. Below RATE_MIN_SPAN_S of flow
+# is taken from there (the idle seconds before a drain must not dilute it), and RATE_IDLE_S
+# without a PUBACK and the rate is 0. Below RATE_MIN_SPAN_S of flow
 # there is too little to tell (a lone live order would read as hundreds per second).
 RATE_WINDOW_S = 10.0
 RATE_IDLE_S = 2.0

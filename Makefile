@@ -11,7 +11,7 @@ CONFIG ?= config/dev.toml
 # Without them: make run RUN_FLAGS=   (or RUN_FLAGS=--simulate for the devices alone)
 RUN_FLAGS ?= --simulate --sim-cloud --sim-orders
 
-.PHONY: run test soak bench native system-deps deps lint image-check clean
+.PHONY: run test screenshots soak bench native system-deps deps lint image-check clean
 
 system-deps:
 	@missing=""; \
@@ -48,9 +48,17 @@ run: deps
 	$(PY) -m edgehub run --config $(CONFIG) $(RUN_FLAGS) $(foreach p,$(SIM),--sim-profile $(p))
 
 # The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
+# The suite mostly waits on brokers, hubs and sockets, so it runs in TEST_JOBS processes (one test
+# file each at a time); TEST_JOBS=0 runs it in one process. Screenshots go to test-artifacts/ (tests/browser.py).
+TEST_JOBS ?= 4
 test: WITH_BROWSER = 1
 test: deps native
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+
+# The reviewed screenshots kept in git (artifacts/, see .gitignore), refreshed from the browser tests.
+screenshots: WITH_BROWSER = 1
+screenshots: deps
+	EDGEHUB_ARTIFACTS=$(CURDIR)/artifacts $(PY) -m pytest -q $$(grep -rl --include='*.py' 'screenshot(' tests | grep -v '^tests/browser.py$$')
 
 # Long runs kept out of `make test`: the power-cut test with a 2-minute store run and 3,000 cuts.
 soak: deps native

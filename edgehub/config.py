@@ -354,7 +354,7 @@ class CloudConfig:
     # cloud; ``suspect`` once it is ping_timeout_s overdue; down after down_after_s without a byte.
     ping_interval_s: float = 4.0
     ping_timeout_s: float = 2.0
-    down_after_s: float = 10.0
+    down_after_s: float = 9.0
     # While the route is silent, a TCP connect this often (no back-off); refused connections back
     # off up to reconnect_max_s.
     probe_every_s: float = 1.0
@@ -1303,7 +1303,7 @@ def _cloud(ck: _Checker, base: Path, data: Mapping[str, Any], store_id: str) -> 
         connect_timeout_s=float(number("connect_timeout_s", 10.0, 0.5, 300)),
         ping_interval_s=float(number("ping_interval_s", 4.0, 0.2, 3600)),
         ping_timeout_s=float(number("ping_timeout_s", 2.0, 0.1, 600)),
-        down_after_s=float(number("down_after_s", 10.0, 0.5, 3600)),
+        down_after_s=float(number("down_after_s", 9.0, 0.5, 3600)),
         probe_every_s=float(number("probe_every_s", 1.0, 0.1, 60)),
         reconnect_max_s=float(number("reconnect_max_s", 30.0, 0.1, 3600)),
         max_inflight=number("max_inflight", 200, 1, 65535, int),

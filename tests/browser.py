@@ -1,8 +1,9 @@
 """Browser tests' shared parts: Debian's Chromium driven by playwright, and the artifacts folder.
 
-Screenshots of the browser tests go to one folder, ``artifacts/`` at the repository root
-(git-ignored), or wherever ``EDGEHUB_ARTIFACTS`` points (a CI job collects that folder). Each
-test prints the path of what it kept, so a person reading the test log can open it.
+Screenshots of the browser tests go to one folder, ``test-artifacts/`` at the repository root
+(git-ignored), or wherever ``EDGEHUB_ARTIFACTS`` points: ``make screenshots`` points it at
+``artifacts/`` to refresh the screenshots kept in git. Each test prints the path of what it kept,
+so a person reading the test log can open it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ needs_chromium = pytest.mark.skipif(
 
 def artifacts_dir() -> Path:
     """The folder test artifacts are kept in (created if missing)."""
-    folder = Path(os.environ.get("EDGEHUB_ARTIFACTS") or REPO / "artifacts")
+    folder = Path(os.environ.get("EDGEHUB_ARTIFACTS") or REPO / "test-artifacts")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -453,9 +453,12 @@ class Roles(Component):
             if seat.kind == kind and seat.serving is not None and seat.serving == device:
                 code = doc.get("code")
                 if event == "scan" and isinstance(code, str):
-                    for waiter in self._scan_waiters.pop(seat.name, []):
-                        if not waiter.done():
-                            waiter.set_result(code)
+                    waiters = [w for w in self._scan_waiters.pop(seat.name, []) if not w.done()]
+                    for waiter in waiters:
+                        waiter.set_result(code)
+                    if waiters:
+                        # A payment asked for this scan: the guest's code goes to it alone.
+                        continue
                 with contextlib.suppress(BrokerError, TimeoutError):
                     await self.bus.publish(
                         self.topics.role_event(seat.name, event), payloads.role_event(seat.name, doc)

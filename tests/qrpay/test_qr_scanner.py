@@ -59,4 +59,12 @@ devices = ["scan-till-1"]
             scanner.scan("6901234567892")
             wrong = await till.reply("payment_id", "qs-3", ("refused", "approved"))
             assert wrong["status"] == "refused" and wrong["error"].startswith("not an Alipay payment code")
+            # Scans a payment asked for never reach the terminals reading the role's events; a scan
+            # with no payment waiting does.
+            scanner.scan("6901234567899")
+            async with asyncio.timeout(10):
+                while not any(t.endswith("/evt/scan") for t, _ in till.events):
+                    await asyncio.sleep(0.05)
+            scans = [doc["code"] for topic, doc in till.events if topic.endswith("/evt/scan")]
+            assert scans == ["6901234567899"]
     assert gateway.pays_for(alipay_code(41)) == 1 and len(gateway.calls.pay) == 1

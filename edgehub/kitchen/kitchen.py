@@ -40,6 +40,7 @@ from edgehub.component import Bus, Component, Listener, MqttBatch, MqttRoute, St
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
 from edgehub.intake import ORDER_ACCEPTED
+from edgehub.kitchen.amend import additions, apply_header, diff_lines
 from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
 from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tables import TABLES
@@ -806,7 +807,7 @@ class Kitchen(Component):
                 continue
             if latest_t.state == SERVED:
                 # Already on the table: only what is added needs cooking, on a new ticket.
-                extra = _additions(latest_t.open_lines(), new_lines) if share is not None else []
+                extra = additions(latest_t.open_lines(), new_lines) if share is not None else []
                 if share is not None and extra:
                     events.append(
                         self._new_ticket(order_id, terminal, replace(share, lines=tuple(extra)), at, source)
@@ -822,12 +823,12 @@ class Kitchen(Component):
                 continue
             detail: dict[str, Any] = {}
             if routed is not None:
-                marked, summary = _diff(latest_t.open_lines(), new_lines)
+                marked, summary = diff_lines(latest_t.open_lines(), new_lines)
                 if summary:
                     latest_t.lines = marked
                     detail.update(summary)
             if changed_header:
-                _apply_header(latest_t, changed_header)
+                apply_header(latest_t, changed_header)
                 detail["header"] = changed_header
             if not detail:
                 continue
@@ -1101,68 +1102,6 @@ class Kitchen(Component):
 def _raw_bytes(message: aiomqtt.Message) -> bytes:
     payload = message.payload
     return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-
-
-def _quantities(lines: list[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in lines:
-        out[line["key"]] = out.get(line["key"], 0) + int(line["qty"])
-    return out
-
-
-def _diff(
-    old: list[dict[str, Any]], new: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """New lines marked ``added`` / ``changed`` (with ``qty_before``), plus the removed old lines
-    marked ``removed``, so the cook sees what moved; and a summary (empty: nothing changed)."""
-    before, after = _quantities(old), _quantities(new)
-    marked: list[dict[str, Any]] = []
-    summary: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
-    seen: set[str] = set()
-    for line in new:
-        out = {k: v for k, v in line.items() if k not in ("change", "qty_before")}
-        key = line["key"]
-        if key not in before:
-            out["change"] = "added"
-            if key not in seen:
-                summary["added"].append(line["name"])
-        elif before[key] != after[key] and key not in seen:
-            out["change"], out["qty_before"] = "changed", before[key]
-            summary["changed"].append(line["name"])
-        seen.add(key)
-        marked.append(out)
-    for line in old:
-        if line["key"] not in after and line["key"] not in seen:
-            marked.append({**{k: v for k, v in line.items() if k != "qty_before"}, "change": "removed"})
-            summary["removed"].append(line["name"])
-            seen.add(line["key"])
-    return marked, {k: v for k, v in summary.items() if v}
-
-
-def _additions(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What ``new`` has beyond ``old``: new dishes, and the extra quantity of known ones."""
-    before = _quantities(old)
-    extra = []
-    for line in new:
-        more = int(line["qty"]) - before.get(line["key"], 0)
-        before[line["key"]] = max(0, before.get(line["key"], 0) - int(line["qty"]))
-        if more > 0:
-            extra.append({**line, "qty": more})
-    return extra
-
-
-def _apply_header(ticket: Ticket, changed: dict[str, Any]) -> None:
-    for key, value in changed.items():
-        if key == "rush":
-            ticket.rush = bool(value)
-            if ticket.rush and ticket.priority < RUSH_PRIORITY:
-                ticket.priority = RUSH_PRIORITY
-            elif not ticket.rush and ticket.priority == RUSH_PRIORITY:
-                ticket.priority = 0
-        elif value is None:
-            ticket.header.pop(key, None)
-        else:
-            ticket.header[key] = value
 
 
 ALERTS_LOGGED_ONE_BY_ONE = 5

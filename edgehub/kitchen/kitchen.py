@@ -30,17 +30,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
-from edgehub.bus.connection import response_properties
-from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order, Unaddressable, order_id_of
+from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order
 from edgehub.bus.topics import Topics
 from edgehub.component import Bus, Component, Listener, MqttBatch, MqttRoute, StatusReader, on
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
 from edgehub.intake import ORDER_ACCEPTED
 from edgehub.kitchen.amend import additions, apply_header, diff_lines
+from edgehub.kitchen.face import KitchenMqtt
 from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
 from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tables import TABLES
@@ -200,10 +198,7 @@ class Kitchen(Component):
         self._next_sweep = 0.0
 
     def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
-        return [MqttRoute(self.topics.all_amends, self.handle_amend),
-                MqttRoute(self.topics.all_cancels, self.handle_cancel),
-                MqttRoute(self.topics.all_kds_commands, self.handle_command),
-                MqttRoute(self.topics.all_kds_snapshot_requests, self.handle_snapshot_request)]
+        return KitchenMqtt(self).routes()
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"kitchen": self.status}
@@ -997,111 +992,8 @@ class Kitchen(Component):
             **vars(self.stats),
         }
 
-    # --- MQTT handlers ---------------------------------------------------------------------
-
-    async def handle_amend(self, message: aiomqtt.Message) -> None:
-        await self._handle_change(message, "amend")
-
-    async def handle_cancel(self, message: aiomqtt.Message) -> None:
-        await self._handle_change(message, "cancel")
-
-    async def _handle_change(self, message: aiomqtt.Message, kind: str) -> None:
-        topic = message.topic.value
-        raw = _raw_bytes(message)
-        terminal = self.topics.pos_terminal_of(topic, kind)
-        try:
-            if terminal is None:
-                raise Unaddressable(f"not a {kind} topic")
-            doc, order_id = order_id_of(raw)
-        except Unaddressable as exc:
-            await self._deadletter(topic, exc.reason, raw)
-            return
-        response_topic, props, problem = response_properties(message, self.topics.own_tree(terminal))
-        ack_topic = response_topic or self.topics.ack(terminal)
-        change_id = str(doc.get("amend_id", "")) if kind == "amend" else ""
-        try:
-            if problem:
-                raise PayloadError("response topic", problem.removeprefix("response topic: "))
-            if kind == "amend":
-                amend = payloads.validate_amend(doc, order_id, terminal, len(raw), self.limits)
-                duplicate = await self.amend(amend)
-            else:
-                duplicate = await self.cancel(
-                    payloads.validate_cancel(doc, order_id, terminal, len(raw), self.limits)
-                )
-        except PayloadError as exc:
-            with contextlib.suppress(EdgehubError):
-                await self.journal.add_deadletter(topic, f"rejected {kind} of {order_id}: {exc}", raw)
-            body = payloads.change_ack(kind, order_id, change_id, "rejected", error=str(exc))
-        except JournalError as exc:
-            log.error("%s of %s from %s not journaled: %s", kind, order_id, terminal, exc)
-            return  # not acked: the terminal re-sends
-        else:
-            body = payloads.change_ack(kind, order_id, change_id, "accepted", duplicate=duplicate)
-        try:
-            await self.bus.publish(ack_topic, body, qos=1, properties=props) if self.bus else None
-        except (BrokerError, TimeoutError) as exc:
-            log.info("%s ack on %s not sent (%s); the terminal will re-send", kind, ack_topic, exc)
-
-    async def _deadletter(self, topic: str, reason: str, raw: bytes) -> None:
-        log.info("dead letter from %s: %s", topic, reason)
-        with contextlib.suppress(EdgehubError):
-            await self.journal.add_deadletter(topic, reason, raw)
-        if self.bus is not None:
-            with contextlib.suppress(BrokerError, TimeoutError):
-                await self.bus.publish(
-                    self.topics.deadletter, payloads.deadletter(topic, reason, raw, time.time())
-                )
-
-    async def handle_command(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        station = self.topics.station_of(topic)
-        if station is None:
-            return
-        # Answers stay in the station's reply tree: a screen may command only its own stations
-        # (the broker's ACL), and nothing there is taken for an event or a snapshot.
-        response_topic, props, problem = response_properties(message, self.topics.kds_reply_tree(station))
-        reply_topic = response_topic or self.topics.kds_reply(station)
-        command_id = ""
-        try:
-            if problem:
-                with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    command_id = str(json.loads(_raw_bytes(message)).get("command_id", ""))
-                raise PayloadError("response topic", problem.removeprefix("response topic: "))
-            cmd = payloads.parse_kds_command(_raw_bytes(message))
-            command_id = cmd.command_id
-            ticket = await self.command(station, cmd, "screen:mqtt")
-            reply = payloads.kds_reply(command_id, True, ticket=ticket)
-        except TicketRefused as exc:
-            reply = payloads.kds_reply(command_id, False, exc.reason)
-        except PayloadError as exc:
-            reply = payloads.kds_reply(command_id, False, str(exc))
-        except JournalError as exc:
-            reply = payloads.kds_reply(command_id, False, f"not saved, try again: {exc}")
-        # Handed to the session without awaiting the broker's PUBACK, as acks and events are: an
-        # awaited reply held an Event, a wait_for task and aiomqtt's pending-call entry per command
-        # until its PUBACK, hundreds at once when screens catch up (docs/footprint.md, Memory). A
-        # screen that misses a reply re-reads the ticket from the next event or a snapshot.
-        self._publish_nowait(reply_topic, reply, props)
-
-    async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
-        station = self.topics.station_of(message.topic.value)
-        if station is None:
-            return
-        response_topic, props, problem = response_properties(message, self.topics.kds_reply_tree(station))
-        if problem:
-            log.info("snapshot request for %s answered on %s: %s", station, self.topics.kds_snapshot(station), problem)
-        await self._publish(
-            response_topic or self.topics.kds_snapshot(station), self.snapshot(station), props
-        )
-
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _raw_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
 
 
 ALERTS_LOGGED_ONE_BY_ONE = 5

@@ -6,10 +6,10 @@ ever appended, never edited, each in its own transaction, so a power cut mid-upg
 previous version intact) and its retention rules. ``schema_owners`` holds each owner's version.
 The journal's own tables (orders, the outbox, dead letters) are ``JOURNAL``, always first.
 
-Before owners had versions the whole file had one (``PRAGMA user_version`` 1 to ``LEGACY_VERSIONS``, one step
-of ``MIGRATIONS`` each, each step now split among its owners as ``Step.legacy``). Such a journal
-gets each owner's version from the steps its version had made; ``user_version`` is ``FORMAT``
-from then on, so an older edgehub refuses the file rather than migrating it again.
+Before owners had versions the whole file had one (``PRAGMA user_version`` 1 to
+``LEGACY_VERSIONS``, one migration each, each now split among its owners as ``Step.legacy``).
+Such a journal gets each owner's version from the steps its version had made; ``user_version``
+is ``FORMAT`` from then on, so an older edgehub refuses the file rather than migrating it again.
 """
 
 from __future__ import annotations

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import json
+import pickle
 import re
-from collections.abc import Iterable, Mapping
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -32,17 +36,31 @@ def modules(root: Path = REPO) -> dict[str, Path]:
     return found
 
 
+# Parses in a fresh child process and hands the trees back pickled: in a long-lived pytest-xdist
+# worker that had run other files, CPython 3.11.7's ast.parse failed with "AST constructor
+# recursion depth mismatch" (SystemError), a fault of the interpreter's state, not of the source.
+_PARSE = ("import ast, json, pickle, sys; "
+          "sys.stdout.buffer.write(pickle.dumps([ast.parse(s) for s in json.load(sys.stdin)]))")
+
+
+def parse_all(sources: Sequence[str]) -> list[ast.Module]:
+    done = subprocess.run([sys.executable, "-c", _PARSE], input=json.dumps(list(sources)).encode(),
+                          capture_output=True, check=True, timeout=120)
+    trees: list[ast.Module] = pickle.loads(done.stdout)
+    return trees
+
+
 def _target(name: str, known: Mapping[str, object]) -> str | None:
     while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
 
 
-def imports_of(name: str, source: str, known: Mapping[str, object], is_package: bool) -> set[str]:
-    """The project modules ``source`` imports: anywhere in it (in a function, under
+def imports_of(name: str, tree: ast.Module, known: Mapping[str, object], is_package: bool) -> set[str]:
+    """The project modules a module imports: anywhere in it (in a function, under
     TYPE_CHECKING), each ``from a import b`` counted as ``a.b`` when that is a module."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -62,8 +80,9 @@ def imports_of(name: str, source: str, known: Mapping[str, object], is_package: 
 
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
     known = modules(root)
-    return {name: imports_of(name, path.read_text(), known, path.name == "__init__.py")
-            for name, path in known.items()}
+    trees = parse_all([path.read_text() for path in known.values()])
+    return {name: imports_of(name, tree, known, path.name == "__init__.py")
+            for (name, path), tree in zip(known.items(), trees, strict=True)}
 
 
 def layers(text: str) -> list[tuple[str, list[str]]]:
@@ -190,7 +209,8 @@ def test_an_import_inside_a_function_or_for_types_counts() -> None:
     source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from edgehub.hub import Hub\n"
               "def f():\n    from edgehub.kitchen import tickets\n")
     known = {"edgehub.hub": 1, "edgehub.kitchen": 1, "edgehub.kitchen.tickets": 1}
-    assert imports_of("edgehub.store.x", source, known, False) == {"edgehub.hub", "edgehub.kitchen.tickets"}
+    (tree,) = parse_all([source])
+    assert imports_of("edgehub.store.x", tree, known, False) == {"edgehub.hub", "edgehub.kitchen.tickets"}
 
 
 # --- who owns each table ---------------------------------------------------------------------------
@@ -199,10 +219,10 @@ SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|REPLACE)\b")
 TABLE_REF = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS|ON)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def sql_tables(source: str) -> set[str]:
-    """The tables named in the SQL text of ``source`` (its string literals and f-strings)."""
+def sql_tables(tree: ast.Module) -> set[str]:
+    """The tables named in the SQL text of a module (its string literals and f-strings)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value
         elif isinstance(node, ast.JoinedStr):  # a formatted part stands for a name given elsewhere
@@ -231,8 +251,9 @@ def owners() -> dict[str, str]:
 def foreign_sql(sources: Mapping[str, str], owned: Mapping[str, str]) -> list[str]:
     """Modules whose SQL names a table another package owns, or a table nobody owns."""
     problems = []
-    for module, source in sorted(sources.items()):
-        for table in sorted(sql_tables(source)):
+    names = sorted(sources)
+    for module, tree in zip(names, parse_all([sources[n] for n in names]), strict=True):
+        for table in sorted(sql_tables(tree)):
             owner = owned.get(table)
             if owner is None:
                 if table.lower() not in SQL_WORDS:

@@ -59,9 +59,8 @@ async def test_messages_arrive_as_paho_gives_them(broker: MosquittoProcess, conf
     sent = _sent()
     got: list[mqtt.MQTTMessage] = []
     done = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{fast}", protocol=mqtt.MQTTv5)
-    if fast:
-        FastPaho.adopt(client, lambda mid, code: None)
+    client = (FastPaho if fast else mqtt.Client)(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{fast}",
+                                                 protocol=mqtt.MQTTv5)
     sub = _subscriber(config, client, got, done, len(sent))
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{fast}", protocol=mqtt.MQTTv5)
     pub.username_pw_set(*HUB)
@@ -146,7 +145,7 @@ async def test_messages_published_unwaited_arrive_and_stay_in_the_session_until_
     client.max_inflight_messages_set(0)
     client.username_pw_set(*HUB)
     client.connect("127.0.0.1", config.broker.listen.port)
-    rcs = [client.publish_unwaited("edgehub/v1/s1/kds/grill/event", b"%d" % n, qos=0 if n % 10 == 0 else 1)
+    rcs = [client.publish_unwaited("edgehub/v1/s1/kds/grill/event", b"%d" % n, qos=0 if n % 10 == 0 else 1)[0]
            for n in range(300)]
     assert set(rcs) == {0}
     kept = {m.mid for m in client._out_messages.values()}
@@ -177,9 +176,8 @@ async def test_with_manual_acks_the_broker_sends_again_what_was_not_acked(
     session.SessionExpiryInterval = 60
 
     def connect(got: list[mqtt.MQTTMessage], expect: int) -> tuple[mqtt.Client, threading.Event]:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"manual-{fast}", protocol=mqtt.MQTTv5)
-        if fast:
-            FastPaho.adopt(client, lambda mid, code: None)
+        client = (FastPaho if fast else mqtt.Client)(mqtt.CallbackAPIVersion.VERSION2, client_id=f"manual-{fast}",
+                                                     protocol=mqtt.MQTTv5)
         client.manual_ack_set(True)
         client.username_pw_set(*HUB)
         done, subscribed = threading.Event(), threading.Event()

@@ -30,10 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
 from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order, Unaddressable, order_id_of
 from edgehub.bus.topics import Topics
 from edgehub.config import KitchenConfig, LimitsConfig
@@ -978,15 +977,15 @@ class Kitchen:
 
     # --- MQTT handlers ---------------------------------------------------------------------
 
-    async def handle_amend(self, message: aiomqtt.Message) -> None:
+    async def handle_amend(self, message: Message) -> None:
         await self._handle_change(message, "amend")
 
-    async def handle_cancel(self, message: aiomqtt.Message) -> None:
+    async def handle_cancel(self, message: Message) -> None:
         await self._handle_change(message, "cancel")
 
-    async def _handle_change(self, message: aiomqtt.Message, kind: str) -> None:
-        topic = message.topic.value
-        raw = _raw_bytes(message)
+    async def _handle_change(self, message: Message, kind: str) -> None:
+        topic = message.topic
+        raw = message.payload
         terminal = self.topics.pos_terminal_of(topic, kind)
         try:
             if terminal is None:
@@ -1032,8 +1031,8 @@ class Kitchen:
                     self.topics.deadletter, payloads.deadletter(topic, reason, raw, time.time())
                 )
 
-    async def handle_command(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def handle_command(self, message: Message) -> None:
+        topic = message.topic
         station = self.topics.station_of(topic)
         if station is None:
             return
@@ -1045,9 +1044,9 @@ class Kitchen:
         try:
             if problem:
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    command_id = str(json.loads(_raw_bytes(message)).get("command_id", ""))
+                    command_id = str(json.loads(message.payload).get("command_id", ""))
                 raise PayloadError("response topic", problem.removeprefix("response topic: "))
-            cmd = payloads.parse_kds_command(_raw_bytes(message))
+            cmd = payloads.parse_kds_command(message.payload)
             command_id = cmd.command_id
             ticket = await self.command(station, cmd, "screen:mqtt")
             reply = payloads.kds_reply(command_id, True, ticket=ticket)
@@ -1058,13 +1057,13 @@ class Kitchen:
         except JournalError as exc:
             reply = payloads.kds_reply(command_id, False, f"not saved, try again: {exc}")
         # Handed to the session without awaiting the broker's PUBACK, as acks and events are: an
-        # awaited reply held an Event, a wait_for task and aiomqtt's pending-call entry per command
-        # until its PUBACK, hundreds at once when screens catch up (docs/footprint.md, Memory). A
-        # screen that misses a reply re-reads the ticket from the next event or a snapshot.
+        # awaited reply holds a future and a timeout per command until its PUBACK, hundreds at
+        # once when screens catch up (docs/footprint.md, Memory). A screen that misses a reply
+        # re-reads the ticket from the next event or a snapshot.
         self._publish_nowait(reply_topic, reply, props)
 
-    async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
-        station = self.topics.station_of(message.topic.value)
+    async def handle_snapshot_request(self, message: Message) -> None:
+        station = self.topics.station_of(message.topic)
         if station is None:
             return
         response_topic, props, problem = response_properties(message, self.topics.kds_reply_tree(station))
@@ -1076,11 +1075,6 @@ class Kitchen:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _raw_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
 
 
 def _quantities(lines: list[dict[str, Any]]) -> dict[str, int]:

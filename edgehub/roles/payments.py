@@ -40,9 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
+from edgehub.bus.message import Message
 from edgehub.errors import (
     DeviceError,
     DeviceTimeout,
@@ -196,11 +195,11 @@ class Payments:
 
     # --- pay -----------------------------------------------------------------------------------
 
-    async def handle_pay(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle_pay(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES, self.roles.config.payments.currency)
         except PayloadError as exc:
-            await self.roles.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
+            await self.roles.journal.add_deadletter(message.topic, f"pay rejected: {exc}", raw)
             refusal = requester.refusal(raw)
             await self.roles.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
@@ -591,7 +590,7 @@ class Payments:
         )
         await self._finish(payment, settled.outcome, _masked(settled), by="pinpad")
 
-    async def handle_settle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle_settle(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_settle(raw, requester.own_tree, self.roles.config.limits)
         except PayloadError as exc:

@@ -36,8 +36,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiomqtt
-
 from drivers.escpos_profile import PrinterProfile
 from drivers.escpos_render import (
     Text,
@@ -47,6 +45,7 @@ from drivers.escpos_render import (
     ticket_from_doc,
 )
 from edgehub.bus import payloads
+from edgehub.bus.message import Message
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
 
 if TYPE_CHECKING:
@@ -174,12 +173,12 @@ class PrintQueue:
 
     # --- intake --------------------------------------------------------------------------------
 
-    async def handle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_print(raw, self.roles.config.limits, requester.own_tree)
         except PayloadError as exc:
             self.stats.rejected += 1
-            await self.roles.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
+            await self.roles.journal.add_deadletter(message.topic, f"print rejected: {exc}", raw)
             refusal = requester.refusal(raw)
             await self.roles.reply(
                 refusal, payloads.print_reply(role, "", "rejected", refusal.request_id, error=str(exc))

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 from aiohttp import web
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -34,6 +33,7 @@ from paho.mqtt.properties import Properties
 from drivers.base import Driver, Health
 from edgehub.bus import payloads
 from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, role_devices_problem, role_kind, role_name_problem
 from edgehub.devices.registry import DeviceEvent, DeviceRegistry
@@ -82,7 +82,7 @@ class Requester:
     problem: str | None  # the response topic named is not one the hub answers on
 
     @classmethod
-    def of(cls, message: aiomqtt.Message, terminal: str, topics: Topics) -> Requester:
+    def of(cls, message: Message, terminal: str, topics: Topics) -> Requester:
         own = topics.own_tree(terminal)
         topic, props, problem = response_properties(message, own)
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
@@ -388,10 +388,10 @@ class Roles:
 
     # --- MQTT ----------------------------------------------------------------------------------
 
-    async def handle_command(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def handle_command(self, message: Message) -> None:
+        topic = message.topic
         parsed = self.topics.role_command_of(topic)
-        raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        raw = message.payload
         if parsed is None:
             return
         role, command, terminal_id = parsed
@@ -444,12 +444,12 @@ class Roles:
             return False
         return isinstance(doc, dict) and doc.get("tender") in ("qr", "cash")
 
-    async def handle_device_event(self, message: aiomqtt.Message) -> None:
+    async def handle_device_event(self, message: Message) -> None:
         """A scan or weight from a device: republished on the role it serves (if any)."""
-        event = message.topic.value.rpartition("/")[2]
+        event = message.topic.rpartition("/")[2]
         kind = EVENT_KINDS.get(event)
         raw = message.payload
-        if kind is None or not isinstance(raw, bytes | bytearray):
+        if kind is None:
             return
         try:
             doc = json.loads(raw)

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from edgehub.bus.message import Message
 from edgehub.bus.payloads import Order
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
 from edgehub.errors import JournalError
@@ -48,9 +48,8 @@ class DeadLetters:
     """A support reader on ``…/hub/deadletter``."""
 
     def __init__(self, config: Config, hub: Hub) -> None:
-        self.client = aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
-                                     password=config.broker.hub_password,
-                                     identifier=f"test-dead-{time.monotonic_ns()}")
+        self.client = MqttSession("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
+                                  password=config.broker.hub_password, client_id=f"test-dead-{time.monotonic_ns()}")
         self.topic = hub.topics.deadletter
 
     async def __aenter__(self) -> DeadLetters:
@@ -65,7 +64,6 @@ class DeadLetters:
         seen: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
             async for message in self.client.messages:
-                assert isinstance(message.payload, bytes)
                 seen.append(json.loads(message.payload))
                 if len(seen) == n:
                     return seen

@@ -18,6 +18,7 @@ connection ends, whatever the cause; nothing reconnects here: the owner decides 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -146,7 +147,8 @@ class MqttSession:
         self._misc: asyncio.Task[None] | None = None
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._waiters: dict[int, asyncio.Future[int]] = {}
-        self._inbox: asyncio.Queue[Message] | None = None  # ``messages``, without an on_message
+        self._inbox: collections.deque[Message] | None = None  # ``messages``, without an on_message
+        self._arrival: asyncio.Future[None] | None = None  # what ``messages`` waits on
         self._closing = False
         self._closed = False
 
@@ -189,7 +191,7 @@ class MqttSession:
         self._connack = loop.create_future()
         self.lost = loop.create_future()
         if self.on_message is None:
-            self._inbox = asyncio.Queue()
+            self._inbox = collections.deque()
         self.last_heard = loop.time()
         self._client = client = self._make_client()
         props = None
@@ -273,7 +275,7 @@ class MqttSession:
     def is_up(self) -> bool:
         return self.lost is not None and not self.lost.done()
 
-    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+    def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                        properties: Any = None) -> int:
         """Queue one message (written at the loop's next turn); returns its packet id. Its PUBACK
         goes to ``on_puback``. ``properties``: paho's ``Properties``, or anything with its ``pack()``.
@@ -281,6 +283,8 @@ class MqttSession:
         client = self._client
         if client is None or not self.is_up:
             raise MqttError(f"not connected to {self.name} {self.address}")
+        if isinstance(payload, str):
+            payload = payload.encode()
         if properties is None and isinstance(client, FastPaho):
             rc, mid = client.publish_unwaited(topic, payload, qos, retain)
         else:
@@ -290,7 +294,7 @@ class MqttSession:
             raise MqttError(f"publish to {topic} failed: {mqtt.error_string(rc)}")
         return int(mid)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                       properties: Any = None, timeout: float = 10.0) -> int:
         """Publish and wait for the broker's PUBACK (at QoS 0: until it is written); returns its
         reason code (from 0x80 up the broker refused the message: ``RC_FAILURE``)."""
@@ -334,25 +338,18 @@ class MqttSession:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
-        inbox, lost = self._inbox, self.lost
-        if inbox is None or lost is None:
+        inbox, lost, loop = self._inbox, self.lost, self._loop
+        if inbox is None or lost is None or loop is None:
             raise MqttError("messages: this session hands its messages to on_message")
         while True:
-            if inbox.empty():
-                if lost.done():
-                    raise MqttError(f"connection to {self.name} {self.address} lost: {lost.result()}")
-                getter = asyncio.ensure_future(inbox.get())
-                either: set[asyncio.Future[Any]] = {getter, lost}
-                try:
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    if not getter.done():
-                        getter.cancel()
-                if not getter.done() or getter.cancelled():
-                    continue
-                yield getter.result()
-            else:
-                yield inbox.get_nowait()
+            if inbox:  # taken from the inbox only here: a cancelled wait loses no message
+                yield inbox.popleft()
+                continue
+            if lost.done():
+                raise MqttError(f"connection to {self.name} {self.address} lost: {lost.result()}")
+            arrival: asyncio.Future[Any] = loop.create_future()
+            self._arrival = arrival
+            await asyncio.wait({arrival, lost}, return_when=asyncio.FIRST_COMPLETED)
 
     # --- paho callbacks (on the loop, from loop_read / loop_write; socket ones also from the
     # connect thread) ---------------------------------------------------------------------------
@@ -409,7 +406,9 @@ class MqttSession:
         if self.on_message is not None:
             self.on_message(converted)
         elif self._inbox is not None:
-            self._inbox.put_nowait(converted)
+            self._inbox.append(converted)
+            if self._arrival is not None and not self._arrival.done():
+                self._arrival.set_result(None)
 
     # --- paho driven by the event loop ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ import pytest
 
 from drivers.base import DeviceInfo, Driver, Health
 from drivers.zvt import ZvtPinpad
+from edgehub.bus.session import V311
 from edgehub.devices import WatchdogTiming
 from edgehub.sim.pinpad import PAYMENT_STEPS, ZvtPinpadSim
 from tests.roles.conftest import Store, Till, fast_driver, pinpad_info, running_store
@@ -309,9 +310,7 @@ async def test_a_311_till_is_told_why_its_request_was_refused(store: Store) -> N
     """MQTT 3.1.1 has no response topic: the till names ``reply_to`` and ``request_id`` in the
     payload. A request refused before it is parsed (no such role, a bad field) is answered
     there too, or a till paying on a misnamed pinpad role would wait for nothing."""
-    import aiomqtt
-
-    async with Till(store.config, "pos-2", aiomqtt.ProtocolVersion.V311) as till:
+    async with Till(store.config, "pos-2", V311) as till:
         await till.request("pinpad.till-9", "pay", {**pay("pay-1", "sale-1", 500), "request_id": "r-1"})
         await till.request(TILL, "pay", {**pay("pay-2", "sale-2", -5), "request_id": "r-2"})
         async with asyncio.timeout(10):

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
+from edgehub.bus.session import V311
 from edgehub.roles.roles import Reply
 from edgehub.sim.printer import PrinterSim
 from tests.roles.conftest import Store, Till, copies, printer_info, running_store, ticket
@@ -69,7 +69,7 @@ async def test_print_request_response_and_duplicate(store: Store) -> None:
 
 
 async def test_mqtt311_client_uses_reply_to_and_request_id(store: Store) -> None:
-    async with PrinterSim() as sim, Till(store.config, "pos-2", aiomqtt.ProtocolVersion.V311) as till:
+    async with PrinterSim() as sim, Till(store.config, "pos-2", V311) as till:
         await store.add(printer_info("prn-c", sim))
         await till.request(
             "receipt-printer", "print", {"schema": "print/1", "request_id": "q-7", "ticket": ticket(2)}

@@ -166,7 +166,7 @@ async def test_messages_published_unwaited_arrive_and_stay_in_the_session_until_
     rcs = [client.publish_unwaited("edgehub/v1/s1/kds/grill/event", b"%d" % n, qos=0 if n % 10 == 0 else 1)[0]
            for n in range(300)]
     assert set(rcs) == {0}
-    kept = {m.mid for m in client._out_messages.values()}
+    kept = {m.mid for m in client._out_messages.values()}  # noqa: SLF001
     assert len(kept) == 270  # QoS 1 ones, kept until their PUBACK
     client.loop_start()
     try:
@@ -180,7 +180,7 @@ async def test_messages_published_unwaited_arrive_and_stay_in_the_session_until_
             c.loop_stop()
             c.disconnect()
     assert sorted(int(m.payload) for m in got) == list(range(300))
-    assert sorted(acked) == sorted(kept) and not client._out_messages
+    assert sorted(acked) == sorted(kept) and not client._out_messages  # noqa: SLF001
     with pytest.raises(ValueError):
         client.publish_unwaited("edgehub/v1/s1/kds/+/event", b"x")  # as paho: no wildcards
 
@@ -246,14 +246,16 @@ def test_publish_packets_are_the_bytes_paho_makes(protocol: int) -> None:
     every length of the remaining-length field, dup and retain set or not; the rest is paho's."""
     def packets(client: mqtt.Client) -> list[bytes]:
         queued: list[bytes] = []
-        client._sock = object()  # type: ignore[assignment]  # "connected": _send_publish checks only this
-        client._packet_queue = lambda command, packet, mid, qos, info=None: queued.append(bytes(packet))  # type: ignore[method-assign]
+        # "Connected" (_send_publish checks only this), and each packet kept instead of queued.
+        client._sock = object()  # type: ignore[assignment]  # noqa: SLF001
+        client._packet_queue = lambda command, packet, mid, qos, info=None: queued.append(  # type: ignore[method-assign]  # noqa: SLF001
+            bytes(packet))
         for topic, payload, qos, retain, props in _sent():
             for length in (1, 121, 122, 16_380, 16_390, 2_097_200):
                 body = (payload * (length // max(len(payload), 1) + 1))[:length] if payload else payload
                 for dup in (False, True):
-                    client._send_publish(4660, topic.encode(), body, qos, retain, dup, None, props)
-        client._sock = None  # nothing to close
+                    client._send_publish(4660, topic.encode(), body, qos, retain, dup, None, props)  # noqa: SLF001
+        client._sock = None  # noqa: SLF001 - nothing to close
         return queued
 
     stock = packets(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=protocol))
@@ -375,8 +377,8 @@ def test_no_other_module_reaches_into_paho() -> None:
         if path.name in ("fastpaho.py", "test_fastpaho.py"):
             continue
         tree = ast.parse(path.read_text())
-        paho_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
-                      for alias in node.names
+        paho_names = {alias.asname or alias.name for node in ast.walk(tree)
+                      if isinstance(node, ast.Import | ast.ImportFrom) for alias in node.names
                       if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("paho"))
                       or alias.name.startswith("paho")}
         for node in ast.walk(tree):

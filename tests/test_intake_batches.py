@@ -108,13 +108,13 @@ async def test_the_messages_of_one_turn_go_to_a_batch_route_together() -> None:
             done.set()
 
     bus.route_batch("edgehub/v1/s1/pos/+/order", handle)
-    bus._accepting = True
+    bus._accepting = True  # noqa: SLF001
     for mid in (1, 2, 3):  # one turn of the loop: one batch
-        bus._dispatch(message("edgehub/v1/s1/pos/pos-1/order", b"{}", mid), None)
+        bus._dispatch(message("edgehub/v1/s1/pos/pos-1/order", b"{}", mid), None)  # noqa: SLF001
     assert bus.handling == 3
     await asyncio.sleep(0)
     for mid in (4, 5):  # a later turn: the next batch
-        bus._dispatch(message("edgehub/v1/s1/pos/pos-2/order", b"{}", mid), None)
+        bus._dispatch(message("edgehub/v1/s1/pos/pos-2/order", b"{}", mid), None)  # noqa: SLF001
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0)
     assert batches == [[1, 2, 3], [4, 5]]

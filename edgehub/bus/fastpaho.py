@@ -70,7 +70,7 @@ def _message(mid: int, topic: bytes, payload: bytes, qos: int, retain: bool, dup
     message.state = mqtt.mqtt_ms_invalid
     message.dup = dup
     message.mid = mid
-    message._topic = topic
+    message._topic = topic  # noqa: SLF001 - as MQTTMessage.__init__ sets it
     message.payload = payload
     message.qos = qos
     message.retain = retain
@@ -294,7 +294,7 @@ class FastPaho(mqtt.Client):
         with self._out_message_mutex:
             msg = self._out_messages.pop(mid, None)
         if msg is not None:  # as paho: told once per message
-            msg.info._set_as_published()
+            msg.info._set_as_published()  # noqa: SLF001 - as paho's _do_on_publish
             if msg.qos > 0:
                 self._inflight_messages -= 1
             fast(mid, code)

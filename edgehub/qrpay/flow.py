@@ -79,7 +79,7 @@ class QrTender:
     async def pay(self, role: str, request: payloads.PayRequest, reply: Reply, terminal: str) -> None:
         from edgehub.roles.payments import Payment
 
-        refuse = self.payments._refuse
+        refuse = self.payments._refuse  # noqa: SLF001
         if (why := self.offline_reason()) is not None:
             self.stats["refused_offline"] += 1
             await refuse(role, request, reply, f"{OFFLINE} ({why})")
@@ -97,9 +97,9 @@ class QrTender:
                           self.acquirer.name, "sent", None, reply, terminal, tender="qr",
                           reference=f"eh{uuid.uuid4().hex}", created_at=self.roles.wall())
         payment.result = {"code": masked_code(code)}
-        await self.payments._journal(payment, new=True)
+        await self.payments._journal(payment, new=True)  # noqa: SLF001
         self.payments.open[payment.payment_id] = payment
-        await self.roles.reply(reply, self.payments._reply_body(payment, "processing"))
+        await self.roles.reply(reply, self.payments._reply_body(payment, "processing"))  # noqa: SLF001
         store = self.roles.config.store
         assert payment.reference is not None
         order = GatewayOrder(payment.reference, code, payment.amount_cents, payment.currency,
@@ -110,7 +110,7 @@ class QrTender:
         if not answer.sent:
             self.stats["refused_offline"] += 1
             self._mark_down(answer.reason)
-            await self.payments._forget(payment)
+            await self.payments._forget(payment)  # noqa: SLF001
             await refuse(role, request, reply, f"{OFFLINE} (the {self.acquirer.name} gateway cannot be "
                          f"reached: {answer.reason}); nothing was charged")
             return
@@ -128,12 +128,12 @@ class QrTender:
             reason=f"scan the guest's payment code on {scanner}"))
         code = await self.roles.next_scan(scanner, self.cfg.scan_wait_s)
         if code is None:
-            await self.payments._refuse(role, request, reply, f"no code was scanned on {scanner} within "
+            await self.payments._refuse(role, request, reply, f"no code was scanned on {scanner} within "  # noqa: SLF001
                                         f"{self.cfg.scan_wait_s:g} s; nothing was charged")
             return None
         code = code.strip()
         if not payloads.AUTH_CODE_RE.match(code):
-            await self.payments._refuse(role, request, reply, f"what {scanner} scanned is no payment code "
+            await self.payments._refuse(role, request, reply, f"what {scanner} scanned is no payment code "  # noqa: SLF001
                                         f"({len(code)} characters): nothing was charged")
             return None
         return code
@@ -146,7 +146,7 @@ class QrTender:
                 return
             if answer.state == "waiting" and not told_waiting:
                 told_waiting = True
-                await self.roles.reply(payment.reply, self.payments._reply_body(
+                await self.roles.reply(payment.reply, self.payments._reply_body(  # noqa: SLF001
                     payment, "processing", reason="the guest is confirming the payment on the phone"))
             if queried and time.monotonic() + self.cfg.poll_interval_s > deadline:
                 break
@@ -188,7 +188,7 @@ class QrTender:
                   "buyer": answer.buyer or None, "gateway_code": answer.code or None, "reason": reason or None}
         log.info("payment %s (qr %s): %s%s", payment.payment_id, payment.reference, state,
                  f" ({reason})" if reason else "")
-        await self.payments._finish(payment, state, {k: v for k, v in result.items() if v is not None}, by=by)
+        await self.payments._finish(payment, state, {k: v for k, v in result.items() if v is not None}, by=by)  # noqa: SLF001
 
     async def _unknown(self, payment: Payment, reason: str) -> None:
         self.stats["unknown"] += 1
@@ -198,13 +198,13 @@ class QrTender:
         payment.result = {**payment.result, "reference": payment.reference,
                           "reason": f"{reason}; the sale is locked until the gateway settles it"}
         try:
-            await self.payments._journal(payment)
+            await self.payments._journal(payment)  # noqa: SLF001
             log.warning("payment %s (qr %s): outcome unknown (%s)", payment.payment_id, payment.reference, reason)
-            await self.roles.reply(payment.reply, self.payments._reply_body(payment, "unknown"))
+            await self.roles.reply(payment.reply, self.payments._reply_body(payment, "unknown"))  # noqa: SLF001
         finally:
             payment.announced = True
         self.roles.mark_dirty(payment.role)
-        self.payments._settle_wake.set()
+        self.payments._settle_wake.set()  # noqa: SLF001
 
     async def _query(self, payment: Payment) -> GatewayAnswer:
         assert payment.reference is not None
@@ -285,7 +285,7 @@ class QrTender:
             if why is None and self.gateway_down is not None:
                 log.info("%s gateway reachable again", self.acquirer.name)
                 self.gateway_down = None
-                self.payments._settle_wake.set()
+                self.payments._settle_wake.set()  # noqa: SLF001
             elif why is not None:
                 if self.gateway_down is None:
                     log.warning("%s gateway unreachable%s: %s", self.acquirer.name,

@@ -115,7 +115,7 @@ class Tenders:
             await self.cash(role, request, reply, terminal)
             return
         if self.qr is None:
-            await self.payments._refuse(role, request, reply, "QR pay is not set up on this box "
+            await self.payments._refuse(role, request, reply, "QR pay is not set up on this box "  # noqa: SLF001
                                         "([payments.qr] acquirer): take cash or card")
             return
         await self.qr.pay(role, request, reply, terminal)
@@ -131,13 +131,13 @@ class Tenders:
         payment = Payment(request.payment_id, role, request.sale_id, request.amount_cents, request.currency,
                           "cash", "approved", None, reply, terminal, tender="cash", created_at=self.roles.wall())
         payment.result = {"tendered_cents": tendered, "change_cents": tendered - request.amount_cents}
-        await self.payments._journal(payment, new=True, final=True)
+        await self.payments._journal(payment, new=True, final=True)  # noqa: SLF001
         self.payments.stats.approved += 1
         log.info("payment %s: cash %d %s", payment.payment_id, payment.amount_cents, payment.currency)
         drawer_role = request.drawer if request.drawer is not None else self.config.drawer_role
         drawer = await self.open_drawer(drawer_role, payment.payment_id)
         sale = await self.sale_summary(payment.sale_id)
-        await self.roles.reply(reply, self.payments._reply_body(payment, "approved", sale=sale, drawer=drawer))
+        await self.roles.reply(reply, self.payments._reply_body(payment, "approved", sale=sale, drawer=drawer))  # noqa: SLF001
 
     # --- the drawer ------------------------------------------------------------------------------
 

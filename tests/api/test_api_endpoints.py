@@ -209,7 +209,7 @@ async def test_fallbacks_say_not_configured_without_the_component(path: str, tmp
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     try:
         async with http.post(f"http://127.0.0.1:{port}{path}") as response:
             if path.endswith("sync") and getattr(hub, "uplink", None) is not None:

@@ -99,7 +99,7 @@ async def kitchen(config: Config, journal: Journal, clock: FrozenClock) -> Async
 async def settle(kitchen: Kitchen) -> None:
     """Wait until the kitchen's background commits (new orders' tickets) are done."""
     for _ in range(200):
-        pending = [t for t in kitchen._tasks if not t.done()]
+        pending = [t for t in kitchen._tasks if not t.done()]  # noqa: SLF001
         if not pending:
             return
         await asyncio.wait(pending, timeout=5)

@@ -24,13 +24,13 @@ async def test_since_stays_at_the_start_of_an_outage(tmp_path: Path, wan: FaultP
         uplink = rig.uplink
         await rig.wait_online()
         states: list[str] = []
-        set_state = uplink._set_state
+        set_state = uplink._set_state  # noqa: SLF001
 
         def spy(state: str, detail: str = "") -> None:
             set_state(state, detail)
             states.append(state)
 
-        uplink._set_state = spy  # type: ignore[method-assign]
+        uplink._set_state = spy  # type: ignore[method-assign]  # noqa: SLF001
         await asyncio.sleep(1.2)  # so that "since" of the outage cannot be the start of the hub
         went_down = time.time()
         wan.refuse()

@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from edgehub.bus import payloads
 from edgehub.bus.message import Message
-from edgehub.bus.session import MqttSession, Will
+from edgehub.bus.session import RC_FAILURE, MqttSession, Will
 from edgehub.bus.topics import Topics
 from edgehub.errors import BrokerError, MqttError
 from edgehub.tasks import cancel_and_wait
@@ -113,7 +113,11 @@ class BusConnection:
                 async with self._make_session() as session:
                     self._session = session
                     for topic, _ in self.routes:
-                        await session.subscribe(topic, qos=1)
+                        codes = await session.subscribe(topic, qos=1)
+                        if any(code >= RC_FAILURE for code in codes):
+                            log.error("broker %s:%d refused the hub's subscription to %s (reason 0x%02x): nothing "
+                                      "sent there reaches the hub; check the broker's ACL (edgehub broker "
+                                      "write-config)", self.host, self.port, topic, max(codes))
                     await session.publish(self.topics.hub_state, payloads.hub_state("ready", self.version),
                                           qos=1, retain=True)
                     self.connects += 1

@@ -245,7 +245,7 @@ def drain_while_ordering(hub: HubProcess, broker_port: int, journal: Path, backl
             delay = started + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            loader._send(f"live-{i}")
+            loader._send(f"live-{i}")  # noqa: SLF001
             i += 1
 
     sender = threading.Thread(target=order_loop, daemon=True)
@@ -335,7 +335,7 @@ def wan_truth(directory: Path, cloud_port: int, rate: float, outage: float) -> d
             started, i = time.perf_counter(), 0
             while not stop.is_set():
                 time.sleep(max(0.0, started + i / rate - time.perf_counter()))
-                loader._send(f"wan-{i}")
+                loader._send(f"wan-{i}")  # noqa: SLF001
                 i += 1
 
         sender = threading.Thread(target=order_loop, daemon=True)

@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import aiomqtt
-
+from edgehub.bus.session import MqttSession
 from edgehub.config import Address, Config
+from edgehub.errors import MqttError, MqttRefused
 from edgehub.store.orders import latest_received_at
 from edgehub.store.schema import SCHEMA_VERSION
 from edgehub.sysinfo import disk_usage
@@ -226,23 +226,24 @@ class Doctor:
         except (OSError, TimeoutError) as exc:
             return Check("broker", "fail", f"nothing answers on {address}: {_reason(exc)}", self._restart_broker())
         b = self.config.broker
-        client = aiomqtt.Client(address.host, address.port, username=b.hub_user, password=b.hub_password,
-                                identifier=f"edgehub-doctor-{uuid.uuid4().hex[:12]}", timeout=self.timeout_s)
+        # The hub's own login, as the hub makes it (MQTT 5), under a client id of its own.
+        client = MqttSession(address.host, address.port, username=b.hub_user, password=b.hub_password,
+                             client_id=f"edgehub-doctor-{uuid.uuid4().hex[:12]}", connect_timeout_s=self.timeout_s)
         try:
             async with asyncio.timeout(self.timeout_s + 1):
                 async with client:
                     pass
-        except aiomqtt.MqttCodeError as exc:
-            if exc.rc in (4, 5, 134, 135) or getattr(exc.rc, "value", None) in (134, 135):
+        except MqttRefused as exc:
+            if exc.reason_code in (0x86, 0x87):  # bad user name or password, not authorized
                 action = ("another program answers on the hub's broker port (another edgehub's Mosquitto?): "
                           "stop it, or give broker.listen a free port" if managed else
                           f"rewrite the broker's password file: edgehub broker write-config --config "
                           f"{self.config.source} && sudo systemctl reload mosquitto")
                 return Check("broker", "fail", f"the broker at {address} refuses the hub's password", action)
-            return Check("broker", "fail", f"the broker at {address} refused the connection: {exc}",
+            return Check("broker", "fail", str(exc),
                          "look at the hub's log (the lines with component=broker)" if managed
                          else "look at sudo journalctl -u mosquitto -n 50")
-        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+        except (MqttError, TimeoutError, OSError) as exc:
             return Check("broker", "fail", f"no MQTT answer from {address}: {_reason(exc)}", self._restart_broker())
         return Check("broker", "ok", f"connected to {address} and logged in as {b.hub_user}")
 

@@ -43,6 +43,29 @@ class BrokerError(EdgehubError):
     """The store's Mosquitto cannot be configured, started or reached."""
 
 
+class MqttError(EdgehubError):
+    """An MQTT session (edgehub/bus/session.py) could not connect, or its connection ended.
+    ``errno`` is the socket error's number when the connection failed on one (``None`` for a TLS
+    failure, a refusal or a timeout)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class MqttTimeout(MqttError):
+    """Nothing answered in time: no TCP connection, or no CONNACK after CONNECT."""
+
+
+class MqttRefused(MqttError):
+    """The broker answered CONNECT with a refusal. ``reason_code`` in MQTT 5 numbering (paho maps a
+    3.1.1 return code onto it): 0x86 bad user name or password, 0x87 not authorized, ..."""
+
+    def __init__(self, message: str, reason_code: int) -> None:
+        self.reason_code = reason_code
+        super().__init__(message)
+
+
 class DeviceError(EdgehubError):
     """A device failed. ``device_id`` is the stable id of the device, when known."""
 

@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
 from edgehub.bus.connection import response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Order, Unaddressable, order_id_of, validate_order
 from edgehub.bus.topics import Topics
 from edgehub.component import Bus, Component, MqttBatch, MqttRoute, Signal, Signals, StatusReader
@@ -121,10 +120,10 @@ class Intake(Component):
         """A terminal waits for an ack right now."""
         return self.in_progress > 0
 
-    async def handle(self, message: aiomqtt.Message) -> None:
+    async def handle(self, message: Message) -> None:
         await self.handle_batch([message])
 
-    async def handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+    async def handle_batch(self, messages: list[Message]) -> None:
         """The orders that came in one turn of the loop (``BusConnection.route_batch``): each is
         checked on its own, and the valid ones are journaled in one write, then acked."""
         self.in_progress += len(messages)
@@ -133,7 +132,7 @@ class Intake(Component):
         finally:
             self.in_progress -= len(messages)
 
-    async def _handle_batch(self, messages: list[aiomqtt.Message]) -> None:
+    async def _handle_batch(self, messages: list[Message]) -> None:
         started = self.clock()
         taken: list[_Taken] = []
         refused: list[_Refused] = []
@@ -156,10 +155,8 @@ class Intake(Component):
 
     # --- checking one message ------------------------------------------------------------------
 
-    def _check_one(self, message: aiomqtt.Message) -> _Taken | _Refused:
-        topic = message.topic.value
-        raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
-        raw = bytes(raw)
+    def _check_one(self, message: Message) -> _Taken | _Refused:
+        topic, raw = message.topic, message.payload
         try:
             return self._check(topic, raw, message)
         except Exception:
@@ -167,7 +164,7 @@ class Intake(Component):
             log.exception("checking a message on %s failed", topic)
             return _Refused(topic, raw, "payload: the hub could not check it (an error of the hub, logged)")
 
-    def _check(self, topic: str, raw: bytes, message: aiomqtt.Message) -> _Taken | _Refused:
+    def _check(self, topic: str, raw: bytes, message: Message) -> _Taken | _Refused:
         terminal = self.topics.terminal_of(topic)
         if terminal is None:
             return _Refused(topic, raw, "not an order topic")

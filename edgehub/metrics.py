@@ -89,7 +89,7 @@ class _SnapshotCollector(Collector):
         return []  # families depend on what is configured; describing none skips the dry run
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.owner._snapshot
+        snap = self.owner._snapshot  # noqa: SLF001
         if not snap:
             return
         info = GaugeMetricFamily("edgehub_info", "The hub's version and store.", labels=["version", "store"])

@@ -19,7 +19,7 @@
 # PYTHON (builds the wheel, default python3), EDGEHUB_CHECK_SITE_PACKAGES (a site-packages folder
 # holding edgehub's dependencies, copied into the root's venv so the daemon itself can start:
 # only Debian's mirror is reachable here, so the venv cannot get them from PyPI; default: the
-# site-packages of $PYTHON when it can import aiohttp and aiomqtt).
+# site-packages of $PYTHON when it can import aiohttp and paho).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -76,7 +76,7 @@ EDGEHUB_PIP_DEPS=none "$HERE/install-into-root.sh" "$ROOT" "$WORK/wheels" > "$WO
 ok "installed ($(du -sh "$ROOT" | cut -f1) root)"
 
 SITE=${EDGEHUB_CHECK_SITE_PACKAGES:-}
-if [ -z "$SITE" ] && "$PYTHON" -c 'import aiohttp, aiomqtt' 2>/dev/null; then
+if [ -z "$SITE" ] && "$PYTHON" -c 'import aiohttp, paho.mqtt' 2>/dev/null; then
     SITE=$("$PYTHON" -c 'import aiohttp, pathlib; print(pathlib.Path(aiohttp.__file__).parent.parent)')
 fi
 VENV_SITE=$ROOT/opt/edgehub/venv/lib/python3.11/site-packages

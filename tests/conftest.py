@@ -16,13 +16,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess, free_port
+from edgehub.bus.message import Message
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, load_config
 from edgehub.devices.tables import TABLES as DEVICE_TABLES
+from edgehub.errors import MqttError
 from edgehub.hub import Hub
 from edgehub.kitchen.tables import TABLES as KITCHEN_TABLES
 from edgehub.reports.tables import TABLES as REPORT_TABLES
@@ -114,11 +116,10 @@ class Terminal:
         self.id = terminal_id
         self.topics = Topics(config.store.id)
         self.password = password if password is not None else f"pw-{terminal_id}"
-        self.client = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port,
-                                     username=terminal_id, password=self.password,
-                                     identifier=f"test-{terminal_id}-{os.getpid()}-{time.monotonic_ns()}",
-                                     protocol=aiomqtt.ProtocolVersion.V5)
-        self.acks: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self.client = MqttSession(config.broker.listen.host, config.broker.listen.port,
+                                  username=terminal_id, password=self.password,
+                                  client_id=f"test-{terminal_id}-{os.getpid()}-{time.monotonic_ns()}")
+        self.acks: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Terminal:
@@ -130,7 +131,7 @@ class Terminal:
     async def __aexit__(self, *exc: object) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            with contextlib.suppress(asyncio.CancelledError, MqttError):
                 await self._task
         with contextlib.suppress(Exception):
             await self.client.__aexit__(None, None, None)
@@ -143,13 +144,12 @@ class Terminal:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await self.client.publish(topic or self.topics.order(self.id), body, qos=1, **kwargs)
 
-    async def message(self, timeout: float = 5.0) -> aiomqtt.Message:
+    async def message(self, timeout: float = 5.0) -> Message:
         async with asyncio.timeout(timeout):
             return await self.acks.get()
 
     async def ack(self, timeout: float = 5.0) -> dict[str, Any]:
         message = await self.message(timeout)
-        assert isinstance(message.payload, bytes)
         doc: dict[str, Any] = json.loads(message.payload)
         return doc
 

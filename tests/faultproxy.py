@@ -126,7 +126,7 @@ class _Pair:
             # The reset overtook bytes that had arrived before it (Mosquitto sends a PUBACK and
             # resets): a router would have passed them on. StreamReader keeps them in _buffer.
             with contextlib.suppress(ConnectionError, OSError, ValueError):
-                for packet in framer.feed(bytes(reader._buffer)):  # type: ignore[attr-defined]
+                for packet in framer.feed(bytes(reader._buffer)):  # type: ignore[attr-defined]  # noqa: SLF001
                     if not await self._forward(direction, packet, writer):
                         return
         finally:
@@ -142,7 +142,7 @@ class _Pair:
             return False
         self.counts[direction] += 1
         self.typed[direction][ptype] = self.typed[direction].get(ptype, 0) + 1
-        cut = self.proxy._pending_cut
+        cut = self.proxy._pending_cut  # noqa: SLF001
         if cut is not None and cut.direction == direction:
             hit = False
             if cut.packet is not None:
@@ -153,7 +153,7 @@ class _Pair:
                 packet = packet[: max(0, cut.byte - self.bytes[direction])]
                 cut = Cut(cut.direction, mid_packet=True, action=cut.action, fired=cut.fired)
             if hit:
-                self.proxy._pending_cut = None
+                self.proxy._pending_cut = None  # noqa: SLF001
                 if cut.mid_packet and packet:
                     writer.write(packet if cut.byte is not None else packet[: max(1, len(packet) // 2)])
                     with contextlib.suppress(OSError):
@@ -164,7 +164,7 @@ class _Pair:
                     return True
                 await self.close(reset=cut.action == "reset")
                 return False
-        await self.proxy._throttle(len(packet))
+        await self.proxy._throttle(len(packet))  # noqa: SLF001
         self.bytes[direction] += len(packet)
         writer.write(packet)
         await writer.drain()

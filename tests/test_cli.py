@@ -17,8 +17,8 @@ from tests.conftest import write_config
 
 def commands(parser: argparse.ArgumentParser, path: str = "edgehub") -> Iterator[tuple[str, argparse.ArgumentParser]]:
     yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             for name, sub in action.choices.items():
                 if name != "provision":  # its own parser, below
                     yield from commands(sub, f"{path} {name}")
@@ -38,15 +38,15 @@ def test_every_command_and_option_explains_itself(name: str, parser: argparse.Ar
     text = parser.format_help()
     assert parser.description, f"{name}: no description"
     assert "examples:\n  " in text, f"{name}: no examples\n{text}"
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for choice in action._choices_actions:
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for choice in action._choices_actions:  # noqa: SLF001
                 assert choice.help, f"{name} {choice.dest}: no summary"
             continue
         assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
         shown = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
         if shown:
-            assert "default" in parser._get_formatter()._get_help_string(action), (name, action.option_strings)
+            assert "default" in parser._get_formatter()._get_help_string(action), (name, action.option_strings)  # noqa: SLF001
 
 
 def test_help_fits_an_80_column_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

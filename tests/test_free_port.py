@@ -26,7 +26,7 @@ def test_ports_are_below_the_ephemeral_range_distinct_and_free() -> None:
 
 
 def test_a_port_in_use_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    low = max(1024, _ephemeral_start() - broker._PORT_SPAN)
+    low = max(1024, _ephemeral_start() - broker._PORT_SPAN)  # noqa: SLF001
     monkeypatch.setattr(broker, "_next_port", itertools.count(0))  # next in turn: the lowest
     with socket.socket() as held:
         held.bind(("127.0.0.1", low))

@@ -238,9 +238,9 @@ class Tills:
     def __init__(self, port: int, store: str) -> None:
         self.root = f"edgehub/v1/{store}"
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.pos1 = Probe._client("pos-1", "pw-pos-1", port, client_id="fuzz-mix-pos-1")
-        self.pos2 = Probe._client("pos-2", "pw-pos-2", port, client_id="fuzz-mix-pos-2")
-        self.reader = Probe._client("edgehub-hub", "hub-secret-password", port, client_id="fuzz-mix-reader")
+        self.pos1 = Probe._client("pos-1", "pw-pos-1", port, client_id="fuzz-mix-pos-1")  # noqa: SLF001
+        self.pos2 = Probe._client("pos-2", "pw-pos-2", port, client_id="fuzz-mix-pos-2")  # noqa: SLF001
+        self.reader = Probe._client("edgehub-hub", "hub-secret-password", port, client_id="fuzz-mix-reader")  # noqa: SLF001
         self.reader.on_message = lambda _c, _u, msg: self.inbox.put((msg.topic, msg.payload))
         subscribed = self.reader.subscribe([(f"{self.root}/pos/+/ack", 1), (f"{self.root}/hub/deadletter", 1)])
         assert subscribed[0] == mqtt.MQTT_ERR_SUCCESS

@@ -3,7 +3,7 @@
 The bus hands a batch route every message of the turn together; the intake checks each on its
 own and journals the valid ones in one write. Over a real Mosquitto the batches depend on how
 packets fall into reads, so these tests drive the batch paths directly (a real journal, real
-aiomqtt messages), and one test over the broker checks that every message of a batch is
+messages), and one test over the broker checks that every message of a batch is
 acknowledged to the broker only once the batch was handled.
 """
 
@@ -14,10 +14,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from edgehub.bus.connection import BusConnection
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Order
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
@@ -27,8 +27,8 @@ from edgehub.store import Journal
 from tests.conftest import Terminal, order
 
 
-def message(topic: str, payload: bytes, mid: int = 1) -> aiomqtt.Message:
-    return aiomqtt.Message(topic, payload, 1, False, mid, None)
+def message(topic: str, payload: bytes, mid: int = 1) -> Message:
+    return Message(topic, payload, 1, False, mid)
 
 
 def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -102,19 +102,19 @@ async def test_the_messages_of_one_turn_go_to_a_batch_route_together() -> None:
     batches: list[list[int]] = []
     done = asyncio.Event()
 
-    async def handle(messages: list[aiomqtt.Message]) -> None:
+    async def handle(messages: list[Message]) -> None:
         batches.append([m.mid for m in messages])
         if sum(map(len, batches)) == 5:
             done.set()
 
     bus.route_batch("edgehub/v1/s1/pos/+/order", handle)
-    bus._loop, bus._accepting = asyncio.get_running_loop(), True
+    bus._accepting = True  # noqa: SLF001
     for mid in (1, 2, 3):  # one turn of the loop: one batch
-        bus._dispatch(message("edgehub/v1/s1/pos/pos-1/order", b"{}", mid), None)
+        bus._dispatch(message("edgehub/v1/s1/pos/pos-1/order", b"{}", mid), None)  # noqa: SLF001
     assert bus.handling == 3
     await asyncio.sleep(0)
     for mid in (4, 5):  # a later turn: the next batch
-        bus._dispatch(message("edgehub/v1/s1/pos/pos-2/order", b"{}", mid), None)
+        bus._dispatch(message("edgehub/v1/s1/pos/pos-2/order", b"{}", mid), None)  # noqa: SLF001
     await asyncio.wait_for(done.wait(), 5)
     await asyncio.sleep(0)
     assert batches == [[1, 2, 3], [4, 5]]

@@ -5,7 +5,7 @@ or it is refused with the reason and the right byte; an order with a usable orde
 poisoned field (a lone surrogate, NUL, a duplicate key, a number out of range, nesting too
 deep) is acked ``rejected`` naming the field; and a batch holding such an order still takes
 every good order in it. The batch paths are also driven directly (real journal, real
-aiomqtt messages), where which orders share a batch is not up to how packets fall.
+Message objects), where which orders share a batch is not up to how packets fall.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Order
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, LimitsConfig
 from edgehub.errors import JournalError
@@ -49,9 +48,8 @@ class DeadLetters:
     """A support reader on ``…/hub/deadletter``."""
 
     def __init__(self, config: Config, hub: Hub) -> None:
-        self.client = aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
-                                     password=config.broker.hub_password,
-                                     identifier=f"test-dead-{time.monotonic_ns()}")
+        self.client = MqttSession("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
+                                  password=config.broker.hub_password, client_id=f"test-dead-{time.monotonic_ns()}")
         self.topic = hub.topics.deadletter
 
     async def __aenter__(self) -> DeadLetters:
@@ -66,7 +64,6 @@ class DeadLetters:
         seen: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
             async for message in self.client.messages:
-                assert isinstance(message.payload, bytes)
                 seen.append(json.loads(message.payload))
                 if len(seen) == n:
                     return seen
@@ -181,8 +178,8 @@ async def test_unknown_fields_are_kept_and_good_unicode_is_taken(hub: Hub, confi
 # --- a batch with a poisoned order in it --------------------------------------------------------
 
 
-def message(topic: str, payload: bytes, mid: int, properties: Properties | None = None) -> aiomqtt.Message:
-    return aiomqtt.Message(topic, payload, 1, False, mid, properties)
+def message(topic: str, payload: bytes, mid: int, response_topic: str | None = None) -> Message:
+    return Message(topic, payload, 1, False, mid, response_topic=response_topic)
 
 
 class Bus:
@@ -289,8 +286,6 @@ async def test_an_ack_the_client_cannot_publish_costs_no_other_order_its_ack(tmp
     topics = Topics("s1")
     bus = Bus()
     refused = f"{topics.root}/pos/pos-1/replies/refused"
-    props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = refused
     publish = bus.publish_nowait
 
     def refusing(topic: str, body: bytes, qos: int, properties: object = None) -> None:
@@ -302,7 +297,7 @@ async def test_an_ack_the_client_cannot_publish_costs_no_other_order_its_ack(tmp
     async with Journal(tmp_path / "journal.sqlite", "s1") as journal:
         intake = Intake(topics, LimitsConfig(), journal, bus)  # type: ignore[arg-type]
         pos = topics.order("pos-1")
-        await intake.handle_batch([message(pos, json.dumps(order("A-1")).encode(), 1, props),
+        await intake.handle_batch([message(pos, json.dumps(order("A-1")).encode(), 1, refused),
                                    message(pos, json.dumps(order("A-2")).encode(), 2)])
     assert [(doc["order_id"], doc["status"]) for _, doc in bus.acks] == [("A-2", "accepted")]
     assert intake.stats.ack_failures == 1 and intake.stats.accepted == 2

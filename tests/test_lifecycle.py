@@ -9,10 +9,10 @@ import socket
 import sqlite3
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.session import V311, MqttSession
 from edgehub.config import Config
 from edgehub.hub import Hub
 from edgehub.sdnotify import Notifier
@@ -22,12 +22,12 @@ from tests.conftest import HubProcess, Terminal, order
 
 
 async def retained_state(config: Config) -> dict[str, str]:
-    async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username="pos-1", password="pw-pos-1",
-                              identifier="state-reader") as client:
+    async with MqttSession("127.0.0.1", config.broker.listen.port, username="pos-1", password="pw-pos-1",
+                           client_id="state-reader", protocol=V311) as client:
         await client.subscribe(f"edgehub/v1/{config.store.id}/hub/$state", qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
-                assert message.retain and isinstance(message.payload, bytes)
+                assert message.retain
                 doc: dict[str, str] = json.loads(message.payload)
                 return doc
     raise AssertionError("no retained state")

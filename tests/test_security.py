@@ -8,24 +8,29 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-import aiomqtt
 import pytest
 
 from edgehub.broker import acl_text
+from edgehub.bus.session import V5, V311, MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config
+from edgehub.errors import MqttRefused
 from edgehub.hub import Hub
 from tests.conftest import API_TOKEN, Terminal, order
 
 
 async def test_anonymous_and_wrong_password_are_refused(hub: Hub, config: Config) -> None:
     port = config.broker.listen.port
-    with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client("127.0.0.1", port, identifier="anon"):
-            pass
-    with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client("127.0.0.1", port, username="pos-1", password="guess", identifier="bad"):
-            pass
+    for protocol in (V311, V5):
+        with pytest.raises(MqttRefused) as refused:
+            async with MqttSession("127.0.0.1", port, client_id="anon", protocol=protocol):
+                pass
+        assert refused.value.reason_code == 0x87, refused.value  # not authorized
+        with pytest.raises(MqttRefused) as refused:
+            async with MqttSession("127.0.0.1", port, username="pos-1", password="guess", client_id="bad",
+                                   protocol=protocol):
+                pass
+        assert refused.value.reason_code in (0x86, 0x87), refused.value  # bad password or not authorized
 
 
 async def test_terminal_cannot_publish_as_another_nor_read_its_acks(hub: Hub, config: Config) -> None:
@@ -71,13 +76,13 @@ async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
     config = load_config(path)
     topics = Topics(config.store.id)
     async with MosquittoProcess(config, die_with_parent=False):
-        async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
-                                  password=config.broker.hub_password, identifier="hub-spy") as hub:
+        async with MqttSession("127.0.0.1", config.broker.listen.port, username=config.broker.hub_user,
+                               password=config.broker.hub_password, client_id="hub-spy", protocol=V311) as hub:
             await hub.subscribe(f"{topics.root}/role/#", qos=1)
             await hub.subscribe(f"{topics.root}/kds/#", qos=1)
             for terminal in ("kds-grill", "pos-1"):
-                async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=terminal,
-                                          password=f"pw-{terminal}", identifier=f"t-{terminal}") as client:
+                async with MqttSession("127.0.0.1", config.broker.listen.port, username=terminal,
+                                       password=f"pw-{terminal}", client_id=f"t-{terminal}", protocol=V311) as client:
                     for command in ("pay", "print"):
                         await client.publish(topics.role_command("pinpad", command, terminal),
                                              f"{terminal}/{command}", qos=1)
@@ -89,7 +94,7 @@ async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     async for message in hub.messages:
-                        seen.append(str(message.payload, "utf-8"))  # type: ignore[arg-type]
+                        seen.append(str(message.payload, "utf-8"))
     assert sorted(seen) == ["kds-grill/grill", "kds-grill/print", "pos-1/pay", "pos-1/print"]
 
 

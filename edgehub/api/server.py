@@ -343,7 +343,7 @@ class ApiServer:
             await self._runner.cleanup()
             raise EdgehubError(f"the box's page cannot listen on {self.listen} (api.listen): "
                                f"{exc.strerror or exc}") from exc
-        server = site._server  # aiohttp keeps the bound sockets there; needed for port 0
+        server = site._server  # aiohttp keeps the bound sockets there; needed for port 0  # noqa: SLF001
         if server is not None and server.sockets:  # type: ignore[attr-defined]
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self

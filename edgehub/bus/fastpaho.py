@@ -1,15 +1,11 @@
-"""paho's client with shortcuts on its hot paths, for connections that carry many QoS 1
-messages: the cloud uplink draining a backlog, and the hub's own broker connection at the rush
-(an order's ack and its kitchen events: three PUBACKs per order).
+"""paho's client with shortcuts on its hot paths, for the sessions that carry many QoS 1
+messages: the hub's own broker connection at the rush (an order's ack and its kitchen events:
+three PUBACKs per order) and the cloud uplink draining a backlog. paho spends most of such a
+session's time building a ReasonCode and a Properties object for each 4-byte PUBACK and reading
+each packet through three ``recv`` calls. Here:
 
-A py-spy profile of bench/uplink.py had half the event loop's samples in ``loop_read``, a third
-of those in paho building a ReasonCode and a Properties object for each 4-byte PUBACK; under
-bench/intake.py PUBACK handling was a fifth of the loop. Here:
-
-- reads are buffered: paho asks the socket for 1 byte (command), 1 byte (length), then the
-  rest, three ``recv`` calls per packet; here one ``recv`` takes whatever has arrived, each
-  packet whole in it is cut out at once, and ``loop_read`` goes on until the buffer is used up
-  (the selector cannot see buffered bytes);
+- reads are buffered: one ``recv`` takes whatever has arrived, each packet whole in it is cut out
+  at once, and ``loop_read`` goes on until the buffer is used up (the selector cannot see it);
 - packets queued in one turn of the loop are written in one ``send``;
 - a QoS 0/1 PUBLISH without properties skips paho's Properties object (most of its decoding);
 - a plain MQTT 5 PUBACK (no properties: what a broker sends for a delivery) is decoded by hand
@@ -17,10 +13,12 @@ bench/intake.py PUBACK handling was a fifth of the loop. Here:
   inflight limit (``max_inflight_messages`` 0), where a PUBACK never releases a queued message;
 - a message goes straight to ``on_message`` when no per-topic callback was added;
 - ``publish_unwaited`` publishes a message nobody waits on without a ``threading.Condition`` of
-  its own;
-- a QoS 1 PUBLISH without properties is packed in one go (``_send_publish``).
+  its own, and a QoS 1 PUBLISH without properties is packed in one go (``_send_publish``).
 
-tests/test_fastpaho.py holds all of it to what stock paho does.
+This is the one module that reaches into paho's private names (its methods and attributes, as
+a subclass): paho is pinned exactly in pyproject.toml, and tests/test_fastpaho.py fails when a
+name reached here changes in paho or stops being called, and holds every shortcut to what stock
+paho does. Everything else speaks to paho through ``MqttSession`` (edgehub/bus/session.py).
 """
 
 from __future__ import annotations
@@ -33,6 +31,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
+
+# paho code whose behaviour is repeated here by hand (a message made without its constructor, a
+# PUBLISH and a PUBACK decoded, a PUBACK's bookkeeping, an unwaited publish): fingerprinted by
+# tests/test_fastpaho.py with the private names reached, so that a change in paho is seen.
+MIRRORED = ("MQTTMessage.__init__", "MQTTMessageInfo.__init__", "Client.publish", "Client._do_on_publish",
+            "_packet.decode_publish", "_packet.decode_puback")
 
 RECV_CHUNK = 65536
 WRITE_BATCH = 256  # packets joined into one send at most
@@ -66,7 +70,7 @@ def _message(mid: int, topic: bytes, payload: bytes, qos: int, retain: bool, dup
     message.state = mqtt.mqtt_ms_invalid
     message.dup = dup
     message.mid = mid
-    message._topic = topic
+    message._topic = topic  # noqa: SLF001 - as MQTTMessage.__init__ sets it
     message.payload = payload
     message.qos = qos
     message.retain = retain
@@ -84,15 +88,6 @@ class FastPaho(mqtt.Client):
     # which under TLS 1.3 arrives as an alert on the first read after the handshake.
     read_error: OSError | None = None
 
-    @classmethod
-    def adopt(cls, client: mqtt.Client, fast_puback: Callable[[int, int], None]) -> FastPaho:
-        """Give a paho client made elsewhere (aiomqtt's) these shortcuts; it must not be
-        connected yet. Only class attributes are added, so the instance's state is untouched."""
-        client.__class__ = cls
-        assert isinstance(client, cls)
-        client.fast_puback = fast_puback
-        return client
-
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._rbuf, self._rpos
         if pos >= len(buf):
@@ -109,12 +104,14 @@ class FastPaho(mqtt.Client):
         self._rpos = end = pos + bufsize
         return buf[pos:end]
 
-    def publish_unwaited(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> MQTTErrorCode:
+    def publish_unwaited(self, topic: str, payload: bytes, qos: int = 1,
+                         retain: bool = False) -> tuple[MQTTErrorCode, int]:
         """``publish`` (QoS 0 or 1, no properties) of a message whose sender never waits on its
         info: the same packet and the same session bookkeeping (kept for a re-send after a
-        reconnect) as paho's, without a ``threading.Condition`` per message."""
+        reconnect) as paho's, without a ``threading.Condition`` per message. Returns (rc, mid)."""
         if qos not in (0, 1) or self._max_inflight_messages or self._max_queued_messages:
-            return self.publish(topic, payload, qos, retain).rc
+            info = self.publish(topic, payload, qos, retain)
+            return info.rc, info.mid
         topic_bytes = topic.encode()
         self._raise_for_invalid_topic(topic_bytes)
         if len(payload) > 268435455:
@@ -123,13 +120,13 @@ class FastPaho(mqtt.Client):
         if qos == 0:
             sent = _Unwaited(mid)
             sent.rc = self._send_publish(mid, topic_bytes, payload, 0, retain, False, sent, None)
-            return sent.rc
+            return sent.rc, mid
         message = _message(mid, topic_bytes, payload, 1, retain, False)
         info = message.info
         with self._out_message_mutex:
             if mid in self._out_messages:
                 info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
-                return info.rc
+                return info.rc, mid
             self._out_messages[mid] = message
             self._inflight_messages += 1
             message.state = mqtt.mqtt_ms_wait_for_puback
@@ -138,7 +135,7 @@ class FastPaho(mqtt.Client):
                 self._inflight_messages -= 1
                 message.state = mqtt.mqtt_ms_publish
             info.rc = rc
-            return rc
+            return rc, mid
 
     def _send_publish(self, mid: int, topic: bytes, payload: bytes | bytearray = b"", qos: int = 0,
                       retain: bool = False, dup: bool = False, info: mqtt.MQTTMessageInfo | None = None,
@@ -273,7 +270,7 @@ class FastPaho(mqtt.Client):
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
         """Straight to ``on_message`` when no per-topic callback was added (paho walks its topic
         tree for every message to find out)."""
-        filtered = getattr(getattr(self._on_message_filtered, "_root", None), "_children", True)
+        filtered = self._on_message_filtered._root._children  # noqa: SLF001 - paho's topic tree: empty?
         on_message = self.on_message
         if filtered or on_message is None:
             super()._handle_on_message(message)
@@ -297,7 +294,7 @@ class FastPaho(mqtt.Client):
         with self._out_message_mutex:
             msg = self._out_messages.pop(mid, None)
         if msg is not None:  # as paho: told once per message
-            msg.info._set_as_published()
+            msg.info._set_as_published()  # noqa: SLF001 - as paho's _do_on_publish
             if msg.qos > 0:
                 self._inflight_messages -= 1
             fast(mid, code)

@@ -9,10 +9,9 @@ import logging
 import time
 from typing import Any, Protocol
 
-import aiomqtt
-
 from edgehub.bus import payloads
 from edgehub.bus.connection import response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Unaddressable, order_id_of
 from edgehub.bus.topics import Topics
 from edgehub.component import Bus, MqttRoute
@@ -58,15 +57,15 @@ class KitchenMqtt:
                 MqttRoute(topics.all_kds_commands, self.handle_command),
                 MqttRoute(topics.all_kds_snapshot_requests, self.handle_snapshot_request)]
 
-    async def handle_amend(self, message: aiomqtt.Message) -> None:
+    async def handle_amend(self, message: Message) -> None:
         await self._handle_change(message, "amend")
 
-    async def handle_cancel(self, message: aiomqtt.Message) -> None:
+    async def handle_cancel(self, message: Message) -> None:
         await self._handle_change(message, "cancel")
 
-    async def _handle_change(self, message: aiomqtt.Message, kind: str) -> None:
-        topic = message.topic.value
-        raw = _raw_bytes(message)
+    async def _handle_change(self, message: Message, kind: str) -> None:
+        topic = message.topic
+        raw = message.payload
         terminal = self.kitchen.topics.pos_terminal_of(topic, kind)
         try:
             if terminal is None:
@@ -112,8 +111,8 @@ class KitchenMqtt:
                     self.kitchen.topics.deadletter, payloads.deadletter(topic, reason, raw, time.time())
                 )
 
-    async def handle_command(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def handle_command(self, message: Message) -> None:
+        topic = message.topic
         station = self.kitchen.topics.station_of(topic)
         if station is None:
             return
@@ -125,9 +124,9 @@ class KitchenMqtt:
         try:
             if problem:
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    command_id = str(json.loads(_raw_bytes(message)).get("command_id", ""))
+                    command_id = str(json.loads(message.payload).get("command_id", ""))
                 raise PayloadError("response topic", problem.removeprefix("response topic: "))
-            cmd = payloads.parse_kds_command(_raw_bytes(message))
+            cmd = payloads.parse_kds_command(message.payload)
             command_id = cmd.command_id
             ticket = await self.kitchen.command(station, cmd, "screen:mqtt")
             reply = payloads.kds_reply(command_id, True, ticket=ticket)
@@ -142,9 +141,9 @@ class KitchenMqtt:
         # ticket from the next event or a snapshot.
         self._send_nowait(reply_topic, reply, props)
 
-    async def handle_snapshot_request(self, message: aiomqtt.Message) -> None:
+    async def handle_snapshot_request(self, message: Message) -> None:
         topics = self.kitchen.topics
-        station = topics.station_of(message.topic.value)
+        station = topics.station_of(message.topic)
         if station is None:
             return
         response_topic, props, problem = response_properties(message, topics.kds_reply_tree(station))
@@ -173,7 +172,3 @@ class KitchenMqtt:
             self.kitchen.stats.publish_failures += 1
             log.debug("kitchen publish to %s failed: %s", topic, exc)
 
-
-def _raw_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    return bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()

@@ -40,9 +40,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
+from edgehub.bus.message import Message
 from edgehub.config import LimitsConfig, PaymentsConfig, StoreConfig
 from edgehub.errors import (
     DeviceError,
@@ -176,11 +175,11 @@ class Payments:
 
     # --- pay -----------------------------------------------------------------------------------
 
-    async def handle_pay(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle_pay(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_pay(raw, requester.own_tree, CURRENCIES, self.cfg.currency)
         except PayloadError as exc:
-            await self.journal.add_deadletter(message.topic.value, f"pay rejected: {exc}", raw)
+            await self.journal.add_deadletter(message.topic, f"pay rejected: {exc}", raw)
             refusal = requester.refusal(raw)
             await self.serving.reply(
                 refusal, payloads.pay_reply(role, "", "refused", refusal.request_id, error=str(exc))
@@ -570,7 +569,7 @@ class Payments:
         )
         await self.finish(payment, settled.outcome, _masked(settled), by="pinpad")
 
-    async def handle_settle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle_settle(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_settle(raw, requester.own_tree, self.limits)
         except PayloadError as exc:

@@ -37,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
 from drivers.escpos_profile import PrinterProfile
 from drivers.escpos_render import (
     Text,
@@ -48,6 +46,7 @@ from drivers.escpos_render import (
     ticket_from_doc,
 )
 from edgehub.bus import payloads
+from edgehub.bus.message import Message
 from edgehub.config import LimitsConfig
 from edgehub.errors import DeviceError, EdgehubError, JournalError, PayloadError
 from edgehub.roles.serving import NO_REPLY, Reply, Requester, Serving
@@ -175,12 +174,12 @@ class PrintQueue:
 
     # --- intake --------------------------------------------------------------------------------
 
-    async def handle(self, role: str, requester: Requester, message: aiomqtt.Message, raw: bytes) -> None:
+    async def handle(self, role: str, requester: Requester, message: Message, raw: bytes) -> None:
         try:
             request = payloads.parse_print(raw, self.limits, requester.own_tree)
         except PayloadError as exc:
             self.stats.rejected += 1
-            await self.journal.add_deadletter(message.topic.value, f"print rejected: {exc}", raw)
+            await self.journal.add_deadletter(message.topic, f"print rejected: {exc}", raw)
             refusal = requester.refusal(raw)
             await self.serving.reply(
                 refusal, payloads.print_reply(role, "", "rejected", refusal.request_id, error=str(exc))

@@ -25,11 +25,11 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import aiomqtt
 from aiohttp import web
 
 from drivers.base import Driver, Health
 from edgehub.bus import payloads
+from edgehub.bus.message import Message
 from edgehub.bus.topics import Topics
 from edgehub.component import (
     BUS_CONNECTED,
@@ -381,10 +381,10 @@ class Roles(Component):
 
     # --- MQTT ----------------------------------------------------------------------------------
 
-    async def handle_command(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def handle_command(self, message: Message) -> None:
+        topic = message.topic
         parsed = self.topics.role_command_of(topic)
-        raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        raw = message.payload
         if parsed is None:
             return
         role, command, terminal_id = parsed
@@ -437,12 +437,12 @@ class Roles(Component):
             return False
         return isinstance(doc, dict) and doc.get("tender") in ("qr", "cash")
 
-    async def handle_device_event(self, message: aiomqtt.Message) -> None:
+    async def handle_device_event(self, message: Message) -> None:
         """A scan or weight from a device: republished on the role it serves (if any)."""
-        event = message.topic.value.rpartition("/")[2]
+        event = message.topic.rpartition("/")[2]
         kind = EVENT_KINDS.get(event)
         raw = message.payload
-        if kind is None or not isinstance(raw, bytes | bytearray):
+        if kind is None:
             return
         try:
             doc = json.loads(raw)

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from drivers.base import Driver
 from edgehub.bus import payloads
 from edgehub.bus.connection import response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.topics import Topics
 from edgehub.devices.registry import DeviceEntry
 from edgehub.roles.failover import RoleSeat
@@ -57,7 +57,7 @@ class Requester:
     problem: str | None  # the response topic named is not one the hub answers on
 
     @classmethod
-    def of(cls, message: aiomqtt.Message, terminal: str, topics: Topics) -> Requester:
+    def of(cls, message: Message, terminal: str, topics: Topics) -> Requester:
         own = topics.own_tree(terminal)
         topic, props, problem = response_properties(message, own)
         correlation = getattr(props, "CorrelationData", None) if props is not None else None

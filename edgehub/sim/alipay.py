@@ -238,7 +238,7 @@ class AlipayFake:
         assert self._runner is not None
         self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self._ssl, reuse_address=True)
         await self._site.start()
-        server = self._site._server  # aiohttp keeps the bound sockets there; needed for port 0
+        server = self._site._server  # aiohttp keeps the bound sockets there; needed for port 0  # noqa: SLF001
         if server is not None and server.sockets:  # type: ignore[attr-defined]
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgehub.broker import free_port, launch, mosquitto_binary, terminate, until_listening
+from edgehub.bus.message import Message
+from edgehub.bus.session import MqttSession
 from edgehub.config import Address, Config
-from edgehub.errors import BrokerError
+from edgehub.errors import BrokerError, MqttError
 from edgehub.files import atomic_write
 from edgehub.tasks import cancel_and_wait
 from edgehub.uplink.cloudapi import CloudTopics
@@ -217,19 +218,18 @@ class SimCloud:
         t = self.topics
         while True:
             try:
-                async with aiomqtt.Client("127.0.0.1", self.port, username=SERVICE_USER,
-                                          password=self._service_password, protocol=aiomqtt.ProtocolVersion.V5,
-                                          identifier=f"sim-cloud-service-{secrets.token_hex(4)}") as client:
+                async with MqttSession("127.0.0.1", self.port, username=SERVICE_USER,
+                                       password=self._service_password,
+                                       client_id=f"sim-cloud-service-{secrets.token_hex(4)}") as client:
                     await client.subscribe(t.all_up, qos=1)
                     await client.subscribe(t.reconcile_request, qos=1)
                     self._subscribed.set()
                     async for message in client.messages:
-                        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-                        if message.topic.value == t.reconcile_request:
-                            await self._answer(client, message, payload)
+                        if message.topic == t.reconcile_request:
+                            await self._answer(client, message, message.payload)
                         else:
-                            self._keep(payload)
-            except aiomqtt.MqttError as exc:
+                            self._keep(message.payload)
+            except MqttError as exc:
                 log.warning("simulated cloud service lost its broker: %s", exc)
                 await asyncio.sleep(0.5)
 
@@ -244,7 +244,7 @@ class SimCloud:
             return
         self.streams.setdefault(stream, StreamHoldings()).add(stream_seq)
 
-    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message, payload: bytes) -> None:
+    async def _answer(self, client: MqttSession, message: Message, payload: bytes) -> None:
         self.reconcile_requests += 1
         try:
             request: Any = json.loads(payload)
@@ -255,13 +255,11 @@ class SimCloud:
         answer = {"schema": "cloud-reconcile-response/1", "request_id": request_id,
                   "streams": {name: {"count": h.count, "last_stream_seq": h.last_stream_seq}
                               for name, h in self.streams.items()}}
-        props = getattr(message, "properties", None)
-        topic = getattr(props, "ResponseTopic", None) or self.topics.reconcile_response
+        topic = message.response_topic or self.topics.reconcile_response
         reply = Properties(PacketTypes.PUBLISH)
-        correlation = getattr(props, "CorrelationData", None)
-        if correlation:
-            reply.CorrelationData = correlation
-        with contextlib.suppress(aiomqtt.MqttError):
+        if message.correlation_data:
+            reply.CorrelationData = message.correlation_data
+        with contextlib.suppress(MqttError):
             await client.publish(topic, json.dumps(answer).encode(), qos=1, properties=reply)
 
 

@@ -232,10 +232,10 @@ class _Flag:
         self.name = name
 
     def __get__(self, obj: PrinterCore, objtype: type | None = None) -> bool:
-        return obj._flags[self.name]
+        return obj._flags[self.name]  # noqa: SLF001
 
     def __set__(self, obj: PrinterCore, value: bool) -> None:
-        obj._set(self.name, bool(value))
+        obj._set(self.name, bool(value))  # noqa: SLF001
 
 
 class _Knob(Generic[T]):
@@ -380,7 +380,7 @@ class PrinterCore:
             self._held.clear()
             self._busy_until = 0.0
             for session in self._sessions:
-                session._reset()
+                session._reset()  # noqa: SLF001
 
     # -- output ------------------------------------------------------------------------------
     @property
@@ -485,7 +485,7 @@ class PrinterCore:
         """Send unsolicited bytes to every connection now (a stale reply, a garbled frame)."""
         with self._lock:
             for session in self._sessions:
-                session._queue(data, self._clock(), force=True)
+                session._queue(data, self._clock(), force=True)  # noqa: SLF001
 
     # -- internals ---------------------------------------------------------------------------
     def _state_changed(self) -> None:
@@ -493,7 +493,7 @@ class PrinterCore:
             now = self._clock()
             for session in self._sessions:
                 if session.asb_enabled:
-                    session._queue(self.asb_frame(), now)
+                    session._queue(self.asb_frame(), now)  # noqa: SLF001
             if not self.stopped and self._held:
                 held, self._held = self._held, []
                 for session, entry in held:
@@ -515,7 +515,7 @@ class PrinterCore:
             self._finished.append((self._busy_until, entry))
         else:
             # The confirmation leaves only when everything received before it has printed.
-            session._queue(b"\x37\x22" + entry.token + b"\x00", max(now, self._busy_until))
+            session._queue(b"\x37\x22" + entry.token + b"\x00", max(now, self._busy_until))  # noqa: SLF001
 
     def _drop(self, session: PrinterSession) -> None:
         with self._lock:
@@ -573,7 +573,7 @@ class PrinterSession:
     # -- byte interface ----------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         """Take bytes from the host (parsing stops at an incomplete command until more come)."""
-        with self._core._lock:
+        with self._core._lock:  # noqa: SLF001
             if self.closed:
                 return
             self._buf += data
@@ -587,26 +587,26 @@ class PrinterSession:
 
     def take_output(self) -> bytes:
         """Bytes the printer has sent by now (replies whose time has come), oldest first."""
-        now = self._core._clock()
+        now = self._core._clock()  # noqa: SLF001
         out = bytearray()
-        with self._core._lock:
+        with self._core._lock:  # noqa: SLF001
             while self._out and self._out[0][0] <= now:
                 out += heapq.heappop(self._out)[2]
         return bytes(out)
 
     def next_output_at(self) -> float | None:
-        with self._core._lock:
+        with self._core._lock:  # noqa: SLF001
             return self._out[0][0] if self._out else None
 
     def close(self) -> None:
         """The host hung up: whatever was received prints, as a real printer would."""
-        with self._core._lock:
+        with self._core._lock:  # noqa: SLF001
             if self.closed:
                 return
             self._end_line(force=False)
             self._finish_ticket()
             self.closed = True
-            self._core._drop(self)
+            self._core._drop(self)  # noqa: SLF001
 
     def _queue(self, data: bytes, at: float, *, force: bool = False) -> None:
         if self._core.silent and not force:
@@ -789,11 +789,11 @@ class PrinterSession:
                 # Sent when the command is executed, i.e. after the data before it (Citizen, Epson).
                 self.asb_enabled = n != 0
                 if self.asb_enabled:
-                    self._queue(self._core.asb_frame(), max(self._core._clock(), self._core._busy_until))
+                    self._queue(self._core.asb_frame(), max(self._core._clock(), self._core._busy_until))  # noqa: SLF001
             elif c == "I":
                 reply = self._core.printer_id(n)
                 if reply:
-                    self._queue(reply, max(self._core._clock(), self._core._busy_until))
+                    self._queue(reply, max(self._core._clock(), self._core._busy_until))  # noqa: SLF001
         elif prefix == FS:
             if c == "&":
                 self._flush_raw()
@@ -814,7 +814,7 @@ class PrinterSession:
                 self._finish_ticket()
             elif self._last_ticket is not None and not self._last_ticket.job_token:
                 self._last_ticket.job_token = token
-            self._core._submit(self, _Confirm(token))
+            self._core._submit(self, _Confirm(token))  # noqa: SLF001
         elif fn == "k" and len(payload) >= 2 and payload[0] == 49:  # QR code (cn 49)
             if payload[1] == 67 and len(payload) >= 3:  # module size in dots
                 self._qr_module = payload[2]
@@ -889,7 +889,7 @@ class PrinterSession:
         ticket, self._ticket = self._ticket, PrintedTicket()
         if ticket.has_content():
             self._last_ticket = ticket
-            self._core._submit(self, ticket)
+            self._core._submit(self, ticket)  # noqa: SLF001
 
 
 def _decode_kanji(raw: bytes, kanji: str) -> str:

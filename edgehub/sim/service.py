@@ -31,10 +31,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Address, Config
+from edgehub.errors import MqttError
 from edgehub.tasks import cancel_and_wait
 
 __all__ = ["MENU", "ServiceSim"]
@@ -134,28 +134,27 @@ class _Terminal:
     async def run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
-                                          identifier=f"sim-{self.terminal_id}-{secrets.token_hex(3)}",
-                                          protocol=aiomqtt.ProtocolVersion.V5, keepalive=15) as client:
+                async with MqttSession(self.host, self.port, username=self.terminal_id, password=self.password,
+                                       client_id=f"sim-{self.terminal_id}-{secrets.token_hex(3)}",
+                                       keepalive_s=15) as client:
                     await client.subscribe(self.subscription, qos=1)
                     await self._connected(client)
                     try:
                         async for message in client.messages:
-                            if isinstance(message.payload, bytes | bytearray):
-                                self._on_payload(client, bytes(message.payload))
+                            self._on_payload(client, message.payload)
                     finally:
                         await self._lost()
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 log.debug("%s: %s", self.terminal_id, exc)
             await asyncio.sleep(1.0)
 
-    async def _connected(self, client: aiomqtt.Client) -> None:
+    async def _connected(self, client: MqttSession) -> None:
         pass
 
     async def _lost(self) -> None:
         pass
 
-    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_payload(self, client: MqttSession, raw: bytes) -> None:
         raise NotImplementedError
 
 
@@ -167,13 +166,13 @@ class Till(_Terminal):
         super().__init__(host, port, topics, terminal_id, password)
         self.subscription = topics.ack(terminal_id)
         self.counts = counts
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttSession | None = None
         self._resender: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         # (kind, id) -> [topic, payload, last sent]
         self._pending: dict[tuple[str, str], list[Any]] = {}
 
-    async def _connected(self, client: aiomqtt.Client) -> None:
+    async def _connected(self, client: MqttSession) -> None:
         self._client = client
         self.connected.set()
         self._resender = asyncio.create_task(self._resend())
@@ -183,7 +182,7 @@ class Till(_Terminal):
         self.connected.clear()
         await cancel_and_wait(self._resender)
 
-    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_payload(self, client: MqttSession, raw: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             ack = json.loads(raw)
             kind = ack.get("kind", "order")
@@ -205,7 +204,7 @@ class Till(_Terminal):
     async def _publish(self, topic: str, payload: bytes) -> None:
         client = self._client
         if client is not None:
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            with contextlib.suppress(MqttError, TimeoutError):
                 await client.publish(topic, payload, qos=1, timeout=5)
 
     async def _resend(self) -> None:
@@ -234,7 +233,7 @@ class Cook(_Terminal):
         await cancel_and_wait(*self._timers.values())
         self._timers.clear()
 
-    def _on_payload(self, client: aiomqtt.Client, raw: bytes) -> None:
+    def _on_payload(self, client: MqttSession, raw: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             ticket = json.loads(raw)["ticket"]
             ticket_id, state = str(ticket["ticket_id"]), str(ticket["state"])
@@ -248,13 +247,13 @@ class Cook(_Terminal):
                 delay = self.rng.uniform(*wait) * self.pace
                 self._timers[ticket_id] = asyncio.create_task(self._later(client, delay, action, ticket_id))
 
-    async def _later(self, client: aiomqtt.Client, delay: float, action: str, ticket_id: str) -> None:
+    async def _later(self, client: MqttSession, delay: float, action: str, ticket_id: str) -> None:
         await asyncio.sleep(delay)
         self._timers.pop(ticket_id, None)
         self._numbers += 1
         doc = {"schema": "kds-command/1", "command_id": f"cook-{self._numbers}", "action": action,
                "ticket_id": ticket_id}
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        with contextlib.suppress(MqttError, TimeoutError):
             await client.publish(self.topics.kds_command(self.station), json.dumps(doc).encode(), qos=1, timeout=5)
             self.counts[f"tickets {PAST[action]}"] += 1
 

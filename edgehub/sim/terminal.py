@@ -11,18 +11,14 @@ import asyncio
 import json
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-from aiomqtt.exceptions import MqttConnectError  # a CONNACK refusal (not exported by aiomqtt itself)
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
+from edgehub.errors import MqttError, MqttRefused
 
 log = logging.getLogger("edgehub.sim.terminal")
 
@@ -67,14 +63,9 @@ def make_order(order_id: str, n: int) -> dict[str, Any]:
                       {"sku": "COLA-33", "name": "Cola 0.33", "qty": 1, "station": "bar"}]}
 
 
-# CONNACK codes that a retry cannot change: MQTT 5 client id not valid, bad user name or
-# password, not authorized; their MQTT 3.1.1 counterparts 2, 4 and 5.
-REFUSED_FOR_GOOD = {0x85, 0x86, 0x87, 2, 4, 5}
-
-
-def _refusal_code(exc: MqttConnectError) -> int | None:
-    rc = exc.rc
-    return rc if isinstance(rc, int) else getattr(rc, "value", None)
+# CONNACK codes that a retry cannot change: client id not valid, bad user name or password, not
+# authorized (MQTT 5 numbering, which MqttRefused uses for 3.1.1 refusals too).
+REFUSED_FOR_GOOD = {0x85, 0x86, 0x87}
 
 
 class TerminalSim:
@@ -90,7 +81,7 @@ class TerminalSim:
         self.clean = clean
         self.report = TerminalReport()
         self._pending: dict[str, tuple[bytes, float, float]] = {}  # id -> (payload, first, last sent)
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttSession | None = None
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
 
@@ -98,14 +89,10 @@ class TerminalSim:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def _make_client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        return aiomqtt.Client(self.host, self.port, username=self.terminal_id, password=self.password,
-                              identifier=f"sim-{self.terminal_id}-{self.run_id}",
-                              protocol=aiomqtt.ProtocolVersion.V5, clean_start=self.clean,
-                              properties=props, keepalive=10, timeout=5,
-                              socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    def _make_client(self) -> MqttSession:
+        return MqttSession(self.host, self.port, username=self.terminal_id, password=self.password,
+                           client_id=f"sim-{self.terminal_id}-{self.run_id}", clean_start=self.clean,
+                           session_expiry_s=3600, keepalive_s=10, connect_timeout_s=5)
 
     async def _connection(self) -> None:
         while True:
@@ -116,16 +103,15 @@ class TerminalSim:
                     self.report.error = ""
                     self._connected.set()
                     async for message in client.messages:
-                        self._on_ack(bytes(message.payload) if isinstance(message.payload, bytes | bytearray)
-                                     else b"")
-            except MqttConnectError as exc:
+                        self._on_ack(message.payload)
+            except MqttRefused as exc:
                 self.report.error = f"the broker at {self.host}:{self.port} refused {self.terminal_id}: {exc}"
-                if _refusal_code(exc) in REFUSED_FOR_GOOD:
+                if exc.reason_code in REFUSED_FOR_GOOD:
                     # A wrong password, an unknown terminal: the broker will not change its mind.
                     self._refused.set()
                     return
                 log.debug("terminal %s refused: %s", self.terminal_id, exc)
-            except aiomqtt.MqttError as exc:
+            except MqttError as exc:
                 if not self._connected.is_set():
                     why = "nothing listens there (connection refused)" if "refused" in str(exc) else str(exc)
                     self.report.error = (f"cannot reach the broker at {self.host}:{self.port}: {why}; is the hub "
@@ -167,7 +153,7 @@ class TerminalSim:
             return False
         try:
             await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
-        except (aiomqtt.MqttError, TimeoutError):
+        except (MqttError, TimeoutError):
             return False
         return True
 

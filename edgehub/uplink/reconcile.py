@@ -22,8 +22,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
+from edgehub.bus.message import Message
 from edgehub.errors import PayloadError, UplinkError
 from edgehub.store.outbox import StreamCounters, stream_counters
 from edgehub.uplink import cloudapi
@@ -110,14 +109,14 @@ class Reconciler:
         else:
             log.info("reconciliation: %s", result.get("error") or "the cloud did not answer")
 
-    def on_response(self, message: mqtt.MQTTMessage) -> None:
+    def on_response(self, message: Message) -> None:
         try:
             request_id, views = cloudapi.parse_reconcile_response(bytes(message.payload))
         except PayloadError as exc:
             log.warning("reconciliation response on %s rejected: %s", message.topic, exc)
             return
-        correlation = getattr(message.properties, "CorrelationData", None)
-        if isinstance(correlation, bytes) and correlation.decode(errors="replace") in self._pending:
+        correlation = message.correlation_data
+        if correlation is not None and correlation.decode(errors="replace") in self._pending:
             request_id = correlation.decode()
         fut = self._pending.get(request_id)
         if fut is not None and not fut.done():

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
+from edgehub.bus.message import Message
 from edgehub.config import CloudConfig
 from edgehub.errors import CloudSilent, EdgehubError, PayloadError, UplinkError
 from edgehub.store.outbox import Outbox, head_seq, waiting_up_to
@@ -272,7 +271,7 @@ class Uplink:
 
     # --- incoming --------------------------------------------------------------------------------
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         link = self.link
         kind = self.topics.kind_of(message.topic)
         if kind is not None:
@@ -285,7 +284,7 @@ class Uplink:
         if link is not None:
             link.ack(message)
 
-    async def _take_downlink(self, kind: str, message: mqtt.MQTTMessage) -> None:
+    async def _take_downlink(self, kind: str, message: Message) -> None:
         link = self.link
         try:
             await self.downlink.receive(kind, bytes(message.payload))

@@ -166,7 +166,7 @@ async def test_cli_bundle_with_a_wrong_token_says_the_daemon_refuses_it(box: Box
     daemon = next(c for c in json.loads(files["doctor.json"])["checks"] if c["name"] == "daemon")
     assert "HTTP 401" in daemon["message"]
     # The bundle asked once and its self-check did not ask again: one wrong token, not two.
-    assert box.hub.api.failures._level("127.0.0.1") == 9.0
+    assert box.hub.api.failures._level("127.0.0.1") == 9.0  # noqa: SLF001
 
 
 async def test_recent_log_starts_before_the_journal_and_discovery(

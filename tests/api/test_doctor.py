@@ -233,7 +233,7 @@ def test_role_checks_name_the_serving_device_and_the_ready_spares(tmp_path: Path
         {"role": "scanner", "devices": ["scn-1"], "device": None, "state": "down",
          "reason": "scanner: waiting for the first check of scn-1"},
     ]}
-    checks = by_name(doctor._roles({"devices": devices, "roles": roles}))
+    checks = by_name(doctor._roles({"devices": devices, "roles": roles}))  # noqa: SLF001
     assert checks["role receipt-printer"] == Check("role receipt-printer", "ok",
                                                    "served by prn-b; ready to take over: prn-a")
     assert checks["role pinpad"].status == "fail"

@@ -216,7 +216,7 @@ async def test_one_guesser_cannot_lock_the_installer_out(tmp_path: Path) -> None
 
         request = make_mocked_request("POST", "/api/v1/login", headers={"Content-Type": "application/json"})
         request = request.clone(remote=address)
-        request._read_bytes = _json.dumps({"secret": secret}).encode()
+        request._read_bytes = _json.dumps({"secret": secret}).encode()  # noqa: SLF001
         try:
             return (await logins.login(request)).status
         except web.HTTPException as exc:

@@ -179,7 +179,7 @@ address = "192.168.1.61"
     assert two.extra == {"password": "271828", "currency": "156", "probe": "status", "probe_interval_s": "120"}
     drivers = [await DriverFactory()(static_device_info(d)) for d in (one, two, default)]
     assert all(isinstance(d, ZvtPinpad) for d in drivers)
-    got = [(d.currency, d._password.hex(), d.probe, d.probe_interval_s) for d in drivers if isinstance(d, ZvtPinpad)]
+    got = [(d.currency, d._password.hex(), d.probe, d.probe_interval_s) for d in drivers if isinstance(d, ZvtPinpad)]  # noqa: SLF001
     assert got == [("CNY", "314159", "link", None), ("CNY", "271828", "status", 120.0), ("EUR", "000000", "link", None)]
 
 

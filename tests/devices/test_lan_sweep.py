@@ -109,7 +109,7 @@ async def test_the_hubs_own_printers_are_the_ones_the_sweep_leaves_alone() -> No
         static = StaticDeviceConfig(driver="escpos", transport="tcp", address="127.0.0.27", id="prn-static")
         discovery = Discovery(registry, DiscoveryConfig(usb=False, serial=False, subnets=("127.0.0.26/31",)),
                               [static], neighbours=no_macs)
-        assert discovery._held_lan() >= {found.address, "127.0.0.27:9100"}
+        assert discovery._held_lan() >= {found.address, "127.0.0.27:9100"}  # noqa: SLF001
         discovery.lan.port = found.port
         assert [i.address for i in await discovery.lan.sweep()] == [other.address]
         assert found.connections == 0

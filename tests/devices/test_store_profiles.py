@@ -49,8 +49,7 @@ class Till:
     async def listen(self) -> None:
         while True:
             message = await self.terminal.acks.get()  # the terminal's one reader hands every message here
-            role = message.topic.value.split("/")[4]
-            assert isinstance(message.payload, bytes)
+            role = message.topic.split("/")[4]
             self.events.setdefault(role, []).append(json.loads(message.payload))
             self.changed.set()
 

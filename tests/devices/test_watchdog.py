@@ -9,12 +9,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiomqtt
 import pytest
 
 from drivers.base import DeviceInfo, Health
 from drivers.escpos import PrinterTiming
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.session import V311, MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config
 from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
@@ -41,12 +41,13 @@ class Rig:
 @pytest.fixture
 async def rig(config: Config, broker: MosquittoProcess) -> AsyncIterator[Rig]:
     topics = Topics(config.store.id)
-    async with aiomqtt.Client(
+    async with MqttSession(
         broker.address.host,
         broker.address.port,
         username=config.broker.hub_user,
         password=config.broker.hub_password,
-        identifier="test-registry",
+        client_id="test-registry",
+        protocol=V311,
     ) as client:
 
         async def publish(topic: str, payload: bytes, retain: bool) -> None:
@@ -78,18 +79,19 @@ async def state_within(rig: Rig, expected: Health, probes: int = MAX_PROBES) -> 
 
 
 async def retained_state(config: Config, broker: MosquittoProcess, topic: str) -> dict[str, object]:
-    async with aiomqtt.Client(
+    async with MqttSession(
         broker.address.host,
         broker.address.port,
         username=config.broker.hub_user,
         password=config.broker.hub_password,
-        identifier="test-reader",
+        client_id="test-reader",
+        protocol=V311,
     ) as reader:
         await reader.subscribe(topic, qos=1)
         async with asyncio.timeout(5):
             async for message in reader.messages:
                 assert message.retain
-                doc: dict[str, object] = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                doc: dict[str, object] = json.loads(message.payload)
                 return doc
     raise AssertionError("no retained message")
 

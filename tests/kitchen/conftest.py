@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
 from drivers.escpos_render import render, ticket_from_doc
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config
 from edgehub.kitchen import Kitchen
@@ -99,7 +99,7 @@ async def kitchen(config: Config, journal: Journal, clock: FrozenClock) -> Async
 async def settle(kitchen: Kitchen) -> None:
     """Wait until the kitchen's background commits (new orders' tickets) are done."""
     for _ in range(200):
-        pending = [t for t in kitchen._tasks if not t.done()]
+        pending = [t for t in kitchen._tasks if not t.done()]  # noqa: SLF001
         if not pending:
             return
         await asyncio.wait(pending, timeout=5)
@@ -111,13 +111,12 @@ class Screen:
     def __init__(self, config: Config, station: str, terminal: str = "kds-1") -> None:
         self.topics = Topics(config.store.id)
         self.station = station
-        self.client = aiomqtt.Client(
+        self.client = MqttSession(
             config.broker.listen.host,
             config.broker.listen.port,
             username=terminal,
             password=f"pw-{terminal}",
-            identifier=f"screen-{station}-{id(self)}",
-            protocol=aiomqtt.ProtocolVersion.V5,
+            client_id=f"screen-{station}-{id(self)}",
         )
         self.inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -136,8 +135,7 @@ class Screen:
 
     async def _listen(self) -> None:
         async for message in self.client.messages:
-            assert isinstance(message.payload, bytes)
-            await self.inbox.put((message.topic.value, json.loads(message.payload)))
+            await self.inbox.put((message.topic, json.loads(message.payload)))
 
     async def next(self, leaf: str, timeout: float = 5.0) -> dict[str, Any]:
         """The next message on ``…/kds/{station}/{leaf}`` (others are skipped)."""

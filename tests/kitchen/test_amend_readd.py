@@ -30,7 +30,7 @@ def amend(amend_id: str, lines: list[dict[str, Any]], **header: Any) -> Amend:
 
 
 def tickets_of(kitchen: Kitchen) -> dict[str, tuple[str, str]]:
-    return {t.ticket_id: (t.station, t.state) for t in kitchen._order_tickets("K-1")}
+    return {t.ticket_id: (t.station, t.state) for t in kitchen._order_tickets("K-1")}  # noqa: SLF001
 
 
 async def test_a_dish_put_back_after_its_ticket_was_voided_goes_to_its_station(

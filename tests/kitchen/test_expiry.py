@@ -71,7 +71,7 @@ async def test_a_station_beyond_the_cap_stays_bounded_and_says_so(
             await place(kitchen, journal, make_order(f"o{i:03}"))
         grill = open_ids(kitchen, "grill")
         assert len(grill) == 50 and grill[0] == "o070/grill/1" and grill[-1] == "o119/grill/1"
-        assert len(kitchen._tickets) <= 2 * 50 and len(kitchen._by_order) <= 50
+        assert len(kitchen._tickets) <= 2 * 50 and len(kitchen._by_order) <= 50  # noqa: SLF001
         status = await kitchen.status()
         assert status["open"] == {"grill": 120, "bar": 120}
         assert status["open_not_in_memory"] == {"grill": 70, "bar": 70}
@@ -137,11 +137,11 @@ async def test_served_tickets_leave_memory_and_ready_ones_stay_bounded(
                 await kitchen.command(station, cmd("bump", f"s{i:03}/{station}/1"), "screen")
                 if i < 200:  # the last 100 stay ready (bumped, not served)
                     await kitchen.command(station, cmd("serve", f"s{i:03}/{station}/1"), "screen")
-            kitchen._forget_old()
+            kitchen._forget_old()  # noqa: SLF001
         await settle(kitchen)
         # 20 recent per station (recall) + at most 50 ready per station; not 600 tickets.
-        assert len(kitchen._tickets) <= 2 * (20 + 50)
-        assert len(kitchen._by_order) <= 20 + 50
+        assert len(kitchen._tickets) <= 2 * (20 + 50)  # noqa: SLF001
+        assert len(kitchen._by_order) <= 20 + 50  # noqa: SLF001
         await kitchen.command("grill", cmd("recall", None), "screen")  # the last bumped, at hand
         await kitchen.command("bar", cmd("serve", "s299/bar/1"), "screen")  # a ready one, at hand
         with pytest.raises(TicketRefused):  # served long ago: only the journal has it

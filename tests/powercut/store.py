@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, load_config
 from edgehub.store import Journal
@@ -76,7 +76,7 @@ class Tills:
     payments: dict[str, int] = field(default_factory=dict)
     payment_status: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> status -> first at
     payment_replies: list[dict[str, Any]] = field(default_factory=list)
-    _clients: dict[str, aiomqtt.Client] = field(default_factory=dict)
+    _clients: dict[str, MqttSession] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -85,9 +85,9 @@ class Tills:
 
     async def __aenter__(self) -> Tills:
         for till in TILLS:
-            client = aiomqtt.Client(self.config.broker.listen.host, self.config.broker.listen.port,
-                                    username=till, password=f"pw-{till}", protocol=aiomqtt.ProtocolVersion.V5,
-                                    identifier=f"cut-{till}-{os.getpid()}-{time.monotonic_ns()}")
+            client = MqttSession(self.config.broker.listen.host, self.config.broker.listen.port,
+                                 username=till, password=f"pw-{till}",
+                                 client_id=f"cut-{till}-{os.getpid()}-{time.monotonic_ns()}")
             await client.__aenter__()
             await client.subscribe(self.topics.ack(till), qos=1)
             await client.subscribe(self.reply_topic(till), qos=1)
@@ -108,10 +108,9 @@ class Tills:
     def reply_topic(self, till: str) -> str:
         return self.topics.reply(till)
 
-    async def _listen(self, client: aiomqtt.Client) -> None:
+    async def _listen(self, client: MqttSession) -> None:
         async for message in client.messages:
             now = time.monotonic_ns()
-            assert isinstance(message.payload, bytes)
             doc = json.loads(message.payload)
             schema = doc.get("schema")
             if schema == "ack/1":
@@ -131,7 +130,7 @@ class Tills:
         await self._clients["pos-1"].publish(self.topics.order("pos-1"), json.dumps(order_doc(order_id, n)), qos=1)
 
     async def _request(self, till: str, role: str, command: str, doc: dict[str, Any]) -> None:
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: untyped
+        props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.reply_topic(till)
         topic = self.topics.role_command(role, command, till)
         await self._clients[till].publish(topic, json.dumps(doc).encode(), qos=1, properties=props)

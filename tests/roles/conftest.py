@@ -9,14 +9,12 @@ import contextlib
 import json
 import os
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -29,6 +27,7 @@ from edgehub import __version__
 from edgehub.api import ApiServer
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
+from edgehub.bus.session import V5, MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.component import Wiring
 from edgehub.config import Config, load_config
@@ -176,22 +175,19 @@ class Till:
         self,
         config: Config,
         terminal: str = "pos-1",
-        protocol: aiomqtt.ProtocolVersion = aiomqtt.ProtocolVersion.V5,
+        protocol: int = V5,
     ) -> None:
         self.topics = Topics(config.store.id)
         self.terminal = terminal
-        self.v5 = protocol == aiomqtt.ProtocolVersion.V5
+        self.v5 = protocol == V5
         self.reply_topic = f"{self.topics.root}/pos/{terminal}/replies"
-        self.client = aiomqtt.Client(
+        self.client = MqttSession(
             config.broker.listen.host,
             config.broker.listen.port,
             username=terminal,
             password=f"pw-{terminal}",
             protocol=protocol,
-            identifier=f"till-{terminal}-{os.getpid()}-{time.monotonic_ns()}",
-            # Like the simulated terminal and real tills: without it each small request waits on
-            # Nagle and the broker's delayed ACK (~40 ms, bench/qrpay.py).
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            client_id=f"till-{terminal}-{os.getpid()}-{time.monotonic_ns()}",
         )
         self.replies: list[tuple[bytes | None, dict[str, Any]]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []
@@ -214,13 +210,11 @@ class Till:
 
     async def _listen(self) -> None:
         async for message in self.client.messages:
-            assert isinstance(message.payload, bytes)
             doc = json.loads(message.payload)
-            if message.topic.value == self.reply_topic:
-                corr = getattr(message.properties, "CorrelationData", None) if message.properties else None
-                self.replies.append((corr, doc))
+            if message.topic == self.reply_topic:
+                self.replies.append((message.correlation_data, doc))
             else:
-                self.events.append((message.topic.value, doc))
+                self.events.append((message.topic, doc))
 
     async def request(self, role: str, command: str, doc: dict[str, Any], correlation: bytes = b"") -> None:
         topic = self.topics.role_command(role, command, self.terminal)

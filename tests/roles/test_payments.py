@@ -15,6 +15,7 @@ import pytest
 
 from drivers.base import DeviceInfo, Driver, Health
 from drivers.zvt import ZvtPinpad
+from edgehub.bus.session import V311
 from edgehub.devices import WatchdogTiming
 from edgehub.sim.pinpad import PAYMENT_STEPS, ZvtPinpadSim
 from tests.roles.conftest import Store, Till, fast_driver, pinpad_info, running_store
@@ -119,7 +120,7 @@ async def test_probe_of_the_rebooted_pinpad_does_not_undo_its_failure(store: Sto
     # failure is still being published), new sales must go to the spare.
     async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2:
         await two_pinpads(store, p1, p2)
-        publish = store.registry._publish
+        publish = store.registry._publish  # noqa: SLF001
         assert publish is not None
         gate, held = asyncio.Event(), asyncio.Event()
 
@@ -130,7 +131,7 @@ async def test_probe_of_the_rebooted_pinpad_does_not_undo_its_failure(store: Sto
             assert publish is not None
             await publish(topic, payload, retain)
 
-        store.registry._publish = slow_broker
+        store.registry._publish = slow_broker  # noqa: SLF001
         failing = asyncio.create_task(store.roles.device_failed("pad-1", "payment outcome unknown"))
         await held.wait()
         await store.registry.set_health("pad-1", Health("ready"))
@@ -161,7 +162,7 @@ async def test_unknown_payment_is_not_settled_before_the_terminal_hears_it_is_un
         p1.fault = "after_ack"
         await till.request(TILL, "pay", pay("pay-2", "sale-2", 2500))
         await held.wait()
-        await payments._settle_from_pinpad(payments.open["pay-2"])  # the settler's pass, now
+        await payments._settle_from_pinpad(payments.open["pay-2"])  # the settler's pass, now  # noqa: SLF001
         gate.set()
         unknown = await till.reply("payment_id", "pay-2", ("unknown", "not_found"))
         assert unknown["status"] == "unknown" and "locked to pinpad pad-1" in unknown["reason"]
@@ -199,8 +200,8 @@ async def test_pinpad_switched_off_between_probes_sends_the_payment_to_the_spare
         await till.reply("payment_id", "warm", "approved")
         driver = store.registry.get("pad-1").driver  # type: ignore[union-attr]
         assert isinstance(driver, ZvtPinpad) and driver.connected
-        assert p1._server is not None
-        p1._server.close()  # switched off: the connection reset, nothing listens any more
+        assert p1._server is not None  # noqa: SLF001
+        p1._server.close()  # switched off: the connection reset, nothing listens any more  # noqa: SLF001
         p1.drop_connections()
         await store.wait_for(lambda: not driver.connected, what="the hub saw the reset")
         commands_before = len(p1.commands)
@@ -270,8 +271,8 @@ async def test_unknown_sale_is_locked_and_new_sales_go_to_the_spare(store: Store
         await till.reply("payment_id", "warm", "approved")
         # pad-1 charges the card and dies for good before telling anyone.
         p1.fault = "after_charge"
-        assert p1._server is not None
-        p1._server.close()
+        assert p1._server is not None  # noqa: SLF001
+        p1._server.close()  # noqa: SLF001
         await till.request(TILL, "pay", pay("pay-3", "sale-3", 4200))
         await till.reply("payment_id", "pay-3", "unknown")
         await till.request(TILL, "pay", pay("pay-3b", "sale-3", 4200))
@@ -309,9 +310,7 @@ async def test_a_311_till_is_told_why_its_request_was_refused(store: Store) -> N
     """MQTT 3.1.1 has no response topic: the till names ``reply_to`` and ``request_id`` in the
     payload. A request refused before it is parsed (no such role, a bad field) is answered
     there too, or a till paying on a misnamed pinpad role would wait for nothing."""
-    import aiomqtt
-
-    async with Till(store.config, "pos-2", aiomqtt.ProtocolVersion.V311) as till:
+    async with Till(store.config, "pos-2", V311) as till:
         await till.request("pinpad.till-9", "pay", {**pay("pay-1", "sale-1", 500), "request_id": "r-1"})
         await till.request(TILL, "pay", {**pay("pay-2", "sale-2", -5), "request_id": "r-2"})
         async with asyncio.timeout(10):

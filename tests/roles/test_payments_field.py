@@ -105,8 +105,8 @@ async def test_held_pinpad_is_named_in_the_status_while_its_payment_is_unknown(s
     async with ZvtPinpadSim() as p1, ZvtPinpadSim() as p2, Till(store.config) as till:
         await two_pinpads(store, p1, p2)
         p1.fault = "after_charge"
-        assert p1._server is not None
-        p1._server.close()  # and it does not come back
+        assert p1._server is not None  # noqa: SLF001
+        p1._server.close()  # and it does not come back  # noqa: SLF001
         await till.request(TILL, "pay", pay("pay-3", "sale-3", 4200))
         await till.reply("payment_id", "pay-3", "unknown")
         status = await store.roles.status()

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
+from edgehub.bus.session import V311
 from edgehub.roles.roles import Reply
 from edgehub.sim.printer import PrinterSim
 from tests.roles.conftest import Store, Till, copies, printer_info, running_store, ticket
@@ -69,7 +69,7 @@ async def test_print_request_response_and_duplicate(store: Store) -> None:
 
 
 async def test_mqtt311_client_uses_reply_to_and_request_id(store: Store) -> None:
-    async with PrinterSim() as sim, Till(store.config, "pos-2", aiomqtt.ProtocolVersion.V311) as till:
+    async with PrinterSim() as sim, Till(store.config, "pos-2", V311) as till:
         await store.add(printer_info("prn-c", sim))
         await till.request(
             "receipt-printer", "print", {"schema": "print/1", "request_id": "q-7", "ticket": ticket(2)}
@@ -255,7 +255,7 @@ async def test_500_jobs_through_every_fault(tmp_path: Path) -> None:
         assert await confirmed_in_order(store, GRILL) == [f"j-{n}" for n in range(500)]
         # Each fault moved the role for the reason the printer gave; "both down" left it with
         # none. Each change is one audit row (with its own id) kept for the cloud.
-        await store.wait_for(lambda: not store.roles._audit, what="audit rows written")
+        await store.wait_for(lambda: not store.roles._audit, what="audit rows written")  # noqa: SLF001
         changes = await serving_changes(store, GRILL)
         away = [c["reason"] for c in changes if c["previous"] == "prn-a" and c["device"] == "prn-b"]
         for needle in ("paper end", "cover open", "no answer"):
@@ -311,7 +311,7 @@ async def test_kitchen_slips_use_the_role_queue_and_reprint_marks(tmp_path: Path
         await store.wait_for(lambda: store.roles.serving(GRILL) == "prn-a")
         a.slow = 0.5  # the slip is still printing when the printer dies
         await slips.submit(GRILL, "kitchen/t-1/1", {"lines": ["JOB 0007"]})
-        await store.wait_for(lambda: bool(a.core._finished), what="slip sent to prn-a")
+        await store.wait_for(lambda: bool(a.core._finished), what="slip sent to prn-a")  # noqa: SLF001
         await a.kill()
         await store.wait_for(lambda: len(copies(b)) == 1, what="slip on the spare")
         assert copies(b) == [(7, True)]

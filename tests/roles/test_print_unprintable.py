@@ -11,9 +11,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 
+from edgehub.bus.session import V5, V311
 from edgehub.sim.printer import PrinterSim
 from tests.roles.conftest import Store, Till, copies, printer_info, running_store, ticket
 
@@ -27,10 +27,8 @@ async def print_jobs(store: Store) -> list[tuple[str, str, Any]]:
     )
 
 
-@pytest.mark.parametrize("protocol", [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311])
-async def test_a_ticket_that_cannot_print_is_rejected_naming_the_field(
-    store: Store, protocol: aiomqtt.ProtocolVersion
-) -> None:
+@pytest.mark.parametrize("protocol", [V5, V311], ids=["V5", "V311"])
+async def test_a_ticket_that_cannot_print_is_rejected_naming_the_field(store: Store, protocol: int) -> None:
     async with Till(store.config, protocol=protocol) as till:
         await till.request(
             "receipt-printer",

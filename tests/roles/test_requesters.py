@@ -16,10 +16,10 @@ import json
 from typing import Any
 
 import aiohttp
-import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgehub.bus.session import MqttSession
 from edgehub.roles.roles import Reply
 from edgehub.sim.pinpad import ZvtPinpadSim
 from edgehub.sim.printer import PrinterSim
@@ -34,30 +34,23 @@ def pay(payment_id: str, sale_id: str, cents: int) -> dict[str, Any]:
     return {"schema": "pay/1", "payment_id": payment_id, "sale_id": sale_id, "amount_cents": cents}
 
 
-async def listen(config: Any, terminal: str, topics: list[str]) -> tuple[aiomqtt.Client, list[tuple[str, bytes]]]:
-    client = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username=terminal,
-                            password=f"pw-{terminal}", identifier=f"spy-{terminal}",
-                            protocol=aiomqtt.ProtocolVersion.V5)
+async def listen(config: Any, terminal: str, topics: list[str]) -> tuple[MqttSession, list[tuple[str, bytes]]]:
+    """A terminal's session that notes every message on ``topics`` (its own callback)."""
+    seen: list[tuple[str, bytes]] = []
+    client = MqttSession(config.broker.listen.host, config.broker.listen.port, username=terminal,
+                         password=f"pw-{terminal}", client_id=f"spy-{terminal}",
+                         on_message=lambda message: seen.append((message.topic, message.payload)))
     await client.__aenter__()
     for topic in topics:
         await client.subscribe(topic, qos=1)
-    seen: list[tuple[str, bytes]] = []
-
-    async def collect() -> None:
-        async for message in client.messages:
-            seen.append((message.topic.value, bytes(message.payload)))  # type: ignore[arg-type]
-
-    task = asyncio.create_task(collect())
-    client._edgehub_task = task  # type: ignore[attr-defined]  # kept alive with the client
     return client, seen
 
 
-async def close(client: aiomqtt.Client) -> None:
-    client._edgehub_task.cancel()  # type: ignore[attr-defined]
-    await client.__aexit__(None, None, None)
+async def close(client: MqttSession) -> None:
+    await client.close()
 
 
-async def publish_v5(client: aiomqtt.Client, topic: str, doc: dict[str, Any], response_topic: str) -> None:
+async def publish_v5(client: MqttSession, topic: str, doc: dict[str, Any], response_topic: str) -> None:
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.ResponseTopic = response_topic
     props.CorrelationData = b"c"

@@ -54,7 +54,7 @@ async def test_a_disk_running_short_on_a_quiet_box_is_seen_at_the_next_maintenan
     free = [10 * 2**30]
     async with Journal(data / "journal.sqlite", "s1") as journal:
         async with Outbox(journal, data, OutboxPolicy(maintain_every_s=0.05)) as outbox:
-            outbox.guard._usage = lambda p: DiskUsage(20 * 2**30, 20 * 2**30 - free[0], free[0])
+            outbox.guard._usage = lambda p: DiskUsage(20 * 2**30, 20 * 2**30 - free[0], free[0])  # noqa: SLF001
             for n in range(5):
                 await outbox.add_now(TELEMETRY, f"telemetry:s1:{n}", {"schema": "cloud-telemetry/1", "n": n})
             await asyncio.sleep(0.2)  # quiet: a patient maintenance write waits for a commit

@@ -142,7 +142,7 @@ def test_rare_streams_use_their_index_and_per_order_streams_none(tmp_path: Path)
     conn = sqlite3.connect(":memory:", isolation_level=None)
     migrate(conn, ALL_TABLES)
     plan = " ".join(str(r) for r in conn.execute(
-        "EXPLAIN QUERY PLAN " + ob._OLDEST[False], ("telemetry",)).fetchall())
+        "EXPLAIN QUERY PLAN " + ob._OLDEST[False], ("telemetry",)).fetchall())  # noqa: SLF001
     assert "outbox_stream" in plan
     insert = conn.execute("EXPLAIN QUERY PLAN INSERT INTO outbox(msg_id, stream, created_at, payload) "
                           "VALUES ('order:A', 'orders', 1, x'7b7d')").fetchall()

@@ -153,7 +153,7 @@ async def test_a_clock_that_jumped_ahead_does_not_make_recent_orders_old(journal
 async def test_keep_days_zero_keeps_everything(journal: Journal) -> None:
     await journal.write(lambda conn: add_order(conn, "old", OLD))
     async with Retention(journal, keep_days=0, clock=lambda: NOW, first_after_s=0) as retention:
-        assert retention._task is None
+        assert retention._task is None  # noqa: SLF001
     assert await journal.read(order_ids) == {"old"}
 
 
@@ -178,7 +178,7 @@ async def test_a_failed_pass_is_tried_again_later() -> None:
             if Broken.calls >= 2:
                 break
             await asyncio.sleep(0.01)
-        assert retention._task is not None and not retention._task.done()
+        assert retention._task is not None and not retention._task.done()  # noqa: SLF001
     assert Broken.calls >= 2 and retention.status()["last_error"] == "disk I/O error"
 
 

@@ -7,14 +7,13 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgehub.uplink.cloudapi import CloudTopics
-from edgehub.uplink.link import CLOSED_BY_BROKER, CloudLink, disconnect_reason
+from edgehub.bus.session import disconnect_words
+from edgehub.uplink.link import BROKER, CLOSED_BY_BROKER
 from tests.faultproxy import FaultProxy
 from tests.uplink.cloudside import CloudBroker
 from tests.uplink.conftest import Rig, box_config
@@ -25,13 +24,13 @@ async def test_since_stays_at_the_start_of_an_outage(tmp_path: Path, wan: FaultP
         uplink = rig.uplink
         await rig.wait_online()
         states: list[str] = []
-        set_state = uplink._set_state
+        set_state = uplink._set_state  # noqa: SLF001
 
         def spy(state: str, detail: str = "") -> None:
             set_state(state, detail)
             states.append(state)
 
-        uplink._set_state = spy  # type: ignore[method-assign]
+        uplink._set_state = spy  # type: ignore[method-assign]  # noqa: SLF001
         await asyncio.sleep(1.2)  # so that "since" of the outage cannot be the start of the hub
         went_down = time.time()
         wan.refuse()
@@ -109,25 +108,15 @@ async def test_a_cloud_broker_that_stops_is_said_in_words(tmp_path: Path, cloud:
     assert "Unspecified" not in status["last_error"] and f"127.0.0.1:{wan.port}" in status["last_error"], status
 
 
-async def test_a_disconnect_from_the_cloud_broker_gives_its_reason(tmp_path: Path, wan: FaultProxy) -> None:
+def test_disconnect_reason_words() -> None:
     # Mosquitto 2.0.11 just closes the socket (stopped, or a second client with the box's id);
     # other brokers send DISCONNECT with a reason ("Session taken over", "Server shutting down").
-    config = box_config(tmp_path, wan)
-    link = CloudLink(config.cloud, CloudTopics(config.store.id, config.cloud.client_id))
-    link.lost = asyncio.get_running_loop().create_future()
-    flags = SimpleNamespace(is_disconnect_packet_from_server=True)
-    link._on_disconnect(SimpleNamespace(read_error=None), None, flags,  # type: ignore[arg-type]
-                        ReasonCode(PacketTypes.DISCONNECT, "Session taken over"), None)
-    assert link.lost.result() == "the cloud broker disconnected the box: Session taken over"
-
-
-def test_disconnect_reason_words() -> None:
     unspecified = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
-    from_server = SimpleNamespace(is_disconnect_packet_from_server=True)
-    from_socket = SimpleNamespace(is_disconnect_packet_from_server=False)
-    assert disconnect_reason(unspecified, from_socket) == CLOSED_BY_BROKER
-    assert disconnect_reason(unspecified, from_server).startswith(CLOSED_BY_BROKER)
-    assert disconnect_reason(ReasonCode(PacketTypes.DISCONNECT, "Server shutting down"), from_server) == (
+    assert disconnect_words(BROKER, unspecified, False) == CLOSED_BY_BROKER
+    assert disconnect_words(BROKER, unspecified, True).startswith(CLOSED_BY_BROKER)
+    assert disconnect_words(BROKER, ReasonCode(PacketTypes.DISCONNECT, "Session taken over"), True) == (
+        "the cloud broker disconnected the box: Session taken over")
+    assert disconnect_words(BROKER, ReasonCode(PacketTypes.DISCONNECT, "Server shutting down"), True) == (
         "the cloud broker disconnected the box: Server shutting down")
-    assert disconnect_reason(ReasonCode(PacketTypes.DISCONNECT, "Keep alive timeout"), from_socket) == (
+    assert disconnect_words(BROKER, ReasonCode(PacketTypes.DISCONNECT, "Keep alive timeout"), False) == (
         "Keep alive timeout")

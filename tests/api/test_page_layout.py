@@ -77,6 +77,8 @@ async def test_the_page_at_phone_and_desktop_size(box: Box) -> None:
                 assert await widest(page) <= width, f"the page is {await widest(page)} px wide at {width}"
                 assert await broken_ids(page) == []
                 for selector in ACTIONS:
+                    # The status refresh redraws the tables; an element caught mid-redraw has no box.
+                    await page.locator(selector).first.wait_for(state="visible")
                     box_ = await page.locator(selector).first.bounding_box()
                     assert box_ is not None and box_["x"] >= 0 and box_["x"] + box_["width"] <= width, (selector, box_)
 

@@ -33,8 +33,8 @@ from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
 from edgehub.instance import InstanceLock, check_ports
 from edgehub.intake import Intake
-from edgehub.kitchen import Kitchen, ScreenServer
-from edgehub.kitchen.screens import screen_secrets
+from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
+from edgehub.kitchen.logins import ScreenLogins, screen_logins
 from edgehub.reports import Reports
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
@@ -137,9 +137,18 @@ class Hub:
         self.bus.route(self.topics.all_cancels, self.kitchen.handle_cancel)
         self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
         self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
-        self.screens = ScreenServer(self.kitchen, screen_secrets(config), self.api.failures, broker_link=self.healthy)
+        self.kitchen.screen_stations = tuple(s for t in config.terminals if t.kind == "kds" for s in t.stations or ())
+        logins = ScreenLogins(screen_logins(config))
+        self.screens = ScreenServer(self.kitchen, logins, self.api.failures, self.healthy)
+        self.components.append(self.screens)
         self.api.route_setups.append(self.screens.setup)
         self.status_sections["kitchen"] = self.kitchen.status
+        # "Ready" back to the front: order-ready/1 to the tills, pagers and displays; /pickup.
+        self.ready_board = ReadyBoard(self.kitchen.progress, self.topics, self.bus, config.kitchen)
+        self.components.append(self.ready_board)
+        self.api.route_setups.append(
+            PickupServer(self.ready_board, logins, self.api.failures, self.screens.status).setup)
+        self.status_sections["ready"] = self._ready_status
         self.kitchen.printer = KitchenSlips(self.roles.printqueue)  # slips go through the role queues
         # Routing rules the cloud pushes (downlink "routing") route new tickets; cached across restarts.
         follow_cloud_routing(self.downlink, self.kitchen)
@@ -257,6 +266,9 @@ class Hub:
         outbox = getattr(self, "outbox", None)
         if outbox is not None:
             await outbox.add_now("devices", f"dev-alert-{uuid.uuid4().hex}", payload)
+
+    async def _ready_status(self) -> dict[str, Any]:
+        return self.ready_board.status()
 
     def _wan_down(self) -> str | None:
         uplink = self.uplink

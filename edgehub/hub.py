@@ -34,7 +34,7 @@ from edgehub.discovery import Discovery
 from edgehub.instance import InstanceLock, check_ports
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
-from edgehub.kitchen.logins import ScreenLogins, screen_logins
+from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
 from edgehub.reports import Reports
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
@@ -138,7 +138,7 @@ class Hub:
         self.bus.route(self.topics.all_kds_commands, self.kitchen.handle_command)
         self.bus.route(self.topics.all_kds_snapshot_requests, self.kitchen.handle_snapshot_request)
         self.kitchen.screen_stations = tuple(s for t in config.terminals if t.kind == "kds" for s in t.stations or ())
-        logins = ScreenLogins(screen_logins(config))
+        logins = ScreenLogins(screen_logins(config), mistaken_secrets(config))
         self.screens = ScreenServer(self.kitchen, logins, self.api.failures, self.healthy)
         self.components.append(self.screens)
         self.api.route_setups.append(self.screens.setup)

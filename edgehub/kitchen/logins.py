@@ -60,9 +60,32 @@ def screen_logins(config: Config) -> dict[str, ScreenLogin]:
     return found
 
 
+def mistaken_secrets(config: Config) -> dict[str, str]:
+    """Secrets an installer may type into a screen's login by mistake, and what to say: the API
+    token, and each screen terminal's MQTT password. They open nothing; the page says why."""
+    found = {config.api.token: "that is the box's API token, never a screen's secret"}
+    for terminal in config.terminals:
+        if terminal.kind in ("kds", "display"):
+            hint = (f"its screen secret (on the box: /etc/edgehub/secrets/screen-{terminal.id})"
+                    if terminal.screen_token else "a screen_token, which its [[terminal]] has not got")
+            found[terminal.password] = f"that is {terminal.id}'s MQTT password; its page takes {hint}"
+    return found
+
+
 class ScreenLogins:
-    def __init__(self, logins: dict[str, ScreenLogin]) -> None:
+    def __init__(self, logins: dict[str, ScreenLogin], mistakes: dict[str, str] | None = None) -> None:
         self._logins = [(secret.encode(), login) for secret, login in logins.items()]
+        self._mistakes = [(secret.encode(), why) for secret, why in (mistakes or {}).items() if secret]
+
+    def mistake(self, given: str) -> str:
+        """Why ``given`` opens nothing when it is a well-known wrong one (see mistaken_secrets),
+        else ""; compared in constant time like the secrets."""
+        raw = given.encode()
+        found = ""
+        for secret, why in self._mistakes:
+            if hmac.compare_digest(raw, secret):
+                found = why
+        return found
 
     def secret_for(self, station: str) -> str | None:
         """The secret a screen of ``station`` is set up with: a kitchen screen's own (a kds

@@ -95,6 +95,8 @@ class PickupServer:
         elif (login := self.logins.find(token)) is None:
             self.failures.record(address)
             code, error = WS_UNAUTHORIZED, "wrong screen secret for the pickup board" if token else "no screen secret"
+            if why := self.logins.mistake(token):
+                error += f": {why}"
         elif not login.shows_pickup():
             code, error = WS_FORBIDDEN, (f"this is the secret of {login.terminal}, a kitchen screen: the pickup "
                                          "board takes a customer display's secret (kind = \"display\")")

@@ -268,6 +268,8 @@ class ScreenServer:
             self.failures.record(address)
             code, error = WS_UNAUTHORIZED, ("wrong screen secret" if token else "no screen secret") + (
                 f" for station {station}")
+            if why := self.logins.mistake(token):
+                error += f": {why}"
         elif not login.drives(station):
             code = WS_FORBIDDEN
             if login.kind != "kds":

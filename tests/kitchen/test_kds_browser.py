@@ -446,7 +446,7 @@ async def test_a_new_and_a_late_ticket_sound_and_sound_can_be_switched_off(hub: 
         assert await page.inner_text("#sound") == "Sound off"
         await send_orders(config, "fast", 1, prefix="S2")
         await page.locator('article.ticket[data-ticket="S2-000/fast/1"]').wait_for()
-        await asyncio.sleep(3)  # past red
+        await page.wait_for_selector("#message:has-text('#2 is late')", timeout=10_000)  # red, said, silent
         assert len(await page.evaluate("window.kds.sounds")) == 2
         # Switched off stays off for this station's screen after a reload.
         await page.reload()
@@ -496,6 +496,8 @@ async def test_a_misspelt_station_is_refused_with_the_stations(hub: Hub) -> None
             text = await response.text()
         for station in ("grill", "bar", "fast", "pass", "keys2"):
             assert f'href="/kds/{station}"' in text
+        async with http.get(f"{hub.api.url}kds") as response:  # the list, to pick from
+            assert response.status == 200 and 'href="/kds/grill"' in await response.text()
         async with http.ws_connect(f"ws://127.0.0.1:{hub.api.port}/kds/grll/ws?token={SCREEN_TOKEN}") as ws:
             refusal = (await ws.receive()).json()
             assert refusal["code"] == 4404 and "grill" in refusal["stations"]
@@ -532,3 +534,10 @@ async def test_a_screen_logs_in_with_its_own_secret(hub: Hub) -> None:
         other = await (await browser.new_context()).new_page()
         await other.goto(f"{hub.api.url}kds/grill?token={hub.config.api.token}")
         await other.wait_for_selector("#login-error:has-text('not accepted')")
+        assert "the box's API token, never a screen's secret" in await other.inner_text("#login-error")
+        # The screen's MQTT password (what its config calls its password) is not its page's secret,
+        # and the page says which is.
+        await other.fill("#secret", "pw-kds-grill")
+        await other.click("#login-form button")
+        await other.wait_for_selector("#login-error:has-text('MQTT password')")
+        assert "/etc/edgehub/secrets/screen-kds-grill" in await other.inner_text("#login-error")

@@ -778,8 +778,8 @@ def summary(request: Request, layout: Layout, outcome: Outcome, dry_run: bool = 
         if terminal.kind in SCREEN_KINDS:
             station = terminal.stations[0] if terminal.stations else "{station}"
             page = f"kds/{station}" if terminal.kind == "kds" else "pickup"
-            lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/{page} (its secret: "
-                         f"{layout.secrets_dir}/screen-{terminal.id})")
+            lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/{page}?token=<the "
+                         f"secret in {layout.secrets_dir}/screen-{terminal.id}>")
     lines.append("  screens    open its link once on each kitchen screen; the box page lists every station's "
                  "link (Orders and kitchen)")
     if request.lan_listen:

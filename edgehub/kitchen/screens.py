@@ -61,6 +61,7 @@ WS_TOO_SLOW = 4408
 WS_TOO_MANY_TRIES = 4429
 SCREEN_REFUSED_SCHEMA = "screen-refused/1"
 HEARTBEAT_S = 5.0  # the box's word to every screen at least this often
+UNKNOWN_STATION_RETRY_S = 30  # a page for a station the box does not know looks again this often
 BROKER_CHECK_S = 0.5  # how soon a screen hears that the broker connection changed
 
 BrokerState = Callable[[], tuple[bool, str]]  # (connected, why not): the hub's link to its broker
@@ -200,12 +201,13 @@ class ScreenServer:
     def _known(self, station: str) -> bool:
         return STATION_RE.match(station) is not None and station in self.kitchen.station_names()
 
-    def _stations_page(self, status: int, title: str, text: str) -> web.Response:
+    def _stations_page(self, status: int, title: str, text: str, refresh_s: int = 0) -> web.Response:
         items = "".join(f'<li><a href="/kds/{html.escape(s)}">{html.escape(s)}</a></li>'
                         for s in self.kitchen.station_names())
+        refresh = f"<meta http-equiv=refresh content={refresh_s}>" if refresh_s else ""
         body = (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-                f"content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title></head>"
-                f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><ul>{items}</ul></body></html>")
+                f"content='width=device-width, initial-scale=1'>{refresh}<title>{html.escape(title)}</title>"
+                f"</head><body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p><ul>{items}</ul></body></html>")
         csp = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         return web.Response(status=status, text=body, content_type="text/html", headers=security_headers(csp))
 
@@ -215,10 +217,12 @@ class ScreenServer:
     async def page(self, request: web.Request) -> web.Response:
         station = request.match_info["station"]
         if not self._known(station):
+            # A station only order lines name is known from its first ticket on: the page looks again.
             return self._stations_page(
                 404, f"No station {station!r} on this box",
-                f"This box has no kitchen station called {station!r}. Its stations "
-                f"({', '.join(self.kitchen.station_names())}) are:")
+                f"This box has no kitchen station called {station!r} (yet: this page looks again every "
+                f"{UNKNOWN_STATION_RETRY_S} s). Its stations ({', '.join(self.kitchen.station_names())}) are:",
+                UNKNOWN_STATION_RETRY_S)
         return self._page.response()
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -231,9 +235,10 @@ class ScreenServer:
             return ws
         self._sockets.add(ws)
         source = f"screen:{address}" if login.kitchen_wide else f"screen:{login.terminal}"
-        await ws.send_str(payloads.dumps(payloads.kds_screen(
+        hello = payloads.kds_screen(
             station, login.terminal, list(login.stations) if login.stations is not None else None,
-            self.kitchen.station_names(), login.scale, login.sound, login.keys_doc(), self.status.heartbeat_s)).decode())
+            self.kitchen.station_names(), login.scale, login.sound, login.keys_doc(), self.status.heartbeat_s)
+        await ws.send_str(payloads.dumps(hello).decode())
         await ws.send_str(payloads.dumps(self.status.doc()).decode())
         feed = self.kitchen.attach(station)
         self.status.feeds.add(feed)

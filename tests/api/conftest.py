@@ -29,6 +29,10 @@ usb = false
 serial = false
 lan = false
 advertise = false
+
+[kitchen.stations.grill]
+
+[kitchen.stations.bar]
 """
     if printer_address:
         text += f"""

@@ -95,7 +95,7 @@ def test_provisioning_makes_the_certificate_and_screen_secrets(tmp_path: Path,
     assert display is not None and len(display.screen_token) >= 32
     assert display.screen_token not in (grill.screen_token, config.api.token, display.password)
     assert pager is not None and pager.kind == "pager" and not pager.screen_token
-    assert "pass-display: https://" in out and "/pickup" in out
+    assert "pass-display: https://" in out and "/pickup?token=<the secret in" in out
     assert "user pagers\n" in acl and "topic read edgehub/v1/store-0042/ready/+" in acl
     # The password file holds hashes only, and Mosquitto's own format.
     for line in (tmp_path / "etc" / "mosquitto" / "passwd").read_text().splitlines():

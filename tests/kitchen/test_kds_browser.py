@@ -466,8 +466,8 @@ async def test_the_screen_says_offline_when_orders_cannot_reach_it(config: Confi
             page = await open_screen(browser, hub, "grill")
             # The broker goes: orders from the tills cannot arrive. Not "live".
             await broker.stop()
-            await page.wait_for_selector("#conn:has-text('NO NEW ORDERS')", timeout=5_000)
-            assert "orders cannot reach the box" in await page.inner_text("#banner")
+            await page.wait_for_selector("#conn.no-orders:has-text('no new orders')", timeout=5_000)
+            assert "orders cannot reach it" in await page.inner_text("#banner")
             broker._stopping = False
             await broker.start()
             await page.wait_for_selector("#conn.live", timeout=15_000)
@@ -508,7 +508,7 @@ async def test_a_screen_logs_in_with_its_own_secret(hub: Hub) -> None:
     async with chromium() as browser:
         page = await (await browser.new_context(viewport={"width": 1280, "height": 720})).new_page()
         await page.goto(f"{hub.api.url}kds/grill")
-        await page.wait_for_selector("#login:not([hidden])")  # no secret yet: it asks for one
+        await page.wait_for_selector("#setup:not([hidden])")  # no secret yet: it asks for one
         await page.fill("#secret", "not-the-secret-0123")
         await page.click("#login-form button")
         await page.wait_for_selector("#login-error:has-text('not accepted')")

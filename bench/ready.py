@@ -14,7 +14,10 @@ moves, ``order-ready/1`` goes out. ``ratio_p50``/``ratio_p99`` are the hub's lat
 relay's (the box's cost of a ready signal); the target is p99 < 50 ms at 200 orders/s. The last
 line is one JSON object; ``loadavg_1m`` says how busy the machine was.
 
-    .venv/bin/python bench/ready.py [--rate 200] [--seconds 8] [--bump-after 0.3]
+With ``--profile pi`` the hub, its Mosquitto and the relay run at a Raspberry Pi 4 core's speed
+with an SD card's syncs (bench/piprofile.py); the till and the screen in a cgroup of their own.
+
+    .venv/bin/python bench/ready.py [--rate 200] [--seconds 8] [--bump-after 0.3] [--profile pi]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import paho.mqtt.client as mqtt
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import piprofile  # noqa: E402
 
 from edgehub.broker import MosquittoProcess  # noqa: E402
 from edgehub.config import load_config  # noqa: E402
@@ -172,21 +177,34 @@ def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
 
 
-async def main() -> dict[str, float]:
+async def main() -> dict[str, object]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--bump-after", type=float, default=0.3)
+    piprofile.add_argument(parser)
     args = parser.parse_args()
+    with piprofile.from_args(args) as profile:
+        return await run(args, profile)
 
+
+async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, object]:
+    profile.terminals(os.getpid())
     with tempfile.TemporaryDirectory(prefix="bench-ready-") as tmp:
         path = write_config(Path(tmp) / "box", store=STORE, mode="external", terminals=("pos-1", "kds-1"),
                             extra=KITCHEN + NO_QUOTA)
         config = load_config(path)
         port = config.broker.listen.port
-        async with MosquittoProcess(config) as _broker:
+        broker = MosquittoProcess(config)
+        with profile.box_environ():
+            await broker.start()
+        try:
+            assert broker.pid is not None
+            profile.box(broker.pid)
             relay = subprocess.Popen(  # noqa: ASYNC220 - the bench's own setup, before any timing
-                [sys.executable, "-c", RELAY, str(port), STORE], stdout=subprocess.PIPE, text=True)
+                [sys.executable, "-c", RELAY, str(port), STORE], stdout=subprocess.PIPE, text=True,
+                env={**os.environ, **profile.env()})
+            profile.box(relay.pid)
             assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
             load = Load(port, args.bump_after)
             load.run("warm-raw", args.rate, 1)
@@ -195,15 +213,20 @@ async def main() -> dict[str, float]:
             relay.terminate()
             relay.wait()
 
-            hub = HubProcess(path, Path(tmp) / "hub.log")
-            hub.start()
+            hub = HubProcess(path, Path(tmp) / "hub.log", env=profile.env())
+            hub.start(wait=False)
             try:
+                assert hub.proc is not None
+                profile.box(hub.proc.pid)
+                hub.wait_healthy(60)
                 load = Load(port, args.bump_after)
                 load.run("warm-hub", args.rate, 1)
                 hubs = load.run("hub", args.rate, args.seconds)
                 load.close()
             finally:
                 hub.stop()
+        finally:
+            await broker.stop()
 
     result = {
         "rate_per_s": args.rate,
@@ -215,6 +238,7 @@ async def main() -> dict[str, float]:
         "ratio_p50": round(pct(hubs, 0.5) / max(pct(raw, 0.5), 0.001), 2),
         "ratio_p99": round(pct(hubs, 0.99) / max(pct(raw, 0.99), 0.001), 2),
         "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every figure
+        "profile": profile.describe(),
     }
     print(f"bump -> till hears ready, {args.rate:.0f} orders/s and as many bumps/s, {len(hubs)} bumps")
     print(f"ceiling (raw relay):  p50 {result['raw_p50_ms']} ms  p99 {result['raw_p99_ms']} ms")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED = "in_kitchen", "ready", "served", "expired", "voided"
@@ -42,6 +42,11 @@ log = logging.getLogger("edgehub.kitchen.progress")
 _ON_SCREEN = frozenset({"new", "in_progress", "recalled"})
 MAX_ORDERS = 5000  # orders held (in the kitchen or at the pass); the oldest leave first
 FORGET_READY_S = 4 * 3600  # a ready order nobody served leaves memory after this (as the kitchen's)
+
+
+def station_of(ticket_id: str) -> str:
+    """The station in a ticket id, ``{order_id}/{station}/{n}`` (an order id may hold "/")."""
+    return ticket_id.rsplit("/", 2)[1]
 
 
 def order_state(ticket_states: Iterable[str]) -> str:
@@ -79,10 +84,29 @@ class OrderProgress:
     terminal: str
     table: str | None
     created_at: float
-    tickets: dict[str, tuple[str, str]] = field(default_factory=dict)  # ticket_id -> (station, state)
+    # (ticket_id, state) of each ticket, flat: (id, state, id, state, …). Held for every order in
+    # the kitchen or at the pass, so kept small: a tuple of four is 88 bytes, a dict of two 184
+    # (docs/footprint.md, Memory). The station is the id's middle part ({order_id}/{station}/{n}).
+    flat: tuple[str, ...] = ()
     state: str = IN_KITCHEN
     since: float = 0.0  # when it entered ``state``
     ready_at: float | None = None
+
+    @property
+    def tickets(self) -> dict[str, str]:
+        """ticket_id -> state, in the order the tickets were made."""
+        return dict(zip(self.flat[::2], self.flat[1::2], strict=True))
+
+    def set_ticket(self, ticket_id: str, state: str) -> None:
+        flat = self.flat
+        for i in range(0, len(flat), 2):
+            if flat[i] == ticket_id:
+                self.flat = (*flat[:i + 1], state, *flat[i + 2:])
+                return
+        self.flat = (*flat, ticket_id, state)
+
+    def states(self) -> tuple[str, ...]:
+        return self.flat[1::2]
 
     def doc(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,7 +116,7 @@ class OrderProgress:
             "state": self.state,
             "since": round(self.since, 3),
             "created_at": round(self.created_at, 3),
-            "tickets": [{"ticket_id": t, "station": s, "state": st} for t, (s, st) in self.tickets.items()],
+            "tickets": [{"ticket_id": t, "station": station_of(t), "state": st} for t, st in self.tickets.items()],
         }
         if self.table:
             out["table"] = self.table
@@ -166,11 +190,11 @@ class Progress:
         before = order.state if order is not None else None
         if order is None:
             order = _progress(ticket)
-        order.tickets[ticket["ticket_id"]] = (ticket["station"], ticket["state"])
+        order.set_ticket(ticket["ticket_id"], ticket["state"])
         for key in ("table", "order_no"):
             if ticket.get(key):
                 setattr(order, key, str(ticket[key]))
-        after = order_state(s for _, s in order.tickets.values())
+        after = order_state(order.states())
         if after != order.state or before is None:
             order.since = at
         order.state = after
@@ -215,9 +239,9 @@ def progress_of(tickets: list[Mapping[str, Any]]) -> OrderProgress | None:
         return None
     order = _progress(min(tickets, key=lambda t: (t["created_at"], t["ticket_id"])))
     for ticket in tickets:
-        order.tickets[ticket["ticket_id"]] = (ticket["station"], ticket["state"])
+        order.set_ticket(ticket["ticket_id"], ticket["state"])
         order.since = max(order.since, float(ticket.get("updated_at") or ticket["created_at"]))
         if ticket["state"] == "ready":
             order.ready_at = max(order.ready_at or 0.0, float(ticket.get("ready_at") or ticket["updated_at"]))
-    order.state = order_state(s for _, s in order.tickets.values())
+    order.state = order_state(order.states())
     return order

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess
@@ -165,9 +167,9 @@ async def tap_with_finger(page: Any, ticket_id: str, hold_s: float) -> bool:
     return True
 
 
-SCREENS = 8
-# Taps per screen: 13 in `make test` (104 in all); `make soak` taps 100 per screen.
-TAPS = int(os.environ.get("EDGEHUB_KDS_TAPS", "13"))
+SCREENS = 12
+# Taps per screen: 9 in `make test` (108 in all); `make soak` taps 100 per screen.
+TAPS = int(os.environ.get("EDGEHUB_KDS_TAPS", "9"))
 
 
 async def tap_randomly(page: Any, hub: Hub, station: str, taps: int, rng: random.Random, finger: bool,
@@ -194,11 +196,11 @@ async def tap_randomly(page: Any, hub: Hub, station: str, taps: int, rng: random
 
 async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Event, rng: random.Random) -> int:
     """Meanwhile the screens keep changing: new orders (new cards), amends (cards change size),
-    and priority changes from another screen (cards change place)."""
+    and priority changes from a native kitchen screen on MQTT (cards change place)."""
     changes = 0
-    async with Terminal(config, "pos-2") as pos, aiohttp.ClientSession() as http:
-        sockets = {s: await http.ws_connect(f"ws://127.0.0.1:{hub.api.port}/kds/{s}/ws?token={SCREEN_TOKEN}")
-                   for s in stations}
+    native = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username="kds-1",
+                            password="pw-kds-1", identifier=f"churn-{time.monotonic_ns()}")
+    async with Terminal(config, "pos-2") as pos, native:
         n = 0
         while not stop.is_set():
             station = rng.choice(stations)
@@ -209,8 +211,9 @@ async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Eve
                         if t.station == station and t.state == "new" and t.ticket_id.startswith("churn")]
             if open_ids:
                 target = rng.choice(open_ids)
-                await sockets[station].send_json({"schema": "kds-command/1", "action": "priority",
-                                                  "ticket_id": target, "priority": rng.randint(-1, 2)})
+                await native.publish(hub.topics.kds_command(station), json.dumps(
+                    {"schema": "kds-command/1", "action": "priority", "ticket_id": target,
+                     "priority": rng.randint(-1, 2)}), qos=1)
                 order_id = target.split("/")[0]
                 await pos.send({"schema": "amend/1", "order_id": order_id, "amend_id": f"a{n}",
                                 "lines": dish_lines(n + 1, station)}, topic=pos.topics.amend("pos-2"))
@@ -219,23 +222,21 @@ async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Eve
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(rng.uniform(0.1, 0.4)):
                     await stop.wait()
-        for ws in sockets.values():
-            await ws.close()
     return changes
 
 
 async def test_taps_of_any_length_at_random_phases_all_register(hub: Hub, config: Config) -> None:
     """The issue's complaint: a press spanning a rebuild did not register (7 of 12 lost at 600 ms).
-    104 taps on eight screens at once, two of them touched, while the screens change (new orders,
+    108 taps on twelve screens at once, three of them touched, while the screens change (new orders,
     amends, priorities from another screen, bumped tickets leaving): none lost, none counted
     twice, none landing on another ticket."""
     rng = random.Random(2027)
     stations = [f"tap{i}" for i in range(SCREENS)]
     for station in stations:
-        await send_orders(config, station, max(16, TAPS // 2 + 8), table=True)  # two taps a ticket
+        await send_orders(config, station, max(12, TAPS // 2 + 8), table=True)  # two taps a ticket
     stop = asyncio.Event()
     counted: dict[str, int] = {}
-    fingers = {1, 5}  # these screens are touched (a tablet), the others clicked
+    fingers = {1, 5, 9}  # these screens are touched (a tablet), the others clicked
     async with chromium() as browser:
         pages = await asyncio.gather(*(open_screen(browser, hub, s, width=1920, height=1080, touch=(i in fingers))
                                        for i, s in enumerate(stations)))
@@ -446,7 +447,7 @@ async def test_a_new_and_a_late_ticket_sound_and_sound_can_be_switched_off(hub: 
         assert await page.inner_text("#sound") == "Sound off"
         await send_orders(config, "fast", 1, prefix="S2")
         await page.locator('article.ticket[data-ticket="S2-000/fast/1"]').wait_for()
-        await page.wait_for_selector("#message:has-text('#2 is late')", timeout=10_000)  # red, said, silent
+        # The sound would have started with the card (the same message makes both): none.
         assert len(await page.evaluate("window.kds.sounds")) == 2
         # Switched off stays off for this station's screen after a reload.
         await page.reload()

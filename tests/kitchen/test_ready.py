@@ -237,3 +237,22 @@ async def test_an_orders_progress_comes_from_the_journal_once_it_left_the_kitche
         assert served is not None and served.state == "served"
         assert {t["state"] for t in served.doc()["tickets"]} == {"served"}
         assert await hub.kitchen.order_progress("no-such-order") is None
+
+
+async def test_a_tills_own_order_number_is_the_one_called(hub: Hub, config: Config) -> None:
+    """A till that numbers its own checks (or a pager's number) keeps its number on the ack, the
+    tickets and "ready"; a number staff could not call is refused with the rule."""
+    topics = Topics(config.store.id)
+    async with (
+        Terminal(config, "pos-1") as pos,
+        Listener(config, "pos-1", topics.order_ready("pos-1")) as till,
+        screen(hub, "grill") as grill,
+    ):
+        await pos.send(order("own-1", order_no="A17"))
+        assert (await pos.ack())["order_no"] == "A17"
+        assert (await command(grill, "bump", "own-1/grill/1"))["ok"]
+        assert (await till.next("order-ready/1"))["order_no"] == "A17"
+        assert hub.kitchen.snapshot("grill")["recent"][0]["order_no"] == "A17"
+        await pos.send(order("own-2", order_no="table 4 please"))
+        refused = await pos.ack()
+        assert refused["status"] == "rejected" and refused["error"].startswith("order_no: must be 1-8 letters")

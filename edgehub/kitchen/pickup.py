@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -36,8 +35,6 @@ from edgehub.kitchen.screens import (
     refused,
 )
 from edgehub.tasks import cancel_and_wait
-
-log = logging.getLogger("edgehub.kitchen.pickup")
 
 PICKUP_SCREEN_SCHEMA = "pickup-screen/1"
 
@@ -110,7 +107,10 @@ class PickupServer:
     async def _send(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             doc = await queue.get()
-            await ws.send_str(payloads.dumps(doc).decode())
+            try:
+                await ws.send_str(payloads.dumps(doc).decode())
+            except ConnectionError:
+                return  # the display went away mid-send: its session ends, no error
 
     async def _drain(self, ws: web.WebSocketResponse) -> None:
         """The page sends nothing; reading keeps the socket's close and ping handling going."""

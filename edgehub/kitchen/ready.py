@@ -110,18 +110,27 @@ class ReadyBoard:
         return True
 
     def _wait(self, topic: str, body: bytes) -> None:
+        if not self._waiting:
+            log.info("\"ready\" messages wait for the broker (the hub is not connected)")
         if len(self._waiting) >= MAX_WAITING:
             self._waiting.popleft()
             self.stats.dropped += 1
+            if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                log.warning("%d \"ready\" messages dropped while the broker was away (the newest %d wait)",
+                            self.stats.dropped, MAX_WAITING)
         self._waiting.append((topic, body))
 
     async def _on_connect(self) -> None:
+        sent = 0
         while self._waiting:
             topic, body = self._waiting[0]
             if not self._send(topic, body):
                 return
             self._waiting.popleft()
             self.stats.waited += 1
+            sent += 1
+        if sent:
+            log.info("%d \"ready\" messages that waited for the broker sent", sent)
         self._board_key = None  # publish the board again: the broker may have lost it
         self._dirty.set()
 

@@ -144,27 +144,38 @@ def state_of(hub: Hub, ticket_id: str) -> str:
 # --- taps ---------------------------------------------------------------------------------------
 
 
-async def tap_with_mouse(page: Any, ticket_id: str, hold_s: float) -> bool:
-    """Press on the card and hold; False when the card left the page before the press (raised
-    tickets of other orders pushed it to the next page): no tap happened then."""
+async def tap_with_mouse(page: Any, ticket_id: str, hold_s: float) -> None:
+    """Press on the card and hold; no press when the card left the page first (raised tickets of
+    other orders pushed it to the next page). What was pressed, the page says (``presses``)."""
     # Playwright presses where the card is when the press starts, and only on that card.
-    try:
+    with contextlib.suppress(playwright_api.TimeoutError):
         await page.locator(f'article.ticket[data-ticket="{ticket_id}"]').click(delay=hold_s * 1000, timeout=4_000)
-    except playwright_api.TimeoutError:
-        return False
-    return True
 
 
-async def tap_with_finger(page: Any, ticket_id: str, hold_s: float) -> bool:
+async def tap_with_finger(page: Any, ticket_id: str, hold_s: float) -> None:
     box = await page.locator(f'article.ticket[data-ticket="{ticket_id}"]').bounding_box()
     if box is None:
-        return False
+        return
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     cdp = page.cdp
     await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
     await asyncio.sleep(hold_s)
     await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-    return True
+
+
+# Which ticket each press went down on, as the page itself saw it (a capture listener the test
+# adds): a click that timed out under load may still have pressed, so the page is asked, not
+# the click's outcome.
+RECORD_PRESSES = """() => { window.presses = [];
+  document.addEventListener("pointerdown", (e) => {
+    const card = e.target.closest && e.target.closest("article.ticket");
+    window.presses.push(card ? card.dataset.ticket : "");
+  }, true); }"""
+
+
+async def presses(page: Any) -> list[str]:
+    """The tickets pressed on ``page`` since the last call ("" for a press beside every card)."""
+    return list(await page.evaluate("() => window.presses.splice(0)"))
 
 
 SCREENS = 12
@@ -177,7 +188,8 @@ async def tap_randomly(page: Any, hub: Hub, station: str, taps: int, rng: random
     """``taps`` taps on this station's tickets: each held 50-1500 ms (log-uniform: most taps are
     short), each starting at a random moment of the page's one-second clock and of the changes
     arriving. A tap starts a new ticket and bumps a started one; a ticket is tapped again only
-    once the screen shows what its last tap did, as a cook would."""
+    once the screen shows what its last tap did, as a cook would. A tap counts for the ticket the
+    page saw pressed (a card may move as the finger comes down)."""
     done = 0
     while done < taps:
         await asyncio.sleep(rng.uniform(0.0, 1.0))
@@ -189,9 +201,11 @@ async def tap_randomly(page: Any, hub: Hub, station: str, taps: int, rng: random
         assert candidates, f"no ticket left to tap at {station}: {cards}"
         target = rng.choice(candidates)
         hold = math.exp(rng.uniform(math.log(0.05), math.log(1.5)))
-        if await (tap_with_finger if finger else tap_with_mouse)(page, target, hold):
-            counted[target] = counted.get(target, 0) + 1
-            done += 1
+        await (tap_with_finger if finger else tap_with_mouse)(page, target, hold)
+        for pressed in await presses(page):
+            if pressed:  # (a finger that came down as its card moved away pressed nothing)
+                counted[pressed] = counted.get(pressed, 0) + 1
+                done += 1
 
 
 async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Event, rng: random.Random) -> int:
@@ -242,6 +256,8 @@ async def test_taps_of_any_length_at_random_phases_all_register(hub: Hub, config
                                        for i, s in enumerate(stations)))
         for i in fingers:
             pages[i].cdp = await pages[i].context.new_cdp_session(pages[i])
+        for page in pages:
+            await page.evaluate(RECORD_PRESSES)
         churning = asyncio.create_task(churn(hub, config, stations, stop, random.Random(7)))
         started = time.monotonic()
         await asyncio.gather(*(tap_randomly(p, hub, s, TAPS, random.Random(rng.random()), i in fingers, counted)
@@ -256,13 +272,13 @@ async def test_taps_of_any_length_at_random_phases_all_register(hub: Hub, config
         for page in pages:
             assert page.errors == []
         print(f"{sum(counted.values())} taps in {time.monotonic() - started:.1f} s with {changes} changes meanwhile")
-    assert sum(counted.values()) == SCREENS * TAPS >= 100
+    assert sum(counted.values()) >= SCREENS * TAPS >= 100
     wrong = {t: f"{state_of(hub, t)}, not {state}" for t, state in expected.items() if state_of(hub, t) != state}
     assert wrong == {}, f"{len(wrong)} of {sum(counted.values())} taps lost or counted twice"
     # Nothing else moved: every one of these stations' tickets that is not new was tapped.
     moved = {t.ticket_id for t in hub.kitchen._tickets.values()
              if t.station in stations and t.state != "new" and not t.ticket_id.startswith("churn")}
-    assert moved == set(expected)
+    assert moved == {t for t in expected if not t.startswith("churn")}
 
 
 # --- keys ---------------------------------------------------------------------------------------

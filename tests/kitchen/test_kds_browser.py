@@ -29,6 +29,7 @@ import pytest
 from edgehub.broker import MosquittoProcess
 from edgehub.config import Config
 from edgehub.hub import Hub
+from edgehub.kitchen.progress import station_of
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, keep, needs_chromium
 from tests.conftest import SCREEN_TOKEN, Terminal, display_secret, order, write_config
 
@@ -271,10 +272,18 @@ async def test_taps_of_any_length_at_random_phases_all_register(hub: Hub, config
                     await asyncio.sleep(0.05)
         for page in pages:
             assert page.errors == []
+        # What each page says it did (taps it sent, its status line's changes, its last notice):
+        # read when a tap is reported lost below.
+        said = {s: await p.evaluate("() => ({sent: window.kds.taps, status: window.kds.status.map(s => s.text), "
+                                    "notice: document.getElementById('message').textContent})")
+                for p, s in zip(pages, stations, strict=True)}
         print(f"{sum(counted.values())} taps in {time.monotonic() - started:.1f} s with {changes} changes meanwhile")
     assert sum(counted.values()) >= SCREENS * TAPS >= 100
     wrong = {t: f"{state_of(hub, t)}, not {state}" for t, state in expected.items() if state_of(hub, t) != state}
-    assert wrong == {}, f"{len(wrong)} of {sum(counted.values())} taps lost or counted twice"
+    pressed = {s: sum(n for t, n in counted.items() if station_of(t) == s) for s in stations}
+    assert wrong == {}, (f"{len(wrong)} of {sum(counted.values())} taps lost or counted twice; the screens "
+                         f"that pressed them: " + "; ".join(f"{s}: {pressed[s]} pressed, {said[s]}"
+                                                           for s in sorted({station_of(t) for t in wrong})))
     # Nothing else moved: every one of these stations' tickets that is not new was tapped.
     moved = {t.ticket_id for t in hub.kitchen._tickets.values()
              if t.station in stations and t.state != "new" and not t.ticket_id.startswith("churn")}

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.session import MqttSession
 from edgehub.config import Config
 from edgehub.hub import Hub
 from edgehub.kitchen.progress import station_of
@@ -132,14 +132,14 @@ async def send_orders(config: Config, station: str, count: int, prefix: str = ""
 async def wait_state(hub: Hub, ticket_id: str, state: str, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while True:
-            ticket = hub.kitchen._tickets.get(ticket_id)
+            ticket = hub.kitchen._tickets.get(ticket_id)  # noqa: SLF001
             if ticket is not None and ticket.state == state:
                 return
             await asyncio.sleep(0.02)
 
 
 def state_of(hub: Hub, ticket_id: str) -> str:
-    return hub.kitchen._tickets[ticket_id].state
+    return hub.kitchen._tickets[ticket_id].state  # noqa: SLF001
 
 
 # --- taps ---------------------------------------------------------------------------------------
@@ -213,8 +213,8 @@ async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Eve
     """Meanwhile the screens keep changing: new orders (new cards), amends (cards change size),
     and priority changes from a native kitchen screen on MQTT (cards change place)."""
     changes = 0
-    native = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username="kds-1",
-                            password="pw-kds-1", identifier=f"churn-{time.monotonic_ns()}")
+    native = MqttSession(config.broker.listen.host, config.broker.listen.port, username="kds-1",
+                         password="pw-kds-1", client_id=f"churn-{time.monotonic_ns()}")
     async with Terminal(config, "pos-2") as pos, native:
         n = 0
         while not stop.is_set():
@@ -222,7 +222,7 @@ async def churn(hub: Hub, config: Config, stations: list[str], stop: asyncio.Eve
             n += 1
             await pos.send(order(f"churn-{station}-{n}", lines=dish_lines(n, station)))
             await pos.ack()
-            open_ids = [t.ticket_id for t in hub.kitchen._tickets.values()
+            open_ids = [t.ticket_id for t in hub.kitchen._tickets.values()  # noqa: SLF001
                         if t.station == station and t.state == "new" and t.ticket_id.startswith("churn")]
             if open_ids:
                 target = rng.choice(open_ids)
@@ -285,7 +285,7 @@ async def test_taps_of_any_length_at_random_phases_all_register(hub: Hub, config
                          f"that pressed them: " + "; ".join(f"{s}: {pressed[s]} pressed, {said[s]}"
                                                            for s in sorted({station_of(t) for t in wrong})))
     # Nothing else moved: every one of these stations' tickets that is not new was tapped.
-    moved = {t.ticket_id for t in hub.kitchen._tickets.values()
+    moved = {t.ticket_id for t in hub.kitchen._tickets.values()  # noqa: SLF001
              if t.station in stations and t.state != "new" and not t.ticket_id.startswith("churn")}
     assert moved == {t for t in expected if not t.startswith("churn")}
 
@@ -325,13 +325,13 @@ async def test_each_bump_bar_key_does_its_job(hub: Hub, config: Config) -> None:
         await page.keyboard.press("1")
         await page.keyboard.press("+")  # priority up: it stays first, now P1
         async with asyncio.timeout(5):
-            while hub.kitchen._tickets[ids[0]].priority != 1:
+            while hub.kitchen._tickets[ids[0]].priority != 1:  # noqa: SLF001
                 await asyncio.sleep(0.02)
         await page.keyboard.press("2")
         second = await selected(page)
         await page.keyboard.press("-")  # priority down: it goes to the end
         async with asyncio.timeout(5):
-            while hub.kitchen._tickets[second].priority != -1:
+            while hub.kitchen._tickets[second].priority != -1:  # noqa: SLF001
                 await asyncio.sleep(0.02)
         async with asyncio.timeout(5):  # lowered, it goes after the others: off this page
             while second in await shown(page):
@@ -440,7 +440,7 @@ async def test_a_tap_starts_another_bumps_priority_and_recall(hub: Hub, config: 
         await page.wait_for_selector("#banner:has-text('raise')")
         await second.click()
         async with asyncio.timeout(5):
-            while hub.kitchen._tickets["F-2/grill/1"].priority != 1:
+            while hub.kitchen._tickets["F-2/grill/1"].priority != 1:  # noqa: SLF001
                 await asyncio.sleep(0.02)
         assert state_of(hub, "F-2/grill/1") == "new"
         # Raised, it goes first: position 1 on the screen, marked P1.
@@ -494,7 +494,7 @@ async def test_the_screen_says_offline_when_orders_cannot_reach_it(config: Confi
             await broker.stop()
             await page.wait_for_selector("#conn.no-orders:has-text('no new orders')", timeout=5_000)
             assert "orders cannot reach it" in await page.inner_text("#banner")
-            broker._stopping = False
+            broker._stopping = False  # noqa: SLF001
             await broker.start()
             await page.wait_for_selector("#conn.live", timeout=15_000)
             assert await page.is_hidden("#banner")

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, load_config
+from edgehub.errors import MqttError
 from edgehub.hub import Hub
 from tests.conftest import SCREEN_TOKEN, Terminal, order, write_config
 from tests.kitchen.conftest import KITCHEN_TOML
@@ -42,9 +43,8 @@ class Listener:
 
     def __init__(self, config: Config, terminal: str, *topics: str) -> None:
         self.topics = topics
-        self.client = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username=terminal,
-                                     password=f"pw-{terminal}", identifier=f"listen-{terminal}-{time.monotonic_ns()}",
-                                     protocol=aiomqtt.ProtocolVersion.V5)
+        self.client = MqttSession(config.broker.listen.host, config.broker.listen.port, username=terminal,
+                                  password=f"pw-{terminal}", client_id=f"listen-{terminal}-{time.monotonic_ns()}")
         self.inbox: asyncio.Queue[tuple[str, dict[str, Any], bool]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -59,13 +59,12 @@ class Listener:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(MqttError):
             await self.client.__aexit__(None, None, None)
 
     async def _listen(self) -> None:
         async for message in self.client.messages:
-            assert isinstance(message.payload, bytes)
-            await self.inbox.put((message.topic.value, json.loads(message.payload), message.retain))
+            await self.inbox.put((message.topic, json.loads(message.payload), message.retain))
 
     async def next(self, schema: str, timeout: float = 5.0) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
@@ -153,8 +152,8 @@ async def test_only_the_hub_speaks_on_ready_and_the_board(hub: Hub, config: Conf
     async with Listener(config, "pager-1", topics.all_order_ready, topics.pickup_board) as pager:
         await pager.next("pickup-board/1")  # the retained board, as any display that connects gets it
         for terminal in ("pos-1", "pager-1", "display-1"):
-            async with aiomqtt.Client("127.0.0.1", config.broker.listen.port, username=terminal,
-                                      password=f"pw-{terminal}", identifier=f"spoof-{terminal}") as spoof:
+            async with MqttSession("127.0.0.1", config.broker.listen.port, username=terminal,
+                                   password=f"pw-{terminal}", client_id=f"spoof-{terminal}") as spoof:
                 await spoof.publish(topics.order_ready("pos-1"), b'{"schema":"order-ready/1","event":"order_ready"}',
                                     qos=1)
                 await spoof.publish(topics.pickup_board, b'{"schema":"pickup-board/1","ready":[]}', qos=1)
@@ -205,7 +204,7 @@ async def test_ready_waits_while_the_broker_is_away(tmp_path: Path) -> None:
                 assert (await command(grill, "bump", "w1/grill/1"))["ok"]  # the screen works on
                 await asyncio.sleep(2.5)  # the hub's reconnect backoff grows meanwhile
                 assert hub.ready_board.status()["waiting"] == 1
-                broker._stopping = False
+                broker._stopping = False  # noqa: SLF001
                 await broker.start()
                 async with Listener(config, "pos-1", topics.order_ready("pos-1")) as till:
                     heard = await till.next("order-ready/1", timeout=15)

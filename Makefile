@@ -60,9 +60,12 @@ screenshots: WITH_BROWSER = 1
 screenshots: deps
 	EDGEHUB_ARTIFACTS=$(CURDIR)/artifacts $(PY) -m pytest -q $$(grep -rl --include='*.py' 'screenshot(' tests | grep -v '^tests/browser.py$$')
 
-# Long runs kept out of `make test`: the power-cut test with a 2-minute store run and 3,000 cuts.
+# Long runs kept out of `make test`: the power-cut test with a 2-minute store run and 3,000 cuts;
+# the kitchen screens tapped 100 times each (1,200 taps).
+soak: WITH_BROWSER = 1
 soak: deps native
 	EDGEHUB_SOAK=1 $(PY) -m pytest -q tests/powercut
+	EDGEHUB_KDS_TAPS=100 $(PY) -m pytest -q tests/kitchen/test_kds_browser.py -k taps
 
 # Native helpers: the Pi profile's SD-card sync shim (LD_PRELOAD) for the benches, and the
 # recorded disk of the power-cut tests (FUSE).

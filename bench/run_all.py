@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("intake", "store", "kitchen", "uplink", "failover", "qrpay", "footprint", "storeday")
+BENCHES = ("intake", "store", "kitchen", "ready", "uplink", "failover", "qrpay", "footprint", "storeday")
 PI_ARGS = {
     "intake": ["--orders", "2000", "--rate", "20", "--seconds", "15", "--rounds", "2"],
     "store": ["--rate", "20", "--seconds", "30", "--step-s", "8"],
     "kitchen": ["--orders", "1000", "--rate", "20", "--seconds", "15"],
+    "ready": ["--rate", "20", "--seconds", "15"],
     "uplink": ["--backlog", "60000", "--rate", "20"],
     "failover": ["--trials", "24"],
     "qrpay": ["--payments", "100"],
@@ -43,6 +44,9 @@ ROWS: list[Row] = [
     ("store", "highest rate, ack p99 < 100 ms (/s)", lambda r: r["max_rate_p99_under_100ms"], ">= 20",
      lambda v: v >= 20),
     ("kitchen", "order -> ticket p99 (ms)", lambda r: r["p99_ms"], "< 25 host, < 50 at 20/s pi", None),
+    ("ready", "bump -> till hears ready p99 (ms)", lambda r: r["p99_ms"], "< 50 at 200/s host, 20/s pi",
+     lambda v: v < 50),
+    ("ready", "ready p99 / raw relay p99", lambda r: r["ratio_p99"], "", None),
     ("uplink", "backlog drain (rows/s)", lambda r: r["drain_per_s"], "", None),
     ("uplink", "drain / raw ceiling", lambda r: r["ratio"], ">= 0.7", lambda v: v >= 0.7),
     ("uplink", "till ack p99, full-speed drain (ms)", lambda r: r["live_p99_ms"], "", None),

@@ -68,22 +68,34 @@ def acl_text(config: Config) -> str:
             f"topic write {topics.terminal_tree(tid)}",
             f"topic read {topics.terminal_tree(tid)}",
             f"topic read {topics.hub_state}",
-            # Roles: the last level of a command is the terminal, so the hub knows who asks (it
-            # answers only into that terminal's tree and keeps each payment to its terminal).
-            # Any terminal may print; a till or kiosk may pay and settle on its pinpad roles; a
-            # kitchen screen never (a tablet on the pass never takes a card). All read role
-            # state and events.
-            f"topic write {topics.role_command('+', 'print', tid)}",
         ]
-        if terminal.kind != "kds":
-            for role in terminal.pinpad_roles if terminal.pinpad_roles is not None else ("+",):
-                lines += [f"topic write {topics.role_command(role, 'pay', tid)}",
-                          f"topic write {topics.role_command(role, 'settle', tid)}"]
-        lines += [
-            f"topic read {topics.role_binding('+')}",
-            f"topic read {topics.role_state('+')}",
-            f"topic read {topics.role_event('+', '+')}",
-        ]
+        if terminal.kind in ("pos", "kiosk", "kds"):
+            lines += [
+                # Roles: the last level of a command is the terminal, so the hub knows who asks (it
+                # answers only into that terminal's tree and keeps each payment to its terminal).
+                # Tills, kiosks and kitchen screens may print; a till or kiosk may pay and settle
+                # on its pinpad roles; a kitchen screen never (a tablet on the pass never takes a
+                # card). They read role state and events.
+                f"topic write {topics.role_command('+', 'print', tid)}",
+            ]
+            if terminal.kind != "kds":
+                for role in terminal.pinpad_roles if terminal.pinpad_roles is not None else ("+",):
+                    lines += [f"topic write {topics.role_command(role, 'pay', tid)}",
+                              f"topic write {topics.role_command(role, 'settle', tid)}"]
+            lines += [
+                f"topic read {topics.role_binding('+')}",
+                f"topic read {topics.role_state('+')}",
+                f"topic read {topics.role_event('+', '+')}",
+            ]
+        if terminal.kind in ("pos", "kiosk"):
+            # "Ready" for its own orders; a till also sees the pickup board.
+            lines.append(f"topic read {topics.order_ready(tid)}")
+            if terminal.kind == "pos":
+                lines.append(f"topic read {topics.pickup_board}")
+        if terminal.kind in ("pager", "display"):
+            # A pager gateway or a customer display hears "ready" for every order and reads the
+            # board; it writes nothing but its own tree (no printing, no paying).
+            lines += [f"topic read {topics.all_order_ready}", f"topic read {topics.pickup_board}"]
         if terminal.kind == "kds":
             # A screen reads its stations' tickets and writes only their commands and snapshot
             # requests: the events, alerts, replies and snapshots screens trust are the hub's,

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,6 +154,9 @@ def ready_block(hub: Hub, args: argparse.Namespace, reveal: bool, cloud: SimClou
         else:
             link = hub.screens.link(station, page) if reveal else f"{page}kds/{station}?token=<its screen secret>"
         lines.append(f"             {station:<{width}}  {link}")
+    for display in (t for t in cfg.terminals if t.kind == "display" and t.screen_token):
+        secret = urllib.parse.quote(display.screen_token, safe="") if reveal else "<its screen secret>"
+        lines.append(f"  pickup     {page}pickup?token={secret}   (the pickup board, {display.id})")
     lines += [f"  broker     mqtt://{terminal_address(hub)} for terminals"
               + (f" (the hub's own: mqtt://{hub.bus.host}:{hub.bus.port})" if hub.config.broker.lan_listen else ""),
               f"  health     {page}healthz",

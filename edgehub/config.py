@@ -158,6 +158,29 @@ class LimitsConfig:
     order_burst: int = 500
 
 
+TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+# Kinds with a page on the box, opened with the terminal's screen secret: kitchen screens
+# (/kds/{station}) and customer displays (/pickup).
+SCREEN_KINDS = ("kds", "display")
+# What a bump bar (a keyboard by another name) or keyboard does on a kitchen screen, each action
+# with the ``KeyboardEvent.key`` names that trigger it; ``select`` is positional: its Nth key
+# selects the Nth ticket of the page. "Space" stands for " ". docs/kitchen.md, Bump bars.
+SCREEN_KEY_ACTIONS = ("select", "bump", "start", "recall", "next_page", "prev_page", "next", "prev",
+                      "raise", "lower")
+DEFAULT_SCREEN_KEYS: Mapping[str, tuple[str, ...]] = {
+    "select": ("1", "2", "3", "4", "5", "6", "7", "8", "9"),
+    "bump": ("Enter",),
+    "start": (" ",),
+    "recall": ("r", "Backspace"),
+    "next_page": ("PageDown",),
+    "prev_page": ("PageUp",),
+    "next": ("ArrowRight", "ArrowDown"),
+    "prev": ("ArrowLeft", "ArrowUp"),
+    "raise": ("+",),
+    "lower": ("-",),
+}
+
+
 @dataclass(frozen=True)
 class TerminalConfig:
     id: str
@@ -167,8 +190,14 @@ class TerminalConfig:
     # stations existed). pos/kiosk: the pinpad roles it may start payments on (None: every one).
     stations: tuple[str, ...] | None = None
     pinpad_roles: tuple[str, ...] | None = None
-    # kds: the secret of its web page (/kds/{station}?token=…); drives only its stations.
+    # kds/display: the secret of its web page (/kds/{station} or /pickup); a kitchen screen's
+    # drives only its stations.
     screen_token: str = field(default="", repr=False)
+    # kds/display: the page's type size (1 = the default, readable from about 2 m), whether it
+    # sounds on a new or late ticket (kds) or a ready order (display), and (kds) the keys.
+    screen_scale: float = 1.0
+    screen_sound: bool = True
+    screen_keys: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_SCREEN_KEYS))
 
     def drives(self, station: str) -> bool:
         return self.kind == "kds" and (self.stations is None or station in self.stations)
@@ -219,6 +248,8 @@ class KitchenConfig:
     expire_open_after_h: float = 12.0
     # Open tickets per station held in memory for screens; older ones stay in the journal.
     max_open_per_station: int = 500
+    # A ready order's number stays on the pickup board this long unless it is served first.
+    ready_on_board_s: float = 600.0
 
     # Stations not listed, as met (an order line may name any station); bounded, as they come
     # from terminals. Looked up for every ticket event at the rush.
@@ -793,7 +824,8 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
 
 
 TERMINAL_KEYS = ("id", "kind", "password", "password_file", "stations", "pinpad_roles", "screen_token",
-                 "screen_token_file")
+                 "screen_token_file", "screen_scale", "screen_sound", "screen_keys")
+SCREEN_KEYS = ("screen_token", "screen_token_file", "screen_scale", "screen_sound")
 
 
 def _terminals(ck: _Checker, base: Path, data: Mapping[str, Any], hub_user: str) -> list[TerminalConfig]:
@@ -809,26 +841,66 @@ def _terminals(ck: _Checker, base: Path, data: Mapping[str, Any], hub_user: str)
         elif tid and tid.startswith(RESERVED_PREFIX):
             ck.problem(f"{prefix}.id", f"{tid!r}: ids starting with {RESERVED_PREFIX!r} are the box's own clients")
         seen.add(tid or "")
-        kind = ck.get(entry, f"{prefix}.kind", str, "pos",
-                      check=lambda v: None if v in ("pos", "kds", "kiosk") else "must be pos, kds or kiosk")
+        kind = ck.get(entry, f"{prefix}.kind", str, "pos", check=lambda v: None if v in TERMINAL_KINDS
+                      else f"must be one of {', '.join(TERMINAL_KINDS)}")
         password = _secret(ck, base, entry, f"{prefix}.password")
         stations = ck.get(entry, f"{prefix}.stations", list, None, check=_stations_problem)
         pinpads = ck.get(entry, f"{prefix}.pinpad_roles", list, None, check=_pinpad_roles_problem)
         screen_token = _secret(ck, base, entry, f"{prefix}.screen_token", required=False)
+        scale = float(ck.get(entry, f"{prefix}.screen_scale", (int, float), 1.0, check=lambda v: None
+                             if 0.5 <= v <= 3 else f"must be from 0.5 to 3 (1 = the default size), got {v}"))
+        sound = bool(ck.get(entry, f"{prefix}.screen_sound", bool, True))
+        keys = _screen_keys(ck, entry, f"{prefix}.screen_keys")
         if kind != "kds":
-            for key in ("stations", "screen_token", "screen_token_file"):
+            for key in ("stations", "screen_keys"):
                 if key in entry:
                     ck.problem(f"{prefix}.{key}", f"only kitchen screens (kind = \"kds\") have {key}")
-        elif "pinpad_roles" in entry:
-            ck.problem(f"{prefix}.pinpad_roles", "a kitchen screen never takes a payment")
+        if kind not in SCREEN_KINDS:
+            for key in SCREEN_KEYS:
+                if key in entry:
+                    ck.problem(f"{prefix}.{key}", f"only kitchen screens and customer displays (kind = \"kds\" "
+                               f"or \"display\") have {key}")
+        if kind not in ("pos", "kiosk") and "pinpad_roles" in entry:
+            ck.problem(f"{prefix}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment "
+                       "(only pos and kiosk do)")
         if screen_token and len(screen_token) < 16:
             ck.problem(f"{prefix}.screen_token", "must be at least 16 characters")
         terminals.append(TerminalConfig(
             id=tid or "", kind=kind or "pos", password=password,
             stations=tuple(stations) if stations is not None else None,
             pinpad_roles=tuple(pinpads) if pinpads is not None else None,
-            screen_token=screen_token))
+            screen_token=screen_token, screen_scale=scale, screen_sound=sound, screen_keys=keys))
     return terminals
+
+
+def _screen_keys(ck: _Checker, entry: Mapping[str, Any], path: str) -> dict[str, tuple[str, ...]]:
+    """A kitchen screen's keys: the defaults, with the actions the table names replaced. A key
+    bound to two actions is a problem (a bump bar's key must do one thing)."""
+    keys = dict(DEFAULT_SCREEN_KEYS)
+    table = ck.get(entry, path, dict, None)
+    if table is None:
+        return keys
+    for action, names in table.items():
+        where = f"{path}.{action}"
+        if action not in SCREEN_KEY_ACTIONS:
+            ck.problem(where, f"unknown action (known: {', '.join(SCREEN_KEY_ACTIONS)})")
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 24 for n in names):
+            ck.problem(where, f"must be a list of key names such as [\"Enter\", \"b\"], got {names!r}")
+            continue
+        if action == "select" and len(names) > 9:
+            ck.problem(where, f"has {len(names)} keys; select takes at most 9 (one per position)")
+            continue
+        keys[action] = tuple(" " if n == "Space" else n for n in names)
+    owner: dict[str, str] = {}
+    for action, names in keys.items():
+        for name in names:
+            folded = name.lower() if len(name) == 1 else name
+            if folded in owner and owner[folded] != action:
+                shown = "Space" if name == " " else name
+                ck.problem(path, f"key {shown!r} is bound to both {owner[folded]} and {action}")
+            owner[folded] = action
+    return keys
 
 
 def _stations_problem(values: list[Any]) -> str | None:
@@ -937,7 +1009,7 @@ def _seconds(value: int | float) -> str | None:
 def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) -> KitchenConfig:
     t = ck.table(data, "kitchen", {"default_station", "amber_after_s", "red_after_s", "stations", "rules",
                                    "screen_token", "screen_token_file", "expire_open_after_h",
-                                   "max_open_per_station"})
+                                   "max_open_per_station", "ready_on_board_s"})
     default_station = ck.get(t, "kitchen.default_station", str, "kitchen", check=_station_check) or "kitchen"
     amber = float(ck.get(t, "kitchen.amber_after_s", (int, float), 480.0, check=_seconds))
     red = float(ck.get(t, "kitchen.red_after_s", (int, float), 720.0, check=_seconds))
@@ -947,6 +1019,8 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
                             if 1 <= v <= 168 else f"must be from 1 to 168 hours (a week), got {v}"))
     max_open = int(ck.get(t, "kitchen.max_open_per_station", int, 500, check=lambda v: None
                           if 50 <= v <= 5000 else f"must be from 50 to 5000 tickets, got {v}"))
+    on_board = float(ck.get(t, "kitchen.ready_on_board_s", (int, float), 600.0, check=lambda v: None
+                            if 10 <= v <= 7200 else f"must be from 10 to 7200 seconds, got {v}"))
     screen_token = _secret(ck, base, t, "kitchen.screen_token", required=False)
     if screen_token and len(screen_token) < 16:
         ck.problem("kitchen.screen_token", "must be at least 16 characters")
@@ -995,7 +1069,7 @@ def _kitchen(ck: _Checker, base: Path, data: Mapping[str, Any], api_token: str) 
     return KitchenConfig(default_station=default_station, amber_after_s=amber, red_after_s=red,
                          stations=stations, sku_rules=found["sku"], category_rules=found["category"],
                          screen_token=screen_token, expire_open_after_h=expire_h,
-                         max_open_per_station=max_open)
+                         max_open_per_station=max_open, ready_on_board_s=on_board)
 
 
 def _cidr_problem(values: list[Any]) -> str | None:

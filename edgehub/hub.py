@@ -29,7 +29,7 @@ from edgehub.config import Address, Config
 from edgehub.context import Context
 from edgehub.devices import DeviceRegistry
 from edgehub.instance import InstanceLock, check_ports
-from edgehub.kitchen.screens import screen_secrets
+from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
 from edgehub.logs import RecentLines
 from edgehub.roles import KitchenSlips
 from edgehub.sdnotify import Notifier
@@ -102,12 +102,15 @@ class Hub:
                                                   usb_backend=usb_backend,
                                                   advertise=(config.store.id, config.api.listen.port, __version__)))
         self.roles = self.add(roles.setup(ctx, config, self.registry, wan_down=self.cloud.wan_down))
-        self.kitchen = self.add(kitchen.setup(ctx, config.kitchen, config.limits,
-                                              terminal_kinds={t.id: t.kind for t in config.terminals},
-                                              printer=KitchenSlips(self.roles.printqueue),
-                                              downlink=self.cloud.downlink))
-        self.screens = self.add(kitchen.setup_screens(self.kitchen, screen_secrets(config), self.api.failures,
+        self.kitchen = self.add(kitchen.setup(
+            ctx, config.kitchen, config.limits, terminal_kinds={t.id: t.kind for t in config.terminals},
+            screen_stations=[s for t in config.terminals if t.kind == "kds" for s in t.stations or ()],
+            printer=KitchenSlips(self.roles.printqueue), downlink=self.cloud.downlink))
+        logins = ScreenLogins(screen_logins(config), mistaken_secrets(config))
+        self.screens = self.add(kitchen.setup_screens(self.kitchen, logins, self.api.failures,
                                                       broker_link=self.healthy))
+        self.ready_board = self.add(kitchen.setup_ready(ctx, self.kitchen, config.kitchen))
+        self.add(kitchen.setup_pickup(self.ready_board, logins, self.api.failures, self.screens.status))
         self.reports = self.add(reports.setup(ctx, config, KitchenSlips(self.roles.printqueue)))
         self.support = self.add(support.setup(ctx, config, SupportPorts(
             status=self.status, broker_address=lambda: Address(self.bus.host, self.bus.port),

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgehub.bus import payloads
@@ -228,7 +228,9 @@ class Intake(Component):
                 reason = result.conflict or f"payload: {result.error}"
                 refused.append(_Refused(item.topic, item.raw, reason, order.order_id, item.ack_topic, item.props))
             else:
-                await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=result.duplicate),
+                order = replace(order, seq=result.seq)
+                await self._ack(item.ack_topic, payloads.ack(order.order_id, "accepted", duplicate=result.duplicate,
+                                                             order_no=order.order_no),
                                 item.props, started, "accepted")
                 if result.duplicate:
                     self.stats.duplicates += 1

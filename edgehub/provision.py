@@ -63,7 +63,8 @@ SERVICE_USER = "edgehub"
 BROKER_GROUP = "mosquitto"
 HUB_USER = "edgehub-hub"
 MARKER = "provisioned.json"
-TERMINAL_KINDS = ("pos", "kds", "kiosk")
+TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+SCREEN_KINDS = ("kds", "display")  # kinds with a page on the box, opened with a screen secret
 # TLS only: the enrollment token is the box's way into the chain's cloud (mqtt:// is for tests,
 # through the config file, never through provisioning).
 CLOUD_SCHEMES = ("mqtts",)
@@ -323,8 +324,9 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         pinpads = _name_list(entry, "pinpad_roles", key, problem, _pinpad_problem)
         if stations is not None and kind != "kds":
             problem(f"{key}.stations", "only kitchen screens (kind = \"kds\") have stations")
-        if pinpads is not None and kind == "kds":
-            problem(f"{key}.pinpad_roles", "a kitchen screen never takes a payment")
+        if pinpads is not None and kind not in ("pos", "kiosk"):
+            problem(f"{key}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment (only pos and "
+                    "kiosk do)")
         if tid:
             seen.add(tid)
             terminals.append(Terminal(tid, str(kind), stations, pinpads))
@@ -554,7 +556,7 @@ def render_config(request: Request, layout: Layout) -> str:
             f"kind = {q(terminal.kind)}",
             f"password_file = {q('secrets/terminal-' + terminal.id)}",
         ]
-        if terminal.kind == "kds":
+        if terminal.kind in SCREEN_KINDS:
             lines.append(f"screen_token_file = {q('secrets/screen-' + terminal.id)}")
         if terminal.stations is not None:
             lines.append(f"stations = [{', '.join(q(s) for s in terminal.stations)}]")
@@ -650,7 +652,7 @@ def wanted_secrets(request: Request) -> list[tuple[str, str | None]]:
     wanted += [("api-token", None), ("broker-hub", None)]
     for terminal in request.terminals:
         wanted.append((f"terminal-{terminal.id}", None))
-        if terminal.kind == "kds":
+        if terminal.kind in SCREEN_KINDS:
             wanted.append((f"screen-{terminal.id}", None))
     return wanted
 
@@ -773,9 +775,10 @@ def summary(request: Request, layout: Layout, outcome: Outcome, dry_run: bool = 
         lines.append(f"  https      {fingerprint(layout.tls_cert)} (the browser must show the same)")
     lines.append(f"  log in     on the box page with the API token: sudo cat {layout.secrets_dir / 'api-token'}")
     for terminal in request.terminals:
-        if terminal.kind == "kds":
+        if terminal.kind in SCREEN_KINDS:
             station = terminal.stations[0] if terminal.stations else "{station}"
-            lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/kds/{station}?token=<the "
+            page = f"kds/{station}" if terminal.kind == "kds" else "pickup"
+            lines.append(f"  screen     {terminal.id}: https://{addresses[0]}:{port}/{page}?token=<the "
                          f"secret in {layout.secrets_dir}/screen-{terminal.id}>")
     lines.append("  screens    open its link once on each kitchen screen; the box page lists every station's "
                  "link (Orders and kitchen)")

@@ -67,11 +67,18 @@ token = "{API_TOKEN}"
 {_with_screen_token(extra)}
 """
     for terminal in terminals:
-        kind = "kds" if terminal.startswith("kds") else "kiosk" if terminal.startswith("kiosk") else "pos"
+        kind = next((k for k in ("kds", "display", "pager", "kiosk") if terminal.startswith(k)), "pos")
         text += f'\n[[terminal]]\nid = "{terminal}"\nkind = "{kind}"\npassword = "pw-{terminal}"\n'
+        if kind == "display":  # a customer display's page (/pickup) takes its own screen secret
+            text += f'screen_token = "{display_secret(terminal)}"\n'
     path = directory / "edgehub.toml"
     path.write_text(text)
     return path
+
+
+def display_secret(terminal: str) -> str:
+    """The screen secret ``write_config`` gives a customer display (a terminal named display-…)."""
+    return f"screen-{terminal}-0123456789"
 
 
 def _with_screen_token(extra: str) -> str:

@@ -148,3 +148,42 @@ def test_the_packet_and_order_limits_are_the_configs() -> None:
     assert message["x-max-bytes"] == LimitsConfig().max_order_bytes
     assert message["x-max-bytes"] <= store["x-maximum-packet-size"] - PUBLISH_HEADROOM
     assert message["x-max-depth"] == MAX_DEPTH
+
+
+def test_order_progress_states_and_events_are_the_kitchens() -> None:
+    from edgehub.kitchen.progress import FRONT_EVENTS, ORDER_STATES
+
+    ready = ("messages", "OrderReady", "payload", "properties")
+    assert enum(*ready, "event") == set(FRONT_EVENTS)
+    assert enum(*ready, "state") == set(ORDER_STATES)
+    assert enum(*ready, "ticket", "properties", "state") == set(STATES)
+
+
+def test_every_topic_the_hub_speaks_is_a_documented_channel() -> None:
+    """Each topic edgehub/bus/topics.py spells (not the filters, prefixes and parsers) is a channel."""
+    import inspect
+
+    from edgehub.bus.topics import Topics
+
+    topics = Topics("{store}")
+    channels = set(SPEC["channels"])
+    prefixes = {"root", "kds", "device", "terminal_tree", "own_tree", "kds_reply_tree"}
+    names = {"device_id": "device"}  # the parameter's name in the channel
+    checked = []
+    for name, member in inspect.getmembers(Topics):
+        if name.startswith("_") or name in prefixes:
+            continue
+        if isinstance(member, property):
+            topic = getattr(topics, name)
+        elif inspect.isfunction(member):
+            params = list(inspect.signature(member).parameters)[1:]
+            if "topic" in params:
+                continue  # a parser: which terminal or station a topic names
+            topic = member(topics, *("{" + names.get(p, p) + "}" for p in params))
+        else:
+            continue
+        if "+" in topic or "#" in topic:
+            continue  # a subscription filter
+        assert topic in channels, f"Topics.{name} ({topic}) is not in docs/asyncapi.yaml"
+        checked.append(name)
+    assert {"order_ready", "pickup_board", "kds_event", "ack"} <= set(checked)

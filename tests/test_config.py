@@ -107,7 +107,76 @@ def test_terminals_duplicate_id_and_bad_kind(tmp_path: Path) -> None:
                     '\n[[terminal]]\nid = "pos-1"\nkind = "tablet"\npassword = "b"\n')
     found = "\n".join(problems(tmp_path, text))
     assert ":15: terminal[1].id: 'pos-1' is used twice" in found
-    assert ":16: terminal[1].kind: must be pos, kds or kiosk" in found
+    assert ":16: terminal[1].kind: must be one of pos, kds, kiosk, pager, display" in found
+
+
+def test_screen_settings_and_the_new_kinds(tmp_path: Path) -> None:
+    """A kitchen screen's scale, sound and bump-bar keys; a customer display's page secret; a
+    pager has neither, and neither pays."""
+    text = VALID + """
+[kitchen]
+ready_on_board_s = 300
+
+[[terminal]]
+id = "kds-grill"
+kind = "kds"
+password = "pw"
+screen_token = "grill-screen-secret-0123"
+screen_scale = 1.4
+screen_sound = false
+screen_keys = { bump = ["b", "Space"], start = ["s"], select = ["q", "w"] }
+
+[[terminal]]
+id = "pass"
+kind = "display"
+password = "pw"
+screen_token = "pass-display-secret-0123"
+
+[[terminal]]
+id = "buzzers"
+kind = "pager"
+password = "pw"
+"""
+    path = tmp_path / "edgehub.toml"
+    path.write_text(text)
+    config = load_config(path)
+    grill, display, pager = config.terminals
+    assert (grill.screen_scale, grill.screen_sound) == (1.4, False)
+    assert grill.screen_keys["bump"] == ("b", " ") and grill.screen_keys["select"] == ("q", "w")
+    assert grill.screen_keys["recall"] == ("r", "Backspace")  # the defaults stay for the rest
+    assert display.screen_token == "pass-display-secret-0123" and display.screen_scale == 1.0
+    assert pager.kind == "pager" and config.kitchen.ready_on_board_s == 300
+
+
+def test_bad_screen_settings_name_the_key(tmp_path: Path) -> None:
+    text = VALID + """
+[kitchen]
+ready_on_board_s = 3
+
+[[terminal]]
+id = "kds-grill"
+kind = "kds"
+password = "pw"
+screen_scale = 7
+screen_keys = { bump = ["Enter"], start = ["Enter"], dance = ["d"], select = "1" }
+
+[[terminal]]
+id = "buzzers"
+kind = "pager"
+password = "pw"
+screen_token = "pager-secret-0123456789"
+screen_keys = { bump = ["b"] }
+pinpad_roles = ["pinpad"]
+"""
+    found = "\n".join(problems(tmp_path, text))
+    assert "kitchen.ready_on_board_s: must be from 10 to 7200 seconds, got 3" in found
+    assert "terminal[0].screen_scale: must be from 0.5 to 3 (1 = the default size), got 7" in found
+    assert "terminal[0].screen_keys.dance: unknown action (known: select, bump, start" in found
+    assert "terminal[0].screen_keys.select: must be a list of key names" in found
+    assert "terminal[0].screen_keys: key 'Enter' is bound to both bump and start" in found
+    assert "terminal[1].screen_token: only kitchen screens and customer displays" in found
+    assert "terminal[1].screen_keys: only kitchen screens (kind = \"kds\") have screen_keys" in found
+    assert "terminal[1].pinpad_roles: a terminal of kind 'pager' never takes a payment" in found
 
 
 def test_secret_file_missing_and_both_forms(tmp_path: Path) -> None:

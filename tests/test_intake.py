@@ -24,7 +24,9 @@ async def test_order_is_acked_after_commit_and_journaled_once(hub: Hub, config: 
     async with Terminal(config, "pos-1") as pos:
         await pos.send(order("A-1", table="T4", covers=2, rush=True))
         ack = await pos.ack()
-        assert ack == {"schema": "ack/1", "order_id": "A-1", "status": "accepted", "duplicate": False}
+        # order_no: the order's short number (the store's first order is 1)
+        assert ack == {"schema": "ack/1", "order_id": "A-1", "status": "accepted", "duplicate": False,
+                       "order_no": "1"}
         # The ack came after the commit: the row is there for any other reader right now.
         assert journal_rows(config, "SELECT order_id, terminal FROM orders") == [("A-1", "pos-1")]
         # (the kitchen's ticket rows for the cloud ride with a later commit: only the order's row is asked)
@@ -61,7 +63,8 @@ async def test_an_order_id_reused_for_another_order_is_rejected_not_acked_as_a_d
                               "error": "order_id 'C-1' is taken by an order of terminal pos-1: "
                                        "order ids are unique in the store"}
     assert other_lines["status"] == "rejected" and "other lines" in other_lines["error"]
-    assert resend == {"schema": "ack/1", "order_id": "C-1", "status": "accepted", "duplicate": True}
+    assert resend == {"schema": "ack/1", "order_id": "C-1", "status": "accepted", "duplicate": True,
+                      "order_no": "1"}
     ((terminal, payload),) = journal_rows(config, "SELECT terminal, payload FROM orders")
     assert terminal == "pos-1" and json.loads(str(payload)) == order("C-1", lines=[{"sku": "BURGER", "qty": 1}])
     assert [r[0] for r in journal_rows(config, "SELECT reason FROM deadletters")] == [

@@ -65,6 +65,7 @@ async def test_make_run_shows_the_whole_store_on_the_printed_page(tmp_path: Path
         page_url = re.search(r"  dashboard  (\S+)", out).group(1)  # type: ignore[union-attr]
         token = re.search(r"  log in     with the token (\S+)", out).group(1)  # type: ignore[union-attr]
         assert re.search(r"             wok +http://\S+/kds/wok\?token=\S+", out), out
+        assert re.search(r"  pickup     http://\S+/pickup\?token=\S+ +\(the pickup board, pass-display\)", out), out
         assert "sim terminal --config" in out and "(simulated: the outbox drains there" in out
         assert process.proc is not None
         brokers = [p for p in psutil.Process(process.proc.pid).children() if p.name() == "mosquitto"]

@@ -60,6 +60,9 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic read edgehub/v1/s1/role/+/$binding",
         "topic read edgehub/v1/s1/role/+/$state",
         "topic read edgehub/v1/s1/role/+/evt/+",
+        # "ready" for its own orders only, and the pickup board
+        "topic read edgehub/v1/s1/ready/pos-1",
+        "topic read edgehub/v1/s1/pickup/board",
     ]
 
 

@@ -40,16 +40,36 @@ STATION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 MAX_DEPTH = 32
 
 
+ORDER_NO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,7}\Z")
+ORDER_NO_CYCLE = 999  # the box's short order numbers run 1..999, then start again at 1
+
+
+def order_no_of(doc: dict[str, Any], seq: int) -> str:
+    """An order's short number, the one staff call and a customer display shows: the terminal's
+    own ``order_no`` when it sends one (a till's check number, a pager's number), else the box's,
+    1 to 999 in the order the store's orders were journaled (``orders.seq``), so two orders
+    waiting at the pass at once never share one. Known at the ack, which carries it."""
+    own = doc.get("order_no")
+    if isinstance(own, str) and own:
+        return own
+    return str((seq - 1) % ORDER_NO_CYCLE + 1) if seq > 0 else ""
+
+
 @dataclass(frozen=True)
 class Order:
     order_id: str
     terminal: str
     doc: dict[str, Any]  # the validated payload as received (extra fields kept)
+    seq: int = 0  # the journal's order sequence, once journaled (0 before)
 
     @property
     def lines(self) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = self.doc["lines"]
         return lines
+
+    @property
+    def order_no(self) -> str:
+        return order_no_of(self.doc, self.seq)
 
 
 class Unaddressable(Exception):
@@ -250,6 +270,7 @@ DISCOUNT_FIELDS: tuple[Field, ...] = (
 )
 ORDER_FIELDS: tuple[Field, ...] = (
     Objects("lines", required=True, fields=LINE_FIELDS, min_items=1, noun="line"),
+    Text("order_no", pattern=ORDER_NO_RE, pattern_says="1-8 letters, digits or - (the number staff call)"),
     Text("table"),
     Text("note"),
     Text("course"),
@@ -372,8 +393,10 @@ def with_encoded(head: bytes, fields: dict[str, bytes]) -> bytes:
 
 
 def ack(order_id: str, status: str, duplicate: bool = False, error: str = "",
-        retry_after_s: float | None = None) -> bytes:
+        retry_after_s: float | None = None, order_no: str = "") -> bytes:
     doc: dict[str, Any] = {"schema": ACK_SCHEMA, "order_id": order_id, "status": status, "duplicate": duplicate}
+    if order_no:
+        doc["order_no"] = order_no
     if error:
         doc["error"] = error
     if retry_after_s is not None:
@@ -449,7 +472,7 @@ KDS_SNAPSHOT_REQUEST_SCHEMA = "kds-snapshot-request/1"
 KDS_COMMAND_SCHEMA = "kds-command/1"
 KDS_REPLY_SCHEMA = "kds-reply/1"
 KDS_ALERT_SCHEMA = "kds-alert/1"
-KDS_LINK_SCHEMA = "kds-link/1"  # websocket screens only: whether orders can reach the box now
+KDS_LINK_SCHEMA = "kds-link/1"  # browser screens only: whether orders can reach the box now
 CLOUD_ORDER_SCHEMA = "cloud-order/1"
 CLOUD_KITCHEN_SCHEMA = "cloud-kitchen/1"
 
@@ -622,8 +645,10 @@ def kds_snapshot(station: str, seq: int, now: float, amber_after_s: float, red_a
 
 
 def kds_link(broker_connected: bool, reason: str = "") -> dict[str, Any]:
-    """What a websocket screen is told about the hub's link to the store broker: while it is down
-    no order reaches the kitchen, and a screen that said "live" would lie (docs/kitchen.md)."""
+    """What a browser screen is told about the hub's link to the store broker: while it is down
+    no order reaches the kitchen, and a screen that said "live" would lie (docs/kitchen.md). Sent
+    when the screen connects, at once when the link changes, and every few seconds as the box's
+    heartbeat: a screen that hears nothing says it is offline."""
     doc: dict[str, Any] = {"schema": KDS_LINK_SCHEMA, "broker": "connected" if broker_connected else "down"}
     if reason:
         doc["reason"] = reason
@@ -641,9 +666,46 @@ def kds_reply(command_id: str, ok: bool, error: str = "",
 
 
 def kds_alert(station: str, ticket: dict[str, Any], age_s: float, at: float) -> dict[str, Any]:
-    return {"schema": KDS_ALERT_SCHEMA, "station": station, "level": "red", "ticket_id": ticket["ticket_id"],
-            "order_id": ticket["order_id"], "table": ticket.get("table"), "age_s": round(age_s, 1),
-            "at": round(at, 3)}
+    doc = {"schema": KDS_ALERT_SCHEMA, "station": station, "level": "red", "ticket_id": ticket["ticket_id"],
+           "order_id": ticket["order_id"], "table": ticket.get("table"), "age_s": round(age_s, 1),
+           "at": round(at, 3)}
+    if ticket.get("order_no"):
+        doc["order_no"] = ticket["order_no"]
+    return doc
+
+
+# --- kitchen screens over the box's websocket (/kds/{station}/ws, /pickup/ws) -------------------
+
+KDS_SCREEN_SCHEMA = "kds-screen/1"
+
+
+def kds_screen(station: str, terminal: str, stations: list[str] | None, known: list[str], scale: float,
+               sound: bool, keys: dict[str, list[str]], heartbeat_s: float) -> dict[str, Any]:
+    """A browser screen's first message: who it is logged in as, the stations it drives (None:
+    every one), the box's stations, and its settings (type scale, sound, bump-bar keys)."""
+    return {"schema": KDS_SCREEN_SCHEMA, "station": station, "terminal": terminal, "stations": stations,
+            "known_stations": known, "scale": scale, "sound": sound, "keys": keys, "heartbeat_s": heartbeat_s}
+
+
+# --- ready back to the front: order progress, the pickup board ---------------------------------
+
+ORDER_READY_SCHEMA = "order-ready/1"
+PICKUP_BOARD_SCHEMA = "pickup-board/1"
+
+
+def order_ready(event: str, order: dict[str, Any], ticket: dict[str, Any], at: float) -> dict[str, Any]:
+    """``order-ready/1``: what the front hears of an order's progress (edgehub/kitchen/progress.py):
+    the event, the order's state and tickets after it, and the ticket whose change it was."""
+    return {"schema": ORDER_READY_SCHEMA, "event": event, "at": round(at, 3), **order,
+            "ticket": {"ticket_id": ticket["ticket_id"], "station": ticket["station"], "state": ticket["state"]}}
+
+
+def pickup_board(at: float, preparing: list[dict[str, Any]], ready: list[dict[str, Any]],
+                 preparing_total: int, ready_total: int) -> dict[str, Any]:
+    """``pickup-board/1``: the orders in preparation (oldest first) and ready (newest first), as a
+    screen at the pass shows them; the lists are cut at a screenful, the totals are not."""
+    return {"schema": PICKUP_BOARD_SCHEMA, "at": round(at, 3), "preparing": preparing, "ready": ready,
+            "preparing_total": preparing_total, "ready_total": ready_total}
 
 
 def cloud_kitchen(store_id: str, event: dict[str, Any]) -> bytes:

@@ -121,6 +121,22 @@ class Topics:
         station = topic[len(prefix) :].partition("/")[0]
         return station or None
 
+    # ready back to the front (edgehub/kitchen/progress.py, ready.py): only the hub writes these
+    def order_ready(self, terminal: str) -> str:
+        """Non-retained QoS 1 ``order-ready/1``: an order of ``terminal`` (or one of its tickets)
+        is ready, went back to the kitchen, or left it. Read by that terminal and by every
+        terminal of kind ``pager`` or ``display``."""
+        return f"{self.root}/ready/{terminal}"
+
+    @property
+    def all_order_ready(self) -> str:
+        return f"{self.root}/ready/+"
+
+    @property
+    def pickup_board(self) -> str:
+        """Retained ``pickup-board/1``: the numbers in preparation and ready, for the pass."""
+        return f"{self.root}/pickup/board"
+
     # devices (ids are made topic-safe: no "/", "+", "#")
     def device(self, device_id: str) -> str:
         return f"{self.root}/dev/{topic_level(device_id)}"

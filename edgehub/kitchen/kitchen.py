@@ -40,10 +40,12 @@ from edgehub.intake import ORDER_ACCEPTED
 from edgehub.kitchen.amend import additions, apply_header, diff_lines
 from edgehub.kitchen.face import KitchenMqtt
 from edgehub.kitchen.printing import KitchenPrinter, job_id, slip_ticket
+from edgehub.kitchen.progress import OrderProgress, Progress, progress_of
 from edgehub.kitchen.routing import Routed, Router
 from edgehub.kitchen.tables import TABLES
 from edgehub.kitchen.tickets import (
     BUMPED,
+    HEADER_KEYS,
     LIVE,
     OF_ORDER,
     OPEN,
@@ -61,6 +63,7 @@ from edgehub.kitchen.tickets import (
     stale_open,
     stored_ticket,
     unrouted_orders,
+    with_order_no,
     write_alert,
     write_events,
 )
@@ -75,7 +78,8 @@ FORGET_AFTER_S = 4 * 3600  # a finished ticket older than this leaves memory (ne
 SWEEP_EVERY_S = 600  # how often the journal is searched for open tickets not held in memory
 SWEEP_BATCH = 500  # tickets expired from the journal per sweep
 SCREEN_QUEUE = 2000  # a screen further behind than this is dropped; it reconnects to a snapshot
-HEADER_KEYS = ("table", "covers", "course", "note")
+# What an amend may change in a ticket's header (the order's short number stays).
+AMENDABLE = ("table", "covers", "course", "note")
 
 
 @dataclass
@@ -180,6 +184,8 @@ class Kitchen(Component):
         self.tick_s = tick_s
         self.router = Router(config)
         self.stats = KitchenStats()
+        # Each order's progress (in the kitchen, ready, …) as announced: what the front hears.
+        self.progress = Progress()
         self._tickets: dict[str, Ticket] = {}
         self._by_order: dict[str, list[str]] = {}
         self._seq: dict[str, int] = {}
@@ -196,6 +202,8 @@ class Kitchen(Component):
         self._ticker: asyncio.Task[None] | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
+        # Stations kitchen screens are set up for (their terminals' ``stations``): known stations.
+        self.screen_stations: tuple[str, ...] = ()
 
     def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
         return KitchenMqtt(self).routes()
@@ -249,6 +257,7 @@ class Kitchen(Component):
             self._view_apply(ticket.doc())
         for station, seq in self._seq.items():
             self._view(station).seq = seq
+        self.progress.rebuild(t.doc() for t in loaded.tickets)
         for station, count in loaded.open_counts.items():
             view = self._view(station)
             view.hidden = max(0, count - len(view.tickets))
@@ -458,6 +467,7 @@ class Kitchen(Component):
         for ev in events:
             self.stats.events += 1
             self._view_apply(ev.ticket)
+            self.progress.apply(ev.ticket, ev.event, ev.at)
             view = self._view(ev.station)
             view.seq = max(view.seq, ev.seq)
             feeds = self._feeds.get(ev.station)
@@ -533,7 +543,8 @@ class Kitchen(Component):
         if self._by_order.get(order.order_id):
             return  # already made (the start-up recovery got there first)
         events = self._create(
-            order.order_id, order.terminal, order.doc, self.clock(), f"pos:{order.terminal}"
+            order.order_id, order.terminal, {**order.doc, "order_no": order.order_no}, self.clock(),
+            f"pos:{order.terminal}"
         )
         self._announce(events)
         if not self._created:
@@ -613,7 +624,7 @@ class Kitchen(Component):
                     f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
                 )
             ]
-            order = (row.terminal, row.received_at, json.loads(row.payload)) if row else None
+            order = (row.terminal, row.received_at, with_order_no(json.loads(row.payload), row.seq)) if row else None
             change = (known[0], json.loads(known[1])) if known else None
             return _OrderFacts(order, change, cancelled is not None, tickets)
 
@@ -779,10 +790,10 @@ class Kitchen(Component):
         header: dict[str, Any] = {k: order_doc[k] for k in (*HEADER_KEYS, "rush") if k in order_doc}
         if tickets:
             latest = max(tickets, key=lambda t: t.updated_at)
-            header = {**latest.header, "rush": latest.rush}
+            header = {"order_no": order_doc.get("order_no"), **latest.header, "rush": latest.rush}
         changed_header = {
             k: amend.doc[k]
-            for k in (*HEADER_KEYS, "rush")
+            for k in (*AMENDABLE, "rush")
             if k in amend.doc and amend.doc[k] != header.get(k)
         }
         header.update(changed_header)
@@ -885,6 +896,7 @@ class Kitchen(Component):
         day's served tickets no longer pile up for hours (docs/footprint.md, Memory); an amend or
         cancel reads them back from the journal (``_adopt``)."""
         cutoff = self.clock() - FORGET_AFTER_S
+        self.progress.forget_ready_before(cutoff)
         keep = {t["ticket_id"] for view in self._views.values() for t in view.recent}
         ready: dict[str, list[Ticket]] = {}
         for ticket in list(self._tickets.values()):
@@ -933,6 +945,24 @@ class Kitchen(Component):
 
     # --- what screens read -----------------------------------------------------------------
 
+    async def order_progress(self, order_id: str) -> OrderProgress | None:
+        """An order's progress through the kitchen (edgehub/kitchen/progress.py): as held in memory
+        while it is in the kitchen or at the pass, else from its tickets in the journal; None for
+        an order with no ticket (unknown, or not routed yet)."""
+        held = self.progress.get(order_id)
+        if held is not None:
+            return held
+
+        def read(conn: sqlite3.Connection) -> list[Mapping[str, Any]]:
+            return [
+                stored_ticket(doc, alerted).doc()
+                for doc, alerted in conn.execute(
+                    f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
+                )
+            ]
+
+        return progress_of(await self.journal.read(read))
+
     def snapshot(self, station: str) -> dict[str, Any]:
         view = self._view(station)
         cfg = self.config.station(station)
@@ -963,10 +993,15 @@ class Kitchen(Component):
         self._feeds.get(feed.station, set()).discard(feed)
 
     def station_names(self) -> list[str]:
-        """The stations of this kitchen: the configured ones in config order, the default station,
-        then any other that has open tickets (an order line may name any station)."""
-        names = [*self.config.stations, self.config.default_station]
-        names += sorted({t.station for t in self._tickets.values() if t.state in OPEN})
+        """The stations of this kitchen, the ones a screen may show: the configured ones in config
+        order, the default station, then the others it knows (sorted): those routing rules (its
+        own and the cloud's) send lines to, those kitchen screens are set up for, and any that
+        had a ticket (an order line may name any station)."""
+        router = self.router.config
+        others = {*self.config.sku_rules.values(), *self.config.category_rules.values(), router.default_station,
+                  *router.sku_rules.values(), *router.category_rules.values(), *self.screen_stations, *self._seq,
+                  *(t.station for t in self._tickets.values() if t.state in OPEN)}
+        names = [*self.config.stations, self.config.default_station, *sorted(others)]
         return list(dict.fromkeys(names))
 
     async def status(self) -> dict[str, Any]:

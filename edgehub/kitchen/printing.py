@@ -45,6 +45,8 @@ def slip_ticket(ticket: dict[str, Any], event: str = "created") -> dict[str, Any
     title(ticket["station"].upper())
     where = f"Table {ticket['table']}" if ticket.get("table") else "No table"
     lines.append({"text": where, "right": time.strftime("%H:%M", time.localtime(ticket["created_at"]))})
+    if ticket.get("order_no"):
+        lines.append(f"No. {ticket['order_no']}")  # the number staff call and the pickup board shows
     lines.append(f"Order {ticket['order_id']}")
     extras = [f"{ticket['covers']} covers" if ticket.get("covers") else "", str(ticket.get("course") or "")]
     if any(extras):

@@ -14,8 +14,9 @@ from typing import Any
 
 from edgehub.config import KitchenConfig
 
-# The order fields a ticket carries for the cook (the rest stays in the journal's order).
-HEADER_FIELDS = ("table", "covers", "course", "note", "rush")
+# The order fields a ticket carries for the cook (the rest stays in the journal's order);
+# ``order_no`` is the order's short number (``payloads.order_no_of``), set by the kitchen.
+HEADER_FIELDS = ("order_no", "table", "covers", "course", "note", "rush")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ OPEN = frozenset({NEW, IN_PROGRESS, RECALLED})  # on the station screen, ageing
 BUMPED = frozenset({READY, SERVED})  # off the screen, may be recalled
 LIVE = frozenset({NEW, IN_PROGRESS, RECALLED, READY})  # the POS can still change or void it
 RUSH_PRIORITY = 5  # a rush goes above everything a cook has not explicitly raised further
+# The order's fields a ticket carries in its header (``order_no``: the order's short number).
+HEADER_KEYS = ("order_no", "table", "covers", "course", "note")
 
 # action -> {from state: to state}
 TRANSITIONS: dict[str, dict[str, str]] = {
@@ -121,7 +123,7 @@ class Ticket:
     terminal: str
     created_at: float
     lines: list[dict[str, Any]]
-    header: dict[str, Any] = field(default_factory=dict)  # table, covers, course, note
+    header: dict[str, Any] = field(default_factory=dict)  # HEADER_KEYS
     state: str = NEW
     priority: int = 0
     rush: bool = False
@@ -169,7 +171,7 @@ class Ticket:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any], alerted: bool = False) -> Ticket:
-        header: dict[str, Any] = {k: doc[k] for k in ("table", "covers", "course", "note") if k in doc}
+        header: dict[str, Any] = {k: doc[k] for k in HEADER_KEYS if k in doc}
         return cls(
             ticket_id=doc["ticket_id"],
             order_id=doc["order_id"],
@@ -407,7 +409,8 @@ OF_ORDER = "t.ticket_id >= {order} || '/' AND t.ticket_id < {order} || '0' AND t
 def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dict[str, Any]]]:
     """Accepted orders that have no ticket: the hub stopped between the order's commit and its
     tickets' commit. Only orders after the watermark (set when the kitchen first ran, moved
-    forward at each start) are looked at; a cancelled order needs none."""
+    forward at each start) are looked at; a cancelled order needs none. Each document carries its
+    ``order_no``."""
     (mark,) = conn.execute("SELECT order_seq FROM kitchen_watermark WHERE id=1").fetchone()
     found = []
     for order in orders.orders_after(conn, mark):
@@ -415,8 +418,14 @@ def unrouted_orders(conn: sqlite3.Connection) -> list[tuple[str, str, float, dic
             continue
         if conn.execute("SELECT 1 FROM order_changes WHERE order_id=? AND kind='cancel'", (order.order_id,)).fetchone():
             continue
-        found.append((order.order_id, order.terminal, order.received_at, json.loads(order.payload)))
+        found.append((order.order_id, order.terminal, order.received_at,
+                      with_order_no(json.loads(order.payload), order.seq)))
     return found
+
+
+def with_order_no(doc: dict[str, Any], seq: int) -> dict[str, Any]:
+    """An order's document with its short number (``payloads.order_no_of``) for the tickets."""
+    return {**doc, "order_no": payloads.order_no_of(doc, seq)}
 
 
 def move_watermark(conn: sqlite3.Connection) -> None:

@@ -70,7 +70,9 @@ class Box:
 async def box(tmp_path: Path) -> AsyncIterator[Box]:
     async with PrinterSim() as printer:
         # The [api] table is last in write_config's text, so installer_pin lands in it.
-        config = load_config(write_config(tmp_path / "box", extra=box_extra(printer.address)))
+        # The stations its kitchen screens open (a station the box does not know is refused).
+        stations = "\n[kitchen.stations.grill]\n\n[kitchen.stations.bar]\n"
+        config = load_config(write_config(tmp_path / "box", extra=box_extra(printer.address) + stations))
         async with MosquittoProcess(config, die_with_parent=False) as broker, Hub(config) as hub:
             async with asyncio.timeout(10):
                 await hub.ready.wait()

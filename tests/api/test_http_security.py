@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import ssl
@@ -239,7 +240,7 @@ async def test_kitchen_screens_have_their_own_secrets(tmp_path: Path) -> None:
         async def opens(station: str, token: str) -> bool:
             async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/{station}/ws?token={token}") as ws:
                 message = await ws.receive(timeout=5)
-                return message.type == aiohttp.WSMsgType.TEXT
+                return message.type == aiohttp.WSMsgType.TEXT and json.loads(message.data)["schema"] == "kds-screen/1"
 
         assert await opens("grill", "grill-screen-secret-0123")
         assert not await opens("bar", "grill-screen-secret-0123")  # its own station only

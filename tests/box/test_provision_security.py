@@ -26,6 +26,12 @@ id = "pos-1"
 id = "kds-grill"
 kind = "kds"
 stations = ["grill"]
+[[terminal]]
+id = "pass-display"
+kind = "display"
+[[terminal]]
+id = "pagers"
+kind = "pager"
 """
 
 
@@ -84,6 +90,13 @@ def test_provisioning_makes_the_certificate_and_screen_secrets(tmp_path: Path,
     assert "one-time-token-123" not in boot.read_text()
     acl = (tmp_path / "etc" / "mosquitto" / "acl").read_text()
     assert "kds/grill/command" in acl and "kds/+/command" not in acl
+    # The customer display at the pass gets its own page secret too (/pickup); a pager none.
+    display, pager = config.terminal("pass-display"), config.terminal("pagers")
+    assert display is not None and len(display.screen_token) >= 32
+    assert display.screen_token not in (grill.screen_token, config.api.token, display.password)
+    assert pager is not None and pager.kind == "pager" and not pager.screen_token
+    assert "pass-display: https://" in out and "/pickup?token=<the secret in" in out
+    assert "user pagers\n" in acl and "topic read edgehub/v1/store-0042/ready/+" in acl
     # The password file holds hashes only, and Mosquitto's own format.
     for line in (tmp_path / "etc" / "mosquitto" / "passwd").read_text().splitlines():
         _, _, hashed = line.partition(":")

@@ -163,5 +163,7 @@ async def test_reconnecting_screen_gets_the_full_state(hub: Hub) -> None:
         async with http.get(f"http://127.0.0.1:{hub.api.port}/kds/grill") as page:
             assert page.status == 200 and "kds-command/1" in await page.text()
         async with http.ws_connect(ws_url(hub, "grill", token="wrong-token-0123456789")) as ws:
+            refusal = json.loads((await ws.receive()).data)
+            assert refusal["schema"] == "screen-refused/1" and refusal["code"] == 4401
             msg = await ws.receive()
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4401

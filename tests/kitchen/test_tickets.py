@@ -79,6 +79,7 @@ TICKET = {
     "station": "grill",
     "version": 1,
     "table": "T7",
+    "order_no": "42",
     "covers": 2,
     "course": "main",
     "rush": True,
@@ -116,6 +117,7 @@ async def test_kitchen_slip_prints_in_large_type() -> None:
     texts = [line.text.strip() for line in lines]
     assert texts[0] == "GRILL"
     assert "Order 1042" in texts and "2 covers  main" in texts and "RUSH" in texts
+    assert "No. 42" in texts  # the number staff call
     assert "2 x Cheeseburger" in texts and "no onions" in texts and "! well done" in texts
     assert "+ 1 x Fries" in texts and "! allergy: nuts" in texts
     assert texts[1].startswith("Table T7")

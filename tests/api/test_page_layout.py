@@ -6,6 +6,7 @@ screen link, and logging out leaves nothing behind. Screenshots of both sizes go
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -78,8 +79,12 @@ async def test_the_page_at_phone_and_desktop_size(box: Box) -> None:
                 assert await broken_ids(page) == []
                 for selector in ACTIONS:
                     # The status refresh redraws the tables; an element caught mid-redraw has no box.
-                    await page.locator(selector).first.wait_for(state="visible")
-                    box_ = await page.locator(selector).first.bounding_box()
+                    box_ = None
+                    for _ in range(50):
+                        box_ = await page.locator(selector).first.bounding_box()
+                        if box_ is not None:
+                            break
+                        await asyncio.sleep(0.1)
                     assert box_ is not None and box_["x"] >= 0 and box_["x"] + box_["width"] <= width, (selector, box_)
 
                 # Test print from the phone: the slip comes out; the notice leaves on its own.

@@ -459,3 +459,17 @@ def voided_between(conn: sqlite3.Connection, start: float, end: float) -> int:
     (count,) = conn.execute("SELECT COUNT(*) FROM ticket_events WHERE event='voided' AND at >= ? AND at < ?",
                             (start, end)).fetchone()
     return int(count)
+
+
+def changes_of(conn: sqlite3.Connection, order_ids: Iterable[str]) -> list[tuple[str, str, str, float, str]]:
+    """The amends and cancels of ``order_ids`` as received: (order id, kind, terminal, received
+    at, payload)."""
+    return conn.execute(
+        "SELECT order_id, kind, terminal, received_at, payload FROM order_changes WHERE order_id IN "
+        "(SELECT value FROM json_each(?)) ORDER BY rowid", (json.dumps(list(order_ids)),)).fetchall()
+
+
+def tickets_of(conn: sqlite3.Connection, order_id: str) -> list[Ticket]:
+    """The tickets of an order as the journal holds them."""
+    return [stored_ticket(doc, alerted) for doc, alerted in
+            conn.execute(f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,))]

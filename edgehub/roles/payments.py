@@ -56,6 +56,7 @@ from edgehub.roles.serving import Reply, Requester, Serving
 from edgehub.roles.tenders import Tenders
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
+from edgehub.store.timeorder import first_rowid_since
 
 if TYPE_CHECKING:
     from drivers.zvt import PaymentResult
@@ -67,7 +68,8 @@ SETTLE_TIMEOUT_S = 30.0
 # ready, a reply it cannot read), one step further after each such attempt.
 SETTLE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 
-__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments", "any_payment_between", "payments_between"]
+__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments", "any_payment_between", "approved_by_sale_since",
+           "approved_cents", "payments_between"]
 
 
 class Payments:
@@ -683,3 +685,20 @@ def any_payment_between(conn: sqlite3.Connection, start: float, end: float) -> b
     row = conn.execute("SELECT EXISTS(SELECT 1 FROM payments WHERE created_at >= ? AND created_at < ?)",
                        (start, end)).fetchone()
     return bool(row[0])
+
+
+def approved_cents(conn: sqlite3.Connection, sale_id: str) -> int:
+    """What the approved payments of ``sale_id`` add up to."""
+    row = conn.execute("SELECT COALESCE(SUM(amount_cents), 0) FROM payments WHERE sale_id=? AND state='approved'",
+                       (sale_id,)).fetchone()
+    return int(row[0])
+
+
+def approved_by_sale_since(conn: sqlite3.Connection, since: float) -> dict[str, int]:
+    """Sale id -> the approved payments started since ``since`` add up to."""
+    first = first_rowid_since(conn, "payments", "created_at", since)
+    if first is None:
+        return {}
+    return {sale_id: int(amount) for sale_id, amount in conn.execute(
+        "SELECT sale_id, SUM(amount_cents) FROM payments WHERE rowid >= ? AND state='approved' GROUP BY sale_id",
+        (first,))}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sqlite3
 from typing import NamedTuple
 
+from edgehub.store.timeorder import first_rowid_since
+
 
 class StoredOrder(NamedTuple):
     seq: int
@@ -52,3 +54,8 @@ def latest_received_at(conn: sqlite3.Connection) -> float | None:
     """When the order with the latest timestamp was received (None before any)."""
     (latest,) = conn.execute("SELECT MAX(received_at) FROM orders").fetchone()
     return float(latest) if latest is not None else None
+
+
+def first_seq_since(conn: sqlite3.Connection, since: float) -> int | None:
+    """The journal position of the first order received at or after ``since`` (None: none)."""
+    return first_rowid_since(conn, "orders", "received_at", since)

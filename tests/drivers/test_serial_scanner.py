@@ -36,7 +36,8 @@ async def test_scans_with_cr_and_crlf() -> None:
 
 
 async def test_scan_split_across_reads() -> None:
-    async with SerialScannerSim() as sim, SerialScanner(_info(sim.port)) as scanner:
+    # A quiet line of idle_ms ends a scan; 2 s keeps a loaded machine's late second read in it.
+    async with SerialScannerSim() as sim, SerialScanner(_info(sim.port), idle_ms=2000) as scanner:
         assert isinstance(scanner, SerialScanner)
         sim.send_raw(b"9780")
         await asyncio.sleep(0.05)

@@ -9,6 +9,7 @@ the ports it needs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 from edgehub.api.auth import FailedLogins
@@ -19,7 +20,7 @@ from edgehub.kitchen.kitchen import Kitchen, ScreenFeed
 from edgehub.kitchen.logins import ScreenLogins
 from edgehub.kitchen.pickup import PickupServer
 from edgehub.kitchen.printing import KitchenPrinter, render_slip, slip_ticket
-from edgehub.kitchen.progress import OrderProgress, Progress
+from edgehub.kitchen.progress import ORDER_PROGRESS, OrderProgress, Progress
 from edgehub.kitchen.ready import ReadyBoard
 from edgehub.kitchen.routing import Router
 from edgehub.kitchen.screens import ScreenServer, StatusBeat
@@ -57,6 +58,7 @@ def setup(ctx: Context, cfg: KitchenConfig, limits: LimitsConfig, *, terminal_ki
     kitchen = Kitchen(cfg, ctx.topics, ctx.journal, ctx.store_id, limits, bus=ctx.bus, clock=ctx.clock,
                       printer=printer, terminal_kinds=terminal_kinds)
     kitchen.screen_stations = tuple(screen_stations)
+    kitchen.progress.listeners.append(functools.partial(ctx.signals.emit, ORDER_PROGRESS))
     if downlink is not None:
         follow_cloud_routing(downlink, kitchen)
     return kitchen

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgehub.component import Signal
+
 IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED = "in_kitchen", "ready", "served", "expired", "voided"
 ORDER_STATES = (IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED)
 DONE = frozenset({SERVED, EXPIRED, VOIDED})  # the order left the kitchen
@@ -137,6 +139,8 @@ class Change:
 
 
 Listener = Callable[[Change | None], None]  # None: everything was rebuilt (read it all again)
+# Each change of progress, as the kitchen announced it (the kitchen forwards its Progress's).
+ORDER_PROGRESS: Signal[Change | None] = Signal("order progress")
 
 
 def _progress(ticket: Mapping[str, Any]) -> OrderProgress:

@@ -34,7 +34,7 @@ from edgehub.component import BUS_CONNECTED, Bus, Component, Listener, StatusRea
 from edgehub.config import KitchenConfig
 from edgehub.errors import BrokerError
 from edgehub.kitchen.kitchen import ScreenFeed
-from edgehub.kitchen.progress import IN_KITCHEN, READY, Change, OrderProgress, Progress
+from edgehub.kitchen.progress import IN_KITCHEN, ORDER_PROGRESS, READY, Change, OrderProgress, Progress
 from edgehub.tasks import cancel_and_wait
 
 log = logging.getLogger("edgehub.kitchen.ready")
@@ -72,7 +72,7 @@ class ReadyBoard(Component):
         self._task: asyncio.Task[None] | None = None
 
     def listens(self) -> Sequence[Listener]:
-        return [on(BUS_CONNECTED, self._on_connect)]
+        return [on(BUS_CONNECTED, self._on_connect), on(ORDER_PROGRESS, self._on_change)]
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"ready": self._status}
@@ -83,14 +83,11 @@ class ReadyBoard(Component):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> ReadyBoard:
-        self.progress.listeners.append(self._on_change)
         self._dirty.set()
         self._task = asyncio.create_task(self._run(), name="pickup-board")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(ValueError):
-            self.progress.listeners.remove(self._on_change)
         await cancel_and_wait(self._task)
 
     # --- order-ready/1 ---------------------------------------------------------------------

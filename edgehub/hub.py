@@ -118,11 +118,15 @@ class Hub:
             role_history=self.roles.history, field_checks=self.devices.field_checks.all,
             broker_log=lambda: list(self.broker.log_tail) if self.broker is not None else []), self.recent))
 
-    def add(self, component: C) -> C:
-        """One more component, started after those added before it; its declarations are wired."""
+    def add(self, component: C, *, first: bool = False) -> C:
+        """One more component, started after those added before it (``first``: before them all,
+        as a pair's takeover is); its declarations are wired."""
         self.journal.own(*component.tables())
         self.wiring.add(component)
-        self.components.append(component)
+        if first:
+            self.components.insert(0, component)
+        else:
+            self.components.append(component)
         return component
 
     # Parts of components that tests and tools reach by name.

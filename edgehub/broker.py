@@ -68,6 +68,8 @@ def acl_text(config: Config) -> str:
             f"topic write {topics.terminal_tree(tid)}",
             f"topic read {topics.terminal_tree(tid)}",
             f"topic read {topics.hub_state}",
+            # The cloud's menu, retained: every terminal shows or prices from it (edgehub/front/menu.py).
+            f"topic read {topics.menu}",
         ]
         if terminal.kind in ("pos", "kiosk", "kds"):
             lines += [

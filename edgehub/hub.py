@@ -32,6 +32,7 @@ from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
 from edgehub.instance import InstanceLock, check_ports
+from edgehub.front import MenuServer, TerminalLogin
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
@@ -159,6 +160,13 @@ class Hub:
         self.components.append(self.reports)
         self.api.route_setups.append(self.reports.route_setup)
         self.status_sections["reports"] = self.reports.status_section
+        # The front of house (edgehub/front/): terminals read over HTTP with their own credentials.
+        self.terminal_login = TerminalLogin(config.terminals, self.api.failures)
+        self.menu = MenuServer(self.topics, self.downlink, self.bus, self.terminal_login,
+                               config.broker.max_packet_kib * 1024)
+        self.components.append(self.menu)
+        self.api.route_setups.append(self.menu.route_setup)
+        self.status_sections["menu"] = self.menu.status
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -463,6 +463,20 @@ def weight(device_id: str, grams: int | None, state: str, net: bool, at: float,
 
 # --- kitchen: POS amend / cancel, station screens (kds) and the cloud's kitchen stream -----------
 
+MENU_SCHEMA = "menu/1"
+
+
+def menu(version: int, issued_at: float | None, received_at: float, body_json: bytes | None, *,
+         size: int | None = None, http: str | None = None) -> bytes:
+    """``menu/1``: the cloud's menu as the box holds it, ``menu`` being the document's body as the
+    cloud sent it. Without ``body_json`` (a menu too large for the broker) it says the menu's
+    ``bytes`` and where to fetch it over HTTP instead."""
+    head = dumps({"schema": MENU_SCHEMA, "version": version, "issued_at": issued_at,
+                  "received_at": round(received_at, 3),
+                  **({"bytes": size, "http": http} if body_json is None else {})})
+    return with_encoded(head, {"menu": body_json}) if body_json is not None else head
+
+
 AMEND_SCHEMA = "amend/1"
 CANCEL_SCHEMA = "cancel/1"
 ORDER_CHANGE_SCHEMA = "order-change/1"

@@ -137,6 +137,12 @@ class Topics:
         """Retained ``pickup-board/1``: the numbers in preparation and ready, for the pass."""
         return f"{self.root}/pickup/board"
 
+    # front of house: what the tills, handhelds and screens share through the box
+    @property
+    def menu(self) -> str:
+        """Retained: the last menu the cloud sent (``menu/1``), readable by every terminal."""
+        return f"{self.root}/menu"
+
     # devices (ids are made topic-safe: no "/", "+", "#")
     def device(self, device_id: str) -> str:
         return f"{self.root}/dev/{topic_level(device_id)}"

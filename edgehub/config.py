@@ -158,7 +158,10 @@ class LimitsConfig:
     order_burst: int = 500
 
 
-TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+# pos: a till; handheld: a waiter's handheld (orders at the table, what a till may do); kds: a
+# kitchen screen; kiosk: a self-order kiosk, which guests use; pager: a pager system's gateway;
+# display: a customer display at the pass.
+TERMINAL_KINDS = ("pos", "handheld", "kds", "kiosk", "pager", "display")
 # Kinds with a page on the box, opened with the terminal's screen secret: kitchen screens
 # (/kds/{station}) and customer displays (/pickup).
 SCREEN_KINDS = ("kds", "display")
@@ -187,7 +190,7 @@ class TerminalConfig:
     kind: str
     password: str = field(repr=False)
     # kds: the stations the screen shows and drives (None: every station, as before per-screen
-    # stations existed). pos/kiosk: the pinpad roles it may start payments on (None: every one).
+    # stations existed). pos/handheld/kiosk: the pinpad roles it may start payments on (None: every one).
     stations: tuple[str, ...] | None = None
     pinpad_roles: tuple[str, ...] | None = None
     # kds/display: the secret of its web page (/kds/{station} or /pickup); a kitchen screen's
@@ -203,7 +206,7 @@ class TerminalConfig:
         return self.kind == "kds" and (self.stations is None or station in self.stations)
 
     def may_pay_on(self, role: str) -> bool:
-        return self.kind in ("pos", "kiosk") and (self.pinpad_roles is None or role in self.pinpad_roles)
+        return self.kind in ("pos", "handheld", "kiosk") and (self.pinpad_roles is None or role in self.pinpad_roles)
 
 
 @dataclass(frozen=True)
@@ -860,9 +863,9 @@ def _terminals(ck: _Checker, base: Path, data: Mapping[str, Any], hub_user: str)
                 if key in entry:
                     ck.problem(f"{prefix}.{key}", f"only kitchen screens and customer displays (kind = \"kds\" "
                                f"or \"display\") have {key}")
-        if kind not in ("pos", "kiosk") and "pinpad_roles" in entry:
+        if kind not in ("pos", "handheld", "kiosk") and "pinpad_roles" in entry:
             ck.problem(f"{prefix}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment "
-                       "(only pos and kiosk do)")
+                       "(only pos, handheld and kiosk do)")
         if screen_token and len(screen_token) < 16:
             ck.problem(f"{prefix}.screen_token", "must be at least 16 characters")
         terminals.append(TerminalConfig(

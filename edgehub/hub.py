@@ -32,7 +32,7 @@ from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
 from edgehub.instance import InstanceLock, check_ports
-from edgehub.front import MenuServer, TerminalLogin
+from edgehub.front import MenuServer, Presence, TerminalLogin
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
@@ -96,7 +96,7 @@ class Hub:
         # The outbox policy and the downlink registry (components add cloud rows with
         # ``self.outbox.add(conn, ...)``, read ``self.downlink.current("menu")``) and, with
         # [cloud] enabled, the uplink to the chain's cloud (edgehub/uplink/).
-        self.outbox, self.downlink, self.uplink = attach_uplink(self)
+        self.outbox, self.downlink, self.uplink, self.telemetry = attach_uplink(self)
         # What the journal keeps of the past: journal.keep_days (edgehub/store/retention.py).
         self.retention = Retention(self.journal, config.journal.keep_days)
         self.components.append(self.retention)
@@ -167,6 +167,10 @@ class Hub:
         self.components.append(self.menu)
         self.api.route_setups.append(self.menu.route_setup)
         self.status_sections["menu"] = self.menu.status
+        self.presence = Presence(self.topics, config.terminals, self.bus, web_screens=self.kitchen.web_screens)
+        self.components.append(self.presence)
+        self.status_sections["terminals"] = self.presence.status
+        self.telemetry.extras["terminals"] = self.presence.summary
 
     # --- lifecycle -------------------------------------------------------------------------
 

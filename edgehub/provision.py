@@ -63,7 +63,7 @@ SERVICE_USER = "edgehub"
 BROKER_GROUP = "mosquitto"
 HUB_USER = "edgehub-hub"
 MARKER = "provisioned.json"
-TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+TERMINAL_KINDS = ("pos", "handheld", "kds", "kiosk", "pager", "display")
 SCREEN_KINDS = ("kds", "display")  # kinds with a page on the box, opened with a screen secret
 # TLS only: the enrollment token is the box's way into the chain's cloud (mqtt:// is for tests,
 # through the config file, never through provisioning).

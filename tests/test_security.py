@@ -53,6 +53,7 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic write edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/hub/$state",
+        "topic read edgehub/v1/s1/menu",
         # roles: commands name the terminal; print anywhere, pay and settle on any pinpad role
         "topic write edgehub/v1/s1/role/+/cmd/print/pos-1",
         "topic write edgehub/v1/s1/role/+/cmd/pay/pos-1",
@@ -63,6 +64,8 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         # "ready" for its own orders only, and the pickup board
         "topic read edgehub/v1/s1/ready/pos-1",
         "topic read edgehub/v1/s1/pickup/board",
+        # staff terminals see which terminals are connected
+        "topic read edgehub/v1/s1/presence/+",
     ]
 
 

@@ -477,6 +477,35 @@ def menu(version: int, issued_at: float | None, received_at: float, body_json: b
     return with_encoded(head, {"menu": body_json}) if body_json is not None else head
 
 
+PRESENCE_SCHEMA = "presence/1"
+PRESENCE_STATES = ("connected", "disconnected", "unknown")
+
+
+def presence(doc: dict[str, Any]) -> bytes:
+    """``presence/1``: whether a terminal is connected now (``state``), ``since`` when, from where."""
+    return dumps({"schema": PRESENCE_SCHEMA, **doc})
+
+
+def parse_presence(raw: bytes) -> dict[str, Any]:
+    """A retained ``presence/1`` record, checked field by field (PayloadError names the field)."""
+    doc = _object(raw)
+    if doc.get("schema") != PRESENCE_SCHEMA:
+        raise PayloadError("schema", f"must be {PRESENCE_SCHEMA!r}")
+    if doc.get("state") not in PRESENCE_STATES:
+        raise PayloadError("state", f"must be one of {', '.join(PRESENCE_STATES)}")
+    since = doc.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+        raise PayloadError("since", "must be a number")
+    clients = doc.get("clients", [])
+    if not isinstance(clients, list) or not all(isinstance(c, str) for c in clients):
+        raise PayloadError("clients", "must be a list of client ids")
+    keepalive = doc.get("keepalive_s")
+    if keepalive is not None and (isinstance(keepalive, bool) or not isinstance(keepalive, int)):
+        raise PayloadError("keepalive_s", "must be an integer")
+    return {"state": doc["state"], "since": since, "clients": clients, "keepalive_s": keepalive,
+            **{k: str(doc.get(k) or "") for k in ("address", "protocol", "reason")}}
+
+
 AMEND_SCHEMA = "amend/1"
 CANCEL_SCHEMA = "cancel/1"
 ORDER_CHANGE_SCHEMA = "order-change/1"

@@ -143,6 +143,29 @@ class Topics:
         """Retained: the last menu the cloud sent (``menu/1``), readable by every terminal."""
         return f"{self.root}/menu"
 
+    def presence(self, terminal: str) -> str:
+        """Retained: whether the terminal is connected now (``presence/1``), from the broker's events."""
+        return f"{self.root}/presence/{terminal}"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.root}/presence/+"
+
+    def presence_terminal_of(self, topic: str) -> str | None:
+        prefix = f"{self.root}/presence/"
+        terminal = topic[len(prefix):] if topic.startswith(prefix) else ""
+        return terminal if terminal and "/" not in terminal else None
+
+    # the broker's own topics (only the hub may read them)
+    @property
+    def broker_log(self) -> str:
+        """Mosquitto's notices (``log_dest topic``): its connection and disconnection lines."""
+        return "$SYS/broker/log/N"
+
+    @property
+    def broker_clients(self) -> str:
+        return "$SYS/broker/clients/connected"
+
     # devices (ids are made topic-safe: no "/", "+", "#")
     def device(self, device_id: str) -> str:
         return f"{self.root}/dev/{topic_level(device_id)}"

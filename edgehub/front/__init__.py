@@ -4,5 +4,6 @@ connected now (presence.py) — and how terminals sign in to read them over HTTP
 
 from edgehub.front.auth import TerminalLogin
 from edgehub.front.menu import MenuServer
+from edgehub.front.presence import Presence
 
-__all__ = ["MenuServer", "TerminalLogin"]
+__all__ = ["MenuServer", "Presence", "TerminalLogin"]

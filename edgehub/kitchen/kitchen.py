@@ -987,6 +987,10 @@ class Kitchen:
         names = [*self.config.stations, self.config.default_station, *sorted(others)]
         return list(dict.fromkeys(names))
 
+    def web_screens(self) -> dict[str, int]:
+        """Browser screens connected now, per station (their websockets)."""
+        return {station: len(feeds) for station, feeds in self._feeds.items() if feeds}
+
     async def status(self) -> dict[str, Any]:
         open_by_station: dict[str, int] = {}
         for ticket in self._tickets.values():

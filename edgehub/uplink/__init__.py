@@ -32,7 +32,7 @@ def outbox_policy(cfg: CloudConfig) -> OutboxPolicy:
                         disk_warn_free_mib=cfg.disk_warn_free_mib, disk_hard_free_mib=cfg.disk_hard_free_mib)
 
 
-def attach_uplink(hub: Hub) -> tuple[Outbox, Downlink, Uplink | None]:
+def attach_uplink(hub: Hub) -> tuple[Outbox, Downlink, Uplink | None, TelemetrySampler]:
     cfg = hub.config.cloud
     store_id = hub.config.store.id
     outbox = Outbox(hub.journal, hub.journal.path.parent, outbox_policy(cfg))
@@ -54,4 +54,4 @@ def attach_uplink(hub: Hub) -> tuple[Outbox, Downlink, Uplink | None]:
 
     hub.status_sections["uplink"] = status
     hub.api.route_setups.append(sync_routes(uplink))
-    return outbox, downlink, uplink
+    return outbox, downlink, uplink, telemetry

@@ -218,6 +218,41 @@ function drawRoles(section) {
     : "";
 }
 
+const KINDS = { pos: "till", handheld: "handheld", kds: "kitchen screen", kiosk: "kiosk" };
+
+function since(at) {
+  if (typeof at !== "number") return "—";
+  return `${new Date(at * 1000).toLocaleTimeString()} (${duration(Date.now() / 1000 - at)} ago)`;
+}
+
+// Which terminals are connected now, from the broker's own events (docs/front.md).
+function drawTerminals(section) {
+  const body = $("terminals").querySelector("tbody");
+  body.replaceChildren();
+  if (!section) { $("terminals-count").textContent = "not available"; return; }
+  const rows = section.terminals || [];
+  $("terminals-count").textContent = `${section.connected} of ${section.configured} connected`;
+  for (const t of rows) {
+    const tr = el("tr");
+    tr.dataset.terminal = t.terminal;
+    const state = t.state === "unknown" ? "not seen yet" : t.state;
+    tr.append(el("td", t.terminal, "id"), el("td", KINDS[t.kind] || t.kind), el("td", state, `state ${t.state}`),
+      el("td", since(t.since)), el("td", t.address || "—"), el("td", t.reason || ""));
+    body.append(tr);
+  }
+  const screens = Object.entries(section.web_screens || {});
+  const note = $("terminals-note");
+  const parts = [];
+  if (screens.length) parts.push(`Kitchen screens in a browser: ${screens.map(([s, n]) => `${s} ${n}`).join(", ")}.`);
+  if (section.complete === false) {
+    parts.push(`The broker counts ${section.broker_clients} clients, more than the box has seen connect: `
+      + "a terminal that connected before the box started shows once it reconnects.");
+  }
+  note.hidden = parts.length === 0;
+  note.textContent = parts.join(" ");
+  labelCells($("terminals"));
+}
+
 function drawOutbox(outbox, uplink) {
   const body = $("outbox").querySelector("tbody");
   body.replaceChildren();
@@ -319,6 +354,7 @@ async function refresh() {
 const SECTIONS = [
   { id: "kitchen-section", draw: (s) => drawKitchen(s) },
   { id: "devices-section", draw: (s) => drawDevices(s.devices) },
+  { id: "terminals-section", draw: (s) => drawTerminals(s.terminals) },
   { id: "roles-section", draw: (s) => drawRoles(s.roles) },
   { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
   { id: "system-section", draw: (s) => drawSystem(s.system) },

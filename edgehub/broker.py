@@ -102,8 +102,8 @@ def acl_text(config: Config) -> str:
             # board; it writes nothing but its own tree (no printing, no paying).
             lines += [f"topic read {topics.all_order_ready}", f"topic read {topics.pickup_board}"]
         if terminal.kind in ("pos", "handheld"):
-            # Staff terminals see which of the store's terminals are connected.
-            lines.append(f"topic read {topics.all_presence}")
+            # Staff terminals see the store's open checks and which terminals are connected.
+            lines += [f"topic read {topics.checks_event}", f"topic read {topics.all_presence}"]
         if terminal.kind == "kds":
             # A screen reads its stations' tickets and writes only their commands and snapshot
             # requests: the events, alerts, replies and snapshots screens trust are the hub's,

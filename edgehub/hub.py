@@ -32,7 +32,7 @@ from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
 from edgehub.instance import InstanceLock, check_ports
-from edgehub.front import MenuServer, Presence, TerminalLogin
+from edgehub.front import Checks, MenuServer, Presence, TerminalLogin
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
@@ -167,6 +167,15 @@ class Hub:
         self.components.append(self.menu)
         self.api.route_setups.append(self.menu.route_setup)
         self.status_sections["menu"] = self.menu.status
+        self.checks = Checks(self.topics, self.journal, self.bus, self.terminal_login, config.terminals,
+                             config.limits)
+        self.components.append(self.checks)
+        self.intake.on_accepted.insert(0, self.checks.on_order_accepted)  # before the kitchen's tickets
+        self.kitchen.on_events.append(self.checks.on_events)
+        self.kitchen.on_order_change.append(self.checks.on_order_change)
+        self.roles.payments.on_final.append(self.checks.on_payment)
+        self.api.route_setups.append(self.checks.route_setup)
+        self.status_sections["checks"] = self.checks.status
         self.presence = Presence(self.topics, config.terminals, self.bus, web_screens=self.kitchen.web_screens)
         self.components.append(self.presence)
         self.status_sections["terminals"] = self.presence.status

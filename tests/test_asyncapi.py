@@ -187,3 +187,13 @@ def test_every_topic_the_hub_speaks_is_a_documented_channel() -> None:
         assert topic in channels, f"Topics.{name} ({topic}) is not in docs/asyncapi.yaml"
         checked.append(name)
     assert {"order_ready", "pickup_board", "kds_event", "ack"} <= set(checked)
+
+
+def test_check_and_presence_states_are_the_codes() -> None:
+    from edgehub.bus.payloads import PRESENCE_STATES
+    from edgehub.kitchen.progress import PROGRESS
+
+    check = SPEC["components"]["schemas"]["Check"]["properties"]
+    assert set(check["state"]["enum"]) == {*PROGRESS, "paid"}
+    assert set(check["kitchen"]["enum"]) == {*PROGRESS, None}
+    assert enum("messages", "Presence", "payload", "properties", "state") == set(PRESENCE_STATES)

@@ -64,7 +64,8 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         # "ready" for its own orders only, and the pickup board
         "topic read edgehub/v1/s1/ready/pos-1",
         "topic read edgehub/v1/s1/pickup/board",
-        # staff terminals see which terminals are connected
+        # staff terminals see the open checks and which terminals are connected
+        "topic read edgehub/v1/s1/checks/event",
         "topic read edgehub/v1/s1/presence/+",
     ]
 

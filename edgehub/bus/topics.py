@@ -143,6 +143,22 @@ class Topics:
         """Retained: the last menu the cloud sent (``menu/1``), readable by every terminal."""
         return f"{self.root}/menu"
 
+    @property
+    def checks_event(self) -> str:
+        """Non-retained QoS 1: an open check changed (``check-event/1``, numbered by ``seq``)."""
+        return f"{self.root}/checks/event"
+
+    def checks_request(self, terminal: str) -> str:
+        """A till asks for the store's open checks; answered on its response topic or ``checks``."""
+        return f"{self.root}/pos/{terminal}/checks/get"
+
+    def checks(self, terminal: str) -> str:
+        return f"{self.root}/pos/{terminal}/checks"
+
+    @property
+    def all_checks_requests(self) -> str:
+        return f"{self.root}/pos/+/checks/get"
+
     def presence(self, terminal: str) -> str:
         """Retained: whether the terminal is connected now (``presence/1``), from the broker's events."""
         return f"{self.root}/presence/{terminal}"

@@ -3,7 +3,8 @@ down — the cloud's menu (menu.py), the store's open checks (checks.py), which 
 connected now (presence.py) — and how terminals sign in to read them over HTTP (auth.py)."""
 
 from edgehub.front.auth import TerminalLogin
+from edgehub.front.checks import Checks
 from edgehub.front.menu import MenuServer
 from edgehub.front.presence import Presence
 
-__all__ = ["MenuServer", "Presence", "TerminalLogin"]
+__all__ = ["Checks", "MenuServer", "Presence", "TerminalLogin"]

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgehub.kitchen import tickets
+
 IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED = "in_kitchen", "ready", "served", "expired", "voided"
 ORDER_STATES = (IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED)
 DONE = frozenset({SERVED, EXPIRED, VOIDED})  # the order left the kitchen
@@ -245,3 +247,21 @@ def progress_of(tickets: list[Mapping[str, Any]]) -> OrderProgress | None:
             order.ready_at = max(order.ready_at or 0.0, float(ticket.get("ready_at") or ticket["updated_at"]))
     order.state = order_state(order.states())
     return order
+
+
+# How far the kitchen is with an open check or an online order (front/checks.py, online/orders.py).
+ORDERED = "ordered"  # its tickets are on the station screens, no cook has started one
+PROGRESS = (ORDERED, IN_KITCHEN, READY, SERVED)
+
+
+def order_progress(ticket_states: Iterable[str]) -> str | None:
+    counted = [state for state in ticket_states if state not in (tickets.VOIDED, tickets.EXPIRED)]
+    if not counted:
+        return None
+    if all(state == tickets.SERVED for state in counted):
+        return SERVED
+    if all(state in tickets.BUMPED for state in counted):
+        return READY
+    if all(state == tickets.NEW for state in counted):
+        return ORDERED
+    return IN_KITCHEN

@@ -37,6 +37,7 @@ import json
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +116,8 @@ class Payments:
         #: baseline of the next payment on it when its driver has seen none yet.
         self.last_trace: dict[str, int] = {}
         self.tenders = Tenders(self)  # cash, QR codes and split bills (edgehub/roles/tenders.py)
+        # Told the sale id of each payment whose outcome is journaled as final (the open checks).
+        self.on_final: list[Callable[[str], None]] = []
 
     def waiting(self, role: str) -> int:
         return sum(1 for p in self.open.values() if p.role == role)
@@ -471,6 +474,9 @@ class Payments:
             add_to_outbox(conn, "payments", msg_id, row)
 
         await self.roles.journal.write(write)
+        if final:
+            for listener in self.on_final:
+                listener(p.sale_id)
 
     def _cloud_row(self, p: Payment, event: str, at: float) -> dict[str, Any]:
         """The ``cloud-payment/1`` document: amounts, results and masked references only."""

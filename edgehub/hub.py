@@ -36,6 +36,7 @@ from edgehub.front import Checks, MenuServer, Presence, TerminalLogin
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
+from edgehub.online import OnlineOrders
 from edgehub.reports import Reports
 from edgehub.roles import KitchenSlips, Roles
 from edgehub.sdnotify import Notifier
@@ -176,6 +177,15 @@ class Hub:
         self.roles.payments.on_final.append(self.checks.on_payment)
         self.api.route_setups.append(self.checks.route_setup)
         self.status_sections["checks"] = self.checks.status
+        # Orders placed online, from the cloud to the kitchen (edgehub/online/), cooked like a till's.
+        self.online = OnlineOrders(self.journal, config.store.id, config.limits, self.intake.on_accepted,
+                                   lambda: self.intake.in_progress > 0, keep_days=config.journal.keep_days)
+        self.components.append(self.online)
+        self.kitchen.on_events.append(self.online.on_events)
+        self.kitchen.on_order_change.append(self.online.on_order_change)
+        if self.uplink is not None:
+            self.uplink.take_order = self.online.take
+        self.status_sections["online_orders"] = self.online.status
         self.presence = Presence(self.topics, config.terminals, self.bus, web_screens=self.kitchen.web_screens)
         self.components.append(self.presence)
         self.status_sections["terminals"] = self.presence.status

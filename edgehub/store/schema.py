@@ -262,6 +262,19 @@ MIGRATIONS: tuple[str, ...] = (
         report TEXT NOT NULL
     );
     """,
+    # 11 (online orders): orders placed online (delivery platforms, mini-program, the cloud's
+    # kiosk) that the cloud sends down, with the state last sent back up and how many updates
+    # were sent (each numbers its outbox row); the order itself is in ``orders``.
+    """
+    CREATE TABLE online_orders (
+        order_id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updates INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

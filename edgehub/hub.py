@@ -24,6 +24,7 @@ from edgehub.api.tls import ensure_certificate, fingerprint, server_context
 from edgehub.broker import MosquittoProcess
 from edgehub.bus.connection import BusConnection
 from edgehub.bus.topics import Topics
+from edgehub.clock import ClockWatch
 from edgehub.config import Config
 from edgehub.devices import DeviceRegistry, Watchdog, WatchdogTiming
 from edgehub.devices.api import devices_routes
@@ -186,6 +187,10 @@ class Hub:
         if self.uplink is not None:
             self.uplink.take_order = self.online.take
         self.status_sections["online_orders"] = self.online.status
+        # The store's clock: chrony serves time to the LAN; its state on the page (edgehub/clock/).
+        self.clock_watch = ClockWatch(config.clock)
+        self.components.append(self.clock_watch)
+        self.status_sections["clock"] = self.clock_watch.status
         self.presence = Presence(self.topics, config.terminals, self.bus, web_screens=self.kitchen.web_screens)
         self.components.append(self.presence)
         self.status_sections["terminals"] = self.presence.status

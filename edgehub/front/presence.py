@@ -48,7 +48,7 @@ _CONNECTED = re.compile(r"^New client connected from (?P<address>.+):(?P<port>\d
 _GONE = re.compile(r"^(?:Client (?P<client>.+?) (?P<how>disconnected|closed its connection|has exceeded timeout)"
                    r"|Socket error on client (?P<sclient>.+?), disconnecting)(?P<rest>.*)\.$")
 REASONS = {
-    "disconnected": "disconnected",
+    "disconnected": "said goodbye (a clean DISCONNECT)",
     "closed its connection": "connection closed without a goodbye (switched off, killed or unplugged)",
     "has exceeded timeout": "went silent past its keep-alive (Wi-Fi or power lost)",
     "socket error": "network error",

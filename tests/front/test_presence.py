@@ -88,7 +88,7 @@ async def test_connections_and_three_ways_of_leaving(running: Hub, config: Confi
         assert section["connected"] == 4 and section["configured"] == 4
 
         till.disconnect()  # the till says goodbye
-        assert (await until(hub, "pos-1", "disconnected"))["reason"] == "disconnected"
+        assert (await until(hub, "pos-1", "disconnected"))["reason"] == "said goodbye (a clean DISCONNECT)"
         screen.loop_stop()
         drop(screen)  # the kitchen tablet is switched off
         assert "without a goodbye" in (await until(hub, "kds-grill", "disconnected"))["reason"]
@@ -151,7 +151,7 @@ async def test_a_restarted_hub_knows_who_was_there_and_who_came_meanwhile(config
         async with Hub(config) as hub:
             await asyncio.wait_for(hub.ready.wait(), 10)
             await until(hub, "hh-1", "connected")
-            assert (await until(hub, "pos-2", "disconnected"))["reason"] == "disconnected"
+            assert (await until(hub, "pos-2", "disconnected"))["reason"] == "said goodbye (a clean DISCONNECT)"
             # pos-1 connected before any hub ran: not seen, so not claimed either way. The broker
             # counts it among its clients (every 10 s): two such readings and the list says it
             # is not complete.

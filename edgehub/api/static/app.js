@@ -253,6 +253,36 @@ function drawTerminals(section) {
   labelCells($("terminals"));
 }
 
+// The store's time server (chrony): where the box's time comes from, what the store gets.
+function drawClock(c) {
+  const state = $("clock-state");
+  const dl = $("clock");
+  const body = $("clock-sources").querySelector("tbody");
+  dl.replaceChildren();
+  body.replaceChildren();
+  if (!c) { state.textContent = "not available"; state.className = "state unknown"; return; }
+  const word = c.running === null ? "not checked yet" : !c.running ? "not running"
+    : c.synchronised ? "synchronised" : c.serving_own_clock ? "own clock" : "not synchronised";
+  state.textContent = word;
+  state.className = `state ${c.running && c.synchronised ? "ok" : c.running === false ? "fail" : "warn"}`;
+  $("clock-summary").textContent = c.summary || "";
+  if (c.running) {
+    dl.append(el("dt", "Follows"), el("dd", c.reference || "nothing yet"),
+      el("dt", "Stratum"), el("dd", c.stratum === null ? "—" : c.stratum),
+      el("dt", "Offset"), el("dd", typeof c.offset_ms === "number" ? `${c.offset_ms} ms` : "—"));
+    if (typeof c.last_update_age_s === "number") dl.append(el("dt", "Last update"), el("dd", `${duration(c.last_update_age_s)} ago`));
+  }
+  dl.append(el("dt", "Serves the store"), el("dd", c.serve ? `yes, UDP ${c.port} to ${(c.allow || []).join(", ")}` : "no (clock.serve = false)"));
+  for (const src of c.sources || []) {
+    const tr = el("tr");
+    tr.dataset.source = src.name;
+    tr.append(el("td", src.name, "id"), el("td", src.state), el("td", src.stratum),
+      el("td", `${src.offset_ms} ms`), el("td", src.last_rx_s === null ? "never" : `${duration(src.last_rx_s)} ago`));
+    body.append(tr);
+  }
+  labelCells($("clock-sources"));
+}
+
 function drawOutbox(outbox, uplink) {
   const body = $("outbox").querySelector("tbody");
   body.replaceChildren();
@@ -357,6 +387,7 @@ const SECTIONS = [
   { id: "terminals-section", draw: (s) => drawTerminals(s.terminals) },
   { id: "roles-section", draw: (s) => drawRoles(s.roles) },
   { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
+  { id: "clock-section", draw: (s) => drawClock(s.clock) },
   { id: "system-section", draw: (s) => drawSystem(s.system) },
 ];
 

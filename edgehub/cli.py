@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", required=True, metavar="FILE", help="the edgehub.toml to write them from")
     c.set_defaults(func=_cmd_broker_config)
 
-    p = command(sub, "clock", "the store's time server (chrony)", "Tools for the store's time server: chrony, configured from [clock].",
+    p = command(sub, "clock", "the store's time server (chrony)",
+                "Tools for the store's time server: chrony, configured from [clock].",
                 ["edgehub clock status", "sudo edgehub clock write-config --config /etc/edgehub/edgehub.toml"])
     clock_sub = p.add_subparsers(dest="clock_command", required=True, metavar="TOOL")
     c = command(clock_sub, "write-config", "write chrony's file from [clock] (clock.config_file)",

@@ -32,8 +32,8 @@ from edgehub.devices.factory import DriverFactory
 from edgehub.devices.feeds import DeviceFeeds
 from edgehub.devices.fieldcheck import FieldChecks
 from edgehub.discovery import Discovery
-from edgehub.instance import InstanceLock, check_ports
 from edgehub.front import Checks, MenuServer, Presence, TerminalLogin
+from edgehub.instance import InstanceLock, check_ports
 from edgehub.intake import Intake
 from edgehub.kitchen import Kitchen, PickupServer, ReadyBoard, ScreenServer
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins

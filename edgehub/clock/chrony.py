@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgehub.config import ClockConfig, Config
-from edgehub.provision import atomic_write
+from edgehub.files import atomic_write
 
 LOCAL_REFERENCE = "7F7F0101"  # chrony's reference id while it serves its own clock (127.127.1.1)
 NO_REFERENCE = "00000000"

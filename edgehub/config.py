@@ -27,8 +27,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # What [log] components may name: edgehub's components (the loggers edgehub.<name>[.<part>]; a test
 # keeps this list equal to the code's loggers) and, with a dot, any full logger name below
 # edgehub or drivers.
-LOG_COMPONENTS = ("api", "broker", "bus", "devices", "discovery", "hub", "intake", "journal", "kitchen", "outbox",
-                  "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
+LOG_COMPONENTS = ("api", "broker", "bus", "clock", "devices", "discovery", "front", "hub", "intake", "journal",
+                  "kitchen", "online", "outbox", "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
 
 
 @dataclass(frozen=True)

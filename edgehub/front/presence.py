@@ -5,10 +5,11 @@ generated config also publishes its log on ``$SYS/broker/log/N`` (``log_dest top
 only the hub may read. A terminal needs to do nothing for it: no Will, no heartbeat of its own.
 What the lines say (Mosquitto 2.0, checked here):
 
-* ``New client connected from 10.0.0.7:51234 as pos-1 (p5, c0, k30, u'pos-1').`` — on the LAN
-  listener the client id is the user (``use_username_as_clientid``); on the hub's loopback
-  listener the user is in ``u'…'``. A second connection with a client id already connected
-  takes the session over: it gets no line of its own for the old one.
+* ``New client connected from 10.0.0.7:51234 as pos-1 (p5, c0, k30, u'pos-1').`` (after the
+  line's time stamp) — on the LAN listener the client id is the user
+  (``use_username_as_clientid``); on the hub's loopback listener the user is in ``u'…'``. A second
+  connection with a client id already connected takes the session over: it gets no line of its
+  own for the old one.
 * ``Client pos-1 disconnected.`` (a clean DISCONNECT), ``Client pos-1 closed its connection.``
   (the socket closed without one: killed, unplugged), ``Client pos-1 has exceeded timeout,
   disconnecting.`` (silent past 1.5 keep-alives: Wi-Fi or power gone), ``Socket error on client
@@ -111,9 +112,8 @@ class Presence:
     # --- the broker's events ---------------------------------------------------------------
 
     async def handle_log(self, message: aiomqtt.Message) -> None:
-        text = _text(message)
-        stamp, _, line = text.partition(": ")
-        at = float(stamp) if stamp.isdigit() else self.clock()
+        stamp, _, line = _text(message).partition(": ")
+        at = _broker_time(stamp) or self.clock()
         if m := _CONNECTED.match(line):
             client, user = m["client"], m["user"] if m["user"] is not None else ""
             self._clients[client] = (user, m["address"])  # replaces a connection taken over
@@ -235,6 +235,17 @@ class Presence:
             "terminals": [s.doc() for _, s in sorted(self.seen.items())],
             "web_screens": dict(self.web_screens()) if self.web_screens is not None else {},
         }
+
+
+def _broker_time(stamp: str) -> float | None:
+    """The time a log line carries: Unix seconds, or ``log_timestamp_format``'s local
+    ``%Y-%m-%dT%H:%M:%S`` (the box's broker config, edgehub/broker.py)."""
+    if stamp.isdigit():
+        return float(stamp)
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _text(message: aiomqtt.Message) -> str:

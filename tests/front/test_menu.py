@@ -128,7 +128,7 @@ async def test_terminals_get_the_menu_over_mqtt_and_http_and_keep_it_through_an_
 
 
 async def test_a_menu_too_large_for_the_broker_points_terminals_to_http(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "box", mode="managed", extra="[limits]\nmax_order_bytes = 8000\n")
+    path = write_config(tmp_path / "box", mode="managed", extra="[limits]\nmax_order_bytes = 4000\n")
     path.write_text(path.read_text().replace("[broker]\n", "[broker]\nmax_packet_kib = 8\n", 1))
     config = load_config(path)
     big = {"items": [{"sku": f"SKU-{i:04d}", "name": "红烧肉 " * 5, "price_cents": 1000 + i} for i in range(200)]}

@@ -14,7 +14,10 @@ Figures, each against a ceiling measured in this run:
 - the till's ack latency during the burst (target p99 < 50 ms); ceiling: the same till at the same
   rate with no burst, just before.
 
-    .venv/bin/python bench/online.py [--orders 2000] [--rate 20]
+With ``--profile pi`` the hub and its Mosquitto run at a Raspberry Pi 4 core's speed with an SD
+card's syncs (bench/piprofile.py); the cloud broker and the till are not the box's.
+
+    .venv/bin/python bench/online.py [--orders 2000] [--rate 50] [--rounds 3] [--profile pi]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -31,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import piprofile
 from common import NO_QUOTA, Loader, pct
 
 from edgehub.broker import MosquittoProcess
@@ -109,13 +114,20 @@ def paced_until(loader: Loader, prefix: str, rate: float, done: threading.Event)
     return sorted(v * 1000 for k, v in loader.latency.items() if k.startswith(prefix + "-"))
 
 
-async def main() -> dict[str, float]:
+async def main() -> dict[str, object]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--orders", type=int, default=2000, help="online orders waiting when the WAN returns")
     parser.add_argument("--rate", type=float, default=50, help="a till's orders per second meanwhile")
     parser.add_argument("--rounds", type=int, default=3, help="outages, each ending in a burst of --orders")
+    piprofile.add_argument(parser)
     args = parser.parse_args()
+    with piprofile.from_args(args) as profile:
+        return await run(args, profile)
+
+
+async def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, object]:
     loop = asyncio.get_running_loop()
+    profile.terminals(os.getpid())
 
     with tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
         async with CloudBroker(Path(tmp) / "cloud", store=STORE) as cloud, FaultProxy(cloud.port) as wan:
@@ -123,20 +135,28 @@ async def main() -> dict[str, float]:
             path = write_config(Path(tmp) / "box", store=STORE, mode="external", extra=extra + NO_QUOTA,
                                 terminals=("pos-1", "pos-2"))
             config = load_config(path)
-            async with MosquittoProcess(config):
-                hub = HubProcess(path, Path(tmp) / "hub.log")
-                hub.start()
+            broker = MosquittoProcess(config)
+            with profile.box_environ():
+                await broker.start()
+            try:
+                assert broker.pid is not None
+                profile.box(broker.pid)
+                hub = HubProcess(path, Path(tmp) / "hub.log", env=profile.env())
+                hub.start(wait=False)
                 try:
+                    assert hub.proc is not None
+                    profile.box(hub.proc.pid)
+                    hub.wait_healthy(60)
                     api = config.api.listen.port
                     while await asyncio.to_thread(link_state, api) != "online":  # noqa: ASYNC110 - another process
                         await asyncio.sleep(0.1)
-                    broker = config.broker.listen.port
+                    port = config.broker.listen.port
 
                     # Ceiling 1: the hub's own intake, the same number of orders from a till at full speed.
-                    full = await asyncio.to_thread(Loader, broker, STORE, "pos-2")
+                    full = await asyncio.to_thread(Loader, port, STORE, "pos-2")
                     intake_rate = await asyncio.to_thread(full.burst, "full", args.orders)
                     full.close()
-                    till = await asyncio.to_thread(Loader, broker, STORE, "pos-1")
+                    till = await asyncio.to_thread(Loader, port, STORE, "pos-1")
                     # Ceiling 2: the till's acks at the same rate with no burst.
                     quiet = threading.Event()
                     loop.call_later(5.0, quiet.set)
@@ -175,9 +195,12 @@ async def main() -> dict[str, float]:
                     raise
                 finally:
                     hub.stop()
+            finally:
+                await broker.stop()
 
     catch_up_rate = args.orders / catch_up_s
-    result = {
+    result: dict[str, object] = {
+        "profile": profile.describe(),
         "orders": args.orders,
         "rounds": args.rounds,
         "catch_up_s": round(catch_up_s, 2),

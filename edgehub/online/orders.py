@@ -148,6 +148,8 @@ class OnlineOrders:
                 log.error("%d online orders not journaled (%s); trying again in %g s", len(batch), exc, RETRY_S)
                 self._queue.extendleft(reversed(batch))
                 await asyncio.sleep(RETRY_S)
+            except Exception:  # not acknowledged: the cloud sends them again on the next connection
+                log.exception("%d online orders not taken", len(batch))
             # As long again for everything else (the tills first): a backlog takes at most half of
             # the event loop, however long it is.
             await asyncio.sleep(min(PAUSE_MAX_S, time.monotonic() - started) if self._queue else 0)

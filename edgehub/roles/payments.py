@@ -476,7 +476,10 @@ class Payments:
         await self.roles.journal.write(write)
         if final:
             for listener in self.on_final:
-                listener(p.sale_id)
+                try:
+                    listener(p.sale_id)
+                except Exception:  # a listener's fault must not touch a journaled payment
+                    log.exception("payment listener %r failed for sale %s", listener, p.sale_id)
 
     def _cloud_row(self, p: Payment, event: str, at: float) -> dict[str, Any]:
         """The ``cloud-payment/1`` document: amounts, results and masked references only."""

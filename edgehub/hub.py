@@ -173,7 +173,7 @@ class Hub:
                              config.limits)
         self.components.append(self.checks)
         self.intake.on_accepted.insert(0, self.checks.on_order_accepted)  # before the kitchen's tickets
-        self.kitchen.on_events.append(self.checks.on_events)
+        self.kitchen.progress.listeners.append(self.checks.on_progress)
         self.kitchen.on_order_change.append(self.checks.on_order_change)
         self.roles.payments.on_final.append(self.checks.on_payment)
         self.api.route_setups.append(self.checks.route_setup)
@@ -182,7 +182,7 @@ class Hub:
         self.online = OnlineOrders(self.journal, config.store.id, config.limits, self.intake.on_accepted,
                                    lambda: self.intake.in_progress > 0, keep_days=config.journal.keep_days)
         self.components.append(self.online)
-        self.kitchen.on_events.append(self.online.on_events)
+        self.kitchen.progress.listeners.append(self.online.on_progress)
         self.kitchen.on_order_change.append(self.online.on_order_change)
         if self.uplink is not None:
             self.uplink.take_order = self.online.take

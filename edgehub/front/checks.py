@@ -2,11 +2,15 @@
 
 A check is an accepted order (``order/1``) as it stands now: its lines after every amend (the
 one rule for that is ``payloads.apply_amend``), its version (1 + amends), how far the kitchen is
-with it (``kitchen.progress.order_progress``, the one place that says so) and what was paid
-against it (approved payments whose ``sale_id`` is the order's ``sale_id``, or its ``order_id``).
-Its ``state`` is ``paid`` once the payments cover what it comes to, else the kitchen's: ``ordered``,
-``in_kitchen``, ``ready``, ``served``. It closes when it is cancelled, or paid with nothing left
-to cook (ready, served), or after a day without a change (``stale``).
+with it and what was paid against it (approved payments whose ``sale_id`` is the order's
+``sale_id``, or its ``order_id``). The kitchen's part comes from the kitchen's order progress
+(edgehub/kitchen/progress.py, the one place that says what state an order is in, and the same
+facts that tell the tills and pagers "ready"): each ticket change reaches the check through
+``Progress.listeners`` and the check's ``kitchen`` is ``progress.stage`` of the order's progress
+(``ordered``, ``in_kitchen``, ``ready``, ``served``, ``expired``, ``voided``). Its ``state`` is
+``paid`` once the payments cover what it comes to, else the kitchen's (``ordered`` before it has
+a ticket). It closes when it is cancelled, or paid with nothing left to cook (no ticket on a
+station screen), or after a day without a change (``stale``).
 
 Terminals read the checks three ways (docs/front.md): every change as a ``check-event/1`` on
 ``…/checks/event`` (QoS 1, numbered by ``seq``, coalesced to one per check per turn of the event
@@ -40,8 +44,8 @@ from edgehub.config import LimitsConfig, TerminalConfig
 from edgehub.errors import BrokerError, EdgehubError, PayloadError
 from edgehub.front.auth import TerminalLogin
 from edgehub.kitchen.kitchen import OrderChanged
-from edgehub.kitchen.progress import ORDERED, READY, SERVED, order_progress
-from edgehub.kitchen.tickets import OF_ORDER, Event, stored_ticket
+from edgehub.kitchen.progress import IN_KITCHEN, ORDERED, STAGES, Change, stage
+from edgehub.kitchen.tickets import OF_ORDER, stored_ticket
 from edgehub.store import Journal
 from edgehub.tasks import cancel_and_wait
 
@@ -51,11 +55,13 @@ STALE_AFTER_S = 24 * 3600  # a check nobody changed for a day is closed (and not
 SWEEP_EVERY_S = 60.0
 STAFF = ("pos", "handheld")  # who may read the store's checks
 PAID, CANCELLED, STALE = "paid", "cancelled", "stale"
+CHECK_STATES = (*STAGES, PAID)  # a check's ``state``
 
 
 @dataclass(slots=True)
 class OpenCheck:
     order_id: str
+    order_no: str  # the short number staff call (``payloads.order_no_of``)
     terminal: str  # who opened it
     opened_at: float
     doc: dict[str, Any]  # the order as it stands
@@ -63,6 +69,7 @@ class OpenCheck:
     changed_by: str
     updated_at: float
     tickets: dict[str, tuple[str, str]] = field(default_factory=dict)  # ticket id -> (station, state)
+    kitchen: str | None = None  # ``progress.stage`` of the order's progress (None: no ticket yet)
     paid_cents: int = 0
     cancelled: bool = False
     stale: bool = False
@@ -79,13 +86,13 @@ class OpenCheck:
             due = payloads.check_prices(self.doc, limits)
         except PayloadError:
             due = None
-        kitchen = order_progress(state for _, state in self.tickets.values())
+        kitchen = self.kitchen
         paid = self.paid_cents > 0 and (due is None or self.paid_cents >= due)
-        closed = (CANCELLED if self.cancelled else PAID if paid and kitchen in (READY, SERVED, None)
-                  else STALE if self.stale else None)
+        cooking = kitchen in (ORDERED, IN_KITCHEN)
+        closed = (CANCELLED if self.cancelled else PAID if paid and not cooking else STALE if self.stale else None)
         doc = self.doc
         return {
-            "order_id": self.order_id, "terminal": self.terminal, "table": doc.get("table"),
+            "order_id": self.order_id, "order_no": self.order_no, "terminal": self.terminal, "table": doc.get("table"),
             "covers": doc.get("covers"), "opened_at": round(self.opened_at, 3),
             "updated_at": round(self.updated_at, 3), "version": self.version, "changed_by": self.changed_by,
             "state": PAID if paid else kitchen or ORDERED, "kitchen": kitchen,
@@ -143,20 +150,23 @@ class Checks:
         if order.order_id in self.open:
             return
         now = self.clock()
-        check = OpenCheck(order.order_id, order.terminal, now, order.doc, 1, order.terminal, now)
+        check = OpenCheck(order.order_id, order.order_no, order.terminal, now, order.doc, 1, order.terminal, now)
         self.open[order.order_id] = check
         self._by_sale.setdefault(check.sale_id, set()).add(order.order_id)
         self._mark(order.order_id)
 
-    def on_events(self, events: list[Event]) -> None:
-        """``Kitchen.on_events``: ticket changes, journaled and announced."""
-        for ev in events:
-            ticket = ev.ticket
-            check = self.open.get(ticket["order_id"])
-            if check is not None:
-                check.tickets[ticket["ticket_id"]] = (ticket["station"], ticket["state"])
-                check.updated_at = ev.at
-                self._mark(check.order_id)
+    def on_progress(self, change: Change | None) -> None:
+        """``Progress.listeners``: a ticket change, journaled and announced (None: the kitchen
+        read its orders again, which changes no check)."""
+        if change is None:
+            return
+        ticket = change.ticket
+        check = self.open.get(ticket["order_id"])
+        if check is not None:
+            check.tickets[ticket["ticket_id"]] = (ticket["station"], ticket["state"])
+            check.kitchen = stage(change.order.states())
+            check.updated_at = change.at
+            self._mark(check.order_id)
 
     def on_order_change(self, change: OrderChanged) -> None:
         """``Kitchen.on_order_change``: an amend or cancel, journaled."""
@@ -340,9 +350,10 @@ def _load(conn: sqlite3.Connection, since: float) -> list[OpenCheck]:
     if first is None:
         return []
     found: dict[str, OpenCheck] = {}
-    for order_id, terminal, at, payload in conn.execute(
-            "SELECT order_id, terminal, received_at, payload FROM orders WHERE seq >= ? ORDER BY seq", (first,)):
-        found[order_id] = OpenCheck(order_id, terminal, at, json.loads(payload), 1, terminal, at)
+    for order_id, terminal, at, payload, seq in conn.execute(
+            "SELECT order_id, terminal, received_at, payload, seq FROM orders WHERE seq >= ? ORDER BY seq", (first,)):
+        doc = json.loads(payload)
+        found[order_id] = OpenCheck(order_id, payloads.order_no_of(doc, seq), terminal, at, doc, 1, terminal, at)
     for order_id, kind, terminal, at, payload in conn.execute(
             "SELECT order_id, kind, terminal, received_at, payload FROM order_changes WHERE order_id IN "
             "(SELECT order_id FROM orders WHERE seq >= ?) ORDER BY rowid", (first,)):
@@ -359,6 +370,7 @@ def _load(conn: sqlite3.Connection, since: float) -> list[OpenCheck]:
             ticket = stored_ticket(doc, alerted)
             check.tickets[ticket.ticket_id] = (ticket.station, ticket.state)
             check.updated_at = max(check.updated_at, ticket.updated_at)
+        check.kitchen = stage(state for _, state in check.tickets.values())
     sales: dict[str, list[OpenCheck]] = {}
     for check in found.values():
         sales.setdefault(check.sale_id, []).append(check)

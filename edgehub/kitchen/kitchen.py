@@ -220,9 +220,7 @@ class Kitchen:
         # Stations kitchen screens are set up for (their terminals' ``stations``): known stations.
         self.screen_stations: tuple[str, ...] = ()
         self._order_locks: dict[str, list[Any]] = {}  # order id -> [its lock, changes waiting on it]
-        # Who hears of the kitchen's changes once they are journaled and announced: every ticket
-        # event, in each station's order (``Event``), and every amend and cancel (``OrderChanged``).
-        self.on_events: list[Callable[[list[Event]], None]] = []
+        # Who hears of every amend and cancel once it is journaled (ticket changes: ``progress``).
         self.on_order_change: list[Callable[[OrderChanged], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -486,11 +484,6 @@ class Kitchen:
             role = self.config.station(ev.station).printer_role
             if self.printer is not None and role and ev.event in ("created", "amended", "voided", "recalled"):
                 self._spawn(self._print(role, ev))
-        for listener in self.on_events if events else ():
-            try:
-                listener(events)
-            except Exception:  # a listener's fault must not stop the screens or the printers
-                log.exception("kitchen event listener %r failed", listener)
         if published and self.bus is not None:
             # On the loop's next turn, so a command's reply still goes out before its event.
             asyncio.get_running_loop().call_soon(self._publish_now, published)

@@ -11,8 +11,9 @@ docs/cloud.md). The box:
    is sent again, one it kept and sees again is acknowledged again and taken once;
 3. hands it to whoever takes a till's accepted order (the open checks, the kitchen: tickets on
    the stations it routes to, slips on their printers);
-4. sends each move of the kitchen's progress (``in_kitchen``, ``ready``, ``served``), a till's
-   cancel (``cancelled``) or a refusal (``rejected``, with the reason) back up, numbered per order.
+4. sends each move of the kitchen's progress back up (``in_kitchen``: a cook started it,
+   ``ready``, ``served``: ``progress.stage``, from the same facts that tell the tills "ready"), a
+   till's cancel (``cancelled``) or a refusal (``rejected``, with the reason), numbered per order.
 
 Orders that arrive in a burst (the WAN comes back after an hour of lunch orders) are taken a
 batch at a time (``BATCH``), one journal write each; before each batch the box gives way for up
@@ -32,15 +33,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgehub.bus.payloads import Order, Unaddressable
 from edgehub.config import LimitsConfig
 from edgehub.errors import EdgehubError, JournalError, PayloadError
 from edgehub.kitchen.kitchen import OrderChanged
-from edgehub.kitchen.progress import IN_KITCHEN, READY, SERVED, order_progress
-from edgehub.kitchen.tickets import OF_ORDER, Event, stored_ticket
+from edgehub.kitchen.progress import IN_KITCHEN, READY, SERVED, Change, stage
 from edgehub.store import Journal
 from edgehub.store.journal import OrderCommit
 from edgehub.store.outbox import add_to_outbox
@@ -71,7 +71,6 @@ class Tracked:
     state: str
     updates: int
     received_at: float
-    tickets: dict[str, str] = field(default_factory=dict)  # ticket id -> state
 
 
 @dataclass
@@ -195,6 +194,7 @@ class OnlineOrders:
             self.stats.accepted += 1
             if order.order_id in states:
                 self.tracked[order.order_id] = Tracked(order.order_id, cloud.channel, ACCEPTED, 1, at)
+            order = replace(order, seq=commit.seq)  # its short number (``order_no``) comes from it
             for hook in self.on_accepted:
                 try:
                     hook(order)
@@ -228,17 +228,13 @@ class OnlineOrders:
 
     # --- the kitchen's progress back up ----------------------------------------------------
 
-    def on_events(self, events: list[Event]) -> None:
-        """``Kitchen.on_events``: an online order whose progress moved tells the cloud."""
-        moved: set[str] = set()
-        for ev in events:
-            tracked = self.tracked.get(ev.ticket["order_id"])
-            if tracked is not None:
-                tracked.tickets[ev.ticket["ticket_id"]] = ev.ticket["state"]
-                moved.add(tracked.order_id)
-        for order_id in moved:
-            tracked = self.tracked[order_id]
-            progress = order_progress(tracked.tickets.values())
+    def on_progress(self, change: Change | None) -> None:
+        """``Progress.listeners``: an online order whose progress moved tells the cloud."""
+        if change is None:
+            return
+        tracked = self.tracked.get(change.order.order_id)
+        if tracked is not None:
+            progress = stage(change.order.states())
             if progress in SENT_PROGRESS and progress != tracked.state:
                 self._send(tracked, str(progress))
 
@@ -320,12 +316,6 @@ def _channel(raw: bytes) -> str:
 
 
 def _load(conn: sqlite3.Connection, since: float) -> list[Tracked]:
-    found = [Tracked(order_id, channel, state, updates, received_at) for order_id, channel, state, updates, received_at
-             in conn.execute("SELECT order_id, channel, state, updates, received_at FROM online_orders "
-                             "WHERE received_at >= ? AND state NOT IN (?, ?)", (since, CANCELLED, REJECTED))]
-    for tracked in found:
-        for doc, alerted in conn.execute(f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}",
-                                         (tracked.order_id,)):
-            ticket = stored_ticket(doc, alerted)
-            tracked.tickets[ticket.ticket_id] = ticket.state
-    return found
+    return [Tracked(order_id, channel, state, updates, received_at) for order_id, channel, state, updates, received_at
+            in conn.execute("SELECT order_id, channel, state, updates, received_at FROM online_orders "
+                            "WHERE received_at >= ? AND state NOT IN (?, ?)", (since, CANCELLED, REJECTED))]

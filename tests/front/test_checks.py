@@ -58,8 +58,9 @@ def line(sku: str, name: str, cents: int, qty: int = 1, station: str = "wok", **
 
 
 class Staff:
-    """A till or handheld: sends orders and changes, hears its acks, the store's check events,
-    and asks for the checks (MQTT 5 request/response inside its own tree)."""
+    """A till or handheld: sends orders and changes, hears its acks, the store's check events and
+    "ready" for its own orders, and asks for the checks (MQTT 5 request/response inside its own
+    tree)."""
 
     def __init__(self, config: Config, terminal: str) -> None:
         self.topics = Topics(config.store.id)
@@ -69,6 +70,7 @@ class Staff:
                                      protocol=aiomqtt.ProtocolVersion.V5)
         self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.events: list[dict[str, Any]] = []
+        self.ready: list[dict[str, Any]] = []  # order-ready/1 for its own orders
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -78,6 +80,7 @@ class Staff:
         await self.client.subscribe(f"{self.topics.root}/pos/{self.id}/answers/#", qos=1)
         await self.client.subscribe(self.topics.checks(self.id), qos=1)
         await self.client.subscribe(self.topics.checks_event, qos=1)
+        await self.client.subscribe(self.topics.order_ready(self.id), qos=1)
         self._task = asyncio.create_task(self._listen())
         return self
 
@@ -94,6 +97,8 @@ class Staff:
             doc = json.loads(message.payload)
             if message.topic.matches(self.topics.checks_event):
                 self.events.append(doc)
+            elif message.topic.matches(self.topics.order_ready(self.id)):
+                self.ready.append(doc)
             elif message.topic.matches(self.topics.ack(self.id)):
                 await self.acks.put(doc)
             else:
@@ -140,6 +145,7 @@ async def test_a_table_opened_on_a_till_gets_a_round_from_a_handheld_is_cooked_a
         opened = await handheld.event_for("T5-1", state="ordered", version=1)
         assert opened["event"] == "opened" and opened["check"]["due_cents"] == 3200
         assert opened["check"]["table"] == "T5" and opened["check"]["terminal"] == "pos-1"
+        assert opened["check"]["order_no"] == ack["order_no"]  # the number on the slips and the board
 
         # The waiter looks up table T5 on the handheld and adds a round of tea.
         listing = await handheld.checks(table="T5")
@@ -161,9 +167,15 @@ async def test_a_table_opened_on_a_till_gets_a_round_from_a_handheld_is_cooked_a
             await wok.client.publish(wok.topics.kds_command("wok"), json.dumps(
                 {"schema": "kds-command/1", "command_id": "c1", "action": action, "ticket_id": ticket}), qos=1)
         await till.event_for("T5-1", state="in_kitchen")
-        for station in ("wok", "bar"):
-            await hub.kitchen.command(station, _bump(f"T5-1/{station}/1"), "screen:test")
-        await till.event_for("T5-1", state="ready", kitchen="ready")
+        # The check's "ready" is the kitchen's: it turns with the order-ready/1 the till hears
+        # (edgehub/kitchen/progress.py), not with the wok's ticket alone.
+        await hub.kitchen.command("wok", _bump("T5-1/wok/1"), "screen:test")
+        await _until(lambda: [r["event"] for r in till.ready] == ["ticket_ready"], f"ready: {till.ready}")
+        assert till.events[-1]["check"]["state"] == "in_kitchen" and till.ready[0]["state"] == "in_kitchen"
+        await hub.kitchen.command("bar", _bump("T5-1/bar/1"), "screen:test")
+        ready = await till.event_for("T5-1", state="ready", kitchen="ready")
+        await _until(lambda: [r["event"] for r in till.ready] == ["ticket_ready", "order_ready"], f"{till.ready}")
+        assert till.ready[-1]["state"] == "ready" and till.ready[-1]["order_no"] == ready["check"]["order_no"]
 
         # Paid in cash against the check (sale_id = the order id): paid, nothing left to cook: closed.
         async with aiohttp.ClientSession() as http:
@@ -278,3 +290,10 @@ async def test_a_restarted_box_still_has_the_store_s_checks(config: Config, brok
         assert abs(after[0]["opened_at"] - before[0]["opened_at"]) < 1
         assert {k: v for k, v in after[0].items() if k not in ("updated_at", "opened_at")} == \
             {k: v for k, v in before[0].items() if k not in ("updated_at", "opened_at")}
+
+
+async def _until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)

@@ -333,9 +333,9 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         pinpads = _name_list(entry, "pinpad_roles", key, problem, _pinpad_problem)
         if stations is not None and kind != "kds":
             problem(f"{key}.stations", "only kitchen screens (kind = \"kds\") have stations")
-        if pinpads is not None and kind not in ("pos", "kiosk"):
-            problem(f"{key}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment (only pos and "
-                    "kiosk do)")
+        if pinpads is not None and kind not in ("pos", "handheld", "kiosk"):
+            problem(f"{key}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment (only pos, "
+                    "handheld and kiosk do)")
         if tid:
             seen.add(tid)
             terminals.append(Terminal(tid, str(kind), stations, pinpads))

@@ -1,4 +1,4 @@
-"""Which tills, handhelds, kiosks and screens are connected now, from the broker's own events.
+"""Which tills, handhelds, kiosks, screens, pagers and displays are connected now, from the broker's events.
 
 Mosquitto logs every connection and disconnection (``connection_messages true``); the box's
 generated config also publishes its log on ``$SYS/broker/log/N`` (``log_dest topic``), which

@@ -218,7 +218,10 @@ function drawRoles(section) {
     : "";
 }
 
-const KINDS = { pos: "till", handheld: "handheld", kds: "kitchen screen", kiosk: "kiosk" };
+const KINDS = {
+  pos: "till", handheld: "handheld", kds: "kitchen screen", kiosk: "kiosk", pager: "pager gateway",
+  display: "customer display",
+};
 
 function since(at) {
   if (typeof at !== "number") return "—";

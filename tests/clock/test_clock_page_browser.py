@@ -1,6 +1,6 @@
 """The box's page in a real headless Chromium shows the store's clock and which terminals are
 connected: a real chronyd serving its own clock (the WAN down), a till on the LAN listener that
-connects and then leaves, a kitchen screen that never came. The screenshot is kept in artifacts/."""
+connects and then leaves, a kitchen screen that never came. The screenshot is kept (tests/browser.py)."""
 
 from __future__ import annotations
 

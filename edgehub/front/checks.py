@@ -16,7 +16,7 @@ Terminals read the checks three ways (docs/front.md): every change as a ``check-
 ``…/checks/event`` (QoS 1, numbered by ``seq``, coalesced to one per check per turn of the event
 loop), a snapshot on request (``…/pos/{terminal}/checks/get``, answered in the terminal's own
 tree, as kitchen screens do it: a retained full list would go to every till on every change),
-and ``GET /pos/v1/checks``. Tills and handhelds may; kiosks and kitchen screens may not.
+and ``GET /pos/v1/checks``. Tills and handhelds may; no other kind of terminal may.
 
 Changes to a check go through the kitchen's amend and cancel (edgehub/kitchen/kitchen.py), which
 apply the rule for two tills changing one check (``check_version``).

@@ -107,7 +107,7 @@ def paced_until(loader: Loader, prefix: str, rate: float, done: threading.Event)
         delay = started + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        loader._send(f"{prefix}-{i}")
+        loader._send(f"{prefix}-{i}")  # noqa: SLF001
         i += 1
     with loader.cond:
         loader.cond.wait_for(lambda: len(loader.latency) == len(loader.sent_at), 30)

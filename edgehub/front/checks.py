@@ -33,11 +33,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
 from aiohttp import web
 
 from edgehub.bus import payloads
 from edgehub.bus.connection import BusConnection, response_properties
+from edgehub.bus.message import Message
 from edgehub.bus.payloads import Order
 from edgehub.bus.topics import Topics
 from edgehub.config import LimitsConfig, TerminalConfig
@@ -268,13 +268,12 @@ class Checks:
         views = [c.view(self.limits) for c in sorted(self.open.values(), key=lambda c: c.opened_at)]
         return [v for v in views if table is None or v["table"] == table]
 
-    async def handle_request(self, message: aiomqtt.Message) -> None:
-        terminal = self.topics.pos_terminal_of(message.topic.value, "checks/get")
+    async def handle_request(self, message: Message) -> None:
+        terminal = self.topics.pos_terminal_of(message.topic, "checks/get")
         if terminal is None:
             return
         response_topic, props, problem = response_properties(message, self.topics.own_tree(terminal))
         reply_topic = response_topic or self.topics.checks(terminal)
-        raw = message.payload if isinstance(message.payload, bytes | bytearray) else str(message.payload).encode()
         kind = self.kinds.get(terminal)
         if problem:
             body = payloads.checks(self.seq, self.clock(), None, error=problem)
@@ -283,7 +282,7 @@ class Checks:
                                    f"{' and '.join(STAFF)} terminals may read the store's checks")
         else:
             try:
-                table = payloads.parse_checks_request(bytes(raw), self.limits)
+                table = payloads.parse_checks_request(message.payload, self.limits)
             except PayloadError as exc:
                 body = payloads.checks(self.seq, self.clock(), None, error=str(exc))
             else:

@@ -34,10 +34,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
 from edgehub.bus import payloads
 from edgehub.bus.connection import BusConnection
+from edgehub.bus.message import Message
 from edgehub.bus.topics import Topics
 from edgehub.config import TerminalConfig
 from edgehub.errors import BrokerError, PayloadError
@@ -111,7 +110,7 @@ class Presence:
 
     # --- the broker's events ---------------------------------------------------------------
 
-    async def handle_log(self, message: aiomqtt.Message) -> None:
+    async def handle_log(self, message: Message) -> None:
         stamp, _, line = _text(message).partition(": ")
         at = _broker_time(stamp) or self.clock()
         if m := _CONNECTED.match(line):
@@ -162,7 +161,7 @@ class Presence:
             seen.reason = "the store's broker restarted"
             await self._publish(seen)
 
-    async def handle_count(self, message: aiomqtt.Message) -> None:
+    async def handle_count(self, message: Message) -> None:
         text = _text(message)
         if not text.isdigit():
             return
@@ -171,17 +170,17 @@ class Presence:
         known = len(self._clients) + (self.bus.client_id not in self._clients)
         self._short = self._short + 1 if self.broker_clients > known else 0
 
-    async def handle_record(self, message: aiomqtt.Message) -> None:
+    async def handle_record(self, message: Message) -> None:
         """A retained ``presence/1`` (the hub's own, from before a restart of the hub): taken where
         no newer event was seen."""
-        terminal = self.topics.presence_terminal_of(message.topic.value)
+        terminal = self.topics.presence_terminal_of(message.topic)
         seen = self.seen.get(terminal or "")
         if seen is None or not message.payload:
             return
         try:
             doc = payloads.parse_presence(_text(message).encode())
         except PayloadError as exc:
-            log.info("presence record on %s ignored: %s", message.topic.value, exc)
+            log.info("presence record on %s ignored: %s", message.topic, exc)
             return
         if doc["since"] is None or (seen.since is not None and seen.since >= doc["since"]):
             return
@@ -248,7 +247,5 @@ def _broker_time(stamp: str) -> float | None:
         return None
 
 
-def _text(message: aiomqtt.Message) -> str:
-    payload = message.payload
-    raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-    return raw.decode(errors="replace").strip()
+def _text(message: Message) -> str:
+    return message.payload.decode(errors="replace").strip()

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgehub.broker import MosquittoProcess
+from edgehub.bus.session import MqttSession
 from edgehub.bus.topics import Topics
 from edgehub.config import Config, load_config
 from edgehub.hub import Hub
@@ -65,9 +65,8 @@ class Staff:
     def __init__(self, config: Config, terminal: str) -> None:
         self.topics = Topics(config.store.id)
         self.id = terminal
-        self.client = aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username=terminal,
-                                     password=f"pw-{terminal}", identifier=f"staff-{terminal}-{time.monotonic_ns()}",
-                                     protocol=aiomqtt.ProtocolVersion.V5)
+        self.client = MqttSession(config.broker.listen.host, config.broker.listen.port, username=terminal,
+                                     password=f"pw-{terminal}", client_id=f"staff-{terminal}-{time.monotonic_ns()}")
         self.acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.events: list[dict[str, Any]] = []
         self.ready: list[dict[str, Any]] = []  # order-ready/1 for its own orders
@@ -95,11 +94,11 @@ class Staff:
         async for message in self.client.messages:
             assert isinstance(message.payload, bytes)
             doc = json.loads(message.payload)
-            if message.topic.matches(self.topics.checks_event):
+            if message.topic == self.topics.checks_event:
                 self.events.append(doc)
-            elif message.topic.matches(self.topics.order_ready(self.id)):
+            elif message.topic == self.topics.order_ready(self.id):
                 self.ready.append(doc)
-            elif message.topic.matches(self.topics.ack(self.id)):
+            elif message.topic == self.topics.ack(self.id):
                 await self.acks.put(doc)
             else:
                 await self.replies.put(doc)

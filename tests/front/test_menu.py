@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 
+from edgehub.bus.session import MqttSession
 from edgehub.config import Config, load_config
 from edgehub.hub import Hub
 from tests.conftest import API_TOKEN, write_config
@@ -37,9 +37,8 @@ def basic(user: str, password: str) -> dict[str, str]:
 async def retained_menu(config: Config, terminal: str = "pos-1", version: int | None = None,
                         timeout: float = 10.0) -> dict[str, Any]:
     """The menu a terminal gets on subscribing (retained), waiting for ``version`` if given."""
-    async with aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username=terminal,
-                              password=f"pw-{terminal}", identifier=f"menu-{terminal}-{time.monotonic_ns()}",
-                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async with MqttSession(config.broker.listen.host, config.broker.listen.port, username=terminal,
+                              password=f"pw-{terminal}", client_id=f"menu-{terminal}-{time.monotonic_ns()}") as client:
         await client.subscribe(f"edgehub/v1/{config.store.id}/menu", qos=1)
         async with asyncio.timeout(timeout):
             async for message in client.messages:
@@ -89,9 +88,8 @@ async def test_terminals_get_the_menu_over_mqtt_and_http_and_keep_it_through_an_
             assert r.status == 401  # and a terminal's password is not the box token
 
         # A new version reaches a till that is listening, at once.
-        async with aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username="pos-1",
-                                  password="pw-pos-1", identifier="menu-listener",
-                                  protocol=aiomqtt.ProtocolVersion.V5) as till:
+        async with MqttSession(config.broker.listen.host, config.broker.listen.port, username="pos-1",
+                                  password="pw-pos-1", client_id="menu-listener") as till:
             await till.subscribe(f"edgehub/v1/{config.store.id}/menu", qos=1)
             menu4 = {"items": [*MENU["items"], {"sku": "RICE-03", "name": "米饭", "price_cents": 200}]}
             recorder.push_down("menu", down(4, menu4))

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
 from edgehub.broker import MosquittoProcess, free_port
+from edgehub.bus.message import Message
+from edgehub.bus.session import MqttSession
 from edgehub.config import Config, load_config
 from edgehub.hub import Hub
 from edgehub.store.outbox import decode_payload
@@ -96,8 +97,8 @@ async def test_connections_and_three_ways_of_leaving(running: Hub, config: Confi
         assert "keep-alive" in (await until(hub, "hh-1", "disconnected", timeout=15))["reason"]
 
         # Staff terminals read who is connected (retained); a kitchen screen may not.
-        async with aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username="pos-2",
-                                  password="pw-pos-2", identifier="reader-pos-2") as reader:
+        async with MqttSession(config.broker.listen.host, config.broker.listen.port, username="pos-2",
+                                  password="pw-pos-2", client_id="reader-pos-2") as reader:
             await reader.subscribe(hub.topics.all_presence, qos=1)
             records: dict[str, dict[str, Any]] = {}
             async with asyncio.timeout(5):
@@ -109,8 +110,8 @@ async def test_connections_and_three_ways_of_leaving(running: Hub, config: Confi
                         break
             assert records["pos-2"]["state"] == "connected" and records["pos-1"]["state"] == "disconnected"
             assert records["pos-1"]["schema"] == "presence/1"
-        async with aiomqtt.Client(config.broker.listen.host, config.broker.listen.port, username="kds-grill",
-                                  password="pw-kds-grill", identifier="reader-kds") as reader:
+        async with MqttSession(config.broker.listen.host, config.broker.listen.port, username="kds-grill",
+                                  password="pw-kds-grill", client_id="reader-kds") as reader:
             await reader.subscribe(hub.topics.all_presence, qos=1)
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(1):
@@ -156,7 +157,7 @@ async def test_a_restarted_hub_knows_who_was_there_and_who_came_meanwhile(config
             # counts it among its clients (every 10 s): two such readings and the list says it
             # is not complete.
             assert (await states(hub))["pos-1"]["state"] == "unknown"
-            counted = aiomqtt.Message(hub.topics.broker_clients, b"3", 0, False, False, None)
+            counted = Message(hub.topics.broker_clients, b"3")
             await hub.presence.handle_count(counted)  # hub + hh-1 known, pos-1 not
             assert (await hub.status())["terminals"]["complete"] is True
             await hub.presence.handle_count(counted)

@@ -52,6 +52,10 @@ class BrokerFiles:
     acl: Path
 
 
+# The terminal kinds that place, amend and cancel orders and ask for the open checks.
+ORDER_KINDS = ("pos", "handheld", "kiosk")
+
+
 def acl_text(config: Config) -> str:
     topics = Topics(config.store.id)
     lines = [
@@ -67,8 +71,9 @@ def acl_text(config: Config) -> str:
         tid = terminal.id
         lines += [
             f"user {tid}",
-            # A terminal writes only its own subtree and reads only its own acks and replies.
-            f"topic write {topics.terminal_tree(tid)}",
+            # A terminal reads only its own acks and replies; one that takes orders (a till, a
+            # handheld, a kiosk) writes its own subtree, and screens, pagers and displays write none of it.
+            *([f"topic write {topics.terminal_tree(tid)}"] if terminal.kind in ORDER_KINDS else []),
             f"topic read {topics.terminal_tree(tid)}",
             f"topic read {topics.hub_state}",
             # The cloud's menu, retained: every terminal shows or prices from it (edgehub/front/menu.py).

@@ -26,6 +26,7 @@ system-deps:
 	pkg-config --exists fuse3 2>/dev/null || missing="$$missing pkg-config libfuse3-dev fuse3"; \
 	command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /sbin/mkfs.ext4 ] || missing="$$missing e2fsprogs"; \
 	command -v losetup >/dev/null 2>&1 || [ -x /sbin/losetup ] || missing="$$missing mount"; \
+	if [ "$(WITH_CHRONY)" = 1 ]; then [ -x /usr/sbin/chronyd ] || command -v chronyd >/dev/null 2>&1 || missing="$$missing chrony"; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && \
@@ -47,11 +48,14 @@ deps: system-deps $(STAMP)
 run: deps
 	$(PY) -m edgehub run --config $(CONFIG) $(RUN_FLAGS) $(foreach p,$(SIM),--sim-profile $(p))
 
-# The kitchen screen and the box's page are tested in a real headless Chromium (Debian's).
+# The kitchen screen and the box's page are tested in a real headless Chromium (Debian's), the
+# store's time server with a real chronyd on loopback ports (Debian's chrony, which the box image
+# installs too; on a desktop it takes over from systemd-timesyncd).
 # The suite mostly waits on brokers, hubs and sockets, so it runs in TEST_JOBS processes (one test
 # file each at a time); TEST_JOBS=0 runs it in one process. Screenshots go to test-artifacts/ (tests/browser.py).
 TEST_JOBS ?= 4
 test: WITH_BROWSER = 1
+test: WITH_CHRONY = 1
 test: deps native
 	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("intake", "store", "kitchen", "ready", "uplink", "failover", "qrpay", "footprint", "storeday")
+BENCHES = ("intake", "store", "kitchen", "ready", "uplink", "online", "failover", "qrpay", "footprint", "storeday")
 PI_ARGS = {
     "intake": ["--orders", "2000", "--rate", "20", "--seconds", "15", "--rounds", "2"],
     "store": ["--rate", "20", "--seconds", "30", "--step-s", "8"],
     "kitchen": ["--orders", "1000", "--rate", "20", "--seconds", "15"],
     "ready": ["--rate", "20", "--seconds", "15"],
     "uplink": ["--backlog", "60000", "--rate", "20"],
+    "online": ["--orders", "2000", "--rate", "20", "--rounds", "2"],
     "failover": ["--trials", "24"],
     "qrpay": ["--payments", "100"],
     "footprint": ["--orders", "3000", "--amp-orders", "600", "--rate", "20", "--idle-s", "30"],
@@ -52,6 +53,9 @@ ROWS: list[Row] = [
     ("uplink", "till ack p99, full-speed drain (ms)", lambda r: r["live_p99_ms"], "", None),
     ("uplink", "till ack p99, drain at replay_rate (ms)", lambda r: r["policy_live_p99_ms"], "< 50",
      lambda v: v < 50),
+    ("online", "2,000 online orders' catch-up (s)", lambda r: r["catch_up_s"], "", None),
+    ("online", "catch-up / the hub's own intake", lambda r: r["ratio"], "", None),
+    ("online", "till ack p99 during the burst (ms)", lambda r: r["till_p99_ms"], "< 50", lambda v: v < 50),
     ("failover", "printer failover p99 (ms)", lambda r: r["p99_ms"], "< 1500", lambda v: v < 1500),
     ("qrpay", "QR payment at the box p99 (ms)", lambda r: r["box_p99_ms"], "", None),
     ("footprint", "start -> READY (s)", lambda r: r["ready_s"], "< 2", lambda v: v < 2),

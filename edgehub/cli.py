@@ -209,6 +209,31 @@ def _cmd_broker_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clock_config(args: argparse.Namespace) -> int:
+    from edgehub.clock import write_config
+    from edgehub.config import load_config
+
+    config = load_config(args.config)
+    path = write_config(config)
+    print(f"wrote {path}; chrony reads it through /etc/chrony/conf.d/edgehub.conf: systemctl restart chrony")
+    return 0
+
+
+def _cmd_clock_status(args: argparse.Namespace) -> int:
+    import time
+
+    from edgehub.clock import read_state, summary
+    from edgehub.config import load_config
+
+    config = load_config(args.config)
+    state = asyncio.run(read_state(config.clock, time.time()))
+    print(summary(config.clock, state))
+    for source in state.sources:
+        print(f"  {source['name']:<24} {source['state']:<13} stratum {source['stratum']:<2} "
+              f"offset {source['offset_ms']} ms")
+    return 0 if state.running else 1
+
+
 def _cmd_sim_terminal(args: argparse.Namespace) -> int:
     from edgehub.config import load_config, parse_address
     from edgehub.sim.terminal import TerminalSim, run_terminals
@@ -342,6 +367,25 @@ def build_parser() -> argparse.ArgumentParser:
                 ["edgehub broker write-config --config /etc/edgehub/edgehub.toml && sudo systemctl reload mosquitto"])
     c.add_argument("--config", required=True, metavar="FILE", help="the edgehub.toml to write them from")
     c.set_defaults(func=_cmd_broker_config)
+
+    p = command(sub, "clock", "the store's time server (chrony)",
+                "Tools for the store's time server: chrony, configured from [clock].",
+                ["edgehub clock status", "sudo edgehub clock write-config --config /etc/edgehub/edgehub.toml"])
+    clock_sub = p.add_subparsers(dest="clock_command", required=True, metavar="TOOL")
+    c = command(clock_sub, "write-config", "write chrony's file from [clock] (clock.config_file)",
+                "Write the store time server's chrony directives from [clock] in edgehub.toml into\n"
+                "clock.config_file (on a box /etc/chrony/conf.d/edgehub.conf, which Debian's chrony reads).\n"
+                "Provisioning runs it; restart chrony afterwards.",
+                ["sudo edgehub clock write-config --config /etc/edgehub/edgehub.toml && sudo systemctl restart chrony"])
+    c.add_argument("--config", required=True, metavar="FILE", help="the edgehub.toml to write it from")
+    c.set_defaults(func=_cmd_clock_config)
+    c = command(clock_sub, "status", "where the box's time comes from and what the store gets",
+                "Ask chrony (chronyc on its command port on loopback) what the box's clock follows: an upstream\n"
+                "server, or its own clock while none is reachable; then each time source. Exit 1 when chrony\n"
+                "does not answer.",
+                ["edgehub clock status", "edgehub clock status --config config/dev.toml"])
+    c.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the edgehub.toml the hub runs with")
+    c.set_defaults(func=lambda a: _box_config(a) or _cmd_clock_status(a))
 
     p = command(sub, "sim", "simulated store parts (no hardware)",
                 "Simulated parts of a store, to try the hub without hardware.",

@@ -27,8 +27,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # What [log] components may name: edgehub's components (the loggers edgehub.<name>[.<part>]; a test
 # keeps this list equal to the code's loggers) and, with a dot, any full logger name below
 # edgehub or drivers.
-LOG_COMPONENTS = ("api", "broker", "bus", "devices", "discovery", "hub", "intake", "journal", "kitchen", "outbox",
-                  "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
+LOG_COMPONENTS = ("api", "broker", "bus", "clock", "devices", "discovery", "front", "hub", "intake", "journal",
+                  "kitchen", "online", "outbox", "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,10 @@ class LimitsConfig:
     order_burst: int = 500
 
 
-TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+# pos: a till; handheld: a waiter's handheld (orders at the table, what a till may do); kds: a
+# kitchen screen; kiosk: a self-order kiosk, which guests use; pager: a pager system's gateway;
+# display: a customer display at the pass.
+TERMINAL_KINDS = ("pos", "handheld", "kds", "kiosk", "pager", "display")
 # Kinds with a page on the box, opened with the terminal's screen secret: kitchen screens
 # (/kds/{station}) and customer displays (/pickup).
 SCREEN_KINDS = ("kds", "display")
@@ -187,7 +190,7 @@ class TerminalConfig:
     kind: str
     password: str = field(repr=False)
     # kds: the stations the screen shows and drives (None: every station, as before per-screen
-    # stations existed). pos/kiosk: the pinpad roles it may start payments on (None: every one).
+    # stations existed). pos/handheld/kiosk: the pinpad roles it may start payments on (None: every one).
     stations: tuple[str, ...] | None = None
     pinpad_roles: tuple[str, ...] | None = None
     # kds/display: the secret of its web page (/kds/{station} or /pickup); a kitchen screen's
@@ -203,7 +206,7 @@ class TerminalConfig:
         return self.kind == "kds" and (self.stations is None or station in self.stations)
 
     def may_pay_on(self, role: str) -> bool:
-        return self.kind in ("pos", "kiosk") and (self.pinpad_roles is None or role in self.pinpad_roles)
+        return self.kind in ("pos", "handheld", "kiosk") and (self.pinpad_roles is None or role in self.pinpad_roles)
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,23 @@ class ReportsConfig:
 
 
 @dataclass(frozen=True)
+class ClockConfig:
+    """``[clock]``: the box serves time to the store's LAN (chrony, docs/box.md). ``servers`` and
+    ``pools`` are where it takes time from while the WAN is up; with none reachable it serves its
+    own clock at ``local_stratum``, so tills and screens stay in step with it and each other."""
+
+    serve: bool = True
+    servers: tuple[str, ...] = ("ntp.aliyun.com", "ntp.tencent.com")
+    pools: tuple[str, ...] = ("cn.pool.ntp.org",)
+    allow: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    local_stratum: int = 10
+    port: int = 123
+    command_port: int = 323
+    config_file: Path = Path("/etc/edgehub/chrony/edgehub.conf")  # default: beside edgehub.toml
+    check_every_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     store: StoreConfig
@@ -470,6 +490,7 @@ class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     payments: PaymentsConfig = field(default_factory=PaymentsConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def terminal(self, terminal_id: str) -> TerminalConfig | None:
         return next((t for t in self.terminals if t.id == terminal_id), None)
@@ -683,7 +704,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     ck = _Checker(source, text)
     base = source.resolve().parent
     known_tables = {"store", "paths", "broker", "api", "journal", "limits", "log", "terminal", "kitchen",
-                    "role", "discovery", "device", "cloud", "payments", "reports"}
+                    "role", "discovery", "device", "cloud", "payments", "reports", "clock"}
     for key in data:
         if key not in known_tables:
             ck.problem(key, f"unknown table (known: {', '.join(sorted(known_tables))})")
@@ -814,13 +835,15 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     cloud = _cloud(ck, base, data, store.id)
     payments = _payments(ck, base, data)
     reports = _reports(ck, data)
+    clock = _clock(ck, base, data)
     _cross_references(ck, api, broker, roles, devices)
 
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(source=source, store=store, paths=paths, broker=broker, api=api, journal=journal,
                   limits=limits, log=log, terminals=tuple(terminals), kitchen=kitchen, roles=roles,
-                  discovery=discovery, devices=devices, cloud=cloud, payments=payments, reports=reports)
+                  discovery=discovery, devices=devices, cloud=cloud, payments=payments, reports=reports,
+                  clock=clock)
 
 
 TERMINAL_KEYS = ("id", "kind", "password", "password_file", "stations", "pinpad_roles", "screen_token",
@@ -860,9 +883,9 @@ def _terminals(ck: _Checker, base: Path, data: Mapping[str, Any], hub_user: str)
                 if key in entry:
                     ck.problem(f"{prefix}.{key}", f"only kitchen screens and customer displays (kind = \"kds\" "
                                f"or \"display\") have {key}")
-        if kind not in ("pos", "kiosk") and "pinpad_roles" in entry:
+        if kind not in ("pos", "handheld", "kiosk") and "pinpad_roles" in entry:
             ck.problem(f"{prefix}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment "
-                       "(only pos and kiosk do)")
+                       "(only pos, handheld and kiosk do)")
         if screen_token and len(screen_token) < 16:
             ck.problem(f"{prefix}.screen_token", "must be at least 16 characters")
         terminals.append(TerminalConfig(
@@ -1499,3 +1522,55 @@ def _reports(ck: _Checker, data: Mapping[str, Any]) -> ReportsConfig:
     return ReportsConfig(day_starts_at=starts or "05:00", timezone=zone or "",
                          print_role=role if role is not None else "receipt-printer",
                          print_at_close=bool(ck.get(t, "reports.print_at_close", bool, True)))
+
+
+# A host name or address chrony may be given as an upstream, optionally with :port ([v6]:port):
+# no spaces, quotes or anything that would end the directive in the file it goes into.
+NTP_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?\Z")
+
+
+def _ntp_hosts_problem(values: list[Any]) -> str | None:
+    for value in values:
+        m = NTP_HOST_RE.match(value) if isinstance(value, str) else None
+        if m is None:
+            return f"{value!r} is not a host name or address (optionally :port), e.g. \"ntp.aliyun.com\""
+        if m.group(2) and not 0 < int(m.group(2)[1:]) <= 65535:
+            return f"{value!r}: port {m.group(2)[1:]} is not 1 to 65535"
+    return None
+
+
+def _allow_problem(values: list[Any]) -> str | None:
+    for value in values:
+        if not isinstance(value, str):
+            return f"{value!r} is not a subnet like \"192.168.1.0/24\""
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            return f"{value!r} is not a subnet: {exc}"
+    return None
+
+
+def _clock(ck: _Checker, base: Path, data: Mapping[str, Any]) -> ClockConfig:
+    t = ck.table(data, "clock", {"serve", "servers", "pools", "allow", "local_stratum", "port", "command_port",
+                                 "config_file", "check_every_s"})
+    d = ClockConfig()
+
+    def port(key: str, default: int) -> int:
+        value: int = ck.get(t, f"clock.{key}", int, default,
+                            check=lambda v: None if 0 < v <= 65535 else f"must be 1 to 65535, got {v}")
+        return value
+
+    config_file = ck.get(t, "clock.config_file", str, None)
+    return ClockConfig(
+        serve=bool(ck.get(t, "clock.serve", bool, True)),
+        servers=tuple(ck.get(t, "clock.servers", list, list(d.servers), check=_ntp_hosts_problem) or ()),
+        pools=tuple(ck.get(t, "clock.pools", list, list(d.pools), check=_ntp_hosts_problem) or ()),
+        allow=tuple(ck.get(t, "clock.allow", list, list(d.allow), check=_allow_problem) or ()),
+        local_stratum=ck.get(t, "clock.local_stratum", int, 10,
+                             check=lambda v: None if 1 <= v <= 15 else f"must be 1 to 15, got {v}"),
+        port=port("port", 123),
+        command_port=port("command_port", 323),
+        config_file=base / (config_file or "chrony/edgehub.conf"),
+        check_every_s=float(ck.get(t, "clock.check_every_s", (int, float), 30.0,
+                                   check=lambda v: None if 1 <= v <= 3600 else f"must be 1 to 3600 s, got {v}")),
+    )

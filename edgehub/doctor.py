@@ -166,11 +166,13 @@ class Doctor:
         if self.daemon_expected:
             checks.append(daemon_check(self.config, status, problem))
         qr_gateway = asyncio.ensure_future(self._qr_gateway())  # alongside the others
+        time_server = asyncio.ensure_future(self._time_server())
         gathered = await asyncio.gather(
             self._broker(), asyncio.to_thread(self._journal), asyncio.to_thread(self._disk_space),
             asyncio.to_thread(self._disk_write), asyncio.to_thread(self._clock), self._cloud(status),
         )
         checks.extend(c for group in gathered for c in ([group] if isinstance(group, Check) else group))
+        checks.append(await time_server)
         checks.extend(await qr_gateway)
         checks.append(self._https())
         checks.extend(await self._devices(status, problem))
@@ -355,6 +357,38 @@ class Doctor:
             return Check("clock", "warn", f"the clock says {stamp} but is not synchronised by NTP",
                          "let the box reach an NTP server (UDP 123) or check: timedatectl status")
         return Check("clock", "ok", f"{stamp}{', NTP synchronised' if synced else ''}")
+
+    async def _time_server(self) -> Check:
+        """The store's time server (edgehub/clock/): chrony's state, and an NTP answer from the
+        box on loopback as a till on the LAN would get it."""
+        from edgehub.clock import read_state, summary
+        from edgehub.clock.ntp import query
+
+        clock = self.config.clock
+        state = await read_state(clock, self.clock(), timeout=self.timeout_s)
+        if not state.running:
+            if not clock.serve:
+                return Check("time-server", "ok", f"the box serves no time (clock.serve = false); {state.error}")
+            return Check("time-server", "warn", f"the store's terminals get no time from the box: {state.error}",
+                         "apt-get install chrony; edgehub clock write-config; systemctl restart chrony")
+        line = summary(clock, state)
+        if not clock.serve:
+            return Check("time-server", "ok", line)
+        try:
+            answer = await query("127.0.0.1", clock.port, timeout=self.timeout_s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            return Check("time-server", "warn", f"chrony runs but does not answer NTP on UDP {clock.port}: "
+                         f"{_reason(exc)}", f"check {clock.config_file} (edgehub clock write-config) and "
+                         "systemctl restart chrony")
+        if not answer.usable:
+            return Check("time-server", "warn", f"{line}, but it answers as not synchronised (leap {answer.leap}, "
+                         f"stratum {answer.stratum}): terminals refuse that time",
+                         "edgehub clock write-config (it sets local stratum); systemctl restart chrony")
+        if state.synchronised:
+            return Check("time-server", "ok", f"{line}; tills get stratum {answer.stratum}")
+        return Check("time-server", "warn", f"{line}: the store stays in step with the box, which drifts from "
+                     "true time until an upstream answers", "check the WAN and that UDP 123 to the [clock] servers "
+                     "is open: edgehub clock status")
 
     def _newest_journal_time(self) -> float | None:
         path = self.config.journal.path

@@ -18,7 +18,20 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from edgehub import __version__, devices, discovery, intake, kitchen, reports, roles, support, uplink
+from edgehub import (
+    __version__,
+    clock,
+    devices,
+    discovery,
+    front,
+    intake,
+    kitchen,
+    online,
+    reports,
+    roles,
+    support,
+    uplink,
+)
 from edgehub.api import ApiServer
 from edgehub.api.tls import ensure_certificate, fingerprint, server_context
 from edgehub.broker import MosquittoProcess
@@ -28,6 +41,7 @@ from edgehub.component import Component, Signals, Wiring
 from edgehub.config import Address, Config
 from edgehub.context import Context
 from edgehub.devices import DeviceRegistry
+from edgehub.front import TerminalLogin
 from edgehub.instance import InstanceLock, check_ports
 from edgehub.kitchen.logins import ScreenLogins, mistaken_secrets, screen_logins
 from edgehub.logs import RecentLines
@@ -37,7 +51,7 @@ from edgehub.store import Journal
 from edgehub.store.retention import Retention
 from edgehub.support import SupportPorts
 from edgehub.tasks import cancel_and_wait
-from edgehub.uplink import Downlink, Outbox, Uplink
+from edgehub.uplink import Downlink, Outbox, TelemetrySampler, Uplink
 
 log = logging.getLogger("edgehub.hub")
 
@@ -102,6 +116,10 @@ class Hub:
                                                   usb_backend=usb_backend,
                                                   advertise=(config.store.id, config.api.listen.port, __version__)))
         self.roles = self.add(roles.setup(ctx, config, self.registry, wan_down=self.cloud.wan_down))
+        terminal_login = TerminalLogin(config.terminals, self.api.failures)
+        self.menu = self.add(front.setup_menu(ctx, self.cloud.downlink, self.bus, terminal_login,
+                                              config.broker.max_packet_kib * 1024))
+        self.checks = self.add(front.setup_checks(ctx, terminal_login, config.terminals, config.limits))
         self.kitchen = self.add(kitchen.setup(
             ctx, config.kitchen, config.limits, terminal_kinds={t.id: t.kind for t in config.terminals},
             screen_stations=[s for t in config.terminals if t.kind == "kds" for s in t.stations or ()],
@@ -111,6 +129,11 @@ class Hub:
                                                       broker_link=self.healthy))
         self.ready_board = self.add(kitchen.setup_ready(ctx, self.kitchen, config.kitchen))
         self.add(kitchen.setup_pickup(self.ready_board, logins, self.api.failures, self.screens.status))
+        self.online = self.add(online.setup(ctx, config.limits, keep_days=config.journal.keep_days,
+                                            busy=self.intake.busy, cloud=self.cloud))
+        self.clock_watch = self.add(clock.setup(ctx, config.clock))
+        self.presence = self.add(front.setup_presence(ctx, config.terminals, self.bus,
+                                                      web_screens=self.kitchen.web_screens, cloud=self.cloud))
         self.reports = self.add(reports.setup(ctx, config, KitchenSlips(self.roles.printqueue)))
         self.support = self.add(support.setup(ctx, config, SupportPorts(
             status=self.status, broker_address=lambda: Address(self.bus.host, self.bus.port),
@@ -145,6 +168,10 @@ class Hub:
     @property
     def uplink(self) -> Uplink | None:
         return self.cloud.uplink
+
+    @property
+    def telemetry(self) -> TelemetrySampler:
+        return self.cloud.telemetry
 
     # --- lifecycle -------------------------------------------------------------------------
 

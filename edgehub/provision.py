@@ -9,7 +9,8 @@ checks it completely, then makes the box ready to run:
 - takes the one-time cloud enrollment token (and any cloud password) into a secret file and out
   of the boot partition file, which any laptop can read, as soon as it is stored,
 - writes ``CONFIG_DIR/edgehub.toml`` atomically, after checking it with the daemon's own loader,
-- writes Mosquitto's config, password file and ACL (``edgehub.broker.write_config``),
+- writes Mosquitto's config, password file and ACL (``edgehub.broker.write_config``) and the
+  store time server's chrony file (``edgehub.clock.write_config``),
 - leaves a marker (``CONFIG_DIR/provisioned.json``) naming the store the box belongs to.
 
 Running it again with the same file changes nothing: same config, same secrets, broker files
@@ -63,7 +64,7 @@ SERVICE_USER = "edgehub"
 BROKER_GROUP = "mosquitto"
 HUB_USER = "edgehub-hub"
 MARKER = "provisioned.json"
-TERMINAL_KINDS = ("pos", "kds", "kiosk", "pager", "display")
+TERMINAL_KINDS = ("pos", "handheld", "kds", "kiosk", "pager", "display")
 SCREEN_KINDS = ("kds", "display")  # kinds with a page on the box, opened with a screen secret
 # TLS only: the enrollment token is the box's way into the chain's cloud (mqtt:// is for tests,
 # through the config file, never through provisioning).
@@ -144,6 +145,14 @@ class Layout:
     @property
     def broker_dir(self) -> Path:
         return self.config_dir / "mosquitto"
+
+    @property
+    def chrony_file(self) -> Path:
+        """The store time server's chrony file: in Debian chrony's conf.d on a box (chrony reads
+        it from there; AppArmor lets chronyd read only /etc/chrony), beside the config elsewhere."""
+        if self.config_dir == DEFAULT_CONFIG_DIR:
+            return Path("/etc/chrony/conf.d/edgehub.conf")
+        return self.config_dir / "chrony" / "edgehub.conf"
 
     @property
     def marker(self) -> Path:
@@ -324,9 +333,9 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         pinpads = _name_list(entry, "pinpad_roles", key, problem, _pinpad_problem)
         if stations is not None and kind != "kds":
             problem(f"{key}.stations", "only kitchen screens (kind = \"kds\") have stations")
-        if pinpads is not None and kind not in ("pos", "kiosk"):
-            problem(f"{key}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment (only pos and "
-                    "kiosk do)")
+        if pinpads is not None and kind not in ("pos", "handheld", "kiosk"):
+            problem(f"{key}.pinpad_roles", f"a terminal of kind {kind!r} never takes a payment (only pos, "
+                    "handheld and kiosk do)")
         if tid:
             seen.add(tid)
             terminals.append(Terminal(tid, str(kind), stations, pinpads))
@@ -539,6 +548,10 @@ def render_config(request: Request, layout: Layout) -> str:
         'tls_cert_file = "tls/box.crt"',
         'tls_key_file = "tls/box.key"',
         "",
+        "[clock]",
+        "# The store's time server: chrony reads this file (`edgehub clock write-config` rewrites it).",
+        f"config_file = {q(str(layout.chrony_file))}",
+        "",
     ]
     if request.cloud_url:
         lines += ["[cloud]", "enabled = true", f"url = {q(request.cloud_url)}"]
@@ -635,8 +648,15 @@ def _read_marker(layout: Layout) -> dict[str, Any]:
 
 def _write_broker_files(layout: Layout) -> None:
     from edgehub.broker import write_config
+    from edgehub.clock import write_config as write_clock_config
 
-    files = write_config(load_config(layout.config_file))
+    config = load_config(layout.config_file)
+    try:
+        write_clock_config(config)  # the store's time server (chrony reads it from its conf.d)
+    except OSError as exc:  # no chrony on this box: the store goes without the box's time
+        print(f"warning: {config.clock.config_file} not written ({exc.strerror or exc}): "
+              "install chrony, then run `edgehub clock write-config`", file=sys.stderr)
+    files = write_config(config)
     # Mosquitto reads these after dropping to its own user: root:mosquitto 0640.
     owner = _ids(None, BROKER_GROUP)
     if owner is not None:

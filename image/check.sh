@@ -136,6 +136,15 @@ for unit in "${UNITS[@]}"; do
     if chroot "$ROOT" systemctl is-enabled "$unit" >/dev/null 2>&1; then ok "$unit enabled"; else bad "$unit not enabled"; fi
 done
 
+# The store's time server (docs/box.md): chrony enabled, Debian's own pool left out.
+if chroot "$ROOT" systemctl is-enabled chrony.service >/dev/null 2>&1; then ok "chrony.service enabled"
+else bad "chrony.service not enabled"; fi
+if grep -q '^pool 2\.debian\.pool\.ntp\.org' "$ROOT/etc/chrony/chrony.conf" 2>/dev/null; then
+    bad "/etc/chrony/chrony.conf still uses Debian's pool (install-into-root.sh comments it out)"
+else
+    ok "chrony takes its servers from conf.d/edgehub.conf"
+fi
+
 say "systemd-analyze verify --root"
 verify_err=$(systemd-analyze verify --root="$ROOT" "${UNITS[@]}" 2>&1 >/dev/null) || true
 if [ -z "$verify_err" ]; then ok "verify: no output on stderr for ${UNITS[*]}"; else bad "verify:"; printf '%s\n' "$verify_err" | sed 's/^/        /'; fi

@@ -26,13 +26,15 @@ PIP_DEPS=${EDGEHUB_PIP_DEPS:-pypi}
 DO_APT=${EDGEHUB_APT:-1}
 
 # What the box needs from Debian. libusb for pyusb; kmod for the modprobe@ units; ca-certificates
-# for the uplink's TLS; systemd-sysv so the root boots with systemd as init; procps for /bin/kill,
-# which Debian's mosquitto.service uses to reload without depending on it; fonts-wqy-microhei
+# for the uplink's TLS; chrony, the store's time server (docs/box.md); systemd-sysv so the root
+# boots with systemd as init; procps for /bin/kill, which Debian's mosquitto.service uses to
+# reload without depending on it; fonts-wqy-microhei
 # (CJK, 5.0 MiB installed) and fonts-symbola (emoji and symbols, 3.0 MiB) for tickets drawn on
 # the box for printers without a Chinese font, and for emoji no printer font has.
 PACKAGES=(
     systemd systemd-sysv udev kmod dbus procps
     mosquitto mosquitto-clients
+    chrony
     python3 python3-venv
     libusb-1.0-0 ca-certificates
     fonts-wqy-microhei fonts-symbola
@@ -151,14 +153,21 @@ if [ -f "$ROOT/etc/fstab" ] && awk '$2 == "/" && $3 == "ext4" { found = 1 } END 
         "$ROOT/etc/fstab" > "$ROOT/etc/fstab.edgehub" && mv "$ROOT/etc/fstab.edgehub" "$ROOT/etc/fstab"
 fi
 
+# --- the store's time server: chrony with the chain's servers ([clock] in edgehub.toml), which
+# provisioning writes to conf.d/edgehub.conf; Debian's own pool line would be one more upstream.
+if [ -f "$ROOT/etc/chrony/chrony.conf" ]; then
+    sed -i 's/^pool 2\.debian\.pool\.ntp\.org/# edgehub: the servers are in conf.d\/edgehub.conf\n# &/' \
+        "$ROOT/etc/chrony/chrony.conf"
+fi
+
 # Swap on an SD card is wear for nothing on a box this size.
 if [ -e "$ROOT/usr/lib/systemd/system/dphys-swapfile.service" ] || [ -e "$ROOT/lib/systemd/system/dphys-swapfile.service" ]; then
     in_root systemctl disable dphys-swapfile.service >/dev/null 2>&1 || true
 fi
 
-# --- enable: provisioning on boot, the broker, the hub ----------------------------------------
-in_root systemctl enable edgehub-provision.service mosquitto.service edgehub.service >/dev/null 2>&1 \
-    || in_root systemctl enable edgehub-provision.service mosquitto.service edgehub.service
+# --- enable: provisioning on boot, the broker, the time server, the hub -----------------------
+in_root systemctl enable edgehub-provision.service mosquitto.service chrony.service edgehub.service >/dev/null 2>&1 \
+    || in_root systemctl enable edgehub-provision.service mosquitto.service chrony.service edgehub.service
 
 # Each box must get its own machine id on first boot (pi-gen's export regenerates SSH host keys).
 if [ -s "$ROOT/etc/machine-id" ]; then : > "$ROOT/etc/machine-id"; fi

@@ -27,6 +27,7 @@ from edgehub.devices.tables import TABLES as DEVICE_TABLES
 from edgehub.errors import MqttError
 from edgehub.hub import Hub
 from edgehub.kitchen.tables import TABLES as KITCHEN_TABLES
+from edgehub.online.tables import TABLES as ONLINE_TABLES
 from edgehub.reports.tables import TABLES as REPORT_TABLES
 from edgehub.roles.tables import TABLES as ROLE_TABLES
 from edgehub.uplink.tables import TABLES as UPLINK_TABLES
@@ -34,7 +35,7 @@ from edgehub.uplink.tables import TABLES as UPLINK_TABLES
 REPO = Path(__file__).resolve().parent.parent
 # Every owner's journal tables, in the hub's order (tests/test_architecture.py holds the hub to
 # it): for tests that open a journal without the components and write their rows themselves.
-ALL_TABLES = (UPLINK_TABLES, DEVICE_TABLES, ROLE_TABLES, KITCHEN_TABLES, REPORT_TABLES)
+ALL_TABLES = (UPLINK_TABLES, DEVICE_TABLES, ROLE_TABLES, KITCHEN_TABLES, ONLINE_TABLES, REPORT_TABLES)
 API_TOKEN = "test-token-0123456789abcdef"
 # Drives every station's screen (kitchen.screen_token); never the API token (docs/security.md).
 SCREEN_TOKEN = "test-screen-0123456789abcdef"

@@ -107,7 +107,7 @@ def test_terminals_duplicate_id_and_bad_kind(tmp_path: Path) -> None:
                     '\n[[terminal]]\nid = "pos-1"\nkind = "tablet"\npassword = "b"\n')
     found = "\n".join(problems(tmp_path, text))
     assert ":15: terminal[1].id: 'pos-1' is used twice" in found
-    assert ":16: terminal[1].kind: must be one of pos, kds, kiosk, pager, display" in found
+    assert ":16: terminal[1].kind: must be one of pos, handheld, kds, kiosk, pager, display" in found
 
 
 def test_screen_settings_and_the_new_kinds(tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic write edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/hub/$state",
+        "topic read edgehub/v1/s1/menu",
         # roles: commands name the terminal; print anywhere, pay and settle on any pinpad role
         "topic write edgehub/v1/s1/role/+/cmd/print/pos-1",
         "topic write edgehub/v1/s1/role/+/cmd/pay/pos-1",
@@ -63,17 +64,21 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         # "ready" for its own orders only, and the pickup board
         "topic read edgehub/v1/s1/ready/pos-1",
         "topic read edgehub/v1/s1/pickup/board",
+        # staff terminals see the open checks and which terminals are connected
+        "topic read edgehub/v1/s1/checks/event",
+        "topic read edgehub/v1/s1/presence/+",
     ]
 
 
 async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
     """A tablet on the pass has a terminal's credentials: they must not start a card payment,
-    nor command another station's tickets, nor speak as another terminal."""
+    nor command another station's tickets, nor speak as another terminal, nor place or change
+    orders (nor may a pager or a display)."""
     from edgehub.broker import MosquittoProcess
     from edgehub.config import load_config
     from tests.conftest import write_config
 
-    path = write_config(tmp_path / "box", terminals=("pos-1", "kds-grill"))
+    path = write_config(tmp_path / "box", terminals=("pos-1", "kds-grill", "pager-1", "display-1"))
     path.write_text(path.read_text().replace('id = "kds-grill"\nkind = "kds"', 'id = "kds-grill"\nkind = "kds"\n'
                                              'stations = ["grill"]'))
     config = load_config(path)
@@ -83,7 +88,8 @@ async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
                                password=config.broker.hub_password, client_id="hub-spy", protocol=V311) as hub:
             await hub.subscribe(f"{topics.root}/role/#", qos=1)
             await hub.subscribe(f"{topics.root}/kds/#", qos=1)
-            for terminal in ("kds-grill", "pos-1"):
+            await hub.subscribe(f"{topics.root}/pos/#", qos=1)
+            for terminal in ("kds-grill", "pos-1", "pager-1", "display-1"):
                 async with MqttSession("127.0.0.1", config.broker.listen.port, username=terminal,
                                        password=f"pw-{terminal}", client_id=f"t-{terminal}", protocol=V311) as client:
                     for command in ("pay", "print"):
@@ -93,12 +99,15 @@ async def test_a_kitchen_screen_may_print_but_never_pay(tmp_path: Path) -> None:
                                          qos=1)
                     for station in ("grill", "bar"):
                         await client.publish(topics.kds_command(station), f"{terminal}/{station}", qos=1)
+                    for topic in (topics.order(terminal), topics.amend(terminal), topics.cancel(terminal)):
+                        await client.publish(topic, f"{terminal}/{topic.rpartition('/')[2]}", qos=1)
             seen: list[str] = []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     async for message in hub.messages:
                         seen.append(str(message.payload, "utf-8"))
-    assert sorted(seen) == ["kds-grill/grill", "kds-grill/print", "pos-1/pay", "pos-1/print"]
+    assert sorted(seen) == ["kds-grill/grill", "kds-grill/print", "pos-1/amend", "pos-1/cancel", "pos-1/order",
+                            "pos-1/pay", "pos-1/print"]
 
 
 async def test_healthz_is_open_and_status_needs_the_token(hub: Hub, config: Config) -> None:

@@ -152,6 +152,12 @@ class BusConnection:
         """Messages being handled now (at most the broker's window while the hub is behind)."""
         return self._active
 
+    @property
+    def session_present(self) -> bool:
+        """Whether the broker still had the hub's session at the last connect: it had not after a
+        restart of its own, which ended every connection (edgehub/front/presence.py)."""
+        return self._session is not None and self._session.session_present
+
     def route(self, topic_filter: str, handler: Handler) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler`` (call before ``run``)."""
         self.routes.append((topic_filter, handler))

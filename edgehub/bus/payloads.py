@@ -463,6 +463,80 @@ def weight(device_id: str, grams: int | None, state: str, net: bool, at: float,
 
 # --- kitchen: POS amend / cancel, station screens (kds) and the cloud's kitchen stream -----------
 
+MENU_SCHEMA = "menu/1"
+
+
+def menu(version: int, issued_at: float | None, received_at: float, body_json: bytes | None, *,
+         size: int | None = None, http: str | None = None) -> bytes:
+    """``menu/1``: the cloud's menu as the box holds it, ``menu`` being the document's body as the
+    cloud sent it. Without ``body_json`` (a menu too large for the broker) it says the menu's
+    ``bytes`` and where to fetch it over HTTP instead."""
+    head = dumps({"schema": MENU_SCHEMA, "version": version, "issued_at": issued_at,
+                  "received_at": round(received_at, 3),
+                  **({"bytes": size, "http": http} if body_json is None else {})})
+    return with_encoded(head, {"menu": body_json}) if body_json is not None else head
+
+
+CHECK_EVENT_SCHEMA = "check-event/1"
+CHECKS_SCHEMA = "checks/1"
+CHECKS_REQUEST_SCHEMA = "checks-request/1"
+
+
+def check_event(seq: int, event: str, check: dict[str, Any], at: float) -> bytes:
+    """``check-event/1``: an open check as it stands after a change (``opened``, ``changed``,
+    ``closed``), numbered store-wide by ``seq``."""
+    return dumps({"schema": CHECK_EVENT_SCHEMA, "seq": seq, "event": event, "at": round(at, 3), "check": check})
+
+
+def checks(seq: int, at: float, open_checks: list[dict[str, Any]] | None, error: str = "") -> bytes:
+    """``checks/1``: the store's open checks as of event ``seq`` (or ``error``, nothing else)."""
+    if error:
+        return dumps({"schema": CHECKS_SCHEMA, "error": error})
+    return dumps({"schema": CHECKS_SCHEMA, "seq": seq, "at": round(at, 3), "checks": open_checks or []})
+
+
+def parse_checks_request(raw: bytes, limits: LimitsConfig) -> str | None:
+    """A ``checks-request/1`` (an empty payload asks for every open check); returns its ``table``
+    filter, if any."""
+    if not raw.strip():
+        return None
+    doc = _object(raw)
+    if doc.get("schema", CHECKS_REQUEST_SCHEMA) != CHECKS_REQUEST_SCHEMA:
+        raise PayloadError("schema", f"must be {CHECKS_REQUEST_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
+    _text(doc.get("table"), "table", limits)
+    table = doc.get("table")
+    return str(table) if table is not None else None
+
+
+PRESENCE_SCHEMA = "presence/1"
+PRESENCE_STATES = ("connected", "disconnected", "unknown")
+
+
+def presence(doc: dict[str, Any]) -> bytes:
+    """``presence/1``: whether a terminal is connected now (``state``), ``since`` when, from where."""
+    return dumps({"schema": PRESENCE_SCHEMA, **doc})
+
+
+def parse_presence(raw: bytes) -> dict[str, Any]:
+    """A retained ``presence/1`` record, checked field by field (PayloadError names the field)."""
+    doc = _object(raw)
+    if doc.get("schema") != PRESENCE_SCHEMA:
+        raise PayloadError("schema", f"must be {PRESENCE_SCHEMA!r}")
+    if doc.get("state") not in PRESENCE_STATES:
+        raise PayloadError("state", f"must be one of {', '.join(PRESENCE_STATES)}")
+    since = doc.get("since")
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+        raise PayloadError("since", "must be a number")
+    clients = doc.get("clients", [])
+    if not isinstance(clients, list) or not all(isinstance(c, str) for c in clients):
+        raise PayloadError("clients", "must be a list of client ids")
+    keepalive = doc.get("keepalive_s")
+    if keepalive is not None and (isinstance(keepalive, bool) or not isinstance(keepalive, int)):
+        raise PayloadError("keepalive_s", "must be an integer")
+    return {"state": doc["state"], "since": since, "clients": clients, "keepalive_s": keepalive,
+            **{k: str(doc.get(k) or "") for k in ("address", "protocol", "reason")}}
+
+
 AMEND_SCHEMA = "amend/1"
 CANCEL_SCHEMA = "cancel/1"
 ORDER_CHANGE_SCHEMA = "order-change/1"
@@ -529,19 +603,74 @@ def _change_id(doc: dict[str, Any], key: str) -> str:
 
 def validate_amend(doc: dict[str, Any], order_id: str, terminal: str, size: int,
                    limits: LimitsConfig) -> Amend:
-    """Check an ``amend/1`` whose order_id is known (so a failure can be acked ``rejected``)."""
+    """Check an ``amend/1`` whose order_id is known (so a failure can be acked ``rejected``).
+
+    ``lines`` replaces the order's lines whole; ``add_lines`` adds lines to them (what a handheld
+    sends for another round: additions from several terminals all land); ``check_version`` is the
+    version of the check the change was made on (docs/front.md, the rule for conflicting changes)."""
     check_document(doc, size, limits)
     if doc.get("schema") != AMEND_SCHEMA:
         raise PayloadError("schema", f"must be {AMEND_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
     amend_id = _change_id(doc, "amend_id")
-    if "lines" not in doc and not any(key in doc for key in _AMEND_HEADER):
-        raise PayloadError("lines", f"missing (an amend changes lines or one of {', '.join(_AMEND_HEADER)})")
+    if "lines" in doc and "add_lines" in doc:
+        raise PayloadError("add_lines", "give lines (the whole new list) or add_lines (lines to add), not both")
+    if not any(key in doc for key in ("lines", "add_lines", *_AMEND_HEADER)):
+        raise PayloadError("lines", f"missing (an amend changes lines, adds add_lines or changes one of "
+                           f"{', '.join(_AMEND_HEADER)})")
+    check_version(doc)
     # The lines and header follow exactly the order's rules: check them as an order would be.
     probe = {key: doc[key] for key in ("lines", *_AMEND_HEADER) if key in doc}
     probe["schema"] = ORDER_SCHEMA
+    if "add_lines" in doc:
+        probe["lines"] = doc["add_lines"]
     probe.setdefault("lines", [{"sku": "-", "qty": 1}])
-    validate_order(probe, order_id, terminal, size, limits)
+    try:
+        validate_order(probe, order_id, terminal, size, limits)
+    except PayloadError as exc:
+        if "add_lines" in doc and exc.field.startswith("lines"):
+            raise PayloadError("add_" + exc.field, exc.message) from None
+        raise
     return Amend(order_id=order_id, amend_id=amend_id, terminal=terminal, doc=doc)
+
+
+def check_version(doc: dict[str, Any]) -> int | None:
+    """An amend's or cancel's ``check_version``: the version of the check it was made on, or None."""
+    version = doc.get("check_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise PayloadError("check_version", f"must be a positive integer (the check's version the change was "
+                           f"made on), got {json.dumps(version)}")
+    return version
+
+
+def apply_amend(order: dict[str, Any], amend: dict[str, Any]) -> dict[str, Any]:
+    """The order as it stands after ``amend``: its lines replaced whole (``lines``) or added to
+    (``add_lines``), each header field it names replaced (``null`` removes it). The one place
+    that says what an amend does to an order: the kitchen, the open checks and the day's close
+    all read it. New lines that are all priced drop a ``total_cents`` the amend does not restate:
+    the lines add up to the new total themselves."""
+    out = dict(order)
+    if "lines" in amend:
+        out["lines"] = list(amend["lines"])
+    if "add_lines" in amend:
+        out["lines"] = [*out.get("lines", ()), *amend["add_lines"]]
+    if ("lines" in amend or "add_lines" in amend) and "total_cents" in out and "total_cents" not in amend \
+            and all(isinstance(line, dict) and "price_cents" in line for line in out["lines"]):
+        del out["total_cents"]  # priced lines add up to the new total themselves
+    for key in _AMEND_HEADER:
+        if key in amend:
+            if amend[key] is None:
+                out.pop(key, None)
+            else:
+                out[key] = amend[key]
+    return out
+
+
+def current_order(order: dict[str, Any], amends: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """The order after its amends, in the order they were applied, and its version (1 + amends)."""
+    doc = order
+    for amend in amends:
+        doc = apply_amend(doc, amend)
+    return doc, 1 + len(amends)
 
 
 def validate_cancel(doc: dict[str, Any], order_id: str, terminal: str, size: int,
@@ -550,6 +679,7 @@ def validate_cancel(doc: dict[str, Any], order_id: str, terminal: str, size: int
     if doc.get("schema") != CANCEL_SCHEMA:
         raise PayloadError("schema", f"must be {CANCEL_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
     _text(doc.get("reason"), "reason", limits)
+    check_version(doc)
     return Cancel(order_id=order_id, terminal=terminal, reason=str(doc.get("reason") or ""), doc=doc)
 
 

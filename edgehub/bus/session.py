@@ -104,7 +104,9 @@ class MqttSession:
     ``fast`` picks FastPaho (the hub's and the uplink's sessions) over stock paho (the simulators:
     what they send and read is then paho's own doing, a check on the shortcuts at the other end).
     ``max_inflight`` is paho's limit on QoS 1 messages awaiting their PUBACK (``None``: paho's 20;
-    0: none, for an owner that bounds what it sends itself). ``name`` says which broker in errors
+    0: none, for an owner that bounds what it sends itself). ``receive_maximum`` goes in the
+    CONNECT (MQTT 5 Receive Maximum): the QoS 1 messages the broker may send before this client
+    acknowledges them (``None``: the protocol's 65,535). ``name`` says which broker in errors
     ("the cloud broker"); ``tls_hint`` is added to a TLS failure's words (which setting to check).
     """
 
@@ -112,7 +114,7 @@ class MqttSession:
                  password: str | None = None, protocol: int = V5, clean_start: bool = True,
                  session_expiry_s: int = 0, keepalive_s: int = 15, connect_timeout_s: float = 10.0,
                  will: Will | None = None, tls: ssl.SSLContext | None = None, manual_ack: bool = False,
-                 fast: bool = False, max_inflight: int | None = None,
+                 fast: bool = False, max_inflight: int | None = None, receive_maximum: int | None = None,
                  on_message: MessageHandler | None = None, on_puback: PubackHandler | None = None,
                  name: str = "the broker", tls_hint: str = "") -> None:
         if protocol not in (V5, V311):
@@ -131,6 +133,7 @@ class MqttSession:
         self.manual_ack = manual_ack
         self.fast = fast
         self.max_inflight = max_inflight
+        self.receive_window = receive_maximum
         self.on_message = on_message
         self.on_puback = on_puback
         self.name = name
@@ -195,9 +198,12 @@ class MqttSession:
         self.last_heard = loop.time()
         self._client = client = self._make_client()
         props = None
-        if self.protocol == V5 and self.session_expiry_s:
+        if self.protocol == V5 and (self.session_expiry_s or self.receive_window):
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s
+            if self.session_expiry_s:
+                props.SessionExpiryInterval = self.session_expiry_s
+            if self.receive_window:
+                props.ReceiveMaximum = self.receive_window
         extra: dict[str, Any] = {"clean_start": self.clean_start, "properties": props} if self.protocol == V5 else {}
         try:
             async with asyncio.timeout(self.connect_timeout_s):

@@ -137,6 +137,51 @@ class Topics:
         """Retained ``pickup-board/1``: the numbers in preparation and ready, for the pass."""
         return f"{self.root}/pickup/board"
 
+    # front of house: what the tills, handhelds and screens share through the box
+    @property
+    def menu(self) -> str:
+        """Retained: the last menu the cloud sent (``menu/1``), readable by every terminal."""
+        return f"{self.root}/menu"
+
+    @property
+    def checks_event(self) -> str:
+        """Non-retained QoS 1: an open check changed (``check-event/1``, numbered by ``seq``)."""
+        return f"{self.root}/checks/event"
+
+    def checks_request(self, terminal: str) -> str:
+        """A till asks for the store's open checks; answered on its response topic or ``checks``."""
+        return f"{self.root}/pos/{terminal}/checks/get"
+
+    def checks(self, terminal: str) -> str:
+        return f"{self.root}/pos/{terminal}/checks"
+
+    @property
+    def all_checks_requests(self) -> str:
+        return f"{self.root}/pos/+/checks/get"
+
+    def presence(self, terminal: str) -> str:
+        """Retained: whether the terminal is connected now (``presence/1``), from the broker's events."""
+        return f"{self.root}/presence/{terminal}"
+
+    @property
+    def all_presence(self) -> str:
+        return f"{self.root}/presence/+"
+
+    def presence_terminal_of(self, topic: str) -> str | None:
+        prefix = f"{self.root}/presence/"
+        terminal = topic[len(prefix):] if topic.startswith(prefix) else ""
+        return terminal if terminal and "/" not in terminal else None
+
+    # the broker's own topics (only the hub may read them)
+    @property
+    def broker_log(self) -> str:
+        """Mosquitto's notices (``log_dest topic``): its connection and disconnection lines."""
+        return "$SYS/broker/log/N"
+
+    @property
+    def broker_clients(self) -> str:
+        return "$SYS/broker/clients/connected"
+
     # devices (ids are made topic-safe: no "/", "+", "#")
     def device(self, device_id: str) -> str:
         return f"{self.root}/dev/{topic_level(device_id)}"

@@ -16,7 +16,7 @@ from edgehub.api.auth import FailedLogins
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.context import Context
 from edgehub.kitchen.cloudrouting import DownlinkFeed, follow_cloud_routing
-from edgehub.kitchen.kitchen import Kitchen, ScreenFeed
+from edgehub.kitchen.kitchen import ORDER_CHANGED, Kitchen, ScreenFeed
 from edgehub.kitchen.logins import ScreenLogins
 from edgehub.kitchen.pickup import PickupServer
 from edgehub.kitchen.printing import KitchenPrinter, render_slip, slip_ticket
@@ -59,6 +59,7 @@ def setup(ctx: Context, cfg: KitchenConfig, limits: LimitsConfig, *, terminal_ki
                       printer=printer, terminal_kinds=terminal_kinds)
     kitchen.screen_stations = tuple(screen_stations)
     kitchen.progress.listeners.append(functools.partial(ctx.signals.emit, ORDER_PROGRESS))
+    kitchen.on_order_change.append(functools.partial(ctx.signals.emit, ORDER_CHANGED))
     if downlink is not None:
         follow_cloud_routing(downlink, kitchen)
     return kitchen

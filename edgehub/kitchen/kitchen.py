@@ -26,14 +26,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgehub.bus import payloads
 from edgehub.bus.payloads import Amend, Cancel, KdsCommand, Order
 from edgehub.bus.topics import Topics
-from edgehub.component import Bus, Component, Listener, MqttBatch, MqttRoute, StatusReader, on
+from edgehub.component import Bus, Component, Listener, MqttBatch, MqttRoute, Signal, StatusReader, on
 from edgehub.config import KitchenConfig, LimitsConfig
 from edgehub.errors import BrokerError, EdgehubError, JournalError, PayloadError, TicketRefused
 from edgehub.intake import ORDER_ACCEPTED
@@ -152,6 +152,31 @@ class _OrderFacts:
     change: tuple[str, dict[str, Any]] | None  # the change id's terminal and payload, if known
     cancelled: bool
     tickets: list[Ticket]
+    amends: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)  # in the order applied
+
+    def current(self) -> tuple[dict[str, Any], int, str, float]:
+        """The order as it stands (``payloads.apply_amend``), its version, and who changed it last, when."""
+        assert self.order is not None
+        doc, version = payloads.current_order(self.order[2], [a[2] for a in self.amends])
+        by, at = (self.amends[-1][0], self.amends[-1][1]) if self.amends else (self.order[0], self.order[1])
+        return doc, version, by, at
+
+
+@dataclass(frozen=True)
+class OrderChanged:
+    """An amend or cancel, journaled: what ``Kitchen.on_order_change`` listeners hear. ``doc`` is
+    the order as it stands after it (None for a cancel), ``version`` its version (1 + amends)."""
+
+    order_id: str
+    kind: str
+    doc: dict[str, Any] | None
+    version: int
+    by: str
+    at: float
+
+
+# Every amend and cancel, once journaled (ticket changes: ``progress.ORDER_PROGRESS``).
+ORDER_CHANGED: Signal[OrderChanged] = Signal("order changed")
 
 
 class Kitchen(Component):
@@ -204,6 +229,9 @@ class Kitchen(Component):
         self._next_sweep = 0.0
         # Stations kitchen screens are set up for (their terminals' ``stations``): known stations.
         self.screen_stations: tuple[str, ...] = ()
+        self._order_locks: dict[str, list[Any]] = {}  # order id -> [its lock, changes waiting on it]
+        # Who hears of every amend and cancel once it is journaled (ticket changes: ``progress``).
+        self.on_order_change: list[Callable[[OrderChanged], None]] = []
 
     def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
         return KitchenMqtt(self).routes()
@@ -624,9 +652,12 @@ class Kitchen(Component):
                     f"SELECT doc, alerted FROM tickets t WHERE {OF_ORDER.format(order='?1')}", (order_id,)
                 )
             ]
+            amends = [(terminal, at, json.loads(payload)) for terminal, at, payload in conn.execute(
+                "SELECT terminal, received_at, payload FROM order_changes WHERE order_id=? AND kind='amend' "
+                "ORDER BY rowid", (order_id,))]
             order = (row.terminal, row.received_at, with_order_no(json.loads(row.payload), row.seq)) if row else None
             change = (known[0], json.loads(known[1])) if known else None
-            return _OrderFacts(order, change, cancelled is not None, tickets)
+            return _OrderFacts(order, change, cancelled is not None, tickets, amends)
 
         return await self.journal.read(read)
 
@@ -733,18 +764,31 @@ class Kitchen(Component):
                 raise PayloadError(
                     "order_id", f"order {amend.order_id!r} was cancelled; it cannot be amended"
                 )
+            current, version, _by, _at = facts.current()
+            self._check_version(amend.order_id, amend.doc, facts)
+            merged = payloads.apply_amend(current, amend.doc)
+            # The check as it will stand must itself be a valid order (200 lines at most, a total
+            # that adds up …), whatever each change was on its own.
+            payloads.validate_order({**merged, "schema": payloads.ORDER_SCHEMA}, amend.order_id, amend.terminal,
+                                    0, self.limits)
+            effective = amend
+            if "add_lines" in amend.doc:  # the tickets take the check's whole new list of lines
+                lines_doc = {k: v for k, v in amend.doc.items() if k != "add_lines"} | {"lines": merged["lines"]}
+                effective = replace(amend, doc=lines_doc)
             self._adopt(facts.tickets)
             at = self.clock()
-            events = self._amend_tickets(amend, facts.order, at, f"pos:{amend.terminal}")
+            events = self._amend_tickets(effective, facts.order, at, f"pos:{amend.terminal}")
             self.stats.amends += 1
-            await self._commit(
+            await self._commit(  # journaled as sent: replayed through payloads.apply_amend
                 events,
                 self._change_row(change_id, amend.order_id, "amend", amend.terminal, owner, at, amend.doc),
             )
             self._tell_owner("amend", amend.order_id, amend.amend_id, amend.terminal, owner, at, amend.doc)
+            self._changed(OrderChanged(amend.order_id, "amend", merged, version + 1, amend.terminal, at))
             return False
 
-        return await self._once(change_id, apply)
+        async with self._one_change_at_a_time(amend.order_id):
+            return await self._once(change_id, apply)
 
     async def cancel(self, cancel: Cancel) -> bool:
         """Void every ticket of the order not yet served (VOID slips print). True if re-sent."""
@@ -757,6 +801,7 @@ class Kitchen(Component):
             if facts.order is None:
                 raise PayloadError("order_id", f"no accepted order {cancel.order_id!r} to cancel")
             owner = self._may_change(cancel.order_id, facts.order[0], cancel.terminal, "cancel")
+            self._check_version(cancel.order_id, cancel.doc, facts)
             self._adopt(facts.tickets)
             at = self.clock()
             reason = f"order cancelled{': ' + cancel.reason if cancel.reason else ''}"
@@ -776,9 +821,48 @@ class Kitchen(Component):
                 self._change_row(change_id, cancel.order_id, "cancel", cancel.terminal, owner, at, cancel.doc),
             )
             self._tell_owner("cancel", cancel.order_id, "", cancel.terminal, owner, at, cancel.doc)
+            self._changed(OrderChanged(cancel.order_id, "cancel", None, facts.current()[1], cancel.terminal, at))
             return False
 
-        return await self._once(change_id, apply)
+        async with self._one_change_at_a_time(cancel.order_id):
+            return await self._once(change_id, apply)
+
+    @contextlib.asynccontextmanager
+    async def _one_change_at_a_time(self, order_id: str) -> AsyncIterator[None]:
+        """Amends and cancels of one order are applied one after another, each reading the
+        journal after the last one's commit: a check's version (``check_version``) is then
+        always the version the next change meets."""
+        entry = self._order_locks.setdefault(order_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                self._order_locks.pop(order_id, None)
+
+    @staticmethod
+    def _check_version(order_id: str, change: dict[str, Any], facts: _OrderFacts) -> None:
+        """The rule for two tills changing one check (docs/front.md): a change that names the
+        version it was made on (``check_version``) is refused if the check moved on since, saying
+        who changed it; the first change to reach the box wins, the other till reads the check
+        again. Additions (``add_lines``) need no version: they all land."""
+        wanted = payloads.check_version(change)
+        if wanted is None:
+            return
+        _doc, version, by, at = facts.current()
+        if wanted != version:
+            when = time.strftime("%H:%M:%S", time.localtime(at))
+            raise PayloadError("check_version", f"order {order_id!r} is at version {version}, not {wanted}: "
+                               f"{by} changed it at {when}; read the check again and make the change on it")
+
+    def _changed(self, change: OrderChanged) -> None:
+        for listener in self.on_order_change:
+            try:
+                listener(change)
+            except Exception:  # a listener's fault must not undo a journaled change
+                log.exception("order change listener %r failed", listener)
 
     def _amend_tickets(
         self, amend: Amend, order: tuple[str, float, dict[str, Any]], at: float, source: str
@@ -1003,6 +1087,10 @@ class Kitchen(Component):
                   *(t.station for t in self._tickets.values() if t.state in OPEN)}
         names = [*self.config.stations, self.config.default_station, *sorted(others)]
         return list(dict.fromkeys(names))
+
+    def web_screens(self) -> dict[str, int]:
+        """Browser screens connected now, per station (their websockets)."""
+        return {station: len(feeds) for station, feeds in self._feeds.items() if feeds}
 
     async def status(self) -> dict[str, Any]:
         open_by_station: dict[str, int] = {}

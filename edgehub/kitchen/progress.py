@@ -9,6 +9,9 @@ the states of its tickets (one per station it touches, ``tickets.py``):
 - ``expired``: none was served and at least one expired (open 12 h, nobody bumped it);
 - ``voided``: every ticket was voided: the order was cancelled.
 
+The front of house (an open check, an online order's state sent up) tells ``in_kitchen`` apart
+as ``ordered`` while no cook has touched any of its tickets (``stage``).
+
 What changed, for the tills, pagers and displays (``order-ready/1``'s ``event``):
 
 - ``ticket_ready``: a station bumped its ticket while others still cook (a runner takes the drinks);
@@ -36,12 +39,15 @@ from edgehub.component import Signal
 IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED = "in_kitchen", "ready", "served", "expired", "voided"
 ORDER_STATES = (IN_KITCHEN, READY, SERVED, EXPIRED, VOIDED)
 DONE = frozenset({SERVED, EXPIRED, VOIDED})  # the order left the kitchen
+ORDERED = "ordered"  # ``stage``: in the kitchen, no cook has touched a ticket of it yet
+STAGES = (ORDERED, *ORDER_STATES)
 TICKET_READY, ORDER_READY, RECALLED = "ticket_ready", "order_ready", "recalled"
 FRONT_EVENTS = (TICKET_READY, ORDER_READY, RECALLED, SERVED, EXPIRED, VOIDED)
 
 log = logging.getLogger("edgehub.kitchen.progress")
 
 _ON_SCREEN = frozenset({"new", "in_progress", "recalled"})
+_TOUCHED = frozenset({"in_progress", "recalled", "ready", "served"})  # a cook started or bumped it
 MAX_ORDERS = 5000  # orders held (in the kitchen or at the pass); the oldest leave first
 FORGET_READY_S = 4 * 3600  # a ready order nobody served leaves memory after this (as the kitchen's)
 
@@ -61,6 +67,18 @@ def order_state(ticket_states: Iterable[str]) -> str:
     if "served" in states or not states:
         return SERVED
     return EXPIRED if "expired" in states else VOIDED
+
+
+def stage(ticket_states: Iterable[str]) -> str | None:
+    """How far the kitchen is with an order as the front of house tells it (an open check's
+    ``kitchen``, an online order's state sent up): ``order_state``, with ``ordered`` for an order
+    in the kitchen that no cook has touched yet (every ticket still new, or voided); None for an
+    order with no ticket."""
+    states = tuple(ticket_states)
+    if not states:
+        return None
+    state = order_state(states)
+    return ORDERED if state == IN_KITCHEN and not _TOUCHED.intersection(states) else state
 
 
 def front_event(before: str | None, after: str, ticket_event: str) -> str | None:

@@ -449,8 +449,9 @@ def forget_order(conn: sqlite3.Connection, order_id: str) -> None:
 
 
 def order_changes(conn: sqlite3.Connection) -> list[tuple[str, str, float, str]]:
-    """Every amend and cancel kept: (order id, kind, received at, payload), oldest first."""
-    return conn.execute("SELECT order_id, kind, received_at, payload FROM order_changes ORDER BY received_at"
+    """Every amend and cancel kept, in the order they were received: (order id, kind, received at,
+    payload)."""
+    return conn.execute("SELECT order_id, kind, received_at, payload FROM order_changes ORDER BY rowid"
                         ).fetchall()
 
 

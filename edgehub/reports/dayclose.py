@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from edgehub.bus.payloads import check_prices
+from edgehub.bus.payloads import check_prices, current_order
 from edgehub.config import LimitsConfig, ReportsConfig
 from edgehub.errors import PayloadError
 from edgehub.kitchen.tickets import order_changes, voided_between
@@ -124,12 +124,10 @@ def compute(conn: sqlite3.Connection, calendar: Calendar, day: BusinessDay, *, s
     hours = [{"hour": (calendar.start.hour + n) % 24, "orders": 0, "covers": 0} for n in range(24)]
     order_count = covers_total = order_value = priced = 0
     for order_id, at, payload in orders:
-        doc = json.loads(payload)
-        for change in amended.get(order_id, []):
-            doc.update({k: v for k, v in change.items() if k not in ("schema", "amend_id", "order_id")})
+        doc, _version = current_order(json.loads(payload), amended.get(order_id, []))
         if order_id in cancelled:
             continue
-        covers = doc.get("covers") if isinstance(doc.get("covers"), int) else 0
+        covers: int = doc["covers"] if isinstance(doc.get("covers"), int) else 0
         slot = hours[(calendar.hour_of(at) - calendar.start.hour) % 24]
         slot["orders"] += 1
         slot["covers"] += covers

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgehub.bus import payloads
 from edgehub.bus.message import Message
+from edgehub.component import Signal
 from edgehub.config import LimitsConfig, PaymentsConfig, StoreConfig
 from edgehub.errors import (
     DeviceError,
@@ -68,8 +69,12 @@ SETTLE_TIMEOUT_S = 30.0
 # ready, a reply it cannot read), one step further after each such attempt.
 SETTLE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 
-__all__ = ["CURRENCIES", "FINAL", "Payment", "Payments", "any_payment_between", "approved_by_sale_since",
-           "approved_cents", "payments_between"]
+__all__ = ["CURRENCIES", "FINAL", "PAYMENT_FINAL", "Payment", "Payments", "any_payment_between",
+           "approved_by_sale_since", "approved_cents", "payments_between"]
+
+
+# The sale id of each payment whose outcome was journaled as final (the front's open checks).
+PAYMENT_FINAL: Signal[str] = Signal("payment final")
 
 
 class Payments:
@@ -96,6 +101,9 @@ class Payments:
         self.last_trace: dict[str, int] = {}
         # Cash, QR codes and split bills (edgehub/roles/tenders.py).
         self.tenders = Tenders(self, serving, journal, cfg, store, clock=clock, wall=wall)
+        # Told the sale id of each payment whose outcome is journaled as final (the roles' setup
+        # sends it on as PAYMENT_FINAL).
+        self.on_final: list[Callable[[str], None]] = []
 
     def waiting(self, role: str) -> int:
         return sum(1 for p in self.open.values() if p.role == role)
@@ -453,6 +461,12 @@ class Payments:
             add_to_outbox(conn, "payments", msg_id, row)
 
         await self.journal.write(write)
+        if final:
+            for listener in self.on_final:
+                try:
+                    listener(p.sale_id)
+                except Exception:  # a listener's fault must not touch a journaled payment
+                    log.exception("payment listener %r failed for sale %s", listener, p.sale_id)
 
     def _cloud_row(self, p: Payment, event: str, at: float) -> dict[str, Any]:
         """The ``cloud-payment/1`` document: amounts, results and masked references only."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -46,7 +47,7 @@ from edgehub.context import Context
 from edgehub.devices.registry import DEVICE_CHANGED, DeviceEntry, DeviceEvent, DeviceRegistry
 from edgehub.errors import BrokerError, DeviceUnavailable, EdgehubError, PayloadError
 from edgehub.roles.failover import RoleSeat, choose_serving, usable
-from edgehub.roles.payments import Payments
+from edgehub.roles.payments import PAYMENT_FINAL, Payments
 from edgehub.roles.printqueue import PrintQueue
 from edgehub.roles.serving import Reply, Requester
 from edgehub.roles.tables import TABLES
@@ -68,6 +69,7 @@ def setup(ctx: Context, config: Config, registry: DeviceRegistry | None,
     WAN is down, or None (QR pay then probes its gateway)."""
     roles = Roles(config, ctx.topics, ctx.journal, ctx.bus, registry, wall=ctx.clock)
     roles.payments.tenders.wan_down = wan_down
+    roles.payments.on_final.append(functools.partial(ctx.signals.emit, PAYMENT_FINAL))
     return roles
 
 

@@ -419,12 +419,14 @@ class Journal:
         (commit,) = await self.accept_orders([order])
         return commit
 
-    async def accept_orders(self, orders: list[Order]) -> list[OrderCommit]:
+    async def accept_orders(self, orders: list[Order], also: Callable[[sqlite3.Connection, list[OrderCommit]], None]
+                            | None = None) -> list[OrderCommit]:
         """``accept_order`` for the orders that came in one turn of the loop, in one write (one
         queue item, one future): each order's commit in the order given. An order that appears
         twice is journaled once; the second is a duplicate. Each order goes under a savepoint of
         its own: one that cannot be written (``OrderCommit.error``) leaves the others written. If
-        the write fails as a whole (the group commit failed), none of them is journaled."""
+        the write fails as a whole (the group commit failed), none of them is journaled. ``also`` writes its own
+        rows in the same commit, knowing each order's commit (online orders' states)."""
         received_at = self.clock()
 
         def insert(conn: sqlite3.Connection) -> list[OrderCommit]:
@@ -459,6 +461,8 @@ class Journal:
                     cloud.append(row)
                 commits.append(commit)
             add_many_to_outbox(conn, "orders", cloud)
+            if also is not None:
+                also(conn, commits)
             return commits
 
         return await self.write(insert)

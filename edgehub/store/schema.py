@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from edgehub.errors import JournalError
 
-LEGACY_VERSIONS = 10  # the journal-wide versions (user_version) made before owners had their own
+LEGACY_VERSIONS = 11  # the journal-wide versions (user_version) made before owners had their own
 FORMAT = LEGACY_VERSIONS + 1  # user_version from then on: each owner's tables are versioned in schema_owners
 SCHEMA_VERSION = FORMAT
 LEGACY_ROW = "-"  # the schema_owners row that keeps the user_version a journal had before owners

@@ -89,6 +89,15 @@ class Cloud(Component):
         return {"enabled": False, "link": {"state": "disabled"}, **await self.outbox.status(),
                 "downlink": self.downlink.status(), **samples}
 
+    def take_orders(self, take: Callable[[bytes, Callable[[], None]], None]) -> None:
+        """Where orders placed online go: (the message, its acknowledgement to the cloud)."""
+        if self.uplink is not None:
+            self.uplink.take_order = take
+
+    def sample(self, name: str, read: Callable[[], Any]) -> None:
+        """``read()`` goes in each telemetry sample as ``name``."""
+        self.telemetry.extras[name] = read
+
     def wan_down(self) -> str | None:
         """Why the cloud link says the WAN is down, or None (QR pay then probes its gateway)."""
         uplink = self.uplink

@@ -9,11 +9,13 @@ hand: paho's ``Properties`` object costs more per message than the rest of a pub
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from edgehub.bus.payloads import with_encoded
+from edgehub.bus.payloads import ORDER_ID_RE, ORDER_SCHEMA, Order, Unaddressable, validate_order, with_encoded
+from edgehub.config import LimitsConfig
 from edgehub.errors import PayloadError
 from edgehub.store.outbox import OutboxRow
 
@@ -23,6 +25,10 @@ RECONCILE_REQUEST_SCHEMA = "cloud-reconcile-request/1"
 RECONCILE_RESPONSE_SCHEMA = "cloud-reconcile-response/1"
 DOWNLINK_SCHEMA = "cloud-down/1"
 DOWNLINK_KINDS = ("menu", "routing", "config")
+ORDERS_KIND = "orders"  # down/orders: a stream of orders, not a versioned document
+CLOUD_ORDER_SCHEMA = "cloud-down-order/1"
+ORDER_STATE_SCHEMA = "cloud-order-state/1"
+CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 
 LANE_LIVE, LANE_REPLAY = "live", "replay"
 
@@ -54,6 +60,12 @@ class CloudTopics:
     @property
     def all_down(self) -> str:
         return f"{self.root}/down/+"
+
+    @property
+    def down_orders(self) -> str:
+        """Orders placed online (delivery platforms, mini-program, the cloud's kiosks), one per
+        message, QoS 1, not retained: the box takes each into its journal before its PUBACK."""
+        return f"{self.root}/down/{ORDERS_KIND}"
 
     def kind_of(self, topic: str) -> str | None:
         prefix = f"{self.root}/down/"
@@ -204,4 +216,80 @@ def _object(raw: bytes) -> dict[str, Any]:
         raise PayloadError("payload", f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise PayloadError("payload", f"must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+# --- orders placed online ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CloudOrder:
+    """A ``cloud-down-order/1``: ``order`` is the order the kitchen gets (an ``order/1``, its
+    terminal ``cloud:{channel}``)."""
+
+    order: Order
+    channel: str
+    placed_at: float | None
+
+
+def cloud_order_id(raw: bytes) -> str | None:
+    """The ``order_id`` of a cloud order, when it has a usable one (to answer even a bad one)."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    order_id = doc.get("order_id") if isinstance(doc, dict) else None
+    return order_id if isinstance(order_id, str) and ORDER_ID_RE.match(order_id) else None
+
+
+def parse_cloud_order(raw: bytes, limits: LimitsConfig) -> CloudOrder:
+    """Validate a ``cloud-down-order/1``. Raises Unaddressable (no usable ``order_id``: it cannot
+    be answered) or PayloadError naming the field (``order.lines[0].qty: …``)."""
+    if len(raw) > limits.max_order_bytes:
+        order_id = cloud_order_id(raw)
+        if order_id is None:
+            raise Unaddressable(f"payload is {len(raw)} bytes, the limit is {limits.max_order_bytes}")
+        raise PayloadError("payload", f"is {len(raw)} bytes, the limit is {limits.max_order_bytes}")
+    try:
+        doc = _object(raw)
+    except PayloadError as exc:
+        raise Unaddressable(str(exc)) from None
+    order_id = doc.get("order_id")
+    if not isinstance(order_id, str) or not ORDER_ID_RE.match(order_id):
+        raise Unaddressable("order_id: must be 1-64 characters of letters, digits and . _ : -")
+    if doc.get("schema") != CLOUD_ORDER_SCHEMA:
+        raise PayloadError("schema", f"must be {CLOUD_ORDER_SCHEMA!r}, got {json.dumps(doc.get('schema'))}")
+    channel = doc.get("channel")
+    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+        raise PayloadError("channel", "must be 1-32 lowercase letters, digits, - or _ (meituan, eleme, miniprogram …)")
+    placed = doc.get("placed_at")
+    if placed is not None and (isinstance(placed, bool) or not isinstance(placed, int | float)):
+        raise PayloadError("placed_at", "must be a number (seconds since the epoch)")
+    pickup = doc.get("pickup_code")
+    if pickup is not None and (not isinstance(pickup, str) or not 0 < len(pickup) <= 16):
+        raise PayloadError("pickup_code", "must be a string of 1-16 characters")
+    body = doc.get("order")
+    if not isinstance(body, dict):
+        raise PayloadError("order", "must be an object: the order/1 the kitchen gets")
+    order_doc = {**body, "schema": ORDER_SCHEMA, "order_id": order_id, "channel": channel}
+    if pickup is not None:
+        order_doc["pickup_code"] = pickup
+    # Printed where a till's table goes, so the pass knows whose bag it is.
+    order_doc.setdefault("table", f"{channel} {pickup}" if pickup else channel)
+    terminal = f"cloud:{channel}"
+    try:
+        order = validate_order(order_doc, order_id, terminal, len(raw), limits)
+    except PayloadError as exc:
+        raise PayloadError(f"order.{exc.field}", exc.message) from None
+    return CloudOrder(order=order, channel=channel, placed_at=placed)
+
+
+def order_state(store_id: str, order_id: str, channel: str, state: str, n: int, at: float,
+                reason: str = "") -> dict[str, Any]:
+    """``cloud-order-state/1``: where an online order is at the box (stream ``orders``, ``msg_id``
+    ``order-state:{order_id}:{n}``, ``n`` counting its updates from 1)."""
+    doc: dict[str, Any] = {"schema": ORDER_STATE_SCHEMA, "store_id": store_id, "order_id": order_id,
+                           "channel": channel, "state": state, "update": n, "at": round(at, 3)}
+    if reason:
+        doc["reason"] = reason
     return doc

@@ -37,6 +37,7 @@ from edgehub.uplink.route import REFUSING
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 BROKER = "the cloud broker"
+RECEIVE_MAXIMUM = 64  # unacknowledged downlink messages in flight (MQTT 5 Receive Maximum)
 # What a person is told when the connection ended without a reason worth showing: paho reports a
 # closed socket (the broker stopped or restarted, a load balancer dropped the box) as the bare
 # DISCONNECT reason "Unspecified error", and a broker may send a DISCONNECT that says no more.
@@ -99,7 +100,10 @@ class CloudLink:
             # The uplink bounds what is in flight itself (and honours the server's Receive Maximum);
             # paho's own limit would only queue messages where their PUBACK cannot be tracked.
             max_inflight=0, on_message=self._on_message, on_puback=self._on_puback,
-            name=BROKER, tls_hint=TLS_HINT,
+            # The cloud sends at most this many QoS 1 messages the box has not acknowledged yet: a
+            # backlog of online orders (each acknowledged once journaled) comes in steps the box
+            # takes as it goes, not as thousands read in one go and held in memory.
+            receive_maximum=RECEIVE_MAXIMUM, name=BROKER, tls_hint=TLS_HINT,
         )
 
     async def __aenter__(self) -> CloudLink:

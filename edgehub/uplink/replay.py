@@ -297,10 +297,19 @@ class Replay:
                         await self.new_rows.wait()
                 self.new_rows.clear()
                 continue
+            step = 0
             for row in rows:
                 while len(s.inflight) >= s.window:
                     await self._wait_freed(s)
+                    step = 0
                 self._publish(s, row, LANE_LIVE)
+                step += 1
+                if step >= REPLAY_STEP:
+                    # Live rows come in bursts too (a backlog of online orders taken at once makes
+                    # thousands): the loop is handed back between steps, never to wait.
+                    s.live_pos = row.seq
+                    await asyncio.sleep(0)
+                    step = 0
             s.live_pos = rows[-1].seq
 
     async def _give_way(self) -> None:

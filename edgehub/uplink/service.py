@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -104,6 +105,8 @@ class Uplink:
         self._tasks: list[asyncio.Task[None]] = []
         self._message_tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Where orders placed online go (edgehub/online/): (the message, its acknowledgement).
+        self.take_order: Callable[[bytes, Callable[[], None]], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -161,12 +164,16 @@ class Uplink:
                 self.retry = ""
                 tried_at = loop.time()
                 self._set_state("connecting")
-                async with CloudLink(
+                connecting = CloudLink(
                     self.cfg, self.topics,
                     subscriptions=((self.topics.ping, 0), (self.topics.all_down, 1),
                                    (self.topics.reconcile_response, 1)),
-                    on_message=self._on_message, on_puback=self.replay.on_puback,
-                ) as link:
+                    on_puback=self.replay.on_puback,
+                )
+                # What the broker kept for the box comes right after CONNACK, before the link is
+                # this uplink's ``link``: each message is answered on the connection it came by.
+                connecting.on_message = functools.partial(self._on_message, connecting)
+                async with connecting as link:
                     self.link = link
                     self.connects += 1
                     rtt = await link.ping(self.cfg.down_after_s)
@@ -271,21 +278,24 @@ class Uplink:
 
     # --- incoming --------------------------------------------------------------------------------
 
-    def _on_message(self, message: Message) -> None:
-        link = self.link
+    def _on_message(self, link: CloudLink, message: Message) -> None:
+        if message.topic == self.topics.down_orders:
+            # An order placed online: acknowledged to the cloud once the box journaled it (after a
+            # reconnect the cloud sends one not acknowledged again, and it is taken once).
+            if self.take_order is not None:
+                self.take_order(bytes(message.payload), functools.partial(link.ack, message))
+            return
         kind = self.topics.kind_of(message.topic)
         if kind is not None:
-            task = asyncio.create_task(self._take_downlink(kind, message))
+            task = asyncio.create_task(self._take_downlink(link, kind, message))
             self._message_tasks.add(task)
             task.add_done_callback(self._message_tasks.discard)
             return
         if message.topic == self.topics.reconcile_response:
             self.reconciler.on_response(message)
-        if link is not None:
-            link.ack(message)
+        link.ack(message)
 
-    async def _take_downlink(self, kind: str, message: Message) -> None:
-        link = self.link
+    async def _take_downlink(self, link: CloudLink, kind: str, message: Message) -> None:
         try:
             await self.downlink.receive(kind, bytes(message.payload))
         except PayloadError as exc:
@@ -294,8 +304,7 @@ class Uplink:
             # Not durable, so not acked: the broker sends it again on the next connection.
             log.error("downlink %s not stored: %s", kind, exc)
             return
-        if link is not None:
-            link.ack(message)
+        link.ack(message)
 
     # --- sync now --------------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ class TelemetrySampler:
         self._refusing = False
         self._task: asyncio.Task[None] | None = None
         self._waiting: set[asyncio.Task[bool]] = set()  # samples waiting for a commit
+        # More of the box's state in each sample, read on the event loop: name -> reader.
+        self.extras: dict[str, Callable[[], Any]] = {}
 
     async def __aenter__(self) -> TelemetrySampler:
         if self.every_s > 0:
@@ -90,6 +92,7 @@ class TelemetrySampler:
         """Take a sample into the outbox; False when the outbox refused it (disk nearly full).
         ``within_s``: it may wait that long for another write's commit."""
         doc = await asyncio.to_thread(self.measure)
+        doc.update({name: read() for name, read in self.extras.items()})
         msg_id = f"telemetry:{self.store_id}:{int(doc['at'] * 1000)}"
         try:
             await self.outbox.add_now(TELEMETRY, msg_id, doc, within_s=within_s)

@@ -166,7 +166,7 @@ def _app_routes(app: web.Application) -> set[tuple[str, str]]:
     routes = set()
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
-        documented_kind = path.startswith("/api/") or path in ("/healthz", "/metrics")
+        documented_kind = path.startswith(("/api/", "/pos/")) or path in ("/healthz", "/metrics")
         if route.method in ("HEAD", "OPTIONS") or not documented_kind:
             continue
         routes.add((route.method, path))

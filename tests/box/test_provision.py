@@ -364,7 +364,7 @@ def test_asked_on_a_terminal_only_the_bad_answer_is_asked_again(
         "digit; try again",
         "  cloud.url: 'ftp://cloud' must look like mqtts://host:port; try again",
         "  cloud.enrollment_token: must not be empty; try again",
-        "  terminal[1].kind: 'screen' must be one of pos, kds, kiosk, pager, display; try again",
+        "  terminal[1].kind: 'screen' must be one of pos, handheld, kds, kiosk, pager, display; try again",
     ]
 
 

@@ -10,6 +10,7 @@ import pytest
 from edgehub.kitchen.progress import (
     EXPIRED,
     IN_KITCHEN,
+    ORDERED,
     READY,
     SERVED,
     VOIDED,
@@ -17,6 +18,7 @@ from edgehub.kitchen.progress import (
     Progress,
     front_event,
     order_state,
+    stage,
 )
 
 
@@ -35,6 +37,24 @@ from edgehub.kitchen.progress import (
 ])
 def test_an_orders_state_follows_its_tickets(states: list[str], expected: str) -> None:
     assert order_state(states) == expected
+
+
+@pytest.mark.parametrize(("states", "expected"), [
+    ([], None),  # no ticket yet
+    (["new"], ORDERED),
+    (["new", "voided"], ORDERED),  # an amend took a station's dishes off before anyone cooked
+    (["new", "in_progress"], IN_KITCHEN),
+    (["new", "ready"], IN_KITCHEN),  # the bar's drinks are up, the wok has not started
+    (["recalled"], IN_KITCHEN),
+    (["new", "served"], IN_KITCHEN),  # another round on a table already served
+    (["ready", "served"], READY),
+    (["served"], SERVED),
+    (["expired"], EXPIRED),
+    (["voided"], VOIDED),
+])
+def test_the_front_tells_an_untouched_order_apart(states: list[str], expected: str | None) -> None:
+    """``stage`` is ``order_state``, with ``ordered`` while no cook has touched a ticket."""
+    assert stage(states) == expected
 
 
 @pytest.mark.parametrize(("before", "after", "ticket_event", "heard"), [

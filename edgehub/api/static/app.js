@@ -218,6 +218,74 @@ function drawRoles(section) {
     : "";
 }
 
+const KINDS = {
+  pos: "till", handheld: "handheld", kds: "kitchen screen", kiosk: "kiosk", pager: "pager gateway",
+  display: "customer display",
+};
+
+function since(at) {
+  if (typeof at !== "number") return "—";
+  return `${new Date(at * 1000).toLocaleTimeString()} (${duration(Date.now() / 1000 - at)} ago)`;
+}
+
+// Which terminals are connected now, from the broker's own events (docs/front.md).
+function drawTerminals(section) {
+  const body = $("terminals").querySelector("tbody");
+  body.replaceChildren();
+  if (!section) { $("terminals-count").textContent = "not available"; return; }
+  const rows = section.terminals || [];
+  $("terminals-count").textContent = `${section.connected} of ${section.configured} connected`;
+  for (const t of rows) {
+    const tr = el("tr");
+    tr.dataset.terminal = t.terminal;
+    const state = t.state === "unknown" ? "not seen yet" : t.state;
+    tr.append(el("td", t.terminal, "id"), el("td", KINDS[t.kind] || t.kind), el("td", state, `state ${t.state}`),
+      el("td", since(t.since)), el("td", t.address || "—"), el("td", t.reason || ""));
+    body.append(tr);
+  }
+  const screens = Object.entries(section.web_screens || {});
+  const note = $("terminals-note");
+  const parts = [];
+  if (screens.length) parts.push(`Kitchen screens in a browser: ${screens.map(([s, n]) => `${s} ${n}`).join(", ")}.`);
+  if (section.complete === false) {
+    parts.push(`The broker counts ${section.broker_clients} clients, more than the box has seen connect: `
+      + "a terminal that connected before the box started shows once it reconnects.");
+  }
+  note.hidden = parts.length === 0;
+  note.textContent = parts.join(" ");
+  labelCells($("terminals"));
+}
+
+// The store's time server (chrony): where the box's time comes from, what the store gets.
+function drawClock(c) {
+  const state = $("clock-state");
+  const dl = $("clock");
+  const body = $("clock-sources").querySelector("tbody");
+  dl.replaceChildren();
+  body.replaceChildren();
+  if (!c) { state.textContent = "not available"; state.className = "state unknown"; return; }
+  const word = c.running === null ? "not checked yet" : !c.running ? "not running"
+    : c.synchronised ? "synchronised" : c.serving_own_clock ? "own clock" : "not synchronised";
+  state.textContent = word;
+  state.className = `state ${c.running && c.synchronised ? "ok" : c.running === false ? "fail" : "warn"}`;
+  $("clock-summary").textContent = c.summary || "";
+  if (c.running) {
+    dl.append(el("dt", "Follows"), el("dd", c.reference || "nothing yet"),
+      el("dt", "Stratum"), el("dd", c.stratum === null ? "—" : c.stratum),
+      el("dt", "Offset"), el("dd", typeof c.offset_ms === "number" ? `${c.offset_ms} ms` : "—"));
+    if (typeof c.last_update_age_s === "number") dl.append(el("dt", "Last update"), el("dd", `${duration(c.last_update_age_s)} ago`));
+  }
+  dl.append(el("dt", "Serves the store"), el("dd", c.serve ? `yes, UDP ${c.port} to ${(c.allow || []).join(", ")}` : "no (clock.serve = false)"));
+  for (const src of c.sources || []) {
+    const tr = el("tr");
+    tr.dataset.source = src.name;
+    tr.append(el("td", src.name, "id"), el("td", src.state), el("td", src.stratum),
+      el("td", `${src.offset_ms} ms`), el("td", src.last_rx_s === null ? "never" : `${duration(src.last_rx_s)} ago`));
+    body.append(tr);
+  }
+  labelCells($("clock-sources"));
+}
+
 function drawOutbox(outbox, uplink) {
   const body = $("outbox").querySelector("tbody");
   body.replaceChildren();
@@ -319,8 +387,10 @@ async function refresh() {
 const SECTIONS = [
   { id: "kitchen-section", draw: (s) => drawKitchen(s) },
   { id: "devices-section", draw: (s) => drawDevices(s.devices) },
+  { id: "terminals-section", draw: (s) => drawTerminals(s.terminals) },
   { id: "roles-section", draw: (s) => drawRoles(s.roles) },
   { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
+  { id: "clock-section", draw: (s) => drawClock(s.clock) },
   { id: "system-section", draw: (s) => drawSystem(s.system) },
 ];
 

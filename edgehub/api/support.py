@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edgehub import bundle, sysinfo
 from edgehub.config import Address
-from edgehub.doctor import Doctor, as_json, device_rows, role_rows
 from edgehub.errors import DeviceError, EdgehubError
 from edgehub.logs import RecentLines
 from edgehub.metrics import CONTENT_TYPE, HubMetrics
 
 if TYPE_CHECKING:
+    from edgehub.doctor import Doctor
     from edgehub.hub import Hub
 
 log = logging.getLogger("edgehub.support")
@@ -111,6 +110,8 @@ class Support:
     # --- status sections -------------------------------------------------------------------
 
     async def system_section(self) -> dict[str, Any]:
+        from edgehub import sysinfo  # psutil: first asked for by a status read, not at start
+
         return await asyncio.to_thread(sysinfo.snapshot, self.hub.config.paths.data_dir)
 
     async def outbox_section(self) -> dict[str, Any]:
@@ -128,6 +129,8 @@ class Support:
     # --- what the metrics read -------------------------------------------------------------
 
     async def metrics_snapshot(self) -> dict[str, Any]:
+        from edgehub.doctor import device_rows, role_rows  # the doctor's module: not needed at start
+
         status = dict(await self.hub.status())
         status["devices_configured"] = status.get("devices") is not None
         status["devices"] = device_rows(status.get("devices") or [])
@@ -220,6 +223,8 @@ class Support:
         return web.json_response({**await self.outbox_section(), "uplink": status.get("uplink")})
 
     def make_doctor(self) -> Doctor:
+        from edgehub.doctor import Doctor  # with its own imports, first used when an installer asks
+
         hub = self.hub
         return Doctor(hub.config, broker_address=Address(hub.bus.host, hub.bus.port), read_status=hub.status,
                       probe_device=self._device_probe())
@@ -252,10 +257,15 @@ class Support:
         return probe
 
     async def doctor(self, request: web.Request) -> web.Response:
+        from edgehub.doctor import as_json
+
         checks = await self.make_doctor().run()
         return web.json_response(as_json(checks))
 
     async def bundle(self, request: web.Request) -> web.Response:
+        from edgehub import bundle  # tarfile, gzip and the doctor: first used when support asks
+        from edgehub.doctor import as_json
+
         hub = self.hub
         status = await hub.status()
         doctor = as_json(await self.make_doctor().run())
@@ -280,12 +290,16 @@ class Support:
     # --- fallbacks (used only where the owning component registered no route) --------------
 
     async def devices(self, request: web.Request) -> web.Response:
+        from edgehub.doctor import device_rows  # the doctor's module: not needed at start
+
         section = (await self.hub.status()).get("devices")
         if section is None:
             return web.json_response({"configured": False, "devices": []})
         return web.json_response({"configured": True, "devices": device_rows(section)})
 
     async def roles(self, request: web.Request) -> web.Response:
+        from edgehub.doctor import role_rows  # the doctor's module: not needed at start
+
         section = (await self.hub.status()).get("roles")
         if section is None:
             return web.json_response({"configured": False, "roles": []})

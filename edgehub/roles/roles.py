@@ -43,7 +43,7 @@ from edgehub.roles.payments import Payments
 from edgehub.roles.printqueue import PrintQueue
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, sleep_to_tick
 
 log = logging.getLogger("edgehub.roles")
 
@@ -257,7 +257,7 @@ class Roles:
     async def _tick(self) -> None:
         # Failback waits for time to pass, not for an event: look again a few times a second.
         while True:
-            await asyncio.sleep(self.tick_s)
+            await sleep_to_tick(self.tick_s)  # on the grid: with the other periodic wakeups
             self.evaluate()
 
     # --- what workers call ---------------------------------------------------------------------

@@ -6,7 +6,8 @@ Mosquitto acting as the chain's cloud. The devices run in a process of their own
 store``, common.SimDevices): on a box they are the other end of the wire, and the hub's figures
 must not count what answering its probes costs them (``--devices-in-hub``: ``edgehub run
 --simulate``, the devices in the hub's process, as before):
-- process start → READY (sd_notify READY=1: broker connected, API up) (target < 2 s);
+- process start → READY (sd_notify READY=1: broker connected, API up) (target < 2 s), and the
+  hub's CPU time until then (the wall time of a busy machine also holds the waits for a core);
 - RSS after start, and after ``--orders`` orders once the outbox drained and ``--settle-s`` idle seconds
   passed (target < 60 MB, no growth beyond noise), with the peak during the orders beside it;
 - CPU while idle, devices probed, no orders (target < 2 % of one core), the hub's and its
@@ -232,6 +233,8 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
         while b"STATUS=serving store" not in sock.recv(4096):  # the hub's READY=1, not another's
             pass
         ready_s = time.perf_counter() - started
+        # The CPU the start took: on a busy machine the wall time also holds the waits for a core.
+        ready_cpu_s = sum(psutil.Process(hub.proc.pid).cpu_times()[:2])
         sock.close()
         api = hub.config.api.listen.port
         try:
@@ -322,6 +325,7 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
     assert slowdown is None or isinstance(slowdown, float)
     result = {
         "ready_s": round(ready_s, 3),
+        "ready_cpu_s": round(ready_cpu_s, 3),
         "rss_start_mb": round(rss_start, 1),
         "rss_after_mb": round(rss_after, 1),
         "rss_drained_mb": round(rss_drained, 1),
@@ -351,6 +355,7 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
     }
     rows = [
         ("start -> READY", f"{result['ready_s']} s", "< 2 s"),
+        ("  CPU of the hub until READY", f"{result['ready_cpu_s']} s", ""),
         ("RSS after start", f"{result['rss_start_mb']} MB", "< 60 MB"),
         (f"RSS after {result['orders']} orders", f"{result['rss_after_mb']} MB", "< 60 MB, no growth"),
         ("  at the drain / peak", f"{result['rss_drained_mb']} / {result['rss_peak_mb']} MB",

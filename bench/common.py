@@ -163,9 +163,6 @@ class SimDevices:
         self.devices: list[dict[str, str]] = []
 
     def __enter__(self) -> SimDevices:
-        return self.start()
-
-    def start(self) -> SimDevices:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "edgehub", "sim", "store"], cwd=REPO,
                                          stdout=subprocess.PIPE, stderr=log, text=True)

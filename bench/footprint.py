@@ -213,10 +213,10 @@ def main() -> dict[str, Any]:
 def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, Any]:
     profile.terminals(os.getpid())
     compile_like_the_image()
-    with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-footprint-") as tmp, contextlib.ExitStack() as stack:
         cloud = CloudBroker(Path(tmp) / "cloud", store=STORE)
         asyncio.run(cloud.start())
-        sim = None if args.devices_in_hub else SimDevices(Path(tmp) / "devices.log").start()
+        sim = None if args.devices_in_hub else stack.enter_context(SimDevices(Path(tmp) / "devices.log"))
         path = write_config(Path(tmp) / "box", store=STORE, mode="managed", terminals=TERMINALS,
                             extra=KITCHEN + cloud_section(cloud.port) + journal_section(args.commit_window_ms)
                             + NO_QUOTA + (sim.config() if sim is not None else ""))
@@ -317,8 +317,6 @@ def run(args: argparse.Namespace, profile: piprofile.HostProfile) -> dict[str, A
         finally:
             hub.stop()
             cloud.stop()
-            if sim is not None:
-                sim.close()
 
     described = profile.describe()
     slowdown = described.get("slowdown")

@@ -9,9 +9,11 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -21,6 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from edgehub.config import commit_window_problem  # noqa: E402 - after the repo is on the path
+from edgehub.sim.store import SIM_ROLES  # noqa: E402
 
 
 def compile_like_the_image() -> None:
@@ -145,3 +148,53 @@ def journal_section(commit_window_ms: float | None) -> str:
     nothing to keep the default: the benchmarks' way to show what a longer window trades (bytes
     written per order against the wait on every ack)."""
     return "" if commit_window_ms is None else f"[journal]\ncommit_window_ms = {commit_window_ms:g}\n"
+
+
+class SimDevices:
+    """The simulated store's printers, scale, scanner and pinpad in a process of their own
+    (``edgehub sim store``), for a hub run without ``--simulate``: on a box they are the other
+    end of the LAN or a cable, so what they spend answering the hub's probes is not the box's.
+    ``config()`` is the ``[[device]]`` entries they print, the roles ``--simulate`` binds to them
+    (``SIM_ROLES``) and hardware discovery off, as ``--simulate`` sets it."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.devices: list[dict[str, str]] = []
+
+    def __enter__(self) -> SimDevices:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgehub", "sim", "store"], cwd=REPO,
+                                         stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        entries = []
+        for line in self.proc.stdout:  # the entries, then the `edgehub discover` hint
+            if line.startswith("# find them"):
+                break
+            entries.append(line)
+        else:
+            self.close()
+            raise RuntimeError(f"edgehub sim store ended: {self.log_path.read_text()[-2000:]}")
+        self.devices = tomllib.loads("".join(entries))["device"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def config(self) -> str:
+        text = "\n[discovery]\nusb = false\nserial = false\nlan = false\n"
+        for device in self.devices:
+            text += "\n[[device]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in device.items())
+        for role in SIM_ROLES:
+            text += (f"\n[[role]]\nname = {json.dumps(role.name)}\ndevices = {json.dumps(list(role.devices))}\n"
+                     f"failback_after_s = {role.failback_after_s:g}\n")
+        return text

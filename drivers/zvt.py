@@ -32,8 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal, Protocol
 
-import iso4217
-
 from drivers.base import DeviceInfo, Driver, FieldCheck, FieldStep, Health
 from drivers.transport import StreamTransport
 from edgehub.errors import (
@@ -141,6 +139,8 @@ def currency_of(value: str | int) -> tuple[str, int]:
     Raises ValueError for an unknown code, and for a currency whose minor unit is not a
     hundredth: amounts travel as ``amount_cents`` and ZVT's BMP 04 holds minor units.
     """
+    import iso4217  # parses its XML table at import: first needed when a ZVT pinpad or its config is read
+
     text = str(value).strip().upper()
     found = None
     if text.isdigit():
@@ -652,6 +652,8 @@ def _absorb(fields: dict[int, bytes], got: _Collected) -> None:
     if 0x29 in fields:
         got.terminal_id = fields[0x29].hex()
     if 0x49 in fields and (code := number(0x49, "currency code")) is not None:
+        import iso4217  # loaded already: the driver read its currency with it
+
         known = next((c.code for c in iso4217.Currency if c.number == code), None)
         got.currency = known or str(code)
     if 0x22 in fields:

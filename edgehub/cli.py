@@ -309,8 +309,13 @@ def _box_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command_given: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; for ``command_given == "run"`` (the daemon's start) without the
+    subcommands whose parsers import their tools' modules (the simulated store, the field check),
+    which ``run`` never parses."""
     from edgehub.clihelp import Help, command
+
+    tools = command_given != "run"
 
     parser = argparse.ArgumentParser(
         prog="edgehub", formatter_class=Help,
@@ -413,10 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="seconds to wait for every ack")
     c.add_argument("--json", action="store_true", help="one JSON line per terminal instead of the summary")
     c.set_defaults(func=_cmd_sim_terminal)
-    __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
+    if tools:
+        __import__("edgehub.sim.store", fromlist=["x"]).add_parser(sim_sub)  # sim store: devices only
 
     __import__("edgehub.discovery.cli", fromlist=["x"]).add_parser(sub)
-    __import__("edgehub.devices.testcli", fromlist=["x"]).add_parser(sub)  # device test: the field check
+    if tools:
+        __import__("edgehub.devices.testcli", fromlist=["x"]).add_parser(sub)  # device test: the field check
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
 
     p = command(sub, "doctor", "the installer's self-checks; exit 1 when one fails",
@@ -458,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgehub.provision import main as provision_main
 
         return provision_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

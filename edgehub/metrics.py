@@ -10,20 +10,24 @@ test process, and each must count only its own.
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol, get_args
-
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any, Protocol, cast, get_args
 
 from drivers.base import HealthState
 from edgehub import __version__
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Acks are a few ms on a healthy box; the tail that matters to a cashier is 0.1-2 s.
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 512)
 # Every state a device can be in (drivers.base.HealthState), each exported even at 0 so a
 # dashboard or an alert on ``edgehub_devices{state="failed"} > 0`` always has its series.
 DEVICE_STATES: tuple[str, ...] = get_args(HealthState)
@@ -35,44 +39,83 @@ class MetricsSource(Protocol):
     async def metrics_snapshot(self) -> dict[str, Any]: ...
 
 
+class Buckets:
+    """One histogram's counts (a Prometheus histogram's buckets, sum and count), by label value.
+    Kept here rather than in prometheus_client's ``Histogram`` so the hub imports that library
+    at the first scrape, not at start (docs/footprint.md, Start). Thread-safe: the journal's
+    writer thread observes commits."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...], label: str | None = None) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = bounds
+        self._series: dict[str, tuple[list[int], list[float]]] = {}  # label value -> (counts, [sum])
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, label_value: str = "") -> None:
+        slot = bisect.bisect_left(self.bounds, value)  # the first bound >= value: "le"
+        with self._lock:
+            series = self._series.get(label_value)
+            if series is None:
+                series = self._series[label_value] = ([0] * (len(self.bounds) + 1), [0.0])
+            series[0][slot] += 1
+            series[1][0] += value
+
+    def family(self) -> Metric:
+        from prometheus_client.core import HistogramMetricFamily
+
+        labels = [self.label] if self.label else []
+        family = HistogramMetricFamily(self.name, self.documentation, labels=labels)
+        with self._lock:
+            series = [(key, list(counts), total[0]) for key, (counts, total) in sorted(self._series.items())]
+        for key, counts, total in series:
+            running, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                running += count
+                # "le" as prometheus_client writes it: 0.005, 1.0, 512.0, +Inf.
+                buckets.append((repr(float(bound)) if bound != float("inf") else "+Inf", running))
+            family.add_metric([key] if self.label else [], buckets, total)
+        return family
+
+
 class HubMetrics:
-    """Owns the registry; ``observe_ack``/``observe_commit`` are the hooks, ``render()`` the scrape."""
+    """``observe_ack``/``observe_commit`` are the hooks, ``render()`` the scrape; the registry
+    (prometheus_client, imported then) is made at the first scrape."""
 
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.ack_latency = Histogram(
-            "edgehub_ack_latency_seconds", "Order received to ack published, by ack status.",
-            ["status"], buckets=ACK_BUCKETS, registry=self.registry,
-        )
-        self.commit_latency = Histogram(
-            "edgehub_journal_commit_seconds", "Duration of one SQLite group commit (with fsync).",
-            buckets=COMMIT_BUCKETS, registry=self.registry,
-        )
-        self.commit_batch = Histogram(
-            "edgehub_journal_commit_batch_size", "Writes per SQLite group commit.",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 512), registry=self.registry,
-        )
-        # process_resident_memory_bytes, process_cpu_seconds_total, ... of this process.
-        ProcessCollector(registry=self.registry)
+        self.ack_latency = Buckets("edgehub_ack_latency_seconds", "Order received to ack published, by ack status.",
+                                   ACK_BUCKETS, label="status")
+        self.commit_latency = Buckets("edgehub_journal_commit_seconds",
+                                      "Duration of one SQLite group commit (with fsync).", COMMIT_BUCKETS)
+        self.commit_batch = Buckets("edgehub_journal_commit_batch_size", "Writes per SQLite group commit.",
+                                    BATCH_BUCKETS)
         self._snapshot: dict[str, Any] = {}
-        self._ack_children: dict[str, Any] = {}
-        self.registry.register(_SnapshotCollector(self))
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, ProcessCollector
+
+            registry = CollectorRegistry(auto_describe=True)
+            # process_resident_memory_bytes, process_cpu_seconds_total, ... of this process.
+            ProcessCollector(registry=registry)
+            # A collector by its methods: the library's base class would be imported at start.
+            registry.register(cast("Collector", _SnapshotCollector(self)))
+            self._registry = registry
+        return self._registry
 
     def observe_ack(self, status: str, seconds: float) -> None:
-        # The labelled child looked up once per status (``labels()`` takes a lock and builds a
-        # key on every call: once per order at the rush).
-        child = self._ack_children.get(status)
-        if child is None:
-            child = self._ack_children[status] = self.ack_latency.labels(status=status)
-        child.observe(seconds)
+        self.ack_latency.observe(seconds, status)
 
     def observe_commit(self, seconds: float, batch_size: int) -> None:
-        # Called from the journal's writer thread; prometheus_client metrics are thread-safe.
+        # Called from the journal's writer thread.
         self.commit_latency.observe(seconds)
         self.commit_batch.observe(batch_size)
 
     async def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         self._snapshot = await self.source.metrics_snapshot()
         return generate_latest(self.registry)
 
@@ -81,7 +124,7 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-class _SnapshotCollector(Collector):
+class _SnapshotCollector:
     def __init__(self, owner: HubMetrics) -> None:
         self.owner = owner
 
@@ -89,7 +132,12 @@ class _SnapshotCollector(Collector):
         return []  # families depend on what is configured; describing none skips the dry run
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.owner._snapshot  # noqa: SLF001
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        owner = self.owner
+        for histogram in (owner.ack_latency, owner.commit_latency, owner.commit_batch):
+            yield histogram.family()
+        snap = owner._snapshot  # noqa: SLF001
         if not snap:
             return
         info = GaugeMetricFamily("edgehub_info", "The hub's version and store.", labels=["version", "store"])

@@ -15,17 +15,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edgehub import bundle, sysinfo
 from edgehub.api.server import OPENAPI_FILE
 from edgehub.component import Component, Listener, StatusReader, on
 from edgehub.config import Address, Config
 from edgehub.context import Context
 from edgehub.devices.registry import DEVICE_CHANGED, DeviceEvent, DeviceRegistry
-from edgehub.doctor import Doctor, as_json, device_rows, role_rows
 from edgehub.errors import EdgehubError
 from edgehub.intake import ACK_SENT
 from edgehub.logs import RecentLines
@@ -33,6 +31,9 @@ from edgehub.metrics import CONTENT_TYPE, HubMetrics
 from edgehub.roles.failover import RoleSeat
 from edgehub.store import Journal
 from edgehub.store.outbox import StreamCounters
+
+if TYPE_CHECKING:
+    from edgehub.doctor import Doctor
 
 __all__ = ["OPENAPI_FILE", "STATIC_DIR", "Support", "SupportPorts", "setup"]
 
@@ -124,6 +125,8 @@ class Support(Component):
     # --- status sections -------------------------------------------------------------------
 
     async def system_section(self) -> dict[str, Any]:
+        from edgehub import sysinfo  # psutil: first asked for by a status read, not at start
+
         return await asyncio.to_thread(sysinfo.snapshot, self.config.paths.data_dir)
 
     async def outbox_section(self) -> dict[str, Any]:
@@ -141,6 +144,8 @@ class Support(Component):
     # --- what the metrics read -------------------------------------------------------------
 
     async def metrics_snapshot(self) -> dict[str, Any]:
+        from edgehub.doctor import device_rows, role_rows  # the doctor's module: not needed at start
+
         status = dict(await self.ports.status())
         status["devices_configured"] = status.get("devices") is not None
         status["devices"] = device_rows(status.get("devices") or [])
@@ -175,6 +180,8 @@ class Support(Component):
         return web.json_response({**await self.outbox_section(), "uplink": status.get("uplink")})
 
     def make_doctor(self) -> Doctor:
+        from edgehub.doctor import Doctor  # with its own imports, first used when an installer asks
+
         return Doctor(self.config, broker_address=self.ports.broker_address(), read_status=self.ports.status,
                       probe_device=self._device_probe())
 
@@ -198,10 +205,15 @@ class Support(Component):
         return probe
 
     async def doctor(self, request: web.Request) -> web.Response:
+        from edgehub.doctor import as_json
+
         checks = await self.make_doctor().run()
         return web.json_response(as_json(checks))
 
     async def bundle(self, request: web.Request) -> web.Response:
+        from edgehub import bundle  # tarfile, gzip and the doctor: first used when support asks
+        from edgehub.doctor import as_json
+
         status = await self.ports.status()
         doctor = as_json(await self.make_doctor().run())
         outbox = await self.outbox_section()

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -40,6 +38,8 @@ def disk_usage(path: Path) -> DiskUsage:
 
 def soc_temperature_c(thermal_zone: Path = THERMAL_ZONE) -> float | None:
     """The SoC temperature in °C: psutil's sensors first, else the kernel's thermal zone 0."""
+    import psutil  # read on demand (in a thread); psutil is not needed on the hub's start path
+
     sensors = getattr(psutil, "sensors_temperatures", None)
     if sensors is not None:
         try:
@@ -59,6 +59,8 @@ def soc_temperature_c(thermal_zone: Path = THERMAL_ZONE) -> float | None:
 
 def snapshot(data_dir: Path) -> dict[str, Any]:
     """The ``system`` section of /api/v1/status."""
+    import psutil  # read on demand (in a thread); psutil is not needed on the hub's start path
+
     disk = disk_usage(data_dir)
     memory = psutil.virtual_memory()
     process = psutil.Process(os.getpid())

@@ -242,3 +242,51 @@ def test_the_hub_does_not_load_cryptography_until_it_makes_a_certificate(tmp_pat
     chain = tmp_path / "chain.crt"
     chain.write_text((tmp_path / "box.crt").read_text() + (tmp_path / "box.crt").read_text())
     assert fingerprint(chain) == fingerprint(tmp_path / "box.crt")
+
+
+# Imported when first used (an installer's request, a scrape, a certificate made, a raster
+# ticket), never on the way to READY: each costs a Pi tens of milliseconds or more at start
+# (docs/footprint.md, Start). psutil is used at start (in a thread: is the managed broker ours?).
+NOT_AT_START = ("edgehub.doctor", "edgehub.bundle", "edgehub.sim", "edgehub.devices.testcli", "prometheus_client",
+                "cryptography", "PIL", "tarfile", "zeroconf", "pyudev")
+READY_HOOK = """
+import json, os, signal, sys
+from edgehub import sdnotify
+
+def ready(self, status):  # READY=1: what the start path imported
+    print(json.dumps(sorted(sys.modules)), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+sdnotify.Notifier.ready = ready
+import edgehub.cli
+sys.exit(edgehub.cli.main(["run", "--config", sys.argv[1]]))
+"""
+
+
+async def test_the_hub_reaches_ready_without_the_modules_it_uses_later(tmp_path: Path) -> None:
+    """A real ``edgehub run`` with a store's devices (running here, at the other end of the
+    wire) and the uplink: at READY none of ``NOT_AT_START`` is loaded, and neither are the
+    tools' command parsers."""
+    import sys
+
+    from edgehub.sim.store import SIM_ROLES, SimStore
+    from tests.conftest import write_config
+
+    async with SimStore() as sim:
+        extra = "\n[discovery]\nusb = false\nserial = false\nlan = false\n"
+        for d in sim.devices:
+            extra += (f'\n[[device]]\nid = "{d.id}"\ndriver = "{d.driver}"\ntransport = "{d.transport}"\n'
+                      f'address = "{d.address}"\n' + "".join(f'{k} = "{v}"\n' for k, v in d.extra.items()))
+        for role in SIM_ROLES:
+            extra += f'\n[[role]]\nname = "{role.name}"\ndevices = {json.dumps(list(role.devices))}\n'
+        path = write_config(tmp_path / "box", mode="managed", extra=extra)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", READY_HOOK, str(path),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = [line for line in out.decode().splitlines() if line.startswith("[")]
+    assert lines, f"the hub never got READY: {err.decode()[-2000:]}"
+    loaded = json.loads(lines[0])
+    assert "edgehub.devices.registry" in loaded and "drivers.escpos" in loaded  # the hub itself, started
+    early = sorted(m for m in loaded if m.split(".")[0] in NOT_AT_START or m in NOT_AT_START
+                   or any(m.startswith(f"{name}.") for name in NOT_AT_START))
+    assert early == [], f"imported on the way to READY: {early}"

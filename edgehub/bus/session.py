@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from edgehub.bus.fastpaho import FastPaho
 from edgehub.bus.message import Message
 from edgehub.errors import MqttError, MqttRefused, MqttTimeout
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, sleep_to_tick
 
 log = logging.getLogger("edgehub.bus.session")
 
@@ -518,8 +518,8 @@ class MqttSession:
     async def _misc_loop(self) -> None:
         # paho's keepalive (PINGREQ, and a connection whose PINGRESP never came is closed).
         client = self._client
-        while client is not None and client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - a 1 s tick
-            await asyncio.sleep(1)
+        while client is not None and client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await sleep_to_tick(1.0)  # on the grid: with the other periodic wakeups
         self._set_lost("keepalive expired")
 
 

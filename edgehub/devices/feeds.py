@@ -18,7 +18,7 @@ from typing import Any
 from edgehub.bus import payloads
 from edgehub.devices.registry import DeviceEvent, DeviceRegistry, Publish
 from edgehub.errors import DeviceError, DeviceTimeout, EdgehubError
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, sleep_to_tick
 
 __all__ = ["DeviceFeeds"]
 
@@ -103,7 +103,7 @@ class DeviceFeeds:
                 driver: Any = await self.registry.open_driver(device_id)
                 weight = await driver.read_weight()
             except DeviceTimeout:
-                await asyncio.sleep(self.weight_interval)
+                await sleep_to_tick(self.weight_interval)
                 continue
             except DeviceError:
                 last = None
@@ -117,4 +117,4 @@ class DeviceFeeds:
                     payloads.weight(device_id, weight.grams, weight.state, weight.net, self._wall(),
                                     weight.unit, weight.shown),
                 )
-            await asyncio.sleep(self.weight_interval)
+            await sleep_to_tick(self.weight_interval)  # on the grid: with the other periodic wakeups

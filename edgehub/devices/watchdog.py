@@ -28,14 +28,13 @@ it afresh; the printer and pinpad drivers reconnect inside their own calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from drivers.base import Health
 from edgehub.devices.registry import DeviceEntry, DeviceEvent, DeviceRegistry
 from edgehub.errors import DeviceError, DeviceUnavailable
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, wait_to_tick
 
 __all__ = ["Watchdog", "WatchdogTiming"]
 
@@ -148,9 +147,8 @@ class Watchdog:
             async with self._probed:
                 self.probes[device_id] = self.probes.get(device_id, 0) + 1
                 self._probed.notify_all()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval(entry)):
-                    await wakeup.wait()
+            # Probes on the grid of their interval: the printers' probes wake the loop together.
+            await wait_to_tick(wakeup, self.interval(entry))
 
     def interval(self, entry: DeviceEntry) -> float:
         """Seconds between two probes of ``entry``: its driver's own, else its kind's."""

@@ -70,6 +70,7 @@ from edgehub.kitchen.tickets import (
 from edgehub.store import Journal, orders
 from edgehub.store.journal import TAP_WAIT_S
 from edgehub.store.schema import Tables
+from edgehub.tasks import sleep_to_tick
 
 log = logging.getLogger("edgehub.kitchen")
 
@@ -961,7 +962,7 @@ class Kitchen(Component):
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_s)
+            await sleep_to_tick(self.tick_s)  # on the grid: with the other periodic wakeups
             try:
                 await self.check_overdue()
             except EdgehubError as exc:

@@ -58,6 +58,7 @@ from edgehub.roles.tenders import Tenders
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox
 from edgehub.store.timeorder import first_rowid_since
+from edgehub.tasks import wait_to_tick
 
 if TYPE_CHECKING:
     from drivers.zvt import PaymentResult
@@ -510,11 +511,8 @@ class Payments:
         """Settle unknown payments from their pinpad's memory as soon as it answers again; one
         that answers without settling is asked again after a growing pause."""
         while True:
-            try:
-                async with asyncio.timeout(max(1.0, self.tick_s * 5)):
-                    await self._settle_wake.wait()
-            except TimeoutError:
-                pass
+            # On the grid: with the other periodic wakeups.
+            await wait_to_tick(self._settle_wake, max(1.0, self.tick_s * 5))
             self._settle_wake.clear()
             for payment in list(self.open.values()):
                 if (

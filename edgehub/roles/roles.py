@@ -54,9 +54,12 @@ from edgehub.roles.tables import TABLES
 from edgehub.store import Journal
 from edgehub.store.outbox import add_to_outbox, waiting_payloads
 from edgehub.store.schema import Tables
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, wait_to_tick
 
 log = logging.getLogger("edgehub.roles")
+
+# The failback tick while every role is on its primary device (nothing but an event can move one).
+QUIET_TICK_S = 1.0
 
 OPEN_DRIVER_TIMEOUT_S = 10.0
 EVENT_KINDS = {"scan": "scanner", "weight": "scale"}
@@ -108,6 +111,7 @@ class Roles(Component):
         self._dirty: set[str] = set()
         self._audit: list[tuple[str, dict[str, Any]]] = []
         self._wake = asyncio.Event()
+        self._moved = asyncio.Event()  # a role changed its serving device: the tick looks again
         self._main: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}  # print worker per printer role
@@ -185,6 +189,7 @@ class Roles(Component):
             self._changed[name] = asyncio.Event()
         else:
             seat.devices, seat.failback_after_s, seat.source = devices, failback, source
+        self._moved.set()  # a new or rebound role: the tick looks again at once
         self._dirty.add(name)
         return seat
 
@@ -245,12 +250,23 @@ class Roles(Component):
             self._dirty.add(seat.name)
             self._changed[seat.name].set()
             self._wake.set()
+            self._moved.set()
 
     async def _tick(self) -> None:
-        # Failback waits for time to pass, not for an event: look again a few times a second.
+        # Failback (and a first check's grace) waits for time to pass, not for an event: look
+        # again a few times a second while a role is off its primary or unserved. With every
+        # role on its primary only an event can move one, and events evaluate at once: then
+        # the tick slows to QUIET_TICK_S (an idle box's wakeups), until a role moves.
         while True:
-            await asyncio.sleep(self.tick_s)
+            self._moved.clear()
+            period = self.tick_s if self._time_may_decide() else max(self.tick_s, QUIET_TICK_S)
+            await wait_to_tick(self._moved, period)  # on the grid: with the other periodic wakeups
             self.evaluate()
+
+    def _time_may_decide(self) -> bool:
+        """Whether time passing alone may change a role's serving device: a failback (a role
+        served by a spare) or a first check's grace (a role with devices that nobody serves)."""
+        return any(seat.devices and seat.serving != seat.devices[0] for seat in self.seats.values())
 
     # --- what workers call ---------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 from edgehub.config import CloudConfig
 from edgehub.errors import EdgehubError, UplinkError
 from edgehub.store.outbox import TELEMETRY, OutboxRow, delete_acked, head_seq, read_rows
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, wait_to_tick
 from edgehub.uplink import cloudapi
 from edgehub.uplink.cloudapi import LANE_LIVE, LANE_REPLAY, CloudTopics
 from edgehub.uplink.link import RC_FAILURE, CloudLink
@@ -290,11 +290,10 @@ class Replay:
         while True:
             rows = await self.journal.read(lambda c: read_rows(c, s.live_pos, self.cfg.replay_batch))
             if not rows:
-                with contextlib.suppress(TimeoutError):
-                    # The journal pokes new_rows on every commit; the timeout covers writers in
-                    # other processes (``edgehub sync`` while the daemon runs).
-                    async with asyncio.timeout(1.0):
-                        await self.new_rows.wait()
+                # The journal pokes new_rows on every commit; the tick (on the grid, with the
+                # other periodic wakeups) covers writers in other processes (``edgehub sync``
+                # while the daemon runs).
+                await wait_to_tick(self.new_rows, 1.0)
                 self.new_rows.clear()
                 continue
             step = 0

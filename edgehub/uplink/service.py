@@ -34,7 +34,7 @@ from edgehub.bus.message import Message
 from edgehub.config import CloudConfig
 from edgehub.errors import CloudSilent, EdgehubError, PayloadError, UplinkError
 from edgehub.store.outbox import Outbox, head_seq, waiting_up_to
-from edgehub.tasks import cancel_and_wait
+from edgehub.tasks import cancel_and_wait, next_tick
 from edgehub.uplink.cloudapi import CloudTopics
 from edgehub.uplink.downlink import Downlink
 from edgehub.uplink.link import CloudLink
@@ -250,8 +250,9 @@ class Uplink:
             due = [link.last_heard + cfg.down_after_s, link.last_heard + cfg.ping_interval_s]
             if last_ping is not None:
                 due += [last_ping + cfg.ping_interval_s, now - overdue + cfg.ping_timeout_s]
+            # At the latest on the WATCH_TICK_S grid, with the other periodic wakeups.
             wake = min([d for d in due if d > now] or [now + WATCH_TICK_S])
-            await asyncio.sleep(min(max(wake - now, 0.01), WATCH_TICK_S))
+            await asyncio.sleep(max(min(wake, next_tick(now, WATCH_TICK_S)) - now, 0.01))
 
     async def _reconcile_loop(self, link: CloudLink) -> None:
         # Once the backlog of this connection is drained (or on "sync now"), then every

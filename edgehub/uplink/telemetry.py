@@ -21,14 +21,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from edgehub.errors import EdgehubError, OutboxFull
 from edgehub.store.outbox import TELEMETRY, Outbox
 from edgehub.sysinfo import disk_usage, soc_temperature_c
 from edgehub.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger("edgehub.uplink.telemetry")
 
@@ -75,13 +76,18 @@ class TelemetrySampler:
 
     def measure(self) -> dict[str, Any]:
         """One sample (blocking: /proc and statvfs reads; run it in a thread)."""
-        if self._process is None:
-            self._process = psutil.Process(os.getpid())
-            self._process.cpu_percent(None)  # the first reading only starts the clock
-        process = self._process
-        with process.oneshot():
-            rss = process.memory_info().rss
-            cpu = process.cpu_percent(None)
+        import psutil  # at the first sample, in its thread: psutil is not needed on the start path
+
+        try:
+            if self._process is None:
+                self._process = psutil.Process(os.getpid())
+                self._process.cpu_percent(None)  # the first reading only starts the clock
+            process = self._process
+            with process.oneshot():
+                rss = process.memory_info().rss
+                cpu = process.cpu_percent(None)
+        except psutil.Error as exc:
+            raise OSError(f"reading the hub's own memory and CPU: {exc}") from exc
         disk = disk_usage(self.data_dir)
         return {"schema": SCHEMA, "store_id": self.store_id, "at": round(self.clock(), 3),
                 "rss_bytes": rss, "cpu_percent": round(cpu, 1), "disk_free_bytes": disk.free_bytes,
@@ -119,6 +125,6 @@ class TelemetrySampler:
     async def _sample(self, wait_s: float) -> bool:
         try:
             return await self.sample_now(within_s=wait_s)
-        except (EdgehubError, OSError, psutil.Error) as exc:
+        except (EdgehubError, OSError) as exc:  # measure() says psutil's errors as OSError
             log.warning("telemetry sample failed: %s", exc)
             return False

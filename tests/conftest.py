@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import edgehub.broker as broker_module
 from edgehub.broker import MosquittoProcess, free_port
 from edgehub.bus.message import Message
 from edgehub.bus.session import MqttSession
@@ -36,6 +38,13 @@ REPO = Path(__file__).resolve().parent.parent
 # Every owner's journal tables, in the hub's order (tests/test_architecture.py holds the hub to
 # it): for tests that open a journal without the components and write their rows themselves.
 ALL_TABLES = (UPLINK_TABLES, DEVICE_TABLES, ROLE_TABLES, KITCHEN_TABLES, ONLINE_TABLES, REPORT_TABLES)
+
+# Under pytest-xdist each worker walks its own slice of free_port's range, so two workers never
+# name the same port at the same moment.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    _workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    broker_module._next_port = itertools.count(int(_worker[2:]) * broker_module._PORT_SPAN // _workers)  # noqa: SLF001
+
 API_TOKEN = "test-token-0123456789abcdef"
 # Drives every station's screen (kitchen.screen_token); never the API token (docs/security.md).
 SCREEN_TOKEN = "test-screen-0123456789abcdef"

@@ -15,8 +15,8 @@ terminals every enquiry may start a due end-of-day or update.
 
 Failure means failure, not one late reply: a probe the device did not answer (the driver says
 ``unknown``, or the probe ran out of time) is a *missed* probe, and a printer is failed only after
-``printer_missed`` of them in a row (``[discovery] printer_missed_probes``); meanwhile its state
-stays what it was. What the printer *says* (paper end, cover open, connection refused) counts
+``printer_missed`` of them in a row (``[discovery] printer_missed_probes``), a scanner or a scale
+after two; meanwhile its state stays what it was. What the printer *says* (paper end, cover open, connection refused) counts
 at once. A printer busy with a job is not probed at all: its driver answers with what the job
 last saw, and the job reports a failure itself.
 
@@ -60,12 +60,15 @@ class WatchdogTiming:
     # Missed probes in a row before a printer is failed: 2 lets one late reply pass (a Wi-Fi
     # spike) and still fails a silent printer inside the failover target (bench/failover.py).
     printer_missed: int = 2
+    # A scanner or scale that misses one probe on a busy box keeps its reader (and the scan in it).
+    scanner_missed: int = 2
+    scale_missed: int = 2
 
     def interval(self, kind: str) -> float:
         return float(getattr(self, f"{kind}_interval", 1.0))
 
     def missed(self, kind: str) -> int:
-        """Missed probes in a row that fail a device of ``kind`` (1 for all but printers)."""
+        """Missed probes in a row that fail a device of ``kind`` (1 for a pinpad)."""
         return max(1, int(getattr(self, f"{kind}_missed", 1)))
 
     def timeout(self, kind: str) -> float:

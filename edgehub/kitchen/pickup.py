@@ -71,11 +71,12 @@ class PickupServer(Component):
         hello: dict[str, Any] = {"schema": PICKUP_SCREEN_SCHEMA, "terminal": login.terminal, "scale": login.scale,
                                  "sound": login.sound, "heartbeat_s": self.status.heartbeat_s}
         await ws.send_str(payloads.dumps(hello).decode())
-        await ws.send_str(payloads.dumps(self.status.doc()).decode())
+        link = self.status.doc()
+        await ws.send_str(payloads.dumps(link).decode())
         feed = ScreenFeed("pickup")
         feed.push(self.board.current())
         self.board.feeds.add(feed)
-        self.status.feeds.add(feed)
+        self.status.attach(feed, link)
         sender = asyncio.create_task(self._send(ws, feed.queue), name="pickup-send")
         dropped = asyncio.create_task(feed.dropped.wait())
         receiver = asyncio.create_task(self._drain(ws))
@@ -85,7 +86,7 @@ class PickupServer(Component):
                 await ws.close(code=WS_TOO_SLOW, message=b"too far behind; reconnect")
         finally:
             self.board.feeds.discard(feed)
-            self.status.feeds.discard(feed)
+            self.status.detach(feed)
             await cancel_and_wait(sender, dropped, receiver)
             self._sockets.discard(ws)
         return ws

@@ -114,12 +114,19 @@ class StatusBeat:
     def __init__(self, broker_link: BrokerState, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.broker_link = broker_link
         self.heartbeat_s = heartbeat_s
-        self.feeds: set[ScreenFeed] = set()
+        self.feeds: dict[ScreenFeed, str] = {}  # each screen's feed -> the broker state it was told
         self._task: asyncio.Task[None] | None = None
 
     def doc(self) -> dict[str, Any]:
         connected, reason = self.broker_link()
         return payloads.kds_link(connected, "" if connected else reason or "its broker connection is down")
+
+    def attach(self, feed: ScreenFeed, told: dict[str, Any]) -> None:
+        """Follow ``feed``, a screen that was just sent ``told`` (a ``doc()``)."""
+        self.feeds[feed] = told["broker"]
+
+    def detach(self, feed: ScreenFeed) -> None:
+        self.feeds.pop(feed, None)
 
     async def __aenter__(self) -> StatusBeat:
         self._task = asyncio.create_task(self._run(), name="screen-link")
@@ -129,16 +136,18 @@ class StatusBeat:
         await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
-        last = self.broker_link()[0]
         next_beat = time.monotonic() + self.heartbeat_s
         while True:
             await asyncio.sleep(min(BROKER_CHECK_S, self.heartbeat_s))
-            connected = self.broker_link()[0]
-            if connected != last or time.monotonic() >= next_beat:
-                last = connected
+            doc = self.doc()
+            beat = time.monotonic() >= next_beat
+            if beat:
                 next_beat = time.monotonic() + self.heartbeat_s
-                doc = self.doc()
-                for feed in list(self.feeds):
+            # Compared with what each screen was told, so a change seen by a screen connecting
+            # between two looks still reaches the screens already open.
+            for feed, told in list(self.feeds.items()):
+                if beat or told != doc["broker"]:
+                    self.feeds[feed] = doc["broker"]
                     feed.push(doc)
 
 
@@ -241,9 +250,10 @@ class ScreenServer(Component):
             station, login.terminal, list(login.stations) if login.stations is not None else None,
             self.kitchen.station_names(), login.scale, login.sound, login.keys_doc(), self.status.heartbeat_s)
         await ws.send_str(payloads.dumps(hello).decode())
-        await ws.send_str(payloads.dumps(self.status.doc()).decode())
+        link = self.status.doc()
+        await ws.send_str(payloads.dumps(link).decode())
         feed = self.kitchen.attach(station)
-        self.status.feeds.add(feed)
+        self.status.attach(feed, link)
         sender = asyncio.create_task(self._send(ws, feed.queue), name=f"kds-{station}-send")
         dropped = asyncio.create_task(feed.dropped.wait())
         try:
@@ -256,7 +266,7 @@ class ScreenServer(Component):
                 await ws.close(code=WS_TOO_SLOW, message=b"too far behind; reconnect for a snapshot")
             await cancel_and_wait(receiver)
         finally:
-            self.status.feeds.discard(feed)
+            self.status.detach(feed)
             self.kitchen.detach(feed)
             await cancel_and_wait(sender, dropped)
             self._sockets.discard(ws)

@@ -94,6 +94,7 @@ class Intake:
         self.on_ack: list[Callable[[str, float], None]] = []
         # Orders being taken right now: the cloud uplink's backlog replay gives way meanwhile.
         self.in_progress = 0
+        self.last_order_at = float("-inf")  # time.monotonic() of the last order that came in
 
     async def handle(self, message: Message) -> None:
         await self.handle_batch([message])
@@ -102,6 +103,7 @@ class Intake:
         """The orders that came in one turn of the loop (``BusConnection.route_batch``): each is
         checked on its own, and the valid ones are journaled in one write, then acked."""
         self.in_progress += len(messages)
+        self.last_order_at = time.monotonic()
         try:
             await self._handle_batch(messages)
         finally:

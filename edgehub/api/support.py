@@ -192,10 +192,15 @@ class Support:
             ("PUT", "/api/v1/roles/{role}", self.bind_role),
             ("POST", "/api/v1/sync", self.sync),
             ("GET", "/api/v1/sync", self.sync),
+            ("POST", "/api/v1/pair/resync", self.no_pair),
         ]
         for method, path, handler in fallbacks:
             if (method, path) not in taken:
                 app.router.add_route(method, path, handler)
+
+    async def no_pair(self, request: web.Request) -> web.Response:
+        """``/api/v1/pair/resync`` on a box that is not one of a pair (edgehub/pair/node.py has the real one)."""
+        return web.json_response({"error": "this box is not one of a pair (no [pair] in its config)"}, status=409)
 
     async def _security_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

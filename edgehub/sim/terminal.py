@@ -8,11 +8,12 @@ with a persistent session. Used by ``edgehub sim terminal``, the tests and the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,7 @@ class TerminalSim:
         self._client: MqttSession | None = None
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
+        self._publishing: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -148,14 +150,20 @@ class TerminalSim:
         self.report.latencies_ms.append((time.perf_counter() - entry[1]) * 1000)
 
     async def _send(self, order_id: str, payload: bytes) -> bool:
+        """Hand the order to the MQTT session, as a till's app does: the broker's PUBACK is not
+        waited for here (the hub's ack is what counts, and the re-send covers a lost publish), so
+        a connection that just died never holds up the next send or a re-send."""
         client = self._client
         if client is None:
             return False
-        try:
-            await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
-        except (MqttError, TimeoutError):
-            return False
+        task = asyncio.create_task(self._publish(client, payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
         return True
+
+    async def _publish(self, client: MqttSession, payload: bytes) -> None:
+        with contextlib.suppress(MqttError, TimeoutError):
+            await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
 
     async def _resender(self) -> None:
         while True:
@@ -173,6 +181,23 @@ class TerminalSim:
         self._pending[doc["order_id"]] = (payload, now, now)
         self.report.sent += 1
         await self._send(doc["order_id"], payload)
+
+    @property
+    def pending(self) -> int:
+        """Orders sent and not acked yet."""
+        return len(self._pending)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[TerminalSim]:
+        """Connected (and reconnecting) with re-sends going, for a caller that submits orders
+        itself one at a time."""
+        tasks = [asyncio.create_task(self._connection()), asyncio.create_task(self._resender())]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self, orders: int, rate: float, timeout: float = 60.0) -> TerminalReport:
         """Send ``orders`` orders at ``rate`` per second; return once all are acked or at timeout."""

@@ -28,7 +28,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # keeps this list equal to the code's loggers) and, with a dot, any full logger name below
 # edgehub or drivers.
 LOG_COMPONENTS = ("api", "broker", "bus", "clock", "devices", "discovery", "front", "hub", "intake", "journal",
-                  "kitchen", "online", "outbox", "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
+                  "kitchen", "online", "outbox", "pair", "qrpay", "reports", "roles", "sdnotify", "sim", "support",
+                  "uplink")
 
 
 @dataclass(frozen=True)

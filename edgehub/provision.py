@@ -964,7 +964,9 @@ def summary(request: Request, layout: Layout, outcome: Outcome, dry_run: bool = 
                      f"the other box {pair.other_box}; terminals use {pair.address.partition('/')[0]}")
         addresses = [pair.address.partition("/")[0]]
     if outcome.token_removed:
-        lines.append(f"  boot file  secrets {'would be ' if dry_run else ''}taken out of it")
+        which = "cloud and pair" if request.pair is not None and request.cloud_secrets else (
+            "pair" if request.pair is not None else "cloud")
+        lines.append(f"  boot file  {which} secrets {'would be ' if dry_run else ''}taken out of it")
     for address in addresses:
         lines.append(f"  box page   https://{address}:{port}/")
     if layout.tls_cert.exists():

@@ -23,18 +23,45 @@ BOX_CONFIG = "/etc/edgehub/edgehub.toml"
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("pair", help="a box of a pair: keepalived config, state, resync (docs/pair.md)")
+    from edgehub.clihelp import command as help_command
+
+    p = help_command(
+        sub, "pair", "a box of a pair: keepalived's config, this box's part, a refused standby's resync",
+        "A store may run two boxes: one serves, the other holds a copy of every acked order and takes the "
+        "store's floating address over when the first dies (docs/pair.md). These are the installer's tools "
+        "on a box with [pair] in its config.",
+        ["edgehub pair status", "sudo edgehub pair write-config", "sudo edgehub pair resync --yes"],
+    )
     pair_sub = p.add_subparsers(dest="pair_cmd", required=True)
-    c = pair_sub.add_parser("write-config", help="write keepalived.conf and its heartbeat check from [pair]")
-    c.add_argument("--config", default=BOX_CONFIG)
-    c.add_argument("--script-user", default="root", help="the user keepalived runs the check as")
+    c = help_command(
+        pair_sub, "write-config", "write keepalived.conf and its heartbeat check from [pair]",
+        "Write keepalived's config (the floating address, the adverts to the other box, the files the hub "
+        "tells keepalived its fitness and priority through) and the heartbeat check keepalived runs, from "
+        "[pair] of the config. Provisioning runs it; run it again after changing [pair], then "
+        "`systemctl restart keepalived`.",
+        ["sudo edgehub pair write-config", "edgehub pair write-config --config box-a.toml --script-user root"],
+    )
+    c.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the box's edgehub.toml")
+    c.add_argument("--script-user", default="root", metavar="USER", help="the user keepalived runs the check as")
     c.set_defaults(func=_write_config)
-    c = pair_sub.add_parser("status", help="this box's part in the pair, from the running daemon")
-    c.add_argument("--config", default=BOX_CONFIG)
-    c.add_argument("--json", action="store_true")
+    c = help_command(
+        pair_sub, "status", "this box's part in the pair, from the running daemon",
+        "What this box is in the pair (serving or standby), whether every acked order is on both boxes (or, "
+        "loudly, since when on one only), what the standby holds or what this box follows, and why the other "
+        "box is refused if it is. Read from the running edgehub through its API.",
+        ["edgehub pair status", "edgehub pair status --json"],
+    )
+    c.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the box's edgehub.toml")
+    c.add_argument("--json", action="store_true", help="print the status's pair section as JSON")
     c.set_defaults(func=_status)
-    c = pair_sub.add_parser("resync", help="on the standby: set this journal aside and take a fresh copy")
-    c.add_argument("--config", default=BOX_CONFIG)
+    c = help_command(
+        pair_sub, "resync", "on the standby: set this journal aside and take a fresh copy",
+        "On a standby that refuses the serving box's journal as diverged (docs/pair.md, Refused): set this "
+        "box's journal aside (kept as journal.sqlite.resync-<time>, never deleted) and take a fresh copy of "
+        "the serving box's. Nothing of the serving box's journal is touched. Refused on the box that serves.",
+        ["sudo edgehub pair resync", "sudo edgehub pair resync --yes"],
+    )
+    c.add_argument("--config", default=BOX_CONFIG, metavar="FILE", help="the box's edgehub.toml")
     c.add_argument("--yes", action="store_true", help="do not ask")
     c.set_defaults(func=_resync)
 

@@ -2,9 +2,11 @@
 standby is in sync a commit is answered only once the standby has it on disk too.
 
 ``Replicator`` is the journal's commit hook (edgehub/store/journal.py). On the writer thread,
-inside the group's transaction, it turns the statements the group changed rows with into the
-next record (edgehub/pair/record.py) and logs its hash; after COMMIT the record joins an
-in-memory ring (``pair.backlog_mib``) and goes to the standby's session. Whoever waits on the
+inside the group's transaction, it turns the group's statements into the next record
+(edgehub/pair/record.py), logs its hash, and puts it in an in-memory ring (``pair.backlog_mib``)
+the standby's session sends from, before this box's own COMMIT: the two boxes' fsyncs overlap.
+A record that then fails to commit here is dropped, and the standby that may hold it gets a
+fresh copy (``rolled_back``). Whoever waits on the
 group (a terminal's ack, a cook's tap, a payment's state) is answered at once when the box
 serves alone, or, while the standby is in sync, when the standby acknowledges a record at or
 past this group's. A standby that does not acknowledge within ``pair.standby_timeout_ms``, or
@@ -23,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import sqlite3
@@ -526,9 +527,6 @@ class Session:
         rep.pin(start)
         reader = threading.Thread(target=self._read_acks, name="pair-acks", daemon=True)
         reader.start()
-        behind_from = rep.seq
-        caught_up_logged = False
-        started = time.monotonic()
         seq = start
         last_sent = time.monotonic()
         while not self._closed.is_set():
@@ -547,13 +545,6 @@ class Session:
             last_sent = time.monotonic()
             seq += 1
             rep.pin(seq if seq <= rep.seq else None)
-            if not caught_up_logged and seq > behind_from:
-                caught_up_logged = True
-                elapsed = time.monotonic() - started
-                if behind_from >= start:
-                    count = behind_from - start + 1
-                    rep.standby.catch_up.setdefault("records", count)
-                    rep.standby.catch_up.setdefault("records_seconds", round(elapsed, 3))
         raise PairError(self.ended or "closed")
 
     def _read_acks(self) -> None:
@@ -573,7 +564,3 @@ class Session:
                     raise PairError(f"the standby sent frame type {kind} while records streamed")
         except PairError as exc:
             self.close(str(exc))
-
-
-def dumps(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()

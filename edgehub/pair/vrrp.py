@@ -49,19 +49,20 @@ _STATE = re.compile(r"[Ee]ntering (MASTER|BACKUP|FAULT) STATE")
 HEARTBEAT_S = 0.2
 STALE_MS = 1500  # a heartbeat older than this: the hub is not running (frozen, dead)
 # VRRP priorities. Both boxes start as standbys: the preferred one wins when both start together.
-# The serving box adds SERVING_BONUS plus its epoch (mod EPOCH_SPAN): when two boxes both claim
-# the address (a frozen box resumes, a cut link heals), the one that took over last, which the
-# hub keeps serving (edgehub/pair/node.py), also wins VRRP's election, so the address does not
-# bounce over to the box that is about to step down. (With fixed priorities it did, and the
-# bounce made the other box take over again: three takeovers for one fault.)
+# The serving box adds SERVING_BONUS plus twice its epoch (mod EPOCH_SPAN): when two boxes both
+# claim the address (a frozen box resumes, a cut link heals), the one that took over last, which
+# the hub keeps serving (edgehub/pair/node.py), also wins VRRP's election, so the address does
+# not bounce over to the box that is about to step down. (With fixed priorities it did, and the
+# bounce made the other box take over again: three takeovers for one fault.) Twice: one epoch
+# more outweighs the preferred box's one point.
 PRIORITY_PREFERRED = 100
 PRIORITY_OTHER = 99
 SERVING_BONUS = 50
-EPOCH_SPAN = 100
+EPOCH_SPAN = 50
 
 
 def serving_bonus(epoch: int) -> int:
-    return SERVING_BONUS + epoch % EPOCH_SPAN
+    return SERVING_BONUS + 2 * (epoch % EPOCH_SPAN)
 
 
 def pair_dir(config: Config) -> Path:
@@ -118,9 +119,14 @@ global_defs {{
     vrrp_version 3
     script_user {script_user}
     enable_script_security
-    # Gratuitous ARPs when the address arrives, and again a little later for slow switches.
+    # Gratuitous ARPs when the address arrives, and again a little later for slow switches; then
+    # one every second while this box holds it: after a cut link heals, the tills the other box
+    # served still name its MAC for the address (this box did not have to take it again) and
+    # would wait for their ARP entry to age out (~30 s) before their next packet reached this box.
     vrrp_garp_master_delay 1
     vrrp_garp_master_repeat 3
+    vrrp_garp_master_refresh 1
+    vrrp_garp_master_refresh_repeat 1
     # Adverts every {pair.advert_ms} ms must go out on time on a busy box: three missed ones and
     # the other box takes over. Real-time scheduling for the VRRP process (it sleeps between
     # adverts), never swapped out.

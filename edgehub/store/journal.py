@@ -21,6 +21,10 @@ inside an order's commit (``edgehub/store/checkpoint.py``).
 At open the database is checked (``PRAGMA quick_check``); a corrupt file is moved aside, never
 deleted, and a fresh journal is started, so the box keeps taking orders and support can recover
 the old one.
+
+On a box of a pair the writer's connection records each group's statements and a ``CommitHook``
+turns them into a record for the standby; the group's callers are answered once the standby
+holds it too (edgehub/pair/primary.py, docs/pair.md).
 """
 
 from __future__ import annotations
@@ -187,11 +191,12 @@ def _conflict(order: Order, terminal: str, payload: str) -> str:
 class CommitHook(Protocol):
     """What a pair's replication does at the journal's one writer (edgehub/pair/primary.py).
 
-    ``prepared`` runs in the group's transaction before COMMIT, with the statements that changed
-    rows (the writer's connection records them when ``recording_factory`` made it), and may add
-    its own bookkeeping; what it returns is handed to ``committed`` after COMMIT, which calls
-    ``settle`` (now, or once the standby has the group too) to answer the group's callers.
-    ``rolled_back`` says the transaction did not commit after all."""
+    ``prepared`` runs in the group's transaction before COMMIT, with the group's INSERT, UPDATE,
+    DELETE and REPLACE statements (the writer's connection records them when
+    ``recording_factory`` made it), and may add its own bookkeeping; what it returns is handed
+    to ``committed`` after COMMIT, which calls ``settle`` (now, or once the standby has the group
+    too) to answer the group's callers. ``rolled_back`` says the transaction did not commit
+    after all."""
 
     recording_factory: type[sqlite3.Connection]
 

@@ -362,11 +362,12 @@ advert_ms = {self.advert_ms}
     def kill_broker(self, name: str) -> None:
         os.kill(self.child_pid(name, "mosquitto"), signal.SIGKILL)
 
-    def freeze(self, name: str) -> None:
-        """The box hangs: its hub, Mosquitto and keepalived all stop (SIGSTOP)."""
+    def freeze(self, name: str, hub_only: bool = False) -> None:
+        """The box hangs: its hub, Mosquitto and keepalived all stop (SIGSTOP); or only the hub,
+        while keepalived runs on (the heartbeat check must give the address up)."""
         box = self.boxes[name]
         assert box.proc is not None
-        pids = [box.proc.pid, *(c.pid for c in self._children(box))]
+        pids = [box.proc.pid] if hub_only else [box.proc.pid, *(c.pid for c in self._children(box))]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         box.frozen = pids

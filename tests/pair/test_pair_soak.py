@@ -15,7 +15,7 @@ from tests.pair.test_pair_lab import assert_nothing_lost, fault, other, recover
 pytestmark = [pytest.mark.soak, pytest.mark.skipif(bool(available()), reason=available() or "lab available"),
               pytest.mark.timeout(1800)]
 
-KINDS = ("kill -9 of the hub", "kill -9 of its Mosquitto", "its link down", "frozen")
+KINDS = ("kill -9 of the hub", "kill -9 of its Mosquitto", "its link down", "frozen", "its hub alone frozen")
 
 
 def test_twenty_takeovers_in_a_row_back_and_forth_lose_nothing(tmp_path: Path) -> None:

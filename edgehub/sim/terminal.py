@@ -86,6 +86,7 @@ class TerminalSim:
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
         self._publishing: set[asyncio.Task[None]] = set()
+        self._sending: dict[str, MqttSession] = {}  # order id -> the connection its publish is on
 
     @property
     def connected(self) -> bool:
@@ -152,18 +153,26 @@ class TerminalSim:
     async def _send(self, order_id: str, payload: bytes) -> bool:
         """Hand the order to the MQTT session, as a till's app does: the broker's PUBACK is not
         waited for here (the hub's ack is what counts, and the re-send covers a lost publish), so
-        a connection that just died never holds up the next send or a re-send."""
+        a connection that just died never holds up the next send or a re-send. False: nothing
+        was handed over (no connection, or this order's last copy is still on its way on it)."""
         client = self._client
         if client is None:
             return False
-        task = asyncio.create_task(self._publish(client, payload))
+        if self._sending.get(order_id) is client:
+            return False  # its last copy is still on its way on this connection: no second one
+        self._sending[order_id] = client
+        task = asyncio.create_task(self._publish(client, order_id, payload))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
         return True
 
-    async def _publish(self, client: MqttSession, payload: bytes) -> None:
-        with contextlib.suppress(MqttError, TimeoutError):
-            await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
+    async def _publish(self, client: MqttSession, order_id: str, payload: bytes) -> None:
+        try:
+            with contextlib.suppress(MqttError, TimeoutError):
+                await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
+        finally:
+            if self._sending.get(order_id) is client:
+                del self._sending[order_id]
 
     async def _resender(self) -> None:
         while True:

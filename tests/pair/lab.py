@@ -397,11 +397,13 @@ advert_ms = {self.advert_ms}
             subprocess.run(["bridge", "-n", self.ns_t, "link", "set", "dev", f"port-{name}", "isolated", "off"],
                            check=True, capture_output=True, timeout=10)
 
-    def point_tills_at(self, name: str) -> None:
+    def point_tills_at(self, name: str, hold: bool = False) -> None:
         """The tills' ARP entry for the floating address names this box's port (as a switch does
-        when the box last sent a gratuitous ARP): their next packet goes there."""
+        when the box last sent a gratuitous ARP): their next packet goes there. ``hold``: the
+        entry stays (a permanent one, which no gratuitous ARP changes) until pointed again."""
         mac = json.loads(ip("-n", self.boxes[name].ns, "-j", "link", "show", "lan0").stdout)[0]["address"]
-        ip("-n", self.ns_t, "neigh", "replace", self.vip, "lladdr", mac, "dev", "lan0", "nud", "reachable")
+        ip("-n", self.ns_t, "neigh", "replace", self.vip, "lladdr", mac, "dev", "lan0",
+           "nud", "permanent" if hold else "reachable")
 
     # --- what the boxes say ----------------------------------------------------------------------
 

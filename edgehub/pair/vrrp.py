@@ -47,7 +47,9 @@ log = logging.getLogger("edgehub.pair")
 
 _STATE = re.compile(r"[Ee]ntering (MASTER|BACKUP|FAULT) STATE")
 HEARTBEAT_S = 0.2
-STALE_MS = 1500  # a heartbeat older than this: the hub is not running (frozen, dead)
+# A heartbeat older than this: the hub is not running (frozen, dead). A hub starved on a busy
+# machine went 1.1-2.7 s without a turn of its loop, and 1.5 s gave the address away for that.
+STALE_MS = 3000
 # VRRP priorities. Both boxes start as standbys: the preferred one wins when both start together.
 # The serving box adds SERVING_BONUS plus twice its epoch (mod EPOCH_SPAN): when two boxes both
 # claim the address (a frozen box resumes, a cut link heals), the one that took over last, which
@@ -137,7 +139,7 @@ global_defs {{
 vrrp_script edgehub_alive {{
     script "{script}"
     interval 1
-    timeout 1
+    timeout 2
     fall 1
     rise 1
 }}

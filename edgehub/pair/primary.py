@@ -87,6 +87,9 @@ class Ring:
             self._records.popleft()
             self._bytes -= oldest.size
 
+    def __len__(self) -> int:
+        return len(self._records)
+
     def drop_last(self, seq: int) -> None:
         if self._records and self._records[-1].seq == seq:
             self._bytes -= self._records.pop().size
@@ -261,7 +264,7 @@ class Replicator:
         for item in held:
             item.settle()
 
-    def _acked(self, seq: int) -> None:
+    def confirmed(self, seq: int) -> None:
         released: list[Held] = []
         became_sync = False
         with self._lock:
@@ -300,7 +303,7 @@ class Replicator:
                 "epoch": self.epoch,
                 "seq": self.seq,
                 "lineage": self.lineage,
-                "backlog": {"records": len(self.ring._records), "bytes": self.ring.bytes,
+                "backlog": {"records": len(self.ring), "bytes": self.ring.bytes,
                             "first_seq": self.ring.first_seq},
                 "standby": {"box": view.box, "address": view.address, "state": view.state,
                             "acked_seq": view.acked_seq, "lag_records": lag,
@@ -554,7 +557,7 @@ class Session:
             while not self._closed.is_set():
                 kind, payload = self.ch.recv()
                 if kind == wire.ACK:
-                    rep._acked(wire.unpack_seq(payload))
+                    rep.confirmed(wire.unpack_seq(payload))
                 elif kind == wire.REFUSE:
                     doc = wire.decode_json(payload, self.ch.peer)
                     self.close(f"the standby refused: {doc.get('reason', '')}")

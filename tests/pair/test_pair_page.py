@@ -62,7 +62,7 @@ async def test_the_doctor_says_one_copy_and_a_refusal_with_what_to_do(tmp_path: 
             return {"store_id": "s1", "version": "x", "pair": pair}
 
         doctor = Doctor(config, read_status=status)
-        return {c.name: (c.status, c.message, c.action) for c in doctor._pair(await status())}
+        return {c.name: (c.status, c.message, c.action) for c in doctor._pair(await status())}  # noqa: SLF001 (the pair checks alone)
 
     alone = await checks({"role": "primary", "box": "a", "copies": 1, "one_copy_since": 1795430000,
                           "one_copy_reason": "the standby's link ended", "peer": "10.0.0.2:7411",

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-
+from edgehub.bus.session import MqttSession
 from edgehub.pair.standby import Follower
 from tests.conftest import Terminal, order
 from tests.pair.conftest import ServingBox, box_config, dump, file_digest, follower, identity, until
@@ -49,12 +48,11 @@ async def settled(box: ServingBox) -> None:
 
 async def retained(box: ServingBox, topic: str) -> dict[str, Any]:
     listen = box.config.broker.listen
-    async with aiomqtt.Client(listen.host, listen.port, username="edgehub-hub", password="hub-secret-password",
-                              identifier=f"test-retained-{time.monotonic_ns()}") as client:
+    async with MqttSession(listen.host, listen.port, username="edgehub-hub", password="hub-secret-password",
+                           client_id=f"test-retained-{time.monotonic_ns()}") as client:
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(5):
             async for message in client.messages:
-                assert isinstance(message.payload, bytes)
                 doc: dict[str, Any] = json.loads(message.payload)
                 return doc
     raise AssertionError("no retained message")

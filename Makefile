@@ -18,6 +18,8 @@ system-deps:
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_passwd >/dev/null 2>&1 || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
+	command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing="$$missing keepalived"; \
+	command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing="$$missing iproute2"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -f /usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf ] || missing="$$missing fonts-symbola"; \
@@ -65,11 +67,13 @@ screenshots: deps
 	EDGEHUB_ARTIFACTS=$(CURDIR)/artifacts $(PY) -m pytest -q $$(grep -rl --include='*.py' 'screenshot(' tests | grep -v '^tests/browser.py$$')
 
 # Long runs kept out of `make test`: the power-cut test with a 2-minute store run and 3,000 cuts;
-# the kitchen screens tapped 100 times each (1,200 taps).
+# the kitchen screens tapped 100 times each (1,200 taps); twenty takeovers in a row of a pair of
+# boxes (root for its network namespaces; docs/pair.md).
 soak: WITH_BROWSER = 1
 soak: deps native
 	EDGEHUB_SOAK=1 $(PY) -m pytest -q tests/powercut
 	EDGEHUB_KDS_TAPS=100 $(PY) -m pytest -q tests/kitchen/test_kds_browser.py -k taps
+	$(PY) -m pytest -q -m soak tests/pair
 
 # Native helpers: the Pi profile's SD-card sync shim (LD_PRELOAD) for the benches, and the
 # recorded disk of the power-cut tests (FUSE).

@@ -62,7 +62,7 @@ def renice(pid: int, nice: int) -> bool:
 class Loader:
     """A POS terminal at full speed: paho, QoS 1, acks matched by order_id."""
 
-    def __init__(self, port: int, store: str, terminal: str = "pos-1") -> None:
+    def __init__(self, port: int, store: str, terminal: str = "pos-1", host: str = "127.0.0.1") -> None:
         self.topic = f"edgehub/v1/{store}/pos/{terminal}/order"
         self.sent_at: dict[str, float] = {}
         self.latency: dict[str, float] = {}
@@ -71,7 +71,7 @@ class Loader:
         self.client.username_pw_set(terminal, f"pw-{terminal}")
         self.client.max_inflight_messages_set(1000)
         self.client.on_message = self._on_ack
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(host, port)
         self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.subscribe(f"edgehub/v1/{store}/pos/{terminal}/ack", qos=1)
         self.client.loop_start()

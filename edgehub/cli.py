@@ -101,6 +101,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 cloud = await stack.enter_async_context(SimCloud(
                     cfg.store.id, cfg.cloud.client_id, state_file=cfg.paths.data_dir / "sim-cloud.json"))
                 cfg = with_sim_cloud(cfg, cloud)
+            if cfg.pair is not None:
+                # One box of a pair (docs/pair.md): a node that follows the other box or serves,
+                # starting a hub (with this one's simulated parts) each time it takes over.
+                from edgehub.pair.node import PairNode
+
+                node = PairNode(cfg, Notifier(), instance=instance, make_hub=lambda c, broker: Hub(
+                    c, usb_backend=usb_backend, instance=instance, broker=broker))
+                await node.run_until_stopped()
+                return
             # The hub is made once the simulated parts run: its config names them.
             hub = Hub(cfg, Notifier(), usb_backend=usb_backend, instance=instance)
             await hub.run_until_stopped(lambda: alongside(hub, cloud))
@@ -425,6 +434,7 @@ def build_parser(command_given: str | None = None) -> argparse.ArgumentParser:
     if tools:
         __import__("edgehub.devices.testcli", fromlist=["x"]).add_parser(sub)  # device test: the field check
     __import__("edgehub.uplink.synccli", fromlist=["x"]).add_parser(sub)
+    __import__("edgehub.pair.cli", fromlist=["x"]).add_parser(sub)  # two boxes: keepalived config, resync
 
     p = command(sub, "doctor", "the installer's self-checks; exit 1 when one fails",
                 "Run the installer's self-checks, each ok / warn / fail with what to do on this box: the hub\n"

@@ -28,7 +28,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # keeps this list equal to the code's loggers) and, with a dot, any full logger name below
 # edgehub or drivers.
 LOG_COMPONENTS = ("api", "broker", "bus", "clock", "devices", "discovery", "front", "hub", "intake", "journal",
-                  "kitchen", "online", "outbox", "qrpay", "reports", "roles", "sdnotify", "sim", "support", "uplink")
+                  "kitchen", "online", "outbox", "pair", "qrpay", "reports", "roles", "sdnotify", "sim", "support",
+                  "uplink")
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,39 @@ class ReportsConfig:
         return int(hours) * 60 + int(minutes)
 
 
+PAIR_PREFER = ("primary", "standby")
+PAIR_VRRP_MODES = ("external", "managed")
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """``[pair]``: this box is one of two boxes of the store (docs/pair.md). The box that serves
+    holds the store's floating ``address``; the other follows its journal record by record and
+    takes the address (and the store) over when the first one dies."""
+
+    box: str  # this box's name (the other box has its own)
+    listen: Address  # this box's pair link, on its own fixed LAN address (also VRRP's source)
+    peer: Address  # the other box's pair link, on its own fixed LAN address
+    secret: bytes = field(repr=False)  # shared by both boxes (pair.secret_file)
+    address: str  # the floating address terminals use, CIDR ("192.168.1.10/24")
+    interface: str  # the LAN interface that carries it
+    router_id: int  # VRRP virtual router id, unique on the LAN (1-255)
+    prefer: str = "primary"  # the box that takes the address when both start together
+    vrrp: str = "external"  # external: keepalived under systemd; managed: the hub starts it
+    advert_ms: int = 100  # VRRP advert interval: the standby takes over ~3.6 adverts after the last
+    standby_timeout_ms: int = 500  # a standby that confirms nothing this long: serve alone (loudly)
+    peer_timeout_ms: int = 1500  # a link silent this long is gone
+    backlog_mib: int = 64  # records kept in memory for a standby that returns
+    failback: bool = False  # the preferred box takes the store back once in sync (never mid-rush otherwise)
+    failback_after_s: float = 60.0  # how long it must have been in sync first
+    failback_quiet_s: float = 10.0  # and how long without an order (never in the middle of a rush)
+    keepalived_config: Path | None = None  # where `edgehub pair write-config` puts keepalived.conf
+
+    @property
+    def vip(self) -> str:
+        return self.address.partition("/")[0]
+
+
 @dataclass(frozen=True)
 class ClockConfig:
     """``[clock]``: the box serves time to the store's LAN (chrony, docs/box.md). ``servers`` and
@@ -491,6 +525,7 @@ class Config:
     payments: PaymentsConfig = field(default_factory=PaymentsConfig)
     reports: ReportsConfig = field(default_factory=ReportsConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    pair: PairConfig | None = None
 
     def terminal(self, terminal_id: str) -> TerminalConfig | None:
         return next((t for t in self.terminals if t.id == terminal_id), None)
@@ -704,7 +739,7 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     ck = _Checker(source, text)
     base = source.resolve().parent
     known_tables = {"store", "paths", "broker", "api", "journal", "limits", "log", "terminal", "kitchen",
-                    "role", "discovery", "device", "cloud", "payments", "reports", "clock"}
+                    "role", "discovery", "device", "cloud", "payments", "reports", "clock", "pair"}
     for key in data:
         if key not in known_tables:
             ck.problem(key, f"unknown table (known: {', '.join(sorted(known_tables))})")
@@ -837,13 +872,14 @@ def parse_config(data: Mapping[str, Any], source: Path, text: str = "") -> Confi
     reports = _reports(ck, data)
     clock = _clock(ck, base, data)
     _cross_references(ck, api, broker, roles, devices)
+    pair = _pair(ck, base, data, broker, api)
 
     if ck.problems:
         raise ConfigError(ck.problems)
     return Config(source=source, store=store, paths=paths, broker=broker, api=api, journal=journal,
                   limits=limits, log=log, terminals=tuple(terminals), kitchen=kitchen, roles=roles,
                   discovery=discovery, devices=devices, cloud=cloud, payments=payments, reports=reports,
-                  clock=clock)
+                  clock=clock, pair=pair)
 
 
 TERMINAL_KEYS = ("id", "kind", "password", "password_file", "stations", "pinpad_roles", "screen_token",
@@ -1573,4 +1609,110 @@ def _clock(ck: _Checker, base: Path, data: Mapping[str, Any]) -> ClockConfig:
         config_file=base / (config_file or "chrony/edgehub.conf"),
         check_every_s=float(ck.get(t, "clock.check_every_s", (int, float), 30.0,
                                    check=lambda v: None if 1 <= v <= 3600 else f"must be 1 to 3600 s, got {v}")),
+    )
+
+
+_PAIR_KEYS = {"box", "listen", "peer", "secret", "secret_file", "address", "interface", "router_id", "prefer",
+              "vrrp", "advert_ms", "standby_timeout_ms", "peer_timeout_ms", "backlog_mib", "failback",
+              "failback_after_s", "failback_quiet_s", "keepalived_config"}
+MIN_PAIR_SECRET = 32
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}\Z")
+
+
+def _unicast_address(value: str) -> str | None:
+    """A pair link address: a literal IP of this LAN, not a wildcard (VRRP sends from it)."""
+    if problem := _address_check(value):
+        return problem
+    host = parse_address(value).host
+    if host in ("0.0.0.0", "::", "localhost"):
+        return f"{host} is not one box's address: give the box's own fixed LAN address"
+    if parse_address(value).port == 0:
+        return "give a fixed port (both boxes must know it)"
+    return None
+
+
+def _cidr_address(value: str) -> str | None:
+    try:
+        interface = ipaddress.ip_interface(value)
+    except ValueError:
+        return f"{value!r} is not an address with its prefix length, e.g. \"192.168.1.10/24\""
+    if "/" not in value:
+        return f"{value!r} needs its prefix length, e.g. \"{value}/24\""
+    if interface.ip.version != 4:
+        return "only IPv4 floating addresses are supported (VRRP for IPv4 through keepalived)"
+    return None
+
+
+def _pair(ck: _Checker, base: Path, data: Mapping[str, Any], broker: BrokerConfig,
+          api: ApiConfig) -> PairConfig | None:
+    if "pair" not in data:
+        return None
+    t = ck.table(data, "pair", _PAIR_KEYS)
+    box = ck.get(t, "pair.box", str, check=_id_check)
+    listen = ck.get(t, "pair.listen", str, check=_unicast_address)
+    peer = ck.get(t, "pair.peer", str, check=_unicast_address)
+    secret = _secret(ck, base, t, "pair.secret")
+    if secret and len(secret) < MIN_PAIR_SECRET:
+        ck.problem("pair.secret_file" if "secret_file" in t else "pair.secret",
+                   f"must be at least {MIN_PAIR_SECRET} characters (edgehub provision makes one; the same "
+                   "file goes on both boxes)")
+    address = ck.get(t, "pair.address", str, check=_cidr_address)
+    interface = ck.get(t, "pair.interface", str,
+                       check=lambda v: None if IFNAME_RE.match(v) else f"{v!r} is not an interface name")
+    router_id = ck.get(t, "pair.router_id", int,
+                       check=lambda v: None if 1 <= v <= 255 else f"must be 1 to 255, got {v}")
+
+    def number(key: str, default: float, low: float, high: float, kind: type | tuple[type, ...] = int) -> Any:
+        return ck.get(t, f"pair.{key}", kind, default,
+                      check=lambda v: None if low <= v <= high else f"must be {low:g} to {high:g}, got {v}")
+
+    advert_ms = number("advert_ms", 100, 50, 40950)
+    if isinstance(advert_ms, int) and advert_ms % 10:
+        ck.problem("pair.advert_ms", "must be a multiple of 10 (VRRP counts centiseconds)")
+    prefer = ck.get(t, "pair.prefer", str, "primary",
+                    check=lambda v: None if v in PAIR_PREFER else f"must be one of {', '.join(PAIR_PREFER)}")
+    vrrp = ck.get(t, "pair.vrrp", str, "external",
+                  check=lambda v: None if v in PAIR_VRRP_MODES else f"must be one of {', '.join(PAIR_VRRP_MODES)}")
+    keepalived = ck.get(t, "pair.keepalived_config", str, None)
+    if listen and peer and not _unicast_address(listen) and not _unicast_address(peer):
+        mine, theirs = parse_address(listen), parse_address(peer)
+        if mine.host == theirs.host:
+            ck.problem("pair.peer", f"is this box's own address {mine.host} (pair.listen): give the other box's")
+        if address and not _cidr_address(address):
+            vip = ipaddress.ip_interface(address)
+            for key, host in (("pair.listen", mine.host), ("pair.peer", theirs.host)):
+                if ipaddress.ip_address(host) == vip.ip:
+                    ck.problem("pair.address", f"is {key}'s address: the floating address must be a third one")
+                elif ipaddress.ip_address(host) not in vip.network:
+                    ck.problem(key, f"{host} is not in the floating address's network {vip.network}: both boxes "
+                               "and the floating address are on the one store LAN")
+    if broker.mode != "managed":
+        ck.problem("broker.mode", "a pair runs the store broker with the hub (\"managed\"): a box that stops "
+                   "serving closes its terminals' connections and runs without its LAN listener while it "
+                   "is the standby (docs/pair.md)")
+    # Terminals and kitchen screens reach whichever box holds the floating address.
+    if broker.lan_listen is None:
+        ck.problem("broker.lan_listen", "a pair needs the LAN listener on 0.0.0.0 (terminals connect to the "
+                   "floating address, which moves between the boxes)")
+    elif address and not _cidr_address(address) and broker.lan_listen.host not in (
+            "0.0.0.0", "::", ipaddress.ip_interface(address).ip.compressed):
+        ck.problem("broker.lan_listen", f"listens on {broker.lan_listen.host} only: a pair needs 0.0.0.0 (or the "
+                   "floating address), so terminals reach whichever box serves")
+    if address and not _cidr_address(address) and api.listen.host not in (
+            "0.0.0.0", "::", ipaddress.ip_interface(address).ip.compressed):
+        ck.problem("api.listen", f"listens on {api.listen.host} only: a pair needs 0.0.0.0 (kitchen screens and "
+                   "the page follow the floating address)")
+    if None in (box, listen, peer, address, interface, router_id) or not secret:
+        return None
+    return PairConfig(
+        box=box, listen=parse_address(listen), peer=parse_address(peer), secret=secret.encode(), address=address,
+        interface=interface, router_id=router_id, prefer=prefer or "primary", vrrp=vrrp or "external",
+        advert_ms=advert_ms or 100,
+        standby_timeout_ms=number("standby_timeout_ms", 500, 50, 60_000),
+        peer_timeout_ms=number("peer_timeout_ms", 1500, 200, 60_000),
+        backlog_mib=number("backlog_mib", 64, 1, 4096),
+        failback=bool(ck.get(t, "pair.failback", bool, False)),
+        failback_after_s=float(number("failback_after_s", 60.0, 1, 86_400, (int, float))),
+        failback_quiet_s=float(number("failback_quiet_s", 10.0, 1, 3600, (int, float))),
+        keepalived_config=base / keepalived if keepalived else None,
     )

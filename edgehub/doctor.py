@@ -175,6 +175,12 @@ class Doctor:
         checks.append(await time_server)
         checks.extend(await qr_gateway)
         checks.append(self._https())
+        if self.config.pair is not None:
+            checks.extend(await asyncio.to_thread(self._pair, status))
+        if _is_standby(status):
+            checks.append(Check("devices", "ok", "this box is the pair's standby: the serving box drives the "
+                                "devices and roles; they are checked there"))
+            return checks
         checks.extend(await self._devices(status, problem))
         checks.extend(self._roles(status))
         return checks
@@ -460,6 +466,68 @@ class Doctor:
                                "ca_file for TLS) with support; the outbox keeps everything meanwhile")]
         return [wan, Check("cloud", "ok", f"{host}:{port} answers; the hub is {state}")]
 
+    def _pair(self, status: Mapping[str, Any] | None) -> list[Check]:
+        """A box of a pair (docs/pair.md): its part, its copies, the other box, keepalived."""
+        from edgehub.pair import vrrp
+
+        pair_cfg = self.config.pair
+        assert pair_cfg is not None
+        checks: list[Check] = []
+        conf = vrrp.conf_path(self.config)
+        if pair_cfg.vrrp == "external":
+            if not conf.exists():
+                checks.append(Check("keepalived", "fail", f"{conf} is not written: the floating address "
+                                    f"{pair_cfg.address} is held by nobody on this box",
+                                    "run `edgehub pair write-config` (provisioning does), then "
+                                    "`systemctl enable --now edgehub-vrrp`"))
+            else:
+                checks.append(_keepalived_config_check(conf))
+        pair = status.get("pair") if isinstance(status, Mapping) else None
+        if not isinstance(pair, Mapping):
+            checks.append(Check("pair", "warn", "the pair's state needs the running edgehub's status",
+                                "start edgehub, then run the self-check again"))
+            return checks
+        refused = (pair.get("refused") or {}).get("reason") if isinstance(pair.get("refused"), Mapping) else ""
+        if refused:
+            checks.append(Check("pair", "fail", f"the other box at {pair.get('peer')} is REFUSED: {refused}",
+                                "see docs/pair.md, \"Refused\": nothing was copied either way"))
+        role = pair.get("role")
+        if role == "primary":
+            if pair.get("copies") == 2:
+                standby = pair.get("standby") or {}
+                checks.append(Check("copies", "ok", f"two copies: this box ({pair.get('box')}) serves, "
+                                    f"{standby.get('box')} holds every record up to {standby.get('acked_seq')}"))
+            else:
+                since = _clock(pair.get("one_copy_since"))
+                checks.append(Check("copies", "warn", f"ONE COPY since {since}: orders taken since are on this "
+                                    f"box only ({pair.get('one_copy_reason') or 'the standby is not in sync'})",
+                                    f"bring the other box back ({pair.get('peer')}: power, cable, its own "
+                                    "`edgehub doctor`); it catches up by itself"))
+        elif role == "standby":
+            following = pair.get("following") or {}
+            state = following.get("state")
+            if state == "in sync":
+                checks.append(Check("copies", "ok", f"this box ({pair.get('box')}) is the standby of "
+                                    f"{following.get('primary')}, in sync at record {following.get('seq')}"))
+            elif state in ("catching up", "snapshot", "salvage"):
+                checks.append(Check("copies", "warn", f"this box is the standby, {state} "
+                                    f"({following.get('lag_records', '?')} records behind)",
+                                    "wait a minute and run the check again"))
+            elif state != "refused":
+                checks.append(Check("copies", "warn", f"this box is the standby but does not follow the serving "
+                                    f"box at {pair.get('peer')}: {following.get('last_error') or state}",
+                                    "check that the other box runs and that both are on the store LAN"))
+        else:
+            checks.append(Check("copies", "warn", f"this box is {role} (a takeover or step-down is under way)",
+                                "run the check again in a few seconds"))
+        if pair.get("fit") is False:
+            checks.append(Check("floating-address", "warn", f"this box may not take the floating address now: "
+                                f"{pair.get('unfit_reason')}", "fix that; keepalived reads it at once"))
+        else:
+            where = "is on this box" if pair.get("holds_address") else "is on the other box"
+            checks.append(Check("floating-address", "ok", f"{pair.get('address')} {where}"))
+        return checks
+
     async def _devices(self, status: Mapping[str, Any] | None,
                        problem: Exception | None = None) -> list[Check]:
         if status is None and isinstance(problem, DaemonUnreadable) and problem.answered:
@@ -608,6 +676,35 @@ def failing_reader(problem: Exception) -> StatusReader:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _is_standby(status: Mapping[str, Any] | None) -> bool:
+    pair = status.get("pair") if isinstance(status, Mapping) else None
+    return isinstance(pair, Mapping) and pair.get("role") == "standby"
+
+
+def _clock(at: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
+
+
+def _keepalived_config_check(conf: Any) -> Check:
+    """keepalived's own check of the config edgehub wrote (``keepalived --config-test``)."""
+    from edgehub.pair.vrrp import keepalived_binary
+
+    binary = keepalived_binary()
+    if binary is None:
+        return Check("keepalived", "fail", "keepalived is not installed",
+                     "apt-get install keepalived (the image has it)")
+    try:
+        result = subprocess.run([binary, "--config-test", "--use-file", str(conf)], capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("keepalived", "warn", f"cannot run {binary} --config-test: {_reason(exc)}")
+    if result.returncode != 0:
+        said = " | ".join((result.stdout + result.stderr).strip().splitlines()[-3:])
+        return Check("keepalived", "fail", f"keepalived refuses {conf}: {said}",
+                     "run `edgehub pair write-config` again")
+    return Check("keepalived", "ok", f"{conf} passes keepalived's own check")
 
 
 def cloud_address(config: Config) -> tuple[str, int] | None:

@@ -122,3 +122,19 @@ class CloudSilent(UplinkError):
     """Nothing came back from the cloud: no SYN-ACK, no CONNACK, no answer to a ping. The route
     is silent (a WAN that lost it drops packets without a word), not refused: the uplink tries it
     again every ``probe_every_s``, without backing off."""
+
+
+# --- two boxes, one store ------------------------------------------------------------------
+
+
+class PairError(EdgehubError):
+    """The link to the other box of a pair failed: cannot connect, lost, or it broke the protocol."""
+
+
+class PeerRefused(PairError):
+    """The other box is not this box's pair partner: another store, another journal schema, a
+    journal that diverged, or another pair secret. ``reason`` says which; nothing was copied."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -76,13 +76,17 @@ STOP_GRACE_S = 3.0
 
 class Hub:
     def __init__(self, config: Config, notifier: Notifier | None = None,
-                 usb_backend: object | None = None, instance: InstanceLock | None = None) -> None:
+                 usb_backend: object | None = None, instance: InstanceLock | None = None,
+                 broker: MosquittoProcess | None = None) -> None:
         self.config = config
         self.topics = Topics(config.store.id)
         self.notifier = notifier or Notifier(environ={})
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()
-        self.broker: MosquittoProcess | None = None
+        # A private broker someone else started and watches (a pair's node keeps it across the
+        # hubs it starts and stops), or None: in managed mode the hub then starts its own.
+        self.broker: MosquittoProcess | None = broker
+        self._own_broker = broker is None
         # One hub per data directory; ``edgehub run`` takes the lock before it starts simulators.
         self.instance = instance or InstanceLock(config.paths.data_dir)
         # The ring of recent log lines that support bundles fall back on without journald.
@@ -203,8 +207,9 @@ class Hub:
             await asyncio.to_thread(preflight, cfg)
             self.instance.acquire(config=str(cfg.source))
             self._stack.callback(self.instance.release)
-        if cfg.broker.mode == "managed":
+        if cfg.broker.mode == "managed" and self._own_broker:
             self.broker = await self._stack.enter_async_context(MosquittoProcess(cfg))
+        if self.broker is not None:
             self.bus.host, self.bus.port = self.broker.address.host, self.broker.address.port
             self.bus.gate = self._own_broker_listening
         await self._stack.enter_async_context(self.journal)
@@ -214,7 +219,7 @@ class Hub:
         await self._stack.enter_async_context(self.api)
         self.instance.describe(page=self.api.url)
         self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
-        if self.broker is not None:
+        if self.broker is not None and self._own_broker:
             self._broker_watch = asyncio.create_task(self.broker.supervise(), name="broker-supervisor")
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive(), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))

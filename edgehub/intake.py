@@ -106,6 +106,7 @@ class Intake(Component):
         self.quota = TerminalQuota(limits.orders_per_s, limits.order_burst)
         # Orders being taken right now: the cloud uplink's backlog replay gives way meanwhile.
         self.in_progress = 0
+        self.last_order_at = float("-inf")  # time.monotonic() of the last order that came in
 
     def mqtt_routes(self) -> Sequence[MqttRoute | MqttBatch]:
         return [MqttBatch(self.topics.all_orders, self.handle_batch)]
@@ -127,6 +128,7 @@ class Intake(Component):
         """The orders that came in one turn of the loop (``BusConnection.route_batch``): each is
         checked on its own, and the valid ones are journaled in one write, then acked."""
         self.in_progress += len(messages)
+        self.last_order_at = time.monotonic()
         try:
             await self._handle_batch(messages)
         finally:

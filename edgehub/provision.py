@@ -24,10 +24,13 @@ as ``FILE: key: what is wrong``).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import grp
 import hashlib
+import hmac
+import ipaddress
 import json
 import os
 import pwd
@@ -90,7 +93,12 @@ INPUT_KEYS: Mapping[str, frozenset[str]] = {
     "cloud": frozenset({"url", "username", *CLOUD_SECRET_KEYS}),
     "api": frozenset({"listen"}),
     "broker": frozenset({"lan_listen"}),
+    # One box of a pair (docs/pair.md): the same table on both boxes but for box, this_box,
+    # other_box and prefer; the same secret on both.
+    "pair": frozenset({"box", "address", "this_box", "other_box", "interface", "router_id", "prefer", "secret"}),
 }
+PAIR_PORT = 7411
+PAIR_SECRET_FILE = "pair-secret"
 
 
 class ProvisionError(EdgehubError):
@@ -121,6 +129,21 @@ class Request:
     cloud_url: str | None = None
     cloud_username: str | None = None
     cloud_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    pair: PairRequest | None = None
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """``[pair]`` of the boot file: this box is one of two (docs/pair.md)."""
+
+    box: str
+    address: str  # the floating address with its prefix, what terminals use
+    this_box: str
+    other_box: str
+    interface: str = "eth0"
+    router_id: int = 0  # 0: derived from the store id
+    prefer: str = "primary"
+    secret: str = field(default="", repr=False)  # from the boot file, or "" when already stored
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,8 @@ class Layout:
     # The hub's own loopback listener. Not 1883: the LAN listener (0.0.0.0:1883) already holds
     # that port on every address, and Mosquitto refuses to start with both ("Address in use").
     broker_listen: str = "127.0.0.1:1884"
+    # A pair box's keepalived.conf: where Debian's keepalived.service reads it.
+    keepalived_config: Path = Path("/etc/keepalived/keepalived.conf")
 
     @property
     def config_file(self) -> Path:
@@ -340,6 +365,8 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
             seen.add(tid)
             terminals.append(Terminal(tid, str(kind), stations, pinpads))
 
+    pair = _pair_request(tables["pair"], "pair" in data, text, problem, layout)
+
     # The box belongs to one store: its journal numbers that store's messages. Changing it is a
     # wipe-and-reprovision, not something a typo in the boot file may do.
     previous = _read_marker(layout).get("store_id")
@@ -361,7 +388,78 @@ def check_request(data: Mapping[str, Any], where: str, layout: Layout) -> Reques
         cloud_url=cloud_url,
         cloud_username=cloud_username,
         cloud_secrets=cloud_secrets,
+        pair=pair,
     )
+
+
+def _pair_request(table: Mapping[str, Any], given: bool, text: Callable[..., str | None],
+                  problem: Callable[[str, str], None], layout: Layout) -> PairRequest | None:
+    if not given:
+        return None
+    from edgehub.config import IFNAME_RE, MIN_PAIR_SECRET, PAIR_PREFER
+
+    box = text("pair", "box", required=True)
+    if box and not ID_RE.match(box):
+        problem("pair.box", f"{box!r} must be lowercase letters, digits and dashes (max 63)")
+    address = text("pair", "address", required=True)
+    network = None
+    if address:
+        try:
+            network = ipaddress.ip_interface(address)
+        except ValueError:
+            network = None
+        if network is None or "/" not in address or network.ip.version != 4:
+            problem("pair.address", f"{address!r} must be the floating IPv4 address with its prefix, "
+                    "e.g. \"192.168.1.10/24\"")
+            network = None
+    hosts = {}
+    for key in ("this_box", "other_box"):
+        value = text("pair", key, required=True)
+        if value is None:
+            continue
+        try:
+            host = ipaddress.ip_address(value)
+        except ValueError:
+            problem(f"pair.{key}", f"{value!r} is not an IP address (the box's own fixed LAN address)")
+            continue
+        if network is not None and (host == network.ip or host not in network.network):
+            problem(f"pair.{key}", f"{value} must be another address of {network.network} than the floating one")
+        hosts[key] = value
+    if len(hosts) == 2 and hosts["this_box"] == hosts["other_box"]:
+        problem("pair.other_box", "is this box's own address (pair.this_box)")
+    interface = text("pair", "interface") or "eth0"
+    if not IFNAME_RE.match(interface):
+        problem("pair.interface", f"{interface!r} is not an interface name")
+    router_id = table.get("router_id", 0)
+    if isinstance(router_id, bool) or not isinstance(router_id, int) or not 0 <= router_id <= 255:
+        problem("pair.router_id", "must be 1 to 255 (0 or left out: derived from the store id)")
+        router_id = 0
+    prefer = text("pair", "prefer") or "primary"
+    if prefer not in PAIR_PREFER:
+        problem("pair.prefer", f"must be one of {', '.join(PAIR_PREFER)}")
+    secret = text("pair", "secret") or ""
+    if secret and len(secret) < MIN_PAIR_SECRET:
+        problem("pair.secret", f"must be at least {MIN_PAIR_SECRET} characters (the same on both boxes; "
+                "e.g. `openssl rand -base64 33`)")
+    if not secret and not (layout.secrets_dir / PAIR_SECRET_FILE).exists():
+        problem("pair.secret", "missing: both boxes need the same pair secret (taken out of this file once stored)")
+    if not (box and address and len(hosts) == 2):
+        return None
+    return PairRequest(box=box, address=address, this_box=hosts["this_box"], other_box=hosts["other_box"],
+                       interface=interface, router_id=int(router_id), prefer=prefer, secret=secret)
+
+
+def derived_secret(pair_secret: str, label: str) -> str:
+    """A secret both boxes of a pair compute alike from their shared pair secret: terminals,
+    kitchen screens and the installer use the same credentials on whichever box serves."""
+    digest = hmac.new(pair_secret.encode(), f"edgehub-pair-secret/1:{label}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def pair_router_id(store_id: str) -> int:
+    """A VRRP router id from the store id (1-255): two stores' pairs on one LAN rarely collide,
+    and ``pair.router_id`` says otherwise when they do."""
+    return int.from_bytes(hashlib.sha256(store_id.encode()).digest()[:2], "big") % 255 + 1
 
 
 def _name_list(entry: Mapping[str, Any], name: str, key: str, problem: Callable[[str, str], None],
@@ -500,7 +598,8 @@ def _ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None) -> None:
 
 
 def _secret_file(path: Path, value: str | None, owner: tuple[int, int] | None, outcome: Outcome) -> None:
-    """Keep an existing secret; write ``value`` or a fresh random one when there is none."""
+    """Keep an existing secret; write ``value`` (a given or a pair's derived secret, which
+    replaces another) or a fresh random one when there is none."""
     current = path.read_text(encoding="utf-8").strip() if path.exists() else ""
     wanted = value if value is not None else (current or secrets.token_urlsafe(SECRET_BYTES))
     if wanted != current:
@@ -534,11 +633,15 @@ def render_config(request: Request, layout: Layout) -> str:
         f"run_dir = {q(str(layout.run_dir))}",
         "",
         "[broker]",
-        "# external: Debian's mosquitto.service runs the files in config_dir (see the unit drop-in).",
-        'mode = "external"',
+        *(["# managed: a box of a pair runs the store broker itself, with its LAN listener only while",
+           "# it serves (docs/pair.md); Debian's mosquitto.service stays down (no files in /etc/edgehub/mosquitto).",
+           'mode = "managed"']
+          if request.pair else
+          ["# external: Debian's mosquitto.service runs the files in config_dir (see the unit drop-in).",
+           'mode = "external"']),
         f"listen = {q(layout.broker_listen)}",
         *([f"lan_listen = {q(request.lan_listen)}"] if request.lan_listen else []),
-        f"config_dir = {q(str(layout.broker_dir))}",
+        *([] if request.pair else [f"config_dir = {q(str(layout.broker_dir))}"]),
         f"hub_user = {q(HUB_USER)}",
         'hub_password_file = "secrets/broker-hub"',
         "",
@@ -553,6 +656,24 @@ def render_config(request: Request, layout: Layout) -> str:
         f"config_file = {q(str(layout.chrony_file))}",
         "",
     ]
+    if request.pair is not None:
+        pair = request.pair
+        lines += [
+            "[pair]",
+            "# One of the store's two boxes (docs/pair.md); the other box has the same table but for",
+            "# box, listen, peer and prefer.",
+            f"box = {q(pair.box)}",
+            f"listen = {q(f'{pair.this_box}:{PAIR_PORT}')}",
+            f"peer = {q(f'{pair.other_box}:{PAIR_PORT}')}",
+            f'secret_file = {q("secrets/" + PAIR_SECRET_FILE)}',
+            f"address = {q(pair.address)}",
+            f"interface = {q(pair.interface)}",
+            f"router_id = {pair.router_id or pair_router_id(request.store_id)}",
+            f"prefer = {q(pair.prefer)}",
+            'vrrp = "external"',
+            f"keepalived_config = {q(str(layout.keepalived_config))}",
+            "",
+        ]
     if request.cloud_url:
         lines += ["[cloud]", "enabled = true", f"url = {q(request.cloud_url)}"]
         if request.cloud_username:
@@ -605,34 +726,44 @@ def strip_boot_secrets(path: Path, layout: Layout) -> bool:
     text = raw.decode("utf-8-sig")
     before = tomllib.loads(text)
     cloud = before.get("cloud", {})
-    if not any(k in cloud for k in CLOUD_SECRET_KEYS):
+    pair = before.get("pair", {})
+    if not any(k in cloud for k in CLOUD_SECRET_KEYS) and "secret" not in pair:
         return False
-    key_re = re.compile(r"^\s*(?:cloud\s*\.\s*)?(" + "|".join(CLOUD_SECRET_KEYS) + r")\s*=")
+    taken = {"cloud": CLOUD_SECRET_KEYS, "pair": ("secret",)}
     header_re = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
     table = ""
     out: list[str] = []
     for line in text.splitlines(keepends=True):
         if m := header_re.match(line):
             table = m.group(1)
-        m = key_re.match(line)
-        dotted = line.lstrip().startswith("cloud")
-        if m and (table == "cloud" or (table == "" and dotted)):
-            ending = "\r\n" if line.endswith("\r\n") else "\n"
-            stored = layout.secrets_dir / _cloud_secret_name(m.group(1))
-            out.append(f"# {m.group(1)}: taken by edgehub provision, kept in {stored}{ending}")
-            continue
-        out.append(line)
+        kept = True
+        for name, keys in taken.items():
+            key_re = re.compile(r"^\s*(?:" + name + r"\s*\.\s*)?(" + "|".join(keys) + r")\s*=")
+            m = key_re.match(line)
+            dotted = line.lstrip().startswith(name)
+            if m and (table == name or (table == "" and dotted)):
+                ending = "\r\n" if line.endswith("\r\n") else "\n"
+                stored = layout.secrets_dir / (_cloud_secret_name(m.group(1)) if name == "cloud" else PAIR_SECRET_FILE)
+                out.append(f"# {m.group(1)}: taken by edgehub provision, kept in {stored}{ending}")
+                kept = False
+                break
+        if kept:
+            out.append(line)
     new_text = "".join(out)
     expected = {**before, "cloud": {k: v for k, v in cloud.items() if k not in CLOUD_SECRET_KEYS}}
+    if "pair" in before:
+        expected["pair"] = {k: v for k, v in pair.items() if k != "secret"}
+    if "cloud" not in before:
+        del expected["cloud"]
     try:
         ok = tomllib.loads(new_text) == expected
     except tomllib.TOMLDecodeError:
         ok = False
     if not ok:
         raise EdgehubError(
-            f"{path}: could not take the cloud secrets out of this file safely; "
+            f"{path}: could not take the secrets out of this file safely; "
             f"they are stored in {layout.secrets_dir}: delete the "
-            f"{', '.join(CLOUD_SECRET_KEYS)} lines by hand"
+            f"{', '.join(CLOUD_SECRET_KEYS)} and pair.secret lines by hand"
         )
     atomic_write(path, new_text, path.stat().st_mode & 0o7777)
     return True
@@ -664,24 +795,46 @@ def _write_broker_files(layout: Layout) -> None:
             os.chown(path, *owner)
 
 
-def wanted_secrets(request: Request) -> list[tuple[str, str | None]]:
+def wanted_secrets(request: Request, layout: Layout | None = None) -> list[tuple[str, str | None]]:
     """The secret files a box needs, by name under secrets/, with the value the request brings
-    (None: a random one made once and kept). The cloud's come first: they leave the boot file
-    as soon as they are stored."""
+    (None: a random one made once and kept). The boot file's come first (the cloud's, a pair's
+    secret): they leave the boot file as soon as they are stored (``boot_secret_count``). On a
+    box of a pair the terminals', the screens' and the API token are derived from the pair
+    secret: the same on both boxes (docs/box.md)."""
     wanted: list[tuple[str, str | None]] = [(_cloud_secret_name(k), v) for k, v in request.cloud_secrets.items()]
-    wanted += [("api-token", None), ("broker-hub", None)]
+    pair_secret = ""
+    if request.pair is not None:
+        wanted.append((PAIR_SECRET_FILE, request.pair.secret or None))
+        pair_secret = request.pair.secret
+        stored = layout.secrets_dir / PAIR_SECRET_FILE if layout is not None else None
+        if not pair_secret and stored is not None and stored.exists():
+            pair_secret = stored.read_text(encoding="utf-8").strip()
+
+    def shared(label: str) -> str | None:
+        return derived_secret(pair_secret, label) if pair_secret else None
+
+    wanted += [("api-token", shared("api-token")), ("broker-hub", None)]
     for terminal in request.terminals:
-        wanted.append((f"terminal-{terminal.id}", None))
+        wanted.append((f"terminal-{terminal.id}", shared(f"terminal-{terminal.id}")))
         if terminal.kind in SCREEN_KINDS:
-            wanted.append((f"screen-{terminal.id}", None))
+            wanted.append((f"screen-{terminal.id}", shared(f"screen-{terminal.id}")))
     return wanted
+
+
+def boot_secret_count(request: Request) -> int:
+    """How many of ``wanted_secrets`` come from the boot file (stored first, then taken out)."""
+    return len(request.cloud_secrets) + (1 if request.pair is not None else 0)
+
+
+def takes_boot_secrets(request: Request) -> bool:
+    return bool(request.cloud_secrets) or (request.pair is not None and bool(request.pair.secret))
 
 
 def plan(request: Request, layout: Layout, source: Path | None = None) -> tuple[Outcome, str]:
     """What ``provision`` would do, and the config it would write, without writing anything
     (``--dry-run``)."""
     outcome = Outcome()
-    for name, value in wanted_secrets(request):
+    for name, value in wanted_secrets(request, layout):
         path = layout.secrets_dir / name
         current = path.read_text(encoding="utf-8").strip() if path.exists() else ""
         if not current or (value is not None and value != current):
@@ -694,7 +847,7 @@ def plan(request: Request, layout: Layout, source: Path | None = None) -> tuple[
     broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
     outcome.broker_written = (outcome.config_changed or bool(outcome.new_secrets)
                               or not all(p.exists() for p in broker_files))
-    outcome.token_removed = source is not None and bool(request.cloud_secrets)
+    outcome.token_removed = source is not None and takes_boot_secrets(request)
     return outcome, text
 
 
@@ -709,14 +862,26 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
 
     # The cloud secrets first, and out of the boot file as soon as they are stored: whatever
     # fails after this, the one-time token no longer sits on a partition any laptop can read.
-    secrets_wanted = wanted_secrets(request)
-    for name, value in secrets_wanted[:len(request.cloud_secrets)]:
+    secrets_wanted = wanted_secrets(request, layout)
+    first = boot_secret_count(request)
+    for name, value in secrets_wanted[:first]:
         _secret_file(layout.secrets_dir / name, value, service_owner, outcome)
-    if source is not None and request.cloud_secrets:
+    if source is not None and first and takes_boot_secrets(request):
         outcome.token_removed = strip_boot_secrets(source, layout)
-    for name, value in secrets_wanted[len(request.cloud_secrets):]:
+    for name, value in secrets_wanted[first:]:
         _secret_file(layout.secrets_dir / name, value, service_owner, outcome)
-    if not (layout.tls_cert.exists() and layout.tls_key.exists()):
+    pair = request.pair
+    if pair is not None:
+        from edgehub.api.tls import make_pair_certificate
+
+        pair_secret = (layout.secrets_dir / PAIR_SECRET_FILE).read_text(encoding="utf-8").strip()
+        _ensure_dir(layout.tls_cert.parent, 0o755, _ids(None, None))
+        addresses = [pair.address.partition("/")[0], pair.this_box, pair.other_box]
+        if make_pair_certificate(layout.tls_cert, layout.tls_key, request.store_id, pair_secret.encode(),
+                                 addresses, service_owner):
+            outcome.new_secrets.append("tls/box.key")
+            outcome.notes.append("the page's certificate is the pair's: the same on both boxes")
+    elif not (layout.tls_cert.exists() and layout.tls_key.exists()):
         from edgehub.api.tls import make_certificate
 
         _ensure_dir(layout.tls_cert.parent, 0o755, _ids(None, None))
@@ -730,7 +895,15 @@ def provision(request: Request, layout: Layout, source: Path | None = None) -> O
     outcome.config_changed = _write_if_changed(layout.config_file, text, 0o644, check)
 
     broker_files = [layout.broker_dir / name for name in ("mosquitto.conf", "passwd", "acl")]
-    if outcome.config_changed or outcome.new_secrets or not all(p.exists() for p in broker_files):
+    if pair is not None:
+        # The node runs the broker (files under the run dir); Debian's unit must stay down.
+        for old_file in broker_files:
+            old_file.unlink(missing_ok=True)
+        from edgehub.pair.vrrp import write_config as write_keepalived
+
+        write_keepalived(load_config(layout.config_file))
+        outcome.notes.append(f"keepalived config written to {layout.keepalived_config}")
+    elif outcome.config_changed or outcome.new_secrets or not all(p.exists() for p in broker_files):
         _write_broker_files(layout)
         outcome.broker_written = True
 
@@ -785,8 +958,15 @@ def summary(request: Request, layout: Layout, outcome: Outcome, dry_run: bool = 
     ]
     if request.cloud_url:
         lines.append(f"  cloud      {request.cloud_url}")
+    if request.pair is not None:
+        pair = request.pair
+        lines.append(f"  pair       box {pair.box} ({pair.prefer} at first start), this box {pair.this_box}, "
+                     f"the other box {pair.other_box}; terminals use {pair.address.partition('/')[0]}")
+        addresses = [pair.address.partition("/")[0]]
     if outcome.token_removed:
-        lines.append(f"  boot file  cloud secrets {'would be ' if dry_run else ''}taken out of it")
+        which = "cloud and pair" if request.pair is not None and request.cloud_secrets else (
+            "pair" if request.pair is not None else "cloud")
+        lines.append(f"  boot file  {which} secrets {'would be ' if dry_run else ''}taken out of it")
     for address in addresses:
         lines.append(f"  box page   https://{address}:{port}/")
     if layout.tls_cert.exists():

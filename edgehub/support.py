@@ -83,7 +83,12 @@ class Support(Component):
                 web.static("/static/", STATIC_DIR, show_index=False, append_version=False),
                 web.get("/metrics", self.prometheus), web.get("/api/v1/openapi.json", self.openapi),
                 web.get("/api/v1/outbox", self.outbox), web.post("/api/v1/doctor", self.doctor),
-                web.get("/api/v1/bundle", self.bundle)]
+                web.get("/api/v1/bundle", self.bundle),
+                # One of a pair: its node serves the real one (edgehub/pair/node.py).
+                *([web.post("/api/v1/pair/resync", self.no_pair)] if self.config.pair is None else [])]
+
+    async def no_pair(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": "this box is not one of a pair (no [pair] in its config)"}, status=409)
 
     def status_sections(self) -> Mapping[str, StatusReader]:
         return {"system": self.system_section, "outbox": self.outbox_section}

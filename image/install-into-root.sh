@@ -31,9 +31,11 @@ DO_APT=${EDGEHUB_APT:-1}
 # reload without depending on it; fonts-wqy-microhei
 # (CJK, 5.0 MiB installed) and fonts-symbola (emoji and symbols, 3.0 MiB) for tickets drawn on
 # the box for printers without a Chinese font, and for emoji no printer font has.
+# keepalived for a box of a pair (docs/pair.md: the store's floating address), idle on a single box
+# (it has no config).
 PACKAGES=(
     systemd systemd-sysv udev kmod dbus procps
-    mosquitto mosquitto-clients
+    mosquitto mosquitto-clients keepalived
     chrony
     python3 python3-venv
     libusb-1.0-0 ca-certificates
@@ -119,6 +121,8 @@ install -D -m 644 "$REPO/systemd/edgehub.service" "$ROOT/usr/lib/systemd/system/
 install -D -m 644 "$REPO/systemd/edgehub-provision.service" "$ROOT/usr/lib/systemd/system/edgehub-provision.service"
 install -D -m 644 "$REPO/systemd/mosquitto.service.d/edgehub.conf" \
     "$ROOT/usr/lib/systemd/system/mosquitto.service.d/edgehub.conf"
+install -D -m 644 "$REPO/systemd/keepalived.service.d/edgehub.conf" \
+    "$ROOT/usr/lib/systemd/system/keepalived.service.d/edgehub.conf"
 install -D -m 644 "$REPO/systemd/99-edgehub.rules" "$ROOT/usr/lib/udev/rules.d/99-edgehub.rules"
 install -D -m 644 "$REPO/systemd/edgehub.tmpfiles" "$ROOT/usr/lib/tmpfiles.d/edgehub.conf"
 in_root systemd-tmpfiles --create --prefix=/etc/edgehub --prefix=/var/lib/edgehub /usr/lib/tmpfiles.d/edgehub.conf

@@ -198,3 +198,15 @@ def test_check_and_presence_states_are_the_codes() -> None:
     assert set(check["state"]["enum"]) == set(CHECK_STATES)
     assert set(check["kitchen"]["enum"]) == {*STAGES, None}
     assert enum("messages", "Presence", "payload", "properties", "state") == set(PRESENCE_STATES)
+
+
+def test_the_copies_state_is_the_hubs() -> None:
+    import json
+
+    from edgehub.bus import payloads
+
+    doc = json.loads(payloads.hub_copies(1, "box-a", "box-b", 3, 1795430000.5, "standby gone", 1795430001))
+    message = SPEC["components"]["messages"]["HubCopies"]["payload"]
+    assert set(message["required"]) <= set(doc) and set(doc) <= set(message["properties"])
+    assert doc["schema"] == message["properties"]["schema"]["const"]
+    assert "edgehub/v1/{store}/hub/$copies" in SPEC["channels"]

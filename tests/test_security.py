@@ -54,6 +54,7 @@ def test_acl_limits_each_terminal_to_its_own_tree(config: Config) -> None:
         "topic read edgehub/v1/s1/pos/pos-1/#",
         "topic read edgehub/v1/s1/hub/$state",
         "topic read edgehub/v1/s1/menu",
+        "topic read edgehub/v1/s1/hub/$copies",  # a pair's "one copy since …" (docs/pair.md)
         # roles: commands name the terminal; print anywhere, pay and settle on any pinpad role
         "topic write edgehub/v1/s1/role/+/cmd/print/pos-1",
         "topic write edgehub/v1/s1/role/+/cmd/pay/pos-1",

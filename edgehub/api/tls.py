@@ -68,6 +68,55 @@ def make_certificate(cert_path: Path, key_path: Path, store_id: str, addresses: 
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, None)
 
 
+PAIR_NOT_BEFORE = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+
+
+def make_pair_certificate(cert_path: Path, key_path: Path, store_id: str, secret: bytes, addresses: list[str],
+                          owner: tuple[int, int] | None = None) -> bool:
+    """The certificate both boxes of a pair serve (docs/pair.md): its key derived from the pair
+    secret, every field fixed and the signature deterministic (RFC 6979), so each box makes the
+    same bytes on its own and a browser or kitchen tablet that trusts the page keeps trusting it
+    after a takeover. It names the floating address and both boxes' own (``addresses``).
+    Returns False when the files already hold exactly that certificate."""
+    from cryptography import x509  # imported here for the same reason as in make_certificate
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    seed = hashlib.sha256(b"edgehub-pair-tls/1:" + secret).digest()
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256's group order
+    key = ec.derive_private_key(int.from_bytes(seed, "big") % (order - 1) + 1, ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    # In a fixed order: each box names itself and the other the other way round.
+    for text in dict.fromkeys(["127.0.0.1", "::1", *sorted(set(addresses))]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(text)))
+        except ValueError:
+            continue
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgehub {store_id}"[:64]),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "edgehub store pair")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(int.from_bytes(hashlib.sha256(seed + store_id.encode()).digest()[:16], "big") >> 1)
+        .not_valid_before(PAIR_NOT_BEFORE)
+        .not_valid_after(PAIR_NOT_BEFORE + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    if cert_path.exists() and key_path.exists() and cert_path.read_bytes() == cert_pem:
+        return False
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _write(key_path, key_pem, 0o600, owner)
+    _write(cert_path, cert_pem, 0o644, None)
+    return True
+
+
 def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data, mode, owner)

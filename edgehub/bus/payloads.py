@@ -414,6 +414,27 @@ def hub_state(state: str, version: str) -> bytes:
     return dumps({"schema": STATE_SCHEMA, "state": state, "version": version})
 
 
+COPIES_SCHEMA = "hub-copies/1"
+CLOUD_PAIR_SCHEMA = "cloud-pair/1"
+
+
+def hub_copies(copies: int, box: str, standby: str, epoch: int, one_copy_since: float | None, reason: str,
+               at: float) -> bytes:
+    """``hub/$copies`` (retained): whether an acked order is on both boxes of a pair (2) or on
+    the serving box only (1, with since when and why: what a till shows as "one copy since …")."""
+    return dumps({"schema": COPIES_SCHEMA, "copies": copies, "box": box, "standby": standby or None,
+                  "epoch": epoch, "one_copy_since": round(one_copy_since, 3) if one_copy_since else None,
+                  "reason": reason, "at": round(at, 3)})
+
+
+def cloud_pair_event(store_id: str, event: str, box: str, peer: str, epoch: int, at: float,
+                     **detail: Any) -> dict[str, Any]:
+    """The ``audit`` stream's row for a pair's change: ``takeover``, ``one-copy``, ``two-copies``,
+    ``salvage``, ``peer-refused`` (docs/cloud.md)."""
+    return {"schema": CLOUD_PAIR_SCHEMA, "store_id": store_id, "event": event, "box": box, "peer": peer or None,
+            "epoch": epoch, "at": round(at, 3), **detail}
+
+
 # --- devices ------------------------------------------------------------------------------------
 
 DEVICE_DESCRIPTION_SCHEMA = "device/1"

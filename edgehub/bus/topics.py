@@ -26,6 +26,11 @@ class Topics:
         return f"{self.root}/hub/$state"
 
     @property
+    def hub_copies(self) -> str:
+        """Retained: how many boxes hold every acked order (a pair's ``one copy since …``)."""
+        return f"{self.root}/hub/$copies"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.root}/hub/deadletter"
 

@@ -16,9 +16,9 @@ terminals every enquiry may start a due end-of-day or update.
 Failure means failure, not one late reply: a probe the device did not answer (the driver says
 ``unknown``, or the probe ran out of time) is a *missed* probe, and a printer is failed only after
 ``printer_missed`` of them in a row (``[discovery] printer_missed_probes``), a scanner or a scale
-after two; meanwhile its state stays what it was. What the printer *says* (paper end, cover open,
-connection refused) counts at once. A printer busy with a job is not probed at all: its driver
-answers with what the job last saw, and the job reports a failure itself.
+after two; meanwhile its state stays what it was. What the printer *says* (paper end, cover
+open, connection refused) counts at once. A printer busy with a job is not probed at all: its
+driver answers with what the job last saw, and the job reports a failure itself.
 
 A probe that raised, or a failed health, makes the registry close a driver that cannot
 reconnect by itself (serial scanners and scales: their port is gone), so the next probe opens

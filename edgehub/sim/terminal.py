@@ -8,11 +8,12 @@ with a persistent session. Used by ``edgehub sim terminal``, the tests and the b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,8 @@ class TerminalSim:
         self._client: MqttSession | None = None
         self._connected = asyncio.Event()
         self._refused = asyncio.Event()  # the broker said no (credentials, ACL): no use retrying
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._sending: dict[str, MqttSession] = {}  # order id -> the connection its publish is on
 
     @property
     def connected(self) -> bool:
@@ -148,14 +151,28 @@ class TerminalSim:
         self.report.latencies_ms.append((time.perf_counter() - entry[1]) * 1000)
 
     async def _send(self, order_id: str, payload: bytes) -> bool:
+        """Hand the order to the MQTT session, as a till's app does: the broker's PUBACK is not
+        waited for here (the hub's ack is what counts, and the re-send covers a lost publish), so
+        a connection that just died never holds up the next send or a re-send. False: nothing
+        was handed over (no connection, or this order's last copy is still on its way on it)."""
         client = self._client
         if client is None:
             return False
-        try:
-            await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
-        except (MqttError, TimeoutError):
-            return False
+        if self._sending.get(order_id) is client:
+            return False  # its last copy is still on its way on this connection: no second one
+        self._sending[order_id] = client
+        task = asyncio.create_task(self._publish(client, order_id, payload))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
         return True
+
+    async def _publish(self, client: MqttSession, order_id: str, payload: bytes) -> None:
+        try:
+            with contextlib.suppress(MqttError, TimeoutError):
+                await client.publish(self.topics.order(self.terminal_id), payload, qos=1, timeout=5)
+        finally:
+            if self._sending.get(order_id) is client:
+                del self._sending[order_id]
 
     async def _resender(self) -> None:
         while True:
@@ -173,6 +190,23 @@ class TerminalSim:
         self._pending[doc["order_id"]] = (payload, now, now)
         self.report.sent += 1
         await self._send(doc["order_id"], payload)
+
+    @property
+    def pending(self) -> int:
+        """Orders sent and not acked yet."""
+        return len(self._pending)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[TerminalSim]:
+        """Connected (and reconnecting) with re-sends going, for a caller that submits orders
+        itself one at a time."""
+        tasks = [asyncio.create_task(self._connection()), asyncio.create_task(self._resender())]
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run(self, orders: int, rate: float, timeout: float = 60.0) -> TerminalReport:
         """Send ``orders`` orders at ``rate`` per second; return once all are acked or at timeout."""

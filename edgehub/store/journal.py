@@ -21,6 +21,10 @@ inside an order's commit (``edgehub/store/checkpoint.py``).
 At open the database is checked (``PRAGMA quick_check``); a corrupt file is moved aside, never
 deleted, and a fresh journal is started, so the box keeps taking orders and support can recover
 the old one.
+
+On a box of a pair the writer's connection records each group's statements and a ``CommitHook``
+turns them into a record for the standby; the group's callers are answered once the standby
+holds it too (edgehub/pair/primary.py, docs/pair.md).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from edgehub.bus.payloads import Order, cloud_order, dumps
 from edgehub.errors import JournalError, JournalFull
@@ -98,6 +102,62 @@ def _journal_error(exc: Exception, path: Path, *, whole_group: bool) -> Exceptio
     return error
 
 
+def connect(path: Path, cache_kib: int = WRITER_CACHE_KIB,
+            factory: type[sqlite3.Connection] = sqlite3.Connection) -> sqlite3.Connection:
+    """A connection to the journal with its settings (the writer's, a reader's, a standby's)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0, factory=factory)
+    conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+    # Every commit appends each page it touched to the WAL: with small orders committed a few
+    # at a time, 1 KiB pages write less than half the bytes of 4 KiB pages (SD-card wear;
+    # bench/footprint.py). It only takes effect on a new, empty database.
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # Each write runs under its own SAVEPOINT, so SQLite keeps a statement journal of the
+    # pages the group touches; the default spills it past 64 KiB into a temp file: 23 KiB of
+    # pwrite() per order at 200 orders/s (strace), for a file deleted at every commit. In
+    # memory it is a few pages per group.
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+    # Keep the WAL from growing on the SD card after a burst.
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+    return conn
+
+
+def healthy(path: Path) -> bool:
+    """``PRAGMA quick_check`` of the journal at ``path`` passes."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10.0)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        log.error("journal %s failed its check: %s", path, exc)
+        return False
+    if rows != [("ok",)]:
+        log.error("journal %s failed its check: %s", path, "; ".join(str(r[0]) for r in rows[:5]))
+        return False
+    return True
+
+
+def move_aside(path: Path, why: str, now: float) -> Path:
+    """Rename the journal (and its WAL and shared-memory files) to ``{name}.{why}-{UTC stamp}``:
+    kept for support, never deleted, and out of the way of a new journal."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        n += 1
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{target}{suffix}"))
+    return target
+
+
 @dataclass(frozen=True)
 class OrderCommit:
     seq: int
@@ -120,6 +180,24 @@ def _conflict(order: Order, terminal: str, payload: str) -> str:
         return (f"order_id {order.order_id!r} was taken by an order with other lines: "
                 "a new order needs a new order_id (an amend changes an order)")
     return ""
+
+
+class CommitHook(Protocol):
+    """What a pair's replication does at the journal's one writer (edgehub/pair/primary.py).
+
+    ``prepared`` runs in the group's transaction before COMMIT, with the group's INSERT, UPDATE,
+    DELETE and REPLACE statements (the writer's connection records them when
+    ``recording_factory`` made it), and may add its own bookkeeping; what it returns is handed
+    to ``committed`` after COMMIT, which calls ``settle`` (now, or once the standby has the group
+    too) to answer the group's callers. ``rolled_back`` says the transaction did not commit
+    after all."""
+
+    recording_factory: type[sqlite3.Connection]
+
+    def opened(self, conn: sqlite3.Connection) -> None: ...
+    def prepared(self, conn: sqlite3.Connection, statements: list[Any]) -> object | None: ...
+    def committed(self, token: object | None, settle: Callable[[], None]) -> None: ...
+    def rolled_back(self, token: object | None) -> None: ...
 
 
 @dataclass
@@ -160,6 +238,11 @@ class Journal:
         self._period_start = time.monotonic()  # the writer thread's own rate estimate
         self._period_writes = 0
         self._was_busy = False
+        # A box of a pair: its replication (set before the journal opens; edgehub/pair/).
+        self.hook: CommitHook | None = None
+        # ``PRAGMA quick_check`` at open; a pair's standby that checked (and has written) the
+        # file since turns it off when it takes over, where a big journal's check took seconds.
+        self.check_at_open = True
 
     def own(self, *tables: Tables) -> None:
         """Register ``tables`` before the journal opens: they are made or migrated with it."""
@@ -201,37 +284,23 @@ class Journal:
         if self._reader is not None:
             self._reader.close()
 
-    def _connect(self, cache_kib: int = WRITER_CACHE_KIB) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-        conn.execute(f"PRAGMA cache_size=-{cache_kib}")
-        # Every commit appends each page it touched to the WAL: with small orders committed a few
-        # at a time, 1 KiB pages write less than half the bytes of 4 KiB pages (SD-card wear;
-        # bench/footprint.py). It only takes effect on a new, empty database.
-        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # Each write runs under its own SAVEPOINT, so SQLite keeps a statement journal of the
-        # pages the group touches; the default spills it past 64 KiB into a temp file: 23 KiB of
-        # pwrite() per order at 200 orders/s (strace), for a file deleted at every commit. In
-        # memory it is a few pages per group.
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-        # Keep the WAL from growing on the SD card after a burst.
-        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        return conn
+    def _connect(self, cache_kib: int = WRITER_CACHE_KIB,
+                 factory: type[sqlite3.Connection] = sqlite3.Connection) -> sqlite3.Connection:
+        return connect(self.path, cache_kib, factory)
 
     def _open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise JournalError(f"cannot create {self.path.parent}: {exc.strerror or exc}") from exc
-        if self.path.exists() and not self._healthy():
+        if self.check_at_open and self.path.exists() and not self._healthy():
             self._move_aside()
         try:
-            conn = self._connect()
+            conn = self._connect(factory=self.hook.recording_factory if self.hook else sqlite3.Connection)
             before, after = migrate(conn, [t for t in self.tables.values() if t is not JOURNAL])
             self._ready_owners = set(self.tables)
+            if self.hook is not None:
+                self.hook.opened(conn)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         if before == 0:
@@ -243,27 +312,10 @@ class Journal:
         return conn
 
     def _healthy(self) -> bool:
-        try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=10.0)
-            try:
-                rows = conn.execute("PRAGMA quick_check").fetchall()
-            finally:
-                conn.close()
-        except sqlite3.DatabaseError as exc:
-            log.error("journal %s failed its check: %s", self.path, exc)
-            return False
-        if rows != [("ok",)]:
-            log.error("journal %s failed its check: %s", self.path, "; ".join(str(r[0]) for r in rows[:5]))
-            return False
-        return True
+        return healthy(self.path)
 
     def _move_aside(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.rename(Path(f"{target}{suffix}"))
+        target = move_aside(self.path, "corrupt", self.clock())
         self.stats.moved_aside = str(target)
         log.error("journal %s was corrupt: moved aside to %s and started a new one", self.path, target)
 
@@ -335,8 +387,15 @@ class Journal:
     def _commit(self, conn: sqlite3.Connection, batch: list[_Queued]) -> None:
         started = time.perf_counter()
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        hook = self.hook
+        # A pair's writer records what each write changed (edgehub/pair/record.py); a write
+        # that fails has its statements cut off with its savepoint.
+        recording: list[Any] | None = [] if hook is not None else None
+        token: object | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if recording is not None:
+                conn.record(recording)  # type: ignore[attr-defined]
             for fn, fut, _due, _urgent in batch:
                 conn.execute("SAVEPOINT item")
                 try:
@@ -344,19 +403,27 @@ class Journal:
                 except Exception as exc:
                     if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
                         raise  # SQLite undid the whole group itself (disk full, I/O error): all of it failed
-                    conn.execute("ROLLBACK TO item")
+                    conn.execute("ROLLBACK TO item")  # a recording connection drops its statements
                     conn.execute("RELEASE item")
                     results.append((fut, None, _journal_error(exc, self.path, whole_group=False)))
                 else:
                     conn.execute("RELEASE item")
                     results.append((fut, value, None))
+            if hook is not None and recording is not None:
+                conn.record(None)  # type: ignore[attr-defined]
+                token = hook.prepared(conn, recording)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if recording is not None:
+                conn.record(None)  # type: ignore[attr-defined]
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             log.error("journal commit of %d writes failed: %s", len(batch), exc)
             error = _journal_error(exc, self.path, whole_group=True)
             results = [(fut, None, error) for _, fut, _due, _urgent in batch]
+            if hook is not None:
+                hook.rolled_back(token)
+            hook, token = None, None
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.checkpointer.committed()
@@ -366,7 +433,11 @@ class Journal:
         self._period_writes += sum(1 for item in batch if item[3])
         for observer in self.commit_observers:
             observer(elapsed, len(batch))
-        self._resolve(results)
+        if hook is not None:
+            # Answered once the standby holds the group too, while it is in sync.
+            hook.committed(token, functools.partial(self._resolve, results))
+        else:
+            self._resolve(results)
 
     def _resolve(self, results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
         def settle() -> None:
@@ -420,14 +491,16 @@ class Journal:
         return commit
 
     async def accept_orders(self, orders: list[Order], also: Callable[[sqlite3.Connection, list[OrderCommit]], None]
-                            | None = None) -> list[OrderCommit]:
+                            | None = None, received_at: float | None = None) -> list[OrderCommit]:
         """``accept_order`` for the orders that came in one turn of the loop, in one write (one
         queue item, one future): each order's commit in the order given. An order that appears
         twice is journaled once; the second is a duplicate. Each order goes under a savepoint of
         its own: one that cannot be written (``OrderCommit.error``) leaves the others written. If
         the write fails as a whole (the group commit failed), none of them is journaled. ``also`` writes its own
-        rows in the same commit, knowing each order's commit (online orders' states)."""
-        received_at = self.clock()
+        rows in the same commit, knowing each order's commit (online orders' states). ``received_at``:
+        when the orders were received, if not now (orders the other box of a pair took alone, handed
+        over: edgehub/pair/salvage.py)."""
+        received_at = self.clock() if received_at is None else received_at
 
         def insert(conn: sqlite3.Connection) -> list[OrderCommit]:
             commits, cloud = [], []

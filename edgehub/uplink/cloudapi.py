@@ -121,19 +121,21 @@ class PackedProperties:
 # --- payloads ----------------------------------------------------------------------------------------
 
 
-def envelope(store_id: str, row: OutboxRow) -> bytes:
-    """The uplink message for one outbox row. Immutable: a re-send is byte-for-byte the same."""
+def envelope(store_id: str, row: OutboxRow, epoch: int = 0) -> bytes:
+    """The uplink message for one outbox row. Immutable: a re-send is byte-for-byte the same.
+    ``epoch``: the takeover epoch the row was numbered in (0 on a box that is not one of a pair;
+    docs/cloud.md), a fact of the row, so a re-send from the other box carries it unchanged."""
     head = json.dumps(
         {"schema": ENVELOPE_SCHEMA, "store_id": store_id, "stream": row.stream, "msg_id": row.msg_id,
-         "seq": row.seq, "stream_seq": row.stream_seq, "created_at": row.created_at},
+         "seq": row.seq, "stream_seq": row.stream_seq, "epoch": epoch, "created_at": row.created_at},
         separators=(",", ":"), ensure_ascii=False,
     ).encode()
     return with_encoded(head, {"body": bytes(row.payload)})
 
 
-def envelope_properties(row: OutboxRow, lane: str) -> PackedProperties:
+def envelope_properties(row: OutboxRow, lane: str, epoch: int = 0) -> PackedProperties:
     return PackedProperties((("msg_id", row.msg_id), ("seq", str(row.seq)), ("stream", row.stream),
-                             ("stream_seq", str(row.stream_seq)), ("lane", lane)))
+                             ("stream_seq", str(row.stream_seq)), ("epoch", str(epoch)), ("lane", lane)))
 
 
 def ping(nonce: str) -> bytes:

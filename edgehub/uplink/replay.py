@@ -25,6 +25,7 @@ from typing import Any
 
 from edgehub.config import CloudConfig
 from edgehub.errors import EdgehubError, UplinkError
+from edgehub.pair.tables import epoch_of, epoch_starts
 from edgehub.store.outbox import TELEMETRY, OutboxRow, delete_acked, head_seq, read_rows
 from edgehub.tasks import cancel_and_wait, wait_to_tick
 from edgehub.uplink import cloudapi
@@ -172,6 +173,7 @@ class Replay:
         self._probe_left = 0  # PUBACKs the next connection waits for one message at a time
         self._reoffer = asyncio.Event()  # rows held back in this pass are to be offered again
         self.session: _Session | None = None
+        self._epochs: list[tuple[int, int]] = []
         self._acked: list[tuple[int, str, int]] = []
         self._ack_wake = asyncio.Event()
         self._deletes_idle = asyncio.Event()
@@ -212,6 +214,9 @@ class Replay:
         connection would, once this one's messages are acknowledged."""
         await self.flush_deletes()
         head = int(await self.journal.read(head_seq))
+        # Where each takeover epoch's rows start (a pair's; none on a single box): every message
+        # says the epoch its row was numbered in (docs/cloud.md).
+        self._epochs = await self.journal.read(epoch_starts)
         window = max(1, min(self.cfg.max_inflight, link.receive_maximum))
         replay_cap = max(1, window - min(self.cfg.live_slots, window - 1))
         session = _Session(link, head, window, replay_cap)
@@ -336,8 +341,9 @@ class Replay:
                 s.skipped.add(row.stream)
                 return
             del self._held_until[row.stream]  # the hold is over: offer the stream again
-        mid = s.link.publish(self.topics.up(row.stream), cloudapi.envelope(self.store_id, row),
-                             cloudapi.envelope_properties(row, lane))
+        epoch = epoch_of(self._epochs, row.seq) if self._epochs else 0
+        mid = s.link.publish(self.topics.up(row.stream), cloudapi.envelope(self.store_id, row, epoch),
+                             cloudapi.envelope_properties(row, lane, epoch))
         s.inflight[mid] = _Inflight(row.seq, row.stream, row.stream_seq, lane, row.created_at, time.monotonic())
         if lane == LANE_REPLAY:
             s.inflight_replay += 1

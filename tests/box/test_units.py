@@ -42,7 +42,8 @@ ExecStartPre=/bin/chown mosquitto /run/mosquitto
 [Install]
 WantedBy=multi-user.target
 """
-STUB_BINARIES = ("opt/edgehub/venv/bin/edgehub", "usr/sbin/mosquitto", "bin/mkdir", "bin/chown", "bin/kill")
+STUB_BINARIES = ("opt/edgehub/venv/bin/edgehub", "usr/sbin/mosquitto", "usr/sbin/keepalived", "bin/mkdir", "bin/chown",
+                 "bin/kill")
 
 
 def unit(name: str) -> configparser.ConfigParser:
@@ -73,6 +74,9 @@ def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(SYSTEMD / name, units / name)
     (units / "mosquitto.service.d").mkdir(exist_ok=True)
     shutil.copy(SYSTEMD / "mosquitto.service.d/edgehub.conf", units / "mosquitto.service.d/edgehub.conf")
+    if (units / "keepalived.service").exists():  # Debian's, installed by make system-deps
+        (units / "keepalived.service.d").mkdir(exist_ok=True)
+        shutil.copy(SYSTEMD / "keepalived.service.d/edgehub.conf", units / "keepalived.service.d/edgehub.conf")
     for rel in STUB_BINARIES:
         stub = root / rel
         stub.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +85,12 @@ def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["edgehub.service", "edgehub-provision.service", "mosquitto.service"])
+@pytest.mark.parametrize("name", ["edgehub.service", "edgehub-provision.service", "mosquitto.service",
+                                  "keepalived.service"])
 def test_verify_is_silent(fake_root: Path, name: str) -> None:
     assert ANALYZE is not None
+    if not (fake_root / "usr/lib/systemd/system" / name).exists():
+        pytest.skip(f"{name} is not installed here (make system-deps installs keepalived)")
     result = subprocess.run(
         [ANALYZE, "verify", f"--root={fake_root}", name], capture_output=True, text=True, timeout=60
     )
@@ -186,3 +193,11 @@ def test_tmpfiles_and_sysusers_agree_with_the_unit() -> None:
     assert tmpfiles["/var/lib/edgehub"][2:5] == ["0750", "edgehub", "edgehub"]
     assert tmpfiles["/etc/edgehub/secrets"][2:5] == ["0750", "root", "edgehub"]
     assert tmpfiles["/etc/edgehub/mosquitto"][2:5] == ["0750", "root", "mosquitto"]
+
+
+def test_keepalived_goes_with_edgehub_on_a_box_of_a_pair() -> None:
+    """Under systemd keepalived stops with edgehub (the address is given up at once), and starts
+    with it; on a single box it has no config and stays down (docs/pair.md)."""
+    drop_in = unit("keepalived.service.d/edgehub.conf")
+    assert drop_in["Unit"]["BindsTo"] == "edgehub.service" and "edgehub.service" in drop_in["Unit"]["After"]
+    assert "keepalived.service" in " ".join(all_values("edgehub.service", "Wants"))

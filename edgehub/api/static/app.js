@@ -366,6 +366,38 @@ function drawSystem(system) {
   dl.children[5].id = "temperature";
 }
 
+// A pair of boxes (docs/pair.md): how many boxes hold every acked order, said loudly when one.
+function clock(at) {
+  return at ? new Date(at * 1000).toLocaleString() : "—";
+}
+
+function drawPair(pair) {
+  const section = $("pair"), banner = $("pair-banner");
+  section.hidden = !pair;
+  if (!pair) { banner.hidden = true; return; }
+  const one = pair.copies !== 2;
+  banner.hidden = !one;
+  banner.textContent = one
+    ? `ONE COPY since ${clock(pair.one_copy_since)}: every order taken since is on this box only (${pair.one_copy_reason || "the standby is not in sync"}).`
+    : "";
+  $("pair-copies").textContent = one ? "one copy" : "two copies";
+  const standby = pair.standby || {};
+  const refused = (pair.refused || {}).reason;
+  const rows = [
+    ["This box", `${pair.box}: ${pair.role} since ${clock(pair.role_since)}`],
+    ["Floating address", `${pair.address} (${pair.holds_address ? "on this box" : "not on this box"})`],
+    ["The other box", `${standby.box || (pair.peer_seen || {}).box || "?"} at ${pair.peer}: ${standby.state || "—"}`],
+    ["Copies", one ? `ONE since ${clock(pair.one_copy_since)}` : `two (the standby holds record ${standby.acked_seq})`],
+    ["Epoch / record", `${pair.epoch} / ${pair.seq}`],
+  ];
+  if (refused) rows.push(["REFUSED", refused]);
+  const last = (pair.takeovers || []).slice(-1)[0];
+  if (last) rows.push(["Last takeover", `${clock(last.at)} (epoch ${last.epoch}, ready in ${last.seconds} s)`]);
+  const dl = $("pair-facts");
+  dl.replaceChildren();
+  for (const [k, v] of rows) dl.append(el("dt", k), el("dd", v, k === "REFUSED" ? "state fail" : ""));
+}
+
 async function refresh() {
   let result;
   try { result = await api("GET", "/api/v1/status"); } catch (e) {
@@ -391,6 +423,7 @@ const SECTIONS = [
   { id: "roles-section", draw: (s) => drawRoles(s.roles) },
   { id: "outbox-section", draw: (s) => drawOutbox(s.outbox, s.uplink) },
   { id: "clock-section", draw: (s) => drawClock(s.clock) },
+  { id: "pair", draw: (s) => drawPair(s.pair) },
   { id: "system-section", draw: (s) => drawSystem(s.system) },
 ];
 

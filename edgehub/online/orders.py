@@ -54,7 +54,7 @@ from edgehub.uplink.cloudapi import CHANNEL_RE, CloudOrder, cloud_order_id, orde
 
 log = logging.getLogger("edgehub.online")
 
-BATCH = 16  # orders journaled together: one commit, then the loop is handed back
+BATCH = 4  # orders journaled together: one commit, then the loop is handed back
 PAUSE_MAX_S = 0.1  # the longest pause between two batches
 GIVE_WAY_MAX_S = 0.02  # before each batch, wait this long at most while a till's order is taken
 GIVE_WAY_POLL_S = 0.001

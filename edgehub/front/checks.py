@@ -6,7 +6,7 @@ with it and what was paid against it (approved payments whose ``sale_id`` is the
 ``sale_id``, or its ``order_id``). The kitchen's part comes from the kitchen's order progress
 (edgehub/kitchen/progress.py, the one place that says what state an order is in, and the same
 facts that tell the tills and pagers "ready"): each ticket change reaches the check through
-``Progress.listeners`` and the check's ``kitchen`` is ``progress.stage`` of the order's progress
+``ORDER_PROGRESS`` and the check's ``kitchen`` is ``progress.stage`` of the order's progress
 (``ordered``, ``in_kitchen``, ``ready``, ``served``, ``expired``, ``voided``). Its ``state`` is
 ``paid`` once the payments cover what it comes to, else the kitchen's (``ordered`` before it has
 a ticket). It closes when it is cancelled, or paid with nothing left to cook (no ticket on a
@@ -163,7 +163,7 @@ class Checks(Component):
     # --- what changes a check --------------------------------------------------------------
 
     def on_order_accepted(self, order: Order) -> None:
-        """``Intake.on_accepted``: a new check (before the kitchen's hook makes its tickets)."""
+        """``ORDER_ACCEPTED``: a new check (heard before the kitchen makes its tickets)."""
         if order.order_id in self.open:
             return
         now = self.clock()
@@ -173,7 +173,7 @@ class Checks(Component):
         self._mark(order.order_id)
 
     def on_progress(self, change: Change | None) -> None:
-        """``Progress.listeners``: a ticket change, journaled and announced (None: the kitchen
+        """``ORDER_PROGRESS``: a ticket change, journaled and announced (None: the kitchen
         read its orders again, which changes no check)."""
         if change is None:
             return
@@ -186,7 +186,7 @@ class Checks(Component):
             self._mark(check.order_id)
 
     def on_order_change(self, change: OrderChanged) -> None:
-        """``Kitchen.on_order_change``: an amend or cancel, journaled."""
+        """``ORDER_CHANGED``: an amend or cancel, journaled."""
         check = self.open.get(change.order_id)
         if check is None:
             return  # closed already, or older than a day
@@ -202,7 +202,7 @@ class Checks(Component):
         self._mark(check.order_id)
 
     def on_payment(self, sale_id: str) -> None:
-        """``Payments.on_final``: a payment of ``sale_id`` reached its outcome."""
+        """``PAYMENT_FINAL``: a payment of ``sale_id`` reached its outcome."""
         if self._by_sale.get(sale_id):
             task = asyncio.get_running_loop().create_task(self._paid(sale_id))
             self._tasks.add(task)

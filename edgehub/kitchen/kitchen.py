@@ -165,7 +165,7 @@ class _OrderFacts:
 
 @dataclass(frozen=True)
 class OrderChanged:
-    """An amend or cancel, journaled: what ``Kitchen.on_order_change`` listeners hear. ``doc`` is
+    """An amend or cancel, journaled: what ``ORDER_CHANGED`` carries. ``doc`` is
     the order as it stands after it (None for a cancel), ``version`` its version (1 + amends)."""
 
     order_id: str

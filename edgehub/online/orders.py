@@ -241,7 +241,7 @@ class OnlineOrders(Component):
     # --- the kitchen's progress back up ----------------------------------------------------
 
     def on_progress(self, change: Change | None) -> None:
-        """``Progress.listeners``: an online order whose progress moved tells the cloud."""
+        """``ORDER_PROGRESS``: an online order whose progress moved tells the cloud."""
         if change is None:
             return
         tracked = self.tracked.get(change.order.order_id)

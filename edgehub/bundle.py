@@ -16,13 +16,14 @@ import io
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import tarfile
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgehub import __version__
 from edgehub.config import Config
@@ -30,6 +31,8 @@ from edgehub.devices.tables import field_check_results
 from edgehub.doctor import DaemonUnreadable, answer_problem, api_address, connect_problem, daemon_check
 from edgehub.errors import EdgehubError
 from edgehub.store.outbox import waiting_by_stream
+
+_T = TypeVar("_T")
 
 REDACTED = "[REDACTED]"
 # Whole words only for the short ones: "pin" must not catch "pinpad" nor "key" "keepalive".
@@ -196,20 +199,26 @@ def build(config: Config, files: Mapping[str, bytes], clock: float | None = None
     return f"{name}.tar.gz", pack(redact(files, config_secrets(config)), name, clock)
 
 
-def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
-    import sqlite3
-
+def _read_journal(config: Config, read: Callable[[sqlite3.Connection], _T]) -> _T | None:
+    """``read`` on the journal opened read-only (the hub is not running); None when there is no
+    journal. Raises ``sqlite3.Error`` when it cannot be read."""
     path = config.journal.path
     if not path.exists():
         return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-        try:
-            rows = waiting_by_stream(conn)
-        finally:
-            conn.close()
+        return read(conn)
+    finally:
+        conn.close()
+
+
+def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
+    try:
+        rows = _read_journal(config, waiting_by_stream)
     except sqlite3.Error as exc:
         return {"error": f"cannot read the journal: {exc}"}
+    if rows is None:
+        return None
     streams = [{"stream": s, "depth": n, "oldest_age_s": round(max(0.0, now - oldest), 1)}
                for s, n, oldest in rows]
     return {"streams": streams, "total": sum(s["depth"] for s in streams)}
@@ -217,19 +226,12 @@ def _outbox_summary(config: Config, now: float) -> dict[str, Any] | None:
 
 def _field_checks(config: Config) -> list[Any] | None:
     """Every device's last field check, read from the journal (the hub is not running)."""
-    import sqlite3
-
-    path = config.journal.path
-    if not path.exists():
-        return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-        try:
-            rows = field_check_results(conn)
-        finally:
-            conn.close()
+        rows = _read_journal(config, field_check_results)
     except sqlite3.Error:
         return None  # an older journal without the table, or unreadable
+    if rows is None:
+        return None
     checks: list[Any] = []
     for device_id, text in rows:
         try:

@@ -35,6 +35,7 @@ from edgehub.kitchen.screens import (
     StaticPage,
     StatusBeat,
     refused,
+    send_feed,
 )
 from edgehub.tasks import cancel_and_wait
 
@@ -77,7 +78,7 @@ class PickupServer(Component):
         feed.push(self.board.current())
         self.board.feeds.add(feed)
         self.status.attach(feed, link)
-        sender = asyncio.create_task(self._send(ws, feed.queue), name="pickup-send")
+        sender = asyncio.create_task(send_feed(ws, feed.queue), name="pickup-send")
         dropped = asyncio.create_task(feed.dropped.wait())
         receiver = asyncio.create_task(self._drain(ws))
         try:
@@ -108,14 +109,6 @@ class PickupServer(Component):
             await ws.send_str(refused(code, error))
         await ws.close(code=code, message=error.encode()[:120])
         return None
-
-    async def _send(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        while True:
-            doc = await queue.get()
-            try:
-                await ws.send_str(payloads.dumps(doc).decode())
-            except ConnectionError:
-                return  # the display went away mid-send: its session ends, no error
 
     async def _drain(self, ws: web.WebSocketResponse) -> None:
         """The page sends nothing; reading keeps the socket's close and ping handling going."""

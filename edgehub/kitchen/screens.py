@@ -106,6 +106,16 @@ def refused(code: int, error: str, stations: list[str] | None = None) -> str:
     return payloads.dumps(doc).decode()
 
 
+async def send_feed(ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    """A screen's feed, in order, to its socket until the screen goes away."""
+    while True:
+        doc = await queue.get()
+        try:
+            await ws.send_str(payloads.dumps(doc).decode())
+        except ConnectionError:
+            return  # the screen went away mid-send (a closed tab): its session ends, no error
+
+
 class StatusBeat:
     """The box's word to its browser screens (``kds-link/1``): its broker connection, at once when
     it changes and as a heartbeat, pushed into each screen's feed (one sender per socket keeps the
@@ -254,7 +264,7 @@ class ScreenServer(Component):
         await ws.send_str(payloads.dumps(link).decode())
         feed = self.kitchen.attach(station)
         self.status.attach(feed, link)
-        sender = asyncio.create_task(self._send(ws, feed.queue), name=f"kds-{station}-send")
+        sender = asyncio.create_task(send_feed(ws, feed.queue), name=f"kds-{station}-send")
         dropped = asyncio.create_task(feed.dropped.wait())
         try:
             receiver = asyncio.create_task(self._receive(ws, station, source))
@@ -301,14 +311,6 @@ class ScreenServer(Component):
             await ws.send_str(refused(code, error, stations))
         await ws.close(code=code, message=error.encode()[:120])
         return None
-
-    async def _send(self, ws: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        while True:
-            doc = await queue.get()
-            try:
-                await ws.send_str(payloads.dumps(doc).decode())
-            except ConnectionError:
-                return  # the screen went away mid-send (a closed tab): its session ends, no error
 
     async def _receive(self, ws: web.WebSocketResponse, station: str, source: str) -> None:
         async for msg in ws:

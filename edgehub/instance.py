@@ -28,6 +28,9 @@ from edgehub.config import Address, Config
 from edgehub.errors import EdgehubError
 
 LOCK_NAME = "edgehub.lock"
+# A process forked by the hub holds a copy of the lock's descriptor until it execs (close-on-exec),
+# so a lock just released may still look held for a moment.
+SETTLE_S = 1.0
 
 
 class AlreadyRunning(EdgehubError):
@@ -105,8 +108,14 @@ class InstanceLock:
                               f"{holder.pid or '<pid>'}), or give this one its own [paths] data_dir")
 
     def check(self) -> None:
-        """Raise AlreadyRunning, naming the holder, if another hub holds the lock."""
+        """Raise AlreadyRunning, naming the holder, if another hub holds the lock. A lock held by a
+        file that names nobody is being let go (or just taken): it is looked at again for up to
+        ``SETTLE_S`` before it counts."""
+        deadline = time.monotonic() + SETTLE_S
         holder = self.holder()
+        while holder is not None and holder.pid is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            holder = self.holder()
         if holder is not None:
             raise self._already(holder)
 

@@ -426,7 +426,9 @@ class MqttSession:
         if self._on_loop():
             callback(*args)
         else:
-            self._loop.call_soon_threadsafe(callback, *args)
+            # paho's __del__ may close its socket after the loop is closed: nothing is left to tell.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(callback, *args)
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # Called in the connect thread before CONNECT is written. Acks and PUBACKs are small:

@@ -54,12 +54,14 @@ run: deps
 # store's time server with a real chronyd on loopback ports (Debian's chrony, which the box image
 # installs too; on a desktop it takes over from systemd-timesyncd).
 # The suite mostly waits on brokers, hubs and sockets, so it runs in TEST_JOBS processes (one test
-# file each at a time); TEST_JOBS=0 runs it in one process. Screenshots go to test-artifacts/ (tests/browser.py).
-TEST_JOBS ?= 4
+# file each at a time); TEST_JOBS=0 runs it in one process. A test that fails is run once more and
+# named in the summary as rerun; one that fails twice fails the run. Screenshots go to
+# test-artifacts/ (tests/browser.py).
+TEST_JOBS ?= 3
 test: WITH_BROWSER = 1
 test: WITH_CHRONY = 1
 test: deps native
-	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
+	$(PY) -m pytest -q -rR --reruns 1 $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile)
 
 # The reviewed screenshots kept in git (artifacts/, see .gitignore), refreshed from the browser tests.
 screenshots: WITH_BROWSER = 1

@@ -198,7 +198,11 @@ class HubProcess:
         )
         log.close()
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except BaseException:
+                self.stop()  # a hub that never became healthy is not left running after its test
+                raise
 
     def wait_healthy(self, timeout: float = 15.0) -> None:
         url = f"http://127.0.0.1:{self.config.api.listen.port}/healthz"

@@ -123,6 +123,16 @@ class Loader:
         self.client.disconnect()
 
 
+def terminal_client(name: str, port: int, user: str) -> mqtt.Client:
+    """A test terminal's paho client (password ``pw-{user}``), connected, without Nagle."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{time.time_ns()}")
+    client.username_pw_set(user, f"pw-{user}")
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
 def pct(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else float("nan")
 

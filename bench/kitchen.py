@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import piprofile  # noqa: E402
+from common import terminal_client  # noqa: E402
 
 from edgehub.broker import MosquittoProcess  # noqa: E402
 from edgehub.config import load_config  # noqa: E402
@@ -84,15 +84,6 @@ c.loop_forever()
 """
 
 
-def _client(name: str, port: int, user: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{time.time_ns()}")
-    client.username_pw_set(user, f"pw-{user}")
-    client.max_inflight_messages_set(1000)
-    client.connect("127.0.0.1", port)
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return client
-
-
 class Load:
     """One POS terminal and six station screens; events matched to orders by order_id."""
 
@@ -104,11 +95,11 @@ class Load:
         self.got: dict[str, int] = {}
         self.latency: list[tuple[str, float]] = []
         self.cond = threading.Condition()
-        self.pos = _client(terminal, port, terminal)
+        self.pos = terminal_client(terminal, port, terminal)
         self.pos.loop_start()
         self.screens = []
         for i, station in enumerate(STATIONS):
-            screen = _client(f"kds-{station}", port, f"kds-{i + 1}")
+            screen = terminal_client(f"kds-{station}", port, f"kds-{i + 1}")
             screen.on_message = self._on_event
             screen.subscribe(f"edgehub/v1/{STORE}/kds/{station}/event", qos=1)
             screen.loop_start()

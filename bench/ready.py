@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import piprofile  # noqa: E402
+from common import terminal_client  # noqa: E402
 
 from edgehub.broker import MosquittoProcess  # noqa: E402
 from edgehub.config import load_config  # noqa: E402
@@ -85,15 +85,6 @@ c.loop_forever()
 """
 
 
-def _client(name: str, port: int, user: str) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}-{time.time_ns()}")
-    client.username_pw_set(user, f"pw-{user}")
-    client.max_inflight_messages_set(1000)
-    client.connect("127.0.0.1", port)
-    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return client
-
-
 class Load:
     """The till (orders out, "ready" in) and one kitchen screen that bumps every ticket."""
 
@@ -104,11 +95,11 @@ class Load:
         self.arrived: dict[str, float] = {}  # ticket_id -> when its "created" reached the screen
         self.bumped_at: dict[str, float] = {}  # order_id -> when its bump was published
         self.latency: dict[str, float] = {}
-        self.till = _client("till", port, "pos-1")
+        self.till = terminal_client("till", port, "pos-1")
         self.till.on_message = self._on_ready
         self.till.subscribe(f"edgehub/v1/{STORE}/ready/pos-1", qos=1)
         self.till.loop_start()
-        self.screen = _client("screen", port, "kds-1")
+        self.screen = terminal_client("screen", port, "kds-1")
         self.screen.on_message = self._on_event
         for station in STATIONS:
             self.screen.subscribe(f"edgehub/v1/{STORE}/kds/{station}/event", qos=1)
